@@ -1,0 +1,79 @@
+"""One error hierarchy for the whole project.
+
+Every error carries a JSON-RPC error code (for the plugin's RPCs) and a process exit code (for the
+CLI), so the layers above the engine never have to guess how to report a failure.
+"""
+
+from __future__ import annotations
+
+
+class SuperscalarError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    rpc_code: int = -32600
+    exit_code: int = 1
+
+
+class InvalidParameter(SuperscalarError):
+    """A caller-supplied parameter is out of range or malformed; the message names it."""
+
+    rpc_code = -32602
+    exit_code = 2
+
+
+class InvalidShape(InvalidParameter):
+    """The factory shape cannot be built (arity, client count, EWT above its limit, ...)."""
+
+
+class InvalidAmount(InvalidParameter):
+    """An amount is below dust, negative, or cannot cover what it must pay."""
+
+
+class MuSigError(SuperscalarError):
+    """A MuSig2 operation failed (bad key, bad nonce, library refusal)."""
+
+    rpc_code = 1400
+
+
+class NonceReuseError(MuSigError):
+    """A secret nonce was used twice, copied, or serialized. Never allowed."""
+
+
+class InvalidPartialSignature(MuSigError):
+    """A participant's partial signature does not verify. `signer` names the culprit."""
+
+    def __init__(self, signer: str, detail: str = "") -> None:
+        self.signer = signer
+        msg = f"invalid partial signature from {signer}"
+        super().__init__(f"{msg}: {detail}" if detail else msg)
+
+
+class CeremonyError(SuperscalarError):
+    """A signing ceremony received something out of order, malformed or unsafe to sign."""
+
+    rpc_code = 1401
+
+
+class UnsafeToSign(CeremonyError):
+    """A client refused to sign: what it was asked to sign does not match what it agreed to."""
+
+    rpc_code = 1402
+
+
+class WireError(SuperscalarError):
+    """A peer message could not be parsed."""
+
+    rpc_code = 1403
+
+
+class StoreError(SuperscalarError):
+    """A stored record is missing, of an unknown version, or malformed."""
+
+    rpc_code = 1404
+
+
+class ChainError(SuperscalarError):
+    """A chain backend refused or failed an operation."""
+
+    rpc_code = 1405
+    exit_code = 3
