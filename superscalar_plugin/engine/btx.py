@@ -28,6 +28,8 @@ from bitcointx.core.script import (  # noqa: E402
     CScript,
     CScriptWitness,
     SIGHASH_Type,
+    SIGVERSION_TAPROOT,
+    SIGVERSION_TAPSCRIPT,
     SignatureHashSchnorr,
 )
 
@@ -40,6 +42,8 @@ __all__ = [
     "CScript",
     "CScriptWitness",
     "SIGHASH_Type",
+    "SIGVERSION_TAPROOT",
+    "SIGVERSION_TAPSCRIPT",
     "CTransaction",
     "CTxInWitness",
     "CTxOut",

@@ -77,3 +77,9 @@ class ChainError(SuperscalarError):
 
     rpc_code = 1405
     exit_code = 3
+
+
+class FactoryExhausted(SuperscalarError):
+    """Every DW state on a path is used: the factory can only be closed or migrated."""
+
+    rpc_code = 1406

@@ -14,7 +14,7 @@ from typing import Union
 
 from coincurve.keys import PublicKeyXOnly
 
-from .btx import CMutableTransaction, CTransaction, CTxOut, SIGHASH_Type, SignatureHashSchnorr
+from .btx import CMutableTransaction, CTransaction, CTxOut, SIGHASH_Type, SIGVERSION_TAPROOT, SIGVERSION_TAPSCRIPT, SignatureHashSchnorr
 from .errors import InvalidParameter
 
 TAPSCRIPT_LEAF_VERSION = 0xC0
@@ -193,6 +193,7 @@ def taproot_sighash(
             input_index,
             spent,
             hashtype=None if hash_type == SIGHASH_DEFAULT else SIGHASH_Type(hash_type),
+            sigversion=SIGVERSION_TAPROOT if leaf is None else SIGVERSION_TAPSCRIPT,
             tapleaf_hash=leaf.leaf_hash if leaf is not None else None,
         )
     )

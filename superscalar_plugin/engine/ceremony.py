@@ -1,0 +1,570 @@
+"""Signing a factory: two batched MuSig2 rounds (all nonces, then all partial signatures).
+
+`Coordinator` (the LSP) and `Signer` (a client) are message-driven state machines that exchange only
+bytes (`wire`): message in, state updated, messages out. A client receives and signs only the txs on
+its own root-to-leaf path and rebuilds every one of them itself before signing (`check_path`), so its
+work and its messages grow with its path length, not with the number of clients.
+
+`sign_in_process` signs with every secret key in one process (tests, demo, benchmarks).
+
+Secret nonces live only in memory, inside single-use `SecretNonce` objects; a ceremony that is
+interrupted restarts with fresh nonces.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+from . import musig2, wire
+from .btx import CMutableTransaction, CScriptWitness, CTxInWitness, CTxWitness
+from .errors import (
+    CeremonyError,
+    InvalidParameter,
+    InvalidPartialSignature,
+    MuSigError,
+    UnsafeToSign,
+    WireError,
+)
+from .taproot import DUST_P2TR, P2A_SCRIPT
+from .tree import (
+    Factory,
+    FactoryKeys,
+    NodeKind,
+    UnsignedNodeTx,
+    build_node_tx,
+    fee_for,
+    keypath_tx_vsize,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SignedNodeTx:
+    """A tree tx with its MuSig2 key-path signature."""
+
+    unsigned: UnsignedNodeTx
+    signature: bytes
+
+    @property
+    def node(self) -> int:
+        return self.unsigned.node
+
+    @property
+    def txid(self) -> str:
+        return self.unsigned.txid
+
+    def raw(self) -> bytes:
+        tx = CMutableTransaction.from_tx(self.unsigned.tx)
+        tx.wit = CTxWitness([CTxInWitness(CScriptWitness([self.signature]))])
+        return bytes(tx.serialize())
+
+
+def _verify_final(utx: UnsignedNodeTx, keyagg: musig2.KeyAggContext, sig: bytes) -> bool:
+    return musig2.schnorr_verify(sig, utx.sighash, keyagg.xonly_pubkey)
+
+
+def _who(client: int | None) -> str:
+    return "lsp" if client is None else f"client {client}"
+
+
+def _blame(
+    node: int,
+    session: musig2.Session,
+    psigs: Mapping[int | None, bytes],
+    pubnonces: Mapping[int | None, bytes],
+    pubkeys: Mapping[int | None, bytes],
+) -> InvalidPartialSignature:
+    for who, psig in psigs.items():
+        if not musig2.partial_sig_verify(psig, pubnonces[who], pubkeys[who], session):
+            return InvalidPartialSignature(_who(who), f"node {node}")
+    return InvalidPartialSignature("unknown", f"node {node}: aggregate invalid")
+
+
+# --- all participants in one process ----------------------------------------------------------
+
+
+def sign_in_process(
+    factory: Factory,
+    funding_outpoint: tuple[str, int],
+    states: Sequence[int],
+    lsp_seckey: bytes,
+    client_seckeys: Sequence[bytes],
+    nodes: Sequence[int] | None = None,
+) -> dict[int, SignedNodeTx]:
+    """Sign `nodes` (default: the whole tree) with every key at hand; same two rounds as the wire."""
+    txs = factory.transactions(funding_outpoint, states, nodes)
+    out: dict[int, SignedNodeTx] = {}
+    for node, utx in txs.items():
+        keyagg = factory.signing_keyagg(node)
+        msg = utx.sighash
+        signers: list[tuple[int | None, bytes, bytes]] = [
+            (c, factory.client_pubkeys[c], client_seckeys[c]) for c in factory.signers(node)
+        ]
+        signers.append((None, factory.lsp_pubkey, lsp_seckey))
+        nonces = [
+            musig2.nonce_gen(pk, seckey=sk, keyagg=keyagg, msg=msg) for _, pk, sk in signers
+        ]
+        session = musig2.Session.create(musig2.nonce_agg([p for _, p in nonces]), msg, keyagg)
+        psigs = {
+            who: musig2.partial_sign(sec, sk, session)
+            for (who, _, sk), (sec, _) in zip(signers, nonces, strict=True)
+        }
+        sig = musig2.partial_sig_agg(list(psigs.values()), session)
+        if not _verify_final(utx, keyagg, sig):
+            raise _blame(
+                node,
+                session,
+                psigs,
+                {who: p for (who, _, _), (_, p) in zip(signers, nonces, strict=True)},
+                {who: pk for who, pk, _ in signers},
+            )
+        out[node] = SignedNodeTx(utx, sig)
+    return out
+
+
+# --- the client's checks ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientTerms:
+    """What this client agreed to when it accepted the LSP's proposal."""
+
+    lsp_pubkey: bytes
+    timeout_height: int
+    channel_script: bytes
+    channel_sat: int
+
+
+@dataclass(frozen=True)
+class ClientPolicy:
+    """The client's own limits; anything outside them is refused."""
+
+    max_ewt: int = 2016
+    max_fee_rate_kvb: int = 50_000
+    max_clients: int = 4096
+
+
+def check_header(header: wire.FactoryHeader, my_pubkey: bytes, terms: ClientTerms,
+                 policy: ClientPolicy) -> FactoryKeys:
+    """Refuse a factory whose terms differ from what we accepted or exceed our policy."""
+    if header.lsp_pubkey != terms.lsp_pubkey:
+        raise UnsafeToSign("the factory's LSP key is not the one we accepted")
+    if header.timeout_height != terms.timeout_height:
+        raise UnsafeToSign(
+            f"timeout {header.timeout_height} differs from the agreed {terms.timeout_height}"
+        )
+    if header.client_pubkeys[header.client_index] != my_pubkey:
+        raise UnsafeToSign(f"slot {header.client_index} does not hold our key")
+    if len(header.client_pubkeys) > policy.max_clients:
+        raise UnsafeToSign(f"{len(header.client_pubkeys)} clients exceed our limit")
+    if header.params.fee_rate_kvb > policy.max_fee_rate_kvb:
+        raise UnsafeToSign(f"fee rate {header.params.fee_rate_kvb} sat/kvB exceeds our limit")
+    keys = FactoryKeys(header.params, header.lsp_pubkey, header.client_pubkeys, header.timeout_height)
+    try:
+        keys.validate()
+    except InvalidParameter as e:
+        raise UnsafeToSign(f"invalid factory: {e}") from e
+    if keys.topology.ewt > policy.max_ewt:
+        raise UnsafeToSign(f"early warning time {keys.topology.ewt} exceeds our limit {policy.max_ewt}")
+    return keys
+
+
+def check_path(
+    keys: FactoryKeys,
+    header: wire.FactoryHeader,
+    templates: Sequence[wire.NodeTemplate],
+    terms: ClientTerms,
+) -> list[UnsignedNodeTx]:
+    """Rebuild our root-to-leaf path from the templates, refusing anything unsafe for us.
+
+    Checks: the path is exactly ours and complete; every tx spends the previous one's output towards
+    us (the root spends the agreed funding output); our branch outputs are the MuSig2 aggregates that
+    include our key, with the agreed timeout; every nSequence is the DW delay of its state; fees are
+    exactly the agreed rate; the leaf pays our channel script and amount, and the stock output is
+    the leaf's aggregate with L's CSV leaf.
+    """
+    topo = keys.topology
+    params = keys.params
+    me = header.client_index
+    path = topo.client_path(me)
+    if [t.node for t in templates] != path:
+        raise UnsafeToSign(f"templates cover nodes {[t.node for t in templates]}, our path is {path}")
+    prevout = (header.funding_txid, header.funding_vout)
+    spent_amount, spent_script = header.funding_amount, keys.funding_output.script_pubkey
+    out: list[UnsignedNodeTx] = []
+    for i, t in enumerate(templates):
+        node = topo.nodes[t.node]
+        where = f"node {t.node}"
+        try:
+            expected_seq = keys.nsequence(t.node, t.state)
+        except InvalidParameter as e:
+            raise UnsafeToSign(f"{where}: {e}") from e
+        if t.nsequence != expected_seq:
+            raise UnsafeToSign(f"{where}: nSequence {t.nsequence:#x}, expected {expected_seq:#x}")
+        n_expected = (node.hi - node.lo) + 2 if node.kind is NodeKind.LEAF else len(node.children) + 1
+        if len(t.outputs) != n_expected:
+            raise UnsafeToSign(f"{where}: {len(t.outputs)} outputs, expected {n_expected}")
+        if t.outputs[-1] != (params.anchor_sat, P2A_SCRIPT):
+            raise UnsafeToSign(f"{where}: last output is not the {params.anchor_sat}-sat P2A anchor")
+        if node.kind is NodeKind.LEAF:
+            mine = me - node.lo
+            if t.outputs[mine] != (terms.channel_sat, terms.channel_script):
+                raise UnsafeToSign(f"{where}: our channel output is not the agreed script and amount")
+            stock = keys.stock_output(node.lo, node.hi).script_pubkey
+            if t.outputs[-2] != (params.stock_sat, stock):
+                raise UnsafeToSign(f"{where}: liquidity stock output is not the agreed one")
+            towards_me = mine
+        else:
+            child = path[i + 1]
+            towards_me = topo.nodes[child].parent_vout
+            if t.outputs[towards_me][1] != keys.branch_output_for(child).script_pubkey:
+                raise UnsafeToSign(f"{where}: output {towards_me} is not our branch's aggregate key")
+        for v, (amount, _) in enumerate(t.outputs[:-1]):
+            if amount < DUST_P2TR:
+                raise UnsafeToSign(f"{where}: output {v} of {amount} sat is dust")
+        vsize = keypath_tx_vsize([s for _, s in t.outputs])
+        fee = spent_amount - sum(a for a, _ in t.outputs)
+        if fee != fee_for(vsize, params.fee_rate_kvb):
+            raise UnsafeToSign(f"{where}: fee {fee} sat does not match the agreed fee rate")
+        utx = UnsignedNodeTx(t.node, build_node_tx(prevout, t.nsequence, t.outputs), spent_amount,
+                             spent_script)
+        out.append(utx)
+        prevout = (utx.txid, towards_me)
+        spent_amount, spent_script = t.outputs[towards_me]
+    return out
+
+
+# --- the client (signer) ----------------------------------------------------------------------
+
+
+class SignerState(Enum):
+    IDLE = "idle"
+    NONCES_SENT = "nonces_sent"
+    PSIGS_SENT = "psigs_sent"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass
+class Signer:
+    """A client in the ceremony. Holds its secret key; sees only what it is sent."""
+
+    seckey: bytes
+    terms: ClientTerms
+    policy: ClientPolicy = field(default_factory=ClientPolicy)
+    state: SignerState = SignerState.IDLE
+    signed_path: list[SignedNodeTx] = field(default_factory=list)  # our exit, root first
+    states: dict[int, int] = field(default_factory=dict)  # DW state of each signed path node
+    _session: bytes = b""
+    _keys: FactoryKeys | None = None
+    _header: wire.FactoryHeader | None = None
+    _pending: dict[int, UnsignedNodeTx] = field(default_factory=dict)
+    _path: list[UnsignedNodeTx] = field(default_factory=list)
+    _pending_states: dict[int, int] = field(default_factory=dict)
+    _nonces: dict[int, tuple[musig2.SecretNonce, bytes]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.pubkey = musig2.pubkey_from_secret(self.seckey)
+
+    @property
+    def keys(self) -> FactoryKeys | None:
+        return self._keys
+
+    @property
+    def header(self) -> wire.FactoryHeader | None:
+        return self._header
+
+    def receive(self, data: bytes) -> bytes | None:
+        """Handle one message from the LSP; returns our reply, if any. Raises on anything unsafe
+        (and then forgets the ceremony's nonces: a restart needs fresh ones)."""
+        try:
+            msg = wire.decode(data)
+            if isinstance(msg, wire.Abort):
+                self._fail()
+                log.info("LSP aborted the ceremony: %s", msg.reason)
+                return None
+            if isinstance(msg, wire.SignRequest):
+                return self._on_sign_request(msg)
+            if msg.session != self._session:
+                raise CeremonyError("message for another ceremony")
+            if msg.type is wire.MsgType.AGG_NONCES and self.state is SignerState.NONCES_SENT:
+                return self._on_agg_nonces(msg)
+            if msg.type is wire.MsgType.SIGNATURES and self.state is SignerState.PSIGS_SENT:
+                self._on_signatures(msg)
+                return None
+            raise CeremonyError(f"unexpected {msg.type.name} in state {self.state.value}")
+        except (WireError, CeremonyError, MuSigError):
+            self._fail()
+            raise
+
+    def _fail(self) -> None:
+        self._nonces.clear()
+        self._pending.clear()
+        self.state = SignerState.FAILED
+
+    def _on_sign_request(self, msg: wire.SignRequest) -> bytes:
+        if self.state in (SignerState.NONCES_SENT, SignerState.PSIGS_SENT):
+            raise CeremonyError("a new ceremony started before the previous one ended")
+        keys = check_header(msg.header, self.pubkey, self.terms, self.policy)
+        if self._header is not None and (
+            (msg.header.funding_txid, msg.header.funding_vout)
+            != (self._header.funding_txid, self._header.funding_vout)
+            or msg.header.client_pubkeys != self._header.client_pubkeys
+            or msg.header.params != self._header.params
+        ):
+            raise UnsafeToSign("the factory changed under an existing signed path")
+        path = check_path(keys, msg.header, msg.templates, self.terms)
+        to_sign = self._changed_nodes(path, {t.node: t.state for t in msg.templates})
+        self._keys, self._header, self._session = keys, msg.header, msg.session
+        self._path = path
+        self._pending = {u.node: u for u in path if u.node in to_sign}
+        self._pending_states = {t.node: t.state for t in msg.templates}
+        self._nonces = {
+            n: musig2.nonce_gen(self.pubkey, seckey=self.seckey, keyagg=keys.signing_keyagg(n),
+                                msg=u.sighash)
+            for n, u in self._pending.items()
+        }
+        self.state = SignerState.NONCES_SENT
+        values = tuple((n, pub) for n, (_, pub) in self._nonces.items())
+        return wire.NodeValues(wire.MsgType.NONCES, msg.session, values).encode()
+
+    def _changed_nodes(self, path: list[UnsignedNodeTx], states: dict[int, int]) -> set[int]:
+        """Nodes to sign. On a DW update, the first changed tx must be a newer state of a state node
+        (smaller delay), so that it always confirms before the superseded one."""
+        if not self.signed_path:
+            return {u.node for u in path}
+        old = {s.node: s for s in self.signed_path}
+        changed = [u.node for u in path if old[u.node].txid != u.txid]
+        if not changed:
+            raise UnsafeToSign("nothing changed: refusing to sign the same path again")
+        first = changed[0]
+        if states[first] <= self.states[first]:
+            raise UnsafeToSign(
+                f"node {first}: state {states[first]} is not newer than {self.states[first]}"
+            )
+        return set(changed)
+
+    def _on_agg_nonces(self, msg: wire.NodeValues) -> bytes:
+        assert self._keys is not None
+        if {n for n, _ in msg.values} != set(self._pending):
+            raise CeremonyError("aggregate nonces do not cover exactly the nodes we are signing")
+        psigs = []
+        for node, aggnonce in msg.values:
+            utx = self._pending[node]
+            session = musig2.Session.create(aggnonce, utx.sighash, self._keys.signing_keyagg(node))
+            secnonce, _ = self._nonces.pop(node)
+            psigs.append((node, musig2.partial_sign(secnonce, self.seckey, session)))
+        self.state = SignerState.PSIGS_SENT
+        return wire.NodeValues(wire.MsgType.PARTIAL_SIGS, self._session, tuple(psigs)).encode()
+
+    def _on_signatures(self, msg: wire.NodeValues) -> None:
+        assert self._keys is not None
+        sigs = dict(msg.values)
+        if set(sigs) != set(self._pending):
+            raise CeremonyError("signatures do not cover exactly the nodes we signed")
+        old = {s.node: s for s in self.signed_path}
+        new_path = []
+        for utx in self._path:
+            if utx.node in sigs:
+                sig = sigs[utx.node]
+                if not _verify_final(utx, self._keys.signing_keyagg(utx.node), sig):
+                    raise CeremonyError(f"node {utx.node}: the LSP's final signature is invalid")
+                new_path.append(SignedNodeTx(utx, sig))
+            else:
+                new_path.append(old[utx.node])
+        self.signed_path = new_path
+        self.states = dict(self._pending_states)
+        self._pending.clear()
+        self.state = SignerState.DONE
+
+
+# --- the LSP (coordinator) --------------------------------------------------------------------
+
+
+class CoordinatorState(Enum):
+    COLLECTING_NONCES = "collecting_nonces"
+    COLLECTING_PSIGS = "collecting_psigs"
+    DONE = "done"
+
+
+class Coordinator:
+    """The LSP's side of one ceremony: sign `nodes` of `factory` in `states` with every client."""
+
+    def __init__(
+        self,
+        factory: Factory,
+        lsp_seckey: bytes,
+        funding_outpoint: tuple[str, int],
+        states: Sequence[int],
+        nodes: Sequence[int] | None = None,
+        session: bytes | None = None,
+    ) -> None:
+        self.factory = factory
+        self.lsp_seckey = lsp_seckey
+        self.funding_outpoint = funding_outpoint
+        self.states = tuple(states)
+        self.session = session or os.urandom(32)
+        topo = factory.topology
+        self.nodes = sorted(set(range(len(topo.nodes)) if nodes is None else nodes))
+        self.txs = factory.transactions(funding_outpoint, self.states)
+        self.clients = sorted({c for n in self.nodes for c in factory.signers(n)})
+        # Nodes each client signs: the requested ones on its path.
+        wanted = set(self.nodes)
+        self.client_nodes = {
+            c: [n for n in topo.client_path(c) if n in wanted] for c in self.clients
+        }
+        self.state = CoordinatorState.COLLECTING_NONCES
+        self._keyaggs = {n: factory.signing_keyagg(n) for n in self.nodes}
+        self._lsp_nonces = {
+            n: musig2.nonce_gen(factory.lsp_pubkey, seckey=lsp_seckey, keyagg=self._keyaggs[n],
+                                msg=self.txs[n].sighash)
+            for n in self.nodes
+        }
+        self._pubnonces: dict[int, dict[int, bytes]] = {}
+        self._psigs: dict[int, dict[int, bytes]] = {}
+        self._sessions: dict[int, musig2.Session] = {}
+        self.signed: dict[int, SignedNodeTx] = {}
+
+    def header_for(self, client: int) -> wire.FactoryHeader:
+        f = self.factory
+        return wire.FactoryHeader(
+            f.params, f.timeout_height, f.lsp_pubkey, f.client_pubkeys, client,
+            self.funding_outpoint[0], self.funding_outpoint[1], f.funding_amount,
+        )
+
+    def start(self) -> dict[int, bytes]:
+        """The SIGN_REQUEST for every client taking part."""
+        out = {}
+        for c in self.clients:
+            templates = tuple(
+                wire.NodeTemplate(
+                    n,
+                    self.states[n],
+                    self.factory.nsequence(n, self.states[n]),
+                    tuple((o.amount, o.script_pubkey) for o in self.factory.outputs[n]),
+                )
+                for n in self.factory.topology.client_path(c)
+            )
+            out[c] = wire.SignRequest(self.session, self.header_for(c), templates).encode()
+        return out
+
+    @property
+    def waiting_for(self) -> list[int]:
+        """Clients we still need a message from in the current round."""
+        got = self._pubnonces if self.state is CoordinatorState.COLLECTING_NONCES else self._psigs
+        if self.state is CoordinatorState.DONE:
+            return []
+        return [c for c in self.clients if c not in got]
+
+    def abort(self, reason: str) -> dict[int, bytes]:
+        self._lsp_nonces.clear()
+        return {c: wire.Abort(self.session, reason).encode() for c in self.clients}
+
+    def receive(self, client: int, data: bytes) -> dict[int, bytes]:
+        """Handle one client's message; returns the messages to send when a round completes.
+
+        Raises `CeremonyError`/`WireError` naming the client on anything malformed or unexpected,
+        and `InvalidPartialSignature` naming the culprit."""
+        if client not in self.client_nodes:
+            raise CeremonyError(f"client {client} is not part of this ceremony")
+        try:
+            msg = wire.decode(data)
+        except WireError as e:
+            raise WireError(f"client {client}: {e}") from e
+        if isinstance(msg, wire.Abort):
+            raise CeremonyError(f"client {client} aborted: {msg.reason}")
+        if not isinstance(msg, wire.NodeValues) or msg.session != self.session:
+            raise CeremonyError(f"client {client}: unexpected message")
+        values = dict(msg.values)
+        if set(values) != set(self.client_nodes[client]):
+            raise CeremonyError(f"client {client}: values for the wrong nodes")
+        if msg.type is wire.MsgType.NONCES and self.state is CoordinatorState.COLLECTING_NONCES:
+            if client in self._pubnonces:
+                raise CeremonyError(f"client {client}: nonces sent twice")
+            self._pubnonces[client] = values
+            return self._aggregate_nonces() if not self.waiting_for else {}
+        if msg.type is wire.MsgType.PARTIAL_SIGS and self.state is CoordinatorState.COLLECTING_PSIGS:
+            if client in self._psigs:
+                raise CeremonyError(f"client {client}: partial signatures sent twice")
+            self._psigs[client] = values
+            return self._aggregate_signatures() if not self.waiting_for else {}
+        raise CeremonyError(f"client {client}: unexpected {msg.type.name} in {self.state.value}")
+
+    def _aggregate_nonces(self) -> dict[int, bytes]:
+        aggnonces = {}
+        for n in self.nodes:
+            pubs = [self._pubnonces[c][n] for c in self.factory.signers(n)]
+            pubs.append(self._lsp_nonces[n][1])
+            try:
+                aggnonces[n] = musig2.nonce_agg(pubs)
+            except MuSigError:
+                for c in self.factory.signers(n):  # find whose nonce is invalid
+                    try:
+                        musig2.nonce_agg([self._pubnonces[c][n]])
+                    except MuSigError as e:
+                        raise CeremonyError(f"client {c}: invalid nonce for node {n}") from e
+                raise
+            self._sessions[n] = musig2.Session.create(aggnonces[n], self.txs[n].sighash,
+                                                      self._keyaggs[n])
+        self.state = CoordinatorState.COLLECTING_PSIGS
+        return {
+            c: wire.NodeValues(
+                wire.MsgType.AGG_NONCES, self.session, tuple((n, aggnonces[n]) for n in nodes)
+            ).encode()
+            for c, nodes in self.client_nodes.items()
+        }
+
+    def _aggregate_signatures(self) -> dict[int, bytes]:
+        f = self.factory
+        for n in self.nodes:
+            session = self._sessions[n]
+            secnonce, lsp_pubnonce = self._lsp_nonces.pop(n)
+            psigs: dict[int | None, bytes] = {c: self._psigs[c][n] for c in f.signers(n)}
+            psigs[None] = musig2.partial_sign(secnonce, self.lsp_seckey, session)
+            try:
+                sig = musig2.partial_sig_agg(list(psigs.values()), session)
+                ok = _verify_final(self.txs[n], self._keyaggs[n], sig)
+            except MuSigError:
+                ok = False
+            if not ok:
+                pubnonces: dict[int | None, bytes] = {c: self._pubnonces[c][n] for c in f.signers(n)}
+                pubnonces[None] = lsp_pubnonce
+                pubkeys: dict[int | None, bytes] = {c: f.client_pubkeys[c] for c in f.signers(n)}
+                pubkeys[None] = f.lsp_pubkey
+                self._lsp_nonces.clear()
+                raise _blame(n, session, psigs, pubnonces, pubkeys)
+            self.signed[n] = SignedNodeTx(self.txs[n], sig)
+        self.state = CoordinatorState.DONE
+        return {
+            c: wire.NodeValues(
+                wire.MsgType.SIGNATURES, self.session,
+                tuple((n, self.signed[n].signature) for n in nodes),
+            ).encode()
+            for c, nodes in self.client_nodes.items()
+        }
+
+
+def run_ceremony(coordinator: Coordinator, signers: Mapping[int, Signer]) -> dict[str, int]:
+    """Relay bytes between a coordinator and its signers until done; returns bytes per direction.
+
+    Each signer sees only the bytes addressed to it (tests, demo and benchmarks)."""
+    to_clients = 0
+    from_clients = 0
+    outbox = coordinator.start()
+    while outbox:
+        replies: dict[int, bytes] = {}
+        for c, data in outbox.items():
+            to_clients += len(data)
+            reply = signers[c].receive(data)
+            if reply is not None:
+                from_clients += len(reply)
+                replies[c] = reply
+        outbox = {}
+        for c, data in replies.items():
+            outbox.update(coordinator.receive(c, data))
+    return {"to_clients": to_clients, "from_clients": from_clients}

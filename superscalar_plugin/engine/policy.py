@@ -1,0 +1,127 @@
+"""Exits and timeouts: what a client publishes to leave alone, and what the LSP takes after T.
+
+- `plan_exit`: a client's unilateral exit as ordered steps, each with the earliest block it can
+  confirm in, given when the funding output confirmed (each state waits out its nSequence delay).
+- `timeout_sweep`: the LSP's script-path spend of a timeout-leaf output (the funding output or any
+  published branch output) once the factory's absolute timeout has passed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import musig2
+from .btx import (
+    CMutableTransaction,
+    CMutableTxIn,
+    CMutableTxOut,
+    COutPoint,
+    CScript,
+    CScriptWitness,
+    CTxInWitness,
+    CTxWitness,
+    lx,
+)
+from .ceremony import SignedNodeTx
+from .errors import InvalidAmount, InvalidParameter
+from .taproot import TaprootOutput, taproot_sighash
+from .tree import FactoryKeys, NodeKind, fee_for
+
+SEQUENCE_LOCKTIME_ENABLED = 0xFFFFFFFE  # lets nLockTime apply, no relative lock, no RBF signal
+
+
+@dataclass(frozen=True)
+class ExitStep:
+    node: int
+    kind: NodeKind
+    txid: str
+    raw: bytes
+    relative_delay: int  # blocks after its parent confirms (BIP68)
+    earliest_height: int  # first block it can confirm in, if every parent confirmed at once
+    vsize: int
+    fee: int
+
+
+def plan_exit(
+    keys: FactoryKeys,
+    path: Sequence[SignedNodeTx],
+    states: Sequence[int] | dict[int, int],
+    funding_height: int,
+) -> list[ExitStep]:
+    """A client's unilateral exit: its signed path, root first, with the earliest heights.
+
+    A tx without relative lock can confirm in the same block as its parent; a DW state with delay
+    d can confirm from block parent_height + d on (BIP68)."""
+    height = funding_height
+    steps = []
+    for signed in path:
+        node = keys.topology.nodes[signed.node]
+        delay = keys.params.state_delay(states[signed.node]) if node.kind.is_state else 0
+        height += delay
+        raw = signed.raw()
+        tx = signed.unsigned.tx
+        steps.append(
+            ExitStep(
+                signed.node,
+                node.kind,
+                signed.txid,
+                raw,
+                delay,
+                height,
+                _vsize(raw, len(tx.serialize(include_witness=False))),
+                signed.unsigned.spent_amount - sum(o.nValue for o in tx.vout),
+            )
+        )
+    return steps
+
+
+def _vsize(raw: bytes, stripped_len: int) -> int:
+    weight = stripped_len * 3 + len(raw)
+    return (weight + 3) // 4
+
+
+def exit_blocks(steps: Sequence[ExitStep], funding_height: int) -> int:
+    """Blocks from the funding's confirmation until the channel output confirms, one block per tx
+    when a tx could share its parent's block (worst realistic case: each in its own block)."""
+    height = funding_height
+    for step in steps:
+        height = max(height + 1, height + step.relative_delay)
+    return height - funding_height
+
+
+def timeout_sweep(
+    keys: FactoryKeys,
+    outpoint: tuple[str, int],
+    output: TaprootOutput,
+    amount: int,
+    lsp_seckey: bytes,
+    destination: bytes,
+    fee_rate_kvb: int,
+) -> bytes:
+    """The LSP's sweep of a timeout-leaf output after the factory's timeout (script path).
+
+    nLockTime = T, so the tx is final from block T+1 on; the leaf's CLTV checks the same T."""
+    leaf = keys.timeout_leaf
+    if leaf not in output.leaves:
+        raise InvalidParameter("this output has no timeout leaf")
+    if musig2.pubkey_from_secret(lsp_seckey) != keys.lsp_pubkey:
+        raise InvalidParameter("the sweep key is not the factory's LSP key")
+    control = output.control_block(leaf)
+    # vsize: 1 in, 1 out; witness = sig(64) + script + control block.
+    base = 4 + 1 + 41 + 1 + (9 + len(destination)) + 4
+    witness = 2 + 1 + 65 + 1 + len(leaf.script) + 1 + len(control)
+    vsize = (base * 4 + witness + 3) // 4
+    fee = fee_for(vsize, fee_rate_kvb)
+    if amount - fee < 330:
+        raise InvalidAmount(f"output of {amount} sat cannot pay a {fee}-sat sweep fee")
+    tx = CMutableTransaction(
+        [CMutableTxIn(COutPoint(lx(outpoint[0]), outpoint[1]), nSequence=SEQUENCE_LOCKTIME_ENABLED)],
+        [CMutableTxOut(amount - fee, CScript(destination))],
+        nLockTime=keys.timeout_height,
+        nVersion=2,
+    )
+    digest = taproot_sighash(tx, 0, [(amount, output.script_pubkey)], leaf=leaf)
+    sig = musig2.schnorr_sign(digest, lsp_seckey)
+    tx.wit = CTxWitness([CTxInWitness(CScriptWitness([sig, leaf.script, control]))])
+    return bytes(tx.serialize())

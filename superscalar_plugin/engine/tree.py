@@ -1,0 +1,552 @@
+"""The factory tree: topology, amounts, output scripts and the transactions of a DW state.
+
+Three layers, each a small immutable value, so that a client can rebuild and check just its own
+root-to-leaf path while the LSP builds everything:
+
+- `Topology`: pure integers. Which clients sit under which node, node kinds, who spends what.
+  Depends only on the client count and the shape, so every participant derives the same one.
+- `Factory`: keys, amounts, fees and scripts of every output (the MuSig2 aggregates are computed
+  lazily and cached per client range).
+- `Factory.transactions(state)`: the unsigned transactions of one DW state, chained from the
+  funding outpoint.
+
+Node kinds (DESIGN.md section 1): leaves are DW *state* txs paying the channels plus the LSP's
+liquidity stock; levels above alternate *kickoff* / *state*; the top `kickoff_only_top` levels are
+plain timeout-sig-tree nodes ("split": no relative lock, outputs with the timeout leaf). If the
+topmost DW level is a state with nothing above it, a single-output kickoff is put on top so that no
+state tx spends the on-chain funding output directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cached_property
+
+from . import musig2
+from .btx import CMutableTransaction, CMutableTxIn, CMutableTxOut, COutPoint, CScript, lx
+from .errors import InvalidAmount, InvalidParameter, InvalidShape
+from .taproot import (
+    ANCHOR_SAT,
+    DUST_P2TR,
+    DUST_P2WSH,
+    P2A_SCRIPT,
+    TapLeaf,
+    TaprootOutput,
+    csv_leaf_script,
+    taproot_sighash,
+    timeout_leaf_script,
+)
+
+TX_VERSION = 2
+# No relative lock (bit 31 set), still signals replaceability.
+SEQUENCE_NO_RELATIVE_LOCK = 0xFFFFFFFD
+MAX_EWT_BLOCKS = 2016  # what most payers accept as a final CLTV; bLIP-56's ceiling in practice
+MAX_CLIENTS = 4096
+
+
+class NodeKind(StrEnum):
+    LEAF = "leaf"  # a DW state tx paying channels + liquidity stock
+    STATE = "state"  # an interior DW state tx: relative lock in nSequence
+    KICKOFF = "kickoff"  # no relative lock; outputs are plain n-of-n (no timeout leaf)
+    SPLIT = "split"  # kickoff-only top level: no relative lock, outputs carry the timeout leaf
+
+    @property
+    def is_state(self) -> bool:
+        return self in (NodeKind.LEAF, NodeKind.STATE)
+
+
+class OutputKind(StrEnum):
+    BRANCH = "branch"  # n-of-n of the clients below + L, spent by a child node
+    CHANNEL = "channel"  # the channel's own funding script (opaque: CLN's P2WSH 2-of-2)
+    STOCK = "stock"  # LSP liquidity stock: leaf clients & L, or L after a delay
+    ANCHOR = "anchor"  # 240-sat P2A
+
+
+@dataclass(frozen=True)
+class FactoryParams:
+    """The shape and economics of a factory. Every field is validated by `validate()`."""
+
+    clients_per_leaf: int = 2
+    arity: tuple[int, ...] = (2,)  # interior arity per level, from the leaves up; last repeats
+    kickoff_only_top: int = 0  # top interior levels without DW states
+    states_per_layer: int = 4  # K
+    step_blocks: int = 36  # S: state i waits S*(K-1-i) blocks
+    fee_rate_kvb: int = 2000  # sat per 1000 vB paid by every off-chain tx, from the LSP's share
+    anchor_sat: int = ANCHOR_SAT
+    stock_sat: int = 100_000  # LSP liquidity stock per leaf
+    stock_delay: int = 144  # blocks after which L alone may take a leaf's stock
+    ewt_margin: int = 36  # blocks added to the DW delays for confirmation slack
+    max_ewt: int = MAX_EWT_BLOCKS
+
+    def validate(self) -> None:
+        if not 1 <= self.clients_per_leaf <= 16:
+            raise InvalidShape(f"clients_per_leaf must be 1..16, got {self.clients_per_leaf}")
+        if not self.arity or any(not 1 <= a <= 64 for a in self.arity):
+            raise InvalidShape(f"arity must be a list of integers 1..64, got {list(self.arity)}")
+        if self.arity[-1] < 2:
+            raise InvalidShape("the last (repeating) arity must be at least 2, or the tree never closes")
+        if self.kickoff_only_top < 0:
+            raise InvalidShape("kickoff_only_top cannot be negative")
+        if not 1 <= self.states_per_layer <= 64:
+            raise InvalidShape(f"states_per_layer must be 1..64, got {self.states_per_layer}")
+        if not 1 <= self.step_blocks <= 1008:
+            raise InvalidShape(f"step_blocks must be 1..1008, got {self.step_blocks}")
+        if self.step_blocks * (self.states_per_layer - 1) >= 0xFFFF:
+            raise InvalidShape("states_per_layer * step_blocks exceeds nSequence's 16-bit range")
+        if not 1000 <= self.fee_rate_kvb <= 10_000_000:
+            raise InvalidAmount(
+                f"fee rate must be 1..10000 sat/vB, got {self.fee_rate_kvb / 1000:g} sat/vB"
+            )
+        if self.anchor_sat < ANCHOR_SAT:
+            raise InvalidAmount(f"anchor_sat must be at least {ANCHOR_SAT} (P2A dust)")
+        if self.stock_sat < DUST_P2TR:
+            raise InvalidAmount(f"stock_sat {self.stock_sat} is below dust ({DUST_P2TR})")
+        if not 1 <= self.stock_delay < 0xFFFF:
+            raise InvalidShape(f"stock_delay must be 1..65534, got {self.stock_delay}")
+        if self.ewt_margin < 0:
+            raise InvalidShape("ewt_margin cannot be negative")
+
+    def state_delay(self, state_index: int) -> int:
+        """Relative delay of DW state `state_index` (0 = first, largest delay)."""
+        if not 0 <= state_index < self.states_per_layer:
+            raise InvalidParameter(f"state index {state_index} out of range")
+        return self.step_blocks * (self.states_per_layer - 1 - state_index)
+
+    @property
+    def max_state_delay(self) -> int:
+        return self.state_delay(0)
+
+
+@dataclass(frozen=True)
+class Node:
+    index: int
+    kind: NodeKind
+    parent: int | None  # None: spends the funding output
+    parent_vout: int
+    children: tuple[int, ...]  # nodes spending this node's branch outputs, in vout order
+    lo: int  # clients [lo, hi) sit below this node
+    hi: int
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Pure integer shape of the tree; node 0 is the root, leaves come last."""
+
+    n_clients: int
+    params: FactoryParams
+    nodes: tuple[Node, ...]
+    leaf_of_client: tuple[int, ...]
+
+    @staticmethod
+    def build(n_clients: int, params: FactoryParams) -> Topology:
+        params.validate()
+        if not 1 <= n_clients <= MAX_CLIENTS:
+            raise InvalidShape(f"a factory needs 1..{MAX_CLIENTS} clients, got {n_clients}")
+        # Bottom-up grouping: each group is (kind, [child groups], lo, hi).
+        groups: list[_Group] = [
+            _Group(NodeKind.LEAF, [], lo, min(lo + params.clients_per_leaf, n_clients))
+            for lo in range(0, n_clients, params.clients_per_leaf)
+        ]
+        levels: list[list[_Group]] = []
+        level = 0
+        while len(groups) > 1:
+            a = params.arity[min(level, len(params.arity) - 1)]
+            kind = NodeKind.KICKOFF if level % 2 == 0 else NodeKind.STATE
+            groups = [
+                _Group(kind, groups[i : i + a], groups[i].lo, groups[min(i + a, len(groups)) - 1].hi)
+                for i in range(0, len(groups), a)
+            ]
+            levels.append(groups)
+            level += 1
+        # The top `kickoff_only_top` interior levels become plain timeout-sig-tree nodes.
+        for lv in levels[len(levels) - min(params.kickoff_only_top, len(levels)) :]:
+            for g in lv:
+                g.kind = NodeKind.SPLIT
+        root = groups[0]
+        if root.kind.is_state:
+            root = _Group(NodeKind.KICKOFF, [root], root.lo, root.hi)
+        nodes: list[Node] = []
+        leaf_of_client = [0] * n_clients
+        _number(root, None, 0, nodes, leaf_of_client)
+        return Topology(n_clients, params, tuple(nodes), tuple(leaf_of_client))
+
+    def path(self, node: int) -> list[int]:
+        """Node indices from the root down to `node`."""
+        out = [node]
+        while (parent := self.nodes[out[-1]].parent) is not None:
+            out.append(parent)
+        return out[::-1]
+
+    def client_path(self, client: int) -> list[int]:
+        return self.path(self.leaf_of_client[client])
+
+    def subtree(self, node: int) -> list[int]:
+        """`node` and every node below it, parents before children."""
+        out = [node]
+        i = 0
+        while i < len(out):
+            out.extend(self.nodes[out[i]].children)
+            i += 1
+        return out
+
+    @property
+    def leaves(self) -> list[int]:
+        return [n.index for n in self.nodes if n.kind is NodeKind.LEAF]
+
+    @property
+    def state_nodes(self) -> list[int]:
+        return [n.index for n in self.nodes if n.kind.is_state]
+
+    @cached_property
+    def depth(self) -> int:
+        return max(len(self.path(leaf)) for leaf in self.leaves)
+
+    def state_layers_on_path(self, node: int) -> int:
+        return sum(1 for i in self.path(node) if self.nodes[i].kind.is_state)
+
+    @cached_property
+    def max_state_layers(self) -> int:
+        return max(self.state_layers_on_path(leaf) for leaf in self.leaves)
+
+    @property
+    def ewt(self) -> int:
+        """Early warning time: the DW delays on the longest root-to-leaf path plus the margin."""
+        return self.max_state_layers * self.params.max_state_delay + self.params.ewt_margin
+
+    @property
+    def total_states(self) -> int:
+        """How many times the deepest leaf can be updated, counting the initial state."""
+        return self.params.states_per_layer**self.max_state_layers
+
+
+@dataclass
+class _Group:
+    kind: NodeKind
+    children: list[_Group]
+    lo: int
+    hi: int
+
+
+def _number(g: _Group, parent: int | None, vout: int, nodes: list[Node], leaf_of: list[int]) -> None:
+    """Depth-first numbering: parents get lower indices than their children."""
+    index = len(nodes)
+    nodes.append(Node(index, g.kind, parent, vout, (), g.lo, g.hi))
+    child_ids = []
+    for v, child in enumerate(g.children):
+        child_ids.append(len(nodes))
+        _number(child, index, v, nodes, leaf_of)
+    nodes[index] = Node(index, g.kind, parent, vout, tuple(child_ids), g.lo, g.hi)
+    if g.kind is NodeKind.LEAF:
+        for c in range(g.lo, g.hi):
+            leaf_of[c] = index
+
+
+# --- sizes ------------------------------------------------------------------------------------
+
+def _output_size(script: bytes) -> int:
+    return 8 + 1 + len(script)
+
+
+def keypath_tx_vsize(output_scripts: Sequence[bytes]) -> int:
+    """vsize of a one-input tx spent by a taproot key path (64-byte signature, SIGHASH_DEFAULT)."""
+    n_out = len(output_scripts)
+    base = 4 + 1 + (36 + 1 + 4) + (1 if n_out < 0xFD else 3) + 4
+    base += sum(_output_size(s) for s in output_scripts)
+    witness = 2 + 1 + 1 + 64  # marker+flag, item count, push length, signature
+    return (base * 4 + witness + 3) // 4
+
+
+def fee_for(vsize: int, fee_rate_kvb: int) -> int:
+    return -(-vsize * fee_rate_kvb // 1000)
+
+
+# --- the factory ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ClientSlot:
+    """One client: its MuSig2 key for this factory and its channel's funding output (opaque)."""
+
+    pubkey: bytes  # 33-byte compressed
+    channel_script: bytes  # scriptPubKey lightningd returned from fundchannel_start
+    channel_sat: int
+
+    def validate(self, index: int) -> None:
+        if len(self.pubkey) != 33 or self.pubkey[0] not in (2, 3):
+            raise InvalidParameter(f"client {index}: pubkey must be 33-byte compressed")
+        if not 1 <= len(self.channel_script) <= 80:
+            raise InvalidParameter(f"client {index}: channel script must be 1..80 bytes")
+        if self.channel_sat < DUST_P2WSH:
+            raise InvalidAmount(
+                f"client {index}: channel amount {self.channel_sat} sat is below dust ({DUST_P2WSH})"
+            )
+        if self.channel_sat > 21_000_000 * 100_000_000:
+            raise InvalidAmount(f"client {index}: channel amount {self.channel_sat} is absurd")
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    kind: OutputKind
+    amount: int
+    script_pubkey: bytes
+    child: int | None = None  # node spending it (BRANCH)
+    taproot: TaprootOutput | None = None
+    key_range: tuple[int, int] | None = None  # clients whose keys (with L's) form the internal key
+
+
+@dataclass(frozen=True)
+class UnsignedNodeTx:
+    node: int
+    tx: CMutableTransaction
+    spent_amount: int
+    spent_script: bytes
+
+    @cached_property
+    def txid(self) -> str:
+        return str(self.tx.GetTxid()[::-1].hex())
+
+    @cached_property
+    def sighash(self) -> bytes:
+        return taproot_sighash(self.tx, 0, [(self.spent_amount, self.spent_script)])
+
+
+@dataclass(frozen=True, eq=False)
+class FactoryKeys:
+    """The part of a factory every participant knows: shape, keys, timeout.
+
+    Enough to derive every branch output's script; a client uses only this (it does not learn the
+    other clients' channels).
+    """
+
+    params: FactoryParams
+    lsp_pubkey: bytes
+    client_pubkeys: tuple[bytes, ...]
+    timeout_height: int
+    _keyaggs: dict[tuple[int, int], musig2.KeyAggContext] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+
+    def validate(self) -> None:
+        for i, pk in enumerate((*self.client_pubkeys, self.lsp_pubkey)):
+            if len(pk) != 33 or pk[0] not in (2, 3):
+                who = "lsp" if i == len(self.client_pubkeys) else f"client {i}"
+                raise InvalidParameter(f"{who}: pubkey must be 33-byte compressed")
+        keys = (*self.client_pubkeys, self.lsp_pubkey)
+        if len(set(keys)) != len(keys):
+            raise InvalidParameter("every participant needs a distinct key")
+        if not 0 < self.timeout_height < 500_000_000:
+            raise InvalidParameter(f"timeout_height {self.timeout_height} is not a block height")
+        if self.topology.ewt > self.params.max_ewt:
+            raise InvalidShape(
+                f"early warning time {self.topology.ewt} blocks exceeds the limit of"
+                f" {self.params.max_ewt}: use fewer states per layer, a smaller step, or"
+                " kickoff-only top levels"
+            )
+
+    @cached_property
+    def topology(self) -> Topology:
+        return Topology.build(len(self.client_pubkeys), self.params)
+
+    @property
+    def n_clients(self) -> int:
+        return len(self.client_pubkeys)
+
+    @cached_property
+    def lsp_xonly(self) -> bytes:
+        return musig2.xonly(self.lsp_pubkey)
+
+    def keyagg(self, lo: int, hi: int) -> musig2.KeyAggContext:
+        """MuSig2 aggregate (untweaked) of clients [lo, hi) and the LSP, keys sorted (BIP327)."""
+        ctx = self._keyaggs.get((lo, hi))
+        if ctx is None:
+            keys = [*self.client_pubkeys[lo:hi], self.lsp_pubkey]
+            ctx = musig2.KeyAggContext.key_agg(musig2.key_sort(keys))
+            self._keyaggs[(lo, hi)] = ctx
+        return ctx
+
+    @cached_property
+    def timeout_leaf(self) -> TapLeaf:
+        return TapLeaf(timeout_leaf_script(self.timeout_height, self.lsp_xonly))
+
+    def branch_output(self, lo: int, hi: int, with_timeout: bool) -> TaprootOutput:
+        internal = self.keyagg(lo, hi).xonly_pubkey
+        return TaprootOutput(internal, self.timeout_leaf if with_timeout else None)
+
+    def branch_output_for(self, child: int) -> TaprootOutput:
+        """The output that `child` spends (its parent's branch output, or the funding output)."""
+        topo = self.topology
+        cn = topo.nodes[child]
+        with_timeout = cn.parent is None or topo.nodes[cn.parent].kind is not NodeKind.KICKOFF
+        return self.branch_output(cn.lo, cn.hi, with_timeout)
+
+    @cached_property
+    def stock_leaf(self) -> TapLeaf:
+        return TapLeaf(csv_leaf_script(self.params.stock_delay, self.lsp_xonly))
+
+    def stock_output(self, lo: int, hi: int) -> TaprootOutput:
+        return TaprootOutput(self.keyagg(lo, hi).xonly_pubkey, self.stock_leaf)
+
+    @cached_property
+    def funding_output(self) -> TaprootOutput:
+        return self.branch_output(0, self.n_clients, with_timeout=True)
+
+    def signing_keyagg(self, node: int) -> musig2.KeyAggContext:
+        """The key aggregate that signs `node`'s tx: its spent output's keys, taproot-tweaked."""
+        n = self.topology.nodes[node]
+        return self.keyagg(n.lo, n.hi).apply_tweak(self.branch_output_for(node).tweak, is_xonly=True)
+
+    def signers(self, node: int) -> range:
+        """Client indices that sign `node` (the LSP always signs too)."""
+        n = self.topology.nodes[node]
+        return range(n.lo, n.hi)
+
+    def nsequence(self, node: int, state_index: int) -> int:
+        if self.topology.nodes[node].kind.is_state:
+            return self.params.state_delay(state_index)  # BIP68 block-based relative lock
+        return SEQUENCE_NO_RELATIVE_LOCK
+
+
+def build_node_tx(
+    prevout: tuple[str, int], nsequence: int, outputs: Sequence[tuple[int, bytes]]
+) -> CMutableTransaction:
+    """A tree transaction: one input, the given outputs, nLockTime 0 (the timeout is in scripts)."""
+    return CMutableTransaction(
+        [CMutableTxIn(COutPoint(lx(prevout[0]), prevout[1]), nSequence=nsequence)],
+        [CMutableTxOut(amount, CScript(script)) for amount, script in outputs],
+        nLockTime=0,
+        nVersion=TX_VERSION,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class Factory(FactoryKeys):
+    """The LSP's full view: keys plus every client's channel output, hence every amount."""
+
+    channels: tuple[tuple[bytes, int], ...] = ()  # per client: (channel script, channel sat)
+
+    @staticmethod
+    def create(
+        params: FactoryParams,
+        lsp_pubkey: bytes,
+        clients: Sequence[ClientSlot],
+        timeout_height: int,
+    ) -> Factory:
+        for i, c in enumerate(clients):
+            c.validate(i)
+        f = Factory(
+            params,
+            lsp_pubkey,
+            tuple(c.pubkey for c in clients),
+            timeout_height,
+            channels=tuple((c.channel_script, c.channel_sat) for c in clients),
+        )
+        f.validate()
+        return f
+
+    # amounts and outputs, bottom-up
+
+    @cached_property
+    def outputs(self) -> tuple[tuple[OutputSpec, ...], ...]:
+        """Per node, its outputs in vout order (the P2A anchor last)."""
+        topo = self.topology
+        out: list[tuple[OutputSpec, ...]] = [()] * len(topo.nodes)
+        need: list[int] = [0] * len(topo.nodes)
+        for node in reversed(topo.nodes):  # children have higher indices than parents
+            specs: list[OutputSpec] = []
+            if node.kind is NodeKind.LEAF:
+                for c in range(node.lo, node.hi):
+                    script, amount = self.channels[c]
+                    specs.append(OutputSpec(OutputKind.CHANNEL, amount, script))
+                stock = self.stock_output(node.lo, node.hi)
+                specs.append(
+                    OutputSpec(
+                        OutputKind.STOCK,
+                        self.params.stock_sat,
+                        stock.script_pubkey,
+                        taproot=stock,
+                        key_range=(node.lo, node.hi),
+                    )
+                )
+            else:
+                with_timeout = node.kind is not NodeKind.KICKOFF
+                for child in node.children:
+                    cn = topo.nodes[child]
+                    tap = self.branch_output(cn.lo, cn.hi, with_timeout)
+                    specs.append(
+                        OutputSpec(
+                            OutputKind.BRANCH,
+                            need[child],
+                            tap.script_pubkey,
+                            child=child,
+                            taproot=tap,
+                            key_range=(cn.lo, cn.hi),
+                        )
+                    )
+            specs.append(OutputSpec(OutputKind.ANCHOR, self.params.anchor_sat, P2A_SCRIPT))
+            vsize = keypath_tx_vsize([s.script_pubkey for s in specs])
+            need[node.index] = sum(s.amount for s in specs) + fee_for(vsize, self.params.fee_rate_kvb)
+            out[node.index] = tuple(specs)
+        return tuple(out)
+
+    def input_amount(self, node: int) -> int:
+        parent = self.topology.nodes[node].parent
+        if parent is None:
+            return self.funding_amount
+        return self.outputs[parent][self.topology.nodes[node].parent_vout].amount
+
+    @cached_property
+    def funding_amount(self) -> int:
+        root = self.outputs[0]
+        vsize = keypath_tx_vsize([s.script_pubkey for s in root])
+        return sum(s.amount for s in root) + fee_for(vsize, self.params.fee_rate_kvb)
+
+    def spent_output(self, node: int) -> OutputSpec:
+        n = self.topology.nodes[node]
+        if n.parent is None:
+            f = self.funding_output
+            return OutputSpec(
+                OutputKind.BRANCH,
+                self.funding_amount,
+                f.script_pubkey,
+                child=0,
+                taproot=f,
+                key_range=(0, self.n_clients),
+            )
+        return self.outputs[n.parent][n.parent_vout]
+
+    def fee(self, node: int) -> int:
+        return self.input_amount(node) - sum(s.amount for s in self.outputs[node])
+
+    def vsize(self, node: int) -> int:
+        return keypath_tx_vsize([s.script_pubkey for s in self.outputs[node]])
+
+    # transactions
+
+    def node_tx(self, node: int, prevout: tuple[str, int], state_index: int) -> UnsignedNodeTx:
+        spent = self.spent_output(node)
+        outputs = [(s.amount, s.script_pubkey) for s in self.outputs[node]]
+        tx = build_node_tx(prevout, self.nsequence(node, state_index), outputs)
+        return UnsignedNodeTx(node, tx, spent.amount, spent.script_pubkey)
+
+    def transactions(
+        self, funding_outpoint: tuple[str, int], states: Sequence[int], nodes: Sequence[int] | None = None
+    ) -> dict[int, UnsignedNodeTx]:
+        """Unsigned txs of `nodes` (default: all), chained from the funding outpoint.
+
+        `states[i]` is node i's DW state index (ignored for non-state nodes). Parents of requested
+        nodes are built too, as their txids are needed.
+        """
+        topo = self.topology
+        wanted = set(range(len(topo.nodes))) if nodes is None else set(nodes)
+        needed: set[int] = set()
+        for n in wanted:
+            needed.update(topo.path(n))
+        built: dict[int, UnsignedNodeTx] = {}
+        for n in sorted(needed):  # parents first
+            node = topo.nodes[n]
+            prevout = (
+                funding_outpoint if node.parent is None else (built[node.parent].txid, node.parent_vout)
+            )
+            built[n] = self.node_tx(n, prevout, states[n])
+        return {n: t for n, t in built.items() if n in wanted}
