@@ -1,0 +1,210 @@
+"""`superscalar demo`: a factory's whole life on an embedded regtest chain.
+
+Every transaction is judged by Bitcoin Core's consensus engine (py-bitcoinkernel): a step that the
+chain refuses is reported with Core's reason, and the demo fails if anything unexpected happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import click
+
+from .engine import dw, policy
+from .engine.ceremony import ClientTerms, Coordinator, SignedNodeTx, Signer, run_ceremony
+from .engine.errors import ChainError
+from .engine.tree import Factory, FactoryParams, NodeKind
+from .simulate import make_factory
+
+
+def draw_tree(f: Factory, states: dw.States, highlight: Iterable[int] = ()) -> list[str]:
+    """The tree as indented text, one line per tx, with its state and outputs."""
+    topo = f.topology
+    marked = set(highlight)
+    lines = [f"funding output {f.funding_amount} sat: MuSig2(all {f.n_clients} clients + LSP)"
+             f" | LSP after block {f.timeout_height}"]
+
+    def label(n: int) -> str:
+        node = topo.nodes[n]
+        text = f"{node.kind.value} #{n}"
+        if node.kind.is_state:
+            text += f" [state {states[n]}, nSequence {f.params.state_delay(states[n])}]"
+        if node.kind is NodeKind.LEAF:
+            chans = ", ".join(f"c{c}:{f.channels[c][1]}" for c in range(node.lo, node.hi))
+            text += f" -> channels {chans}; stock {f.params.stock_sat}"
+        else:
+            text += f" clients {node.lo}..{node.hi - 1}"
+        return text + ("   <== exit path" if n in marked else "")
+
+    def walk(n: int, prefix: str, last: bool) -> None:
+        lines.append(prefix + ("└─ " if last else "├─ ") + label(n))
+        children = topo.nodes[n].children
+        for i, child in enumerate(children):
+            walk(child, prefix + ("   " if last else "│  "), i == len(children) - 1)
+
+    walk(0, "", True)
+    return lines
+
+
+def run_demo(n_clients: int, params: FactoryParams, channel_sat: int, advances: int) -> None:
+    from .chain.kernel import KernelChain
+
+    with KernelChain() as chain:
+        _run(chain, n_clients, params, channel_sat, advances)
+
+
+def _step(title: str) -> None:
+    click.echo()
+    click.secho(f"== {title}", bold=True)
+
+
+def _expect(ok: bool, what: str) -> None:
+    if not ok:
+        raise ChainError(f"demo: unexpected outcome: {what}")
+
+
+def _run(chain: object, n_clients: int, params: FactoryParams, channel_sat: int,
+         advances: int) -> None:
+    from .chain.kernel import KernelChain
+
+    assert isinstance(chain, KernelChain)
+    _step("1. Create the factory and sign it (two MuSig2 rounds, every client a separate signer)")
+    chain.mine_empty(1)
+    # Timeout leaves room for the funding (~100 blocks of coinbase maturity), the DW delays and
+    # the exit; keep it close so the sweep can be shown without a long chain.
+    probe = make_factory(n_clients, params, timeout_height=10_000, channel_sat=channel_sat).factory
+    exit_blocks = probe.topology.ewt + 2 * probe.topology.depth + params.max_state_delay * advances
+    timeout = 101 + 5 + exit_blocks + 10
+    people = make_factory(n_clients, params, timeout_height=timeout, channel_sat=channel_sat)
+    f = people.factory
+    topo = f.topology
+    click.echo(
+        f"{n_clients} clients, {len(topo.nodes)} off-chain txs, EWT {topo.ewt} blocks,"
+        f" timeout at block {timeout}, funding {f.funding_amount} sat"
+    )
+    funding_tx = chain.build_funding_tx([(f.funding_output.script_pubkey, f.funding_amount)])
+    from .engine.btx import CTransaction
+
+    funding_txid = CTransaction.deserialize(funding_tx).GetTxid()[::-1].hex()
+    outpoint = (funding_txid, 0)
+    states = dw.initial_states(topo)
+    signers = {
+        c: Signer(sk, ClientTerms(f.lsp_pubkey, timeout, *f.channels[c]))
+        for c, sk in enumerate(people.client_seckeys)
+    }
+    coordinator = Coordinator(f, people.lsp_seckey, outpoint, states)
+    with click.progressbar(length=3, label="ceremony rounds") as bar:
+        outbox = coordinator.start()
+        sent = sum(len(m) for m in outbox.values())
+        bar.update(1)
+        while outbox:
+            replies = {c: r for c, m in outbox.items() if (r := signers[c].receive(m)) is not None}
+            outbox = {}
+            for c, reply in replies.items():
+                outbox.update(coordinator.receive(c, reply))
+            sent += sum(len(m) for m in outbox.values())
+            bar.update(1)
+    signed = dict(coordinator.signed)
+    _expect(len(signed) == len(topo.nodes), "every tree tx signed")
+    click.echo(f"all {len(signed)} txs signed; {sent} bytes sent to clients; every client stored"
+               f" its own exit path ({len(signers[0].signed_path)} txs for client 0)")
+
+    _step("2. Fund the factory and confirm it")
+    result = chain.mine([funding_tx])
+    _expect(result.accepted, f"funding confirms ({result.reason})")
+    funding_height = result.height
+    click.echo(f"funding {funding_txid}:0 confirmed at block {funding_height}")
+
+    exiting = 0
+    leaf = topo.leaf_of_client[exiting]
+    history: list[dict[int, SignedNodeTx]] = [signed]
+    bumped: int | None = None
+    _step(f"3. Advance client {exiting}'s leaf {advances} times (DW odometer)")
+    for i in range(advances):
+        adv = dw.advance_leaf(topo, states, leaf)
+        co = Coordinator(f, people.lsp_seckey, outpoint, adv.states, adv.resigned)
+        run_ceremony(co, {c: signers[c] for c in co.clients})
+        states, bumped = adv.states, adv.bumped
+        history.append({**history[-1], **co.signed})
+        digits = "/".join(str(states[n]) for n in topo.path(leaf) if topo.nodes[n].kind.is_state)
+        click.echo(
+            f"update {i + 1}: bumped {topo.nodes[adv.bumped].kind.value} #{adv.bumped},"
+            f" re-signed {len(adv.resigned)} txs with {len(co.clients)} clients; odometer {digits}"
+        )
+    path = topo.path(leaf)
+    for line in draw_tree(f, states, path):
+        click.echo("  " + line)
+
+    _step(f"4. Client {exiting} exits alone with what it stored")
+    steps = policy.plan_exit(f, signers[exiting].signed_path, signers[exiting].states,
+                             funding_height)
+    # The last update's superseded version of the node it bumped: same input, longer delay.
+    stale = history[-2][bumped] if bumped is not None else None
+    parent_height = funding_height
+    for step in steps:
+        valid_from = parent_height + step.relative_delay
+        if step.relative_delay and chain.height + 1 < valid_from:
+            chain.mine_empty(valid_from - 2 - chain.height)
+            early = chain.mine([step.raw])
+            _expect(not early.accepted, "a state tx confirming before its delay")
+            click.echo(f"  {step.kind.value} #{step.node} at block {early.height + 1}: rejected"
+                       f" ({early.reason}), needs {step.relative_delay} blocks after its parent")
+            chain.mine_empty(1)
+            if stale is not None and step.node == stale.node:
+                old = chain.mine([stale.raw()])
+                _expect(not old.accepted, "the superseded state still locked")
+                click.echo(f"  superseded {step.kind.value} #{step.node} at block {old.height + 1}:"
+                           f" rejected ({old.reason}): its delay is longer, the newest state"
+                           " goes first")
+        result = chain.mine([step.raw])
+        _expect(result.accepted, f"exit step #{step.node} ({result.reason} {result.detail})")
+        parent_height = result.height
+        click.echo(f"  {step.kind.value} #{step.node} {step.txid[:16]}.. confirmed at block"
+                   f" {result.height} ({step.vsize} vB, fee {step.fee} sat)")
+    pos = exiting - topo.nodes[leaf].lo
+    leaf_txid = steps[-1].txid
+    _expect(chain.utxo(leaf_txid, pos) == (f.channels[exiting][1], f.channels[exiting][0]),
+            "the channel output exists")
+    click.echo(f"  channel output {leaf_txid}:{pos} of {f.channels[exiting][1]} sat is on chain:"
+               " lightningd's commitment can now confirm")
+
+    if stale is not None:
+        _step("5. The outdated state never confirms: the newer one already spent its input")
+        chain.mine_empty(params.max_state_delay)
+        old = chain.mine([stale.raw()])
+        _expect(not old.accepted, "outdated state rejected")
+        click.echo(f"  superseded {topo.nodes[stale.node].kind.value} #{stale.node}, now past its"
+                   f" delay: rejected ({old.reason})")
+
+    _step("6. The LSP's timeout sweep")
+    sweep_node = next((n for n in path if topo.nodes[n].kind is not NodeKind.KICKOFF
+                       and topo.nodes[n].kind is not NodeKind.LEAF
+                       and len(topo.nodes[n].children) > 1), None)
+    if sweep_node is None:  # a one-leaf factory: nothing but the exit path was published
+        _expect(False, "a factory with an interior state or split node to sweep")
+    else:
+        on_path = topo.path(leaf)[topo.path(leaf).index(sweep_node) + 1]
+        vout = next(v for v, child in enumerate(topo.nodes[sweep_node].children) if child != on_path)
+        spec = f.outputs[sweep_node][vout]
+        assert spec.taproot is not None
+        signed_node = history[-1][sweep_node]
+        target, output, amount = (signed_node.txid, vout), spec.taproot, spec.amount
+        what = f"output {vout} of {topo.nodes[sweep_node].kind.value} #{sweep_node} (the others' branch)"
+    sweep = policy.timeout_sweep(f, target, output, amount, people.lsp_seckey,
+                                 chain.wallet_script_pubkey, params.fee_rate_kvb)
+    if chain.height < timeout - 1:
+        chain.mine_empty(timeout - 1 - chain.height)
+    early = chain.mine([sweep])
+    _expect(not early.accepted, "sweep before the timeout")
+    click.echo(f"  sweep of {what} at block {early.height + 1}: rejected ({early.reason})")
+    chain.mine_empty(1)
+    late = chain.mine([sweep])
+    _expect(late.accepted, f"sweep after the timeout ({late.reason})")
+    click.echo(f"  at block {late.height} (after T={timeout}): accepted, {amount} sat back to the LSP")
+
+    _step("Summary")
+    click.echo(f"  clients: {n_clients}; off-chain txs: {len(topo.nodes)}; EWT: {topo.ewt} blocks")
+    click.echo(f"  client {exiting}'s exit: {len(steps)} txs, {sum(s.vsize for s in steps)} vB,"
+               f" from block {funding_height} to {steps[-1].earliest_height} at the earliest")
+    click.echo(f"  DW updates: {advances}; chain height: {chain.height}; every step checked by"
+               " Bitcoin Core's consensus engine")
