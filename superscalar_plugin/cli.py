@@ -22,7 +22,9 @@ def parse_arity(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise InvalidShape(f"--arity must be comma-separated integers like 2,4,8, got {text!r}") from None
+        raise InvalidShape(
+            f"--arity must be comma-separated integers like 2,4,8, got {text!r}"
+        ) from None
     return values
 
 
@@ -31,22 +33,55 @@ def shape_options(f: Any) -> Any:
     opts = [
         click.option("--clients", "-n", type=int, required=True, help="Number of clients."),
         click.option("--clients-per-leaf", type=int, default=2, show_default=True),
-        click.option("--arity", default="2", show_default=True,
-                     help="Interior arity per level from the leaves up, e.g. 2,4,8 (last repeats)."),
-        click.option("--kickoff-only-top", type=int, default=0, show_default=True,
-                     help="Top interior levels without DW states (plain timeout-sig-tree)."),
-        click.option("--states-per-layer", type=int, default=None,
-                     help="DW states per layer K (plan: 4, demo: 3)."),
-        click.option("--step-blocks", type=int, default=None,
-                     help="DW step S in blocks (plan: 36, demo: 3)."),
-        click.option("--fee-rate", type=float, default=2.0, show_default=True,
-                     help="sat/vB paid by every off-chain tx (endogenous, from the LSP's share)."),
-        click.option("--channel-sat", type=int, default=200_000, show_default=True,
-                     help="Channel amount per client."),
-        click.option("--stock-sat", type=int, default=100_000, show_default=True,
-                     help="LSP liquidity stock per leaf."),
-        click.option("--ewt-margin", type=int, default=None,
-                     help="Blocks added to the DW delays for the early warning time."),
+        click.option(
+            "--arity",
+            default="2",
+            show_default=True,
+            help="Interior arity per level from the leaves up, e.g. 2,4,8 (last repeats).",
+        ),
+        click.option(
+            "--kickoff-only-top",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Top interior levels without DW states (plain timeout-sig-tree).",
+        ),
+        click.option(
+            "--states-per-layer",
+            type=int,
+            default=None,
+            help="DW states per layer K (plan: 4, demo: 3).",
+        ),
+        click.option(
+            "--step-blocks", type=int, default=None, help="DW step S in blocks (plan: 36, demo: 3)."
+        ),
+        click.option(
+            "--fee-rate",
+            type=float,
+            default=2.0,
+            show_default=True,
+            help="sat/vB paid by every off-chain tx (endogenous, from the LSP's share).",
+        ),
+        click.option(
+            "--channel-sat",
+            type=int,
+            default=200_000,
+            show_default=True,
+            help="Channel amount per client.",
+        ),
+        click.option(
+            "--stock-sat",
+            type=int,
+            default=100_000,
+            show_default=True,
+            help="LSP liquidity stock per leaf.",
+        ),
+        click.option(
+            "--ewt-margin",
+            type=int,
+            default=None,
+            help="Blocks added to the DW delays for the early warning time.",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -92,16 +127,21 @@ def describe_levels(topo: Topology) -> list[dict[str, Any]]:
     for depth in sorted(by_depth):
         nodes = [topo.nodes[i] for i in by_depth[depth]]
         kinds = sorted({n.kind.value for n in nodes})
-        arities = sorted({len(n.children) for n in nodes if n.children} or {n.hi - n.lo for n in nodes})
-        levels.append({"depth": depth, "nodes": len(nodes), "kind": "/".join(kinds), "arity": arities})
+        arities = sorted(
+            {len(n.children) for n in nodes if n.children} or {n.hi - n.lo for n in nodes}
+        )
+        levels.append(
+            {"depth": depth, "nodes": len(nodes), "kind": "/".join(kinds), "arity": arities}
+        )
     return levels
 
 
 def plan_factory(shape: Shape, fee_rate_kvb: int) -> dict[str, Any]:
     from .simulate import make_factory
 
-    f = make_factory(shape.clients, shape.params, timeout_height=1_000_000,
-                     channel_sat=shape.channel_sat).factory
+    f = make_factory(
+        shape.clients, shape.params, timeout_height=1_000_000, channel_sat=shape.channel_sat
+    ).factory
     topo = f.topology
     worst: dict[str, Any] | None = None
     for client in range(shape.clients):
@@ -158,7 +198,9 @@ def print_plan(plan: dict[str, Any]) -> None:
         f" S={p['step_blocks']} blocks"
     )
     for lv in plan["levels"]:
-        click.echo(f"  depth {lv['depth']:>2}: {lv['nodes']:>5} x {lv['kind']:<14} arity {lv['arity']}")
+        click.echo(
+            f"  depth {lv['depth']:>2}: {lv['nodes']:>5} x {lv['kind']:<14} arity {lv['arity']}"
+        )
     click.echo(f"  off-chain transactions: {plan['transactions']} ({plan['leaves']} leaves)")
     click.echo(
         f"  DW state layers on the longest path: {plan['state_layers']}"
@@ -185,8 +227,10 @@ def print_plan(plan: dict[str, Any]) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Log the engine's debug messages.")
 def cli(verbose: bool) -> None:
     """SuperScalar channel factories: plan shapes and run a local lifecycle."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 @cli.command()
@@ -204,8 +248,13 @@ def plan(as_json: bool, **kw: Any) -> None:
 
 @cli.command()
 @shape_options
-@click.option("--advances", type=int, default=3, show_default=True,
-              help="DW state updates of the exiting client's leaf.")
+@click.option(
+    "--advances",
+    type=int,
+    default=3,
+    show_default=True,
+    help="DW state updates of the exiting client's leaf.",
+)
 def demo(advances: int, **kw: Any) -> None:
     """A whole factory lifecycle on an embedded regtest chain (Bitcoin Core's consensus)."""
     from .demo import run_demo
@@ -229,4 +278,3 @@ def main() -> None:
     except SuperscalarError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
-

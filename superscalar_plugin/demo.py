@@ -14,6 +14,7 @@ from .engine import dw, policy
 from .engine.ceremony import ClientTerms, Coordinator, SignedNodeTx, Signer, run_ceremony
 from .engine.errors import ChainError
 from .engine.tree import Factory, FactoryParams, NodeKind
+from .engine.tx import Tx
 from .simulate import make_factory
 
 
@@ -21,8 +22,10 @@ def draw_tree(f: Factory, states: dw.States, highlight: Iterable[int] = ()) -> l
     """The tree as indented text, one line per tx, with its state and outputs."""
     topo = f.topology
     marked = set(highlight)
-    lines = [f"funding output {f.funding_amount} sat: MuSig2(all {f.n_clients} clients + LSP)"
-             f" | LSP after block {f.timeout_height}"]
+    lines = [
+        f"funding output {f.funding_amount} sat: MuSig2(all {f.n_clients} clients + LSP)"
+        f" | LSP after block {f.timeout_height}"
+    ]
 
     def label(n: int) -> str:
         node = topo.nodes[n]
@@ -63,8 +66,9 @@ def _expect(ok: bool, what: str) -> None:
         raise ChainError(f"demo: unexpected outcome: {what}")
 
 
-def _run(chain: object, n_clients: int, params: FactoryParams, channel_sat: int,
-         advances: int) -> None:
+def _run(
+    chain: object, n_clients: int, params: FactoryParams, channel_sat: int, advances: int
+) -> None:
     from .chain.kernel import KernelChain
 
     assert isinstance(chain, KernelChain)
@@ -83,9 +87,7 @@ def _run(chain: object, n_clients: int, params: FactoryParams, channel_sat: int,
         f" timeout at block {timeout}, funding {f.funding_amount} sat"
     )
     funding_tx = chain.build_funding_tx([(f.funding_output.script_pubkey, f.funding_amount)])
-    from .engine.btx import CTransaction
-
-    funding_txid = CTransaction.deserialize(funding_tx).GetTxid()[::-1].hex()
+    funding_txid = Tx.deserialize(funding_tx).txid
     outpoint = (funding_txid, 0)
     states = dw.initial_states(topo)
     signers = {
@@ -106,8 +108,10 @@ def _run(chain: object, n_clients: int, params: FactoryParams, channel_sat: int,
             bar.update(1)
     signed = dict(coordinator.signed)
     _expect(len(signed) == len(topo.nodes), "every tree tx signed")
-    click.echo(f"all {len(signed)} txs signed; {sent} bytes sent to clients; every client stored"
-               f" its own exit path ({len(signers[0].signed_path)} txs for client 0)")
+    click.echo(
+        f"all {len(signed)} txs signed; {sent} bytes sent to clients; every client stored"
+        f" its own exit path ({len(signers[0].signed_path)} txs for client 0)"
+    )
 
     _step("2. Fund the factory and confirm it")
     result = chain.mine([funding_tx])
@@ -136,8 +140,9 @@ def _run(chain: object, n_clients: int, params: FactoryParams, channel_sat: int,
         click.echo("  " + line)
 
     _step(f"4. Client {exiting} exits alone with what it stored")
-    steps = policy.plan_exit(f, signers[exiting].signed_path, signers[exiting].states,
-                             funding_height)
+    steps = policy.plan_exit(
+        f, signers[exiting].signed_path, signers[exiting].states, funding_height
+    )
     # The last update's superseded version of the node it bumped: same input, longer delay.
     stale = history[-2][bumped] if bumped is not None else None
     parent_height = funding_height
@@ -147,51 +152,79 @@ def _run(chain: object, n_clients: int, params: FactoryParams, channel_sat: int,
             chain.mine_empty(valid_from - 2 - chain.height)
             early = chain.mine([step.raw])
             _expect(not early.accepted, "a state tx confirming before its delay")
-            click.echo(f"  {step.kind.value} #{step.node} at block {early.height + 1}: rejected"
-                       f" ({early.reason}), needs {step.relative_delay} blocks after its parent")
+            click.echo(
+                f"  {step.kind.value} #{step.node} at block {early.height + 1}: rejected"
+                f" ({early.reason}), needs {step.relative_delay} blocks after its parent"
+            )
             chain.mine_empty(1)
             if stale is not None and step.node == stale.node:
                 old = chain.mine([stale.raw()])
                 _expect(not old.accepted, "the superseded state still locked")
-                click.echo(f"  superseded {step.kind.value} #{step.node} at block {old.height + 1}:"
-                           f" rejected ({old.reason}): its delay is longer, the newest state"
-                           " goes first")
+                click.echo(
+                    f"  superseded {step.kind.value} #{step.node} at block {old.height + 1}:"
+                    f" rejected ({old.reason}): its delay is longer, the newest state"
+                    " goes first"
+                )
         result = chain.mine([step.raw])
         _expect(result.accepted, f"exit step #{step.node} ({result.reason} {result.detail})")
         parent_height = result.height
-        click.echo(f"  {step.kind.value} #{step.node} {step.txid[:16]}.. confirmed at block"
-                   f" {result.height} ({step.vsize} vB, fee {step.fee} sat)")
+        click.echo(
+            f"  {step.kind.value} #{step.node} {step.txid[:16]}.. confirmed at block"
+            f" {result.height} ({step.vsize} vB, fee {step.fee} sat)"
+        )
     pos = exiting - topo.nodes[leaf].lo
     leaf_txid = steps[-1].txid
-    _expect(chain.utxo(leaf_txid, pos) == (f.channels[exiting][1], f.channels[exiting][0]),
-            "the channel output exists")
-    click.echo(f"  channel output {leaf_txid}:{pos} of {f.channels[exiting][1]} sat is on chain:"
-               " lightningd's commitment can now confirm")
+    _expect(
+        chain.utxo(leaf_txid, pos) == (f.channels[exiting][1], f.channels[exiting][0]),
+        "the channel output exists",
+    )
+    click.echo(
+        f"  channel output {leaf_txid}:{pos} of {f.channels[exiting][1]} sat is on chain:"
+        " lightningd's commitment can now confirm"
+    )
 
     if stale is not None:
         _step("5. The outdated state never confirms: the newer one already spent its input")
         chain.mine_empty(params.max_state_delay)
         old = chain.mine([stale.raw()])
         _expect(not old.accepted, "outdated state rejected")
-        click.echo(f"  superseded {topo.nodes[stale.node].kind.value} #{stale.node}, now past its"
-                   f" delay: rejected ({old.reason})")
+        click.echo(
+            f"  superseded {topo.nodes[stale.node].kind.value} #{stale.node}, now past its"
+            f" delay: rejected ({old.reason})"
+        )
 
     _step("6. The LSP's timeout sweep")
-    sweep_node = next((n for n in path if topo.nodes[n].kind is not NodeKind.KICKOFF
-                       and topo.nodes[n].kind is not NodeKind.LEAF
-                       and len(topo.nodes[n].children) > 1), None)
+    sweep_node = next(
+        (
+            n
+            for n in path
+            if topo.nodes[n].kind is not NodeKind.KICKOFF
+            and topo.nodes[n].kind is not NodeKind.LEAF
+            and len(topo.nodes[n].children) > 1
+        ),
+        None,
+    )
     if sweep_node is None:  # a one-leaf factory: nothing but the exit path was published
         _expect(False, "a factory with an interior state or split node to sweep")
     else:
         on_path = topo.path(leaf)[topo.path(leaf).index(sweep_node) + 1]
-        vout = next(v for v, child in enumerate(topo.nodes[sweep_node].children) if child != on_path)
+        vout = next(
+            v for v, child in enumerate(topo.nodes[sweep_node].children) if child != on_path
+        )
         spec = f.outputs[sweep_node][vout]
         assert spec.taproot is not None
         signed_node = history[-1][sweep_node]
         target, output, amount = (signed_node.txid, vout), spec.taproot, spec.amount
         what = f"output {vout} of {topo.nodes[sweep_node].kind.value} #{sweep_node} (the others' branch)"
-    sweep = policy.timeout_sweep(f, target, output, amount, people.lsp_seckey,
-                                 chain.wallet_script_pubkey, params.fee_rate_kvb)
+    sweep = policy.timeout_sweep(
+        f,
+        target,
+        output,
+        amount,
+        people.lsp_seckey,
+        chain.wallet_script_pubkey,
+        params.fee_rate_kvb,
+    )
     if chain.height < timeout - 1:
         chain.mine_empty(timeout - 1 - chain.height)
     early = chain.mine([sweep])
@@ -200,11 +233,17 @@ def _run(chain: object, n_clients: int, params: FactoryParams, channel_sat: int,
     chain.mine_empty(1)
     late = chain.mine([sweep])
     _expect(late.accepted, f"sweep after the timeout ({late.reason})")
-    click.echo(f"  at block {late.height} (after T={timeout}): accepted, {amount} sat back to the LSP")
+    click.echo(
+        f"  at block {late.height} (after T={timeout}): accepted, {amount} sat back to the LSP"
+    )
 
     _step("Summary")
     click.echo(f"  clients: {n_clients}; off-chain txs: {len(topo.nodes)}; EWT: {topo.ewt} blocks")
-    click.echo(f"  client {exiting}'s exit: {len(steps)} txs, {sum(s.vsize for s in steps)} vB,"
-               f" from block {funding_height} to {steps[-1].earliest_height} at the earliest")
-    click.echo(f"  DW updates: {advances}; chain height: {chain.height}; every step checked by"
-               " Bitcoin Core's consensus engine")
+    click.echo(
+        f"  client {exiting}'s exit: {len(steps)} txs, {sum(s.vsize for s in steps)} vB,"
+        f" from block {funding_height} to {steps[-1].earliest_height} at the earliest"
+    )
+    click.echo(
+        f"  DW updates: {advances}; chain height: {chain.height}; every step checked by"
+        " Bitcoin Core's consensus engine"
+    )

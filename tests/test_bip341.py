@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from superscalar_plugin.engine.btx import CTransaction
 from superscalar_plugin.engine.taproot import (
     ScriptTree,
     TapLeaf,
@@ -16,8 +15,11 @@ from superscalar_plugin.engine.taproot import (
     taproot_sighash,
     taproot_tweak,
 )
+from superscalar_plugin.engine.tx import Tx
 
-VECTORS = json.loads((Path(__file__).parent / "vectors/bip341/wallet-test-vectors.json").read_text())
+VECTORS = json.loads(
+    (Path(__file__).parent / "vectors/bip341/wallet-test-vectors.json").read_text()
+)
 
 
 def _tree(node: Any) -> ScriptTree | None:
@@ -38,7 +40,9 @@ def _leaves_in_order(node: Any) -> list[TapLeaf]:
     return _leaves_in_order(node[0]) + _leaves_in_order(node[1])
 
 
-@pytest.mark.parametrize("case", VECTORS["scriptPubKey"], ids=lambda c: str(c["expected"]["bip350Address"]))
+@pytest.mark.parametrize(
+    "case", VECTORS["scriptPubKey"], ids=lambda c: str(c["expected"]["bip350Address"])
+)
 def test_script_pubkey_vectors(case: dict[str, Any]) -> None:
     given, inter, expected = case["given"], case["intermediary"], case["expected"]
     out = TaprootOutput(bytes.fromhex(given["internalPubkey"]), _tree(given["scriptTree"]))
@@ -58,8 +62,10 @@ def _spending_cases() -> list[tuple[dict[str, Any], dict[str, Any]]]:
 
 @pytest.mark.parametrize("case,inp", _spending_cases())
 def test_keypath_sighash_vectors(case: dict[str, Any], inp: dict[str, Any]) -> None:
-    tx = CTransaction.deserialize(bytes.fromhex(case["given"]["rawUnsignedTx"]))
-    spent = [(u["amountSats"], bytes.fromhex(u["scriptPubKey"])) for u in case["given"]["utxosSpent"]]
+    tx = Tx.deserialize(bytes.fromhex(case["given"]["rawUnsignedTx"]))
+    spent = [
+        (u["amountSats"], bytes.fromhex(u["scriptPubKey"])) for u in case["given"]["utxosSpent"]
+    ]
     given, inter = inp["given"], inp["intermediary"]
     root = bytes.fromhex(given["merkleRoot"]) if given["merkleRoot"] else None
     assert taproot_tweak(bytes.fromhex(inter["internalPubkey"]), root).hex() == inter["tweak"]

@@ -48,8 +48,9 @@ def test_16_clients_fund_and_every_exit_path_confirms_in_order(kernel_chain: Ker
     signed = sign_in_process(f, outpoint, states, p.lsp_seckey, p.client_seckeys)
     confirmed: dict[int, int] = {}
     for client in range(16):
-        steps = policy.plan_exit(f, [signed[n] for n in f.topology.client_path(client)], states,
-                                 funding_height)
+        steps = policy.plan_exit(
+            f, [signed[n] for n in f.topology.client_path(client)], states, funding_height
+        )
         parent_height = funding_height
         for step in steps:
             if step.node not in confirmed:
@@ -104,8 +105,13 @@ def test_timeout_sweep_fails_at_T_and_succeeds_after(kernel_chain: KernelChain) 
     f = p.factory
     outpoint, _ = _fund(chain, p)
     sweep = policy.timeout_sweep(
-        f, outpoint, f.funding_output, f.funding_amount, p.lsp_seckey,
-        chain.wallet_script_pubkey, fee_rate_kvb=2000,
+        f,
+        outpoint,
+        f.funding_output,
+        f.funding_amount,
+        p.lsp_seckey,
+        chain.wallet_script_pubkey,
+        fee_rate_kvb=2000,
     )
     assert chain.height < timeout - 1
     chain.mine_empty(timeout - 1 - chain.height)
@@ -131,8 +137,15 @@ def test_timeout_sweep_of_a_published_state_output(kernel_chain: KernelChain) ->
         height = _publish_at_earliest(chain, signed[node], delay, height)
     out = f.outputs[state_node][0]
     assert out.taproot is not None and f.timeout_leaf in out.taproot.leaves
-    sweep = policy.timeout_sweep(f, (signed[state_node].txid, 0), out.taproot, out.amount,
-                                 p.lsp_seckey, chain.wallet_script_pubkey, 2000)
+    sweep = policy.timeout_sweep(
+        f,
+        (signed[state_node].txid, 0),
+        out.taproot,
+        out.amount,
+        p.lsp_seckey,
+        chain.wallet_script_pubkey,
+        2000,
+    )
     chain.mine_empty(timeout - chain.height)  # tip at T: the next block is T+1
     chain.mine_empty(0)
     assert chain.height == timeout
@@ -141,8 +154,9 @@ def test_timeout_sweep_of_a_published_state_output(kernel_chain: KernelChain) ->
 
 def test_a_tampered_signature_anywhere_is_rejected(kernel_chain: KernelChain) -> None:
     chain = kernel_chain
-    p = make_factory(4, FactoryParams(states_per_layer=1, step_blocks=1, ewt_margin=0),
-                     timeout_height=2000)
+    p = make_factory(
+        4, FactoryParams(states_per_layer=1, step_blocks=1, ewt_margin=0), timeout_height=2000
+    )
     f = p.factory
     outpoint, _ = _fund(chain, p)
     states = dw.initial_states(f.topology)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from superscalar_plugin.engine.btx import (
+from superscalar_plugin.chain.btx import (
     CMutableTransaction,
     CMutableTxIn,
     CMutableTxOut,

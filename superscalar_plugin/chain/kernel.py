@@ -37,7 +37,7 @@ from typing import NamedTuple, Self
 import coincurve
 import pbk
 
-from superscalar_plugin.engine.btx import (
+from superscalar_plugin.chain.btx import (
     CMutableTransaction,
     CMutableTxIn,
     CMutableTxOut,

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from . import musig2, wire
-from .btx import CMutableTransaction, CScriptWitness, CTxInWitness, CTxWitness
 from .errors import (
     CeremonyError,
     InvalidParameter,
@@ -59,9 +58,7 @@ class SignedNodeTx:
         return self.unsigned.txid
 
     def raw(self) -> bytes:
-        tx = CMutableTransaction.from_tx(self.unsigned.tx)
-        tx.wit = CTxWitness([CTxInWitness(CScriptWitness([self.signature]))])
-        return bytes(tx.serialize())
+        return self.unsigned.tx.with_witnesses([[self.signature]]).serialize()
 
 
 def _verify_final(utx: UnsignedNodeTx, keyagg: musig2.KeyAggContext, sig: bytes) -> bool:
@@ -106,9 +103,7 @@ def sign_in_process(
             (c, factory.client_pubkeys[c], client_seckeys[c]) for c in factory.signers(node)
         ]
         signers.append((None, factory.lsp_pubkey, lsp_seckey))
-        nonces = [
-            musig2.nonce_gen(pk, seckey=sk, keyagg=keyagg, msg=msg) for _, pk, sk in signers
-        ]
+        nonces = [musig2.nonce_gen(pk, seckey=sk, keyagg=keyagg, msg=msg) for _, pk, sk in signers]
         session = musig2.Session.create(musig2.nonce_agg([p for _, p in nonces]), msg, keyagg)
         psigs = {
             who: musig2.partial_sign(sec, sk, session)
@@ -149,8 +144,9 @@ class ClientPolicy:
     max_clients: int = 4096
 
 
-def check_header(header: wire.FactoryHeader, my_pubkey: bytes, terms: ClientTerms,
-                 policy: ClientPolicy) -> FactoryKeys:
+def check_header(
+    header: wire.FactoryHeader, my_pubkey: bytes, terms: ClientTerms, policy: ClientPolicy
+) -> FactoryKeys:
     """Refuse a factory whose terms differ from what we accepted or exceed our policy."""
     if header.lsp_pubkey != terms.lsp_pubkey:
         raise UnsafeToSign("the factory's LSP key is not the one we accepted")
@@ -164,13 +160,17 @@ def check_header(header: wire.FactoryHeader, my_pubkey: bytes, terms: ClientTerm
         raise UnsafeToSign(f"{len(header.client_pubkeys)} clients exceed our limit")
     if header.params.fee_rate_kvb > policy.max_fee_rate_kvb:
         raise UnsafeToSign(f"fee rate {header.params.fee_rate_kvb} sat/kvB exceeds our limit")
-    keys = FactoryKeys(header.params, header.lsp_pubkey, header.client_pubkeys, header.timeout_height)
+    keys = FactoryKeys(
+        header.params, header.lsp_pubkey, header.client_pubkeys, header.timeout_height
+    )
     try:
         keys.validate()
     except InvalidParameter as e:
         raise UnsafeToSign(f"invalid factory: {e}") from e
     if keys.topology.ewt > policy.max_ewt:
-        raise UnsafeToSign(f"early warning time {keys.topology.ewt} exceeds our limit {policy.max_ewt}")
+        raise UnsafeToSign(
+            f"early warning time {keys.topology.ewt} exceeds our limit {policy.max_ewt}"
+        )
     return keys
 
 
@@ -193,7 +193,9 @@ def check_path(
     me = header.client_index
     path = topo.client_path(me)
     if [t.node for t in templates] != path:
-        raise UnsafeToSign(f"templates cover nodes {[t.node for t in templates]}, our path is {path}")
+        raise UnsafeToSign(
+            f"templates cover nodes {[t.node for t in templates]}, our path is {path}"
+        )
     prevout = (header.funding_txid, header.funding_vout)
     spent_amount, spent_script = header.funding_amount, keys.funding_output.script_pubkey
     out: list[UnsignedNodeTx] = []
@@ -206,15 +208,21 @@ def check_path(
             raise UnsafeToSign(f"{where}: {e}") from e
         if t.nsequence != expected_seq:
             raise UnsafeToSign(f"{where}: nSequence {t.nsequence:#x}, expected {expected_seq:#x}")
-        n_expected = (node.hi - node.lo) + 2 if node.kind is NodeKind.LEAF else len(node.children) + 1
+        n_expected = (
+            (node.hi - node.lo) + 2 if node.kind is NodeKind.LEAF else len(node.children) + 1
+        )
         if len(t.outputs) != n_expected:
             raise UnsafeToSign(f"{where}: {len(t.outputs)} outputs, expected {n_expected}")
         if t.outputs[-1] != (params.anchor_sat, P2A_SCRIPT):
-            raise UnsafeToSign(f"{where}: last output is not the {params.anchor_sat}-sat P2A anchor")
+            raise UnsafeToSign(
+                f"{where}: last output is not the {params.anchor_sat}-sat P2A anchor"
+            )
         if node.kind is NodeKind.LEAF:
             mine = me - node.lo
             if t.outputs[mine] != (terms.channel_sat, terms.channel_script):
-                raise UnsafeToSign(f"{where}: our channel output is not the agreed script and amount")
+                raise UnsafeToSign(
+                    f"{where}: our channel output is not the agreed script and amount"
+                )
             stock = keys.stock_output(node.lo, node.hi).script_pubkey
             if t.outputs[-2] != (params.stock_sat, stock):
                 raise UnsafeToSign(f"{where}: liquidity stock output is not the agreed one")
@@ -223,7 +231,9 @@ def check_path(
             child = path[i + 1]
             towards_me = topo.nodes[child].parent_vout
             if t.outputs[towards_me][1] != keys.branch_output_for(child).script_pubkey:
-                raise UnsafeToSign(f"{where}: output {towards_me} is not our branch's aggregate key")
+                raise UnsafeToSign(
+                    f"{where}: output {towards_me} is not our branch's aggregate key"
+                )
         for v, (amount, _) in enumerate(t.outputs[:-1]):
             if amount < DUST_P2TR:
                 raise UnsafeToSign(f"{where}: output {v} of {amount} sat is dust")
@@ -231,8 +241,9 @@ def check_path(
         fee = spent_amount - sum(a for a, _ in t.outputs)
         if fee != fee_for(vsize, params.fee_rate_kvb):
             raise UnsafeToSign(f"{where}: fee {fee} sat does not match the agreed fee rate")
-        utx = UnsignedNodeTx(t.node, build_node_tx(prevout, t.nsequence, t.outputs), spent_amount,
-                             spent_script)
+        utx = UnsignedNodeTx(
+            t.node, build_node_tx(prevout, t.nsequence, t.outputs), spent_amount, spent_script
+        )
         out.append(utx)
         prevout = (utx.txid, towards_me)
         spent_amount, spent_script = t.outputs[towards_me]
@@ -325,8 +336,9 @@ class Signer:
         self._pending = {u.node: u for u in path if u.node in to_sign}
         self._pending_states = {t.node: t.state for t in msg.templates}
         self._nonces = {
-            n: musig2.nonce_gen(self.pubkey, seckey=self.seckey, keyagg=keys.signing_keyagg(n),
-                                msg=u.sighash)
+            n: musig2.nonce_gen(
+                self.pubkey, seckey=self.seckey, keyagg=keys.signing_keyagg(n), msg=u.sighash
+            )
             for n, u in self._pending.items()
         }
         self.state = SignerState.NONCES_SENT
@@ -421,8 +433,12 @@ class Coordinator:
         self.state = CoordinatorState.COLLECTING_NONCES
         self._keyaggs = {n: factory.signing_keyagg(n) for n in self.nodes}
         self._lsp_nonces = {
-            n: musig2.nonce_gen(factory.lsp_pubkey, seckey=lsp_seckey, keyagg=self._keyaggs[n],
-                                msg=self.txs[n].sighash)
+            n: musig2.nonce_gen(
+                factory.lsp_pubkey,
+                seckey=lsp_seckey,
+                keyagg=self._keyaggs[n],
+                msg=self.txs[n].sighash,
+            )
             for n in self.nodes
         }
         self._pubnonces: dict[int, dict[int, bytes]] = {}
@@ -433,8 +449,14 @@ class Coordinator:
     def header_for(self, client: int) -> wire.FactoryHeader:
         f = self.factory
         return wire.FactoryHeader(
-            f.params, f.timeout_height, f.lsp_pubkey, f.client_pubkeys, client,
-            self.funding_outpoint[0], self.funding_outpoint[1], f.funding_amount,
+            f.params,
+            f.timeout_height,
+            f.lsp_pubkey,
+            f.client_pubkeys,
+            client,
+            self.funding_outpoint[0],
+            self.funding_outpoint[1],
+            f.funding_amount,
         )
 
     def start(self) -> dict[int, bytes]:
@@ -488,7 +510,10 @@ class Coordinator:
                 raise CeremonyError(f"client {client}: nonces sent twice")
             self._pubnonces[client] = values
             return self._aggregate_nonces() if not self.waiting_for else {}
-        if msg.type is wire.MsgType.PARTIAL_SIGS and self.state is CoordinatorState.COLLECTING_PSIGS:
+        if (
+            msg.type is wire.MsgType.PARTIAL_SIGS
+            and self.state is CoordinatorState.COLLECTING_PSIGS
+        ):
             if client in self._psigs:
                 raise CeremonyError(f"client {client}: partial signatures sent twice")
             self._psigs[client] = values
@@ -509,8 +534,9 @@ class Coordinator:
                     except MuSigError as e:
                         raise CeremonyError(f"client {c}: invalid nonce for node {n}") from e
                 raise
-            self._sessions[n] = musig2.Session.create(aggnonces[n], self.txs[n].sighash,
-                                                      self._keyaggs[n])
+            self._sessions[n] = musig2.Session.create(
+                aggnonces[n], self.txs[n].sighash, self._keyaggs[n]
+            )
         self.state = CoordinatorState.COLLECTING_PSIGS
         return {
             c: wire.NodeValues(
@@ -532,7 +558,9 @@ class Coordinator:
             except MuSigError:
                 ok = False
             if not ok:
-                pubnonces: dict[int | None, bytes] = {c: self._pubnonces[c][n] for c in f.signers(n)}
+                pubnonces: dict[int | None, bytes] = {
+                    c: self._pubnonces[c][n] for c in f.signers(n)
+                }
                 pubnonces[None] = lsp_pubnonce
                 pubkeys: dict[int | None, bytes] = {c: f.client_pubkeys[c] for c in f.signers(n)}
                 pubkeys[None] = f.lsp_pubkey
@@ -542,7 +570,8 @@ class Coordinator:
         self.state = CoordinatorState.DONE
         return {
             c: wire.NodeValues(
-                wire.MsgType.SIGNATURES, self.session,
+                wire.MsgType.SIGNATURES,
+                self.session,
                 tuple((n, self.signed[n].signature) for n in nodes),
             ).encode()
             for c, nodes in self.client_nodes.items()

@@ -224,8 +224,14 @@ class KeyAggContext:
         return self
 
     @classmethod
-    def key_agg(cls, pubkeys: Sequence[bytes]) -> KeyAggContext:
-        """BIP327 KeyAgg. The keys are aggregated in the order given: sort them first if wanted."""
+    def key_agg(
+        cls, pubkeys: Sequence[bytes], parsed_cache: dict[bytes, bytes] | None = None
+    ) -> KeyAggContext:
+        """BIP327 KeyAgg. The keys are aggregated in the order given: sort them first if wanted.
+
+        `parsed_cache` (owned by the caller, e.g. one per factory) keeps each key's parsed 64-byte
+        `secp256k1_pubkey`, which libsecp256k1 allows to be copied: aggregating many overlapping
+        key sets then decompresses each key only once."""
         n = len(pubkeys)
         if n == 0:
             raise MuSigError("KeyAgg needs at least one public key")
@@ -235,7 +241,14 @@ class KeyAggContext:
         index: dict[bytes, int] = {}
         for i, pk in enumerate(pubkeys):
             ptr = parsed + i
-            data = _parse_pubkey_into(ptr, pk, i)
+            known = parsed_cache.get(pk) if parsed_cache is not None else None
+            if known is not None:
+                ffi.memmove(ptr, known, 64)
+                data = pk
+            else:
+                data = _parse_pubkey_into(ptr, pk, i)
+                if parsed_cache is not None:
+                    parsed_cache[data] = bytes(ffi.buffer(ptr, 64))
             ptrs[i] = ptr
             keys.append(data)
             index.setdefault(data, i)

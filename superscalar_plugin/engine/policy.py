@@ -12,21 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import musig2
-from .btx import (
-    CMutableTransaction,
-    CMutableTxIn,
-    CMutableTxOut,
-    COutPoint,
-    CScript,
-    CScriptWitness,
-    CTxInWitness,
-    CTxWitness,
-    lx,
-)
 from .ceremony import SignedNodeTx
 from .errors import InvalidAmount, InvalidParameter
 from .taproot import TaprootOutput, taproot_sighash
 from .tree import FactoryKeys, NodeKind, fee_for
+from .tx import Tx, TxIn, TxOut
 
 SEQUENCE_LOCKTIME_ENABLED = 0xFFFFFFFE  # lets nLockTime apply, no relative lock, no RBF signal
 
@@ -61,6 +51,7 @@ def plan_exit(
         height += delay
         raw = signed.raw()
         tx = signed.unsigned.tx
+        signed_tx = tx.with_witnesses([[signed.signature]])
         steps.append(
             ExitStep(
                 signed.node,
@@ -69,16 +60,11 @@ def plan_exit(
                 raw,
                 delay,
                 height,
-                _vsize(raw, len(tx.serialize(include_witness=False))),
-                signed.unsigned.spent_amount - sum(o.nValue for o in tx.vout),
+                signed_tx.vsize,
+                signed.unsigned.spent_amount - sum(o.amount for o in tx.outputs),
             )
         )
     return steps
-
-
-def _vsize(raw: bytes, stripped_len: int) -> int:
-    weight = stripped_len * 3 + len(raw)
-    return (weight + 3) // 4
 
 
 def exit_blocks(steps: Sequence[ExitStep], funding_height: int) -> int:
@@ -115,13 +101,12 @@ def timeout_sweep(
     fee = fee_for(vsize, fee_rate_kvb)
     if amount - fee < 330:
         raise InvalidAmount(f"output of {amount} sat cannot pay a {fee}-sat sweep fee")
-    tx = CMutableTransaction(
-        [CMutableTxIn(COutPoint(lx(outpoint[0]), outpoint[1]), nSequence=SEQUENCE_LOCKTIME_ENABLED)],
-        [CMutableTxOut(amount - fee, CScript(destination))],
-        nLockTime=keys.timeout_height,
-        nVersion=2,
+    tx = Tx(
+        2,
+        (TxIn(outpoint[0], outpoint[1], SEQUENCE_LOCKTIME_ENABLED),),
+        (TxOut(amount - fee, destination),),
+        keys.timeout_height,
     )
     digest = taproot_sighash(tx, 0, [(amount, output.script_pubkey)], leaf=leaf)
     sig = musig2.schnorr_sign(digest, lsp_seckey)
-    tx.wit = CTxWitness([CTxInWitness(CScriptWitness([sig, leaf.script, control]))])
-    return bytes(tx.serialize())
+    return tx.with_witnesses([[sig, leaf.script, control]]).serialize()

@@ -7,15 +7,14 @@ wallet vectors can check them.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Union
 
 from coincurve.keys import PublicKeyXOnly
 
-from .btx import CMutableTransaction, CTransaction, CTxOut, SIGHASH_Type, SIGVERSION_TAPROOT, SIGVERSION_TAPSCRIPT, SignatureHashSchnorr
+from . import tx as txmod
 from .errors import InvalidParameter
+from .tx import compact_size, tagged_hash
 
 TAPSCRIPT_LEAF_VERSION = 0xC0
 SIGHASH_DEFAULT = 0x00
@@ -34,24 +33,8 @@ DUST_P2TR = 330
 DUST_P2WSH = 330
 
 
-def tagged_hash(tag: str, data: bytes) -> bytes:
-    """BIP340 tagged hash."""
-    t = hashlib.sha256(tag.encode()).digest()
-    return hashlib.sha256(t + t + data).digest()
-
-
-def _compact_size(n: int) -> bytes:
-    if n < 0xFD:
-        return bytes([n])
-    if n <= 0xFFFF:
-        return b"\xfd" + n.to_bytes(2, "little")
-    if n <= 0xFFFFFFFF:
-        return b"\xfe" + n.to_bytes(4, "little")
-    return b"\xff" + n.to_bytes(8, "little")
-
-
 def tapleaf_hash(script: bytes, leaf_version: int = TAPSCRIPT_LEAF_VERSION) -> bytes:
-    return tagged_hash("TapLeaf", bytes([leaf_version]) + _compact_size(len(script)) + script)
+    return tagged_hash("TapLeaf", bytes([leaf_version]) + compact_size(len(script)) + script)
 
 
 def tapbranch_hash(a: bytes, b: bytes) -> bytes:
@@ -69,7 +52,7 @@ class TapLeaf:
 
 
 # A script tree: a leaf, or a pair of subtrees (BIP341's nested-list form).
-ScriptTree = Union[TapLeaf, tuple["ScriptTree", "ScriptTree"]]
+ScriptTree = TapLeaf | tuple["ScriptTree", "ScriptTree"]
 
 
 def taproot_tree_helper(tree: ScriptTree) -> tuple[list[tuple[TapLeaf, bytes]], bytes]:
@@ -130,7 +113,9 @@ def csv_leaf_script(delay: int, key: bytes) -> bytes:
     """`<delay> OP_CHECKSEQUENCEVERIFY OP_DROP <key> OP_CHECKSIG`: key alone after a relative delay."""
     if not 0 < delay < 0xFFFF:
         raise InvalidParameter(f"relative delay {delay} out of range")
-    return _push_int(delay) + bytes([OP_CHECKSEQUENCEVERIFY, OP_DROP, 32]) + key + bytes([OP_CHECKSIG])
+    return (
+        _push_int(delay) + bytes([OP_CHECKSEQUENCEVERIFY, OP_DROP, 32]) + key + bytes([OP_CHECKSIG])
+    )
 
 
 @dataclass(frozen=True)
@@ -179,21 +164,14 @@ class TaprootOutput:
 
 
 def taproot_sighash(
-    tx: CTransaction | CMutableTransaction,
+    tx: txmod.Tx,
     input_index: int,
     spent_outputs: list[tuple[int, bytes]],
     hash_type: int = SIGHASH_DEFAULT,
     leaf: TapLeaf | None = None,
 ) -> bytes:
     """BIP341 signature message hash for key-path (leaf=None) or script-path spends."""
-    spent = [CTxOut(amount, script) for amount, script in spent_outputs]
-    return bytes(
-        SignatureHashSchnorr(
-            tx,
-            input_index,
-            spent,
-            hashtype=None if hash_type == SIGHASH_DEFAULT else SIGHASH_Type(hash_type),
-            sigversion=SIGVERSION_TAPROOT if leaf is None else SIGVERSION_TAPSCRIPT,
-            tapleaf_hash=leaf.leaf_hash if leaf is not None else None,
-        )
+    spent = [txmod.TxOut(amount, script) for amount, script in spent_outputs]
+    return txmod.taproot_sighash(
+        tx, input_index, spent, hash_type, leaf.leaf_hash if leaf is not None else None
     )

@@ -25,7 +25,6 @@ from enum import StrEnum
 from functools import cached_property
 
 from . import musig2
-from .btx import CMutableTransaction, CMutableTxIn, CMutableTxOut, COutPoint, CScript, lx
 from .errors import InvalidAmount, InvalidParameter, InvalidShape
 from .taproot import (
     ANCHOR_SAT,
@@ -38,6 +37,7 @@ from .taproot import (
     taproot_sighash,
     timeout_leaf_script,
 )
+from .tx import Tx, TxIn, TxOut
 
 TX_VERSION = 2
 # No relative lock (bit 31 set), still signals replaceability.
@@ -86,7 +86,9 @@ class FactoryParams:
         if not self.arity or any(not 1 <= a <= 64 for a in self.arity):
             raise InvalidShape(f"arity must be a list of integers 1..64, got {list(self.arity)}")
         if self.arity[-1] < 2:
-            raise InvalidShape("the last (repeating) arity must be at least 2, or the tree never closes")
+            raise InvalidShape(
+                "the last (repeating) arity must be at least 2, or the tree never closes"
+            )
         if self.kickoff_only_top < 0:
             raise InvalidShape("kickoff_only_top cannot be negative")
         if not 1 <= self.states_per_layer <= 64:
@@ -155,7 +157,9 @@ class Topology:
             a = params.arity[min(level, len(params.arity) - 1)]
             kind = NodeKind.KICKOFF if level % 2 == 0 else NodeKind.STATE
             groups = [
-                _Group(kind, groups[i : i + a], groups[i].lo, groups[min(i + a, len(groups)) - 1].hi)
+                _Group(
+                    kind, groups[i : i + a], groups[i].lo, groups[min(i + a, len(groups)) - 1].hi
+                )
                 for i in range(0, len(groups), a)
             ]
             levels.append(groups)
@@ -201,14 +205,16 @@ class Topology:
 
     @cached_property
     def depth(self) -> int:
-        return max(len(self.path(leaf)) for leaf in self.leaves)
+        """Transactions on a root-to-leaf path (every leaf sits at the same depth)."""
+        return len(self.path(len(self.nodes) - 1))
 
     def state_layers_on_path(self, node: int) -> int:
         return sum(1 for i in self.path(node) if self.nodes[i].kind.is_state)
 
     @cached_property
     def max_state_layers(self) -> int:
-        return max(self.state_layers_on_path(leaf) for leaf in self.leaves)
+        # Levels are uniform (one kind per level, every leaf at the same depth): one path tells.
+        return self.state_layers_on_path(len(self.nodes) - 1)
 
     @property
     def ewt(self) -> int:
@@ -218,7 +224,7 @@ class Topology:
     @property
     def total_states(self) -> int:
         """How many times the deepest leaf can be updated, counting the initial state."""
-        return self.params.states_per_layer**self.max_state_layers
+        return int(self.params.states_per_layer**self.max_state_layers)
 
 
 @dataclass
@@ -229,7 +235,9 @@ class _Group:
     hi: int
 
 
-def _number(g: _Group, parent: int | None, vout: int, nodes: list[Node], leaf_of: list[int]) -> None:
+def _number(
+    g: _Group, parent: int | None, vout: int, nodes: list[Node], leaf_of: list[int]
+) -> None:
     """Depth-first numbering: parents get lower indices than their children."""
     index = len(nodes)
     nodes.append(Node(index, g.kind, parent, vout, (), g.lo, g.hi))
@@ -244,6 +252,7 @@ def _number(g: _Group, parent: int | None, vout: int, nodes: list[Node], leaf_of
 
 
 # --- sizes ------------------------------------------------------------------------------------
+
 
 def _output_size(script: bytes) -> int:
     return 8 + 1 + len(script)
@@ -263,6 +272,7 @@ def fee_for(vsize: int, fee_rate_kvb: int) -> int:
 
 
 # --- the factory ------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ClientSlot:
@@ -298,13 +308,13 @@ class OutputSpec:
 @dataclass(frozen=True)
 class UnsignedNodeTx:
     node: int
-    tx: CMutableTransaction
+    tx: Tx
     spent_amount: int
     spent_script: bytes
 
-    @cached_property
+    @property
     def txid(self) -> str:
-        return str(self.tx.GetTxid()[::-1].hex())
+        return self.tx.txid
 
     @cached_property
     def sighash(self) -> bytes:
@@ -324,6 +334,10 @@ class FactoryKeys:
     client_pubkeys: tuple[bytes, ...]
     timeout_height: int
     _keyaggs: dict[tuple[int, int], musig2.KeyAggContext] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    _parsed: dict[bytes, bytes] = field(default_factory=dict, repr=False, compare=False)
+    _signing: dict[int, musig2.KeyAggContext] = field(
         default_factory=dict, repr=False, compare=False
     )
 
@@ -361,7 +375,7 @@ class FactoryKeys:
         ctx = self._keyaggs.get((lo, hi))
         if ctx is None:
             keys = [*self.client_pubkeys[lo:hi], self.lsp_pubkey]
-            ctx = musig2.KeyAggContext.key_agg(musig2.key_sort(keys))
+            ctx = musig2.KeyAggContext.key_agg(musig2.key_sort(keys), self._parsed)
             self._keyaggs[(lo, hi)] = ctx
         return ctx
 
@@ -393,8 +407,12 @@ class FactoryKeys:
 
     def signing_keyagg(self, node: int) -> musig2.KeyAggContext:
         """The key aggregate that signs `node`'s tx: its spent output's keys, taproot-tweaked."""
-        n = self.topology.nodes[node]
-        return self.keyagg(n.lo, n.hi).apply_tweak(self.branch_output_for(node).tweak, is_xonly=True)
+        ctx = self._signing.get(node)
+        if ctx is None:
+            n = self.topology.nodes[node]
+            tweak = self.branch_output_for(node).tweak
+            ctx = self._signing[node] = self.keyagg(n.lo, n.hi).apply_tweak(tweak, is_xonly=True)
+        return ctx
 
     def signers(self, node: int) -> range:
         """Client indices that sign `node` (the LSP always signs too)."""
@@ -409,13 +427,13 @@ class FactoryKeys:
 
 def build_node_tx(
     prevout: tuple[str, int], nsequence: int, outputs: Sequence[tuple[int, bytes]]
-) -> CMutableTransaction:
+) -> Tx:
     """A tree transaction: one input, the given outputs, nLockTime 0 (the timeout is in scripts)."""
-    return CMutableTransaction(
-        [CMutableTxIn(COutPoint(lx(prevout[0]), prevout[1]), nSequence=nsequence)],
-        [CMutableTxOut(amount, CScript(script)) for amount, script in outputs],
-        nLockTime=0,
-        nVersion=TX_VERSION,
+    return Tx(
+        TX_VERSION,
+        (TxIn(prevout[0], prevout[1], nsequence),),
+        tuple(TxOut(amount, script) for amount, script in outputs),
+        0,
     )
 
 
@@ -485,7 +503,9 @@ class Factory(FactoryKeys):
                     )
             specs.append(OutputSpec(OutputKind.ANCHOR, self.params.anchor_sat, P2A_SCRIPT))
             vsize = keypath_tx_vsize([s.script_pubkey for s in specs])
-            need[node.index] = sum(s.amount for s in specs) + fee_for(vsize, self.params.fee_rate_kvb)
+            need[node.index] = sum(s.amount for s in specs) + fee_for(
+                vsize, self.params.fee_rate_kvb
+            )
             out[node.index] = tuple(specs)
         return tuple(out)
 
@@ -530,7 +550,10 @@ class Factory(FactoryKeys):
         return UnsignedNodeTx(node, tx, spent.amount, spent.script_pubkey)
 
     def transactions(
-        self, funding_outpoint: tuple[str, int], states: Sequence[int], nodes: Sequence[int] | None = None
+        self,
+        funding_outpoint: tuple[str, int],
+        states: Sequence[int],
+        nodes: Sequence[int] | None = None,
     ) -> dict[int, UnsignedNodeTx]:
         """Unsigned txs of `nodes` (default: all), chained from the funding outpoint.
 
@@ -546,7 +569,9 @@ class Factory(FactoryKeys):
         for n in sorted(needed):  # parents first
             node = topo.nodes[n]
             prevout = (
-                funding_outpoint if node.parent is None else (built[node.parent].txid, node.parent_vout)
+                funding_outpoint
+                if node.parent is None
+                else (built[node.parent].txid, node.parent_vout)
             )
             built[n] = self.node_tx(n, prevout, states[n])
         return {n: t for n, t in built.items() if n in wanted}

@@ -204,7 +204,12 @@ class SignRequest:
     templates: tuple[NodeTemplate, ...]  # root-most first
 
     def encode(self) -> bytes:
-        body = [_u8(MsgType.SIGN_REQUEST), self.session, self.header.encode(), _u16(len(self.templates))]
+        body = [
+            _u8(MsgType.SIGN_REQUEST),
+            self.session,
+            self.header.encode(),
+            _u16(len(self.templates)),
+        ]
         body += [t.encode() for t in self.templates]
         return b"".join(body)
 

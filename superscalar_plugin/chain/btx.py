@@ -25,15 +25,17 @@ from bitcointx.core import (  # noqa: E402
     x,
 )
 from bitcointx.core.script import (  # noqa: E402
+    SIGVERSION_TAPROOT,
+    SIGVERSION_TAPSCRIPT,
     CScript,
     CScriptWitness,
     SIGHASH_Type,
-    SIGVERSION_TAPROOT,
-    SIGVERSION_TAPSCRIPT,
     SignatureHashSchnorr,
 )
 
 __all__ = [
+    "SIGVERSION_TAPROOT",
+    "SIGVERSION_TAPSCRIPT",
     "CMutableTransaction",
     "CMutableTxIn",
     "CMutableTxInWitness",
@@ -41,13 +43,11 @@ __all__ = [
     "COutPoint",
     "CScript",
     "CScriptWitness",
-    "SIGHASH_Type",
-    "SIGVERSION_TAPROOT",
-    "SIGVERSION_TAPSCRIPT",
     "CTransaction",
     "CTxInWitness",
     "CTxOut",
     "CTxWitness",
+    "SIGHASH_Type",
     "SignatureHashSchnorr",
     "lx",
     "x",
