@@ -1,0 +1,247 @@
+"""The two-round MuSig2 ceremony through bytes: every client a separate Signer."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from dataclasses import replace
+
+import pytest
+
+from helpers import OUTPOINT, coordinator_for, participants, signers_for
+from superscalar_plugin.engine import dw, musig2, wire
+from superscalar_plugin.engine.ceremony import (
+    CoordinatorState,
+    SignerState,
+    run_ceremony,
+    sign_in_process,
+)
+from superscalar_plugin.engine.errors import (
+    CeremonyError,
+    InvalidPartialSignature,
+    NonceReuseError,
+    UnsafeToSign,
+    WireError,
+)
+from superscalar_plugin.engine.tree import FactoryParams
+
+
+def test_wire_ceremony_signs_every_tx_and_each_client_stores_its_path() -> None:
+    p = participants(8)
+    f = p.factory
+    co = coordinator_for(p)
+    signers = signers_for(p)
+    stats = run_ceremony(co, signers)
+    assert co.state is CoordinatorState.DONE and len(co.signed) == len(f.topology.nodes)
+    for node, s in co.signed.items():
+        assert musig2.schnorr_verify(
+            s.signature, s.unsigned.sighash, f.signing_keyagg(node).xonly_pubkey
+        )
+    for c, signer in signers.items():
+        assert signer.state is SignerState.DONE
+        assert [s.node for s in signer.signed_path] == f.topology.client_path(c)
+        assert [s.txid for s in signer.signed_path] == [
+            co.signed[n].txid for n in f.topology.client_path(c)
+        ]
+    # Same transactions as signing with every key in one process.
+    local = sign_in_process(
+        f, OUTPOINT, dw.initial_states(f.topology), p.lsp_seckey, p.client_seckeys
+    )
+    assert {n: s.txid for n, s in local.items()} == {n: s.txid for n, s in co.signed.items()}
+    assert stats["to_clients"] > 0 and stats["from_clients"] > 0
+
+
+def test_a_client_receives_only_its_own_path() -> None:
+    p = participants(64)
+    co = coordinator_for(p)
+    for c, data in co.start().items():
+        msg = wire.decode(data)
+        assert isinstance(msg, wire.SignRequest)
+        assert [t.node for t in msg.templates] == p.factory.topology.client_path(c)
+
+
+def _relay_until(co, signers, tamper):  # type: ignore[no-untyped-def]
+    """Run the ceremony, letting `tamper(client, data, direction)` rewrite any message."""
+    outbox = co.start()
+    while outbox:
+        replies = {}
+        for c, data in outbox.items():
+            reply = signers[c].receive(tamper(c, data, "to"))
+            if reply is not None:
+                replies[c] = tamper(c, reply, "from")
+        outbox = {}
+        for c, data in replies.items():
+            outbox.update(co.receive(c, data))
+
+
+def test_an_invalid_partial_signature_names_the_client() -> None:
+    p = participants(8)
+    co, signers = coordinator_for(p), signers_for(p)
+
+    def tamper(c: int, data: bytes, direction: str) -> bytes:
+        msg = wire.decode(data)
+        if (
+            c == 5
+            and direction == "from"
+            and isinstance(msg, wire.NodeValues)
+            and msg.type is wire.MsgType.PARTIAL_SIGS
+        ):
+            node, psig = msg.values[-1]
+            bad = bytes([psig[0] ^ 1]) + psig[1:]
+            return replace(msg, values=(*msg.values[:-1], (node, bad))).encode()
+        return data
+
+    with pytest.raises(InvalidPartialSignature, match="client 5") as info:
+        _relay_until(co, signers, tamper)
+    assert info.value.signer == "client 5"
+
+
+Templates = list[wire.NodeTemplate]
+
+
+def _set_output(
+    t: wire.NodeTemplate, vout: int, amount: int | None = None, script: bytes | None = None
+) -> wire.NodeTemplate:
+    outs = list(t.outputs)
+    old_amount, old_script = outs[vout]
+    outs[vout] = (
+        old_amount if amount is None else amount,
+        old_script if script is None else script,
+    )
+    return replace(t, outputs=tuple(outs))
+
+
+def _leaf_channel_amount(t: Templates, h: wire.FactoryHeader) -> None:
+    t[-1] = _set_output(t[-1], 0, amount=t[-1].outputs[0][0] - 1)
+
+
+def _leaf_channel_script(t: Templates, h: wire.FactoryHeader) -> None:
+    t[-1] = _set_output(t[-1], 0, script=b"\x00\x20" + bytes(32))
+
+
+def _kickoff_nsequence(t: Templates, h: wire.FactoryHeader) -> None:
+    t[0] = replace(t[0], nsequence=5)
+
+
+def _state_skips_ahead_inconsistently(t: Templates, h: wire.FactoryHeader) -> None:
+    t[1] = replace(t[1], state=1)  # nSequence left at state 0's delay
+
+
+def _branch_outputs_swapped(t: Templates, h: wire.FactoryHeader) -> None:
+    o = t[1].outputs
+    t[1] = replace(t[1], outputs=(o[1], o[0], *o[2:]))
+
+
+def _fee_too_high(t: Templates, h: wire.FactoryHeader) -> None:
+    t[0] = _set_output(t[0], 0, amount=t[0].outputs[0][0] - 1000)
+
+
+def _anchor_replaced(t: Templates, h: wire.FactoryHeader) -> None:
+    t[0] = _set_output(t[0], len(t[0].outputs) - 1, amount=330, script=b"\x51\x20" + bytes(32))
+
+
+def _path_incomplete(t: Templates, h: wire.FactoryHeader) -> None:
+    t.pop()
+
+
+TAMPERS = [
+    _leaf_channel_amount,
+    _leaf_channel_script,
+    _kickoff_nsequence,
+    _state_skips_ahead_inconsistently,
+    _branch_outputs_swapped,
+    _fee_too_high,
+    _anchor_replaced,
+    _path_incomplete,
+]
+HEADER_TAMPERS = {
+    "timeout": lambda h: replace(h, timeout_height=h.timeout_height - 1),
+    "funding amount": lambda h: replace(h, funding_amount=h.funding_amount + 1),
+    "someone else's slot": lambda h: replace(h, client_index=1),
+    "ewt above policy": lambda h: replace(h, params=replace(h.params, step_blocks=400)),
+    "another lsp": lambda h: replace(h, lsp_pubkey=h.client_pubkeys[3]),
+}
+
+
+def _refused(tamper_templates=None, tamper_header=None) -> None:  # type: ignore[no-untyped-def]
+    p = participants(8)
+    co, signers = coordinator_for(p), signers_for(p)
+    req = wire.decode(co.start()[0])
+    assert isinstance(req, wire.SignRequest)
+    templates, header = list(req.templates), req.header
+    if tamper_templates:
+        tamper_templates(templates, header)
+    if tamper_header:
+        header = tamper_header(header)
+    assert (tuple(templates), header) != (req.templates, req.header)
+    bad = wire.SignRequest(req.session, header, tuple(templates)).encode()
+    with pytest.raises(UnsafeToSign):
+        signers[0].receive(bad)
+    assert signers[0].state is SignerState.FAILED and not signers[0].signed_path
+
+
+@pytest.mark.parametrize("tamper", TAMPERS, ids=lambda f: f.__name__.strip("_"))
+def test_a_client_refuses_tampered_transactions(tamper) -> None:  # type: ignore[no-untyped-def]
+    _refused(tamper_templates=tamper)
+
+
+@pytest.mark.parametrize("what", sorted(HEADER_TAMPERS))
+def test_a_client_refuses_terms_it_did_not_agree_to(what: str) -> None:
+    _refused(tamper_header=HEADER_TAMPERS[what])
+
+
+def test_secret_nonces_are_single_use_and_never_serialized() -> None:
+    p = participants(2)
+    co, signers = coordinator_for(p), signers_for(p)
+    out = co.start()
+    replies = {c: signers[c].receive(d) for c, d in out.items()}
+    aggs: dict[int, bytes] = {}
+    for c, r in replies.items():
+        assert r is not None
+        aggs.update(co.receive(c, r))
+    first = signers[0].receive(aggs[0])
+    assert first is not None
+    with pytest.raises(CeremonyError):  # the same aggregate nonces again: no second signature
+        signers[0].receive(aggs[0])
+    sec, _ = musig2.nonce_gen(p.factory.client_pubkeys[0], seckey=p.client_seckeys[0])
+    for attempt in (pickle.dumps, copy.copy, copy.deepcopy):
+        with pytest.raises(NonceReuseError):
+            attempt(sec)
+
+
+def test_dw_update_over_the_wire_and_replay_of_an_old_state_is_refused() -> None:
+    p = participants(8, FactoryParams(states_per_layer=3))
+    f = p.factory
+    signers = signers_for(p)
+    states = dw.initial_states(f.topology)
+    run_ceremony(coordinator_for(p, states), signers)
+    first_path = [s.txid for s in signers[0].signed_path]
+    adv = dw.advance_leaf(f.topology, states, f.topology.leaf_of_client[0])
+    co = coordinator_for(p, adv.states, adv.resigned)
+    assert co.clients == [0, 1]
+    run_ceremony(co, {c: signers[c] for c in co.clients})
+    new_path = [s.txid for s in signers[0].signed_path]
+    assert new_path[:-1] == first_path[:-1] and new_path[-1] != first_path[-1]
+    assert signers[0].states[f.topology.leaf_of_client[0]] == 1
+    # The LSP tries to get the older state (a longer delay) signed again.
+    old = coordinator_for(p, states, adv.resigned)
+    with pytest.raises(UnsafeToSign, match="not newer"):
+        signers[0].receive(old.start()[0])
+
+
+def test_coordinator_rejects_strangers_duplicates_and_garbage() -> None:
+    p = participants(4)
+    co, signers = coordinator_for(p), signers_for(p)
+    out = co.start()
+    reply = signers[0].receive(out[0])
+    assert reply is not None
+    with pytest.raises(CeremonyError, match="client 9"):
+        co.receive(9, reply)
+    with pytest.raises(CeremonyError, match="client 2: values for the wrong nodes"):
+        co.receive(2, reply)  # client 0's leaf is not on client 2's path
+    co.receive(0, reply)
+    with pytest.raises(CeremonyError, match="twice"):
+        co.receive(0, reply)
+    with pytest.raises(WireError, match="client 3"):
+        co.receive(3, b"\x02" + bytes(10))
+    assert co.waiting_for == [1, 2, 3]
