@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 
 import pytest
-from vector_loader import load_csv, load_json
 
 from superscalar_plugin.engine import musig2 as m
 from superscalar_plugin.engine.errors import MuSigError
+
+from vector_loader import load_csv, load_json
 
 ROWS = load_csv("bip340/test-vectors.csv")
 

@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import pytest
 
-from helpers import OUTPOINT, coordinator_for, participants, signers_for
 from superscalar_plugin.engine import dw, musig2, wire
 from superscalar_plugin.engine.ceremony import (
     CoordinatorState,
@@ -24,6 +23,8 @@ from superscalar_plugin.engine.errors import (
     WireError,
 )
 from superscalar_plugin.engine.tree import FactoryParams
+
+from helpers import OUTPOINT, coordinator_for, participants, signers_for
 
 
 def test_wire_ceremony_signs_every_tx_and_each_client_stores_its_path() -> None:

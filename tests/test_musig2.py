@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from coincurve._libsecp256k1 import ffi
-from vector_loader import hexes, load_json
 
 from superscalar_plugin.engine import musig2 as m
 from superscalar_plugin.engine.errors import (
@@ -19,6 +18,8 @@ from superscalar_plugin.engine.errors import (
     MuSigError,
     NonceReuseError,
 )
+
+from vector_loader import hexes, load_json
 
 FILES = (
     "key_sort",

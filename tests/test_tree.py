@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
-from helpers import OUTPOINT, participants
 from superscalar_plugin.engine import dw
 from superscalar_plugin.engine.ceremony import sign_in_process
 from superscalar_plugin.engine.errors import InvalidAmount, InvalidParameter, InvalidShape
@@ -18,6 +19,8 @@ from superscalar_plugin.engine.tree import (
     Topology,
     fee_for,
 )
+
+from helpers import OUTPOINT, participants
 
 SHAPES = [
     FactoryParams(),
@@ -55,7 +58,7 @@ def test_topology_invariants(params: FactoryParams, n: int) -> None:
         if node.children:
             kids = [topo.nodes[k] for k in node.children]
             assert kids[0].lo == node.lo and kids[-1].hi == node.hi
-            assert all(a.hi == b.lo for a, b in zip(kids, kids[1:]))
+            assert all(a.hi == b.lo for a, b in itertools.pairwise(kids))
             assert all(k.parent == node.index and k.index > node.index for k in kids)
         if node.kind is NodeKind.STATE:  # DW: a state's parent is a kickoff or a split
             assert node.parent is not None and not topo.nodes[node.parent].kind.is_state
@@ -110,7 +113,7 @@ def test_exit_paths_no_larger_than_the_c_reference(
 
 
 def test_bad_shapes_and_amounts_are_refused_with_a_reason() -> None:
-    with pytest.raises(InvalidShape, match="1..4096 clients"):
+    with pytest.raises(InvalidShape, match=r"1\.\.4096 clients"):
         Topology.build(0, FactoryParams())
     with pytest.raises(InvalidShape, match="arity"):
         Topology.build(8, FactoryParams(arity=(0,)))
