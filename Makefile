@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all setup demo test lint bench clean
+.PHONY: all setup demo test lint bench clean bitcoind
 
 all: test
 
@@ -24,7 +24,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check superscalar_plugin tests bench
 	$(VENV)/bin/mypy superscalar_plugin
 
-test: $(STAMP) lint
+# bitcoind + bitcoin-cli v28+ for the policy tests: from PATH, or built once (~6 min) into
+# $SUPERSCALAR_CACHE (default ~/.cache/superscalar); the bin dir goes to .venv/bitcoind-path.
+bitcoind: $(STAMP)
+	PYTHON=$(PY) bash contrib/bitcoind/build.sh > $(VENV)/bitcoind-path.tmp
+	tail -n 1 $(VENV)/bitcoind-path.tmp > $(VENV)/bitcoind-path && rm -f $(VENV)/bitcoind-path.tmp
+	@echo "bitcoind: $$(cat $(VENV)/bitcoind-path)"
+
+test: $(STAMP) lint bitcoind
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
