@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check superscalar_plugin tests bench
 	$(VENV)/bin/mypy superscalar_plugin
 
-# bitcoind + bitcoin-cli v28+ for the policy tests: from PATH, or built once (~6 min) into
+# bitcoind + bitcoin-cli v28+ for the policy tests: from PATH, or built once (~15 min) into
 # $SUPERSCALAR_CACHE (default ~/.cache/superscalar); the bin dir goes to .venv/bitcoind-path.
 bitcoind: $(STAMP)
 	PYTHON=$(PY) bash contrib/bitcoind/build.sh > $(VENV)/bitcoind-path.tmp

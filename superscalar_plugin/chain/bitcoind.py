@@ -51,7 +51,7 @@ PATH_FILE: Final = REPO_ROOT / ".venv" / "bitcoind-path"
 """Written by `make bitcoind`: one line, the directory holding bitcoind and bitcoin-cli."""
 
 HOW_TO_GET: Final = (
-    "run `make bitcoind` (builds Bitcoin Core once into ~/.cache/superscalar, ~6 minutes on 2 "
+    "run `make bitcoind` (builds Bitcoin Core once into ~/.cache/superscalar, 13-20 minutes on 2 "
     f"cores), put bitcoind v{MIN_BITCOIND_MAJOR}+ on PATH, or set BITCOIND=/path/to/bitcoind"
 )
 
