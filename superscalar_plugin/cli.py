@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -266,7 +267,14 @@ def demo(advances: int, **kw: Any) -> None:
 
 
 def main() -> None:
-    """Entry point: errors are one line on stderr and a non-zero exit code, never a traceback."""
+    """Entry point: errors are one line on stderr and a non-zero exit code, never a traceback.
+
+    Started by lightningd (LIGHTNINGD_PLUGIN=1, no arguments), it runs the plugin instead."""
+    if os.environ.get("LIGHTNINGD_PLUGIN") == "1" and len(sys.argv) == 1:
+        from .plugin.main import run
+
+        run()
+        return
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -131,7 +131,9 @@ class ClientTerms:
 
     lsp_pubkey: bytes
     timeout_height: int
-    channel_script: bytes
+    # None: any P2WSH script. A Core Lightning fundee cannot learn its channel's funding script
+    # (no funding pubkeys are exposed to plugins); it checks the amount and the output position.
+    channel_script: bytes | None
     channel_sat: int
 
 
@@ -289,6 +291,14 @@ class Signer:
     @property
     def header(self) -> wire.FactoryHeader | None:
         return self._header
+
+    @property
+    def session(self) -> bytes:
+        return self._session
+
+    def forget(self) -> None:
+        """Drop the ceremony in flight and its secret nonces (abort, restart)."""
+        self._fail()
 
     def receive(self, data: bytes) -> bytes | None:
         """Handle one message from the LSP; returns our reply, if any. Raises on anything unsafe

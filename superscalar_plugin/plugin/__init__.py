@@ -1,0 +1,1 @@
+"""The Core Lightning plugin: the only place pyln is used (in `main`)."""

@@ -1,0 +1,309 @@
+"""`lightningd --plugin=superscalar`: thin glue between pyln-client and the factory service.
+
+Handlers parse and validate parameters, hand the work to `FactoryService` and format results; they
+never wait for a peer (pyln has one dispatch loop). The plugin is not dynamic: lightningd only
+accepts feature bit 271 and custom message 32800 from plugins started with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, ClassVar
+
+from pyln.client import Plugin, RpcException
+
+from ..engine.blip56 import FACTORY_MESSAGE_TYPE, FEATURE_BIT
+from ..engine.errors import InvalidParameter, SuperscalarError
+from ..engine.taproot import DUST_P2WSH
+from ..engine.tree import FactoryParams
+from .service import MIN_CHANNEL_SAT, Config, FactoryService
+
+plugin = Plugin(
+    dynamic=False,
+    init_features=1 << FEATURE_BIT,
+    node_features=1 << FEATURE_BIT,
+    custom_msgs=[FACTORY_MESSAGE_TYPE],
+)
+service: FactoryService | None = None
+
+OPTIONS: list[tuple[str, Any, str, str]] = [
+    (
+        "superscalar-accept-from",
+        None,
+        "Node id of an LSP whose factories this node joins as a client (repeatable; 'any' for all)",
+        "string",
+    ),
+    (
+        "superscalar-max-ewt",
+        2016,
+        "Largest early warning time (blocks) we accept as a client",
+        "int",
+    ),
+    (
+        "superscalar-max-feerate",
+        50,
+        "Largest off-chain fee rate (sat/vB) we sign as a client",
+        "int",
+    ),
+    (
+        "superscalar-feerate",
+        2,
+        "Fee rate (sat/vB) every off-chain tx of our new factories pays",
+        "int",
+    ),
+    ("superscalar-clients-per-leaf", 2, "Clients per leaf in new factories", "int"),
+    ("superscalar-arity", "2", "Interior arity per level from the leaves up, e.g. 2,4,8", "string"),
+    ("superscalar-kickoff-only-top", 0, "Top levels without DW states in new factories", "int"),
+    ("superscalar-states-per-layer", 4, "DW states per layer (K) in new factories", "int"),
+    ("superscalar-step-blocks", 36, "DW step (S, blocks) in new factories", "int"),
+    ("superscalar-stock-sat", 100000, "LSP liquidity stock per leaf (sat)", "int"),
+    ("superscalar-lifetime-blocks", 4320, "Blocks from creation to the factory's timeout", "int"),
+    ("superscalar-ceremony-timeout", 60, "Seconds a creation waits for a silent client", "int"),
+]
+for name, default, text, kind in OPTIONS:
+    plugin.add_option(name, default, text, opt_type=kind, multi=name == "superscalar-accept-from")
+
+
+class _PluginLogHandler(logging.Handler):
+    """Python logging -> lightningd's log (through pyln's log notification)."""
+
+    LEVELS: ClassVar[dict[int, str]] = {
+        logging.DEBUG: "debug",
+        logging.INFO: "info",
+        logging.WARNING: "warn",
+    }
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = self.LEVELS.get(record.levelno, "broken" if record.levelno >= 50 else "unusual")
+        with contextlib.suppress(Exception):
+            plugin.log(self.format(record), level=level)
+
+
+def _parse_arity(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in str(text).split(","))
+    except ValueError:
+        raise InvalidParameter(f"arity must be integers like 2,4,8, got {text!r}") from None
+
+
+def params_from(options: dict[str, Any], overrides: dict[str, Any]) -> FactoryParams:
+    def pick(key: str, option: str) -> Any:
+        value = overrides.get(key)
+        return options[option] if value is None else value
+
+    def integer(key: str, option: str) -> int:
+        value = pick(key, option)
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise InvalidParameter(f"{key}: expected an integer, got {value!r}") from None
+
+    params = FactoryParams(
+        clients_per_leaf=integer("clients_per_leaf", "superscalar-clients-per-leaf"),
+        arity=_parse_arity(pick("arity", "superscalar-arity")),
+        kickoff_only_top=integer("kickoff_only_top", "superscalar-kickoff-only-top"),
+        states_per_layer=integer("states_per_layer", "superscalar-states-per-layer"),
+        step_blocks=integer("step_blocks", "superscalar-step-blocks"),
+        fee_rate_kvb=integer("feerate", "superscalar-feerate") * 1000,
+        stock_sat=integer("stock_sat", "superscalar-stock-sat"),
+    )
+    params.validate()
+    return params
+
+
+def _options() -> dict[str, Any]:
+    return {name: plugin.get_option(name) for name, *_ in OPTIONS}
+
+
+def _fail(e: SuperscalarError) -> RpcException:
+    return RpcException(str(e), e.rpc_code)
+
+
+def _service() -> FactoryService:
+    if service is None:
+        raise RpcException("superscalar is still starting", -32600)
+    return service
+
+
+@plugin.init()
+def init(options: dict[str, Any], configuration: dict[str, Any], plugin: Plugin, **_: Any) -> None:
+    global service
+    root = logging.getLogger("superscalar")
+    root.setLevel(logging.DEBUG)
+    root.addHandler(_PluginLogHandler())
+    logging.getLogger("superscalar_plugin").addHandler(_PluginLogHandler())
+    accept = options.get("superscalar-accept-from") or []
+    if isinstance(accept, str):
+        accept = [accept]
+    try:
+        params = params_from(options, {})
+    except SuperscalarError as e:
+        raise RpcException(f"bad superscalar option: {e}") from e
+    config = Config(
+        accept_from=frozenset(accept),
+        max_ewt=int(options["superscalar-max-ewt"]),
+        max_fee_rate_kvb=int(options["superscalar-max-feerate"]) * 1000,
+        fee_rate_kvb=params.fee_rate_kvb,
+        params=params,
+        lifetime_blocks=int(options["superscalar-lifetime-blocks"]),
+        ceremony_timeout=float(options["superscalar-ceremony-timeout"]),
+    )
+    service = FactoryService(plugin.rpc, config)
+    service.start()
+    plugin.log(f"superscalar ready: node {service.node_id}, {len(service.records)} factories")
+
+
+@plugin.async_method("factory-create")
+def factory_create(
+    request: Any,
+    clients: Any,
+    channel_sat: Any,
+    clients_per_leaf: Any = None,
+    arity: Any = None,
+    kickoff_only_top: Any = None,
+    states_per_layer: Any = None,
+    step_blocks: Any = None,
+    feerate: Any = None,
+    stock_sat: Any = None,
+    **_: Any,
+) -> None:
+    """Create a SuperScalar factory with connected {clients} (node ids), each getting a channel
+    of {channel_sat} (one amount, or a list with one per client). Optional shape:
+    {clients_per_leaf}, {arity} (e.g. "2,4,8"), {kickoff_only_top}, {states_per_layer},
+    {step_blocks}, {feerate} (sat/vB), {stock_sat}. Returns when the funding is broadcast."""
+    svc = _service()
+    try:
+        ids = _parse_clients(clients)
+        amounts = _parse_amounts(channel_sat, len(ids))
+        params = params_from(
+            _options(),
+            {
+                "clients_per_leaf": clients_per_leaf,
+                "arity": arity,
+                "kickoff_only_top": kickoff_only_top,
+                "states_per_layer": states_per_layer,
+                "step_blocks": step_blocks,
+                "feerate": feerate,
+                "stock_sat": stock_sat,
+            },
+        )
+        if params.fee_rate_kvb > svc.config.max_fee_rate_kvb:
+            raise InvalidParameter("feerate: above superscalar-max-feerate")
+    except SuperscalarError as e:
+        request.set_exception(_fail(e))
+        return
+    svc.create(request, ids, amounts, params)
+
+
+def _parse_clients(clients: Any) -> list[str]:
+    if isinstance(clients, str):
+        clients = [
+            c for c in clients.replace("[", "").replace("]", "").replace('"', "").split(",") if c
+        ]
+    if not isinstance(clients, list) or not clients:
+        raise InvalidParameter("clients: a non-empty list of node ids is required")
+    out = []
+    for c in clients:
+        c = str(c).strip().lower()
+        try:
+            ok = len(bytes.fromhex(c)) == 33 and c[:2] in ("02", "03")
+        except ValueError:
+            ok = False
+        if not ok:
+            raise InvalidParameter(f"clients: {c!r} is not a node id")
+        if c in out:
+            raise InvalidParameter(f"clients: {c} is listed twice")
+        out.append(c)
+    return out
+
+
+def _parse_amounts(channel_sat: Any, n: int) -> list[int]:
+    values = channel_sat if isinstance(channel_sat, list) else [channel_sat] * n
+    if len(values) != n:
+        raise InvalidParameter(f"channel_sat: {len(values)} amounts for {n} clients")
+    out = []
+    for v in values:
+        try:
+            sat = int(str(v).removesuffix("sat"))
+        except ValueError:
+            raise InvalidParameter(f"channel_sat: {v!r} is not an amount in sat") from None
+        if sat < max(DUST_P2WSH, MIN_CHANNEL_SAT):
+            raise InvalidParameter(f"channel_sat: {sat} is below the minimum of {MIN_CHANNEL_SAT}")
+        out.append(sat)
+    return out
+
+
+@plugin.method("factory-status")
+def factory_status(instance: str | None = None, **_: Any) -> dict[str, Any]:
+    """Status of the factory {instance} (all factories when omitted): lifecycle state,
+    parameters, early warning time, timeout, funding, and per client its channel and DW state;
+    on a client node, the factories it belongs to and its signed exit path."""
+    try:
+        return _service().status(instance)
+    except SuperscalarError as e:
+        raise _fail(e) from e
+
+
+@plugin.method("factory-list")
+def factory_list(**_: Any) -> dict[str, Any]:
+    """One line per factory this node takes part in (as LSP or client)."""
+    full = _service().status(None)["factories"]
+    return {
+        "factories": [
+            {
+                k: f.get(k)
+                for k in ("instance", "role", "state", "timeout_height", "early_warning_time")
+            }
+            for f in full
+        ]
+    }
+
+
+@plugin.hook("custommsg")
+def on_custommsg(peer_id: str, payload: str, plugin: Plugin, **_: Any) -> dict[str, str]:
+    if service is not None:
+        service.on_custommsg(peer_id, payload)
+    return {"result": "continue"}
+
+
+@plugin.hook("openchannel")
+def on_openchannel(openchannel: dict[str, Any], plugin: Plugin, **_: Any) -> dict[str, Any]:
+    if service is None:
+        return {"result": "continue"}
+    try:
+        funding = _msat(openchannel["funding_msat"])
+        push = _msat(openchannel.get("push_msat", 0))
+        return service.on_openchannel(openchannel["id"], funding, push)
+    except (KeyError, ValueError) as e:
+        plugin.log(f"malformed openchannel hook payload: {e}", level="unusual")
+        return {"result": "continue"}
+
+
+def _msat(value: Any) -> int:
+    return int(str(value).removesuffix("msat"))
+
+
+@plugin.subscribe("connect")
+def on_connect(plugin: Plugin, **kwargs: Any) -> None:
+    info = kwargs.get("connect", kwargs)
+    if service is not None and "id" in info:
+        service.on_connect(info["id"])
+
+
+@plugin.subscribe("disconnect")
+def on_disconnect(plugin: Plugin, **kwargs: Any) -> None:
+    info = kwargs.get("disconnect", kwargs)
+    if service is not None and "id" in info:
+        service.on_disconnect(info["id"])
+
+
+@plugin.subscribe("block_added")
+def on_block_added(plugin: Plugin, **kwargs: Any) -> None:
+    block = kwargs.get("block_added", kwargs.get("block", {}))
+    if service is not None and "height" in block:
+        service.on_block(int(block["height"]))
+
+
+def run() -> None:
+    plugin.run()

@@ -1,0 +1,876 @@
+"""The factory service of one node: LSP of the factories it creates, client of those it joins.
+
+Threading: pyln-client runs one dispatch loop; a handler that waited for a peer there would
+deadlock. Hooks and notifications therefore only enqueue work (or read state under the lock and
+answer at once, like the `openchannel` decision); one worker thread runs every step in order:
+message in -> persist -> messages out. Long RPCs (`fundchannel_start`) run on the worker too.
+
+Nothing here imports pyln: the lightningd connection is the small `Rpc` protocol, so the service
+is exercised by the harness and by a real lightningd alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..engine import blip56, dw, musig2, protocol, store, wire
+from ..engine.ceremony import (
+    ClientPolicy,
+    ClientTerms,
+    Coordinator,
+    CoordinatorState,
+    SignedNodeTx,
+    Signer,
+    SignerState,
+)
+from ..engine.errors import (
+    CeremonyError,
+    ChainError,
+    InvalidParameter,
+    MuSigError,
+    StoreError,
+    SuperscalarError,
+    WireError,
+)
+from ..engine.tree import ClientSlot, Factory, FactoryParams, Topology, UnsignedNodeTx
+from ..engine.tx import Tx
+from . import psbt as psbtmod
+
+log = logging.getLogger("superscalar")
+
+DATASTORE_ROOT = ["superscalar", "factories"]
+MIN_CHANNEL_SAT = 20_000  # below Core Lightning's usual min-capacity-sat, opens fail anyway
+
+
+class RpcFailed(SuperscalarError):
+    """lightningd refused an RPC the service made."""
+
+    rpc_code = 1410
+
+
+class Rpc(Protocol):
+    def call(self, method: str, payload: dict[str, Any] | None = None) -> Any: ...
+
+
+class Reply(Protocol):
+    """An RPC request still waiting for its answer (pyln's Request)."""
+
+    def set_result(self, result: Any) -> None: ...
+    def set_exception(self, exc: Exception) -> None: ...
+
+
+@dataclass(frozen=True)
+class Config:
+    accept_from: frozenset[str] = frozenset()  # LSP node ids we join factories of ("any": all)
+    max_ewt: int = 2016
+    max_fee_rate_kvb: int = 50_000
+    fee_rate_kvb: int = 2_000
+    params: FactoryParams = field(default_factory=FactoryParams)
+    lifetime_blocks: int = 4320  # ~30 days until the factory's timeout T
+    ceremony_timeout: float = 60.0  # seconds a ceremony waits for any peer
+    funding_feerate: str = "normal"
+
+
+@dataclass
+class LspSession:
+    """What an in-flight LSP factory keeps in memory only (never persisted: secret nonces)."""
+
+    record: store.LspRecord
+    reply: Reply | None
+    deadline: float
+    factory: Factory | None = None
+    coordinator: Coordinator | None = None
+    opened: set[int] = field(default_factory=set)
+
+
+@dataclass
+class ClientSession:
+    record: store.ClientRecord
+    signer: Signer
+    deadline: float
+
+
+def node_seckey(secret: bytes) -> bytes:
+    """A valid secp256k1 secret key from 32 bytes of `makesecret` output."""
+    key = secret
+    while True:
+        try:
+            musig2.pubkey_from_secret(key)
+            return key
+        except MuSigError:  # zero or above the order: astronomically rare, rehash
+            key = hashlib.sha256(key).digest()
+
+
+class FactoryService:
+    def __init__(self, rpc: Rpc, config: Config) -> None:
+        self.rpc = rpc
+        self.config = config
+        self.lock = threading.RLock()
+        self.jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self.node_id = ""
+        self.lsp: dict[str, LspSession] = {}
+        self.clients: dict[str, ClientSession] = {}
+        self.records: dict[str, store.Record] = {}
+        self.protocol_peers: set[str] = set()  # peers that announced superscalar_v1
+        self.expected_opens: dict[tuple[str, int], str] = {}  # (peer, msat) -> instance
+        self.refused_opens: dict[tuple[str, int], str] = {}
+        self.blockheight = 0
+        self.worker = threading.Thread(target=self._work, name="superscalar-worker", daemon=True)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        info = self.rpc.call("getinfo")
+        self.node_id = info["id"]
+        self.blockheight = int(info["blockheight"])
+        self._load_records()
+        self.worker.start()
+        self.submit(self._greet_connected_peers)
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.jobs.put(job)
+
+    def _work(self) -> None:
+        while True:
+            try:
+                job = self.jobs.get(timeout=0.5)
+            except queue.Empty:
+                job = self._check_deadlines
+            if job is None:
+                return
+            try:
+                job()
+            except Exception:  # the worker must survive anything a peer or lightningd does
+                log.exception("superscalar worker job failed")
+
+    # --- persistence --------------------------------------------------------------------------
+
+    def _load_records(self) -> None:
+        res = self.rpc.call("listdatastore", {"key": DATASTORE_ROOT})
+        for entry in res.get("datastore", []):
+            text = entry.get("string")
+            if text is None:
+                continue
+            try:
+                record = store.from_json(json.loads(text))
+            except (StoreError, ValueError) as e:
+                log.error("ignoring unreadable factory record %s: %s", entry.get("key"), e)
+                continue
+            self.records[record.instance_id] = record
+        for record in list(self.records.values()):
+            self._resume(record)
+
+    def _resume(self, record: store.Record) -> None:
+        """After a restart: a ceremony in flight cannot resume (its nonces are gone, by design).
+        Abort what was not funded, so inputs are freed and clients told; keep the rest."""
+        if isinstance(record, store.LspRecord):
+            if record.state not in (store.LspState.FUNDED, store.LspState.ABORTED):
+                session = LspSession(record, None, 0.0)
+                self.lsp[record.instance_id] = session
+                self.submit(lambda: self._lsp_abort(session, "the LSP restarted during creation"))
+        elif record.state in (store.ClientState.ACCEPTED, store.ClientState.SIGNING):
+            self._persist(
+                record.replace(
+                    state=store.ClientState.ABORTED, error="restarted before the factory was signed"
+                )
+            )
+
+    def _persist(self, record: store.Record) -> None:
+        """Write before any message that depends on it is sent."""
+        self.rpc.call(
+            "datastore",
+            {
+                "key": [*DATASTORE_ROOT, record.instance_id],
+                "string": json.dumps(store.to_json(record), sort_keys=True),
+                "mode": "create-or-replace",
+            },
+        )
+        with self.lock:
+            self.records[record.instance_id] = record
+
+    # --- messaging ----------------------------------------------------------------------------
+
+    def _send_raw(self, peer: str, msg: bytes) -> None:
+        self.rpc.call("sendcustommsg", {"node_id": peer, "msg": msg.hex()})
+
+    def _send(self, peer: str, payload: protocol.Payload) -> None:
+        body = protocol.encode(payload)
+        self._send_raw(peer, blip56.Piggyback(blip56.SUPERSCALAR_PROTOCOL_ID, body).encode())
+
+    def _greet(self, peer: str) -> None:
+        msg = blip56.SupportedProtocols((blip56.SUPERSCALAR_PROTOCOL_ID,)).encode()
+        try:
+            self._send_raw(peer, msg)
+        except Exception as e:  # a peer that left again is not an error
+            log.info("could not greet %s: %s", peer, e)
+
+    def _greet_connected_peers(self) -> None:
+        for peer in self.rpc.call("listpeers").get("peers", []):
+            if peer.get("connected"):
+                self._greet(peer["id"])
+
+    def on_connect(self, peer: str) -> None:
+        self.submit(lambda: self._greet(peer))
+
+    def on_disconnect(self, peer: str) -> None:
+        with self.lock:
+            self.protocol_peers.discard(peer)
+
+    def on_custommsg(self, peer: str, payload_hex: str) -> None:
+        """From the custommsg hook: filter by type and queue; never blocks."""
+        try:
+            msg = bytes.fromhex(payload_hex)
+        except ValueError:
+            log.warning("custommsg from %s is not hex", peer)
+            return
+        if len(msg) < 2 or int.from_bytes(msg[:2], "big") != blip56.FACTORY_MESSAGE_TYPE:
+            return  # e.g. lightningd's own peer_storage
+        self.submit(lambda: self._on_factory_message(peer, msg))
+
+    def _on_factory_message(self, peer: str, msg: bytes) -> None:
+        try:
+            parsed = blip56.decode_factory_message(msg)
+            if isinstance(parsed, blip56.SupportedProtocols):
+                if blip56.SUPERSCALAR_PROTOCOL_ID in parsed.protocol_ids:
+                    with self.lock:
+                        self.protocol_peers.add(peer)
+                return
+            if parsed.protocol_id != blip56.SUPERSCALAR_PROTOCOL_ID:
+                log.info("ignoring piggyback for another factory protocol from %s", peer)
+                return
+            payload = protocol.decode(parsed.payload)
+        except WireError as e:
+            log.warning("dropped malformed factory message from %s: %s", peer, e)
+            return
+        instance = payload.instance_id.hex()
+        try:
+            if instance in self.lsp:
+                self._lsp_on_payload(self.lsp[instance], peer, payload)
+            else:
+                self._client_on_payload(peer, instance, payload)
+        except (WireError, CeremonyError, MuSigError) as e:
+            log.warning("rejected message from %s for factory %s: %s", peer, instance[:16], e)
+            if instance in self.lsp:
+                self._lsp_abort(self.lsp[instance], f"client {peer}: {e}")
+            elif instance in self.clients:
+                self._client_abort(self.clients[instance], str(e), tell_lsp=True)
+
+    def on_block(self, height: int) -> None:
+        with self.lock:
+            self.blockheight = max(self.blockheight, height)
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        for session in list(self.lsp.values()):
+            if session.reply is not None and session.deadline and now > session.deadline:
+                self._lsp_abort(session, self._silent_clients(session))
+        for cs in list(self.clients.values()):
+            if cs.record.state is store.ClientState.SIGNING and now > cs.deadline:
+                self._client_abort(cs, "the LSP went silent during the ceremony", tell_lsp=False)
+
+    def _silent_clients(self, s: LspSession) -> str:
+        r = s.record
+        if r.state is store.LspState.PROPOSING:
+            waiting = [c.node_id for c in r.clients if c.pubkey is None]
+            step = "accept the proposal"
+        elif r.state is store.LspState.SIGNING and s.coordinator is not None:
+            if s.coordinator.state is CoordinatorState.DONE:
+                waiting = [c.node_id for c in r.clients if not c.stored]
+                step = "store its signed path"
+            else:
+                waiting = [r.clients[i].node_id for i in s.coordinator.waiting_for]
+                step = "answer the signing ceremony"
+        else:
+            waiting, step = [], f"finish step {r.state.value}"
+        who = ", ".join(waiting) if waiting else "a peer"
+        return f"timed out: client {who} did not {step} within {self.config.ceremony_timeout:g}s"
+
+    # --- LSP: factory-create ------------------------------------------------------------------
+
+    def create(
+        self, reply: Reply, clients: list[str], channel_sat: list[int], params: FactoryParams
+    ) -> None:
+        """Validate and reserve synchronously where cheap; the rest runs on the worker."""
+        self.submit(lambda: self._lsp_create(reply, clients, channel_sat, params))
+
+    def _lsp_create(
+        self, reply: Reply, clients: list[str], channel_sat: list[int], params: FactoryParams
+    ) -> None:
+        try:
+            self._check_clients(clients)
+            instance = os.urandom(32)
+            secret = self._makesecret(b"superscalar/lsp/" + instance)
+            lsp_key = node_seckey(secret)
+            lsp_pub = musig2.pubkey_from_secret(lsp_key)
+            timeout = self.blockheight + self.config.lifetime_blocks
+            probe = _probe_factory(params, lsp_pub, channel_sat, timeout)
+            if timeout - self.blockheight <= 2 * probe.topology.ewt:
+                raise InvalidParameter(
+                    f"lifetime {self.config.lifetime_blocks} blocks is too short for an early"
+                    f" warning time of {probe.topology.ewt}"
+                )
+            funded = self._reserve_funding(probe.funding_amount)
+        except SuperscalarError as e:
+            reply.set_exception(_rpc_exception(e))
+            return
+        record = store.LspRecord(
+            instance_id=instance.hex(),
+            state=store.LspState.PROPOSING,
+            params=params,
+            timeout_height=timeout,
+            lsp_pubkey=lsp_pub.hex(),
+            clients=tuple(
+                store.ClientEntry(n, s) for n, s in zip(clients, channel_sat, strict=True)
+            ),
+            created_height=self.blockheight,
+            funding_psbt=funded,
+            funding_amount=probe.funding_amount,
+        )
+        session = LspSession(record, reply, time.monotonic() + self.config.ceremony_timeout)
+        self.lsp[record.instance_id] = session
+        self._persist(record)
+        ewt = probe.topology.ewt
+        for i, entry in enumerate(record.clients):
+            self._send(
+                entry.node_id,
+                protocol.Propose(
+                    instance, i, len(clients), params, timeout, lsp_pub, entry.channel_sat, ewt
+                ),
+            )
+        log.info("factory %s: proposed to %d clients", record.instance_id[:16], len(clients))
+
+    def _check_clients(self, clients: list[str]) -> None:
+        peers = {p["id"]: p for p in self.rpc.call("listpeers").get("peers", [])}
+        for c in clients:
+            if c == self.node_id:
+                raise InvalidParameter(f"client {c} is this node itself")
+            if not peers.get(c, {}).get("connected"):
+                raise InvalidParameter(f"client {c} is not connected")
+            with self.lock:
+                ok = c in self.protocol_peers
+            if not ok:
+                raise InvalidParameter(
+                    f"client {c} has not announced SuperScalar support (is the plugin running there?)"
+                )
+
+    def _makesecret(self, label: bytes) -> bytes:
+        return bytes.fromhex(self.rpc.call("makesecret", {"hex": label.hex()})["secret"])
+
+    def _reserve_funding(self, amount: int) -> str:
+        # startweight: tx overhead + the P2TR funding output, which addpsbtoutput adds later.
+        try:
+            res = self.rpc.call(
+                "fundpsbt",
+                {
+                    "satoshi": amount,
+                    "feerate": self.config.funding_feerate,
+                    "startweight": (4 + 1 + 1 + 4 + 43) * 4,
+                    "reserve": 2016,
+                    "excess_as_change": True,
+                },
+            )
+        except Exception as e:
+            raise RpcFailed(
+                f"cannot fund a factory of {amount} sat from the wallet: {_why(e)}"
+            ) from e
+        return str(res["psbt"])
+
+    def _lsp_on_payload(self, s: LspSession, peer: str, p: protocol.Payload) -> None:
+        r = s.record
+        index = next((i for i, c in enumerate(r.clients) if c.node_id == peer), None)
+        if index is None:
+            raise CeremonyError(f"{peer} is not a client of this factory")
+        if isinstance(p, protocol.Text):
+            self._lsp_abort(s, f"client {peer} refused: {p.reason}")
+        elif isinstance(p, protocol.Accept) and r.state is store.LspState.PROPOSING:
+            musig2.xonly(p.client_pubkey)  # a valid point, or MuSigError
+            if r.clients[index].pubkey is not None:
+                raise CeremonyError("accepted twice")
+            clients = list(r.clients)
+            clients[index] = store.ClientEntry(
+                peer, clients[index].channel_sat, p.client_pubkey.hex()
+            )
+            s.record = r.replace(clients=tuple(clients))
+            self._persist(s.record)
+            if all(c.pubkey for c in s.record.clients):
+                self._lsp_open_channels(s)
+        elif isinstance(p, protocol.Ceremony) and r.state is store.LspState.SIGNING:
+            assert s.coordinator is not None
+            for c, data in s.coordinator.receive(index, p.message).items():
+                self._send(
+                    r.clients[c].node_id, protocol.Ceremony(bytes.fromhex(r.instance_id), data)
+                )
+        elif isinstance(p, protocol.Stored) and r.state is store.LspState.SIGNING:
+            assert s.coordinator is not None
+            if (
+                s.coordinator.state is not CoordinatorState.DONE
+                or p.session != s.coordinator.session
+            ):
+                raise CeremonyError("STORED before the ceremony finished")
+            clients = list(r.clients)
+            clients[index] = _replace_entry(clients[index], stored=True)
+            s.record = r.replace(clients=tuple(clients))
+            self._persist(s.record)
+            if all(c.stored for c in s.record.clients):
+                self._lsp_complete(s)
+        else:
+            raise CeremonyError(f"unexpected {type(p).__name__} in state {r.state.value}")
+
+    def _lsp_open_channels(self, s: LspSession) -> None:
+        r = s.record
+        instance = bytes.fromhex(r.instance_id)
+        keys = [bytes.fromhex(c.pubkey or "") for c in r.clients]
+        lsp_pub = bytes.fromhex(r.lsp_pubkey)
+        probe = _probe_factory(
+            r.params, lsp_pub, [c.channel_sat for c in r.clients], r.timeout_height
+        )
+        s.record = r = r.replace(state=store.LspState.OPENING)
+        self._persist(r)
+        scripts: list[str] = []
+        for i, c in enumerate(r.clients):
+            self._send(
+                c.node_id,
+                protocol.InFactory(
+                    instance,
+                    blip56.ChannelInFactory(
+                        blip56.SUPERSCALAR_PROTOCOL_ID, instance, probe.topology.ewt
+                    ),
+                ),
+            )
+            try:
+                res = self.rpc.call(
+                    "fundchannel_start",
+                    {
+                        "id": c.node_id,
+                        "amount": c.channel_sat,
+                        "announce": False,
+                        "mindepth": 0,
+                    },
+                )
+            except Exception as e:
+                self._lsp_abort(s, f"client {c.node_id}: fundchannel_start failed: {_why(e)}")
+                return
+            s.opened.add(i)
+            scripts.append(str(res["scriptpubkey"]))
+        slots = [
+            ClientSlot(k, bytes.fromhex(sc), c.channel_sat)
+            for k, sc, c in zip(keys, scripts, r.clients, strict=True)
+        ]
+        factory = Factory.create(r.params, lsp_pub, slots, r.timeout_height)
+        if factory.funding_amount != r.funding_amount:
+            self._lsp_abort(s, "channel scripts changed the funding amount (non-P2WSH channel?)")
+            return
+        address = _p2tr_address(factory.funding_output.output_key, self._network())
+        try:
+            res = self.rpc.call(
+                "addpsbtoutput",
+                {
+                    "satoshi": factory.funding_amount,
+                    "initialpsbt": r.funding_psbt,
+                    "destination": address,
+                },
+            )
+        except Exception as e:
+            self._lsp_abort(s, f"cannot add the funding output: {_why(e)}")
+            return
+        funding_psbt = str(res["psbt"])
+        vout = int(res["outnum"])
+        txid = psbtmod.unsigned_txid(funding_psbt)
+        clients = [
+            _replace_entry(c, channel_script=sc) for c, sc in zip(r.clients, scripts, strict=True)
+        ]
+        s.record = r = r.replace(
+            state=store.LspState.SIGNING,
+            clients=tuple(clients),
+            funding_psbt=funding_psbt,
+            funding_txid=txid,
+            funding_vout=vout,
+        )
+        s.factory = factory
+        lsp_key = node_seckey(self._makesecret(b"superscalar/lsp/" + instance))
+        s.coordinator = Coordinator(
+            factory, lsp_key, (txid, vout), dw.initial_states(factory.topology)
+        )
+        self._persist(r)
+        for index, data in s.coordinator.start().items():
+            self._send(r.clients[index].node_id, protocol.Ceremony(instance, data))
+
+    def _lsp_complete(self, s: LspSession) -> None:
+        r = s.record
+        assert s.coordinator is not None and s.factory is not None
+        s.record = r = r.replace(state=store.LspState.COMPLETING)
+        self._persist(r)
+        topo = s.factory.topology
+        for i, c in enumerate(r.clients):
+            leaf = s.coordinator.signed[topo.leaf_of_client[i]].unsigned
+            try:
+                res = self.rpc.call(
+                    "fundchannel_complete", {"id": c.node_id, "psbt": psbtmod.leaf_psbt(leaf)}
+                )
+            except Exception as e:
+                self._lsp_abort(s, f"client {c.node_id}: fundchannel_complete failed: {_why(e)}")
+                return
+            clients = list(r.clients)
+            clients[i] = _replace_entry(c, channel_id=str(res["channel_id"]))
+            s.record = r = r.replace(clients=tuple(clients))
+        self._persist(r)
+        try:
+            signed = self.rpc.call("signpsbt", {"psbt": r.funding_psbt})["signed_psbt"]
+            sent = self.rpc.call("sendpsbt", {"psbt": signed})
+        except Exception as e:
+            # Channels are completed: from here on, never abort silently; report loudly.
+            log.error("factory %s: funding broadcast failed: %s", r.instance_id[:16], _why(e))
+            s.record = r.replace(error=f"funding broadcast failed: {_why(e)}")
+            self._persist(s.record)
+            if s.reply:
+                s.reply.set_exception(_rpc_exception(ChainError(s.record.error or "")))
+                s.reply = None
+            return
+        s.record = r = r.replace(state=store.LspState.FUNDED, funding_txid=str(sent["txid"]))
+        self._persist(r)
+        for c in r.clients:
+            self._send(
+                c.node_id,
+                protocol.Funded(
+                    bytes.fromhex(r.instance_id), str(sent["txid"]), r.funding_vout or 0
+                ),
+            )
+        log.info("factory %s funded: %s", r.instance_id[:16], sent["txid"])
+        if s.reply is not None:
+            s.reply.set_result(self.status_of(r))
+            s.reply = None
+
+    def _lsp_abort(self, s: LspSession, reason: str) -> None:
+        r = s.record
+        if r.state in (store.LspState.FUNDED, store.LspState.ABORTED):
+            return
+        log.warning("factory %s aborted: %s", r.instance_id[:16], reason)
+        for i, c in enumerate(r.clients):
+            if i in s.opened or r.state in (store.LspState.SIGNING, store.LspState.COMPLETING):
+                try:
+                    self.rpc.call("fundchannel_cancel", {"id": c.node_id})
+                except Exception as e:
+                    log.info("fundchannel_cancel %s: %s", c.node_id, _why(e))
+        if r.funding_psbt:
+            try:
+                self.rpc.call("unreserveinputs", {"psbt": r.funding_psbt, "reserve": 2016})
+            except Exception as e:
+                log.error("could not unreserve the funding inputs: %s", _why(e))
+        s.record = r.replace(state=store.LspState.ABORTED, error=reason)
+        self._persist(s.record)
+        if s.coordinator is not None:
+            s.coordinator.abort(reason)
+        for c in r.clients:
+            try:
+                self._send(
+                    c.node_id,
+                    protocol.Text(protocol.PayloadType.ABORT, bytes.fromhex(r.instance_id), reason),
+                )
+            except Exception as e:
+                log.info("could not tell %s about the abort: %s", c.node_id, _why(e))
+        if s.reply is not None:
+            s.reply.set_exception(
+                _rpc_exception(CeremonyError(f"factory creation failed: {reason}"))
+            )
+            s.reply = None
+
+    # --- client -------------------------------------------------------------------------------
+
+    def _client_on_payload(self, peer: str, instance: str, p: protocol.Payload) -> None:
+        cs = self.clients.get(instance)
+        if isinstance(p, protocol.Propose):
+            if cs is not None or instance in self.records:
+                raise CeremonyError("proposal for a factory we already know")
+            self._client_consider(peer, p)
+            return
+        if isinstance(p, protocol.InFactory):
+            if cs is None or cs.record.lsp_node_id != peer:
+                with self.lock:
+                    self.refused_opens[(peer, 0)] = instance
+                log.warning("%s announced a channel in unknown factory %s", peer, instance[:16])
+                return
+            with self.lock:
+                self.expected_opens[(peer, cs.record.channel_sat * 1000)] = instance
+            return
+        if cs is None or cs.record.lsp_node_id != peer:
+            raise CeremonyError(f"message for unknown factory {instance[:16]}")
+        if isinstance(p, protocol.Ceremony):
+            reply = cs.signer.receive(p.message)
+            if cs.record.state is store.ClientState.ACCEPTED:
+                cs.record = cs.record.replace(state=store.ClientState.SIGNING)
+                cs.deadline = time.monotonic() + self.config.ceremony_timeout
+            if cs.signer.state is SignerState.DONE:
+                self._client_store_path(cs)
+                self._send(peer, protocol.Stored(bytes.fromhex(instance), cs.signer.session))
+            elif reply is not None:
+                self._send(peer, protocol.Ceremony(bytes.fromhex(instance), reply))
+        elif isinstance(p, protocol.Funded):
+            if cs.record.state is not store.ClientState.READY:
+                raise CeremonyError("FUNDED before our path was stored")
+            cs.record = cs.record.replace(state=store.ClientState.FUNDED, funding_txid=p.txid)
+            self._persist(cs.record)
+        elif isinstance(p, protocol.Text) and p.type is protocol.PayloadType.ABORT:
+            self._client_abort(cs, f"LSP aborted: {p.reason}", tell_lsp=False)
+        else:
+            raise CeremonyError(f"unexpected {type(p).__name__}")
+
+    def _client_consider(self, peer: str, p: protocol.Propose) -> None:
+        cfg = self.config
+        instance = p.instance_id
+        reason = None
+        if "any" not in cfg.accept_from and peer not in cfg.accept_from:
+            reason = "this node does not accept factories from you (superscalar-accept-from)"
+        else:
+            try:
+                topo = Topology.build(p.n_clients, p.params)
+                if topo.ewt != p.early_warning_time:
+                    reason = f"stated EWT {p.early_warning_time} but the shape gives {topo.ewt}"
+                elif topo.ewt > cfg.max_ewt:
+                    reason = f"EWT {topo.ewt} exceeds our limit {cfg.max_ewt}"
+                elif p.params.fee_rate_kvb > cfg.max_fee_rate_kvb:
+                    reason = f"fee rate {p.params.fee_rate_kvb} sat/kvB exceeds our limit"
+                elif p.timeout_height <= self.blockheight + 2 * topo.ewt:
+                    reason = f"timeout {p.timeout_height} leaves no time before the EWT"
+                elif p.channel_sat < MIN_CHANNEL_SAT:
+                    reason = f"channel of {p.channel_sat} sat is too small"
+                musig2.xonly(p.lsp_pubkey)
+            except (InvalidParameter, MuSigError) as e:
+                reason = f"invalid proposal: {e}"
+        if reason is not None:
+            log.info("refusing factory %s from %s: %s", instance.hex()[:16], peer, reason)
+            self._send(peer, protocol.Text(protocol.PayloadType.REJECT, instance, reason))
+            return
+        seckey = node_seckey(self._makesecret(b"superscalar/client/" + instance))
+        pub = musig2.pubkey_from_secret(seckey)
+        record = store.ClientRecord(
+            instance_id=instance.hex(),
+            lsp_node_id=peer,
+            state=store.ClientState.ACCEPTED,
+            client_index=p.client_index,
+            n_clients=p.n_clients,
+            params=p.params,
+            timeout_height=p.timeout_height,
+            lsp_pubkey=p.lsp_pubkey.hex(),
+            pubkey=pub.hex(),
+            channel_sat=p.channel_sat,
+            early_warning_time=p.early_warning_time,
+        )
+        signer = Signer(
+            seckey,
+            ClientTerms(p.lsp_pubkey, p.timeout_height, None, p.channel_sat),
+            ClientPolicy(max_ewt=cfg.max_ewt, max_fee_rate_kvb=cfg.max_fee_rate_kvb),
+        )
+        self.clients[record.instance_id] = ClientSession(
+            record, signer, time.monotonic() + self.config.ceremony_timeout
+        )
+        self._persist(record)
+        self._send(peer, protocol.Accept(instance, pub))
+
+    def _client_store_path(self, cs: ClientSession) -> None:
+        header = cs.signer.header
+        assert header is not None
+        path = tuple(
+            store.PathEntry(
+                s.node,
+                cs.signer.states[s.node],
+                s.raw().hex(),
+                s.unsigned.spent_amount,
+                s.unsigned.spent_script.hex(),
+            )
+            for s in cs.signer.signed_path
+        )
+        cs.record = cs.record.replace(
+            state=store.ClientState.READY, header=header.encode().hex(), path=path
+        )
+        self._persist(cs.record)
+
+    def _client_abort(self, cs: ClientSession, reason: str, tell_lsp: bool) -> None:
+        if cs.record.state in (store.ClientState.FUNDED, store.ClientState.ABORTED):
+            return
+        cs.signer.forget()
+        cs.record = cs.record.replace(state=store.ClientState.ABORTED, error=reason)
+        self._persist(cs.record)
+        with self.lock:
+            for k, v in list(self.expected_opens.items()):
+                if v == cs.record.instance_id:
+                    del self.expected_opens[k]
+        if tell_lsp:
+            self._send(
+                cs.record.lsp_node_id,
+                protocol.Text(
+                    protocol.PayloadType.ABORT, bytes.fromhex(cs.record.instance_id), reason
+                ),
+            )
+
+    def on_openchannel(self, peer: str, funding_msat: int, push_msat: int) -> dict[str, Any]:
+        """The openchannel hook: a factory slot we accepted opens with mindepth 0; an open that a
+        peer tied to a factory we do not know is refused; every other open is left alone."""
+        with self.lock:
+            instance = self.expected_opens.pop((peer, funding_msat), None)
+            refused = self.refused_opens.pop((peer, 0), None)
+        if instance is not None and push_msat == 0:
+            log.info("accepting factory channel from %s (factory %s)", peer, instance[:16])
+            return {"result": "continue", "mindepth": 0}
+        if instance is not None or refused is not None:
+            return {
+                "result": "reject",
+                "error_message": "superscalar: this channel is not a factory slot we accepted",
+            }
+        return {"result": "continue"}
+
+    # --- status -------------------------------------------------------------------------------
+
+    def status_of(self, record: store.Record) -> dict[str, Any]:
+        topo = Topology.build(
+            len(record.clients) if isinstance(record, store.LspRecord) else record.n_clients,
+            record.params,
+        )
+        base: dict[str, Any] = {
+            "instance": record.instance_id,
+            "state": record.state.value,
+            "early_warning_time": topo.ewt,
+            "timeout_height": record.timeout_height,
+            "params": store.to_json(record)["params"],
+        }
+        if record.error:
+            base["error"] = record.error
+        if isinstance(record, store.LspRecord):
+            base["role"] = "lsp"
+            base["funding"] = {
+                "txid": record.funding_txid,
+                "vout": record.funding_vout,
+                "amount_sat": record.funding_amount,
+            }
+            channels = self._channels()
+            base["clients"] = [
+                {
+                    "node_id": c.node_id,
+                    "index": i,
+                    "leaf": topo.leaf_of_client[i],
+                    "channel_sat": c.channel_sat,
+                    "channel_id": c.channel_id,
+                    "channel_state": channels.get(c.channel_id or "", {}).get("state"),
+                    "dw_state": 0,
+                }
+                for i, c in enumerate(record.clients)
+            ]
+        else:
+            base["role"] = "client"
+            base["lsp"] = record.lsp_node_id
+            base["index"] = record.client_index
+            base["channel_sat"] = record.channel_sat
+            base["funding_txid"] = record.funding_txid
+            base["exit_path"] = [
+                {
+                    "node": e.node,
+                    "kind": topo.nodes[e.node].kind.value,
+                    "dw_state": e.state,
+                    "txid": Tx.deserialize(bytes.fromhex(e.raw)).txid,
+                    "relative_delay": record.params.state_delay(e.state)
+                    if topo.nodes[e.node].kind.is_state
+                    else 0,
+                }
+                for e in record.path
+            ]
+        return base
+
+    def _channels(self) -> dict[str, dict[str, Any]]:
+        try:
+            chans = self.rpc.call("listpeerchannels").get("channels", [])
+        except Exception:
+            return {}
+        return {c["channel_id"]: c for c in chans if "channel_id" in c}
+
+    def status(self, instance: str | None) -> dict[str, Any]:
+        with self.lock:
+            records = dict(self.records)
+        if instance is not None:
+            if instance not in records:
+                raise InvalidParameter(f"instance: no factory {instance}")
+            return {"factories": [self.status_of(records[instance])]}
+        return {"factories": [self.status_of(r) for r in records.values()]}
+
+    def _network(self) -> str:
+        return str(self.rpc.call("getinfo").get("network", "regtest"))
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _probe_factory(
+    params: FactoryParams, lsp_pub: bytes, channel_sat: list[int], timeout: int
+) -> Factory:
+    """A factory with stand-in keys and P2WSH scripts: amounts depend only on script sizes."""
+    slots = []
+    for i, sat in enumerate(channel_sat):
+        pk = musig2.pubkey_from_secret(hashlib.sha256(b"probe%d" % i).digest())
+        slots.append(ClientSlot(pk, b"\x00\x20" + bytes(32), sat))
+    return Factory.create(params, lsp_pub, slots, timeout)
+
+
+def _replace_entry(entry: store.ClientEntry, **changes: Any) -> store.ClientEntry:
+    import dataclasses
+
+    return dataclasses.replace(entry, **changes)
+
+
+def _why(e: Exception) -> str:
+    err = getattr(e, "error", None)
+    if isinstance(err, dict) and "message" in err:
+        return str(err["message"])
+    return str(e)
+
+
+def _rpc_exception(e: SuperscalarError) -> Exception:
+    from .rpcerror import make_rpc_exception
+
+    return make_rpc_exception(str(e), e.rpc_code)
+
+
+_BECH32M = 0x2BC830A3
+_CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+_HRP = {"bitcoin": "bc", "testnet": "tb", "testnet4": "tb", "signet": "tb", "regtest": "bcrt"}
+
+
+def _p2tr_address(output_key: bytes, network: str) -> str:
+    """BIP350 bech32m address of a taproot output key."""
+    hrp = _HRP.get(network, "bcrt")
+
+    def polymod(values: list[int]) -> int:
+        gen = [0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3]
+        chk = 1
+        for v in values:
+            top = chk >> 25
+            chk = (chk & 0x1FFFFFF) << 5 ^ v
+            for i in range(5):
+                chk ^= gen[i] if ((top >> i) & 1) else 0
+        return chk
+
+    acc, bits, data = 0, 0, [1]
+    for b in output_key:
+        acc = (acc << 8) | b
+        bits += 8
+        while bits >= 5:
+            bits -= 5
+            data.append((acc >> bits) & 31)
+    if bits:
+        data.append((acc << (5 - bits)) & 31)
+    expanded = [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
+    mod = polymod([*expanded, *data, 0, 0, 0, 0, 0, 0]) ^ _BECH32M
+    checksum = [(mod >> 5 * (5 - i)) & 31 for i in range(6)]
+    return hrp + "1" + "".join(_CHARSET[d] for d in data + checksum)
+
+
+__all__ = ["Config", "FactoryService", "SignedNodeTx", "UnsignedNodeTx", "wire"]

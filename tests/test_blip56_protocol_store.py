@@ -1,0 +1,152 @@
+"""bLIP-56 envelope, SuperScalar payloads and stored records: round trips and strict refusals."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+
+import pytest
+
+from superscalar_plugin.engine import blip56, protocol, store
+from superscalar_plugin.engine.errors import StoreError, SuperscalarError, WireError
+from superscalar_plugin.engine.tree import FactoryParams
+
+INSTANCE = bytes(range(32))
+KEY = bytes.fromhex("02" + "11" * 32)
+
+
+def test_protocol_id_is_sha256_of_name_and_major_version() -> None:
+    import hashlib
+
+    assert hashlib.sha256(b"superscalar_v1").digest() == blip56.SUPERSCALAR_PROTOCOL_ID
+
+
+def test_bigsize_is_canonical() -> None:
+    for n in (0, 0xFC, 0xFD, 0xFFFF, 0x10000, 0xFFFFFFFF, 0x100000000):
+        assert blip56.decode_bigsize(blip56.encode_bigsize(n), 0) == (
+            n,
+            len(blip56.encode_bigsize(n)),
+        )
+    with pytest.raises(WireError, match="non-canonical"):
+        blip56.decode_bigsize(b"\xfd\x00\x10", 0)
+
+
+def test_envelope_round_trip_and_refusals() -> None:
+    hello = blip56.SupportedProtocols((blip56.SUPERSCALAR_PROTOCOL_ID, bytes(32)))
+    assert blip56.decode_factory_message(hello.encode()) == hello
+    pig = blip56.Piggyback(blip56.SUPERSCALAR_PROTOCOL_ID, b"payload")
+    assert blip56.decode_factory_message(pig.encode()) == pig
+    raw = pig.encode()
+    assert raw[:2] == (32800).to_bytes(2, "big") and raw[2:4] == b"\x00\x04"
+    with pytest.raises(WireError, match="multiple of 32"):
+        blip56.decode_factory_message(b"\x80\x20\x00\x02" + blip56.encode_tlvs({512: b"x" * 33}))
+    with pytest.raises(WireError, match="unknown even"):
+        blip56.decode_factory_message(raw + blip56.encode_tlvs({2000: b""}))
+    # unknown odd TLVs are fine ("it's okay to be odd")
+    assert blip56.decode_factory_message(raw + blip56.encode_tlvs({2001: b"z"})) == pig
+    with pytest.raises(WireError, match="strictly increasing"):
+        blip56.decode_tlvs(
+            blip56.encode_tlvs({1024: b""}) + blip56.encode_tlvs({0: b""}), frozenset({0, 1024})
+        )
+    with pytest.raises(WireError, match="unsupported factory submessage"):
+        blip56.decode_factory_message(b"\x80\x20\x00\x06")
+    record = blip56.ChannelInFactory(blip56.SUPERSCALAR_PROTOCOL_ID, INSTANCE, 252)
+    assert len(record.encode()) == 66 and blip56.ChannelInFactory.decode(record.encode()) == record
+
+
+PAYLOADS: list[protocol.Payload] = [
+    protocol.Propose(INSTANCE, 3, 8, FactoryParams(arity=(2, 4)), 900_000, KEY, 250_000, 252),
+    protocol.Accept(INSTANCE, KEY),
+    protocol.Text(protocol.PayloadType.REJECT, INSTANCE, "no thanks ✓"),
+    protocol.Text(protocol.PayloadType.ABORT, INSTANCE, "client x went silent"),
+    protocol.InFactory(
+        INSTANCE, blip56.ChannelInFactory(blip56.SUPERSCALAR_PROTOCOL_ID, INSTANCE, 9)
+    ),
+    protocol.Ceremony(INSTANCE, b"\x02" + bytes(40)),
+    protocol.Stored(INSTANCE, bytes(32)),
+    protocol.Funded(INSTANCE, "ab" * 32, 1),
+]
+
+
+@pytest.mark.parametrize("payload", PAYLOADS, ids=lambda p: type(p).__name__)
+def test_payload_round_trip(payload: protocol.Payload) -> None:
+    data = protocol.encode(payload)
+    assert protocol.decode(data) == payload
+    if not isinstance(payload, protocol.Ceremony):  # ceremony bodies run to the end
+        with pytest.raises(WireError):
+            protocol.decode(data + b"\x00")
+    with pytest.raises(WireError):
+        protocol.decode(data[:20])
+
+
+def test_mutated_payloads_never_raise_anything_else() -> None:
+    rng = random.Random(3)
+    blobs = [protocol.encode(p) for p in PAYLOADS]
+    for _ in range(3000):
+        data = bytearray(rng.choice(blobs))
+        data[rng.randrange(len(data))] = rng.randrange(256)
+        with contextlib.suppress(SuperscalarError):
+            protocol.decode(bytes(data))
+
+
+def _lsp_record() -> store.LspRecord:
+    return store.LspRecord(
+        instance_id=INSTANCE.hex(),
+        state=store.LspState.SIGNING,
+        params=FactoryParams(),
+        timeout_height=5000,
+        lsp_pubkey=KEY.hex(),
+        clients=(store.ClientEntry("03" + "22" * 32, 100_000, KEY.hex(), "0020" + "00" * 32),),
+        created_height=100,
+        funding_psbt="cHNidP8=",
+        funding_txid="cd" * 32,
+        funding_vout=0,
+        funding_amount=123_456,
+    )
+
+
+def _client_record() -> store.ClientRecord:
+    return store.ClientRecord(
+        instance_id=INSTANCE.hex(),
+        lsp_node_id="03" + "22" * 32,
+        state=store.ClientState.READY,
+        client_index=1,
+        n_clients=4,
+        params=FactoryParams(arity=(2, 4)),
+        timeout_height=5000,
+        lsp_pubkey=KEY.hex(),
+        pubkey=KEY.hex(),
+        channel_sat=100_000,
+        early_warning_time=252,
+        header="00",
+        path=(store.PathEntry(0, 0, "00", 5, "5120" + "00" * 32),),
+    )
+
+
+@pytest.mark.parametrize("record", [_lsp_record(), _client_record()], ids=["lsp", "client"])
+def test_records_round_trip_through_json(record: store.Record) -> None:
+    text = json.dumps(store.to_json(record))
+    assert store.from_json(json.loads(text)) == record
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda d: d.update(version=2), "unknown record version"),
+        (lambda d: d.update(kind="other"), "unknown record kind"),
+        (lambda d: d.update(state="flying"), "invalid value"),
+        (lambda d: d.update(instance_id="zz"), "not hex"),
+        (lambda d: d.update(instance_id="00"), "32 bytes"),
+        (lambda d: d.update(timeout_height="5000"), "integer"),
+        (lambda d: d["params"].update(step_blocks=0), "params invalid"),
+        (lambda d: d["params"].pop("arity"), "params fields"),
+        (lambda d: d.pop("lsp_pubkey"), "missing"),
+        (lambda d: d["clients"].append("x"), "client entry"),
+    ],
+)
+def test_bad_records_are_refused_with_a_reason(mutate, needle: str) -> None:  # type: ignore[no-untyped-def]
+    data = store.to_json(_lsp_record())
+    mutate(data)
+    with pytest.raises(StoreError, match=needle):
+        store.from_json(data)
