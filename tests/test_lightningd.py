@@ -1,0 +1,152 @@
+"""Against a real, unmodified lightningd (pyln-testing): factory channels route payments.
+
+These run whenever `lightningd` is on PATH (Core Lightning v26.06.6 is the target) and skip with
+the reason otherwise; `lightningd` is not packaged on our CI machines. pyln-testing brings its own
+`bitcoind` fixture (it needs `bitcoind` on PATH: the project's build is put there below).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+if shutil.which("lightningd") is None:
+    pytest.skip(
+        "lightningd is not on PATH: install Core Lightning v26.06.6 to run the real-node tests",
+        allow_module_level=True,
+    )
+
+_ROOT = Path(__file__).resolve().parent.parent
+_BITCOIND_DIR = _ROOT / ".venv" / "bitcoind-path"
+if shutil.which("bitcoind") is None and _BITCOIND_DIR.exists():
+    os.environ["PATH"] = _BITCOIND_DIR.read_text().strip() + os.pathsep + os.environ["PATH"]
+
+from pyln.testing.fixtures import *  # noqa: E402, F403  (node_factory, bitcoind, ...)
+from pyln.testing.utils import wait_for  # noqa: E402
+
+PLUGIN = str(Path(sys.executable).parent / "superscalar")
+CHANNEL_SAT = 500_000
+
+
+def _lsp_and_clients(node_factory: Any, n: int) -> tuple[Any, list[Any]]:
+    lsp = node_factory.get_node(options={"plugin": PLUGIN}, may_reconnect=True)
+    clients = node_factory.get_nodes(
+        n,
+        opts={
+            "plugin": PLUGIN,
+            "superscalar-accept-from": lsp.info["id"],
+            "may_reconnect": True,
+        },
+    )
+    for c in clients:
+        lsp.rpc.connect(c.info["id"], "localhost", c.port)
+    lsp.fundwallet(10_000_000)
+    return lsp, clients
+
+
+def _create(lsp: Any, clients: list[Any]) -> dict[str, Any]:
+    ids = [c.info["id"] for c in clients]
+    # The handshake (bLIP-56 0x0002) arrives right after connecting; retry until it did.
+    result: dict[str, Any] = {}
+
+    def attempt() -> bool:
+        nonlocal result
+        try:
+            result = lsp.rpc.call(
+                "factory-create",
+                {
+                    "clients": ids,
+                    "channel_sat": CHANNEL_SAT,
+                    "states_per_layer": 2,
+                    "step_blocks": 6,
+                },
+            )
+            return True
+        except Exception as e:  # noqa: BLE001
+            if "has not announced SuperScalar support" in str(e):
+                return False
+            raise
+
+    wait_for(attempt)
+    return result
+
+
+def _normal(node: Any, peer: Any) -> bool:
+    chans = node.rpc.listpeerchannels(peer.info["id"])["channels"]
+    return any(c["state"] == "CHANNELD_NORMAL" for c in chans)
+
+
+def _pay_both_ways(lsp: Any, clients: list[Any], amount_msat: int) -> None:
+    for c in clients:
+        inv = c.rpc.invoice(amount_msat, f"to-{os.urandom(4).hex()}", "factory")["bolt11"]
+        assert lsp.rpc.pay(inv)["status"] == "complete"
+    for c in clients:
+        inv = lsp.rpc.invoice(amount_msat // 2, f"from-{os.urandom(4).hex()}", "factory")["bolt11"]
+        assert c.rpc.pay(inv)["status"] == "complete"
+
+
+def test_factory_channels_carry_payments_both_ways_and_survive_restarts(
+    node_factory: Any, bitcoind: Any
+) -> None:
+    lsp, clients = _lsp_and_clients(node_factory, 3)
+    created = _create(lsp, clients)
+    instance = (
+        created["factories"][0]["instance"] if "factories" in created else created["instance"]
+    )
+    for c in clients:
+        wait_for(lambda c=c: _normal(lsp, c) and _normal(c, lsp))
+    bitcoind.generate_block(1)  # the funding tx confirms; the tree stays off-chain
+
+    _pay_both_ways(lsp, clients, 10_000_000)
+
+    for node in [lsp, *clients]:
+        node.restart()
+    for c in clients:
+        lsp.rpc.connect(c.info["id"], "localhost", c.port)
+        wait_for(lambda c=c: _normal(lsp, c) and _normal(c, lsp))
+    _pay_both_ways(lsp, clients, 5_000_000)
+
+    lsp_view = lsp.rpc.call("factory-status", {"instance": instance})["factories"][0]
+    assert lsp_view["role"] == "lsp" and lsp_view["state"] == "funded"
+    for i, c in enumerate(clients):
+        view = c.rpc.call("factory-status", {"instance": instance})["factories"][0]
+        assert view["role"] == "client" and view["state"] == "funded"
+        assert view["index"] == i and view["timeout_height"] == lsp_view["timeout_height"]
+        assert view["early_warning_time"] == lsp_view["early_warning_time"]
+        assert view["funding_txid"] == lsp_view["funding"]["txid"]
+        assert len(view["exit_path"]) > 0
+        assert lsp_view["clients"][i]["channel_state"] == "CHANNELD_NORMAL"
+
+
+def test_a_normal_channel_still_opens_beside_factories(node_factory: Any, bitcoind: Any) -> None:
+    lsp, clients = _lsp_and_clients(node_factory, 2)
+    _create(lsp, clients)
+    other = node_factory.get_node(options={"plugin": PLUGIN})
+    other.fundwallet(2_000_000)
+    other.rpc.connect(clients[0].info["id"], "localhost", clients[0].port)
+    other.rpc.fundchannel(clients[0].info["id"], 300_000)
+    bitcoind.generate_block(6)
+    wait_for(lambda: _normal(other, clients[0]))
+
+
+def test_bad_factory_create_parameters_leave_nothing_behind(node_factory: Any) -> None:
+    lsp, clients = _lsp_and_clients(node_factory, 2)
+    ids = [c.info["id"] for c in clients]
+    stranger = "02" + "11" * 32
+    cases = [
+        ({"clients": [*ids, stranger], "channel_sat": CHANNEL_SAT}, "not connected"),
+        ({"clients": [ids[0], ids[0]], "channel_sat": CHANNEL_SAT}, "listed twice"),
+        ({"clients": ids, "channel_sat": 100}, "below the minimum"),
+        ({"clients": ids, "channel_sat": 10**12}, "cannot fund"),
+        ({"clients": ids, "channel_sat": CHANNEL_SAT, "step_blocks": 1000}, "exceeds the limit"),
+    ]
+    for params, needle in cases:
+        with pytest.raises(Exception, match=needle):
+            lsp.rpc.call("factory-create", params)
+    assert all(not o.get("reserved") for o in lsp.rpc.listfunds()["outputs"])
+    assert lsp.rpc.listpeerchannels()["channels"] == []
