@@ -11,6 +11,8 @@ import pytest
 from superscalar_plugin.engine import dw, musig2, wire
 from superscalar_plugin.engine.ceremony import (
     CoordinatorState,
+    SignedNodeTx,
+    Signer,
     SignerState,
     run_ceremony,
     sign_in_process,
@@ -246,3 +248,28 @@ def test_coordinator_rejects_strangers_duplicates_and_garbage() -> None:
     with pytest.raises(WireError, match="client 3"):
         co.receive(3, b"\x02" + bytes(10))
     assert co.waiting_for == [1, 2, 3]
+
+
+def test_a_stored_path_restores_into_a_signer_that_can_still_update() -> None:
+    p = participants(4, FactoryParams(states_per_layer=3))
+    f = p.factory
+    signers = signers_for(p)
+    states = dw.initial_states(f.topology)
+    run_ceremony(coordinator_for(p, states), signers)
+    old = signers[0]
+    assert old.header is not None
+    stored = [
+        (s.node, s.raw(), s.unsigned.spent_amount, s.unsigned.spent_script) for s in old.signed_path
+    ]
+    path = [SignedNodeTx.from_raw(*entry) for entry in stored]
+    restored = Signer.restore(old.seckey, old.terms, old.policy, old.header, path, old.states)
+    assert [s.txid for s in restored.signed_path] == [s.txid for s in old.signed_path]
+    # A tampered stored signature is caught on restore.
+    bad = [*path[:-1], SignedNodeTx(path[-1].unsigned, bytes(64))]
+    with pytest.raises(CeremonyError, match="invalid signature"):
+        Signer.restore(old.seckey, old.terms, old.policy, old.header, bad, old.states)
+    # The restored signer takes part in the next DW update.
+    adv = dw.advance_leaf(f.topology, states, f.topology.leaf_of_client[0])
+    co = coordinator_for(p, adv.states, adv.resigned)
+    run_ceremony(co, {0: restored, 1: signers[1]})
+    assert restored.signed_path[-1].txid == co.signed[f.topology.leaf_of_client[0]].txid

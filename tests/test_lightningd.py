@@ -67,7 +67,7 @@ def _create(lsp: Any, clients: list[Any]) -> dict[str, Any]:
                 },
             )
             return True
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             if "has not announced SuperScalar support" in str(e):
                 return False
             raise

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from . import musig2, wire
@@ -38,6 +38,7 @@ from .tree import (
     fee_for,
     keypath_tx_vsize,
 )
+from .tx import Tx
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,14 @@ class SignedNodeTx:
 
     def raw(self) -> bytes:
         return self.unsigned.tx.with_witnesses([[self.signature]]).serialize()
+
+    @staticmethod
+    def from_raw(node: int, raw: bytes, spent_amount: int, spent_script: bytes) -> SignedNodeTx:
+        tx = Tx.deserialize(raw)
+        if len(tx.witnesses) != 1 or len(tx.witnesses[0]) != 1 or len(tx.witnesses[0][0]) != 64:
+            raise CeremonyError(f"node {node}: not a key-path signed tree transaction")
+        unsigned = UnsignedNodeTx(node, replace(tx, witnesses=()), spent_amount, spent_script)
+        return SignedNodeTx(unsigned, tx.witnesses[0][0])
 
 
 def _verify_final(utx: UnsignedNodeTx, keyagg: musig2.KeyAggContext, sig: bytes) -> bool:
@@ -295,6 +304,27 @@ class Signer:
     @property
     def session(self) -> bytes:
         return self._session
+
+    @classmethod
+    def restore(
+        cls,
+        seckey: bytes,
+        terms: ClientTerms,
+        policy: ClientPolicy,
+        header: wire.FactoryHeader,
+        path: Sequence[SignedNodeTx],
+        states: Mapping[int, int],
+    ) -> Signer:
+        """A signer holding a stored signed path (after a restart), re-checked before use."""
+        signer = cls(seckey, terms, policy)
+        keys = check_header(header, signer.pubkey, terms, policy)
+        for s in path:
+            if not _verify_final(s.unsigned, keys.signing_keyagg(s.node), s.signature):
+                raise CeremonyError(f"stored path: node {s.node} has an invalid signature")
+        signer._keys, signer._header = keys, header
+        signer.signed_path, signer.states = list(path), dict(states)
+        signer.state = SignerState.DONE
+        return signer
 
     def forget(self) -> None:
         """Drop the ceremony in flight and its secret nonces (abort, restart)."""
