@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/superscalar demo --clients 8
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check superscalar_plugin tests bench
+	$(VENV)/bin/ruff check superscalar_plugin tests bench contrib
 	$(VENV)/bin/mypy superscalar_plugin
 
 # bitcoind + bitcoin-cli v28+ for the policy tests: from PATH, or built once (~15 min) into

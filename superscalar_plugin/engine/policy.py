@@ -110,3 +110,57 @@ def timeout_sweep(
     digest = taproot_sighash(tx, 0, [(amount, output.script_pubkey)], leaf=leaf)
     sig = musig2.schnorr_sign(digest, lsp_seckey)
     return tx.with_witnesses([[sig, leaf.script, control]]).serialize()
+
+
+# --- HTLC and invoice rules on factory channels (bLIP-56) -------------------------------------
+
+INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS = 0x400F  # PERM|15: what a payee says, to resist probing
+EXPIRY_TOO_SOON = 0x100E  # UPDATE|14
+EXPIRY_TOO_FAR = 0x0015  # 21
+
+
+@dataclass(frozen=True)
+class ChannelGuard:
+    """What the HTLC rules need to know about one factory channel."""
+
+    early_warning_time: int
+    timeout_height: int
+
+    @property
+    def last_expiry(self) -> int:
+        """The latest cltv_expiry an HTLC may have: it must be enforceable on chain, which takes
+        the EWT, before the factory times out."""
+        return self.timeout_height - self.early_warning_time
+
+
+def htlc_failure(
+    cltv_expiry: int,
+    blockheight: int,
+    guard: ChannelGuard,
+    amount_msat: int,
+    final: bool,
+) -> bytes | None:
+    """None to let the HTLC through, else the BOLT 4 failure message to fail it with.
+
+    bLIP-56: an HTLC on a factory channel needs cltv_expiry >= blockheight + EWT + 1 (there must be
+    time to publish the tree before it expires), and it must expire no later than the factory's
+    timeout minus the EWT (the seed's `blocks_early`)."""
+    too_soon = cltv_expiry < blockheight + guard.early_warning_time + 1
+    too_late = cltv_expiry > guard.last_expiry
+    if not (too_soon or too_late):
+        return None
+    if final:
+        return (
+            INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS.to_bytes(2, "big")
+            + amount_msat.to_bytes(8, "big")
+            + blockheight.to_bytes(4, "big")
+        )
+    if too_soon:
+        return EXPIRY_TOO_SOON.to_bytes(2, "big") + (0).to_bytes(2, "big")  # empty channel_update
+    return EXPIRY_TOO_FAR.to_bytes(2, "big")
+
+
+def invoice_cltv(requested: int, early_warning_time: int, max_locktime: int) -> int:
+    """min_final_cltv_expiry for an invoice paid into factory channels: raised by the EWT, never
+    above what lightningd accepts (`max-locktime-blocks`)."""
+    return min(requested + early_warning_time, max_locktime)

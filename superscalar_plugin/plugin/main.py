@@ -284,6 +284,33 @@ def _msat(value: Any) -> int:
     return int(str(value).removesuffix("msat"))
 
 
+@plugin.hook("htlc_accepted")
+def on_htlc_accepted(
+    onion: dict[str, Any], htlc: dict[str, Any], plugin: Plugin, **_: Any
+) -> dict[str, Any]:
+    if service is None:
+        return {"result": "continue"}
+    try:
+        return service.htlc_verdict(htlc, onion)
+    except (KeyError, ValueError, TypeError) as e:
+        plugin.log(f"malformed htlc_accepted payload: {e}", level="unusual")
+        return {"result": "continue"}
+
+
+@plugin.hook("rpc_command")
+def on_rpc_command(rpc_command: dict[str, Any], plugin: Plugin, **_: Any) -> dict[str, Any]:
+    if service is None or rpc_command.get("method") != "invoice":
+        return {"result": "continue"}
+    try:
+        params = service.invoice_params(rpc_command.get("params", {}))
+    except (TypeError, ValueError) as e:
+        plugin.log(f"leaving an invoice call alone: {e}", level="debug")
+        return {"result": "continue"}
+    if params is None:
+        return {"result": "continue"}
+    return {"replace": {**rpc_command, "params": params}}
+
+
 @plugin.subscribe("connect")
 def on_connect(plugin: Plugin, **kwargs: Any) -> None:
     info = kwargs.get("connect", kwargs)

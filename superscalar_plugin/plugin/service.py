@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..engine import blip56, dw, musig2, protocol, store, wire
+from ..engine import blip56, dw, musig2, policy, protocol, store, wire
 from ..engine.ceremony import (
     ClientPolicy,
     ClientTerms,
@@ -124,6 +124,9 @@ class FactoryService:
         self.expected_opens: dict[tuple[str, int], str] = {}  # (peer, msat) -> instance
         self.refused_opens: dict[tuple[str, int], str] = {}
         self.blockheight = 0
+        self.guards: dict[str, policy.ChannelGuard] = {}  # scid or alias -> rules (hot path)
+        self.cltv_final = 18
+        self.max_locktime = 2016
         self.worker = threading.Thread(target=self._work, name="superscalar-worker", daemon=True)
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -133,8 +136,10 @@ class FactoryService:
         self.node_id = info["id"]
         self.blockheight = int(info["blockheight"])
         self._load_records()
+        self._read_configs()
         self.worker.start()
         self.submit(self._greet_connected_peers)
+        self.submit(self.refresh_guards)
 
     def stop(self) -> None:
         self.jobs.put(None)
@@ -270,6 +275,102 @@ class FactoryService:
     def on_block(self, height: int) -> None:
         with self.lock:
             self.blockheight = max(self.blockheight, height)
+        self.submit(self.refresh_guards)
+
+    # --- HTLC and invoice rules ---------------------------------------------------------------
+
+    def _read_configs(self) -> None:
+        try:
+            configs = self.rpc.call("listconfigs").get("configs", {})
+            self.cltv_final = int(configs.get("cltv-final", {}).get("value_int", 18))
+            self.max_locktime = int(configs.get("max-locktime-blocks", {}).get("value_int", 2016))
+        except Exception as e:
+            log.info("listconfigs unavailable (%s); using cltv-final 18, max locktime 2016", e)
+
+    def refresh_guards(self) -> None:
+        """Map every factory channel's scid and alias to its rules (off the hot path)."""
+        wanted: dict[str, policy.ChannelGuard] = {}  # channel_id or funding txid -> guard
+        with self.lock:
+            records = list(self.records.values())
+        for r in records:
+            if r.state not in (
+                store.LspState.FUNDED,
+                store.ClientState.READY,
+                store.ClientState.FUNDED,
+            ):
+                continue
+            n = len(r.clients) if isinstance(r, store.LspRecord) else r.n_clients
+            guard = policy.ChannelGuard(Topology.build(n, r.params).ewt, r.timeout_height)
+            if isinstance(r, store.LspRecord):
+                for c in r.clients:
+                    if c.channel_id:
+                        wanted[c.channel_id] = guard
+            elif r.path:
+                wanted[Tx.deserialize(bytes.fromhex(r.path[-1].raw)).txid] = guard
+        guards: dict[str, policy.ChannelGuard] = {}
+        if wanted:
+            for ch in self._channels().values():
+                found = wanted.get(ch.get("channel_id", "")) or wanted.get(
+                    ch.get("funding_txid", "")
+                )
+                if found is None:
+                    continue
+                for scid in (
+                    ch.get("short_channel_id"),
+                    ch.get("alias", {}).get("local"),
+                    ch.get("alias", {}).get("remote"),
+                ):
+                    if scid:
+                        guards[scid] = found
+        self.guards = guards  # one atomic swap; readers never see a half-built map
+
+    def htlc_verdict(self, htlc: dict[str, Any], onion: dict[str, Any]) -> dict[str, Any]:
+        """The htlc_accepted hook: dictionary lookups and comparisons only, no RPC."""
+        guards, height = self.guards, self.blockheight
+        incoming = guards.get(htlc.get("short_channel_id", ""))
+        outgoing_scid = onion.get("short_channel_id")
+        final = outgoing_scid is None and onion.get("next_node_id") is None
+        if incoming is not None:
+            fail = policy.htlc_failure(
+                int(htlc["cltv_expiry"]), height, incoming, _msat(htlc.get("amount_msat", 0)), final
+            )
+            if fail is not None:
+                return {"result": "fail", "failure_message": fail.hex()}
+        outgoing = guards.get(outgoing_scid) if outgoing_scid else None
+        if outgoing is not None and "outgoing_cltv_value" in onion:
+            fail = policy.htlc_failure(
+                int(onion["outgoing_cltv_value"]),
+                height,
+                outgoing,
+                _msat(onion.get("forward_msat", 0)),
+                final=False,
+            )
+            if fail is not None:
+                return {"result": "fail", "failure_message": fail.hex()}
+        return {"result": "continue"}
+
+    def invoice_params(self, params: Any) -> Any | None:
+        """New params for an `invoice` call on a node with factory channels (cltv raised by the
+        largest EWT), or None to leave the call alone."""
+        guards = self.guards
+        if not guards:
+            return None
+        ewt = max(g.early_warning_time for g in guards.values())
+        names = [
+            "amount_msat",
+            "label",
+            "description",
+            "expiry",
+            "fallbacks",
+            "preimage",
+            "exposeprivatechannels",
+            "cltv",
+            "deschashonly",
+        ]
+        named = dict(zip(names, params, strict=False)) if isinstance(params, list) else dict(params)
+        requested = int(named.get("cltv") or self.cltv_final)
+        named["cltv"] = policy.invoice_cltv(requested, ewt, self.max_locktime)
+        return named
 
     def _check_deadlines(self) -> None:
         now = time.monotonic()
@@ -548,6 +649,7 @@ class FactoryService:
                 ),
             )
         log.info("factory %s funded: %s", r.instance_id[:16], sent["txid"])
+        self.refresh_guards()
         if s.reply is not None:
             s.reply.set_result(self.status_of(r))
             s.reply = None
@@ -621,6 +723,7 @@ class FactoryService:
                 raise CeremonyError("FUNDED before our path was stored")
             cs.record = cs.record.replace(state=store.ClientState.FUNDED, funding_txid=p.txid)
             self._persist(cs.record)
+            self.refresh_guards()
         elif isinstance(p, protocol.Text) and p.type is protocol.PayloadType.ABORT:
             self._client_abort(cs, f"LSP aborted: {p.reason}", tell_lsp=False)
         else:
@@ -818,6 +921,10 @@ def _probe_factory(
         pk = musig2.pubkey_from_secret(hashlib.sha256(b"probe%d" % i).digest())
         slots.append(ClientSlot(pk, b"\x00\x20" + bytes(32), sat))
     return Factory.create(params, lsp_pub, slots, timeout)
+
+
+def _msat(value: Any) -> int:
+    return int(str(value).removesuffix("msat"))
 
 
 def _replace_entry(entry: store.ClientEntry, **changes: Any) -> store.ClientEntry:
