@@ -230,9 +230,16 @@ def check_path(
             )
         if node.kind is NodeKind.LEAF:
             mine = me - node.lo
-            if t.outputs[mine] != (terms.channel_sat, terms.channel_script):
+            amount, script = t.outputs[mine]
+            script_ok = (
+                script == terms.channel_script
+                if terms.channel_script is not None
+                else len(script) == 34 and script[:2] == b"\x00\x20"
+            )
+            if amount != terms.channel_sat or not script_ok:
                 raise UnsafeToSign(
-                    f"{where}: our channel output is not the agreed script and amount"
+                    f"{where}: our channel output pays {amount} sat to {script.hex()}, not the"
+                    f" agreed {terms.channel_sat} sat to our channel's script"
                 )
             stock = keys.stock_output(node.lo, node.hi).script_pubkey
             if t.outputs[-2] != (params.stock_sat, stock):

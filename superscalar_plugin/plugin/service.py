@@ -265,10 +265,15 @@ class FactoryService:
                 self._lsp_on_payload(self.lsp[instance], peer, payload)
             else:
                 self._client_on_payload(peer, instance, payload)
-        except (WireError, CeremonyError, MuSigError) as e:
-            log.warning("rejected message from %s for factory %s: %s", peer, instance[:16], e)
+        except Exception as e:  # a hostile or broken peer, or our own bug: abort, stay alive
+            expected = isinstance(e, WireError | CeremonyError | MuSigError)
+            if expected:
+                log.warning("rejected message from %s for factory %s: %s", peer, instance[:16], e)
+            else:
+                log.exception("internal error on a message from %s", peer)
+            reason = f"client {peer}: {e}" if expected else f"internal error: {e!r}"
             if instance in self.lsp:
-                self._lsp_abort(self.lsp[instance], f"client {peer}: {e}")
+                self._lsp_abort(self.lsp[instance], reason)
             elif instance in self.clients:
                 self._client_abort(self.clients[instance], str(e), tell_lsp=True)
 
@@ -425,6 +430,10 @@ class FactoryService:
             funded = self._reserve_funding(probe.funding_amount)
         except SuperscalarError as e:
             reply.set_exception(_rpc_exception(e))
+            return
+        except Exception as e:
+            log.exception("factory-create failed")
+            reply.set_exception(_rpc_exception(SuperscalarError(f"internal error: {e!r}")))
             return
         record = store.LspRecord(
             instance_id=instance.hex(),
