@@ -1,0 +1,101 @@
+"""The shared fake chain: a block height, block hashes, a mempool of broadcast transactions and
+where each one confirmed. It never validates scripts: it only tracks outpoints so a double spend
+between broadcast transactions is refused ("bad-txns-inputs-missingorspent")."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass, field
+
+from .bitcoin import CTransaction, b2lx
+
+
+@dataclass
+class TxRecord:
+    txid: str
+    tx: CTransaction
+    hex: str
+    broadcast_by: str | None
+    height: int | None = None  # None while in the mempool
+    index: int | None = None
+
+
+@dataclass
+class Block:
+    height: int
+    hash: str
+    txids: list[str] = field(default_factory=list)
+
+
+def _block_hash(height: int, prev: str) -> str:
+    return hashlib.sha256(f"harness block {height} {prev}".encode()).digest()[::-1].hex()
+
+
+class Chain:
+    def __init__(self, start_height: int = 110) -> None:
+        self.cond = threading.Condition(threading.RLock())
+        self.blocks: dict[int, Block] = {}
+        prev = "00" * 32
+        for h in range(start_height + 1):
+            prev = _block_hash(h, prev)
+            self.blocks[h] = Block(h, prev)
+        self.height = start_height
+        self.txs: dict[str, TxRecord] = {}
+        self.mempool: list[str] = []
+        self.spent: dict[tuple[str, int], str] = {}
+
+    @property
+    def tip_hash(self) -> str:
+        with self.cond:
+            return self.blocks[self.height].hash
+
+    def broadcast(self, tx: CTransaction, by: str | None = None) -> TxRecord:
+        """Add to the mempool. Raises ValueError on a conflict with another broadcast tx."""
+        txid = b2lx(tx.GetTxid())
+        with self.cond:
+            if txid in self.txs:
+                return self.txs[txid]
+            for txin in tx.vin:
+                op = (b2lx(txin.prevout.hash), txin.prevout.n)
+                if op in self.spent:
+                    raise ValueError(
+                        f"bad-txns-inputs-missingorspent: {op[0]}:{op[1]} already spent by "
+                        f"{self.spent[op]}"
+                    )
+            for txin in tx.vin:
+                self.spent[(b2lx(txin.prevout.hash), txin.prevout.n)] = txid
+            rec = TxRecord(txid, tx, tx.serialize().hex(), by)
+            self.txs[txid] = rec
+            self.mempool.append(txid)
+            self.cond.notify_all()
+            return rec
+
+    def mine(self, n: int = 1) -> list[Block]:
+        out: list[Block] = []
+        with self.cond:
+            for _ in range(n):
+                h = self.height + 1
+                block = Block(h, _block_hash(h, self.blocks[self.height].hash))
+                # index 0 is the (imaginary) coinbase
+                for i, txid in enumerate(self.mempool, start=1):
+                    rec = self.txs[txid]
+                    rec.height, rec.index = h, i
+                    block.txids.append(txid)
+                self.mempool = []
+                self.blocks[h] = block
+                self.height = h
+                out.append(block)
+            self.cond.notify_all()
+        return out
+
+    def confirmations(self, txid: str) -> int:
+        with self.cond:
+            rec = self.txs.get(txid)
+            if rec is None or rec.height is None:
+                return 0
+            return self.height - rec.height + 1
+
+    def wait_for_height(self, height: int, timeout: float) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: self.height >= height, timeout=timeout)
