@@ -383,6 +383,7 @@ class FactoryService:
             if session.reply is not None and session.deadline and now > session.deadline:
                 self._lsp_abort(session, self._silent_clients(session))
         for cs in list(self.clients.values()):
+            # The LSP times out first and tells us; our own, longer deadline only frees state.
             if cs.record.state is store.ClientState.SIGNING and now > cs.deadline:
                 self._client_abort(cs, "the LSP went silent during the ceremony", tell_lsp=False)
 
@@ -502,6 +503,7 @@ class FactoryService:
         index = next((i for i, c in enumerate(r.clients) if c.node_id == peer), None)
         if index is None:
             raise CeremonyError(f"{peer} is not a client of this factory")
+        s.deadline = time.monotonic() + self.config.ceremony_timeout  # progress: wait again
         if isinstance(p, protocol.Text):
             self._lsp_abort(s, f"client {peer} refused: {p.reason}")
         elif isinstance(p, protocol.Accept) and r.state is store.LspState.PROPOSING:
@@ -721,7 +723,7 @@ class FactoryService:
             reply = cs.signer.receive(p.message)
             if cs.record.state is store.ClientState.ACCEPTED:
                 cs.record = cs.record.replace(state=store.ClientState.SIGNING)
-                cs.deadline = time.monotonic() + self.config.ceremony_timeout
+            cs.deadline = time.monotonic() + 3 * self.config.ceremony_timeout
             if cs.signer.state is SignerState.DONE:
                 self._client_store_path(cs)
                 self._send(peer, protocol.Stored(bytes.fromhex(instance), cs.signer.session))
@@ -812,6 +814,7 @@ class FactoryService:
         if cs.record.state in (store.ClientState.FUNDED, store.ClientState.ABORTED):
             return
         cs.signer.forget()
+        log.warning("factory %s aborted: %s", cs.record.instance_id[:16], reason)
         cs.record = cs.record.replace(state=store.ClientState.ABORTED, error=reason)
         self._persist(cs.record)
         with self.lock:

@@ -1,0 +1,282 @@
+"""The real plugin process, run the way lightningd runs it (tests/harness), 1 LSP + 4 clients.
+
+Every request, response, hook payload and hook result crossing the plugin's boundary is validated
+against Core Lightning's v26.06.6 schemas by the harness; any finding fails the test at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from harness.errors import RpcCallError
+from harness.fixtures import network, network_factory  # noqa: F401
+from harness.network import Network
+from harness.node import FakeNode
+
+from superscalar_plugin.engine import blip56, protocol, wire
+
+PLUGIN = [sys.executable, "-m", "superscalar_plugin.plugin"]
+CHANNEL_SAT = 100_000
+
+
+def _setup(
+    network_factory: Callable[..., Network], n: int = 4, timeout: int = 8
+) -> tuple[Network, FakeNode, list[FakeNode]]:
+    net = network_factory(plugin=PLUGIN, timeout=60)
+    lsp = net.add_node("lsp", options={"superscalar-ceremony-timeout": timeout})
+    clients = [
+        net.add_node(
+            f"client{i}",
+            options={
+                "superscalar-accept-from": lsp.node_id,
+                "superscalar-ceremony-timeout": timeout,
+            },
+        )
+        for i in range(n)
+    ]
+    for c in clients:
+        net.connect(lsp, c)
+    return net, lsp, clients
+
+
+def _create(lsp: FakeNode, clients: list[FakeNode], **extra: Any) -> Any:
+    params = {"clients": [c.node_id for c in clients], "channel_sat": CHANNEL_SAT, **extra}
+    last: Exception | None = None
+    for _ in range(50):  # until every client's handshake arrived
+        try:
+            return lsp.rpc_call("factory-create", params, timeout=60)
+        except RpcCallError as e:
+            if "has not announced SuperScalar support" not in str(e):
+                raise
+            last = e
+            import time
+
+            time.sleep(0.1)
+    raise AssertionError(f"handshake never completed: {last}")
+
+
+def _wait(check: Callable[[], bool], timeout: float = 20) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def _reserved(node: FakeNode) -> list[Any]:
+    return [o for o in node.rpc_call("listfunds")["outputs"] if o.get("reserved")]
+
+
+def _status(node: FakeNode) -> list[dict[str, Any]]:
+    return list(node.rpc_call("factory-status")["factories"])
+
+
+def _piggyback(msg_hex: str) -> protocol.Payload | None:
+    msg = bytes.fromhex(msg_hex)
+    if int.from_bytes(msg[:2], "big") != blip56.FACTORY_MESSAGE_TYPE:
+        return None
+    parsed = blip56.decode_factory_message(msg)
+    return protocol.decode(parsed.payload) if isinstance(parsed, blip56.Piggyback) else None
+
+
+def _ceremony_type(payload: protocol.Payload | None) -> wire.MsgType | None:
+    if not isinstance(payload, protocol.Ceremony):
+        return None
+    return wire.MsgType(payload.message[0])
+
+
+def test_lsp_and_four_clients_create_a_factory(network_factory: Callable[..., Network]) -> None:
+    net, lsp, clients = _setup(network_factory)
+    created = _create(lsp, clients)
+    assert created["role"] == "lsp" and created["state"] == "funded"
+    instance = created["instance"]
+    funding = created["funding"]
+    broadcast = net.chain.txs[funding["txid"]]  # signed and sent by the LSP's wallet
+    assert broadcast.broadcast_by == "lsp"
+    assert broadcast.tx.vout[funding["vout"]].nValue == funding["amount_sat"]
+    _wait(
+        lambda: [c["channel_state"] for c in _status(lsp)[0]["clients"]] == ["CHANNELD_NORMAL"] * 4
+    )
+    assert not _reserved(lsp)
+    for i, c in enumerate(clients):
+        [mine] = _status(c)
+        assert mine["instance"] == instance and mine["role"] == "client"
+        assert mine["state"] == "funded" and mine["index"] == i
+        assert mine["funding_txid"] == funding["txid"]
+        assert mine["early_warning_time"] == created["early_warning_time"]
+        assert [e["kind"] for e in mine["exit_path"]] == ["kickoff", "leaf"]
+        _wait(
+            lambda c=c: (
+                [ch["state"] for ch in c.rpc_call("listpeerchannels")["channels"]]
+                == ["CHANNELD_NORMAL"]
+            )
+        )
+        chans = c.rpc_call("listpeerchannels")["channels"]
+        # The channel lives on the leaf tx of its stored exit path.
+        assert chans[0]["funding_txid"] == mine["exit_path"][-1]["txid"]
+    # Everything is in lightningd's datastore, as versioned JSON, and no secret nonce is there.
+    stored = lsp.rpc_call("listdatastore", {"key": ["superscalar", "factories"]})["datastore"]
+    record = json.loads(stored[0]["string"])
+    assert record["version"] == 1 and record["state"] == "funded"
+    assert "nonce" not in stored[0]["string"]
+    listed = lsp.rpc_call("factory-list")["factories"]
+    assert listed == [
+        {
+            "instance": instance,
+            "role": "lsp",
+            "state": "funded",
+            "timeout_height": created["timeout_height"],
+            "early_warning_time": created["early_warning_time"],
+        }
+    ]
+
+
+def test_a_silent_client_aborts_cleanly_and_is_named(
+    network_factory: Callable[..., Network],
+) -> None:
+    net, lsp, clients = _setup(network_factory, timeout=3)
+    silent = clients[2]
+
+    def drop_ceremony_replies(src: FakeNode, dst: FakeNode, msg_hex: str) -> str | None:
+        kind = _ceremony_type(_piggyback(msg_hex))
+        return None if src is silent and kind is not None else msg_hex
+
+    net.intercept = drop_ceremony_replies
+    with pytest.raises(RpcCallError) as info:
+        _create(lsp, clients)
+    message = str(info.value)
+    assert silent.node_id in message and "did not answer the signing ceremony" in message
+    assert not _reserved(lsp)
+    assert lsp.rpc_call("listpeerchannels")["channels"] == []
+    [lsp_view] = _status(lsp)
+    assert lsp_view["state"] == "aborted" and silent.node_id in lsp_view["error"]
+    for c in clients:
+        c.wait_for_log("LSP aborted")
+        assert [f["state"] for f in _status(c)] == ["aborted"]
+
+
+def test_a_bad_partial_signature_aborts_naming_the_client(
+    network_factory: Callable[..., Network],
+) -> None:
+    net, lsp, clients = _setup(network_factory)
+    culprit = clients[1]
+
+    def tamper(src: FakeNode, dst: FakeNode, msg_hex: str) -> str | None:
+        payload = _piggyback(msg_hex)
+        if src is not culprit or _ceremony_type(payload) is not wire.MsgType.PARTIAL_SIGS:
+            return msg_hex
+        assert isinstance(payload, protocol.Ceremony)
+        msg = wire.decode(payload.message)
+        assert isinstance(msg, wire.NodeValues)
+        node, psig = msg.values[0]
+        bad = replace(msg, values=((node, bytes([psig[0] ^ 1]) + psig[1:]), *msg.values[1:]))
+        body = protocol.encode(replace(payload, message=bad.encode()))
+        return blip56.Piggyback(blip56.SUPERSCALAR_PROTOCOL_ID, body).encode().hex()
+
+    net.intercept = tamper
+    with pytest.raises(RpcCallError) as info:
+        _create(lsp, clients)
+    message = str(info.value)
+    assert "invalid partial signature from client 1" in message and culprit.node_id in message
+    assert not _reserved(lsp)
+    assert lsp.rpc_call("listpeerchannels")["channels"] == []
+
+
+def test_sigkill_mid_ceremony_then_restart_is_consistent_and_never_reuses_nonces(
+    network_factory: Callable[..., Network],
+) -> None:
+    net, lsp, clients = _setup(network_factory, timeout=30)
+    held: list[str] = []
+
+    def hold_nonces(src: FakeNode, dst: FakeNode, msg_hex: str) -> str | None:
+        if _ceremony_type(_piggyback(msg_hex)) is wire.MsgType.NONCES:
+            held.append(msg_hex)
+            return None
+        return msg_hex
+
+    net.intercept = hold_nonces
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = _create(lsp, clients)
+        except Exception as e:  # the RPC dies with the plugin
+            outcome["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    clients[0].wait_for_log("accepting factory channel")
+    import time
+
+    deadline = time.monotonic() + 20
+    while len(held) < len(clients) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(held) == len(clients), "the ceremony never reached the nonce round"
+    lsp.kill()
+    t.join(30)
+    assert "error" in outcome
+    net.take_errors()  # the killed plugin's pending RPC is an expected finding
+    net.intercept = None
+    lsp.restart()
+    # On restart the unfunded factory is aborted: inputs freed, channels gone, clients told.
+    lsp.wait_for_log("aborted: the LSP restarted during creation")
+    _wait(lambda: _status(lsp)[0]["state"] == "aborted")
+    [view] = _status(lsp)
+    assert not _reserved(lsp)
+    for c in clients:
+        c.wait_for_log("LSP aborted")
+    # Replaying the old nonce messages to the restarted LSP is refused (no ceremony in memory).
+    for msg in held:
+        lsp.deliver_custommsg(clients[0], msg)
+    # A fresh factory with the same clients works: new instance, fresh nonces.
+    created = _create(lsp, clients)
+    assert created["state"] == "funded" and created["instance"] != view["instance"]
+    stored = lsp.rpc_call("listdatastore", {"key": ["superscalar", "factories"]})["datastore"]
+    assert all("nonce" not in e["string"] for e in stored)
+
+
+MALFORMED = {
+    "too short": "8020",
+    "unknown submessage": "80200006",
+    "bad tlv order": "80200004" + "fd0400" + "00" + "0020" + "00" * 32,
+    "unknown even tlv": "80200004" + blip56.encode_tlvs({2: b"x"}).hex(),
+    "protocol ids not a multiple of 32": "80200002" + blip56.encode_tlvs({512: b"x" * 33}).hex(),
+    "piggyback without payload": "80200004" + blip56.encode_tlvs({0: bytes(32)}).hex(),
+}
+
+
+def _pig(payload: bytes) -> str:
+    return blip56.Piggyback(blip56.SUPERSCALAR_PROTOCOL_ID, payload).encode().hex()
+
+
+for kind in protocol.PayloadType:
+    MALFORMED[f"truncated {kind.name}"] = _pig(bytes([kind]) + bytes(20))
+    MALFORMED[f"garbage {kind.name}"] = _pig(bytes([kind]) + bytes(32) + b"\xff" * 7)
+MALFORMED["unknown payload type"] = _pig(b"\x63" + bytes(40))
+for t in wire.MsgType:
+    MALFORMED[f"ceremony {t.name} garbage"] = _pig(
+        bytes([protocol.PayloadType.CEREMONY]) + bytes(32) + bytes([t]) + b"\x01\x02"
+    )
+
+
+def test_malformed_messages_of_every_kind_are_rejected_and_the_plugin_lives(
+    network_factory: Callable[..., Network],
+) -> None:
+    net, lsp, clients = _setup(network_factory, n=1)
+    for target, sender in ((clients[0], lsp), (lsp, clients[0])):
+        for name, msg_hex in MALFORMED.items():
+            target.deliver_custommsg(sender, msg_hex)
+            assert target.plugin_running, f"plugin died on {name}"
+        assert target.rpc_call("factory-status")["factories"] == []
+        target.wait_for_log("dropped malformed factory message|rejected message")
+    # Still fully working afterwards.
+    created = _create(lsp, clients)
+    assert created["state"] == "funded"
