@@ -10,5 +10,8 @@ from bitcoind_fixture import (  # noqa: F401
     bitcoind_factory,
 )
 
+# The fake-lightningd harness that runs real plugin processes: network, network_factory.
+from harness.fixtures import network, network_factory  # noqa: F401
+
 # The embedded regtest chain on Core's consensus engine: kernel_chain (see kernel_fixture.py).
 from kernel_fixture import kernel_chain  # noqa: F401

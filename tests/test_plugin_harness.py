@@ -13,12 +13,12 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from harness.errors import RpcCallError
-from harness.fixtures import network, network_factory  # noqa: F401
-from harness.network import Network
-from harness.node import FakeNode
 
 from superscalar_plugin.engine import blip56, protocol, wire
+
+from harness.errors import RpcCallError
+from harness.network import Network
+from harness.node import FakeNode
 
 PLUGIN = [sys.executable, "-m", "superscalar_plugin.plugin"]
 CHANNEL_SAT = 100_000
@@ -270,7 +270,7 @@ for t in wire.MsgType:
 def test_malformed_messages_of_every_kind_are_rejected_and_the_plugin_lives(
     network_factory: Callable[..., Network],
 ) -> None:
-    net, lsp, clients = _setup(network_factory, n=1)
+    _net, lsp, clients = _setup(network_factory, n=1)
     for target, sender in ((clients[0], lsp), (lsp, clients[0])):
         for name, msg_hex in MALFORMED.items():
             target.deliver_custommsg(sender, msg_hex)
