@@ -210,6 +210,9 @@ def main() -> None:
             )
             sys.stdout.flush()
     htlc_hook_latency()
+    from plugin_create import run as plugin_create
+
+    plugin_create(16)
 
 
 if __name__ == "__main__":

@@ -280,3 +280,34 @@ def test_malformed_messages_of_every_kind_are_rejected_and_the_plugin_lives(
     # Still fully working afterwards.
     created = _create(lsp, clients)
     assert created["state"] == "funded"
+
+
+def test_bad_factory_create_parameters_fail_and_leave_nothing_behind(
+    network_factory: Callable[..., Network],
+) -> None:
+    net, lsp, clients = _setup(network_factory, n=2)
+    outsider = net.add_node("outsider")  # runs the plugin but is not connected to the LSP
+    ids = [c.node_id for c in clients]
+    _create(lsp, clients, channel_sat=[CHANNEL_SAT, CHANNEL_SAT + 1])  # handshake done, works
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"clients": [*ids, outsider.node_id]}, f"client {outsider.node_id} is not connected"),
+        ({"clients": [ids[0], ids[0]]}, "listed twice"),
+        ({"clients": ["02" + "zz" * 32]}, "is not a node id"),
+        ({"clients": []}, "non-empty list"),
+        ({"channel_sat": 100}, "channel_sat: 100 is below the minimum"),
+        ({"channel_sat": [CHANNEL_SAT]}, "1 amounts for 2 clients"),
+        ({"channel_sat": "lots"}, "is not an amount"),
+        ({"channel_sat": 2_000_000_000}, "cannot fund"),
+        ({"step_blocks": 1000}, "exceeds the limit of 2016"),
+        ({"arity": "0"}, "arity"),
+        ({"feerate": 500}, "feerate"),
+    ]
+    for override, needle in cases:
+        params = {"clients": ids, "channel_sat": CHANNEL_SAT, **override}
+        with pytest.raises(RpcCallError) as info:
+            lsp.rpc_call("factory-create", params, timeout=30)
+        assert needle in str(info.value), (override, str(info.value))
+        assert info.value.error["code"] != -32600 or "internal" not in str(info.value)
+        assert not _reserved(lsp), override
+    # Only the one good factory's channels exist.
+    assert len(lsp.rpc_call("listpeerchannels")["channels"]) == 2
