@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from helpers import OUTPOINT, participants
-
-from superscalar_plugin.chain import btx  # noqa: F401  (sets bitcointx's libsecp256k1 first)
+from superscalar_plugin.chain.btx import CTransaction
 from superscalar_plugin.engine import dw
 from superscalar_plugin.plugin import psbt
 
-from bitcointx.core import CTransaction  # noqa: E402, I001
-from bitcointx.core.psbt import PartiallySignedTransaction  # noqa: E402
+from helpers import OUTPOINT, participants
 
 
 def test_leaf_psbt_is_unsigned_with_witness_utxo_and_txid_round_trips() -> None:
+    from bitcointx.core.psbt import PartiallySignedTransaction  # after btx set libsecp256k1
+
     f = participants(4).factory
     leaf = f.transactions(OUTPOINT, dw.initial_states(f.topology))[f.topology.leaf_of_client[0]]
     encoded = psbt.leaf_psbt(leaf)
