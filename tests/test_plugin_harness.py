@@ -311,3 +311,73 @@ def test_bad_factory_create_parameters_fail_and_leave_nothing_behind(
         assert not _reserved(lsp), override
     # Only the one good factory's channels exist.
     assert len(lsp.rpc_call("listpeerchannels")["channels"]) == 2
+
+
+def _htlc(scid: str, cltv: int, outgoing: str | None = None, out_cltv: int = 0) -> dict[str, Any]:
+    onion: dict[str, Any] = {
+        "payload": "00",
+        "next_onion": "00" * 20,
+        "shared_secret": "11" * 32,
+        "forward_msat": 1_000_000,
+        "outgoing_cltv_value": out_cltv or cltv,
+    }
+    if outgoing is not None:
+        onion["short_channel_id"] = outgoing
+    return {
+        "onion": onion,
+        "htlc": {
+            "short_channel_id": scid,
+            "id": 0,
+            "amount_msat": 1_000_000,
+            "cltv_expiry": cltv,
+            "cltv_expiry_relative": 40,
+            "payment_hash": "22" * 32,
+        },
+    }
+
+
+def test_htlc_rules_on_factory_channels_and_ordinary_channels_untouched(
+    network_factory: Callable[..., Network],
+) -> None:
+    _net, lsp, clients = _setup(network_factory, n=2)
+    created = _create(lsp, clients)
+    ewt, timeout = created["early_warning_time"], created["timeout_height"]
+    height = lsp.rpc_call("getinfo")["blockheight"]
+    chan = lsp.rpc_call("listpeerchannels", {"id": clients[0].node_id})["channels"][0]
+    factory_scid = chan["alias"]["local"]
+    ordinary = "123x4x5"
+
+    def verdict(payload: dict[str, Any]) -> dict[str, Any]:
+        return lsp.call_hook("htlc_accepted", payload)
+
+    # Arriving on a factory channel, we are the payee.
+    assert verdict(_htlc(factory_scid, height + ewt + 1))["result"] == "continue"
+    payee = verdict(_htlc(factory_scid, height + ewt))
+    assert payee["result"] == "fail" and payee["failure_message"].startswith("400f")
+    # Arriving on a factory channel, forwarded elsewhere.
+    soon = verdict(_htlc(factory_scid, height + ewt, outgoing=ordinary, out_cltv=height + 500))
+    assert soon["result"] == "fail" and soon["failure_message"].startswith("100e")
+    late = verdict(_htlc(factory_scid, timeout - ewt + 1, outgoing=ordinary))
+    assert late == {"result": "fail", "failure_message": "0015"}
+    # Forwarded into a factory channel: the outgoing cltv must respect the same window.
+    into = verdict(_htlc(ordinary, height + 600, outgoing=factory_scid, out_cltv=height + ewt))
+    assert into["result"] == "fail" and into["failure_message"].startswith("100e")
+    ok = verdict(_htlc(ordinary, height + 600, outgoing=factory_scid, out_cltv=height + ewt + 1))
+    assert ok["result"] == "continue"
+    # Ordinary channels are never touched, whatever the cltv.
+    for cltv in (height + 1, height + 10_000):
+        assert verdict(_htlc(ordinary, cltv))["result"] == "continue"
+        assert verdict(_htlc(ordinary, cltv, outgoing="7x7x7"))["result"] == "continue"
+    # The client's side of the factory channel follows the same rules.
+    cchan = clients[0].rpc_call("listpeerchannels")["channels"][0]
+    client_scid = cchan["alias"]["local"]
+    _wait(
+        lambda: (
+            clients[0].call_hook("htlc_accepted", _htlc(client_scid, height + 2))["result"]
+            == "fail"
+        )
+    )
+    assert (
+        clients[0].call_hook("htlc_accepted", _htlc(client_scid, height + ewt + 5))["result"]
+        == "continue"
+    )
