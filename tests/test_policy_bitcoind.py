@@ -10,135 +10,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
 
-import pytest
-
-from superscalar_plugin.chain.bitcoind import BitcoindProcess, BitcoindRPCError
+from superscalar_plugin.chain.bitcoind import BitcoindProcess
 from superscalar_plugin.engine import dw, policy
 from superscalar_plugin.engine.ceremony import SignedNodeTx, sign_in_process
-from superscalar_plugin.engine.taproot import P2A_SCRIPT
 from superscalar_plugin.engine.tree import Factory, FactoryParams, NodeKind, fee_for
 from superscalar_plugin.simulate import Participants, make_factory
 
+import bitcoind_helpers as bh
 from bitcoind_fixture import NodeFactory
 
 # Small DW delays (3, 6 blocks) keep the chains short: regtest blocks are cheap, but not free.
 PARAMS = FactoryParams(states_per_layer=3, step_blocks=3, ewt_margin=2, stock_delay=10)
 N_CLIENTS = 8
-SAT = Decimal(100_000_000)
 FAR_TIMEOUT = 2000  # blocks above the tip: the timeout leaf plays no part unless a test wants it
-CPFP_BLOCKMINTXFEE = "0.00005"  # 5 sat/vB: above the tree's 2 sat/vB, so a tree tx alone waits
-CPFP_PACKAGE_RATE_KVB = 10_000  # what the bumped parent+child package pays (10 sat/vB)
-
-
-# --- helpers ----------------------------------------------------------------------------------
-
-
-def _btc(sat: int) -> Decimal:
-    return Decimal(sat) / SAT
-
-
-def _sat(btc: Decimal) -> int:
-    sat = btc * SAT
-    assert sat == sat.to_integral_value(), btc
-    return int(sat)
-
-
-def _ensure_funds(node: BitcoindProcess, btc: int = 10) -> None:
-    if node.wallet.call("getbalances")["mine"]["trusted"] < btc:
-        node.mine(101)
-
-
-def _address_of(node: BitcoindProcess, script_pubkey: bytes) -> str:
-    """The regtest address of a P2TR scriptPubKey, through a `rawtr()` descriptor."""
-    assert script_pubkey[:2] == b"\x51\x20" and len(script_pubkey) == 34
-    desc = node.rpc.call("getdescriptorinfo", f"rawtr({script_pubkey[2:].hex()})")["descriptor"]
-    [address] = node.rpc.call("deriveaddresses", desc)
-    assert node.rpc.call("validateaddress", address)["scriptPubKey"] == script_pubkey.hex()
-    return str(address)
-
-
-def _wallet_script(node: BitcoindProcess) -> bytes:
-    info = node.wallet.call("getaddressinfo", node.new_address())
-    return bytes.fromhex(info["scriptPubKey"])
-
-
-def _send_funding(node: BitcoindProcess, f: Factory) -> tuple[str, int]:
-    """The wallet pays exactly `funding_amount` to the funding script; the tx is left unmined."""
-    txid = node.wallet.call(
-        "sendtoaddress", _address_of(node, f.funding_output.script_pubkey), _btc(f.funding_amount)
-    )
-    tx = node.rpc.call("getrawtransaction", txid, True)  # still in the mempool: no txindex needed
-    [vout] = [
-        o["n"]
-        for o in tx["vout"]
-        if o["scriptPubKey"]["hex"] == f.funding_output.script_pubkey.hex()
-    ]
-    assert _sat(tx["vout"][vout]["value"]) == f.funding_amount
-    return str(txid), int(vout)
-
-
-def _fund(node: BitcoindProcess, f: Factory) -> tuple[tuple[str, int], int]:
-    """Funding outpoint, confirmed; and the height of its block."""
-    outpoint = _send_funding(node, f)
-    node.mine(1)
-    assert _confirmed_height(node, *outpoint) == node.height()
-    return outpoint, node.height()
-
-
-def _confirmed_height(node: BitcoindProcess, txid: str, vout: int) -> int | None:
-    """Height of the block holding the unspent output `txid:vout`, None if unconfirmed/spent."""
-    out = node.rpc.call("gettxout", txid, vout, False)
-    if out is None:
-        return None
-    return node.height() - int(out["confirmations"]) + 1
-
-
-def _utxo(node: BitcoindProcess, txid: str, vout: int) -> tuple[int, bytes] | None:
-    out = node.rpc.call("gettxout", txid, vout, False)
-    if out is None:
-        return None
-    return _sat(out["value"]), bytes.fromhex(out["scriptPubKey"]["hex"])
-
-
-def _mine_to(node: BitcoindProcess, height: int) -> None:
-    if node.height() < height:
-        node.mine(height - node.height())
-    assert node.height() == height
-
-
-def _test_accept(node: BitcoindProcess, raws: Sequence[bytes]) -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = node.rpc.call("testmempoolaccept", [r.hex() for r in raws])
-    return result
-
-
-def _refused(node: BitcoindProcess, raw: bytes, reason: str) -> None:
-    """`raw` is refused by testmempoolaccept and by sendrawtransaction, both saying `reason`."""
-    [tested] = _test_accept(node, [raw])
-    assert tested["allowed"] is False and tested["reject-reason"] == reason, tested
-    with pytest.raises(BitcoindRPCError) as refused:
-        node.rpc.call("sendrawtransaction", raw.hex())
-    assert refused.value.message == reason, refused.value
-
-
-def _delay(f: Factory, states: Sequence[int], node: int) -> int:
-    return f.params.state_delay(states[node]) if f.topology.nodes[node].kind.is_state else 0
-
-
-def _anchor_vout(signed: SignedNodeTx) -> int:
-    outs = signed.unsigned.tx.outputs
-    assert outs[-1].script_pubkey == P2A_SCRIPT
-    return len(outs) - 1
 
 
 def _setup(
     node: BitcoindProcess, seed: str, timeout: int | None = None, n: int = N_CLIENTS
 ) -> tuple[Participants, tuple[str, int], int, dict[int, SignedNodeTx], dw.States]:
-    _ensure_funds(node)
+    bh.ensure_funds(node)
     height = node.height()
     p = make_factory(n, PARAMS, timeout_height=timeout or height + FAR_TIMEOUT, seed=seed)
-    outpoint, funding_height = _fund(node, p.factory)
+    outpoint, funding_height = bh.fund(node, p.factory)
     states = dw.initial_states(p.factory.topology)
     signed = sign_in_process(p.factory, outpoint, states, p.lsp_seckey, p.client_seckeys)
     return p, outpoint, funding_height, signed, states
@@ -155,11 +49,11 @@ def _publish_path(
     """Publish `path` (root first), each tx as soon as its delay allows; its last block's height."""
     height = funding_height
     for n in path:
-        _mine_to(node, max(node.height(), height + _delay(f, states, n) - 1))
+        bh.mine_to(node, max(node.height(), height + bh.delay(f, states, n) - 1))
         node.rpc.call("sendrawtransaction", signed[n].raw().hex())
         node.mine(1)
         height = node.height()
-        assert _confirmed_height(node, signed[n].txid, _anchor_vout(signed[n])) == height
+        assert bh.confirmed_height(node, signed[n].txid, bh.anchor_vout(signed[n])) == height
     return height
 
 
@@ -178,13 +72,13 @@ def test_every_tree_tx_is_accepted_with_the_planned_vsize_and_fee(
     for depth in range(1, topo.depth + 1):
         level = [n.index for n in topo.nodes if len(topo.path(n.index)) == depth]
         # The level is valid for the next block once every parent has waited out its delay.
-        ready = max(confirmed[topo.nodes[n].parent] + _delay(f, states, n) - 1 for n in level)
-        _mine_to(node, max(node.height(), ready))
-        results = _test_accept(node, [signed[n].raw() for n in level])
+        ready = max(confirmed[topo.nodes[n].parent] + bh.delay(f, states, n) - 1 for n in level)
+        bh.mine_to(node, max(node.height(), ready))
+        results = bh.test_accept(node, [signed[n].raw() for n in level])
         for n, result in zip(level, results, strict=True):
             assert result["allowed"] is True, (n, topo.nodes[n].kind, result)
             assert result["txid"] == signed[n].txid
-            vsize, fee = int(result["vsize"]), _sat(result["fees"]["base"])
+            vsize, fee = int(result["vsize"]), bh.sat(result["fees"]["base"])
             observed[n] = (vsize, fee)
             assert (
                 vsize
@@ -199,7 +93,7 @@ def test_every_tree_tx_is_accepted_with_the_planned_vsize_and_fee(
             confirmed[n] = node.height()
             # Every output exists on chain with the amount and script the engine planned.
             for vout, spec in enumerate(f.outputs[n]):
-                assert _utxo(node, signed[n].txid, vout) == (spec.amount, spec.script_pubkey)
+                assert bh.utxo(node, signed[n].txid, vout) == (spec.amount, spec.script_pubkey)
     assert len(observed) == len(topo.nodes)
 
     # What `superscalar plan` reports for a client is what the node observed, step by step.
@@ -213,61 +107,24 @@ def test_every_tree_tx_is_accepted_with_the_planned_vsize_and_fee(
 # --- 2. CPFP through the P2A anchor, as a package ----------------------------------------------
 
 
-def _cpfp_child(
-    node: BitcoindProcess, parent: SignedNodeTx, parent_vsize: int, parent_fee: int
-) -> bytes:
-    """A wallet-funded child spending `parent`'s P2A anchor (empty witness), paying enough that
-    the parent+child package reaches CPFP_PACKAGE_RATE_KVB."""
-    anchor = _anchor_vout(parent)
-    anchor_sat = parent.unsigned.tx.outputs[anchor].amount
-    coin = max(node.wallet.call("listunspent", 1), key=lambda u: u["amount"])
-    coin_sat = _sat(coin["amount"])
-    dest = node.new_address()
-    inputs = [{"txid": parent.txid, "vout": anchor}, {"txid": coin["txid"], "vout": coin["vout"]}]
-    prevtxs = [
-        {
-            "txid": parent.txid,
-            "vout": anchor,
-            "scriptPubKey": P2A_SCRIPT.hex(),
-            "amount": _btc(anchor_sat),
-        }
-    ]
-
-    def build(fee: int) -> tuple[bytes, int]:
-        raw = node.rpc.call(
-            "createrawtransaction", inputs, [{dest: _btc(coin_sat + anchor_sat - fee)}]
-        )
-        signed = node.wallet.call("signrawtransactionwithwallet", raw, prevtxs)
-        assert signed["complete"] is True, signed
-        decoded = node.rpc.call("decoderawtransaction", signed["hex"])
-        assert "txinwitness" not in decoded["vin"][0]  # a P2A spend: empty witness
-        return bytes.fromhex(signed["hex"]), int(decoded["vsize"])
-
-    _, child_vsize = build(1000)  # the size does not depend on the fee
-    fee = fee_for(parent_vsize + child_vsize, CPFP_PACKAGE_RATE_KVB) - parent_fee
-    raw, vsize = build(fee)
-    assert vsize == child_vsize
-    return raw
-
-
 def test_a_too_cheap_tree_tx_confirms_through_a_cpfp_package_on_its_anchor(
     bitcoind_factory: NodeFactory,
 ) -> None:
     # A node whose blocks take nothing under 5 sat/vB: the tree's 2 sat/vB alone never confirms.
-    node = bitcoind_factory(extra_args=[f"-blockmintxfee={CPFP_BLOCKMINTXFEE}"])
+    node = bitcoind_factory(extra_args=[f"-blockmintxfee={bh.CPFP_BLOCKMINTXFEE}"])
     _, _, _, signed, _ = _setup(node, "policy-cpfp")
     root = signed[0]
-    [accepted] = _test_accept(node, [root.raw()])
+    [accepted] = bh.test_accept(node, [root.raw()])
     assert accepted["allowed"] is True, accepted
-    vsize, fee = int(accepted["vsize"]), _sat(accepted["fees"]["base"])
-    assert fee * 1000 < vsize * Decimal(CPFP_BLOCKMINTXFEE) * SAT  # below the block minimum
+    vsize, fee = int(accepted["vsize"]), bh.sat(accepted["fees"]["base"])
+    assert fee * 1000 < vsize * Decimal(bh.CPFP_BLOCKMINTXFEE) * bh.SAT  # below the block minimum
 
     node.rpc.call("sendrawtransaction", root.raw().hex())
     node.mine(1)
     assert root.txid in node.rpc.call("getrawmempool")  # relayed, but left out of the block
-    assert _confirmed_height(node, root.txid, _anchor_vout(root)) is None
+    assert bh.confirmed_height(node, root.txid, bh.anchor_vout(root)) is None
 
-    child = _cpfp_child(node, root, vsize, fee)
+    child = bh.cpfp_child(node, root, vsize, fee)
     package = node.rpc.call("submitpackage", [root.raw().hex(), child.hex()])
     assert package["package_msg"] == "success", package
     decoded = node.rpc.call("decoderawtransaction", child.hex())
@@ -275,17 +132,17 @@ def test_a_too_cheap_tree_tx_confirms_through_a_cpfp_package_on_its_anchor(
     result = package["tx-results"][child_wtxid]
     assert result["txid"] == child_txid and "error" not in result, package
     # Parent and child together pay the package rate, above the block minimum.
-    package_fee = fee + _sat(result["fees"]["base"])
+    package_fee = fee + bh.sat(result["fees"]["base"])
     package_vsize = vsize + int(result["vsize"])
-    assert package_fee == fee_for(package_vsize, CPFP_PACKAGE_RATE_KVB)
-    assert package_fee * 1000 >= package_vsize * Decimal(CPFP_BLOCKMINTXFEE) * SAT
+    assert package_fee == fee_for(package_vsize, bh.CPFP_PACKAGE_RATE_KVB)
+    assert package_fee * 1000 >= package_vsize * Decimal(bh.CPFP_BLOCKMINTXFEE) * bh.SAT
 
     node.mine(1)
     height = node.height()
     assert node.rpc.call("getrawmempool") == []
-    assert _confirmed_height(node, root.txid, 0) == height  # the parent confirmed ...
-    assert _confirmed_height(node, child_txid, 0) == height  # ... with its child
-    assert _utxo(node, root.txid, _anchor_vout(root)) is None  # the anchor is spent
+    assert bh.confirmed_height(node, root.txid, 0) == height  # the parent confirmed ...
+    assert bh.confirmed_height(node, child_txid, 0) == height  # ... with its child
+    assert bh.utxo(node, root.txid, bh.anchor_vout(root)) is None  # the anchor is spent
 
 
 # --- 3. a client's unilateral exit, each tx as soon as valid ------------------------------------
@@ -295,14 +152,14 @@ def test_one_clients_exit_broadcast_as_soon_as_valid_confirms_at_the_planned_hei
     bitcoind: BitcoindProcess,
 ) -> None:
     node = bitcoind
-    _ensure_funds(node)
+    bh.ensure_funds(node)
     p = make_factory(
         N_CLIENTS, PARAMS, timeout_height=node.height() + FAR_TIMEOUT, seed="policy-exit"
     )
     f, topo = p.factory, p.factory.topology
     client = 5
     # The funding and the root kickoff (no relative lock) can share a block: send both now.
-    outpoint = _send_funding(node, f)
+    outpoint = bh.send_funding(node, f)
     funding_height = node.height() + 1
     states = dw.initial_states(topo)
     path = topo.client_path(client)
@@ -315,22 +172,22 @@ def test_one_clients_exit_broadcast_as_soon_as_valid_confirms_at_the_planned_hei
         raw = step.raw
         if step.relative_delay > 0:
             # Its parent confirms in the next block; one block before its earliest, it is refused.
-            _mine_to(node, step.earliest_height - 2)
-            _refused(node, raw, "non-BIP68-final")
+            bh.mine_to(node, step.earliest_height - 2)
+            bh.refused(node, raw, "non-BIP68-final")
             node.mine(1)
         assert node.height() == step.earliest_height - 1
         assert node.rpc.call("sendrawtransaction", raw.hex()) == step.txid
     node.mine(1)
 
-    assert _confirmed_height(node, *outpoint) is None  # spent by the root
+    assert bh.confirmed_height(node, *outpoint) is None  # spent by the root
     for step in steps:
-        anchor = _anchor_vout(signed[step.node])
-        assert _confirmed_height(node, step.txid, anchor) == step.earliest_height, step.node
+        anchor = bh.anchor_vout(signed[step.node])
+        assert bh.confirmed_height(node, step.txid, anchor) == step.earliest_height, step.node
     assert node.height() - funding_height == sum(s.relative_delay for s in steps)
     # The client's channel output: exact amount, exact script (CLN's P2WSH 2-of-2).
     leaf = topo.leaf_of_client[client]
     channel_script, channel_sat = f.channels[client]
-    assert _utxo(node, signed[leaf].txid, client - topo.nodes[leaf].lo) == (
+    assert bh.utxo(node, signed[leaf].txid, client - topo.nodes[leaf].lo) == (
         channel_sat,
         channel_script,
     )
@@ -357,17 +214,17 @@ def test_a_state_before_its_delay_is_refused_non_bip68_final(bitcoind: BitcoindP
     parent_height = _publish_path(node, f, old, old_states, topo.path(leaf)[:-1], funding_height)
     # While the parent has fewer confirmations than the delay, both states are refused.
     while node.height() < parent_height + new_delay - 1:
-        _refused(node, new[leaf].raw(), "non-BIP68-final")
-        _refused(node, old[leaf].raw(), "non-BIP68-final")
+        bh.refused(node, new[leaf].raw(), "non-BIP68-final")
+        bh.refused(node, old[leaf].raw(), "non-BIP68-final")
         node.mine(1)
     # From the block its delay allows, the newest state is accepted; the older still waits.
-    _refused(node, old[leaf].raw(), "non-BIP68-final")
+    bh.refused(node, old[leaf].raw(), "non-BIP68-final")
     assert node.rpc.call("sendrawtransaction", new[leaf].raw().hex()) == new[leaf].txid
     node.mine(1)
-    assert _confirmed_height(node, new[leaf].txid, 0) == parent_height + new_delay
+    assert bh.confirmed_height(node, new[leaf].txid, 0) == parent_height + new_delay
     # Once the newest confirmed, the superseded state conflicts with it forever.
-    _mine_to(node, parent_height + old_delay)
-    [late] = _test_accept(node, [old[leaf].raw()])
+    bh.mine_to(node, parent_height + old_delay)
+    [late] = bh.test_accept(node, [old[leaf].raw()])
     assert late["allowed"] is False
     assert late["reject-reason"] == "missing-inputs", late
 
@@ -377,7 +234,7 @@ def test_a_state_before_its_delay_is_refused_non_bip68_final(bitcoind: BitcoindP
 
 def test_timeout_sweeps_are_refused_before_T_and_confirm_after(bitcoind: BitcoindProcess) -> None:
     node = bitcoind
-    _ensure_funds(node)
+    bh.ensure_funds(node)
     timeout = node.height() + 40
     # Factory A stays unpublished: the LSP sweeps its funding output. Factory B publishes down to
     # an interior DW state: the LSP sweeps that state's branch outputs (timeout leaf).
@@ -388,7 +245,7 @@ def test_timeout_sweeps_are_refused_before_T_and_confirm_after(bitcoind: Bitcoin
     _publish_path(node, fb, b_signed, b_states, topo.path(state_node), b_height)
     assert node.height() < timeout - 1
 
-    dest = _wallet_script(node)
+    dest = bh.wallet_script(node)
     rate = PARAMS.fee_rate_kvb
     sweeps = [
         policy.timeout_sweep(
@@ -419,18 +276,18 @@ def test_timeout_sweeps_are_refused_before_T_and_confirm_after(bitcoind: Bitcoin
     assert len(sweeps) >= 3
 
     # nLockTime = T: not final for block T, so refused while the tip is below T.
-    _mine_to(node, timeout - 1)
+    bh.mine_to(node, timeout - 1)
     for sweep in sweeps:
-        _refused(node, sweep, "non-final")
+        bh.refused(node, sweep, "non-final")
     node.mine(1)  # block T: the next block (T+1) may hold them
-    results = _test_accept(node, sweeps)
+    results = bh.test_accept(node, sweeps)
     for result in results:
         assert result["allowed"] is True, result
         # The sweep's own size estimate is what the node measures.
-        assert _sat(result["fees"]["base"]) == fee_for(int(result["vsize"]), rate), result
+        assert bh.sat(result["fees"]["base"]) == fee_for(int(result["vsize"]), rate), result
     txids = [node.rpc.call("sendrawtransaction", s.hex()) for s in sweeps]
     node.mine(1)
     assert node.height() == timeout + 1
     for txid in txids:
-        assert _confirmed_height(node, txid, 0) == timeout + 1
-    assert _utxo(node, *a_outpoint) is None
+        assert bh.confirmed_height(node, txid, 0) == timeout + 1
+    assert bh.utxo(node, *a_outpoint) is None

@@ -8,14 +8,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from . import musig2
 from .ceremony import SignedNodeTx
 from .errors import InvalidAmount, InvalidParameter
 from .taproot import TaprootOutput, taproot_sighash
-from .tree import FactoryKeys, NodeKind, fee_for
+from .tree import Factory, FactoryKeys, NodeKind, fee_for
 from .tx import Tx, TxIn, TxOut
 
 SEQUENCE_LOCKTIME_ENABLED = 0xFFFFFFFE  # lets nLockTime apply, no relative lock, no RBF signal
@@ -164,3 +164,32 @@ def invoice_cltv(requested: int, early_warning_time: int, max_locktime: int) -> 
     """min_final_cltv_expiry for an invoice paid into factory channels: raised by the EWT, never
     above what lightningd accepts (`max-locktime-blocks`)."""
     return min(requested + early_warning_time, max_locktime)
+
+
+# --- what the LSP can take after the timeout -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepCandidate:
+    outpoint: tuple[str, int]
+    output: TaprootOutput
+    amount: int
+
+
+def timeout_sweep_candidates(
+    factory: Factory, funding_outpoint: tuple[str, int], published: Mapping[int, str]
+) -> list[SweepCandidate]:
+    """Every output with the timeout leaf that is on chain and not spent by the tree.
+
+    `published` maps node -> txid of the tree txs confirmed on chain (any DW state). The funding
+    output while no root tx is out; then each published state/split output whose child is not."""
+    if 0 not in published:
+        return [SweepCandidate(funding_outpoint, factory.funding_output, factory.funding_amount)]
+    out = []
+    for node, txid in published.items():
+        for vout, spec in enumerate(factory.outputs[node]):
+            if spec.child is None or spec.child in published or spec.taproot is None:
+                continue
+            if factory.timeout_leaf in spec.taproot.leaves:
+                out.append(SweepCandidate((txid, vout), spec.taproot, spec.amount))
+    return out
