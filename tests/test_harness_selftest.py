@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
+
 from harness import (
     FakeNode,
     Network,
@@ -320,6 +321,12 @@ def test_wallet_rpcs(network: Network) -> None:
     s1 = node.rpc_call("makesecret", {"string": "factory 1"})["secret"]
     assert s1 == node.rpc_call("makesecret", [b"factory 1".hex()])["secret"]  # positional: hex
     assert s1 != network.add_node("m").rpc_call("makesecret", {"string": "factory 1"})["secret"]
+    configs = node.rpc_call("listconfigs")["configs"]
+    assert configs["network"]["value_str"] == "regtest"
+    assert configs["dummy-label"] == {"value_str": "dummy", "source": "default",
+                                      "plugin": " ".join(node.plugin_cmd), "dynamic": False}
+    assert node.rpc_call("listconfigs", ["cltv-final"]) == {
+        "configs": {"cltv-final": {"value_int": 18, "source": "default"}}}
     rates = node.rpc_call("feerates", {"style": "perkw"})
     assert rates["perkw"]["opening"] >= rates["perkw"]["floor"]
 

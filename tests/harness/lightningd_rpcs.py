@@ -377,6 +377,47 @@ def rpc_waitblockheight(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
         raise RpcFail(WAIT_TIMEOUT, "Timed out.")
     return {"blockheight": me.network.chain.height}
 
+def rpc_listconfigs(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
+    """A plausible regtest configuration (defaults of v26) plus the plugin's options."""
+
+    def val(kind: str, value: Any, source: str = "default") -> dict[str, Any]:
+        return {kind: value, "source": source}
+
+    configs: dict[str, Any] = {
+        "network": val("value_str", "regtest", "cmdline"),
+        "lightning-dir": val("value_str", str(me.lightning_dir.parent), "cmdline"),
+        "rpc-file": val("value_str", me.rpc_path.name),
+        "alias": val("value_str", me.name[:32], "cmdline"),
+        "allow-deprecated-apis": val("value_bool", False),
+        "developer": val("set", False),
+        "cltv-delta": val("value_int", 34),
+        "cltv-final": val("value_int", 18),
+        "funding-confirms": val("value_int", DEFAULT_ACCEPTOR_MINDEPTH),
+        "min-capacity-sat": val("value_int", 10_000),
+        "watchtime-blocks": val("value_int", TO_SELF_DELAY, "cmdline"),
+        "max-concurrent-htlcs": val("value_int", MAX_ACCEPTED_HTLCS),
+        "fee-base": val("value_int", 1000),
+        "fee-per-satoshi": val("value_int", 10),
+        "large-channels": val("set", True),
+        "experimental-dual-fund": val("set", False),
+    }
+    init_options = (me.init_request or {}).get("options", {})
+    for opt in (me.manifest or {}).get("options", []) or []:
+        name = opt["name"]
+        if name not in init_options:
+            continue
+        value = init_options[name]
+        kind = ("value_bool" if isinstance(value, bool) else
+                "value_int" if isinstance(value, int) else "value_str")
+        configs[name] = {kind: value, "source": "cmdline" if name in me.options else "default",
+                         "plugin": " ".join(me.plugin_cmd), "dynamic": bool(opt.get("dynamic"))}
+    if "config" in p:
+        if p["config"] not in configs:
+            raise RpcFail(JSONRPC2_INVALID_PARAMS, f"Unknown config option {p['config']!r}")
+        configs = {p["config"]: configs[p["config"]]}
+    return {"configs": configs}
+
+
 def rpc_getchaininfo(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     h = me.network.chain.height
     return {"chain": "regtest", "headercount": h, "blockcount": h, "ibd": False}
@@ -512,7 +553,9 @@ def accept_open(me: FakeNode, opener: FakeNode, payload: dict[str, Any]) -> dict
 
     me.enqueue_inbound(run)
     try:
-        return fut.result(timeout=me.timeout)
+        result = fut.result(timeout=me.timeout)
+        me.log(f"openchannel from {opener.name}: hook result {result}")
+        return result
     except FutureTimeout as e:
         err = HarnessTimeout(f"{me.name} did not answer the openchannel hook", node=me.name)
         me.record(err)
@@ -781,6 +824,7 @@ HANDLERS: dict[str, Handler] = {
     "fundchannel_complete": rpc_fundchannel_complete,
     "fundchannel_cancel": rpc_fundchannel_cancel,
     "disconnect": rpc_disconnect,
+    "listconfigs": rpc_listconfigs,
     # bitcoin-backend methods (no schema in the set; bcli's shapes)
     "getchaininfo": rpc_getchaininfo,
     "sendrawtransaction": rpc_sendrawtransaction,
