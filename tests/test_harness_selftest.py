@@ -30,9 +30,7 @@ from harness.bitcoin import (
     regtest,
 )
 
-# The fixtures `network` and `network_factory` (tests/conftest.py may import them instead).
-pytest_plugins = ["harness.fixtures"]
-
+# The fixtures `network` and `network_factory` come from harness.fixtures via tests/conftest.py.
 FACTORY_MSG = "8020"
 
 
