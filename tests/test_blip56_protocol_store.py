@@ -103,6 +103,12 @@ def _lsp_record() -> store.LspRecord:
         funding_txid="cd" * 32,
         funding_vout=0,
         funding_amount=123_456,
+        tree=(store.PathEntry(0, 0, "00", 5, "5120" + "00" * 32),),
+        confirmed=(("cd" * 32, 101),),
+        exit=store.ExitState(
+            "timeout near", 4000, (0,), (("ab" * 32, 4001),), ("ab" * 32,), ("11" * 32,)
+        ),
+        sweeps=(("ab" * 32 + ":1", "00"),),
     )
 
 
@@ -143,6 +149,9 @@ def test_records_round_trip_through_json(record: store.Record) -> None:
         (lambda d: d["params"].pop("arity"), "params fields"),
         (lambda d: d.pop("lsp_pubkey"), "missing"),
         (lambda d: d["clients"].append("x"), "client entry"),
+        (lambda d: d["confirmed"].append(["x"]), "pairs"),
+        (lambda d: d["exit"].update(clients=["a"]), "exit.clients"),
+        (lambda d: d["tree"].append(1), "tree entry"),
     ],
 )
 def test_bad_records_are_refused_with_a_reason(mutate, needle: str) -> None:  # type: ignore[no-untyped-def]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -77,3 +78,18 @@ def test_witness_round_trip_and_strict_parsing() -> None:
         Tx.deserialize(signed.serialize() + b"\x00")
     with pytest.raises(WireError):
         Tx.deserialize(signed.serialize()[:-5])
+
+
+def test_block_txids_of_a_block_with_a_coinbase_and_a_segwit_tx() -> None:
+    from superscalar_plugin.engine.tx import block_txids, compact_size
+
+    coinbase = CMutableTransaction(
+        [CMutableTxIn(COutPoint(), CScript(b"\x03\x01\x02\x03" + b"pad"), 0xFFFFFFFF)],
+        [CMutableTxOut(50 * 10**8, CScript(b"\x51\x20" + bytes(32)))],
+    )
+    unsigned = _random_tx(random.Random(9))
+    segwit = replace(unsigned, witnesses=tuple((b"\x07" * 64,) for _ in unsigned.inputs))
+    block = bytes(80) + compact_size(2) + bytes(coinbase.serialize()) + segwit.serialize()
+    assert block_txids(block) == [coinbase.GetTxid()[::-1].hex(), segwit.txid]
+    with pytest.raises(WireError):
+        block_txids(block + b"\x00")

@@ -49,6 +49,28 @@ class ClientEntry:
 
 
 @dataclass(frozen=True)
+class PathEntry:
+    node: int
+    state: int
+    raw: str  # signed tx hex
+    spent_amount: int
+    spent_script: str
+
+
+@dataclass(frozen=True)
+class ExitState:
+    """A unilateral exit in progress (or done): what we broadcast, bumped and closed, and when."""
+
+    reason: str
+    started_height: int
+    clients: tuple[int, ...]  # whose paths are being published
+    broadcast: tuple[tuple[str, int], ...] = ()  # (txid, tip height at first broadcast)
+    bumped: tuple[str, ...] = ()
+    closed: tuple[str, ...] = ()  # channel ids handed to lightningd's `close`
+    done: bool = False
+
+
+@dataclass(frozen=True)
 class LspRecord:
     instance_id: str
     state: LspState
@@ -62,18 +84,13 @@ class LspRecord:
     funding_vout: int | None = None
     funding_amount: int | None = None
     error: str | None = None
+    tree: tuple[PathEntry, ...] = ()  # every signed tree tx (what the LSP needs to exit or sweep)
+    confirmed: tuple[tuple[str, int], ...] = ()  # (txid, block height) of our txs seen on chain
+    exit: ExitState | None = None
+    sweeps: tuple[tuple[str, str], ...] = ()  # ("txid:vout" swept, raw sweep tx hex)
 
     def replace(self, **changes: Any) -> LspRecord:
         return dataclasses.replace(self, **changes)
-
-
-@dataclass(frozen=True)
-class PathEntry:
-    node: int
-    state: int
-    raw: str  # signed tx hex
-    spent_amount: int
-    spent_script: str
 
 
 @dataclass(frozen=True)
@@ -93,6 +110,8 @@ class ClientRecord:
     path: tuple[PathEntry, ...] = field(default=())
     funding_txid: str | None = None
     error: str | None = None
+    confirmed: tuple[tuple[str, int], ...] = ()
+    exit: ExitState | None = None
 
     def replace(self, **changes: Any) -> ClientRecord:
         return dataclasses.replace(self, **changes)
@@ -137,6 +156,61 @@ def _hex(d: dict[str, Any], key: str, length: int | None = None, optional: bool 
     if length is not None and len(raw) != length:
         raise StoreError(f"record field {key!r} must be {length} bytes")
     return value
+
+
+def _path(d: dict[str, Any], key: str) -> tuple[PathEntry, ...]:
+    out = []
+    for e in _get(d, key, list):
+        if not isinstance(e, dict):
+            raise StoreError(f"{key} entry must be an object")
+        out.append(
+            PathEntry(
+                node=_get(e, "node", int),
+                state=_get(e, "state", int),
+                raw=_hex(e, "raw"),
+                spent_amount=_get(e, "spent_amount", int),
+                spent_script=_hex(e, "spent_script"),
+            )
+        )
+    return tuple(out)
+
+
+def _pairs(d: dict[str, Any], key: str, second: type) -> tuple[Any, ...]:
+    out = []
+    for item in _get(d, key, list):
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not isinstance(item[0], str)
+            or not isinstance(item[1], second)
+            or isinstance(item[1], bool)
+        ):
+            raise StoreError(f"{key} entries must be [string, {second.__name__}] pairs")
+        out.append((item[0], item[1]))
+    return tuple(out)
+
+
+def _exit(d: dict[str, Any]) -> ExitState | None:
+    e = d.get("exit")
+    if e is None:
+        return None
+    if not isinstance(e, dict):
+        raise StoreError("exit must be an object")
+    clients = _get(e, "clients", list)
+    if not all(isinstance(c, int) and not isinstance(c, bool) for c in clients):
+        raise StoreError("exit.clients must be integers")
+    strings = [_get(e, k, list) for k in ("bumped", "closed")]
+    if not all(isinstance(x, str) for lst in strings for x in lst):
+        raise StoreError("exit.bumped and exit.closed must be strings")
+    return ExitState(
+        reason=_get(e, "reason", str),
+        started_height=_get(e, "started_height", int),
+        clients=tuple(clients),
+        broadcast=_pairs(e, "broadcast", int),
+        bumped=tuple(strings[0]),
+        closed=tuple(strings[1]),
+        done=bool(_get(e, "done", bool)),
+    )
 
 
 def _params(d: dict[str, Any]) -> FactoryParams:
@@ -196,21 +270,12 @@ def from_json(data: Any) -> Record:
                 funding_vout=_get(data, "funding_vout", int, optional=True),
                 funding_amount=_get(data, "funding_amount", int, optional=True),
                 error=_get(data, "error", str, optional=True),
+                tree=_path(data, "tree"),
+                confirmed=_pairs(data, "confirmed", int),
+                exit=_exit(data),
+                sweeps=_pairs(data, "sweeps", str),
             )
         if kind == "client":
-            path = []
-            for e in _get(data, "path", list):
-                if not isinstance(e, dict):
-                    raise StoreError("path entry must be an object")
-                path.append(
-                    PathEntry(
-                        node=_get(e, "node", int),
-                        state=_get(e, "state", int),
-                        raw=_hex(e, "raw"),
-                        spent_amount=_get(e, "spent_amount", int),
-                        spent_script=_hex(e, "spent_script"),
-                    )
-                )
             return ClientRecord(
                 instance_id=_hex(data, "instance_id", 32),
                 lsp_node_id=_hex(data, "lsp_node_id", 33),
@@ -224,9 +289,11 @@ def from_json(data: Any) -> Record:
                 channel_sat=_get(data, "channel_sat", int),
                 early_warning_time=_get(data, "early_warning_time", int),
                 header=_hex(data, "header", optional=True),
-                path=tuple(path),
+                path=_path(data, "path"),
                 funding_txid=_hex(data, "funding_txid", 32, optional=True),
                 error=_get(data, "error", str, optional=True),
+                confirmed=_pairs(data, "confirmed", int),
+                exit=_exit(data),
             )
     except ValueError as e:  # an unknown enum value
         raise StoreError(f"record has an invalid value: {e}") from e

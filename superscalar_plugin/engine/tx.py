@@ -158,6 +158,42 @@ class _Parser:
         return Tx(version, tuple(inputs), tuple(outputs), locktime, witnesses)
 
 
+def block_txids(raw_block: bytes) -> list[str]:
+    """The txids of a serialized block, in order (what a plugin gets from getrawblockbyheight).
+
+    Any transaction form is accepted here (coinbase scriptSigs, legacy inputs): only the bytes that
+    make up each txid are located and hashed."""
+    p = _Parser(raw_block)
+    p.take(80)  # header
+    txids = []
+    for _ in range(p.varint()):
+        start = p.pos
+        p.take(4)
+        segwit = p.raw[p.pos : p.pos + 2] == b"\x00\x01"
+        if segwit:
+            p.take(2)
+        body_start = p.pos
+        n_in = p.varint()
+        for _ in range(n_in):
+            p.take(36)
+            p.take(p.varint())
+            p.take(4)
+        for _ in range(p.varint()):
+            p.take(8)
+            p.take(p.varint())
+        body_end = p.pos
+        if segwit:
+            for _ in range(n_in):
+                for _ in range(p.varint()):
+                    p.take(p.varint())
+        locktime = p.take(4)
+        stripped = p.raw[start : start + 4] + p.raw[body_start:body_end] + locktime
+        txids.append(_sha256d(stripped)[::-1].hex())
+    if p.pos != len(p.raw):
+        raise WireError("trailing bytes after the block's transactions")
+    return txids
+
+
 def taproot_sighash(
     tx: Tx,
     input_index: int,

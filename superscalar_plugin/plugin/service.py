@@ -242,7 +242,32 @@ class FactoryService:
             return
         if len(msg) < 2 or int.from_bytes(msg[:2], "big") != blip56.FACTORY_MESSAGE_TYPE:
             return  # e.g. lightningd's own peer_storage
+        if self._in_factory_record(peer, msg):
+            return
         self.submit(lambda: self._on_factory_message(peer, msg))
+
+    def _in_factory_record(self, peer: str, msg: bytes) -> bool:
+        """`channel_in_factory` is applied at once, on the hook's thread: the `openchannel` hook
+        that follows it must already see it. Cheap: a parse and a dictionary update."""
+        try:
+            parsed = blip56.decode_factory_message(msg)
+            if not isinstance(parsed, blip56.Piggyback) or parsed.payload[:1] != bytes(
+                [protocol.PayloadType.CHANNEL_IN_FACTORY]
+            ):
+                return False
+            payload = protocol.decode(parsed.payload)
+        except WireError:
+            return False  # the worker logs and drops it
+        assert isinstance(payload, protocol.InFactory)
+        instance = payload.instance_id.hex()
+        with self.lock:
+            cs = self.clients.get(instance)
+            if cs is None or cs.record.lsp_node_id != peer:
+                self.refused_opens[(peer, 0)] = instance
+                log.warning("%s announced a channel in unknown factory %s", peer, instance[:16])
+            else:
+                self.expected_opens[(peer, cs.record.channel_sat * 1000)] = instance
+        return True
 
     def _on_factory_message(self, peer: str, msg: bytes) -> None:
         try:
@@ -708,15 +733,6 @@ class FactoryService:
                 raise CeremonyError("proposal for a factory we already know")
             self._client_consider(peer, p)
             return
-        if isinstance(p, protocol.InFactory):
-            if cs is None or cs.record.lsp_node_id != peer:
-                with self.lock:
-                    self.refused_opens[(peer, 0)] = instance
-                log.warning("%s announced a channel in unknown factory %s", peer, instance[:16])
-                return
-            with self.lock:
-                self.expected_opens[(peer, cs.record.channel_sat * 1000)] = instance
-            return
         if cs is None or cs.record.lsp_node_id != peer:
             raise CeremonyError(f"message for unknown factory {instance[:16]}")
         if isinstance(p, protocol.Ceremony):
@@ -790,6 +806,8 @@ class FactoryService:
             record, signer, time.monotonic() + self.config.ceremony_timeout
         )
         self._persist(record)
+        with self.lock:  # the open may reach us before the LSP's channel_in_factory record does
+            self.expected_opens[(peer, p.channel_sat * 1000)] = record.instance_id
         self._send(peer, protocol.Accept(instance, pub))
 
     def _client_store_path(self, cs: ClientSession) -> None:
