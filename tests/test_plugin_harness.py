@@ -381,3 +381,87 @@ def test_htlc_rules_on_factory_channels_and_ordinary_channels_untouched(
         clients[0].call_hook("htlc_accepted", _htlc(client_scid, height + ewt + 5))["result"]
         == "continue"
     )
+
+
+SMALL = {"states_per_layer": 2, "step_blocks": 3}
+
+
+def _mine_until(net: Network, check: Callable[[], bool], max_blocks: int = 40) -> None:
+    import time
+
+    for _ in range(max_blocks):
+        if check():
+            return
+        net.mine(1)
+        time.sleep(0.3)  # the plugins handle block_added on their worker
+    assert check(), "not reached within the blocks allowed"
+
+
+def test_a_client_exits_alone_while_the_lsp_is_offline(
+    network_factory: Callable[..., Network],
+) -> None:
+    net, lsp, clients = _setup(network_factory, n=2)
+    created = _create(lsp, clients, **SMALL)
+    instance = created["instance"]
+    net.mine(1)  # the funding confirms
+    lsp.kill()
+    net.take_errors()
+    me = clients[0]
+    started = me.rpc_call("factory-exit", {"instance": instance}, timeout=30)
+    assert started["exit"]["reason"] == "requested with factory-exit"
+    [kickoff, leaf] = started["exit"]["txs"]
+    assert kickoff["status"] == "broadcast" and leaf["status"] == "waiting"
+
+    def status() -> dict[str, Any]:
+        return dict(me.rpc_call("factory-status", {"instance": instance})["factories"][0])
+
+    _mine_until(net, lambda: status()["exit"]["done"])
+    txs = {t["kind"]: t for t in status()["exit"]["txs"]}
+    assert txs["kickoff"]["status"] == txs["leaf"]["status"] == "confirmed"
+    # The leaf waited out its nSequence after the kickoff confirmed (the fake chain would not
+    # have refused it: the plugin itself held it back).
+    delay = [e["relative_delay"] for e in status()["exit_path"] if e["kind"] == "leaf"][0]
+    assert delay == 3 and txs["leaf"]["height"] >= txs["kickoff"]["height"] + delay
+    chan = me.rpc_call("listpeerchannels")["channels"][0]
+    assert me.closed_channels == [chan["channel_id"]]  # handed to lightningd's onchain handling
+    assert status()["exit"]["channels_closed"] == [chan["channel_id"]]
+
+
+def test_the_lsp_sweeps_the_factory_after_its_timeout(
+    network_factory: Callable[..., Network],
+) -> None:
+    net = network_factory(plugin=PLUGIN, timeout=60)
+    lsp = net.add_node("lsp", options={"superscalar-lifetime-blocks": 90})
+    clients = [
+        net.add_node(f"client{i}", options={"superscalar-accept-from": lsp.node_id})
+        for i in range(2)
+    ]
+    for c in clients:
+        net.connect(lsp, c)
+    created = _create(lsp, clients, **SMALL)
+    timeout, funding = created["timeout_height"], created["funding"]
+    net.mine(1)
+    for c in clients:  # clients that never exit before T lose their claim: that is the design
+        c.kill()
+    net.take_errors()
+    net.mine(timeout - 1 - net.blockheight)
+    import time
+
+    time.sleep(0.5)
+    assert "sweeps" not in lsp.rpc_call("factory-status")["factories"][0]  # not before T
+    net.mine(1)  # tip T: the sweep can go into block T+1
+
+    def swept() -> bool:
+        view = lsp.rpc_call("factory-status")["factories"][0]
+        return bool(view.get("sweeps")) and all(s["confirmed"] for s in view["sweeps"])
+
+    _mine_until(net, swept, max_blocks=5)
+    [sweep] = lsp.rpc_call("factory-status")["factories"][0]["sweeps"]
+    assert sweep["outpoint"] == f"{funding['txid']}:{funding['vout']}"
+    tx = net.chain.txs[sweep["txid"]].tx
+    assert tx.nLockTime == timeout and len(tx.vout) == 1
+    assert 0 < funding["amount_sat"] - tx.vout[0].nValue < 10_000  # the fee, at lightningd's rate
+    # Idempotent: more blocks, no second sweep, nothing more to do.
+    net.mine(2)
+    time.sleep(0.5)
+    assert len(lsp.rpc_call("factory-status")["factories"][0]["sweeps"]) == 1

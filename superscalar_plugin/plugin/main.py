@@ -245,6 +245,15 @@ def factory_status(instance: str | None = None, **_: Any) -> dict[str, Any]:
         raise _fail(e) from e
 
 
+@plugin.async_method("factory-exit")
+def factory_exit(request: Any, instance: str, client: str | None = None, **_: Any) -> None:
+    """Start the unilateral exit of factory {instance}: publish the tree's path (for {client} only,
+    on the LSP, when given), each transaction as soon as it is valid, fee-bumping stuck ones, then
+    close the channels so lightningd's onchain handling takes over. Returns the factory's status;
+    factory-status shows the exit's progress."""
+    _service().exit(request, str(instance), None if client is None else str(client).lower())
+
+
 @plugin.method("factory-list")
 def factory_list(**_: Any) -> dict[str, Any]:
     """One line per factory this node takes part in (as LSP or client)."""

@@ -67,3 +67,86 @@ def leaf_psbt(leaf: UnsignedNodeTx) -> str:
     out += _pair(bytes([IN_WITNESS_UTXO]), utxo) + b"\x00"
     out += b"\x00" * len(tx.outputs)
     return base64.b64encode(out).decode()
+
+
+IN_FINAL_SCRIPTWITNESS = 0x08
+
+Map = list[tuple[bytes, bytes]]
+
+
+def _read_map(data: bytes, pos: int) -> tuple[Map, int]:
+    entries: Map = []
+    while True:
+        key_len, pos = _read_varint(data, pos)
+        if key_len == 0:
+            return entries, pos
+        key = data[pos : pos + key_len]
+        pos += key_len
+        value_len, pos = _read_varint(data, pos)
+        value = data[pos : pos + value_len]
+        if len(key) != key_len or len(value) != value_len:
+            raise WireError("PSBT truncated")
+        pos += value_len
+        entries.append((key, value))
+
+
+def _write_map(entries: Map) -> bytes:
+    return b"".join(_pair(k, v) for k, v in entries) + b"\x00"
+
+
+def parse(psbt_b64: str) -> tuple[Map, list[Map], list[Map]]:
+    """A v0 PSBT as (global map, input maps, output maps), keys and values as raw bytes."""
+    try:
+        data = base64.b64decode(psbt_b64, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise WireError("PSBT is not base64") from e
+    if not data.startswith(MAGIC):
+        raise WireError("not a PSBT")
+    glob, pos = _read_map(data, len(MAGIC))
+    tx = next((Tx.deserialize(v) for k, v in glob if k == bytes([GLOBAL_UNSIGNED_TX])), None)
+    if tx is None:
+        raise WireError("PSBT has no global unsigned transaction")
+    inputs, outputs = [], []
+    for _ in tx.inputs:
+        m, pos = _read_map(data, pos)
+        inputs.append(m)
+    for _ in tx.outputs:
+        m, pos = _read_map(data, pos)
+        outputs.append(m)
+    if pos != len(data):
+        raise WireError("trailing bytes after the PSBT")
+    return glob, inputs, outputs
+
+
+def serialize(glob: Map, inputs: list[Map], outputs: list[Map]) -> str:
+    body = MAGIC + _write_map(glob) + b"".join(_write_map(m) for m in inputs)
+    return base64.b64encode(body + b"".join(_write_map(m) for m in outputs)).decode()
+
+
+def add_anchor_input(psbt_b64: str, anchor: tuple[str, int], anchor_sat: int, change: int) -> str:
+    """Add a P2A anchor as the last input (its 240 sat go to output `change`): a CPFP child
+    built around the inputs lightningd's wallet selected with `fundpsbt`."""
+    from ..engine.taproot import P2A_SCRIPT
+    from ..engine.tx import TxIn
+
+    glob, inputs, outputs = parse(psbt_b64)
+    tx = unsigned_tx(psbt_b64)
+    outs = list(tx.outputs)
+    outs[change] = TxOut(outs[change].amount + anchor_sat, outs[change].script_pubkey)
+    new_tx = Tx(
+        tx.version, (*tx.inputs, TxIn(anchor[0], anchor[1], 0xFFFFFFFD)), tuple(outs), tx.locktime
+    )
+    glob = [
+        (k, new_tx.serialize(include_witness=False) if k == bytes([GLOBAL_UNSIGNED_TX]) else v)
+        for k, v in glob
+    ]
+    inputs.append([(bytes([IN_WITNESS_UTXO]), TxOut(anchor_sat, P2A_SCRIPT).serialize())])
+    return serialize(glob, inputs, outputs)
+
+
+def finalize_anchor(psbt_b64: str, index: int) -> str:
+    """A P2A spend needs no signature: its final witness is the empty stack."""
+    glob, inputs, outputs = parse(psbt_b64)
+    inputs[index] = [(k, v) for k, v in inputs[index] if k[:1] != bytes([IN_FINAL_SCRIPTWITNESS])]
+    inputs[index].append((bytes([IN_FINAL_SCRIPTWITNESS]), b"\x00"))
+    return serialize(glob, inputs, outputs)

@@ -22,13 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..engine import blip56, dw, musig2, policy, protocol, store, wire
+from ..engine import blip56, dw, musig2, policy, protocol, store
 from ..engine.ceremony import (
     ClientPolicy,
     ClientTerms,
     Coordinator,
     CoordinatorState,
-    SignedNodeTx,
     Signer,
     SignerState,
 )
@@ -41,9 +40,11 @@ from ..engine.errors import (
     SuperscalarError,
     WireError,
 )
-from ..engine.tree import ClientSlot, Factory, FactoryParams, Topology, UnsignedNodeTx
+from ..engine.tree import ClientSlot, Factory, FactoryParams, Topology
 from ..engine.tx import Tx
+from . import address
 from . import psbt as psbtmod
+from .onchain import OnChain
 
 log = logging.getLogger("superscalar")
 
@@ -77,6 +78,7 @@ class Config:
     params: FactoryParams = field(default_factory=FactoryParams)
     lifetime_blocks: int = 4320  # ~30 days until the factory's timeout T
     ceremony_timeout: float = 60.0  # seconds a ceremony waits for any peer
+    exit_margin: int = 12  # blocks of safety on top of the EWT before an exit starts
     funding_feerate: str = "normal"
 
 
@@ -127,6 +129,7 @@ class FactoryService:
         self.guards: dict[str, policy.ChannelGuard] = {}  # scid or alias -> rules (hot path)
         self.cltv_final = 18
         self.max_locktime = 2016
+        self.onchain = OnChain(self)
         self.worker = threading.Thread(target=self._work, name="superscalar-worker", daemon=True)
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -305,7 +308,45 @@ class FactoryService:
     def on_block(self, height: int) -> None:
         with self.lock:
             self.blockheight = max(self.blockheight, height)
+        self.submit(lambda: self.onchain.on_block(height))
         self.submit(self.refresh_guards)
+
+    def lsp_key(self, instance: str) -> bytes:
+        return node_seckey(self._makesecret(b"superscalar/lsp/" + bytes.fromhex(instance)))
+
+    def exit(self, reply: Reply, instance: str, client: str | None) -> None:
+        """`factory-exit`: start (or show) the unilateral exit of a factory we are in."""
+        self.submit(lambda: self._exit(reply, instance, client))
+
+    def _exit(self, reply: Reply, instance: str, client: str | None) -> None:
+        try:
+            record = self.records.get(instance)
+            if record is None:
+                raise InvalidParameter(f"instance: no factory {instance}")
+            if record.state not in (
+                store.LspState.FUNDED,
+                store.ClientState.READY,
+                store.ClientState.FUNDED,
+            ):
+                raise InvalidParameter(
+                    f"instance: factory is {record.state.value}, nothing to exit"
+                )
+            index = None
+            if client is not None:
+                if not isinstance(record, store.LspRecord):
+                    raise InvalidParameter("client: only the LSP chooses whose path to publish")
+                index = next((i for i, c in enumerate(record.clients) if c.node_id == client), None)
+                if index is None:
+                    raise InvalidParameter(f"client: {client} is not in this factory")
+            if record.exit is None:
+                record = self.onchain.start_exit(record, "requested with factory-exit", index)
+            self.onchain.drive(record)
+            reply.set_result(self.status_of(self.records[instance]))
+        except SuperscalarError as e:
+            reply.set_exception(_rpc_exception(e))
+        except Exception as e:
+            log.exception("factory-exit failed")
+            reply.set_exception(_rpc_exception(SuperscalarError(f"internal error: {e!r}")))
 
     # --- HTLC and invoice rules ---------------------------------------------------------------
 
@@ -609,14 +650,14 @@ class FactoryService:
         if factory.funding_amount != r.funding_amount:
             self._lsp_abort(s, "channel scripts changed the funding amount (non-P2WSH channel?)")
             return
-        address = _p2tr_address(factory.funding_output.output_key, self._network())
+        funding_address = address.encode(factory.funding_output.script_pubkey, self._network())
         try:
             res = self.rpc.call(
                 "addpsbtoutput",
                 {
                     "satoshi": factory.funding_amount,
                     "initialpsbt": r.funding_psbt,
-                    "destination": address,
+                    "destination": funding_address,
                 },
             )
         except Exception as e:
@@ -647,7 +688,17 @@ class FactoryService:
     def _lsp_complete(self, s: LspSession) -> None:
         r = s.record
         assert s.coordinator is not None and s.factory is not None
-        s.record = r = r.replace(state=store.LspState.COMPLETING)
+        tree = tuple(
+            store.PathEntry(
+                n,
+                s.coordinator.states[n],
+                t.raw().hex(),
+                t.unsigned.spent_amount,
+                t.unsigned.spent_script.hex(),
+            )
+            for n, t in sorted(s.coordinator.signed.items())
+        )
+        s.record = r = r.replace(state=store.LspState.COMPLETING, tree=tree)
         self._persist(r)
         topo = s.factory.topology
         for i, c in enumerate(r.clients):
@@ -879,8 +930,20 @@ class FactoryService:
         }
         if record.error:
             base["error"] = record.error
+        if record.exit is not None:
+            base["exit"] = self._exit_progress(record, topo)
         if isinstance(record, store.LspRecord):
             base["role"] = "lsp"
+            if record.sweeps:
+                confirmed = dict(record.confirmed)
+                base["sweeps"] = [
+                    {
+                        "outpoint": o,
+                        "txid": Tx.deserialize(bytes.fromhex(raw)).txid,
+                        "confirmed": Tx.deserialize(bytes.fromhex(raw)).txid in confirmed,
+                    }
+                    for o, raw in record.sweeps
+                ]
             base["funding"] = {
                 "txid": record.funding_txid,
                 "vout": record.funding_vout,
@@ -918,6 +981,45 @@ class FactoryService:
                 for e in record.path
             ]
         return base
+
+    def _exit_progress(self, record: store.Record, topo: Topology) -> dict[str, Any]:
+        """What confirmed, what was broadcast, what waits for which height."""
+        ex = record.exit
+        assert ex is not None
+        confirmed = dict(record.confirmed)
+        sent = dict(ex.broadcast)
+        entries = record.tree if isinstance(record, store.LspRecord) else record.path
+        wanted = set()
+        for c in ex.clients:
+            wanted.update(topo.client_path(c))
+        txs = []
+        txid_of = {e.node: Tx.deserialize(bytes.fromhex(e.raw)).txid for e in entries}
+        for e in sorted(entries, key=lambda e: e.node):
+            if e.node not in wanted:
+                continue
+            txid = txid_of[e.node]
+            node = topo.nodes[e.node]
+            parent_txid = record.funding_txid if node.parent is None else txid_of.get(node.parent)
+            parent_height = confirmed.get(parent_txid or "")
+            delay = record.params.state_delay(e.state) if node.kind.is_state else 0
+            item: dict[str, Any] = {"node": e.node, "kind": node.kind.value, "txid": txid}
+            if txid in confirmed:
+                item["status"], item["height"] = "confirmed", confirmed[txid]
+            elif txid in sent:
+                item["status"], item["height"] = "broadcast", sent[txid]
+            else:
+                item["status"] = "waiting"
+                if parent_height is not None:
+                    item["valid_from"] = parent_height + delay
+            txs.append(item)
+        return {
+            "reason": ex.reason,
+            "started_height": ex.started_height,
+            "done": ex.done,
+            "clients": list(ex.clients),
+            "channels_closed": list(ex.closed),
+            "txs": txs,
+        }
 
     def _channels(self) -> dict[str, dict[str, Any]]:
         try:
@@ -974,40 +1076,3 @@ def _rpc_exception(e: SuperscalarError) -> Exception:
     from .rpcerror import make_rpc_exception
 
     return make_rpc_exception(str(e), e.rpc_code)
-
-
-_BECH32M = 0x2BC830A3
-_CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
-_HRP = {"bitcoin": "bc", "testnet": "tb", "testnet4": "tb", "signet": "tb", "regtest": "bcrt"}
-
-
-def _p2tr_address(output_key: bytes, network: str) -> str:
-    """BIP350 bech32m address of a taproot output key."""
-    hrp = _HRP.get(network, "bcrt")
-
-    def polymod(values: list[int]) -> int:
-        gen = [0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3]
-        chk = 1
-        for v in values:
-            top = chk >> 25
-            chk = (chk & 0x1FFFFFF) << 5 ^ v
-            for i in range(5):
-                chk ^= gen[i] if ((top >> i) & 1) else 0
-        return chk
-
-    acc, bits, data = 0, 0, [1]
-    for b in output_key:
-        acc = (acc << 8) | b
-        bits += 8
-        while bits >= 5:
-            bits -= 5
-            data.append((acc >> bits) & 31)
-    if bits:
-        data.append((acc << (5 - bits)) & 31)
-    expanded = [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
-    mod = polymod([*expanded, *data, 0, 0, 0, 0, 0, 0]) ^ _BECH32M
-    checksum = [(mod >> 5 * (5 - i)) & 31 for i in range(6)]
-    return hrp + "1" + "".join(_CHARSET[d] for d in data + checksum)
-
-
-__all__ = ["Config", "FactoryService", "SignedNodeTx", "UnsignedNodeTx", "wire"]

@@ -443,6 +443,42 @@ def rpc_getutxout(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
         out = rec.tx.vout[vout]
         return {"amount": int(out.nValue) * 1000, "script": bytes(out.scriptPubKey).hex()}
 
+def rpc_getrawblockbyheight(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
+    """bcli's shape: the block's hex (an 80-byte dummy header, then the txs the fake mined)."""
+    chain = me.network.chain
+    height = int(p["height"])
+    with chain.cond:
+        if height > chain.height:
+            return {"blockhash": None, "block": None}
+        block = chain.blocks[height]
+        txs = [bytes(chain.txs[t].tx.serialize()) for t in block.txids]
+    count = len(txs)
+    varint = bytes([count]) if count < 0xFD else b"\xfd" + count.to_bytes(2, "little")
+    return {"blockhash": block.hash, "block": (bytes(80) + varint + b"".join(txs)).hex()}
+
+
+def rpc_close(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
+    """A unilateral close of a normal channel: the fake has no commitments, so it only records
+    the request (the channel goes to AWAITING_UNILATERAL) and returns no transactions."""
+    net = me.network
+    target = str(p["id"])
+    notes = []
+    with net.state_lock:
+        ch = next((c for c in me.channels if target in (c.channel_id, c.peer_id, c.scid,
+                                                        c.alias_local)), None)
+        if ch is None:
+            raise RpcFail(JSONRPC2_INVALID_PARAMS, f"Short channel ID not active: '{target}'")
+        if ch.state not in ("CHANNELD_NORMAL", "CHANNELD_AWAITING_LOCKIN"):
+            raise RpcFail(JSONRPC2_INVALID_PARAMS, f"Channel is in state {ch.state}")
+        change = ch.set_state("AWAITING_UNILATERAL", "user", "Forcibly closed by `close` command")
+        notes.append((me, "channel_state_changed", _state_note(ch, change)))
+        me.closed_channels.append(ch.channel_id or "")
+    for node, topic, payload in notes:
+        node.notify(topic, payload)
+    me.log(f"close {target}: unilateral (no commitment in the fake)")
+    return {"type": "unilateral", "txs": [], "txids": []}
+
+
 # ------------------------------------------------------------------ wallet
 def rpc_fundpsbt(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     amount = None if p["satoshi"] == "all" else parse_sat(p["satoshi"], "satoshi")
@@ -829,4 +865,6 @@ HANDLERS: dict[str, Handler] = {
     "getchaininfo": rpc_getchaininfo,
     "sendrawtransaction": rpc_sendrawtransaction,
     "getutxout": rpc_getutxout,
+    "getrawblockbyheight": rpc_getrawblockbyheight,
+    "close": rpc_close,
 }

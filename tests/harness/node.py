@@ -116,6 +116,7 @@ class FakeNode:
         self.up = False  # "lightningd" running (RPC socket served)
         self.peers: dict[str, Peer] = {}
         self.channels: list[Channel] = []
+        self.closed_channels: list[str] = []  # channel ids the plugin asked `close` for
         self.pending_opens: dict[str, Channel] = {}  # peer id -> uncommitted channel
         self.our_features: dict[str, str] = {
             "init": BASE_INIT_FEATURES,

@@ -1,0 +1,357 @@
+"""The plugin's on-chain duties, run on the worker at every block.
+
+- Watch: scan each new block (`getrawblockbyheight`) for the txids of our factories and record
+  where they confirmed (persisted, so a restart keeps them; missed blocks are scanned on catch-up).
+- Exit: when an offered HTLC's deadline or (for a client) the factory's timeout comes within the
+  EWT plus a safety margin, or on `factory-exit`, publish the needed path with the engine's exit
+  state machine: each tx as soon as valid, rebroadcast, CPFP through the P2A anchor with wallet
+  funds; once a leaf is on chain, `close` its channel so lightningd's commitment and onchain
+  handling take over.
+- Sweep (LSP): after the timeout T, every output with the timeout leaf that the tree left on chain
+  goes to a fresh wallet address, idempotently and across restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..engine import policy, store
+from ..engine.ceremony import SignedNodeTx
+from ..engine.exit import Broadcast, Bump, ChainView, Done, PathTx, WaitUntil, exit_step
+from ..engine.tree import ClientSlot, Factory, Topology
+from ..engine.tx import Tx, block_txids
+from . import address, psbt
+
+if TYPE_CHECKING:
+    from .service import FactoryService
+
+log = logging.getLogger("superscalar")
+
+REBROADCAST_EVERY = 6  # blocks; a tx not confirmed by then is sent again
+MAX_CATCH_UP = 2016  # blocks scanned after a restart
+SCAN_KEY = ["superscalar", "scanned"]
+
+
+def _txid(raw_hex: str) -> str:
+    return Tx.deserialize(bytes.fromhex(raw_hex)).txid
+
+
+def watched_txids(record: store.Record) -> set[str]:
+    out = set()
+    if isinstance(record, store.LspRecord):
+        if record.funding_txid:
+            out.add(record.funding_txid)
+        out.update(_txid(e.raw) for e in record.tree)
+        out.update(_txid(raw) for _, raw in record.sweeps)
+    else:
+        if record.funding_txid:
+            out.add(record.funding_txid)
+        out.update(_txid(e.raw) for e in record.path)
+    return out
+
+
+def _entry_tx(e: store.PathEntry) -> SignedNodeTx:
+    return SignedNodeTx.from_raw(
+        e.node, bytes.fromhex(e.raw), e.spent_amount, bytes.fromhex(e.spent_script)
+    )
+
+
+def _path_txs(params_delay: Any, topo: Topology, entries: list[store.PathEntry]) -> list[PathTx]:
+    return [
+        PathTx.of(_entry_tx(e), params_delay(e.state) if topo.nodes[e.node].kind.is_state else 0)
+        for e in entries
+    ]
+
+
+class OnChain:
+    def __init__(self, service: FactoryService) -> None:
+        self.svc = service
+        self.scanned: int | None = None
+
+    # --- watching -----------------------------------------------------------------------------
+
+    def on_block(self, height: int) -> None:
+        if self.scanned is None:
+            self.scanned = self._load_scanned(height)
+        start = max(self.scanned + 1, height - MAX_CATCH_UP)
+        for h in range(start, height + 1):
+            self._scan(h)
+            self.scanned = h
+        self.svc.rpc.call(
+            "datastore", {"key": SCAN_KEY, "string": str(height), "mode": "create-or-replace"}
+        )
+        for record in list(self.svc.records.values()):
+            try:
+                self._duties(record, height)
+            except Exception:  # one factory's trouble must not stop the others
+                log.exception("on-chain duties of factory %s failed", record.instance_id[:16])
+
+    def _load_scanned(self, height: int) -> int:
+        res = self.svc.rpc.call("listdatastore", {"key": SCAN_KEY}).get("datastore", [])
+        try:
+            return int(res[0]["string"]) if res else height - 1
+        except (KeyError, ValueError):
+            return height - 1
+
+    def _scan(self, height: int) -> None:
+        try:
+            block = self.svc.rpc.call("getrawblockbyheight", {"height": height})
+        except Exception as e:
+            log.info("cannot fetch block %d: %s", height, e)
+            return
+        if not block.get("block"):
+            return
+        txids = set(block_txids(bytes.fromhex(block["block"])))
+        for record in list(self.svc.records.values()):
+            seen = watched_txids(record) & txids
+            known = {t for t, _ in record.confirmed}
+            new = sorted(seen - known)
+            if new:
+                self.svc._persist(
+                    record.replace(confirmed=(*record.confirmed, *((t, height) for t in new)))
+                )
+
+    # --- duties -------------------------------------------------------------------------------
+
+    def _duties(self, record: store.Record, height: int) -> None:
+        funded = (store.LspState.FUNDED, store.ClientState.READY, store.ClientState.FUNDED)
+        if record.state not in funded:
+            return
+        if record.exit is None:
+            reason = self._exit_reason(record, height)
+            if reason is not None:
+                record = self.start_exit(record, reason, None)
+        if record.exit is not None and not record.exit.done:
+            self.drive(record)
+        if isinstance(record, store.LspRecord) and height >= record.timeout_height:
+            self.sweep(self.svc.records[record.instance_id], height)  # type: ignore[arg-type]
+
+    def _exit_reason(self, record: store.Record, height: int) -> str | None:
+        n = len(record.clients) if isinstance(record, store.LspRecord) else record.n_clients
+        ewt = Topology.build(n, record.params).ewt
+        margin = self.svc.config.exit_margin
+        if (
+            isinstance(record, store.ClientRecord)
+            and height + ewt + margin >= record.timeout_height
+        ):
+            return f"the factory times out at {record.timeout_height}: exit before it"
+        deadline = self._htlc_deadline(record)
+        if deadline is not None and height + ewt + margin >= deadline:
+            return f"an offered HTLC expires at {deadline}: exit to enforce it"
+        return None
+
+    def _htlc_deadline(self, record: store.Record) -> int | None:
+        """The earliest expiry of an HTLC we offered on one of this factory's channels."""
+        ids = set()
+        if isinstance(record, store.LspRecord):
+            ids = {c.channel_id for c in record.clients if c.channel_id}
+        leaf_txid = (
+            _txid(record.path[-1].raw)
+            if isinstance(record, store.ClientRecord) and record.path
+            else None
+        )
+        expiries = []
+        for ch in self.svc._channels().values():
+            if ch.get("channel_id") in ids or (leaf_txid and ch.get("funding_txid") == leaf_txid):
+                expiries += [
+                    int(h["expiry"]) for h in ch.get("htlcs", []) if h.get("direction") == "out"
+                ]
+        return min(expiries) if expiries else None
+
+    def start_exit(self, record: store.Record, reason: str, client: int | None) -> store.Record:
+        if isinstance(record, store.LspRecord):
+            clients = tuple(range(len(record.clients))) if client is None else (client,)
+        else:
+            clients = (record.client_index,)
+        state = store.ExitState(reason=reason, started_height=self.svc.blockheight, clients=clients)
+        record = record.replace(exit=state)
+        self.svc._persist(record)
+        log.warning("factory %s: starting the unilateral exit: %s", record.instance_id[:16], reason)
+        return record
+
+    def _paths(self, record: store.Record) -> list[list[store.PathEntry]]:
+        if isinstance(record, store.ClientRecord):
+            return [list(record.path)]
+        assert record.exit is not None
+        topo = Topology.build(len(record.clients), record.params)
+        by_node = {e.node: e for e in record.tree}
+        return [[by_node[n] for n in topo.client_path(c)] for c in record.exit.clients]
+
+    def drive(self, record: store.Record) -> None:
+        exit_state = record.exit
+        assert exit_state is not None
+        n = len(record.clients) if isinstance(record, store.LspRecord) else record.n_clients
+        topo = Topology.build(n, record.params)
+        height = self.svc.blockheight
+        confirmed = dict(record.confirmed)
+        broadcast = dict(exit_state.broadcast)  # txid -> height of the first broadcast
+        # Assume a broadcast tx is still in the mempool, except every REBROADCAST_EVERY blocks:
+        # then it counts as gone and is sent again (lightningd offers no mempool view).
+        recent = frozenset(
+            t
+            for t, h in broadcast.items()
+            if t not in confirmed and (height == h or (height - h) % REBROADCAST_EVERY)
+        )
+        view = ChainView(
+            height, confirmed, recent, self._fee_rate_kvb(), broadcast, frozenset(exit_state.bumped)
+        )
+        funding = record.funding_txid or ""
+        done_paths = 0
+        sent: set[str] = set()
+        for entries in self._paths(record):
+            path = _path_txs(record.params.state_delay, topo, entries)
+            for action in exit_step(funding, path, view):
+                if isinstance(action, Broadcast) and action.txid not in sent:
+                    sent.add(action.txid)
+                    self._broadcast(action.raw)
+                    broadcast.setdefault(action.txid, height)
+                elif isinstance(action, Bump) and action.txid not in exit_state.bumped:
+                    if self._cpfp(action):
+                        exit_state = store.ExitState(
+                            **{**exit_state.__dict__, "bumped": (*exit_state.bumped, action.txid)}
+                        )
+                elif isinstance(action, WaitUntil):
+                    log.info("exit: %s waits until block %d", action.txid[:16], action.height)
+                elif isinstance(action, Done):
+                    done_paths += 1
+                    exit_state = self._close_channel(record, entries, exit_state)
+        all_done = done_paths == len(exit_state.clients)
+        exit_state = store.ExitState(
+            **{
+                **exit_state.__dict__,
+                "broadcast": tuple(sorted(broadcast.items())),
+                "done": all_done,
+            }
+        )
+        self.svc._persist(self.svc.records[record.instance_id].replace(exit=exit_state))
+
+    def _broadcast(self, raw: bytes) -> bool:
+        try:
+            res = self.svc.rpc.call("sendrawtransaction", {"tx": raw.hex(), "allowhighfees": True})
+        except Exception as e:
+            log.info("sendrawtransaction failed: %s", e)
+            return False
+        if not res.get("success", False):
+            log.info("sendrawtransaction refused: %s", res.get("errmsg"))
+        return bool(res.get("success", False))
+
+    def _fee_rate_kvb(self) -> int:
+        try:
+            rates = self.svc.rpc.call("feerates", {"style": "perkb"})["perkb"]
+            return int(rates.get("opening") or rates.get("min_acceptable") or 2000)
+        except Exception:
+            return 2000
+
+    def _cpfp(self, bump: Bump) -> bool:
+        """A child spending the anchor plus wallet coins, paying for parent + child."""
+        child_vsize = 11 + 41 + 68 + 31 + 1  # overhead, anchor input, a P2WPKH input, change
+        fee = bump.child_fee(child_vsize)
+        try:
+            funded = self.svc.rpc.call(
+                "fundpsbt",
+                {
+                    "satoshi": max(fee, 1),
+                    "feerate": "253perkw",
+                    "startweight": (10 + 41 + 31) * 4 + 1,
+                    "reserve": 6,
+                    "excess_as_change": True,
+                },
+            )
+            change = funded.get("change_outnum")
+            if change is None:
+                log.warning("CPFP of %s: no change output to carry the anchor", bump.txid[:16])
+                return False
+            with_anchor = psbt.add_anchor_input(
+                funded["psbt"], bump.anchor, bump.anchor_sat, change
+            )
+            signed = self.svc.rpc.call("signpsbt", {"psbt": with_anchor})["signed_psbt"]
+            anchor_index = len(psbt.unsigned_tx(signed).inputs) - 1
+            final = psbt.finalize_anchor(signed, anchor_index)
+            self.svc.rpc.call("sendpsbt", {"psbt": final})
+        except Exception as e:
+            log.warning("CPFP of %s failed: %s", bump.txid[:16], e)
+            return False
+        log.info("CPFP: bumped %s to %d sat/kvB", bump.txid[:16], bump.target_rate_kvb)
+        return True
+
+    def _close_channel(
+        self, record: store.Record, entries: list[store.PathEntry], exit_state: store.ExitState
+    ) -> store.ExitState:
+        leaf_txid = _txid(entries[-1].raw)
+        for ch in self.svc._channels().values():
+            cid = ch.get("channel_id")
+            if ch.get("funding_txid") != leaf_txid or not cid or cid in exit_state.closed:
+                continue
+            if ch.get("state") not in (
+                "CHANNELD_NORMAL",
+                "CHANNELD_AWAITING_LOCKIN",
+                "CHANNELD_SHUTTING_DOWN",
+            ):
+                continue
+            try:
+                self.svc.rpc.call("close", {"id": cid, "unilateraltimeout": 1})
+            except Exception as e:
+                log.info("close %s: %s", cid[:16], e)
+                continue
+            log.warning(
+                "factory %s: leaf confirmed, channel %s handed to lightningd's close",
+                record.instance_id[:16],
+                cid[:16],
+            )
+            exit_state = store.ExitState(
+                **{**exit_state.__dict__, "closed": (*exit_state.closed, cid)}
+            )
+        return exit_state
+
+    # --- sweeping (LSP) -----------------------------------------------------------------------
+
+    def _factory(self, record: store.LspRecord) -> Factory:
+        slots = [
+            ClientSlot(
+                bytes.fromhex(c.pubkey or ""), bytes.fromhex(c.channel_script or ""), c.channel_sat
+            )
+            for c in record.clients
+        ]
+        return Factory.create(
+            record.params, bytes.fromhex(record.lsp_pubkey), slots, record.timeout_height
+        )
+
+    def sweep(self, record: store.LspRecord, height: int) -> None:
+        """After T: sweep every timeout-leaf output the tree left on chain (persist, then send;
+        unconfirmed sweeps are sent again every block: sending is idempotent)."""
+        if not record.tree or record.funding_txid is None or record.funding_vout is None:
+            return
+        confirmed = dict(record.confirmed)
+        swept = dict(record.sweeps)
+        factory = self._factory(record)
+        published = {e.node: _txid(e.raw) for e in record.tree if _txid(e.raw) in confirmed}
+        outpoint = (record.funding_txid, record.funding_vout)
+        todo = [
+            c
+            for c in policy.timeout_sweep_candidates(factory, outpoint, published)
+            if f"{c.outpoint[0]}:{c.outpoint[1]}" not in swept
+        ]
+        if todo:
+            lsp_key = self.svc.lsp_key(record.instance_id)
+            dest = address.decode(self.svc.rpc.call("newaddr", {"addresstype": "p2tr"})["p2tr"])
+            rate = max(self._fee_rate_kvb(), 1000)
+            new = tuple(
+                (
+                    f"{c.outpoint[0]}:{c.outpoint[1]}",
+                    policy.timeout_sweep(
+                        factory, c.outpoint, c.output, c.amount, lsp_key, dest, rate
+                    ).hex(),
+                )
+                for c in todo
+            )
+            record = record.replace(sweeps=(*record.sweeps, *new))
+            self.svc._persist(record)
+            log.warning(
+                "factory %s: sweeping %d output(s) after the timeout",
+                record.instance_id[:16],
+                len(new),
+            )
+        for _, raw in record.sweeps:
+            if _txid(raw) not in confirmed:
+                self._broadcast(bytes.fromhex(raw))
