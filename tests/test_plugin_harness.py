@@ -420,7 +420,7 @@ def test_a_client_exits_alone_while_the_lsp_is_offline(
     assert txs["kickoff"]["status"] == txs["leaf"]["status"] == "confirmed"
     # The leaf waited out its nSequence after the kickoff confirmed (the fake chain would not
     # have refused it: the plugin itself held it back).
-    delay = [e["relative_delay"] for e in status()["exit_path"] if e["kind"] == "leaf"][0]
+    delay = next(e["relative_delay"] for e in status()["exit_path"] if e["kind"] == "leaf")
     assert delay == 3 and txs["leaf"]["height"] >= txs["kickoff"]["height"] + delay
     chan = me.rpc_call("listpeerchannels")["channels"][0]
     assert me.closed_channels == [chan["channel_id"]]  # handed to lightningd's onchain handling
