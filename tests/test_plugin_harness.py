@@ -465,3 +465,30 @@ def test_the_lsp_sweeps_the_factory_after_its_timeout(
     net.mine(2)
     time.sleep(0.5)
     assert len(lsp.rpc_call("factory-status")["factories"][0]["sweeps"]) == 1
+
+
+def test_invoices_on_a_node_with_factory_channels_carry_the_ewt(
+    network_factory: Callable[..., Network],
+) -> None:
+    net, lsp, clients = _setup(network_factory, n=2)
+    loner = net.add_node("loner")  # the plugin, but no factory channel
+
+    def invoice(node: FakeNode, params: Any) -> dict[str, Any]:
+        call = {"rpc_command": {"jsonrpc": "2.0", "id": 7, "method": "invoice", "params": params}}
+        return node.call_hook("rpc_command", call)
+
+    named = {"amount_msat": 1000, "label": "a", "description": "d"}
+    assert invoice(clients[0], named) == {"result": "continue"}  # no factory yet
+    created = _create(lsp, clients)
+    ewt = created["early_warning_time"]
+    _wait(lambda: "replace" in invoice(clients[0], named))
+    replaced = invoice(clients[0], named)["replace"]
+    assert replaced["method"] == "invoice" and replaced["id"] == 7
+    assert replaced["params"] == {**named, "cltv": 18 + ewt}  # cltv-final 18, raised by the EWT
+    positional = invoice(clients[0], [1000, "b", "d", 3600, None, None, None, 40])["replace"]
+    assert positional["params"]["cltv"] == 40 + ewt and positional["params"]["label"] == "b"
+    capped = invoice(clients[0], {**named, "cltv": 2000})["replace"]
+    assert capped["params"]["cltv"] == 2016  # never above max-locktime-blocks
+    assert invoice(loner, named) == {"result": "continue"}
+    other = {"rpc_command": {"jsonrpc": "2.0", "id": 8, "method": "getinfo", "params": {}}}
+    assert clients[0].call_hook("rpc_command", other) == {"result": "continue"}

@@ -317,7 +317,7 @@ def on_rpc_command(rpc_command: dict[str, Any], plugin: Plugin, **_: Any) -> dic
         return {"result": "continue"}
     if params is None:
         return {"result": "continue"}
-    return {"replace": {**rpc_command, "params": params}}
+    return {"replace": {**rpc_command, "jsonrpc": "2.0", "params": params}}
 
 
 @plugin.subscribe("connect")
