@@ -150,3 +150,116 @@ def test_bad_factory_create_parameters_leave_nothing_behind(node_factory: Any) -
             lsp.rpc.call("factory-create", params)
     assert all(not o.get("reserved") for o in lsp.rpc.listfunds()["outputs"])
     assert lsp.rpc.listpeerchannels()["channels"] == []
+
+
+SMALL = {"states_per_layer": 2, "step_blocks": 3}
+
+
+def _factory(lsp: Any, clients: list[Any]) -> dict[str, Any]:
+    ids = [c.info["id"] for c in clients]
+    out: dict[str, Any] = {}
+
+    def attempt() -> bool:
+        nonlocal out
+        try:
+            out = lsp.rpc.call(
+                "factory-create", {"clients": ids, "channel_sat": CHANNEL_SAT, **SMALL}
+            )
+            return True
+        except Exception as e:
+            if "has not announced SuperScalar support" in str(e):
+                return False
+            raise
+
+    wait_for(attempt)
+    for c in clients:
+        wait_for(lambda c=c: _normal(lsp, c) and _normal(c, lsp))
+    return out
+
+
+def _wallet_sat(node: Any) -> int:
+    return sum(
+        int(o["amount_msat"]) // 1000
+        for o in node.rpc.listfunds()["outputs"]
+        if o["status"] == "confirmed"
+    )
+
+
+def test_a_client_force_exits_alone_and_its_balance_reaches_its_wallet(
+    node_factory: Any, bitcoind: Any
+) -> None:
+    lsp, clients = _lsp_and_clients(node_factory, 1)
+    me = clients[0]
+    created = _factory(lsp, clients)
+    bitcoind.generate_block(1)
+    inv = me.rpc.invoice(200_000_000, "exit-balance", "to the client")["bolt11"]
+    assert lsp.rpc.pay(inv)["status"] == "complete"
+    before = _wallet_sat(me)
+    lsp.stop()  # the LSP is gone: the client uses only what it stored
+    me.rpc.call("factory-exit", {"instance": created["instance"]})
+
+    def exit_done() -> bool:
+        bitcoind.generate_block(1)
+        view = me.rpc.call("factory-status", {"instance": created["instance"]})["factories"][0]
+        return bool(view["exit"]["done"])
+
+    wait_for(exit_done, timeout=300)
+
+    def balance_home() -> bool:
+        bitcoind.generate_block(1)
+        return _wallet_sat(me) - before >= 190_000  # 200k sat minus the commitment's fees
+
+    wait_for(balance_home, timeout=300)
+
+
+def test_the_lsp_sweeps_after_the_timeout(node_factory: Any, bitcoind: Any) -> None:
+    lsp = node_factory.get_node(
+        options={"plugin": PLUGIN, "superscalar-lifetime-blocks": 90}, may_reconnect=True
+    )
+    clients = node_factory.get_nodes(
+        2, opts={"plugin": PLUGIN, "superscalar-accept-from": lsp.info["id"]}
+    )
+    for c in clients:
+        lsp.rpc.connect(c.info["id"], "localhost", c.port)
+    lsp.fundwallet(10_000_000)
+    created = _factory(lsp, clients)
+    for c in clients:
+        c.stop()  # clients that never exit lose their claim after T: the design
+    bitcoind.generate_block(created["timeout_height"] - bitcoind.rpc.getblockcount() + 1)
+
+    def swept() -> bool:
+        view = lsp.rpc.call("factory-status", {"instance": created["instance"]})["factories"][0]
+        if view.get("sweeps") and all(s["confirmed"] for s in view["sweeps"]):
+            return True
+        bitcoind.generate_block(1)
+        return False
+
+    wait_for(swept, timeout=120)
+    [sweep] = lsp.rpc.call("factory-status")["factories"][0]["sweeps"]
+    wait_for(lambda: any(o["txid"] == sweep["txid"] for o in lsp.rpc.listfunds()["outputs"]))
+
+
+def test_a_payment_whose_cltv_reaches_past_the_factory_timeout_is_refused(
+    node_factory: Any, bitcoind: Any
+) -> None:
+    lsp = node_factory.get_node(
+        options={"plugin": PLUGIN, "superscalar-lifetime-blocks": 150}, may_reconnect=True
+    )
+    [client] = node_factory.get_nodes(
+        1, opts={"plugin": PLUGIN, "superscalar-accept-from": lsp.info["id"]}
+    )
+    lsp.rpc.connect(client.info["id"], "localhost", client.port)
+    lsp.fundwallet(10_000_000)
+    created = _factory(lsp, [client])
+    ewt, timeout = created["early_warning_time"], created["timeout_height"]
+    ok = client.rpc.invoice(10_000_000, "in-time", "fine")["bolt11"]
+    assert lsp.rpc.pay(ok)["status"] == "complete"
+    # Close to the end: an HTLC expiring after T - EWT could not be enforced before T.
+    target = timeout - 2 * ewt - 10
+    bitcoind.generate_block(target - bitcoind.rpc.getblockcount())
+    wait_for(lambda: client.rpc.getinfo()["blockheight"] == target)
+    late = client.rpc.invoice(10_000_000, "too-late", "refused")["bolt11"]
+    with pytest.raises(
+        Exception, match=r"WIRE_INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS|incorrect_or_unknown"
+    ):
+        lsp.rpc.pay(late)
