@@ -50,6 +50,7 @@ log = logging.getLogger("superscalar")
 
 DATASTORE_ROOT = ["superscalar", "factories"]
 MIN_CHANNEL_SAT = 20_000  # below Core Lightning's usual min-capacity-sat, opens fail anyway
+FACTORY_PUSH_MSAT = 1000
 
 
 class RpcFailed(SuperscalarError):
@@ -635,6 +636,9 @@ class FactoryService:
                         "amount": c.channel_sat,
                         "announce": False,
                         "mindepth": 0,
+                        # A fundee that never held funds forgets an unconfirmed channel after 2016
+                        # blocks (DESIGN 3.6); one pushed sat keeps it for the factory's lifetime.
+                        "push_msat": FACTORY_PUSH_MSAT,
                     },
                 )
             except Exception as e:
@@ -904,7 +908,7 @@ class FactoryService:
         with self.lock:
             instance = self.expected_opens.pop((peer, funding_msat), None)
             refused = self.refused_opens.pop((peer, 0), None)
-        if instance is not None and push_msat == 0:
+        if instance is not None and push_msat <= FACTORY_PUSH_MSAT:
             log.info("accepting factory channel from %s (factory %s)", peer, instance[:16])
             return {"result": "continue", "mindepth": 0}
         if instance is not None or refused is not None:
