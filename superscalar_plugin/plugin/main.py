@@ -60,6 +60,7 @@ OPTIONS: list[tuple[str, Any, str, str]] = [
     ("superscalar-stock-sat", 100000, "LSP liquidity stock per leaf (sat)", "int"),
     ("superscalar-lifetime-blocks", 4320, "Blocks from creation to the factory's timeout", "int"),
     ("superscalar-ceremony-timeout", 60, "Seconds a creation waits for a silent client", "int"),
+    ("superscalar-exit-margin", 12, "Blocks added to the EWT before an exit starts", "int"),
 ]
 for name, default, text, kind in OPTIONS:
     plugin.add_option(name, default, text, opt_type=kind, multi=name == "superscalar-accept-from")
@@ -148,6 +149,7 @@ def init(options: dict[str, Any], configuration: dict[str, Any], plugin: Plugin,
         params=params,
         lifetime_blocks=int(options["superscalar-lifetime-blocks"]),
         ceremony_timeout=float(options["superscalar-ceremony-timeout"]),
+        exit_margin=int(options["superscalar-exit-margin"]),
     )
     service = FactoryService(plugin.rpc, config)
     service.start()

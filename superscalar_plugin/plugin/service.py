@@ -49,7 +49,7 @@ from .onchain import OnChain
 log = logging.getLogger("superscalar")
 
 DATASTORE_ROOT = ["superscalar", "factories"]
-MIN_CHANNEL_SAT = 20_000  # below Core Lightning's usual min-capacity-sat, opens fail anyway
+MIN_CHANNEL_SAT = 20_000  # a floor above Core Lightning's default min-capacity-sat (10,000)
 FACTORY_PUSH_MSAT = 1000
 
 
