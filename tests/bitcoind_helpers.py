@@ -106,7 +106,7 @@ def refused(node: BitcoindProcess, raw: bytes, reason: str) -> None:
 
 
 def delay(f: Factory, states: Sequence[int], node: int) -> int:
-    return f.params.state_delay(states[node]) if f.topology.nodes[node].kind.is_state else 0
+    return f.topology.relative_delay(node, states[node])
 
 
 def anchor_vout(signed: SignedNodeTx) -> int:

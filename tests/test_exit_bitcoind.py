@@ -25,7 +25,7 @@ from superscalar_plugin.engine.exit import (
     WaitUntil,
     exit_step,
 )
-from superscalar_plugin.engine.tree import FactoryParams
+from superscalar_plugin.engine.tree import Factory, FactoryParams
 from superscalar_plugin.simulate import make_factory
 
 import bitcoind_helpers as bh
@@ -99,6 +99,29 @@ def _run_exit(
     raise AssertionError(f"exit did not finish in {max_blocks} blocks: {seen}")
 
 
+def _signed_factory(
+    node: BitcoindProcess, n: int, seed: str, timeout: int
+) -> tuple[Factory, Any, tuple[str, int], int, dict[int, SignedNodeTx]]:
+    """A funded, confirmed factory signed in one process: (factory, participants, funding
+    outpoint, the height before funding, signed txs by node)."""
+    bh.ensure_funds(node)
+    people = make_factory(n, PARAMS, timeout_height=timeout, seed=seed)
+    f = people.factory
+    start = node.height()
+    outpoint = bh.send_funding(node, f)
+    node.mine(1)
+    states = dw.initial_states(f.topology)
+    signed = sign_in_process(f, outpoint, states, people.lsp_seckey, people.client_seckeys)
+    return f, people, outpoint, start, signed
+
+
+def _client_path(f: Factory, signed: dict[int, SignedNodeTx], client: int) -> list[PathTx]:
+    return [
+        PathTx.of(signed[n], f.topology.relative_delay(n, 0))
+        for n in f.topology.client_path(client)
+    ]
+
+
 def test_a_client_exits_alone_from_its_stored_path_bumping_stuck_txs(
     bitcoind_factory: NodeFactory,
 ) -> None:
@@ -116,12 +139,7 @@ def test_a_client_exits_alone_from_its_stored_path_bumping_stuck_txs(
     run_ceremony(co, signers)
     mine = signers[3]
     path = [
-        PathTx.of(
-            s,
-            f.params.state_delay(mine.states[s.node])
-            if f.topology.nodes[s.node].kind.is_state
-            else 0,
-        )
+        PathTx.of(s, f.topology.relative_delay(s.node, mine.states[s.node]))
         for s in mine.signed_path
     ]
     by_txid = {s.txid: s for s in mine.signed_path}
@@ -137,23 +155,10 @@ def test_a_client_exits_alone_from_its_stored_path_bumping_stuck_txs(
 
 
 def test_exit_rebroadcasts_what_fell_out_of_the_mempool(bitcoind: BitcoindProcess) -> None:
-    bh.ensure_funds(bitcoind)
-    people = make_factory(
-        4, PARAMS, timeout_height=bitcoind.height() + 2000, seed="exit-rebroadcast"
+    f, _, outpoint, start, signed = _signed_factory(
+        bitcoind, 4, "exit-rebroadcast", bitcoind.height() + 2000
     )
-    f = people.factory
-    start = bitcoind.height()
-    outpoint = bh.send_funding(bitcoind, f)
-    bitcoind.mine(1)
-    states = dw.initial_states(f.topology)
-    signed = sign_in_process(f, outpoint, states, people.lsp_seckey, people.client_seckeys)
-    nodes = f.topology.client_path(0)
-    path = [
-        PathTx.of(
-            signed[n], f.params.state_delay(states[n]) if f.topology.nodes[n].kind.is_state else 0
-        )
-        for n in nodes
-    ]
+    path = _client_path(f, signed, 0)
     watcher = ChainWatcher(bitcoind, start)
     [first] = exit_step(outpoint[0], path, watcher.view(2000))
     assert isinstance(first, Broadcast) and first.txid == path[0].txid
@@ -175,23 +180,11 @@ def test_exit_rebroadcasts_what_fell_out_of_the_mempool(bitcoind: BitcoindProces
 def test_lsp_sweeps_everything_with_a_timeout_leaf_after_T_idempotently(
     bitcoind: BitcoindProcess,
 ) -> None:
-    bh.ensure_funds(bitcoind)
     timeout = bitcoind.height() + 40
-    people = make_factory(8, PARAMS, timeout_height=timeout, seed="sweep-all")
-    f = people.factory
-    start = bitcoind.height()
-    outpoint = bh.send_funding(bitcoind, f)
-    bitcoind.mine(1)
-    states = dw.initial_states(f.topology)
-    signed = sign_in_process(f, outpoint, states, people.lsp_seckey, people.client_seckeys)
+    f, people, outpoint, start, signed = _signed_factory(bitcoind, 8, "sweep-all", timeout)
     # Client 0 exits: root kickoff, root state, one kickoff, one leaf go on chain.
     nodes = f.topology.client_path(0)
-    path = [
-        PathTx.of(
-            signed[n], f.params.state_delay(states[n]) if f.topology.nodes[n].kind.is_state else 0
-        )
-        for n in nodes
-    ]
+    path = _client_path(f, signed, 0)
     _run_exit(bitcoind, outpoint[0], path, {s.txid: s for s in signed.values()}, 2000, since=start)
     published = {n: signed[n].txid for n in nodes}
     candidates = policy.timeout_sweep_candidates(f, outpoint, published)

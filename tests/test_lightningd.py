@@ -49,23 +49,15 @@ def _lsp_and_clients(node_factory: Any, n: int) -> tuple[Any, list[Any]]:
     return lsp, clients
 
 
-def _create(lsp: Any, clients: list[Any]) -> dict[str, Any]:
+def _create(lsp: Any, clients: list[Any], **extra: Any) -> dict[str, Any]:
     ids = [c.info["id"] for c in clients]
-    # The handshake (bLIP-56 0x0002) arrives right after connecting; retry until it did.
+    params = {"clients": ids, "channel_sat": CHANNEL_SAT, "states_per_layer": 2, "step_blocks": 6}
     result: dict[str, Any] = {}
 
-    def attempt() -> bool:
+    def attempt() -> bool:  # the bLIP-56 handshake arrives right after connecting
         nonlocal result
         try:
-            result = lsp.rpc.call(
-                "factory-create",
-                {
-                    "clients": ids,
-                    "channel_sat": CHANNEL_SAT,
-                    "states_per_layer": 2,
-                    "step_blocks": 6,
-                },
-            )
+            result = lsp.rpc.call("factory-create", {**params, **extra})
             return True
         except Exception as e:
             if "has not announced SuperScalar support" in str(e):
@@ -156,22 +148,7 @@ SMALL = {"states_per_layer": 2, "step_blocks": 3}
 
 
 def _factory(lsp: Any, clients: list[Any]) -> dict[str, Any]:
-    ids = [c.info["id"] for c in clients]
-    out: dict[str, Any] = {}
-
-    def attempt() -> bool:
-        nonlocal out
-        try:
-            out = lsp.rpc.call(
-                "factory-create", {"clients": ids, "channel_sat": CHANNEL_SAT, **SMALL}
-            )
-            return True
-        except Exception as e:
-            if "has not announced SuperScalar support" in str(e):
-                return False
-            raise
-
-    wait_for(attempt)
+    out = _create(lsp, clients, **SMALL)
     for c in clients:
         wait_for(lambda c=c: _normal(lsp, c) and _normal(c, lsp))
     return out

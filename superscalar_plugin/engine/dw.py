@@ -46,7 +46,4 @@ def advance_leaf(topo: Topology, states: States, leaf: int) -> Advance:
 
 def path_delays(topo: Topology, states: States, leaf: int) -> list[int]:
     """Relative delay of each tx on the root-to-leaf path in the given state."""
-    params = topo.params
-    return [
-        params.state_delay(states[n]) if topo.nodes[n].kind.is_state else 0 for n in topo.path(leaf)
-    ]
+    return [topo.relative_delay(n, states[n]) for n in topo.path(leaf)]

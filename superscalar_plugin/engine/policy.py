@@ -47,7 +47,7 @@ def plan_exit(
     steps = []
     for signed in path:
         node = keys.topology.nodes[signed.node]
-        delay = keys.params.state_delay(states[signed.node]) if node.kind.is_state else 0
+        delay = keys.topology.relative_delay(signed.node, states[signed.node])
         height += delay
         raw = signed.raw()
         tx = signed.unsigned.tx

@@ -208,6 +208,11 @@ class Topology:
         """Transactions on a root-to-leaf path (every leaf sits at the same depth)."""
         return len(self.path(len(self.nodes) - 1))
 
+    def relative_delay(self, node: int, state_index: int) -> int:
+        """Blocks `node`'s tx waits after its parent confirms (BIP68): its DW state's delay for a
+        state tx, none for a kickoff or split."""
+        return self.params.state_delay(state_index) if self.nodes[node].kind.is_state else 0
+
     def state_layers_on_path(self, node: int) -> int:
         return sum(1 for i in self.path(node) if self.nodes[i].kind.is_state)
 

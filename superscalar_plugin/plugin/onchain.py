@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..engine import policy, store
 from ..engine.ceremony import SignedNodeTx
@@ -57,11 +57,8 @@ def _entry_tx(e: store.PathEntry) -> SignedNodeTx:
     )
 
 
-def _path_txs(params_delay: Any, topo: Topology, entries: list[store.PathEntry]) -> list[PathTx]:
-    return [
-        PathTx.of(_entry_tx(e), params_delay(e.state) if topo.nodes[e.node].kind.is_state else 0)
-        for e in entries
-    ]
+def _path_txs(topo: Topology, entries: list[store.PathEntry]) -> list[PathTx]:
+    return [PathTx.of(_entry_tx(e), topo.relative_delay(e.node, e.state)) for e in entries]
 
 
 class OnChain:
@@ -200,7 +197,7 @@ class OnChain:
         done_paths = 0
         sent: set[str] = set()
         for entries in self._paths(record):
-            path = _path_txs(record.params.state_delay, topo, entries)
+            path = _path_txs(topo, entries)
             for action in exit_step(funding, path, view):
                 if isinstance(action, Broadcast) and action.txid not in sent:
                     sent.add(action.txid)

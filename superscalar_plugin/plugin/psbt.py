@@ -32,24 +32,8 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 def unsigned_tx(psbt_b64: str) -> Tx:
     """The global unsigned transaction of a PSBT (v0, as lightningd's RPCs return)."""
-    try:
-        data = base64.b64decode(psbt_b64, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise WireError("PSBT is not base64") from e
-    if not data.startswith(MAGIC):
-        raise WireError("not a PSBT")
-    pos = len(MAGIC)
-    while True:
-        key_len, pos = _read_varint(data, pos)
-        if key_len == 0:
-            raise WireError("PSBT has no global unsigned transaction")
-        key = data[pos : pos + key_len]
-        pos += key_len
-        value_len, pos = _read_varint(data, pos)
-        value = data[pos : pos + value_len]
-        pos += value_len
-        if key == bytes([GLOBAL_UNSIGNED_TX]):
-            return Tx.deserialize(value)
+    glob, _, _ = parse(psbt_b64)
+    return next(Tx.deserialize(v) for k, v in glob if k == bytes([GLOBAL_UNSIGNED_TX]))
 
 
 def unsigned_txid(psbt_b64: str) -> str:

@@ -978,9 +978,7 @@ class FactoryService:
                     "kind": topo.nodes[e.node].kind.value,
                     "dw_state": e.state,
                     "txid": Tx.deserialize(bytes.fromhex(e.raw)).txid,
-                    "relative_delay": record.params.state_delay(e.state)
-                    if topo.nodes[e.node].kind.is_state
-                    else 0,
+                    "relative_delay": topo.relative_delay(e.node, e.state),
                 }
                 for e in record.path
             ]
@@ -1005,7 +1003,7 @@ class FactoryService:
             node = topo.nodes[e.node]
             parent_txid = record.funding_txid if node.parent is None else txid_of.get(node.parent)
             parent_height = confirmed.get(parent_txid or "")
-            delay = record.params.state_delay(e.state) if node.kind.is_state else 0
+            delay = topo.relative_delay(e.node, e.state)
             item: dict[str, Any] = {"node": e.node, "kind": node.kind.value, "txid": txid}
             if txid in confirmed:
                 item["status"], item["height"] = "confirmed", confirmed[txid]
