@@ -403,7 +403,9 @@ def test_a_client_exits_alone_while_the_lsp_is_offline(
     net, lsp, clients = _setup(network_factory, n=2)
     created = _create(lsp, clients, **SMALL)
     instance = created["instance"]
+    assert created["funding"]["confirmations"] == 0
     net.mine(1)  # the funding confirms
+    _wait(lambda: _status(lsp)[0]["funding"]["confirmations"] == 1)
     lsp.kill()
     net.take_errors()
     me = clients[0]
@@ -461,10 +463,12 @@ def test_the_lsp_sweeps_the_factory_after_its_timeout(
     tx = net.chain.txs[sweep["txid"]].tx
     assert tx.nLockTime == timeout and len(tx.vout) == 1
     assert 0 < funding["amount_sat"] - tx.vout[0].nValue < 10_000  # the fee, at lightningd's rate
-    # Idempotent: more blocks, no second sweep, nothing more to do.
+    # Idempotent, also across a restart: more blocks, no second sweep, nothing more to do.
+    lsp.restart(reconnect=False)
     net.mine(2)
     time.sleep(0.5)
-    assert len(lsp.rpc_call("factory-status")["factories"][0]["sweeps"]) == 1
+    [again] = lsp.rpc_call("factory-status")["factories"][0]["sweeps"]
+    assert again == sweep and again["confirmed"]
 
 
 def test_invoices_on_a_node_with_factory_channels_carry_the_ewt(

@@ -952,6 +952,7 @@ class FactoryService:
                 "txid": record.funding_txid,
                 "vout": record.funding_vout,
                 "amount_sat": record.funding_amount,
+                "confirmations": self._confirmations(record, record.funding_txid),
             }
             channels = self._channels()
             base["clients"] = [
@@ -972,6 +973,7 @@ class FactoryService:
             base["index"] = record.client_index
             base["channel_sat"] = record.channel_sat
             base["funding_txid"] = record.funding_txid
+            base["funding_confirmations"] = self._confirmations(record, record.funding_txid)
             base["exit_path"] = [
                 {
                     "node": e.node,
@@ -983,6 +985,10 @@ class FactoryService:
                 for e in record.path
             ]
         return base
+
+    def _confirmations(self, record: store.Record, txid: str | None) -> int:
+        height = dict(record.confirmed).get(txid or "")
+        return 0 if height is None else max(0, self.blockheight - height + 1)
 
     def _exit_progress(self, record: store.Record, topo: Topology) -> dict[str, Any]:
         """What confirmed, what was broadcast, what waits for which height."""
