@@ -116,15 +116,16 @@ class OnChain:
         if record.state not in funded:
             return
         if record.exit is None:
-            reason = self._exit_reason(record, height)
-            if reason is not None:
-                record = self.start_exit(record, reason, None)
+            trigger = self._exit_reason(record, height)
+            if trigger is not None:
+                record = self.start_exit(record, *trigger)
         if record.exit is not None and not record.exit.done:
             self.drive(record)
         if isinstance(record, store.LspRecord) and height >= record.timeout_height:
             self.sweep(self.svc.records[record.instance_id], height)  # type: ignore[arg-type]
 
-    def _exit_reason(self, record: store.Record, height: int) -> str | None:
+    def _exit_reason(self, record: store.Record, height: int) -> tuple[str, int | None] | None:
+        """Why to start an exit now, and whose path (None: every client's), or None."""
         n = len(record.clients) if isinstance(record, store.LspRecord) else record.n_clients
         ewt = Topology.build(n, record.params).ewt
         margin = self.svc.config.exit_margin
@@ -132,29 +133,32 @@ class OnChain:
             isinstance(record, store.ClientRecord)
             and height + ewt + margin >= record.timeout_height
         ):
-            return f"the factory times out at {record.timeout_height}: exit before it"
+            return f"the factory times out at {record.timeout_height}: exit before it", None
         deadline = self._htlc_deadline(record)
-        if deadline is not None and height + ewt + margin >= deadline:
-            return f"an offered HTLC expires at {deadline}: exit to enforce it"
+        if deadline is not None and height + ewt + margin >= deadline[0]:
+            return f"an offered HTLC expires at {deadline[0]}: exit to enforce it", deadline[1]
         return None
 
-    def _htlc_deadline(self, record: store.Record) -> int | None:
-        """The earliest expiry of an HTLC we offered on one of this factory's channels."""
-        ids = set()
+    def _htlc_deadline(self, record: store.Record) -> tuple[int, int | None] | None:
+        """The earliest expiry of an HTLC we offered on one of this factory's channels, and (on
+        the LSP) the client whose channel holds it."""
+        owner: dict[str, int | None] = {}
         if isinstance(record, store.LspRecord):
-            ids = {c.channel_id for c in record.clients if c.channel_id}
+            owner = {c.channel_id: i for i, c in enumerate(record.clients) if c.channel_id}
         leaf_txid = (
             _txid(record.path[-1].raw)
             if isinstance(record, store.ClientRecord) and record.path
             else None
         )
-        expiries = []
+        best: tuple[int, int | None] | None = None
         for ch in self.svc._channels().values():
-            if ch.get("channel_id") in ids or (leaf_txid and ch.get("funding_txid") == leaf_txid):
-                expiries += [
-                    int(h["expiry"]) for h in ch.get("htlcs", []) if h.get("direction") == "out"
-                ]
-        return min(expiries) if expiries else None
+            cid = ch.get("channel_id", "")
+            if cid not in owner and not (leaf_txid and ch.get("funding_txid") == leaf_txid):
+                continue
+            for h in ch.get("htlcs", []):
+                if h.get("direction") == "out" and (best is None or int(h["expiry"]) < best[0]):
+                    best = (int(h["expiry"]), owner.get(cid))
+        return best
 
     def start_exit(self, record: store.Record, reason: str, client: int | None) -> store.Record:
         if isinstance(record, store.LspRecord):
