@@ -34,7 +34,10 @@ CHANNEL_SAT = 500_000
 
 
 def _lsp_and_clients(node_factory: Any, n: int) -> tuple[Any, list[Any]]:
-    lsp = node_factory.get_node(options={"plugin": PLUGIN}, may_reconnect=True)
+    # watchtime-blocks: the to_self_delay the LSP asks of clients, short so exits finish quickly.
+    lsp = node_factory.get_node(
+        options={"plugin": PLUGIN, "watchtime-blocks": 6}, may_reconnect=True
+    )
     clients = node_factory.get_nodes(
         n,
         opts={
@@ -183,7 +186,7 @@ def test_a_client_force_exits_alone_and_its_balance_reaches_its_wallet(
     wait_for(exit_done, timeout=300)
 
     def balance_home() -> bool:
-        bitcoind.generate_block(1)
+        bitcoind.generate_block(5)  # commitment, then to_local after the to_self_delay
         return _wallet_sat(me) - before >= 190_000  # 200k sat minus the commitment's fees
 
     wait_for(balance_home, timeout=300)
