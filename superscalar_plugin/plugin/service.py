@@ -749,7 +749,6 @@ class FactoryService:
         r = s.record
         if r.state in (store.LspState.FUNDED, store.LspState.ABORTED):
             return
-        log.warning("factory %s aborted: %s", r.instance_id[:16], reason)
         for i, c in enumerate(r.clients):
             if i in s.opened or r.state in (store.LspState.SIGNING, store.LspState.COMPLETING):
                 try:
@@ -763,6 +762,7 @@ class FactoryService:
                 log.error("could not unreserve the funding inputs: %s", _why(e))
         s.record = r.replace(state=store.LspState.ABORTED, error=reason)
         self._persist(s.record)
+        log.warning("factory %s aborted: %s", r.instance_id[:16], reason)
         if s.coordinator is not None:
             s.coordinator.abort(reason)
         for c in r.clients:
@@ -887,9 +887,9 @@ class FactoryService:
         if cs.record.state in (store.ClientState.FUNDED, store.ClientState.ABORTED):
             return
         cs.signer.forget()
-        log.warning("factory %s aborted: %s", cs.record.instance_id[:16], reason)
         cs.record = cs.record.replace(state=store.ClientState.ABORTED, error=reason)
         self._persist(cs.record)
+        log.warning("factory %s aborted: %s", cs.record.instance_id[:16], reason)
         with self.lock:
             for k, v in list(self.expected_opens.items()):
                 if v == cs.record.instance_id:
