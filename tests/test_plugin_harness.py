@@ -496,3 +496,52 @@ def test_invoices_on_a_node_with_factory_channels_carry_the_ewt(
     assert invoice(loner, named) == {"result": "continue"}
     other = {"rpc_command": {"jsonrpc": "2.0", "id": 8, "method": "getinfo", "params": {}}}
     assert clients[0].call_hook("rpc_command", other) == {"result": "continue"}
+
+
+def test_a_client_killed_mid_ceremony_is_named_and_restarts_aborted(
+    network_factory: Callable[..., Network],
+) -> None:
+    net, lsp, clients = _setup(network_factory, timeout=3)
+    victim = clients[1]
+
+    def kill_on_nonces(src: FakeNode, dst: FakeNode, msg_hex: str) -> str | None:
+        if src is victim and _ceremony_type(_piggyback(msg_hex)) is wire.MsgType.NONCES:
+            victim.kill()  # dies right after sending its nonces, which never arrive
+            return None
+        return msg_hex
+
+    net.intercept = kill_on_nonces
+    with pytest.raises(RpcCallError) as info:
+        _create(lsp, clients)
+    assert victim.node_id in str(info.value)
+    net.take_errors()
+    net.intercept = None
+    assert not _reserved(lsp)
+    victim.restart()
+    _wait(lambda: [f["state"] for f in _status(victim)] == ["aborted"])
+    assert "restarted before the factory was signed" in _status(victim)[0]["error"]
+
+
+def test_every_node_restarts_and_nothing_is_lost(network_factory: Callable[..., Network]) -> None:
+    net, lsp, clients = _setup(network_factory, n=2)
+    created = _create(lsp, clients, **SMALL)
+    instance = created["instance"]
+    net.mine(1)
+    before = {n.name: _status(n) for n in (lsp, *clients)}
+    for node in (lsp, *clients):
+        node.restart()
+    for node in (lsp, *clients):
+        after = _status(node)
+        assert [f["instance"] for f in after] == [instance]
+        assert after[0]["state"] == before[node.name][0]["state"]
+        if after[0]["role"] == "client":
+            assert after[0]["exit_path"] == before[node.name][0]["exit_path"]
+    # The restored client can still exit alone with what it stored.
+    lsp.kill()
+    net.take_errors()
+    clients[1].rpc_call("factory-exit", {"instance": instance}, timeout=30)
+
+    def done() -> bool:
+        return bool(_status(clients[1])[0]["exit"]["done"])
+
+    _mine_until(net, done)
