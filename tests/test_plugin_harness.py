@@ -545,3 +545,29 @@ def test_every_node_restarts_and_nothing_is_lost(network_factory: Callable[..., 
         return bool(_status(clients[1])[0]["exit"]["done"])
 
     _mine_until(net, done)
+
+
+def test_a_stranger_cannot_disturb_a_factory_it_is_not_part_of(
+    network_factory: Callable[..., Network],
+) -> None:
+    net, lsp, clients = _setup(network_factory, n=2)
+    stranger = net.add_node("stranger", options={"superscalar-accept-from": lsp.node_id})
+    net.connect(lsp, stranger)
+    net.connect(stranger, clients[0])
+
+    def meddle(src: FakeNode, dst: FakeNode, msg_hex: str) -> str | None:
+        payload = _piggyback(msg_hex)
+        if isinstance(payload, protocol.Propose) and dst is clients[0]:
+            # The stranger learned the instance id: it sends junk and an abort to both sides.
+            for kind in (protocol.PayloadType.ABORT, protocol.PayloadType.REJECT):
+                junk = protocol.Text(kind, payload.instance_id, "stranger says stop")
+                body = blip56.Piggyback(blip56.SUPERSCALAR_PROTOCOL_ID, protocol.encode(junk))
+                lsp.deliver_custommsg(stranger, body.encode().hex())
+                clients[0].deliver_custommsg(stranger, body.encode().hex())
+        return msg_hex
+
+    net.intercept = meddle
+    created = _create(lsp, clients)
+    assert created["state"] == "funded"
+    lsp.wait_for_log("not a client of factory")
+    clients[0].wait_for_log("for a factory it does not run")

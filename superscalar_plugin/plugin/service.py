@@ -569,7 +569,11 @@ class FactoryService:
         r = s.record
         index = next((i for i, c in enumerate(r.clients) if c.node_id == peer), None)
         if index is None:
-            raise CeremonyError(f"{peer} is not a client of this factory")
+            # Only participants may disturb a factory: a stranger's message is dropped, not fatal.
+            log.warning(
+                "dropped a message from %s, not a client of factory %s", peer, r.instance_id[:16]
+            )
+            return
         s.deadline = time.monotonic() + self.config.ceremony_timeout  # progress: wait again
         if isinstance(p, protocol.Text):
             self._lsp_abort(s, f"client {peer} refused: {p.reason}")
@@ -789,7 +793,10 @@ class FactoryService:
             self._client_consider(peer, p)
             return
         if cs is None or cs.record.lsp_node_id != peer:
-            raise CeremonyError(f"message for unknown factory {instance[:16]}")
+            log.warning(
+                "dropped a message from %s for a factory it does not run (%s)", peer, instance[:16]
+            )
+            return
         if isinstance(p, protocol.Ceremony):
             reply = cs.signer.receive(p.message)
             if cs.record.state is store.ClientState.ACCEPTED:
