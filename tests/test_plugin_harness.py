@@ -571,3 +571,25 @@ def test_a_stranger_cannot_disturb_a_factory_it_is_not_part_of(
     assert created["state"] == "funded"
     lsp.wait_for_log("not a client of factory")
     clients[0].wait_for_log("for a factory it does not run")
+
+
+def test_peers_without_the_feature_are_never_sent_factory_messages(
+    network_factory: Callable[..., Network],
+) -> None:
+    from pathlib import Path
+
+    net, lsp, clients = _setup(network_factory, n=1)
+    bare = net.add_node(
+        "bare", plugin=[sys.executable, str(Path(__file__).parent / "harness" / "bare_plugin.py")]
+    )
+    net.connect(lsp, bare)
+    _create(lsp, clients)  # factory traffic flows to the client ...
+    lsp.restart()  # ... and after a restart the LSP greets the connected peers again
+    import time
+
+    time.sleep(0.5)
+    # ... but the bare peer never got an (even, unknown to it) 32800 message: still connected.
+    assert any(
+        p["id"] == bare.node_id and p["connected"] for p in lsp.rpc_call("listpeers")["peers"]
+    )
+    assert not any(m.dst == bare.name for m in net.messages)

@@ -219,6 +219,11 @@ class FactoryService:
         self._send_raw(peer, blip56.Piggyback(blip56.SUPERSCALAR_PROTOCOL_ID, body).encode())
 
     def _greet(self, peer: str) -> None:
+        """bLIP-56: send supported_factory_protocols to a peer whose init set bit 270/271 - and
+        only to such a peer: an unknown even message would make any other peer hang up."""
+        peers = self.rpc.call("listpeers", {"id": peer}).get("peers", [])
+        if not peers or not _has_factory_feature(str(peers[0].get("features", ""))):
+            return
         msg = blip56.SupportedProtocols((blip56.SUPERSCALAR_PROTOCOL_ID,)).encode()
         try:
             self._send_raw(peer, msg)
@@ -227,7 +232,7 @@ class FactoryService:
 
     def _greet_connected_peers(self) -> None:
         for peer in self.rpc.call("listpeers").get("peers", []):
-            if peer.get("connected"):
+            if peer.get("connected") and _has_factory_feature(str(peer.get("features", ""))):
                 self._greet(peer["id"])
 
     def on_connect(self, peer: str) -> None:
@@ -1068,6 +1073,15 @@ def _probe_factory(
         pk = musig2.pubkey_from_secret(hashlib.sha256(b"probe%d" % i).digest())
         slots.append(ClientSlot(pk, b"\x00\x20" + bytes(32), sat))
     return Factory.create(params, lsp_pub, slots, timeout)
+
+
+def _has_factory_feature(features_hex: str) -> bool:
+    """Bit 270 or 271 (`pluggable_channel_factories`) in a peer's init features."""
+    try:
+        bits = int(features_hex, 16) if features_hex else 0
+    except ValueError:
+        return False
+    return bool((bits >> (blip56.FEATURE_BIT - 1)) & 0b11)
 
 
 def _msat(value: Any) -> int:
