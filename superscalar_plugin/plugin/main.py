@@ -152,8 +152,7 @@ def init(options: dict[str, Any], configuration: dict[str, Any], plugin: Plugin,
         exit_margin=int(options["superscalar-exit-margin"]),
     )
     service = FactoryService(plugin.rpc, config)
-    service.start()
-    plugin.log(f"superscalar ready: node {service.node_id}, {len(service.records)} factories")
+    service.start()  # start-up RPCs run on the service's worker, never here
 
 
 @plugin.async_method("factory-create")
@@ -236,15 +235,13 @@ def _parse_amounts(channel_sat: Any, n: int) -> list[int]:
     return out
 
 
-@plugin.method("factory-status")
-def factory_status(instance: str | None = None, **_: Any) -> dict[str, Any]:
+@plugin.async_method("factory-status")
+def factory_status(request: Any, instance: str | None = None, **_: Any) -> None:
     """Status of the factory {instance} (all factories when omitted): lifecycle state,
     parameters, early warning time, timeout, funding, and per client its channel and DW state;
     on a client node, the factories it belongs to and its signed exit path."""
-    try:
-        return _service().status(instance)
-    except SuperscalarError as e:
-        raise _fail(e) from e
+    svc = _service()
+    svc.run_on_worker(request, lambda: svc.status(None if instance is None else str(instance)))
 
 
 @plugin.async_method("factory-exit")
@@ -256,19 +253,16 @@ def factory_exit(request: Any, instance: str, client: str | None = None, **_: An
     _service().exit(request, str(instance), None if client is None else str(client).lower())
 
 
-@plugin.method("factory-list")
-def factory_list(**_: Any) -> dict[str, Any]:
+@plugin.async_method("factory-list")
+def factory_list(request: Any, **_: Any) -> None:
     """One line per factory this node takes part in (as LSP or client)."""
-    full = _service().status(None)["factories"]
-    return {
-        "factories": [
-            {
-                k: f.get(k)
-                for k in ("instance", "role", "state", "timeout_height", "early_warning_time")
-            }
-            for f in full
-        ]
-    }
+    svc = _service()
+    keys = ("instance", "role", "state", "timeout_height", "early_warning_time")
+
+    def summary() -> dict[str, Any]:
+        return {"factories": [{k: f.get(k) for k in keys} for f in svc.status(None)["factories"]]}
+
+    svc.run_on_worker(request, summary)
 
 
 @plugin.hook("custommsg")

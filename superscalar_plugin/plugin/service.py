@@ -131,19 +131,42 @@ class FactoryService:
         self.cltv_final = 18
         self.max_locktime = 2016
         self.onchain = OnChain(self)
+        self.ready = threading.Event()
         self.worker = threading.Thread(target=self._work, name="superscalar-worker", daemon=True)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the worker; every RPC, start-up included, runs there. The pyln dispatch thread
+        never waits on lightningd: with an `rpc_command` hook registered, lightningd may call back
+        into this plugin for our own RPCs, and a dispatch thread blocked in an RPC would deadlock."""
+        self.worker.start()
+        self.submit(self._startup)
+
+    def _startup(self) -> None:
         info = self.rpc.call("getinfo")
         self.node_id = info["id"]
         self.blockheight = int(info["blockheight"])
         self._load_records()
         self._read_configs()
-        self.worker.start()
-        self.submit(self._greet_connected_peers)
-        self.submit(self.refresh_guards)
+        self.refresh_guards()
+        self.ready.set()
+        log.info("superscalar ready: node %s, %d factories", self.node_id, len(self.records))
+        self._greet_connected_peers()
+
+    def run_on_worker(self, reply: Reply, job: Callable[[], Any]) -> None:
+        """Answer an RPC from the worker (it may call lightningd; the dispatch thread may not)."""
+
+        def run() -> None:
+            try:
+                reply.set_result(job())
+            except SuperscalarError as e:
+                reply.set_exception(_rpc_exception(e))
+            except Exception as e:
+                log.exception("RPC failed")
+                reply.set_exception(_rpc_exception(SuperscalarError(f"internal error: {e!r}")))
+
+        self.submit(run)
 
     def stop(self) -> None:
         self.jobs.put(None)
