@@ -593,3 +593,29 @@ def test_peers_without_the_feature_are_never_sent_factory_messages(
         p["id"] == bare.node_id and p["connected"] for p in lsp.rpc_call("listpeers")["peers"]
     )
     assert not any(m.dst == bare.name for m in net.messages)
+
+
+def test_a_restart_between_the_channels_and_the_funding_broadcast_finishes_the_factory(
+    network_factory: Callable[..., Network],
+) -> None:
+    net, lsp, clients = _setup(network_factory, n=2)
+    created = _create(lsp, clients)
+    instance = created["instance"]
+    key = ["superscalar", "factories", instance]
+    [entry] = lsp.rpc_call("listdatastore", {"key": key})["datastore"]
+    record = json.loads(entry["string"])
+    # As if the LSP died after every fundchannel_complete, before (or while) sending the funding.
+    record["state"] = "completing"
+    lsp.rpc_call("datastore", {"key": key, "string": json.dumps(record), "mode": "must-replace"})
+    lsp.restart()
+    # Signing the funding again fails (its inputs are spent): the chain decides. It confirms.
+    lsp.wait_for_log("waiting to see it confirm")
+    net.mine(1)
+    _wait(lambda: _status(lsp)[0]["state"] == "funded")
+    assert _status(lsp)[0]["funding"]["txid"] == created["funding"]["txid"]
+    # Had a channel not been completed, the restart would abort instead.
+    record["clients"][1]["channel_id"] = None
+    record["confirmed"] = []
+    lsp.rpc_call("datastore", {"key": key, "string": json.dumps(record), "mode": "must-replace"})
+    lsp.restart()
+    _wait(lambda: _status(lsp)[0]["state"] == "aborted")

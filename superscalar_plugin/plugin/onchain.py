@@ -31,6 +31,7 @@ log = logging.getLogger("superscalar")
 REBROADCAST_EVERY = 6  # blocks; a tx not confirmed by then is sent again
 MAX_CATCH_UP = 2016  # blocks scanned after a restart
 SCAN_KEY = ["superscalar", "scanned"]
+COMPLETING_PATIENCE = 144  # blocks after creation to wait for a funding sent before a restart
 
 
 def _txid(raw_hex: str) -> str:
@@ -112,6 +113,13 @@ class OnChain:
     # --- duties -------------------------------------------------------------------------------
 
     def _duties(self, record: store.Record, height: int) -> None:
+        if (
+            isinstance(record, store.LspRecord)
+            and record.state is store.LspState.COMPLETING
+            and all(c.channel_id for c in record.clients)
+        ):
+            self._settle_completing(record, height)
+            return
         funded = (store.LspState.FUNDED, store.ClientState.READY, store.ClientState.FUNDED)
         if record.state not in funded:
             return
@@ -123,6 +131,16 @@ class OnChain:
             self.drive(record)
         if isinstance(record, store.LspRecord) and height >= record.timeout_height:
             self.sweep(self.svc.records[record.instance_id], height)  # type: ignore[arg-type]
+
+    def _settle_completing(self, record: store.LspRecord, height: int) -> None:
+        """A restart caught the LSP between the last channel and the funding broadcast: the
+        funding confirming makes the factory funded; a day without it, and it is abandoned."""
+        if record.funding_txid in dict(record.confirmed):
+            self.svc.lsp_funded(record)
+        elif height > record.created_height + COMPLETING_PATIENCE:
+            session = self.svc.lsp.get(record.instance_id)
+            if session is not None:
+                self.svc._lsp_abort(session, "the funding never confirmed after a restart")
 
     def _exit_reason(self, record: store.Record, height: int) -> tuple[str, int | None] | None:
         """Why to start an exit now, and whose path (None: every client's), or None."""

@@ -33,7 +33,6 @@ from ..engine.ceremony import (
 )
 from ..engine.errors import (
     CeremonyError,
-    ChainError,
     InvalidParameter,
     MuSigError,
     StoreError,
@@ -211,7 +210,16 @@ class FactoryService:
             if record.state not in (store.LspState.FUNDED, store.LspState.ABORTED):
                 session = LspSession(record, None, 0.0)
                 self.lsp[record.instance_id] = session
-                self.submit(lambda: self._lsp_abort(session, "the LSP restarted during creation"))
+                if record.state is store.LspState.COMPLETING and all(
+                    c.channel_id for c in record.clients
+                ):
+                    # Every client stored its path and every channel is complete: only the
+                    # funding's broadcast may be missing. Finish (sending again is harmless).
+                    self.submit(lambda: self._lsp_broadcast_funding(session, resumed=True))
+                else:
+                    self.submit(
+                        lambda: self._lsp_abort(session, "the LSP restarted during creation")
+                    )
         elif record.state in (store.ClientState.ACCEPTED, store.ClientState.SIGNING):
             self._persist(
                 record.replace(
@@ -749,29 +757,43 @@ class FactoryService:
             clients = list(r.clients)
             clients[i] = _replace_entry(c, channel_id=str(res["channel_id"]))
             s.record = r = r.replace(clients=tuple(clients))
-        self._persist(r)
+            self._persist(r)  # a restart after this knows which channels exist
+        self._lsp_broadcast_funding(s)
+
+    def _lsp_broadcast_funding(self, s: LspSession, resumed: bool = False) -> None:
+        """Sign and send the funding tx (the last step). A refusal aborts, as nothing is on chain;
+        after a restart it may have been sent already, so then the chain decides (`OnChain`)."""
+        r = s.record
         try:
             signed = self.rpc.call("signpsbt", {"psbt": r.funding_psbt})["signed_psbt"]
-            sent = self.rpc.call("sendpsbt", {"psbt": signed})
+            txid = str(self.rpc.call("sendpsbt", {"psbt": signed})["txid"])
         except Exception as e:
-            # Channels are completed: from here on, never abort silently; report loudly.
-            log.error("factory %s: funding broadcast failed: %s", r.instance_id[:16], _why(e))
-            s.record = r.replace(error=f"funding broadcast failed: {_why(e)}")
-            self._persist(s.record)
-            if s.reply:
-                s.reply.set_exception(_rpc_exception(ChainError(s.record.error or "")))
-                s.reply = None
-            return
-        s.record = r = r.replace(state=store.LspState.FUNDED, funding_txid=str(sent["txid"]))
-        self._persist(r)
-        for c in r.clients:
-            self._send(
-                c.node_id,
-                protocol.Funded(
-                    bytes.fromhex(r.instance_id), str(sent["txid"]), r.funding_vout or 0
-                ),
+            if not resumed:
+                self._lsp_abort(s, f"the funding transaction was refused: {_why(e)}")
+                return
+            log.warning(
+                "factory %s: funding not sent again (%s); waiting to see it confirm",
+                r.instance_id[:16],
+                _why(e),
             )
-        log.info("factory %s funded: %s", r.instance_id[:16], sent["txid"])
+            return
+        self.lsp_funded(s.record.replace(funding_txid=txid))
+
+    def lsp_funded(self, record: store.LspRecord) -> None:
+        """The funding is out: persist, tell the clients, answer factory-create."""
+        s = self.lsp.setdefault(record.instance_id, LspSession(record, None, 0.0))
+        s.record = r = record.replace(state=store.LspState.FUNDED)
+        self._persist(r)
+        txid = r.funding_txid or ""
+        for c in r.clients:
+            try:
+                self._send(
+                    c.node_id,
+                    protocol.Funded(bytes.fromhex(r.instance_id), txid, r.funding_vout or 0),
+                )
+            except Exception as e:  # a client offline now learns it from the chain later
+                log.info("could not tell %s about the funding: %s", c.node_id, _why(e))
+        log.info("factory %s funded: %s", r.instance_id[:16], txid)
         self.refresh_guards()
         if s.reply is not None:
             s.reply.set_result(self.status_of(r))
@@ -838,7 +860,11 @@ class FactoryService:
         elif isinstance(p, protocol.Funded):
             if cs.record.state is not store.ClientState.READY:
                 raise CeremonyError("FUNDED before our path was stored")
-            cs.record = cs.record.replace(state=store.ClientState.FUNDED, funding_txid=p.txid)
+            if p.txid != cs.record.funding_txid:
+                raise CeremonyError(
+                    f"FUNDED names {p.txid}, our path spends {cs.record.funding_txid}"
+                )
+            cs.record = cs.record.replace(state=store.ClientState.FUNDED)
             self._persist(cs.record)
             self.refresh_guards()
         elif isinstance(p, protocol.Text) and p.type is protocol.PayloadType.ABORT:
@@ -914,7 +940,10 @@ class FactoryService:
             for s in cs.signer.signed_path
         )
         cs.record = cs.record.replace(
-            state=store.ClientState.READY, header=header.encode().hex(), path=path
+            state=store.ClientState.READY,
+            header=header.encode().hex(),
+            path=path,
+            funding_txid=header.funding_txid,  # watched on chain from now on
         )
         self._persist(cs.record)
 
