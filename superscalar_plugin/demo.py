@@ -123,6 +123,9 @@ def _run(
     leaf = topo.leaf_of_client[exiting]
     history: list[dict[int, SignedNodeTx]] = [signed]
     bumped: int | None = None
+    if advances > topo.total_states - 1:
+        click.echo(f"(only {topo.total_states - 1} updates fit this shape's DW layers)")
+        advances = topo.total_states - 1
     _step(f"3. Advance client {exiting}'s leaf {advances} times (DW odometer)")
     for i in range(advances):
         adv = dw.advance_leaf(topo, states, leaf)
@@ -194,48 +197,38 @@ def _run(
         )
 
     _step("6. The LSP's timeout sweep")
-    sweep_node = next(
-        (
-            n
-            for n in path
-            if topo.nodes[n].kind is not NodeKind.KICKOFF
-            and topo.nodes[n].kind is not NodeKind.LEAF
-            and len(topo.nodes[n].children) > 1
-        ),
-        None,
-    )
-    if sweep_node is None:  # a one-leaf factory: nothing but the exit path was published
-        _expect(False, "a factory with an interior state or split node to sweep")
+    published = {n: history[-1][n].txid for n in path}
+    candidates = policy.timeout_sweep_candidates(f, outpoint, published)
+    if not candidates:  # e.g. one leaf: every output on chain belongs to the exit
+        click.echo("  nothing is left on a timeout path: the exit took every published output")
     else:
-        on_path = topo.path(leaf)[topo.path(leaf).index(sweep_node) + 1]
-        vout = next(
-            v for v, child in enumerate(topo.nodes[sweep_node].children) if child != on_path
+        sweeps = [
+            policy.timeout_sweep(
+                f,
+                c.outpoint,
+                c.output,
+                c.amount,
+                people.lsp_seckey,
+                chain.wallet_script_pubkey,
+                params.fee_rate_kvb,
+            )
+            for c in candidates
+        ]
+        if chain.height < timeout - 1:
+            chain.mine_empty(timeout - 1 - chain.height)
+        early = chain.mine(sweeps)
+        _expect(not early.accepted, "sweep before the timeout")
+        click.echo(
+            f"  sweep of {len(sweeps)} output(s) the others' branches left on chain, at block"
+            f" {early.height + 1}: rejected ({early.reason})"
         )
-        spec = f.outputs[sweep_node][vout]
-        assert spec.taproot is not None
-        signed_node = history[-1][sweep_node]
-        target, output, amount = (signed_node.txid, vout), spec.taproot, spec.amount
-        what = f"output {vout} of {topo.nodes[sweep_node].kind.value} #{sweep_node} (the others' branch)"
-    sweep = policy.timeout_sweep(
-        f,
-        target,
-        output,
-        amount,
-        people.lsp_seckey,
-        chain.wallet_script_pubkey,
-        params.fee_rate_kvb,
-    )
-    if chain.height < timeout - 1:
-        chain.mine_empty(timeout - 1 - chain.height)
-    early = chain.mine([sweep])
-    _expect(not early.accepted, "sweep before the timeout")
-    click.echo(f"  sweep of {what} at block {early.height + 1}: rejected ({early.reason})")
-    chain.mine_empty(1)
-    late = chain.mine([sweep])
-    _expect(late.accepted, f"sweep after the timeout ({late.reason})")
-    click.echo(
-        f"  at block {late.height} (after T={timeout}): accepted, {amount} sat back to the LSP"
-    )
+        chain.mine_empty(1)
+        late = chain.mine(sweeps)
+        _expect(late.accepted, f"sweep after the timeout ({late.reason})")
+        total = sum(c.amount for c in candidates)
+        click.echo(
+            f"  at block {late.height} (after T={timeout}): accepted, {total} sat back to the LSP"
+        )
 
     _step("Summary")
     click.echo(f"  clients: {n_clients}; off-chain txs: {len(topo.nodes)}; EWT: {topo.ewt} blocks")

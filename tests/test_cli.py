@@ -73,3 +73,10 @@ def test_demo_with_8_clients_shows_every_step() -> None:
         "└─ kickoff #0",
     ]:
         assert needle in text, needle
+
+
+@pytest.mark.parametrize("n", ["1", "2", "3"])
+def test_demo_works_for_tiny_factories(n: str) -> None:
+    out = _run("demo", "--clients", n)
+    assert out.returncode == 0, out.stderr
+    assert "Summary" in out.stdout and "is on chain" in out.stdout
