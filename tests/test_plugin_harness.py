@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from superscalar_plugin.engine import blip56, protocol, wire
+from superscalar_plugin.engine.tx import Tx
 
 from harness.errors import RpcCallError
 from harness.network import Network
@@ -111,6 +112,9 @@ def test_lsp_and_four_clients_create_a_factory(network_factory: Callable[..., Ne
         assert mine["funding_txid"] == funding["txid"]
         assert mine["early_warning_time"] == created["early_warning_time"]
         assert [e["kind"] for e in mine["exit_path"]] == ["kickoff", "leaf"]
+        for e in mine["exit_path"]:  # fully signed transactions, ready to broadcast by hand
+            tx = Tx.deserialize(bytes.fromhex(e["raw"]))
+            assert tx.txid == e["txid"] and len(tx.witnesses[0][0]) == 64
         _wait(
             lambda c=c: (
                 [ch["state"] for ch in c.rpc_call("listpeerchannels")["channels"]]

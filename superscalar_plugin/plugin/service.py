@@ -1045,6 +1045,7 @@ class FactoryService:
                     "dw_state": e.state,
                     "txid": Tx.deserialize(bytes.fromhex(e.raw)).txid,
                     "relative_delay": topo.relative_delay(e.node, e.state),
+                    "raw": e.raw,  # signed: enough to exit by hand with any bitcoind
                 }
                 for e in record.path
             ]
