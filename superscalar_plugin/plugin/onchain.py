@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..engine import policy, store
 from ..engine.ceremony import SignedNodeTx
@@ -66,6 +66,13 @@ class OnChain:
     def __init__(self, service: FactoryService) -> None:
         self.svc = service
         self.scanned: int | None = None
+        self._chan_cache: dict[str, dict[str, Any]] | None = None
+
+    def _channels(self) -> dict[str, dict[str, Any]]:
+        """listpeerchannels, once per block for every factory's duties."""
+        if self._chan_cache is None:
+            self._chan_cache = self.svc._channels()
+        return self._chan_cache
 
     # --- watching -----------------------------------------------------------------------------
 
@@ -79,6 +86,7 @@ class OnChain:
         self.svc.rpc.call(
             "datastore", {"key": SCAN_KEY, "string": str(height), "mode": "create-or-replace"}
         )
+        self._chan_cache = None
         for record in list(self.svc.records.values()):
             try:
                 self._duties(record, height)
@@ -169,7 +177,7 @@ class OnChain:
             else None
         )
         best: tuple[int, int | None] | None = None
-        for ch in self.svc._channels().values():
+        for ch in self._channels().values():
             cid = ch.get("channel_id", "")
             if cid not in owner and not (leaf_txid and ch.get("funding_txid") == leaf_txid):
                 continue
@@ -298,7 +306,7 @@ class OnChain:
         self, record: store.Record, entries: list[store.PathEntry], exit_state: store.ExitState
     ) -> store.ExitState:
         leaf_txid = _txid(entries[-1].raw)
-        for ch in self.svc._channels().values():
+        for ch in self._channels().values():
             cid = ch.get("channel_id")
             if ch.get("funding_txid") != leaf_txid or not cid or cid in exit_state.closed:
                 continue

@@ -377,6 +377,7 @@ class FactoryService:
                     raise InvalidParameter(f"client: {client} is not in this factory")
             if record.exit is None:
                 record = self.onchain.start_exit(record, "requested with factory-exit", index)
+            self.onchain._chan_cache = None  # channels as they are now, not at the last block
             self.onchain.drive(record)
             reply.set_result(self.status_of(self.records[instance]))
         except SuperscalarError as e:
