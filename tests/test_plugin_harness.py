@@ -623,3 +623,26 @@ def test_a_restart_between_the_channels_and_the_funding_broadcast_finishes_the_f
     lsp.rpc_call("datastore", {"key": key, "string": json.dumps(record), "mode": "must-replace"})
     lsp.restart()
     _wait(lambda: _status(lsp)[0]["state"] == "aborted")
+
+
+def test_a_client_that_disconnects_during_creation_is_named(
+    network_factory: Callable[..., Network],
+) -> None:
+    net, lsp, clients = _setup(network_factory)
+    leaver = clients[3]
+
+    def leave(src: FakeNode, dst: FakeNode, msg_hex: str) -> str | None:
+        if dst is leaver and isinstance(_piggyback(msg_hex), protocol.InFactory):
+            net.disconnect(lsp, leaver)  # gone just before its channel opens
+            return None
+        return msg_hex
+
+    net.intercept = leave
+    with pytest.raises(RpcCallError) as info:
+        _create(lsp, clients)
+    assert leaver.node_id in str(info.value)
+    assert not _reserved(lsp)
+    assert all(
+        ch["peer_id"] != leaver.node_id for ch in lsp.rpc_call("listpeerchannels")["channels"]
+    )
+    assert lsp.rpc_call("listpeerchannels")["channels"] == []  # the others' opens were cancelled

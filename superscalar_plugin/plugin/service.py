@@ -58,6 +58,10 @@ class RpcFailed(SuperscalarError):
     rpc_code = 1410
 
 
+class PeerUnreachable(CeremonyError):
+    """A message could not be handed to a peer (disconnected, unknown)."""
+
+
 class Rpc(Protocol):
     def call(self, method: str, payload: dict[str, Any] | None = None) -> Any: ...
 
@@ -243,7 +247,10 @@ class FactoryService:
     # --- messaging ----------------------------------------------------------------------------
 
     def _send_raw(self, peer: str, msg: bytes) -> None:
-        self.rpc.call("sendcustommsg", {"node_id": peer, "msg": msg.hex()})
+        try:
+            self.rpc.call("sendcustommsg", {"node_id": peer, "msg": msg.hex()})
+        except Exception as e:  # e.g. the peer disconnected: name it
+            raise PeerUnreachable(f"cannot send to {peer}: {_why(e)}") from e
 
     def _send(self, peer: str, payload: protocol.Payload) -> None:
         body = protocol.encode(payload)
@@ -558,12 +565,14 @@ class FactoryService:
         self._persist(record)
         ewt = probe.topology.ewt
         for i, entry in enumerate(record.clients):
-            self._send(
-                entry.node_id,
-                protocol.Propose(
-                    instance, i, len(clients), params, timeout, lsp_pub, entry.channel_sat, ewt
-                ),
+            propose = protocol.Propose(
+                instance, i, len(clients), params, timeout, lsp_pub, entry.channel_sat, ewt
             )
+            try:
+                self._send(entry.node_id, propose)
+            except PeerUnreachable as e:
+                self._lsp_abort(session, f"client {entry.node_id}: {e}")
+                return
         log.info("factory %s: proposed to %d clients", record.instance_id[:16], len(clients))
 
     def _check_clients(self, clients: list[str]) -> None:
@@ -960,12 +969,13 @@ class FactoryService:
                 if v == cs.record.instance_id:
                     del self.expected_opens[k]
         if tell_lsp:
-            self._send(
-                cs.record.lsp_node_id,
-                protocol.Text(
-                    protocol.PayloadType.ABORT, bytes.fromhex(cs.record.instance_id), reason
-                ),
+            abort = protocol.Text(
+                protocol.PayloadType.ABORT, bytes.fromhex(cs.record.instance_id), reason
             )
+            try:
+                self._send(cs.record.lsp_node_id, abort)
+            except PeerUnreachable as e:
+                log.info("could not tell the LSP: %s", e)
 
     def on_openchannel(self, peer: str, funding_msat: int, push_msat: int) -> dict[str, Any]:
         """The openchannel hook: a factory slot we accepted opens with mindepth 0; an open that a
