@@ -495,7 +495,9 @@ class FactoryService:
                 self._lsp_abort(session, self._silent_clients(session))
         for cs in list(self.clients.values()):
             # The LSP times out first and tells us; our own, longer deadline only frees state.
-            if cs.record.state is store.ClientState.SIGNING and now > cs.deadline:
+            if cs.record.state in (store.ClientState.ACCEPTED, store.ClientState.SIGNING) and (
+                now > cs.deadline
+            ):
                 self._client_abort(cs, "the LSP went silent during the ceremony", tell_lsp=False)
 
     def _silent_clients(self, s: LspSession) -> str:
@@ -929,7 +931,7 @@ class FactoryService:
             ClientPolicy(max_ewt=cfg.max_ewt, max_fee_rate_kvb=cfg.max_fee_rate_kvb),
         )
         self.clients[record.instance_id] = ClientSession(
-            record, signer, time.monotonic() + self.config.ceremony_timeout
+            record, signer, time.monotonic() + 3 * self.config.ceremony_timeout
         )
         self._persist(record)
         with self.lock:  # the open may reach us before the LSP's channel_in_factory record does
