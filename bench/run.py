@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -176,6 +177,28 @@ def htlc_hook_latency() -> None:
     )
 
 
+def print_targets(results: list[dict[str, Any]]) -> None:
+    """The issue's targets, each with the figure that decides it."""
+    print("\ntargets:")
+    for r in results:
+        ref = C_REFERENCE_SIGN_S.get(r["n"])
+        if ref and r["shape"] == "binary":
+            ratio = r["sign_s"] / ref
+            verdict = "met" if ratio <= 1.5 else "MISSED"
+            print(f"  in-process signing {r['n']} clients within 1.5x of C: {ratio:.2f}x {verdict}")
+    for r in results:
+        if r["n"] == 127:
+            verdict = "met" if r["wire_cpu_s"] < 2.0 else "MISSED"
+            print(
+                f"  byte-message ceremony, 127 clients, {r['shape']}: {r['wire_cpu_s']:.2f} s CPU"
+                f" (< 2 s) {verdict}"
+            )
+    for n, shape, c_vb in ((8, "binary", 916), (64, "2,4,8+2top", 999)):
+        [r] = [x for x in results if x["n"] == n and x["shape"] == shape]
+        verdict = "met" if r["exit_vb_max"] <= c_vb else "MISSED"
+        print(f"  exit path {n} clients {shape}: {r['exit_vb_max']} vB (C: {c_vb}) {verdict}")
+
+
 def main() -> None:
     if len(sys.argv) == 2 and sys.argv[1] == "--htlc":
         htlc_hook_latency()
@@ -190,6 +213,7 @@ def main() -> None:
         "  exit_vB  peak_MB"
     )
     print(cols)
+    results: list[dict[str, Any]] = []
     for shape in SHAPES:
         for n in SIZES:
             out = subprocess.run(
@@ -199,6 +223,7 @@ def main() -> None:
                 text=True,
             ).stdout
             r = json.loads(out)
+            results.append(r)
             ref = C_REFERENCE_SIGN_S.get(n)
             ref_s = f"({ref:.2f})" if ref else "(-)"
             print(
@@ -209,6 +234,7 @@ def main() -> None:
                 f" {r['maxrss_mb']:>8.1f}"
             )
             sys.stdout.flush()
+    print_targets(results)
     htlc_hook_latency()
     from plugin_create import run as plugin_create
 
