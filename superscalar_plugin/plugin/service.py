@@ -1032,6 +1032,7 @@ class FactoryService:
                 "confirmations": self._confirmations(record, record.funding_txid),
             }
             channels = self._channels()
+            states = {e.node: e.state for e in record.tree}
             base["clients"] = [
                 {
                     "node_id": c.node_id,
@@ -1040,7 +1041,10 @@ class FactoryService:
                     "channel_sat": c.channel_sat,
                     "channel_id": c.channel_id,
                     "channel_state": channels.get(c.channel_id or "", {}).get("state"),
-                    "dw_state": 0,
+                    # The DW digits on its path, root first (state nodes only).
+                    "dw_state": [
+                        states.get(n, 0) for n in topo.client_path(i) if topo.nodes[n].kind.is_state
+                    ],
                 }
                 for i, c in enumerate(record.clients)
             ]
