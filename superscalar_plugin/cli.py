@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from .engine import dw
 from .engine.errors import InvalidParameter, InvalidShape, SuperscalarError
 from .engine.tree import FactoryParams, Topology, fee_for
 
@@ -149,9 +150,9 @@ def plan_factory(shape: Shape, fee_rate_kvb: int) -> dict[str, Any]:
         path = topo.client_path(client)
         vbytes = sum(f.vsize(n) for n in path)
         if worst is None or vbytes > worst["vbytes"]:
-            blocks = sum(
-                max(1, f.params.state_delay(0)) if topo.nodes[n].kind.is_state else 1 for n in path
-            )
+            # Worst case: every tx in its own block, each state waiting its first (longest) delay.
+            delays = dw.path_delays(topo, dw.initial_states(topo), path[-1])
+            blocks = sum(max(1, d) for d in delays)
             worst = {
                 "client": client,
                 "transactions": len(path),

@@ -67,15 +67,6 @@ def plan_exit(
     return steps
 
 
-def exit_blocks(steps: Sequence[ExitStep], funding_height: int) -> int:
-    """Blocks from the funding's confirmation until the channel output confirms, one block per tx
-    when a tx could share its parent's block (worst realistic case: each in its own block)."""
-    height = funding_height
-    for step in steps:
-        height = max(height + 1, height + step.relative_delay)
-    return height - funding_height
-
-
 def timeout_sweep(
     keys: FactoryKeys,
     outpoint: tuple[str, int],
