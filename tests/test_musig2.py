@@ -165,10 +165,13 @@ def test_key_agg_valid(i: int) -> None:
     assert ctx.pubkeys == tuple(pubkeys)
 
 
-@pytest.mark.parametrize("i", _indices("key_agg", "error_test_cases"))
-def test_key_agg_errors(i: int) -> None:
-    d = V["key_agg"]
-    case = _case("key_agg", "error_test_cases", i)
+@pytest.mark.parametrize(
+    ("file", "i"),
+    [(f, i) for f in ("key_agg", "tweak") for i in _indices(f, "error_test_cases")],
+)
+def test_key_agg_and_tweak_errors(file: str, i: int) -> None:
+    d = V[file]
+    case = _case(file, "error_test_cases", i)
     pubkeys = [bytes.fromhex(d["pubkeys"][j]) for j in case["key_indices"]]
     tweaks = [bytes.fromhex(d["tweaks"][j]) for j in case["tweak_indices"]]
     with pytest.raises(MuSigError) as excinfo:
@@ -336,17 +339,6 @@ def test_tweak_valid(i: int) -> None:
     )
     signer = case["signer_index"]
     assert m.partial_sig_verify(expected, pubnonces[signer], pubkeys[signer], session)
-
-
-@pytest.mark.parametrize("i", _indices("tweak", "error_test_cases"))
-def test_tweak_errors(i: int) -> None:
-    d = V["tweak"]
-    case = _case("tweak", "error_test_cases", i)
-    pubkeys = [bytes.fromhex(d["pubkeys"][j]) for j in case["key_indices"]]
-    tweaks = [bytes.fromhex(d["tweaks"][j]) for j in case["tweak_indices"]]
-    with pytest.raises(MuSigError) as excinfo:
-        _keyagg(pubkeys, tweaks, case["is_xonly"])
-    _check_error(excinfo, case["error"])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -664,9 +664,7 @@ class FactoryService:
         instance = bytes.fromhex(r.instance_id)
         keys = [bytes.fromhex(c.pubkey or "") for c in r.clients]
         lsp_pub = bytes.fromhex(r.lsp_pubkey)
-        probe = _probe_factory(
-            r.params, lsp_pub, [c.channel_sat for c in r.clients], r.timeout_height
-        )
+        ewt = Topology.build(len(r.clients), r.params).ewt  # no keys needed: no second probe
         s.record = r = r.replace(state=store.LspState.OPENING)
         self._persist(r)
         scripts: list[str] = []
@@ -675,9 +673,7 @@ class FactoryService:
                 c.node_id,
                 protocol.InFactory(
                     instance,
-                    blip56.ChannelInFactory(
-                        blip56.SUPERSCALAR_PROTOCOL_ID, instance, probe.topology.ewt
-                    ),
+                    blip56.ChannelInFactory(blip56.SUPERSCALAR_PROTOCOL_ID, instance, ewt),
                 ),
             )
             try:
