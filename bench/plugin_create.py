@@ -13,9 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness.network import Network  # noqa: E402
+from harness.network import SUPERSCALAR_PLUGIN, Network  # noqa: E402
 
-PLUGIN = [sys.executable, "-m", "superscalar_plugin.plugin"]
+PLUGIN = SUPERSCALAR_PLUGIN
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -270,8 +270,10 @@ def demo(advances: int, **kw: Any) -> None:
 def main() -> None:
     """Entry point: errors are one line on stderr and a non-zero exit code, never a traceback.
 
-    Started by lightningd (LIGHTNINGD_PLUGIN=1, no arguments), it runs the plugin instead."""
-    if os.environ.get("LIGHTNINGD_PLUGIN") == "1" and len(sys.argv) == 1:
+    Started by lightningd it runs the plugin instead. lightningd marks every plugin it starts with
+    LIGHTNINGD_PLUGIN=1 in the environment and passes arguments of its own (`--developer` in
+    developer mode, maybe more in later versions), so the environment decides, never argv."""
+    if os.environ.get("LIGHTNINGD_PLUGIN") == "1":
         from .plugin.main import run
 
         run()

@@ -13,6 +13,7 @@ from harness import (
     FakeNode,
     Network,
     PluginDied,
+    PluginStartError,
     RpcCallError,
     SchemaViolation,
     UnexpectedCall,
@@ -29,6 +30,7 @@ from harness.bitcoin import (
     lx,
     regtest,
 )
+from harness.network import DUMMY_PLUGIN
 
 # The fixtures `network` and `network_factory` come from harness.fixtures via tests/conftest.py.
 FACTORY_MSG = "8020"
@@ -372,3 +374,65 @@ def test_stop_leaves_no_process(network_factory: Callable[..., Network]) -> None
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_plugin_that_refuses_developer_fails_to_start(network_factory: Callable[..., Network],
+                                                        tmp_path) -> None:
+    """lightningd passes `--developer` in developer mode: a plugin whose argument parser refuses
+    unknown options (as click does) dies at getmanifest, here as on a real node."""
+    script = tmp_path / "strict.py"
+    script.write_text(
+        "import argparse, runpy, sys\n"
+        "argparse.ArgumentParser().parse_args()\n"  # exits 2 on any argument
+        f"runpy.run_path({str(DUMMY_PLUGIN[1])!r}, run_name='__main__')\n"
+    )
+    dev = network_factory()
+    with pytest.raises(PluginStartError, match="getmanifest"):
+        dev.add_node("strict", plugin=[sys.executable, str(script)])
+    assert dev.take_errors(PluginStartError)
+    plain = network_factory(developer=False)
+    node = plain.add_node("strict", plugin=[sys.executable, str(script)])
+    assert node.plugin_state == "running"
+
+
+def test_rpc_command_hook_gets_raw_tokens_and_respects_filters(network: Network,
+                                                               tmp_path) -> None:
+    """Every command passes the rpc_command hook with lightning-cli's raw tokens (127.0.0.1 is
+    not JSON), unless the hook's filters leave it out."""
+    script = tmp_path / "rpccmd.py"
+    script.write_text(
+        "import os\n"
+        "from pyln.client import Plugin\n"
+        "p = Plugin()\n"
+        "@p.hook('rpc_command', filters=os.environ.get('FILTERS', '').split() or None)\n"
+        "def on(rpc_command, plugin, **kw):\n"
+        "    plugin.log('rpc_command ' + rpc_command['method'])\n"
+        "    return {'result': 'continue'}\n"
+        "p.run()\n"
+    )
+    a = network.add_node("a", plugin=[sys.executable, str(script)], env={"FILTERS": "getinfo"})
+    b = network.add_node("b", plugin=[sys.executable, str(script)])
+    assert a.hooks["rpc_command"]["filters"] == ["getinfo"]
+    a.cli("connect", b.node_id, "127.0.0.1", str(b.port))  # filtered out: never reaches a
+    a.cli("getinfo")
+    a.wait_for_log(r"rpc_command getinfo")
+    assert not a.is_in_log(r"rpc_command connect")
+    # b has no filters: pyln-client cannot parse the raw token and the process dies
+    b.cli("connect", a.node_id, "127.0.0.1", str(a.port))
+    assert b.process is not None and b.process.wait(10) is not None
+    assert network.take_errors(PluginDied)
+
+
+def test_hook_filters_are_checked_like_lightningd(network: Network, tmp_path) -> None:
+    script = tmp_path / "badfilter.py"
+    script.write_text(
+        "from pyln.client import Plugin\n"
+        "p = Plugin()\n"
+        "@p.hook('peer_connected', filters=['x'])\n"
+        "def on(plugin, **kw):\n"
+        "    return {'result': 'continue'}\n"
+        "p.run()\n"
+    )
+    with pytest.raises(PluginStartError, match="does not allow filters"):
+        network.add_node("bad", plugin=[sys.executable, str(script)])
+    network.take_errors()

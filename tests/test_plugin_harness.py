@@ -18,10 +18,10 @@ from superscalar_plugin.engine import blip56, protocol, wire
 from superscalar_plugin.engine.tx import Tx
 
 from harness.errors import RpcCallError
-from harness.network import Network
+from harness.network import SUPERSCALAR_PLUGIN, Network
 from harness.node import FakeNode
 
-PLUGIN = [sys.executable, "-m", "superscalar_plugin.plugin"]
+PLUGIN = SUPERSCALAR_PLUGIN
 CHANNEL_SAT = 100_000
 
 

@@ -8,7 +8,11 @@ accepts feature bit 271 and custom message 32800 from plugins started with it.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import re
+import sys
+import time
 from typing import Any, ClassVar
 
 from pyln.client import Plugin, RpcException
@@ -19,7 +23,61 @@ from ..engine.taproot import DUST_P2WSH
 from ..engine.tree import FactoryParams
 from .service import MIN_CHANNEL_SAT, Config, FactoryService
 
-plugin = Plugin(
+
+class _SturdyPlugin(Plugin):  # type: ignore[misc]
+    """pyln-client's Plugin, except that one message it cannot parse never ends the process.
+
+    lightningd forwards some payloads with raw tokens from the command line (`lightning-cli
+    connect <id> 127.0.0.1 <port>` puts `127.0.0.1` unquoted into an `rpc_command` payload), and
+    pyln-client's `json.loads` would raise inside its dispatch loop. A request we cannot read is
+    answered `continue` (for a hook, that is a no-op) so lightningd never waits on us."""
+
+    def _multi_dispatch(self, msgs: list[bytes]) -> bytes:
+        for payload in msgs[:-1]:
+            try:
+                json.loads(payload.decode("utf8"))
+            except (UnicodeDecodeError, ValueError):
+                _answer_unreadable(self, payload)
+                continue
+            super()._multi_dispatch([payload, b""])
+        return msgs[-1]
+
+
+_ID = re.compile(rb'"id"\s*:\s*("(?:[^"\\]|\\.)*"|-?\d+)')
+_METHOD = re.compile(rb'"method"\s*:\s*"([a-z_]+)"')
+
+
+def _answer_unreadable(p: Plugin, payload: bytes) -> None:
+    """Answer a request whose JSON does not parse. lightningd writes the outer `id` and `method`
+    before `params`, so the first of each is the request's own. A hook gets `continue` (a no-op);
+    a command of ours gets an error naming the problem."""
+    head = payload.split(b'"params"', 1)[0]
+    ident, method = _ID.search(head), _METHOD.search(head)
+    name = method.group(1).decode() if method else "message"
+    _rate_limited_log(f"unreadable {name} request from lightningd")
+    if ident is None:
+        return
+    reply: dict[str, Any] = {"jsonrpc": "2.0", "id": json.loads(ident.group(1))}
+    hook = p.methods.get(name)
+    if hook is not None and hook.mtype.name == "HOOK":
+        reply["result"] = {"result": "continue"}
+    else:
+        reply["error"] = {"code": -32602, "message": f"{name}: parameters are not valid JSON"}
+    p._write_locked(reply)
+
+
+_last_logged: dict[str, float] = {}
+
+
+def _rate_limited_log(text: str, period: float = 60.0) -> None:
+    """At most one line per kind and minute: what a peer or user triggers must not fill the log."""
+    now = time.monotonic()
+    if now - _last_logged.get(text, -period) >= period:
+        _last_logged[text] = now
+        logging.getLogger("superscalar").warning("%s (ignored; shown once a minute)", text)
+
+
+plugin = _SturdyPlugin(
     dynamic=False,
     init_features=1 << FEATURE_BIT,
     node_features=1 << FEATURE_BIT,
@@ -81,6 +139,16 @@ class _PluginLogHandler(logging.Handler):
             plugin.log(self.format(record), level=level)
 
 
+def _route_logging() -> None:
+    """Each line once, at its level: our loggers write to lightningd themselves and do not also
+    propagate to the root handler pyln-client installs (which would repeat every line)."""
+    for name in ("superscalar", "superscalar_plugin"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.DEBUG)
+        logger.handlers[:] = [_PluginLogHandler()]
+        logger.propagate = False
+
+
 def _parse_arity(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in str(text).split(","))
@@ -130,10 +198,7 @@ def _service() -> FactoryService:
 @plugin.init()
 def init(options: dict[str, Any], configuration: dict[str, Any], plugin: Plugin, **_: Any) -> None:
     global service
-    root = logging.getLogger("superscalar")
-    root.setLevel(logging.DEBUG)
-    root.addHandler(_PluginLogHandler())
-    logging.getLogger("superscalar_plugin").addHandler(_PluginLogHandler())
+    _route_logging()
     accept = options.get("superscalar-accept-from") or []
     if isinstance(accept, str):
         accept = [accept]
@@ -265,7 +330,7 @@ def factory_list(request: Any, **_: Any) -> None:
     svc.run_on_worker(request, summary)
 
 
-@plugin.hook("custommsg")
+@plugin.hook("custommsg", filters=[FACTORY_MESSAGE_TYPE])
 def on_custommsg(peer_id: str, payload: str, plugin: Plugin, **_: Any) -> dict[str, str]:
     if service is not None:
         service.on_custommsg(peer_id, payload)
@@ -302,7 +367,8 @@ def on_htlc_accepted(
         return {"result": "continue"}
 
 
-@plugin.hook("rpc_command")
+# Only `invoice` reaches us: every other command of the node (and its raw tokens) stays away.
+@plugin.hook("rpc_command", filters=["invoice"])
 def on_rpc_command(rpc_command: dict[str, Any], plugin: Plugin, **_: Any) -> dict[str, Any]:
     if service is None or rpc_command.get("method") != "invoice":
         return {"result": "continue"}
@@ -335,6 +401,15 @@ def on_block_added(plugin: Plugin, **kwargs: Any) -> None:
     block = kwargs.get("block_added", kwargs.get("block", {}))
     if service is not None and "height" in block:
         service.on_block(int(block["height"]))
+
+
+@plugin.subscribe("shutdown")
+def on_shutdown(plugin: Plugin, **_: Any) -> None:
+    """lightningd is stopping and its RPC goes away: finish the job in hand (it persists before it
+    sends), start no other, and exit, so no job calls a closed RPC and logs a failure."""
+    if service is not None:
+        service.shutdown(timeout=10.0)
+    sys.exit(0)
 
 
 def run() -> None:

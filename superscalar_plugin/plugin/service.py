@@ -135,6 +135,7 @@ class FactoryService:
         self.max_locktime = 2016
         self.onchain = OnChain(self)
         self.ready = threading.Event()
+        self.stopping = threading.Event()
         self.worker = threading.Thread(target=self._work, name="superscalar-worker", daemon=True)
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -174,6 +175,14 @@ class FactoryService:
     def stop(self) -> None:
         self.jobs.put(None)
 
+    def shutdown(self, timeout: float) -> None:
+        """lightningd is stopping: let the job in hand finish (a failure now is expected, the RPC
+        is closing), run no other, and wait for the worker up to `timeout` seconds."""
+        self.stopping.set()
+        self.stop()
+        if self.worker.is_alive():
+            self.worker.join(timeout)
+
     def submit(self, job: Callable[[], None]) -> None:
         self.jobs.put(job)
 
@@ -183,12 +192,15 @@ class FactoryService:
                 job = self.jobs.get(timeout=0.5)
             except queue.Empty:
                 job = self._check_deadlines
-            if job is None:
+            if job is None or self.stopping.is_set():
                 return
             try:
                 job()
             except Exception:  # the worker must survive anything a peer or lightningd does
-                log.exception("superscalar worker job failed")
+                if self.stopping.is_set():
+                    log.debug("job interrupted by shutdown", exc_info=True)
+                else:
+                    log.exception("superscalar worker job failed")
 
     # --- persistence --------------------------------------------------------------------------
 

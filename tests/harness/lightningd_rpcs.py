@@ -24,6 +24,7 @@ from .bitcoin import (
     txid_hex,
 )
 from .errors import (
+    CONNECT_ALL_ADDRESSES_FAILED,
     FUND_CANNOT_AFFORD,
     FUNDING_CANCEL_NOT_SAFE,
     FUNDING_NOTHING_TO_CANCEL,
@@ -275,6 +276,18 @@ def rpc_listfunds(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
             chans.append(entry)
     return {"outputs": me.wallet.listfunds_outputs(bool(p.get("spent", False))),
             "channels": chans}
+
+def rpc_connect(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
+    """`connect id [host] [port]` to another node of the network (`id@host:port` accepted)."""
+    node_id = str(p["id"]).split("@", 1)[0].lower()
+    peer = me.network.node_by_id(node_id)
+    if peer is None or peer is me:
+        raise RpcFail(CONNECT_ALL_ADDRESSES_FAILED, f"Unable to connect, no address known for peer {node_id}")
+    me.network.connect(me, peer)
+    return {"id": node_id, "features": peer.our_features["init"], "direction": "out",
+            "address": {"type": "ipv4", "address": str(p.get("host", "127.0.0.1")),
+                        "port": int(p.get("port", peer.port))}}
+
 
 # ------------------------------------------------------------------ messages, secrets, store
 def rpc_sendcustommsg(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
@@ -859,6 +872,7 @@ HANDLERS: dict[str, Handler] = {
     "fundchannel_start": rpc_fundchannel_start,
     "fundchannel_complete": rpc_fundchannel_complete,
     "fundchannel_cancel": rpc_fundchannel_cancel,
+    "connect": rpc_connect,
     "disconnect": rpc_disconnect,
     "listconfigs": rpc_listconfigs,
     # bitcoin-backend methods (no schema in the set; bcli's shapes)

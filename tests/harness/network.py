@@ -30,6 +30,9 @@ from .schemas import DEFAULT_SCHEMA_DIR, SchemaSet
 from .state import Peer
 
 DUMMY_PLUGIN = [sys.executable, str(Path(__file__).resolve().parent / "dummy_plugin.py")]
+# The plugin as an operator installs it: the `superscalar` executable beside this interpreter,
+# started by lightningd with no arguments of ours.
+SUPERSCALAR_PLUGIN = [str(Path(sys.executable).parent / "superscalar")]
 Intercept = Callable[[FakeNode, FakeNode, str], str | None]
 
 
@@ -56,8 +59,11 @@ class Network:
         start_height: int = 110,
         schema_dir: Path = DEFAULT_SCHEMA_DIR,
         allowed_unknown_calls: Sequence[str] = (),
+        developer: bool = True,
     ) -> None:
         self.base_dir = Path(base_dir)
+        # lightningd's --developer (pyln-testing always sets it): plugins then get `--developer`.
+        self.developer = developer
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.plugin = list(plugin) if plugin is not None else list(DUMMY_PLUGIN)
         self.timeout = timeout
@@ -273,4 +279,5 @@ class Network:
                 list(ex.map(stop_one, self.nodes))
         for node in self.nodes:
             node.close_log()
-        kill_leftovers()
+        # Only this network's processes: another network of the same test may still be running.
+        kill_leftovers([n.process.pid for n in self.nodes if n.process is not None])

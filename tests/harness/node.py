@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import queue
 import re
 import threading
@@ -253,8 +254,10 @@ class FakeNode:
         self._expect_exit = False
         self.exit_code = None
         self.manifest = None
+        # lightningd runs the plugin file with no arguments, plus `--developer` in developer mode.
+        cmd = [*self.plugin_cmd, "--developer"] if self.network.developer else self.plugin_cmd
         proc = PluginProcess(
-            self.plugin_cmd,
+            cmd,
             name=self.name,
             cwd=self.lightning_dir,
             env=self.env,
@@ -383,6 +386,8 @@ class FakeNode:
             name = h.get("name") if isinstance(h, dict) else h
             if not isinstance(name, str) or not self.network.schemas.has_hook(name):
                 errs.append(f"could not register hook '{name}', either the name doesn't exist or another plugin already registered it.")
+            elif isinstance(h, dict) and "filters" in h:
+                errs.extend(_filter_problems(name, h["filters"]))
         for opt_name in self.options:
             if not any(isinstance(o, dict) and o.get("name") == opt_name for o in m.get("options", []) or []):
                 errs.append(f"--{opt_name}: unknown option (the plugin does not declare it)")
@@ -610,8 +615,30 @@ class FakeNode:
         except FutureTimeout as e:
             raise HarnessTimeout(f"plugin did not answer the {name} hook", node=self.name) from e
 
+    def hook_wanted(self, name: str, key: str | int) -> bool:
+        """lightningd's hook_callable: registered, and `key` among its filters if it has any."""
+        hook = self.hooks.get(name)
+        if hook is None or not self.plugin_running:
+            return False
+        filters = hook.get("filters")
+        return filters is None or key in filters
+
+    def cli(self, method: str, *args: str, timeout: float | None = None) -> Any:
+        """`lightning-cli method args...`: numbers (digits and dots), bools, null, objects and
+        arrays are sent unquoted, exactly as lightning-cli does, so `connect <id> 127.0.0.1 9735`
+        carries the raw token 127.0.0.1; the `rpc_command` hook sees those raw tokens."""
+        tokens = [a if _is_cli_literal(a) else json.dumps(a) for a in args]
+        raw = "[" + ", ".join(tokens) + "]"
+        params: list[Any] = []
+        for t in tokens:
+            try:
+                params.append(json.loads(t))
+            except ValueError:
+                params.append(t)  # lightningd's parser reads 127.0.0.1 as a primitive token
+        return self.rpc_call(method, params, timeout=timeout, raw_params=raw)
+
     def rpc_call(self, method: str, params: dict[str, Any] | list[Any] | None = None,
-                 timeout: float | None = None) -> Any:
+                 timeout: float | None = None, raw_params: str | None = None) -> Any:
         """Call an RPC as lightning-cli would: the plugin's own methods go to the plugin, the rest
         are served by the fake. Returns the result or raises `RpcCallError`."""
         if not self.up:
@@ -620,7 +647,7 @@ class FakeNode:
         req_id = f"cli:{method}#{next(self._cli_ids)}"
         resp = self._dispatch(
             {"jsonrpc": "2.0", "id": req_id, "method": method, "params": params},
-            source="cli", timeout=timeout,
+            source="cli", timeout=timeout, raw_params=raw_params,
         )
         assert resp is not None
         if "error" in resp:
@@ -631,12 +658,17 @@ class FakeNode:
     def _dispatch_socket(self, req: dict[str, Any]) -> dict[str, Any] | None:
         return self._dispatch(req, source="socket", timeout=None)
 
-    def _dispatch(self, req: dict[str, Any], *, source: str, timeout: float | None) -> dict[str, Any] | None:
+    def _dispatch(self, req: dict[str, Any], *, source: str, timeout: float | None,
+                  raw_params: str | None = None) -> dict[str, Any] | None:
         req_id = req.get("id")
-        method = req.get("method")
-        params = req.get("params", {})
         if req_id is None:
             return None  # a notification to lightningd: nothing to answer
+        if isinstance(req.get("method"), str) and self.hook_wanted("rpc_command", req["method"]):
+            req, answer = self._rpc_command_hook(req, raw_params, timeout)
+            if answer is not None:
+                return answer
+        method = req.get("method")
+        params = req.get("params", {})
         if not isinstance(method, str) or not isinstance(params, (dict, list)):
             return {"jsonrpc": "2.0", "id": req_id,
                     "error": {"code": JSONRPC2_INVALID_REQUEST, "message": "Invalid request"}}
@@ -664,6 +696,40 @@ class FakeNode:
             resp = {"jsonrpc": "2.0", "id": req_id, "error": err}
         self.calls.append(record)
         return resp
+
+    def _rpc_command_hook(self, req: dict[str, Any], raw_params: str | None,
+                          timeout: float | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Every command of the node passes the `rpc_command` hook first (filters permitting),
+        with the request's tokens as lightningd read them: `raw_params` when they are not JSON.
+        Returns the (possibly replaced) request, or the answer the hook chose to return."""
+        assert self.process is not None
+        inner = {k: v for k, v in req.items() if k != "params"}
+        if raw_params is None:
+            fut = self.process.request("rpc_command", {"rpc_command": req})
+        else:
+            fut = self.process.request_raw(
+                "rpc_command", '{"rpc_command": ' + json.dumps(inner)[:-1]
+                + ', "params": ' + raw_params + "}}")
+        try:
+            resp = fut.result(timeout=self.timeout if timeout is None else timeout)
+        except FutureTimeout:
+            err = HarnessTimeout(f"plugin did not answer the rpc_command hook for {req['method']}",
+                                 node=self.name)
+            self.record(err)
+            return req, {"jsonrpc": "2.0", "id": req["id"],
+                         "error": {"code": LIGHTNINGD, "message": str(err)}}
+        except PluginDied:
+            return req, None  # lightningd goes on without the dead plugin's hook
+        result = resp.get("result")
+        v = self._violation("rpc_command hook result from the plugin",
+                            self.network.schemas.check_hook_result("rpc_command", result), result)
+        if v is not None or not isinstance(result, dict) or "result" in result:
+            return req, None
+        if "replace" in result:
+            return result["replace"], None
+        if "return" in result:
+            return req, {"jsonrpc": "2.0", "id": req["id"], **result["return"]}
+        return req, None
 
     def _forward_to_plugin(self, req_id: Any, method: str, params: Any, timeout: float | None) -> Any:
         assert self.process is not None
@@ -788,3 +854,31 @@ class FakeNode:
         with contextlib.suppress(Exception):
             self._log_file.close()
             self._stderr_file.close()
+
+
+def _is_cli_literal(arg: str) -> bool:
+    """lightning-cli's is_literal: what it passes to lightningd without quotes."""
+    if not arg:
+        return False
+    if arg.isdigit() and len(arg) > 1 and arg[0] == "0":
+        return False
+    return (all(c in "0123456789." for c in arg) or arg in ("true", "false", "null")
+            or (arg[0], arg[-1]) in (("{", "}"), ("[", "]"), ('"', '"')))
+
+
+# lightningd's hooks that take filters, and their kind (plugin_hook.c, v26.06.6).
+_FILTERED_HOOKS = {"custommsg": int, "rpc_command": str}
+
+
+def _filter_problems(hook: str, filters: Any) -> list[str]:
+    """What lightningd's plugin_hook_register refuses about a hook's `filters`."""
+    kind = _FILTERED_HOOKS.get(hook)
+    if kind is None:
+        return [f"Hook {hook} does not allow filters"]
+    if not isinstance(filters, list):
+        return ["filters token must be an array"]
+    if kind is int and not all(type(f) is int and f >= 0 for f in filters):
+        return [f"filters must be array of unsigned integers, not {filters!r}"]
+    if kind is str and not all(isinstance(f, str) for f in filters):
+        return [f"filters must be array of strings, not {filters!r}"]
+    return []

@@ -36,10 +36,11 @@ _LIVE: dict[int, subprocess.Popen[bytes]] = {}
 _LIVE_LOCK = threading.Lock()
 
 
-def kill_leftovers() -> list[int]:
-    """SIGKILL every plugin process still running; returns their pids."""
+def kill_leftovers(pids: Sequence[int] | None = None) -> list[int]:
+    """SIGKILL every plugin process still running (of `pids` only, when given); returns their
+    pids."""
     with _LIVE_LOCK:
-        procs = list(_LIVE.items())
+        procs = [(pid, p) for pid, p in _LIVE.items() if pids is None or pid in pids]
     killed = []
     for pid, proc in procs:
         if proc.poll() is None:
@@ -209,6 +210,27 @@ class PluginProcess:
                 self._pending.pop(req_id, None)
             if not fut.done():
                 fut.set_exception(e)
+        return fut
+
+    def request_raw(self, method: str, params_text: str) -> Future[dict[str, Any]]:
+        """A request whose params are sent as given, not as JSON: lightningd copies the tokens
+        it read (which need not be JSON) into some hook payloads, `rpc_command` among them."""
+        fut: Future[dict[str, Any]] = Future()
+        req_id = f"cln:{method}#{next(self._ids)}"
+        with self._lock:
+            if self.exited.is_set():
+                fut.set_exception(PluginDied(f"plugin is not running ({method})", node=self.name))
+                return fut
+            self._pending[req_id] = (method, fut)
+        head = json.dumps({"jsonrpc": "2.0", "method": method, "id": req_id})[:-1]
+        try:
+            if self.proc is None or self.exited.is_set():
+                raise PluginDied("plugin is not running", node=self.name)
+            self._out.put((head + ', "params": ' + params_text + "}\n\n").encode())
+        except PluginDied as e:
+            with self._lock:
+                self._pending.pop(req_id, None)
+            fut.set_exception(e)
         return fut
 
     def notify(self, method: str, params: Any) -> None:
