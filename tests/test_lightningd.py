@@ -8,28 +8,20 @@ the reason otherwise; `lightningd` is not packaged on our CI machines. pyln-test
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from real_node import PLUGIN, connect_by_ip, require_lightningd
 
-if shutil.which("lightningd") is None:
-    pytest.skip(
-        "lightningd is not on PATH: install Core Lightning v26.06.6 to run the real-node tests",
-        allow_module_level=True,
-    )
-
-_ROOT = Path(__file__).resolve().parent.parent
-_BITCOIND_DIR = _ROOT / ".venv" / "bitcoind-path"
-if shutil.which("bitcoind") is None and _BITCOIND_DIR.exists():
-    os.environ["PATH"] = _BITCOIND_DIR.read_text().strip() + os.pathsep + os.environ["PATH"]
+require_lightningd()
 
 from pyln.testing.fixtures import *  # noqa: E402, F403  (node_factory, bitcoind, ...)
 from pyln.testing.utils import wait_for  # noqa: E402
 
-PLUGIN = str(Path(sys.executable).parent / "superscalar")
 CHANNEL_SAT = 500_000
 
 
@@ -47,7 +39,7 @@ def _lsp_and_clients(node_factory: Any, n: int) -> tuple[Any, list[Any]]:
         },
     )
     for c in clients:
-        lsp.rpc.connect(c.info["id"], "localhost", c.port)
+        connect_by_ip(lsp, c)
     lsp.fundwallet(10_000_000)
     return lsp, clients
 
@@ -102,7 +94,7 @@ def test_factory_channels_carry_payments_both_ways_and_survive_restarts(
     for node in [lsp, *clients]:
         node.restart()
     for c in clients:
-        lsp.rpc.connect(c.info["id"], "localhost", c.port)
+        connect_by_ip(lsp, c)
         wait_for(lambda c=c: _normal(lsp, c) and _normal(c, lsp))
     _pay_both_ways(lsp, clients, 5_000_000)
 
@@ -165,6 +157,10 @@ def _wallet_sat(node: Any) -> int:
     )
 
 
+def _no_htlcs(node: Any) -> bool:
+    return all(not c.get("htlcs") for c in node.rpc.listpeerchannels()["channels"])
+
+
 def test_a_client_force_exits_alone_and_its_balance_reaches_its_wallet(
     node_factory: Any, bitcoind: Any
 ) -> None:
@@ -174,6 +170,7 @@ def test_a_client_force_exits_alone_and_its_balance_reaches_its_wallet(
     bitcoind.generate_block(1)
     inv = me.rpc.invoice(200_000_000, "exit-balance", "to the client")["bolt11"]
     assert lsp.rpc.pay(inv)["status"] == "complete"
+    wait_for(lambda: _no_htlcs(lsp) and _no_htlcs(me))  # the payment is settled on both sides
     before = _wallet_sat(me)
     lsp.stop()  # the LSP is gone: the client uses only what it stored
     me.rpc.call("factory-exit", {"instance": created["instance"]})
@@ -200,7 +197,7 @@ def test_the_lsp_sweeps_after_the_timeout(node_factory: Any, bitcoind: Any) -> N
         2, opts={"plugin": PLUGIN, "superscalar-accept-from": lsp.info["id"]}
     )
     for c in clients:
-        lsp.rpc.connect(c.info["id"], "localhost", c.port)
+        connect_by_ip(lsp, c)
     lsp.fundwallet(10_000_000)
     created = _factory(lsp, clients)
     for c in clients:
@@ -228,14 +225,17 @@ def test_a_payment_whose_cltv_reaches_past_the_factory_timeout_is_refused(
     [client] = node_factory.get_nodes(
         1, opts={"plugin": PLUGIN, "superscalar-accept-from": lsp.info["id"]}
     )
-    lsp.rpc.connect(client.info["id"], "localhost", client.port)
+    connect_by_ip(lsp, client)
     lsp.fundwallet(10_000_000)
     created = _factory(lsp, [client])
     ewt, timeout = created["early_warning_time"], created["timeout_height"]
     ok = client.rpc.invoice(10_000_000, "in-time", "fine")["bolt11"]
     assert lsp.rpc.pay(ok)["status"] == "complete"
-    # Close to the end: an HTLC expiring after T - EWT could not be enforced before T.
-    target = timeout - 2 * ewt - 10
+    # Close to the end: an HTLC expiring after T - EWT could not be enforced before T. The
+    # invoice asks for cltv-final + EWT (the plugin adds the EWT), so from this height on its
+    # HTLC expires past T - EWT.
+    cltv_final = int(client.rpc.listconfigs("cltv-final")["configs"]["cltv-final"]["value_int"])
+    target = timeout - 2 * ewt - cltv_final + 2
     bitcoind.generate_block(target - bitcoind.rpc.getblockcount())
     wait_for(lambda: client.rpc.getinfo()["blockheight"] == target)
     late = client.rpc.invoice(10_000_000, "too-late", "refused")["bolt11"]
@@ -243,3 +243,145 @@ def test_a_payment_whose_cltv_reaches_past_the_factory_timeout_is_refused(
         Exception, match=r"WIRE_INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS|incorrect_or_unknown"
     ):
         lsp.rpc.pay(late)
+
+
+HOLD_PLUGIN = '''
+from pyln.client import Plugin
+import time
+plugin = Plugin()
+
+@plugin.hook("htlc_accepted")
+def hold(plugin, **kwargs):
+    time.sleep(3600)  # never settles: the HTLC stays in flight until the node goes away
+    return {"result": "continue"}
+
+plugin.run()
+'''
+
+
+def _hold_plugin(tmp: Path) -> str:
+    path = tmp / "hold_htlcs.py"
+    path.write_text(f"#!{sys.executable}\n{HOLD_PLUGIN}")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_a_client_with_an_empty_wallet_exits_with_an_htlc_in_flight(
+    node_factory: Any, bitcoind: Any, tmp_path: Path
+) -> None:
+    """The client has never had an on-chain coin. It pays the LSP, the LSP holds the HTLC and
+    goes away. The client's exit must still bring its whole balance home: its channel is a
+    non-anchor channel, so the HTLC-timeout transaction carries its own fee."""
+    lsp = node_factory.get_node(
+        options={"plugin": [PLUGIN, _hold_plugin(tmp_path)], "watchtime-blocks": 6},
+        may_reconnect=True,
+    )
+    [me] = node_factory.get_nodes(
+        1, opts={"plugin": PLUGIN, "superscalar-accept-from": lsp.info["id"]}
+    )
+    connect_by_ip(lsp, me)
+    lsp.fundwallet(10_000_000)
+    created = _factory(lsp, [me])
+    bitcoind.generate_block(1)
+    assert _wallet_sat(me) == 0
+    chan = me.rpc.listpeerchannels(lsp.info["id"])["channels"][0]
+    assert chan["channel_type"]["names"][0].startswith("static_remotekey")
+    inv = me.rpc.invoice(200_000_000, "in", "to the client")["bolt11"]
+    assert lsp.rpc.pay(inv)["status"] == "complete"
+    wait_for(lambda: _no_htlcs(lsp) and _no_htlcs(me))
+    held = lsp.rpc.invoice(100_000_000, "held", "the LSP never settles it")["bolt11"]
+    _send_over_factory_channel(me, lsp, held)
+    wait_for(lambda: any(h["direction"] == "out" for h in _htlcs(me)))
+    lsp.stop()
+
+    me.rpc.call("factory-exit", {"instance": created["instance"]})
+
+    def home() -> bool:
+        bitcoind.generate_block(1)
+        return _wallet_sat(me) >= 190_000  # 200k sat minus the commitment's and HTLC's fees
+
+    wait_for(home, timeout=600)
+    assert not me.daemon.is_in_log(r"min relay fee not met")
+
+
+def _htlcs(node: Any) -> list[dict[str, Any]]:
+    return [h for c in node.rpc.listpeerchannels()["channels"] for h in c.get("htlcs", [])]
+
+
+def _send_over_factory_channel(payer: Any, payee: Any, bolt11: str) -> None:
+    """`sendpay` over the one (unannounced, zero-conf) channel to `payee`: it returns once the
+    HTLC is offered, whatever becomes of it."""
+    decoded = payer.rpc.decode(bolt11)
+    [chan] = payer.rpc.listpeerchannels(payee.info["id"])["channels"]
+    amount = int(decoded["amount_msat"])
+    hop = {"id": payee.info["id"], "channel": chan["alias"]["local"], "amount_msat": amount,
+           "delay": int(decoded["min_final_cltv_expiry"])}
+    payer.rpc.sendpay([hop], decoded["payment_hash"], payment_secret=decoded["payment_secret"],
+                      amount_msat=amount, bolt11=bolt11)
+
+
+def test_malformed_factory_messages_from_a_real_peer_leave_everyone_working(
+    node_factory: Any, bitcoind: Any
+) -> None:
+    lsp, clients = _lsp_and_clients(node_factory, 2)
+    created = _factory(lsp, clients)
+    attacker = clients[0]
+    bodies = ["", "00", "ff" * 40, "0001" + "00" * 3, "fffe" + "ab" * 600,
+              created["instance"], "00" * 65_000]
+    for _ in range(3):
+        for body in bodies:
+            attacker.rpc.sendcustommsg(lsp.info["id"], "8020" + body)
+    time.sleep(2)
+    for c in clients:
+        assert _normal(lsp, c) and _normal(c, lsp)
+    _pay_both_ways(lsp, clients, 3_000_000)
+    status = lsp.rpc.call("factory-status", {"instance": created["instance"]})["factories"][0]
+    assert status["state"] == "funded"
+    lines = lsp.daemon.logs
+    noisy = [x for x in lines if "superscalar" in x and attacker.info["id"][:16] in x
+             and re.search(r"malformed|unreadable|rejected|ignor", x)]
+    assert len(noisy) <= 1, noisy  # at most one line per peer per minute
+
+
+def test_an_operator_node_without_developer_mode_survives_connect_by_ip(
+    node_factory: Any, bitcoind: Any
+) -> None:
+    """An operator's lightningd has no --developer: the plugin starts, and an ordinary
+    `lightning-cli connect <id> 127.0.0.1 <port>` leaves it running."""
+    lsp = node_factory.get_node(options={"plugin": PLUGIN}, start=False)
+    for opt in [o for o in lsp.daemon.opts if o.startswith("dev-")]:
+        del lsp.daemon.opts[opt]
+    lsp.daemon.early_opts = [o for o in lsp.daemon.early_opts if o != "--developer"]
+    lsp.start()
+    [client] = node_factory.get_nodes(
+        1, opts={"plugin": PLUGIN, "superscalar-accept-from": lsp.info["id"]}
+    )
+    connect_by_ip(lsp, client)
+    assert not lsp.daemon.is_in_log(r"--developer")
+    plugins = {Path(p["name"]).name: p["active"] for p in lsp.rpc.plugin("list")["plugins"]}
+    assert plugins["superscalar"] is True
+    assert lsp.rpc.call("factory-list")["factories"] == []
+    wait_for(lambda: lsp.rpc.listpeers(client.info["id"])["peers"][0]["connected"])
+
+
+def test_the_lsp_sees_a_clients_exit(node_factory: Any, bitcoind: Any) -> None:
+    """A client leaves on its own: the LSP's factory-status names it, shows how far its path
+    got on chain, and what is still in the factory."""
+    lsp, clients = _lsp_and_clients(node_factory, 2)
+    created = _factory(lsp, clients)
+    bitcoind.generate_block(1)
+    instance = created["instance"]
+    clients[0].rpc.call("factory-exit", {"instance": instance})
+
+    def lsp_sees_it() -> bool:
+        bitcoind.generate_block(1)
+        view = lsp.rpc.call("factory-status", {"instance": instance})["factories"][0]
+        exited = [c for c in view["clients"] if c["onchain"]["leaf_confirmed"]]
+        return len(exited) >= 1
+
+    wait_for(lsp_sees_it, timeout=300)
+    view = lsp.rpc.call("factory-status", {"instance": instance})["factories"][0]
+    first = view["clients"][0]["onchain"]
+    assert first["leaf_confirmed"] and first["path_confirmed"] == first["path_length"]
+    assert view["onchain"]["clients_on_chain"] >= 1
+    assert view["onchain"]["clients_in_factory"] == 2 - view["onchain"]["clients_on_chain"]

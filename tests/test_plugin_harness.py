@@ -647,3 +647,34 @@ def test_a_client_that_disconnects_during_creation_is_named(
         ch["peer_id"] != leaver.node_id for ch in lsp.rpc_call("listpeerchannels")["channels"]
     )
     assert lsp.rpc_call("listpeerchannels")["channels"] == []  # the others' opens were cancelled
+
+
+def test_the_lsp_status_shows_a_client_that_exited_on_its_own(
+    network_factory: Callable[..., Network],
+) -> None:
+    """A client exits without asking (the LSP stays up): the LSP's factory-status names the
+    client, how much of its path confirmed, and who is still inside the factory."""
+    net, lsp, clients = _setup(network_factory, n=4)
+    instance = _create(lsp, clients, **SMALL)["instance"]
+    net.mine(1)
+    before = _status(lsp)[0]
+    assert before["onchain"]["clients_on_chain"] == 0
+    assert before["onchain"]["clients_in_factory"] == 4
+    assert before["clients"][0]["onchain"]["path_confirmed"] == 0
+    me = clients[0]
+    me.rpc_call("factory-exit", {"instance": instance}, timeout=30)
+
+    def client_done() -> bool:
+        return bool(me.rpc_call("factory-status", {"instance": instance})["factories"][0]
+                    ["exit"]["done"])
+
+    _mine_until(net, client_done)
+    _mine_until(net, lambda: _status(lsp)[0]["clients"][0]["onchain"]["leaf_confirmed"])
+    view = _status(lsp)[0]
+    mine = view["clients"][0]["onchain"]
+    assert mine["path_confirmed"] == mine["path_length"] and mine["last_confirmed_height"]
+    # clients 0 and 1 share the leaf; clients 2 and 3 are still inside the factory
+    assert [c["onchain"]["leaf_confirmed"] for c in view["clients"]] == [True, True, False, False]
+    assert view["onchain"]["clients_on_chain"] == 2
+    assert view["onchain"]["clients_in_factory"] == 2
+    assert "exit" not in view  # the LSP itself started no exit

@@ -55,7 +55,15 @@ class Node:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(["lightningd", *self.options], stdout=subprocess.DEVNULL)
+        # Its own session: a Ctrl-C in the terminal reaches this script only, which then stops
+        # each node with `stop` (a SIGINT straight to lightningd kills it mid-flight, and its
+        # plugins then complain about the lost RPC socket).
+        self.proc = subprocess.Popen(
+            ["lightningd", *self.options],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.dir / "stderr").open("wb"),
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if (self.dir / "regtest" / "lightning-rpc").exists():
@@ -132,9 +140,9 @@ def main() -> None:
         print(
             f"  {nodes[1].cli_prefix()} invoice 10000000 t1 test   # then: {lsp.cli_prefix()} pay <bolt11>"
         )
-        print("Mine blocks:")
-        print(f"  {' '.join(bitcoind.cli_args)} -generate 1")
-        print("\nCtrl-C stops everything.")
+        print("Mine a block:")
+        print(f"  {' '.join(bitcoind.cli_args())} generatetoaddress 1 {bitcoind.new_address()}")
+        print("\nCtrl-C stops everything.", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:
             while True:

@@ -52,6 +52,13 @@ MIN_CHANNEL_SAT = 20_000  # a floor above Core Lightning's default min-capacity-
 FACTORY_PUSH_MSAT = 1000
 
 
+# static_remotekey (12) + scid_alias (46) + zeroconf (50), no anchors: a factory client is
+# typically a new user with no on-chain coin, and only non-anchor channels let it claim an HTLC
+# after a force close without one (their HTLC transactions carry their own fee; anchor channels'
+# are zero-fee and need wallet inputs).
+FACTORY_CHANNEL_TYPE = [12, 46, 50]
+
+
 class RpcFailed(SuperscalarError):
     """lightningd refused an RPC the service made."""
 
@@ -699,6 +706,7 @@ class FactoryService:
                         # A fundee that never held funds forgets an unconfirmed channel after 2016
                         # blocks (DESIGN 3.6); one pushed sat keeps it for the factory's lifetime.
                         "push_msat": FACTORY_PUSH_MSAT,
+                        "channel_type": FACTORY_CHANNEL_TYPE,
                     },
                 )
             except Exception as e:
@@ -1041,6 +1049,7 @@ class FactoryService:
             }
             channels = self._channels()
             states = {e.node: e.state for e in record.tree}
+            per_client, base["onchain"] = lsp_onchain_view(record, topo)
             base["clients"] = [
                 {
                     "node_id": c.node_id,
@@ -1053,6 +1062,7 @@ class FactoryService:
                     "dw_state": [
                         states.get(n, 0) for n in topo.client_path(i) if topo.nodes[n].kind.is_state
                     ],
+                    "onchain": per_client[i],
                 }
                 for i, c in enumerate(record.clients)
             ]
@@ -1140,6 +1150,37 @@ class FactoryService:
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def lsp_onchain_view(
+    record: store.LspRecord, topo: Topology
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """What the chain shows of the tree, as the LSP sees it from the blocks it scans: per client,
+    how much of its path confirmed (a client that exits alone publishes its path without asking
+    the LSP); for the factory, who is on chain and who is still inside."""
+    confirmed = dict(record.confirmed)
+    txid_of = {e.node: Tx.deserialize(bytes.fromhex(e.raw)).txid for e in record.tree}
+    per_client = []
+    for i in range(len(record.clients)):
+        path = topo.client_path(i)
+        heights = [confirmed.get(txid_of.get(n, "")) for n in path]
+        done = [h for h in heights if h is not None]
+        per_client.append(
+            {
+                "path_length": len(path),
+                "path_confirmed": len(done),
+                "leaf_confirmed": bool(path) and heights[-1] is not None,
+                "last_confirmed_height": max(done) if done else None,
+            }
+        )
+    on_chain = sum(1 for c in per_client if c["leaf_confirmed"])
+    summary = {
+        "tree_txs_confirmed": sum(1 for t in txid_of.values() if t in confirmed),
+        "tree_txs": len(txid_of),
+        "clients_on_chain": on_chain,
+        "clients_in_factory": len(per_client) - on_chain,
+    }
+    return per_client, summary
 
 
 def _probe_factory(
