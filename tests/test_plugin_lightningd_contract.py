@@ -8,6 +8,7 @@ starts it as lightningd does: `--developer` in developer mode, LIGHTNINGD_PLUGIN
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from harness.network import SUPERSCALAR_PLUGIN, Network
@@ -87,3 +88,19 @@ def test_shutdown_is_clean_while_blocks_arrive(network_factory: Callable[..., Ne
     assert lsp.stop() == 0
     bad = [x for x in lsp.logs if x.level in ("broken", "error", "unusual")]
     assert bad == []
+
+
+def test_a_flood_of_malformed_messages_logs_one_line_per_peer(
+    network_factory: Callable[..., Network],
+) -> None:
+    net = network_factory(plugin=SUPERSCALAR_PLUGIN)
+    lsp, client = _pair(net)
+    net.connect(lsp, client)
+    lsp.wait_for_log(r"superscalar ready")
+    for i in range(40):
+        client.rpc_call("sendcustommsg", {"node_id": lsp.node_id, "msg": "8020" + "ff" * (i + 1)})
+    client.rpc_call("sendcustommsg", {"node_id": lsp.node_id, "msg": "8020"})
+    time.sleep(1.5)  # the worker drains the queue
+    lines = [x for x in lsp.logs if x.source == "plugin" and client.node_id in x.message]
+    assert len(lines) == 1, lines
+    assert lsp.plugin_running and lsp.rpc_call("factory-list")["factories"] == []

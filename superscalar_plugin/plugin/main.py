@@ -12,7 +12,6 @@ import json
 import logging
 import re
 import sys
-import time
 from typing import Any, ClassVar
 
 from pyln.client import Plugin, RpcException
@@ -21,6 +20,7 @@ from ..engine.blip56 import FACTORY_MESSAGE_TYPE, FEATURE_BIT
 from ..engine.errors import InvalidParameter, SuperscalarError
 from ..engine.taproot import DUST_P2WSH
 from ..engine.tree import FactoryParams
+from .ratelimit import LogLimiter
 from .service import MIN_CHANNEL_SAT, Config, FactoryService
 
 
@@ -54,7 +54,7 @@ def _answer_unreadable(p: Plugin, payload: bytes) -> None:
     head = payload.split(b'"params"', 1)[0]
     ident, method = _ID.search(head), _METHOD.search(head)
     name = method.group(1).decode() if method else "message"
-    _rate_limited_log(f"unreadable {name} request from lightningd")
+    _unreadable_log.warning(name, "unreadable %s request from lightningd (ignored)", name)
     if ident is None:
         return
     reply: dict[str, Any] = {"jsonrpc": "2.0", "id": json.loads(ident.group(1))}
@@ -66,15 +66,7 @@ def _answer_unreadable(p: Plugin, payload: bytes) -> None:
     p._write_locked(reply)
 
 
-_last_logged: dict[str, float] = {}
-
-
-def _rate_limited_log(text: str, period: float = 60.0) -> None:
-    """At most one line per kind and minute: what a peer or user triggers must not fill the log."""
-    now = time.monotonic()
-    if now - _last_logged.get(text, -period) >= period:
-        _last_logged[text] = now
-        logging.getLogger("superscalar").warning("%s (ignored; shown once a minute)", text)
+_unreadable_log = LogLimiter(logging.getLogger("superscalar"))
 
 
 plugin = _SturdyPlugin(

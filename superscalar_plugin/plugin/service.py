@@ -44,8 +44,10 @@ from ..engine.tx import Tx
 from . import address
 from . import psbt as psbtmod
 from .onchain import OnChain
+from .ratelimit import LogLimiter
 
 log = logging.getLogger("superscalar")
+peer_log = LogLimiter(log)  # what a peer can trigger at will: once a minute per peer
 
 DATASTORE_ROOT = ["superscalar", "factories"]
 MIN_CHANNEL_SAT = 20_000  # a floor above Core Lightning's default min-capacity-sat (10,000)
@@ -304,7 +306,7 @@ class FactoryService:
         try:
             msg = bytes.fromhex(payload_hex)
         except ValueError:
-            log.warning("custommsg from %s is not hex", peer)
+            peer_log.warning(peer, "custommsg from %s is not hex", peer)
             return
         if len(msg) < 2 or int.from_bytes(msg[:2], "big") != blip56.FACTORY_MESSAGE_TYPE:
             return  # e.g. lightningd's own peer_storage
@@ -330,7 +332,9 @@ class FactoryService:
             cs = self.clients.get(instance)
             if cs is None or cs.record.lsp_node_id != peer:
                 self.refused_opens[(peer, 0)] = instance
-                log.warning("%s announced a channel in unknown factory %s", peer, instance[:16])
+                peer_log.warning(
+                    peer, "%s announced a channel in unknown factory %s", peer, instance[:16]
+                )
             else:
                 self.expected_opens[(peer, cs.record.channel_sat * 1000)] = instance
         return True
@@ -344,11 +348,11 @@ class FactoryService:
                         self.protocol_peers.add(peer)
                 return
             if parsed.protocol_id != blip56.SUPERSCALAR_PROTOCOL_ID:
-                log.info("ignoring piggyback for another factory protocol from %s", peer)
+                peer_log.warning(peer, "ignoring piggyback for another protocol from %s", peer)
                 return
             payload = protocol.decode(parsed.payload)
         except WireError as e:
-            log.warning("dropped malformed factory message from %s: %s", peer, e)
+            peer_log.warning(peer, "dropped malformed factory message from %s: %s", peer, e)
             return
         instance = payload.instance_id.hex()
         try:
@@ -359,7 +363,9 @@ class FactoryService:
         except Exception as e:  # a hostile or broken peer, or our own bug: abort, stay alive
             expected = isinstance(e, WireError | CeremonyError | MuSigError)
             if expected:
-                log.warning("rejected message from %s for factory %s: %s", peer, instance[:16], e)
+                peer_log.warning(
+                    peer, "rejected message from %s for factory %s: %s", peer, instance[:16], e
+                )
             else:
                 log.exception("internal error on a message from %s", peer)
             reason = f"client {peer}: {e}" if expected else f"internal error: {e!r}"

@@ -1,0 +1,45 @@
+"""Log lines a peer (or a user) can trigger at will, at most once a minute per source: what
+anyone can send must not be able to fill the operator's log."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+PERIOD = 60.0
+MAX_SOURCES = 4096  # oldest forgotten beyond this: the table itself stays bounded
+
+
+class LogLimiter:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        period: float = PERIOD,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.period = period
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def warning(self, source: str, text: str, *args: object) -> None:
+        """Log `text % args` at WARNING unless `source` logged within the period; the next
+        line says how many were left out."""
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(source)
+            if last is not None and now - last < self.period:
+                self._suppressed[source] = self._suppressed.get(source, 0) + 1
+                return
+            if len(self._last) >= MAX_SOURCES:
+                oldest = min(self._last, key=self._last.__getitem__)
+                self._last.pop(oldest)
+                self._suppressed.pop(oldest, None)
+            self._last[source] = now
+            skipped = self._suppressed.pop(source, 0)
+        suffix = f" ({skipped} more from {source[:16]} not shown)" if skipped else ""
+        self.logger.warning(text + suffix, *args)
