@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from real_node import ROOT, require_lightningd
 
 require_lightningd()
