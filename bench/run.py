@@ -125,22 +125,26 @@ def htlc_hook_latency() -> None:
     import random
 
     from superscalar_plugin.engine.policy import ChannelGuard
-    from superscalar_plugin.plugin.service import Config, FactoryService
+    from superscalar_plugin.plugin.config import Config
+    from superscalar_plugin.plugin.guards import Guards
+    from superscalar_plugin.plugin.node import Node
+    from superscalar_plugin.plugin.records import Records
 
     class NoRpc:
         def call(self, method: str, payload: object = None) -> object:
             raise AssertionError(f"the hot path called {method}")
 
-    svc = FactoryService(NoRpc(), Config())
+    node = Node(NoRpc(), Config())
+    svc = Guards(node, Records(NoRpc()))
     rng = random.Random(5)
-    svc.blockheight = 800_000
+    node.raise_height(800_000)
     guards = {}
     for f in range(100):
         guard = ChannelGuard(early_warning_time=144 + f, timeout_height=804_000 + f)
         for c in range(100):
             guards[f"{800_000 + f}x{c}x0"] = guard
             guards[f"{f}x{c}x1"] = guard  # the alias
-    svc.guards = guards
+    svc.by_scid = guards
     scids = list(guards)
     payloads = []
     for i in range(20_000):
