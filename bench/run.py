@@ -9,6 +9,7 @@ processes: 26 s CPU at 127 clients. Exit paths: 916 vB (8 clients, arity 2), 999
 
 from __future__ import annotations
 
+import gc
 import json
 import resource
 import subprocess
@@ -27,24 +28,29 @@ SHAPES = {
 SIZES = [8, 64, 127, 1024]
 C_REFERENCE_SIGN_S = {64: 0.10, 127: 0.21, 1000: 2.0, 1024: 2.0}
 FLOOR_TARGET = 1.3  # in-process signing at 127 clients / the libsecp256k1 floor (C reference: 1.28)
-REPEATS = 5  # signing and its floor alternate, best of each, for the sizes up to 127
+REPEATS = 7  # signing and its floor alternate, best of each, for the sizes up to 127
 
 
 def sign_and_floor(
     fresh: Any, outpoint: tuple[str, int], states: Any, people: Any, repeats: int
 ) -> tuple[float, float]:
-    """Best in-process signing time and best libsecp256k1 floor, measured alternately."""
+    """Best in-process signing and best libsecp256k1 floor, alternately, in CPU seconds (this
+    process's own: other builds on the machine move wall times more than either)."""
     from libsecp_floor import floor_seconds
 
     from superscalar_plugin.engine.ceremony import sign_in_process
+    from superscalar_plugin.engine.libsecp import forget_signing_keys
 
     sign_s = floor_s = float("inf")
     for _ in range(repeats):
         f = fresh()
-        t = time.perf_counter()
+        forget_signing_keys()  # every run makes its signers' keypairs, as the floor does
+        gc.collect()  # each run starts with no garbage of the previous one to collect
+        t = time.process_time()
         sign_in_process(f, outpoint, states, people.lsp_seckey, people.client_seckeys)
-        sign_s = min(sign_s, time.perf_counter() - t)
+        sign_s = min(sign_s, time.process_time() - t)
         seckeys = list(people.client_seckeys)
+        gc.collect()
         floor_s = min(floor_s, floor_seconds(fresh(), outpoint, states, people.lsp_seckey, seckeys))
     return sign_s, floor_s
 
@@ -78,9 +84,13 @@ def one(n: int, shape: str) -> dict[str, object]:
     build_s = time.perf_counter() - t
 
     f = fresh()
+    t = time.perf_counter()
     signed = sign_in_process(f, outpoint, states, people.lsp_seckey, people.client_seckeys)
+    sign_s = time.perf_counter() - t
     assert len(signed) == len(txs)
-    sign_s, floor_s = sign_and_floor(fresh, outpoint, states, people, REPEATS if n <= 127 else 1)
+    sign_cpu_s, floor_cpu_s = sign_and_floor(
+        fresh, outpoint, states, people, REPEATS if n <= 127 else 1
+    )
 
     # The byte-message ceremony: one coordinator, every client a separate Signer that sees only
     # the bytes addressed to it and rebuilds only its own path.
@@ -128,7 +138,8 @@ def one(n: int, shape: str) -> dict[str, object]:
         "ewt": topo.ewt,
         "build_s": build_s,
         "sign_s": sign_s,
-        "floor_s": floor_s,
+        "sign_cpu_s": sign_cpu_s,
+        "floor_cpu_s": floor_cpu_s,
         "wire_cpu_s": wire_cpu,
         "wire_wall_s": wire_wall,
         "client_cpu_max_ms": max(client_cpu.values()) * 1000,
@@ -214,12 +225,12 @@ def print_targets(results: list[dict[str, Any]]) -> None:
             print(f"  in-process signing {r['n']} clients within 1.5x of C: {ratio:.2f}x {verdict}")
     for r in results:
         if r["n"] == 127:
-            ratio = r["sign_s"] / r["floor_s"]
+            ratio = r["sign_cpu_s"] / r["floor_cpu_s"]
             verdict = "met" if ratio <= FLOOR_TARGET else "MISSED"
             print(
                 f"  in-process signing 127 clients, {r['shape']}: {ratio:.2f}x the libsecp256k1"
-                f" floor ({r['sign_s'] * 1000:.0f} / {r['floor_s'] * 1000:.0f} ms,"
-                f" target {FLOOR_TARGET}x) {verdict}"
+                f" floor ({r['sign_cpu_s'] * 1000:.0f} / {r['floor_cpu_s'] * 1000:.0f} ms CPU,"
+                f" best of {REPEATS}; target {FLOOR_TARGET}x) {verdict}"
             )
     for r in results:
         if r["n"] == 127:
@@ -243,7 +254,7 @@ def main() -> None:
         return
     print(__doc__)
     cols = (
-        "clients shape       txs  EWT  build_s  sign_s (C ref)  floor_s  wire_cpu_s wire_wall_s"
+        "clients shape       txs  EWT  build_s  sign_s (C ref)  /floor  wire_cpu_s wire_wall_s"
         "  client_cpu_max_ms  bytes_to_client(max, w/o key list)  bytes_from_client  path"
         "  exit_vB  peak_MB"
     )
@@ -263,7 +274,7 @@ def main() -> None:
             ref_s = f"({ref:.2f})" if ref else "(-)"
             print(
                 f"{r['n']:>7} {r['shape']:<11} {r['txs']:>5} {r['ewt']:>4} {r['build_s']:>8.3f}"
-                f" {r['sign_s']:>7.3f} {ref_s:>7} {r['floor_s']:>8.3f}"
+                f" {r['sign_s']:>7.3f} {ref_s:>7} {r['sign_cpu_s'] / r['floor_cpu_s']:>8.2f}"
                 f" {r['wire_cpu_s']:>11.3f} {r['wire_wall_s']:>11.3f}"
                 f" {r['client_cpu_max_ms']:>18.1f} {r['to_client_max']:>20} {r['to_client_max_without_keys']:>6}"
                 f" {r['from_client_max']:>18} {r['path_len_max']:>5} {r['exit_vb_max']:>8}"

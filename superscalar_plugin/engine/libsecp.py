@@ -69,6 +69,8 @@ def fail(message: str) -> NoReturn:
 
 
 def require_bytes(value: object, length: int, what: str) -> bytes:
+    if type(value) is bytes and len(value) == length:  # the common case, first
+        return value
     if not isinstance(value, bytes | bytearray):
         raise MuSigError(f"{what} must be bytes, not {type(value).__name__}")
     if len(value) != length:
@@ -150,3 +152,9 @@ def signing_keypair(seckey: object) -> tuple[Any, bytes]:
             del _signing_keys[next(iter(_signing_keys))]  # the oldest
         _signing_keys[data] = kept
     return kept
+
+
+def forget_signing_keys() -> None:
+    """Drop every kept keypair (each is wiped once no signature uses it)."""
+    with _signing_keys_lock:
+        _signing_keys.clear()

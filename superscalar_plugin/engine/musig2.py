@@ -34,6 +34,7 @@ from superscalar_plugin.engine.bip340 import (
     xonly,
 )
 from superscalar_plugin.engine.errors import InvalidPartialSignature, MuSigError, NonceReuseError
+from superscalar_plugin.engine.keyagg import KeyAggContext, key_sort, tweaked_aggregate
 from superscalar_plugin.engine.libsecp import (
     CTX,
     SECNONCE_SIZE,
@@ -43,7 +44,6 @@ from superscalar_plugin.engine.libsecp import (
     parse_pubkey,
     parse_pubkey_into,
     require_bytes,
-    serialize_pubkey,
     signing_keypair,
 )
 
@@ -61,178 +61,9 @@ __all__ = [
     "schnorr_sign",
     "schnorr_verify",
     "taproot_tweak_seckey",
+    "tweaked_aggregate",
     "xonly",
 ]
-
-
-def key_sort(pubkeys: Sequence[bytes]) -> list[bytes]:
-    """BIP327 KeySort: lexicographic order of the 33-byte encodings (duplicates kept)."""
-    for i, pk in enumerate(pubkeys):
-        if type(pk) is not bytes or len(pk) != 33:
-            require_bytes(pk, 33, name_at("pubkey", i))
-    return sorted(bytes(pk) for pk in pubkeys)
-
-
-class KeyAggContext:
-    """BIP327 KeyAgg context (keys in the given order) plus any tweaks; an immutable value.
-
-    Wraps a `secp256k1_musig_keyagg_cache`. `apply_tweak` returns a new context; the parsed public
-    keys are shared between a context and the contexts derived from it.
-    """
-
-    __slots__ = ("_aggregate", "_cache", "_index", "_parsed", "_pubkeys", "_tweaks")
-
-    _cache: Any
-    _parsed: Any
-    _index: dict[bytes, int]
-    _pubkeys: tuple[bytes, ...]
-    _tweaks: tuple[tuple[bytes, bool], ...]
-    _aggregate: bytes
-
-    def __init__(self) -> None:
-        raise TypeError("use KeyAggContext.key_agg(pubkeys)")
-
-    @classmethod
-    def _build(
-        cls,
-        cache: Any,
-        parsed: Any,
-        index: dict[bytes, int],
-        pubkeys: tuple[bytes, ...],
-        tweaks: tuple[tuple[bytes, bool], ...],
-    ) -> KeyAggContext:
-        self = object.__new__(cls)
-        agg = ffi.new("secp256k1_pubkey *")
-        if not lib.secp256k1_musig_pubkey_get(CTX, agg, cache):  # pragma: no cover
-            fail("secp256k1_musig_pubkey_get failed")
-        for name, value in (
-            ("_cache", cache),
-            ("_parsed", parsed),
-            ("_index", index),
-            ("_pubkeys", pubkeys),
-            ("_tweaks", tweaks),
-            ("_aggregate", serialize_pubkey(agg)),
-        ):
-            object.__setattr__(self, name, value)
-        return self
-
-    @classmethod
-    def key_agg(
-        cls, pubkeys: Sequence[bytes], parsed_cache: dict[bytes, bytes] | None = None
-    ) -> KeyAggContext:
-        """BIP327 KeyAgg. The keys are aggregated in the order given: sort them first if wanted.
-
-        `parsed_cache` (owned by the caller, e.g. one per factory) keeps each key's parsed 64-byte
-        `secp256k1_pubkey`, which libsecp256k1 allows to be copied: aggregating many overlapping
-        key sets then decompresses each key only once."""
-        n = len(pubkeys)
-        if n == 0:
-            raise MuSigError("KeyAgg needs at least one public key")
-        parsed = ffi.new("secp256k1_pubkey[]", n)
-        known = [parsed_cache.get(pk) for pk in pubkeys] if parsed_cache is not None else []
-        if known and None not in known:  # every key parsed before: one copy
-            ffi.memmove(parsed, b"".join(known), 64 * n)  # type: ignore[arg-type]
-            keys = list(pubkeys)
-        else:
-            keys = [_parse_key(parsed + i, pk, i, parsed_cache) for i, pk in enumerate(pubkeys)]
-        index: dict[bytes, int] = {}
-        for i, data in enumerate(keys):
-            index.setdefault(data, i)
-        ptrs = ffi.new("secp256k1_pubkey *[]", [parsed + i for i in range(n)])
-        cache = ffi.new("secp256k1_musig_keyagg_cache *")
-        if not lib.secp256k1_musig_pubkey_agg(CTX, ffi.NULL, cache, ptrs, n):
-            fail("key aggregation failed")
-        return cls._build(cache, parsed, index, tuple(keys), ())
-
-    def apply_tweak(self, tweak: bytes, is_xonly: bool) -> KeyAggContext:
-        """BIP327 ApplyTweak: a new context with a plain (is_xonly=False) or x-only tweak."""
-        data = require_bytes(tweak, 32, "tweak")
-        cache = ffi.new("secp256k1_musig_keyagg_cache *")
-        ffi.memmove(cache, self._cache, ffi.sizeof("secp256k1_musig_keyagg_cache"))
-        fn = (
-            lib.secp256k1_musig_pubkey_xonly_tweak_add
-            if is_xonly
-            else lib.secp256k1_musig_pubkey_ec_tweak_add
-        )
-        if not fn(CTX, ffi.NULL, cache, data):
-            fail("tweak rejected: the tweak must be less than n and the result cannot be infinity")
-        return KeyAggContext._build(
-            cache, self._parsed, self._index, self._pubkeys, (*self._tweaks, (data, bool(is_xonly)))
-        )
-
-    @property
-    def aggregate_pubkey(self) -> bytes:
-        """33-byte compressed aggregate key, tweaks included."""
-        return self._aggregate
-
-    @property
-    def xonly_pubkey(self) -> bytes:
-        """32-byte x-only aggregate key, tweaks included (the BIP340 key the signature checks)."""
-        return self._aggregate[1:]
-
-    @property
-    def pubkeys(self) -> tuple[bytes, ...]:
-        return self._pubkeys
-
-    @property
-    def tweaks(self) -> tuple[tuple[bytes, bool], ...]:
-        """The tweaks applied so far, as (tweak, is_xonly), in order."""
-        return self._tweaks
-
-    def _pubkey_ptr(self, pubkey: bytes, what: str) -> Any:
-        i = self._index.get(pubkey)
-        if i is None:
-            raise MuSigError(f"{what} must be included in the list of pubkeys")
-        return self._parsed + i
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError("KeyAggContext is immutable")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError("KeyAggContext is immutable")
-
-    def __copy__(self) -> KeyAggContext:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> KeyAggContext:
-        return self
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_keyagg, (self._pubkeys, self._tweaks))
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, KeyAggContext):
-            return NotImplemented
-        return self._pubkeys == other._pubkeys and self._tweaks == other._tweaks
-
-    def __hash__(self) -> int:
-        return hash((self._pubkeys, self._tweaks))
-
-    def __repr__(self) -> str:
-        return (
-            f"KeyAggContext(n={len(self._pubkeys)}, tweaks={len(self._tweaks)}, "
-            f"aggregate={self._aggregate.hex()})"
-        )
-
-
-def _parse_key(out: Any, pk: object, i: int, parsed_cache: dict[bytes, bytes] | None) -> bytes:
-    known = parsed_cache.get(pk) if parsed_cache is not None and type(pk) is bytes else None
-    if known is not None:
-        ffi.memmove(out, known, 64)
-        return pk  # type: ignore[return-value]
-    data = parse_pubkey_into(out, pk, i)
-    if parsed_cache is not None:
-        parsed_cache[data] = bytes(ffi.buffer(out, 64))
-    return data
-
-
-def _rebuild_keyagg(
-    pubkeys: tuple[bytes, ...], tweaks: tuple[tuple[bytes, bool], ...]
-) -> KeyAggContext:
-    ctx = KeyAggContext.key_agg(pubkeys)
-    for tweak, is_xonly in tweaks:
-        ctx = ctx.apply_tweak(tweak, is_xonly)
-    return ctx
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,8 +76,8 @@ _TAKE_LOCK = threading.Lock()
 
 class _Serialized(bytes):
     """Bytes that keep the libsecp256k1 struct they were serialized from, so that this process
-    never parses its own nonces and partial signatures again. Anything else (a peer's bytes)
-    is parsed as usual; pickling or copying gives plain bytes."""
+    never parses its own nonces again (two point decompressions each). Anything else (a peer's
+    bytes) is parsed as usual; pickling or copying gives plain bytes."""
 
     parsed: Any
 
@@ -262,8 +93,12 @@ class _Serialized(bytes):
         return (bytes, (bytes(self),))
 
 
+# Parsed once: ffi.new with a type object skips the lookup of the type's name.
 _BYTES_32 = ffi.typeof("unsigned char[32]")
 _BYTES_66 = ffi.typeof("unsigned char[66]")
+_SECNONCE_T = ffi.typeof("secp256k1_musig_secnonce *")
+_PUBNONCE_T = ffi.typeof("secp256k1_musig_pubnonce *")
+_PSIG_T = ffi.typeof("secp256k1_musig_partial_sig *")
 
 
 class _PubNonce(_Serialized):
@@ -274,8 +109,6 @@ class _AggNonce(_Serialized):
     pass
 
 
-class _PartialSig(_Serialized):
-    pass
 
 
 class SecretNonce:
@@ -324,6 +157,8 @@ class SecretNonce:
         ffi.memmove(self._secnonce, ZERO_SECNONCE, SECNONCE_SIZE)
 
     def __del__(self) -> None:
+        if getattr(self, "_used", True):  # wiped: by libsecp256k1 as it signed, or on failure
+            return
         with contextlib.suppress(Exception):  # also during interpreter shutdown
             ffi.memmove(self._secnonce, ZERO_SECNONCE, SECNONCE_SIZE)
 
@@ -368,7 +203,7 @@ def nonce_gen(
     """
     pk, pk_bytes = _signer_pubkey(pubkey, keyagg)
     rand = ffi.new(
-        "unsigned char[32]",
+        _BYTES_32,
         os.urandom(32)
         if session_rand is None
         else require_bytes(session_rand, 32, "session_rand"),
@@ -381,8 +216,8 @@ def nonce_gen(
         ffi.NULL if extra_in is None else require_bytes(extra_in, 32, "extra_in (libsecp256k1)")
     )
     cache = ffi.NULL if keyagg is None else keyagg._cache
-    secnonce = ffi.new("secp256k1_musig_secnonce *")
-    pubnonce = ffi.new("secp256k1_musig_pubnonce *")
+    secnonce = ffi.new(_SECNONCE_T)
+    pubnonce = ffi.new(_PUBNONCE_T)
     ok = lib.secp256k1_musig_nonce_gen(
         CTX, secnonce, pubnonce, rand, sk, pk, msg32, cache, extra32
     )
@@ -522,7 +357,7 @@ def partial_sign(secnonce: SecretNonce, seckey: bytes, session: Session) -> byte
         keypair, pubkey = signing_keypair(seckey)
         if pubkey != secnonce._pubkey:
             raise MuSigError("secret key does not match the pubkey the nonce was generated for")
-        psig = ffi.new("secp256k1_musig_partial_sig *")
+        psig = ffi.new(_PSIG_T)
         # libsecp256k1 zeroes the secret nonce as soon as it has read it, even when it fails.
         if not lib.secp256k1_musig_partial_sign(
             CTX, psig, raw_nonce, keypair, keyagg._cache, session._session
@@ -531,8 +366,9 @@ def partial_sign(secnonce: SecretNonce, seckey: bytes, session: Session) -> byte
     except BaseException:
         secnonce._wipe()
         raise
-    out: bytes = _PartialSig.of(psig, _BYTES_32, lib.secp256k1_musig_partial_sig_serialize)
-    return out
+    out = ffi.new(_BYTES_32)  # plain bytes: a partial signature parses in no time
+    lib.secp256k1_musig_partial_sig_serialize(CTX, out, psig)
+    return bytes(out)
 
 
 def partial_sig_verify(psig: bytes, pubnonce: bytes, pubkey: bytes, session: Session) -> bool:
@@ -568,10 +404,12 @@ def partial_sig_agg(psigs: Sequence[bytes], session: Session) -> bytes:
     parsed = ffi.new("secp256k1_musig_partial_sig[]", n)
     ptrs = ffi.new("secp256k1_musig_partial_sig *[]", n)
     for i, ps in enumerate(psigs):
-        if type(ps) is _PartialSig:
-            ptrs[i] = ps.parsed
-            continue
         ptr = parsed + i
+        if type(ps) is bytes and len(ps) == 32 and lib.secp256k1_musig_partial_sig_parse(
+            CTX, ptr, ps
+        ):  # the common case, first
+            ptrs[i] = ptr
+            continue
         if not isinstance(ps, bytes | bytearray) or len(ps) != 32:
             raise InvalidPartialSignature(str(i), "a partial signature is 32 bytes")
         if not lib.secp256k1_musig_partial_sig_parse(CTX, ptr, bytes(ps)):
