@@ -12,6 +12,7 @@ from superscalar_plugin.engine.libsecp import (
     EXTRAPARAMS_MAGIC,
     complaints,
     fail,
+    invalid_seckey,
     new_keypair,
     parse_pubkey,
     require_bytes,
@@ -25,8 +26,7 @@ def pubkey_from_secret(seckey: bytes) -> bytes:
     data = require_bytes(seckey, 32, "secret key")
     pk = ffi.new("secp256k1_pubkey *")
     if not lib.secp256k1_ec_pubkey_create(CTX, pk, data):
-        complaints.clear()
-        raise MuSigError("secret key is zero or not below the group order")
+        invalid_seckey()
     return serialize_pubkey(pk)
 
 

@@ -109,12 +109,17 @@ def serialize_pubkey(pk: Any) -> bytes:
     return bytes(out)
 
 
+def invalid_seckey() -> NoReturn:
+    """libsecp256k1 refused a secret key (zero, or not below the group order)."""
+    complaints.clear()
+    raise MuSigError("secret key is zero or not below the group order")
+
+
 def new_keypair(seckey: object) -> Any:
     data = require_bytes(seckey, 32, "secret key")
     keypair = ffi.new("secp256k1_keypair *")
     if not lib.secp256k1_keypair_create(CTX, keypair, data):
-        complaints.clear()
-        raise MuSigError("secret key is zero or not below the group order")
+        invalid_seckey()
     return keypair
 
 

@@ -40,6 +40,7 @@ from superscalar_plugin.engine.libsecp import (
     SECNONCE_SIZE,
     ZERO_SECNONCE,
     fail,
+    invalid_seckey,
     name_at,
     parse_pubkey,
     parse_pubkey_into,
@@ -210,7 +211,7 @@ def nonce_gen(
     )
     sk = ffi.NULL if seckey is None else require_bytes(seckey, 32, "secret key")
     if seckey is not None and not lib.secp256k1_ec_seckey_verify(CTX, sk):
-        raise MuSigError("secret key is zero or not below the group order")
+        invalid_seckey()
     msg32 = ffi.NULL if msg is None else require_bytes(msg, 32, "nonce_gen msg (libsecp256k1)")
     extra32 = (
         ffi.NULL if extra_in is None else require_bytes(extra_in, 32, "extra_in (libsecp256k1)")

@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..engine import blip56, dw, musig2, protocol, store
 from ..engine.ceremony import Coordinator, CoordinatorState
@@ -268,10 +269,10 @@ class LspRole:
         if all(c.stored for c in s.record.clients):
             self._complete(s)
 
-    def _update_client(self, s: LspSession, index: int, **changes: object) -> None:
+    def _update_client(self, s: LspSession, index: int, **changes: Any) -> None:
         """Change one client's entry and persist (a restart then knows it)."""
         clients = list(s.record.clients)
-        clients[index] = dataclasses.replace(clients[index], **changes)  # type: ignore[arg-type]
+        clients[index] = dataclasses.replace(clients[index], **changes)
         s.record = s.record.replace(clients=tuple(clients))
         self._records.persist(s.record)
 
