@@ -110,8 +110,6 @@ class _AggNonce(_Serialized):
     pass
 
 
-
-
 class SecretNonce:
     """A signer's secret nonce: single use, never copied, pickled or serialized.
 
