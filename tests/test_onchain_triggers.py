@@ -46,11 +46,11 @@ def _client() -> store.ClientRecord:
 
 
 def _onchain(channels: list[dict[str, Any]]) -> OnChain:
-    svc = SimpleNamespace(
+    node = SimpleNamespace(
         config=SimpleNamespace(exit_margin=12),
-        _channels=lambda: {c["channel_id"]: c for c in channels},
+        channels=lambda: {c["channel_id"]: c for c in channels},
     )
-    return OnChain(svc)  # type: ignore[arg-type]
+    return OnChain(node, records=None)  # type: ignore[arg-type]
 
 
 def test_a_client_exits_before_the_timeout_the_lsp_does_not() -> None:

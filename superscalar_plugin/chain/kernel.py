@@ -21,14 +21,13 @@ whatever tests and the demo need.
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
 import struct
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -48,6 +47,7 @@ from superscalar_plugin.chain.btx import (
     CTxOut,
     SignatureHashSchnorr,
 )
+from superscalar_plugin.chain.kernel_log import KERNEL_LOG, reject_reason
 from superscalar_plugin.engine.errors import ChainError, InvalidAmount, InvalidParameter
 
 __all__ = [
@@ -213,69 +213,6 @@ def _grind_header(prev_hash: bytes, merkle_root: bytes, ntime: int) -> tuple[byt
 
 
 # --- kernel log: where the reject reason is --------------------------------------------------
-
-# "ConnectTip: ConnectBlock <hash> failed, <reason>[, <debug>]"
-_CONNECT_FAILED = re.compile(r"ConnectBlock ([0-9a-f]{64}) failed, (.+)$")
-# "ProcessNewBlock: AcceptBlock FAILED (<reason>[, <debug>])" and the CheckBlock variant
-_ACCEPT_FAILED = re.compile(r"(?:AcceptBlock|CheckBlock) FAILED \((.+)\)$")
-# "Block validation error: <reason>[, <debug>]"
-_VALIDATION_ERROR = re.compile(r"Block validation error: (.+)$")
-
-
-class _KernelLog:
-    """One process-wide kernel log connection; captures lines while a block is processed.
-
-    Kernel logging is global, so block processing is serialised by `capture` and every line
-    logged meanwhile belongs to that block.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lines: list[str] | None = None
-        self._connection: pbk.LoggingConnection | None = None
-
-    def _on_message(self, message: str) -> None:
-        lines = self._lines
-        if lines is not None:
-            lines.append(message.rstrip("\n"))
-
-    @contextmanager
-    def capture(self) -> Iterator[list[str]]:
-        with self._lock:
-            if self._connection is None:
-                self._connection = pbk.LoggingConnection(self._on_message)
-            lines: list[str] = []
-            self._lines = lines
-            try:
-                yield lines
-            finally:
-                self._lines = None
-
-
-_KERNEL_LOG = _KernelLog()
-
-
-def _split_reason(text: str) -> tuple[str, str | None]:
-    """Core's `BlockValidationState::ToString()` is "reason" or "reason, debug message"."""
-    reason, sep, detail = text.partition(", ")
-    return reason.strip(), (detail.strip() or None) if sep else None
-
-
-def _reject_reason(lines: Sequence[str], block_hash_hex: str) -> tuple[str, str | None]:
-    for line in lines:
-        m = _CONNECT_FAILED.search(line)
-        if m and m.group(1) == block_hash_hex:
-            return _split_reason(m.group(2))
-    for pattern in (_ACCEPT_FAILED, _VALIDATION_ERROR):
-        for line in lines:
-            m = pattern.search(line)
-            if m:
-                return _split_reason(m.group(1))
-    errors = [line for line in lines if "[error]" in line or "ERROR" in line]
-    if errors:
-        return "unknown", errors[-1]
-    return "unknown", "the kernel logged no reject reason"
-
 
 # --- the chain ---------------------------------------------------------------------------------
 
@@ -464,7 +401,7 @@ class KernelChain:
             ntime = self._times[-1] + BLOCK_INTERVAL
             header, block_hash = _grind_header(self._tip_hash, merkle_root, ntime)
             raw_block = header + _compact_size(1 + len(serialized)) + cb_raw + b"".join(serialized)
-            with _KERNEL_LOG.capture() as lines:
+            with KERNEL_LOG.capture() as lines:
                 # Raises when rejected before connection (CheckBlock/AcceptBlock); returns True
                 # for some invalid blocks too. Only the tip comparison below decides.
                 with suppress(pbk.ProcessBlockException):
@@ -480,7 +417,7 @@ class KernelChain:
                 return BlockResult(True, tip_height, block_hex, None)
             if tip_hash != self._tip_hash:
                 raise ChainError(f"kernel tip moved unexpectedly to {_display(tip_hash)}")
-            reason, detail = _reject_reason(lines, block_hex)
+            reason, detail = reject_reason(lines, block_hex)
             return BlockResult(False, tip_height, block_hex, reason, detail)
 
     def mine_empty(self, n: int) -> None:

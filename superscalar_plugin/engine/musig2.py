@@ -11,10 +11,9 @@ silently doing something else):
   the aggregate key of a `KeyAggContext` rather than to a bare x-only `aggpk`.
 * There is no `DeterministicSign`.
 
-Performance notes: one randomized context is created at import and reused; a `KeyAggContext` keeps
-its parsed public keys; input buffers are passed to C as `bytes` (no copy); only output structs are
-allocated per call. The illegal-argument and error callbacks of the context are replaced so that a
-misuse of the library turns into a `MuSigError` instead of `abort()`.
+Performance notes: the one randomized context of `libsecp` is reused; a `KeyAggContext` keeps its
+parsed public keys; input buffers are passed to C as `bytes` (no copy); only output structs are
+allocated per call. The BIP340 single-key helpers live in `bip340` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -27,7 +26,27 @@ from typing import Any, NoReturn
 
 from coincurve._libsecp256k1 import ffi, lib
 
+from superscalar_plugin.engine.bip340 import (
+    pubkey_from_secret,
+    schnorr_sign,
+    schnorr_verify,
+    taproot_tweak_seckey,
+    xonly,
+)
 from superscalar_plugin.engine.errors import InvalidPartialSignature, MuSigError, NonceReuseError
+from superscalar_plugin.engine.keyagg import KeyAggContext, key_sort, tweaked_aggregate
+from superscalar_plugin.engine.libsecp import (
+    CTX,
+    SECNONCE_SIZE,
+    ZERO_SECNONCE,
+    fail,
+    invalid_seckey,
+    name_at,
+    parse_pubkey,
+    parse_pubkey_into,
+    require_bytes,
+    signing_keypair,
+)
 
 __all__ = [
     "KeyAggContext",
@@ -43,298 +62,9 @@ __all__ = [
     "schnorr_sign",
     "schnorr_verify",
     "taproot_tweak_seckey",
+    "tweaked_aggregate",
     "xonly",
 ]
-
-_SECNONCE_SIZE = 132
-_ZERO_SECNONCE = bytes(_SECNONCE_SIZE)
-_ZERO_KEYPAIR = bytes(96)
-_COMPRESSED = lib.SECP256K1_EC_COMPRESSED
-# secp256k1_schnorrsig_extraparams magic (SECP256K1_SCHNORRSIG_EXTRAPARAMS_MAGIC in the C header).
-_EXTRAPARAMS_MAGIC = b"\xda\x6f\xb3\x8c"
-
-# --------------------------------------------------------------------------------------------------
-# The context: created once, randomized, with callbacks that record instead of aborting.
-# --------------------------------------------------------------------------------------------------
-
-_library_complaints: list[str] = []
-
-
-def _on_library_complaint(message: Any, _data: Any) -> None:
-    # Runs inside C: must never raise. libsecp256k1 returns 0 right after calling it.
-    try:
-        _library_complaints.append(ffi.string(message).decode("ascii", "replace"))
-    except Exception:  # pragma: no cover - defensive, we are inside a C callback
-        _library_complaints.append("unknown libsecp256k1 error")
-
-
-_COMPLAINT_CALLBACK = ffi.callback("void(char *, void *)", _on_library_complaint)
-
-
-def _make_context() -> Any:
-    ctx = ffi.gc(
-        lib.secp256k1_context_create(lib.SECP256K1_CONTEXT_NONE), lib.secp256k1_context_destroy
-    )
-    lib.secp256k1_context_set_illegal_callback(ctx, _COMPLAINT_CALLBACK, ffi.NULL)
-    lib.secp256k1_context_set_error_callback(ctx, _COMPLAINT_CALLBACK, ffi.NULL)
-    if not lib.secp256k1_context_randomize(ctx, os.urandom(32)):  # pragma: no cover
-        raise MuSigError("secp256k1_context_randomize failed")
-    return ctx
-
-
-_CTX = _make_context()
-
-
-def _fail(message: str) -> NoReturn:
-    """Raise MuSigError, appending what libsecp256k1 said through its callbacks, if anything."""
-    if _library_complaints:
-        detail = "; ".join(_library_complaints)
-        _library_complaints.clear()
-        message = f"{message} (libsecp256k1: {detail})"
-    raise MuSigError(message)
-
-
-# --------------------------------------------------------------------------------------------------
-# Small typed helpers
-# --------------------------------------------------------------------------------------------------
-
-
-def _require_bytes(value: object, length: int, what: str) -> bytes:
-    if not isinstance(value, bytes | bytearray):
-        raise MuSigError(f"{what} must be bytes, not {type(value).__name__}")
-    if len(value) != length:
-        raise MuSigError(f"{what} must be {length} bytes, got {len(value)}")
-    return bytes(value)
-
-
-def _name(what: str, index: int | None) -> str:
-    return what if index is None else f"{what} at index {index}"
-
-
-def _parse_pubkey_into(out: Any, pubkey: object, index: int | None = None) -> bytes:
-    """Parse a 33-byte compressed key into the secp256k1_pubkey struct `out`.
-
-    `index` (a position in a list of keys) only goes into the error message.
-    """
-    if type(pubkey) is not bytes:
-        pubkey = _require_bytes(pubkey, 33, _name("pubkey", index))
-    if len(pubkey) != 33:
-        raise MuSigError(f"{_name('pubkey', index)} must be 33 bytes, got {len(pubkey)}")
-    if pubkey[0] not in (2, 3) or not lib.secp256k1_ec_pubkey_parse(_CTX, out, pubkey, 33):
-        _fail(f"{_name('pubkey', index)} is not a valid compressed public key")
-    return pubkey
-
-
-def _parse_pubkey(pubkey: object) -> Any:
-    out = ffi.new("secp256k1_pubkey *")
-    _parse_pubkey_into(out, pubkey)
-    return out
-
-
-def _serialize_pubkey(pk: Any) -> bytes:
-    out = ffi.new("unsigned char[33]")
-    outlen = ffi.new("size_t *", 33)
-    lib.secp256k1_ec_pubkey_serialize(_CTX, out, outlen, pk, _COMPRESSED)
-    return bytes(out)
-
-
-def _keypair(seckey: object) -> Any:
-    data = _require_bytes(seckey, 32, "secret key")
-    keypair = ffi.new("secp256k1_keypair *")
-    if not lib.secp256k1_keypair_create(_CTX, keypair, data):
-        _library_complaints.clear()
-        raise MuSigError("secret key is zero or not below the group order")
-    return keypair
-
-
-def _wipe_keypair(keypair: Any) -> None:
-    ffi.memmove(keypair, _ZERO_KEYPAIR, 96)
-
-
-# --------------------------------------------------------------------------------------------------
-# Keys
-# --------------------------------------------------------------------------------------------------
-
-
-def pubkey_from_secret(seckey: bytes) -> bytes:
-    """The 33-byte compressed public key of a 32-byte secret key."""
-    data = _require_bytes(seckey, 32, "secret key")
-    pk = ffi.new("secp256k1_pubkey *")
-    if not lib.secp256k1_ec_pubkey_create(_CTX, pk, data):
-        _library_complaints.clear()
-        raise MuSigError("secret key is zero or not below the group order")
-    return _serialize_pubkey(pk)
-
-
-def xonly(pubkey: bytes) -> bytes:
-    """33-byte compressed key -> its 32-byte x-only form (BIP340). The point is validated."""
-    _parse_pubkey(pubkey)
-    return bytes(pubkey[1:])
-
-
-def key_sort(pubkeys: Sequence[bytes]) -> list[bytes]:
-    """BIP327 KeySort: lexicographic order of the 33-byte encodings (duplicates kept)."""
-    for i, pk in enumerate(pubkeys):
-        if type(pk) is not bytes or len(pk) != 33:
-            _require_bytes(pk, 33, _name("pubkey", i))
-    return sorted(bytes(pk) for pk in pubkeys)
-
-
-class KeyAggContext:
-    """BIP327 KeyAgg context (keys in the given order) plus any tweaks; an immutable value.
-
-    Wraps a `secp256k1_musig_keyagg_cache`. `apply_tweak` returns a new context; the parsed public
-    keys are shared between a context and the contexts derived from it.
-    """
-
-    __slots__ = ("_aggregate", "_cache", "_index", "_parsed", "_pubkeys", "_tweaks")
-
-    _cache: Any
-    _parsed: Any
-    _index: dict[bytes, int]
-    _pubkeys: tuple[bytes, ...]
-    _tweaks: tuple[tuple[bytes, bool], ...]
-    _aggregate: bytes
-
-    def __init__(self) -> None:
-        raise TypeError("use KeyAggContext.key_agg(pubkeys)")
-
-    @classmethod
-    def _build(
-        cls,
-        cache: Any,
-        parsed: Any,
-        index: dict[bytes, int],
-        pubkeys: tuple[bytes, ...],
-        tweaks: tuple[tuple[bytes, bool], ...],
-    ) -> KeyAggContext:
-        self = object.__new__(cls)
-        agg = ffi.new("secp256k1_pubkey *")
-        if not lib.secp256k1_musig_pubkey_get(_CTX, agg, cache):  # pragma: no cover
-            _fail("secp256k1_musig_pubkey_get failed")
-        for name, value in (
-            ("_cache", cache),
-            ("_parsed", parsed),
-            ("_index", index),
-            ("_pubkeys", pubkeys),
-            ("_tweaks", tweaks),
-            ("_aggregate", _serialize_pubkey(agg)),
-        ):
-            object.__setattr__(self, name, value)
-        return self
-
-    @classmethod
-    def key_agg(
-        cls, pubkeys: Sequence[bytes], parsed_cache: dict[bytes, bytes] | None = None
-    ) -> KeyAggContext:
-        """BIP327 KeyAgg. The keys are aggregated in the order given: sort them first if wanted.
-
-        `parsed_cache` (owned by the caller, e.g. one per factory) keeps each key's parsed 64-byte
-        `secp256k1_pubkey`, which libsecp256k1 allows to be copied: aggregating many overlapping
-        key sets then decompresses each key only once."""
-        n = len(pubkeys)
-        if n == 0:
-            raise MuSigError("KeyAgg needs at least one public key")
-        parsed = ffi.new("secp256k1_pubkey[]", n)
-        ptrs = ffi.new("secp256k1_pubkey *[]", n)
-        keys: list[bytes] = []
-        index: dict[bytes, int] = {}
-        for i, pk in enumerate(pubkeys):
-            ptr = parsed + i
-            known = parsed_cache.get(pk) if parsed_cache is not None else None
-            if known is not None:
-                ffi.memmove(ptr, known, 64)
-                data = pk
-            else:
-                data = _parse_pubkey_into(ptr, pk, i)
-                if parsed_cache is not None:
-                    parsed_cache[data] = bytes(ffi.buffer(ptr, 64))
-            ptrs[i] = ptr
-            keys.append(data)
-            index.setdefault(data, i)
-        cache = ffi.new("secp256k1_musig_keyagg_cache *")
-        if not lib.secp256k1_musig_pubkey_agg(_CTX, ffi.NULL, cache, ptrs, n):
-            _fail("key aggregation failed")
-        return cls._build(cache, parsed, index, tuple(keys), ())
-
-    def apply_tweak(self, tweak: bytes, is_xonly: bool) -> KeyAggContext:
-        """BIP327 ApplyTweak: a new context with a plain (is_xonly=False) or x-only tweak."""
-        data = _require_bytes(tweak, 32, "tweak")
-        cache = ffi.new("secp256k1_musig_keyagg_cache *")
-        ffi.memmove(cache, self._cache, ffi.sizeof("secp256k1_musig_keyagg_cache"))
-        fn = (
-            lib.secp256k1_musig_pubkey_xonly_tweak_add
-            if is_xonly
-            else lib.secp256k1_musig_pubkey_ec_tweak_add
-        )
-        if not fn(_CTX, ffi.NULL, cache, data):
-            _fail("tweak rejected: the tweak must be less than n and the result cannot be infinity")
-        return KeyAggContext._build(
-            cache, self._parsed, self._index, self._pubkeys, (*self._tweaks, (data, bool(is_xonly)))
-        )
-
-    @property
-    def aggregate_pubkey(self) -> bytes:
-        """33-byte compressed aggregate key, tweaks included."""
-        return self._aggregate
-
-    @property
-    def xonly_pubkey(self) -> bytes:
-        """32-byte x-only aggregate key, tweaks included (the BIP340 key the signature checks)."""
-        return self._aggregate[1:]
-
-    @property
-    def pubkeys(self) -> tuple[bytes, ...]:
-        return self._pubkeys
-
-    @property
-    def tweaks(self) -> tuple[tuple[bytes, bool], ...]:
-        """The tweaks applied so far, as (tweak, is_xonly), in order."""
-        return self._tweaks
-
-    def _pubkey_ptr(self, pubkey: bytes, what: str) -> Any:
-        i = self._index.get(pubkey)
-        if i is None:
-            raise MuSigError(f"{what} must be included in the list of pubkeys")
-        return self._parsed + i
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError("KeyAggContext is immutable")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError("KeyAggContext is immutable")
-
-    def __copy__(self) -> KeyAggContext:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> KeyAggContext:
-        return self
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_keyagg, (self._pubkeys, self._tweaks))
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, KeyAggContext):
-            return NotImplemented
-        return self._pubkeys == other._pubkeys and self._tweaks == other._tweaks
-
-    def __hash__(self) -> int:
-        return hash((self._pubkeys, self._tweaks))
-
-    def __repr__(self) -> str:
-        return (
-            f"KeyAggContext(n={len(self._pubkeys)}, tweaks={len(self._tweaks)}, "
-            f"aggregate={self._aggregate.hex()})"
-        )
-
-
-def _rebuild_keyagg(
-    pubkeys: tuple[bytes, ...], tweaks: tuple[tuple[bytes, bool], ...]
-) -> KeyAggContext:
-    ctx = KeyAggContext.key_agg(pubkeys)
-    for tweak, is_xonly in tweaks:
-        ctx = ctx.apply_tweak(tweak, is_xonly)
-    return ctx
 
 
 # --------------------------------------------------------------------------------------------------
@@ -343,6 +73,41 @@ def _rebuild_keyagg(
 
 
 _TAKE_LOCK = threading.Lock()
+
+
+class _Serialized(bytes):
+    """Bytes that keep the libsecp256k1 struct they were serialized from, so that this process
+    never parses its own nonces again (two point decompressions each). Anything else (a peer's
+    bytes) is parsed as usual; pickling or copying gives plain bytes."""
+
+    parsed: Any
+
+    @classmethod
+    def of(cls, struct: Any, buffer_type: Any, serialize: Any) -> Any:
+        out = ffi.new(buffer_type)
+        serialize(CTX, out, struct)
+        self = cls(ffi.buffer(out))
+        self.parsed = struct
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (bytes, (bytes(self),))
+
+
+# Parsed once: ffi.new with a type object skips the lookup of the type's name.
+_BYTES_32 = ffi.typeof("unsigned char[32]")
+_BYTES_66 = ffi.typeof("unsigned char[66]")
+_SECNONCE_T = ffi.typeof("secp256k1_musig_secnonce *")
+_PUBNONCE_T = ffi.typeof("secp256k1_musig_pubnonce *")
+_PSIG_T = ffi.typeof("secp256k1_musig_partial_sig *")
+
+
+class _PubNonce(_Serialized):
+    pass
+
+
+class _AggNonce(_Serialized):
+    pass
 
 
 class SecretNonce:
@@ -364,9 +129,9 @@ class SecretNonce:
     @classmethod
     def _wrap(cls, secnonce: Any, pubkey: bytes) -> SecretNonce:
         self = object.__new__(cls)
-        self._secnonce = secnonce
-        self._pubkey = pubkey
-        self._used = False
+        object.__setattr__(self, "_secnonce", secnonce)  # past the immutability check: new object
+        object.__setattr__(self, "_pubkey", pubkey)
+        object.__setattr__(self, "_used", False)
         return self
 
     @property
@@ -388,11 +153,13 @@ class SecretNonce:
         return self._secnonce
 
     def _wipe(self) -> None:
-        ffi.memmove(self._secnonce, _ZERO_SECNONCE, _SECNONCE_SIZE)
+        ffi.memmove(self._secnonce, ZERO_SECNONCE, SECNONCE_SIZE)
 
     def __del__(self) -> None:
+        if getattr(self, "_used", True):  # wiped: by libsecp256k1 as it signed, or on failure
+            return
         with contextlib.suppress(Exception):  # also during interpreter shutdown
-            ffi.memmove(self._secnonce, _ZERO_SECNONCE, _SECNONCE_SIZE)
+            ffi.memmove(self._secnonce, ZERO_SECNONCE, SECNONCE_SIZE)
 
     def __copy__(self) -> NoReturn:
         raise NonceReuseError("a secret nonce cannot be copied")
@@ -433,40 +200,47 @@ def nonce_gen(
     only passed explicitly by test vectors. `seckey`, `keyagg`, `msg` (32 bytes) and `extra_in`
     (32 bytes) are optional extra inputs that harden the nonce against bad randomness.
     """
-    pk = ffi.new("secp256k1_pubkey *")
-    pk_bytes = _parse_pubkey_into(pk, pubkey)
+    pk, pk_bytes = _signer_pubkey(pubkey, keyagg)
     rand = ffi.new(
-        "unsigned char[32]",
+        _BYTES_32,
         os.urandom(32)
         if session_rand is None
-        else _require_bytes(session_rand, 32, "session_rand"),
+        else require_bytes(session_rand, 32, "session_rand"),
     )
-    sk = ffi.NULL if seckey is None else _require_bytes(seckey, 32, "secret key")
-    if seckey is not None and not lib.secp256k1_ec_seckey_verify(_CTX, sk):
-        raise MuSigError("secret key is zero or not below the group order")
-    msg32 = ffi.NULL if msg is None else _require_bytes(msg, 32, "nonce_gen msg (libsecp256k1)")
+    sk = ffi.NULL if seckey is None else require_bytes(seckey, 32, "secret key")
+    if seckey is not None and not lib.secp256k1_ec_seckey_verify(CTX, sk):
+        invalid_seckey()
+    msg32 = ffi.NULL if msg is None else require_bytes(msg, 32, "nonce_gen msg (libsecp256k1)")
     extra32 = (
-        ffi.NULL if extra_in is None else _require_bytes(extra_in, 32, "extra_in (libsecp256k1)")
+        ffi.NULL if extra_in is None else require_bytes(extra_in, 32, "extra_in (libsecp256k1)")
     )
     cache = ffi.NULL if keyagg is None else keyagg._cache
-    secnonce = ffi.new("secp256k1_musig_secnonce *")
-    pubnonce = ffi.new("secp256k1_musig_pubnonce *")
+    secnonce = ffi.new(_SECNONCE_T)
+    pubnonce = ffi.new(_PUBNONCE_T)
     ok = lib.secp256k1_musig_nonce_gen(
-        _CTX, secnonce, pubnonce, rand, sk, pk, msg32, cache, extra32
+        CTX, secnonce, pubnonce, rand, sk, pk, msg32, cache, extra32
     )
     if not ok:
-        ffi.memmove(secnonce, _ZERO_SECNONCE, _SECNONCE_SIZE)
-        _fail("nonce generation failed (is session_rand all zero?)")
-    out = ffi.new("unsigned char[66]")
-    lib.secp256k1_musig_pubnonce_serialize(_CTX, out, pubnonce)
-    return SecretNonce._wrap(secnonce, pk_bytes), bytes(out)
+        ffi.memmove(secnonce, ZERO_SECNONCE, SECNONCE_SIZE)
+        fail("nonce generation failed (is session_rand all zero?)")
+    public = _PubNonce.of(pubnonce, _BYTES_66, lib.secp256k1_musig_pubnonce_serialize)
+    return SecretNonce._wrap(secnonce, pk_bytes), public
+
+
+def _signer_pubkey(pubkey: object, keyagg: KeyAggContext | None) -> tuple[Any, bytes]:
+    """The parsed key: the one `keyagg` already parsed if it is one of its keys."""
+    i = keyagg._index.get(pubkey) if keyagg is not None and type(pubkey) is bytes else None
+    if keyagg is not None and i is not None:
+        return keyagg._parsed + i, keyagg._pubkeys[i]
+    pk = ffi.new("secp256k1_pubkey *")
+    return pk, parse_pubkey_into(pk, pubkey)
 
 
 def _parse_pubnonce_into(out: Any, pubnonce: object, index: int | None = None) -> None:
     if type(pubnonce) is not bytes or len(pubnonce) != 66:
-        pubnonce = _require_bytes(pubnonce, 66, _name("pubnonce", index))
-    if not lib.secp256k1_musig_pubnonce_parse(_CTX, out, pubnonce):
-        _fail(f"{_name('pubnonce', index)} is invalid (each half must be a valid compressed point)")
+        pubnonce = require_bytes(pubnonce, 66, name_at("pubnonce", index))
+    if not lib.secp256k1_musig_pubnonce_parse(CTX, out, pubnonce):
+        fail(f"{name_at('pubnonce', index)} is invalid (each half must be a valid compressed point)")
 
 
 def nonce_agg(pubnonces: Sequence[bytes]) -> bytes:
@@ -477,15 +251,24 @@ def nonce_agg(pubnonces: Sequence[bytes]) -> bytes:
     parsed = ffi.new("secp256k1_musig_pubnonce[]", n)
     ptrs = ffi.new("secp256k1_musig_pubnonce *[]", n)
     for i, pn in enumerate(pubnonces):
-        ptr = parsed + i
-        _parse_pubnonce_into(ptr, pn, i)
-        ptrs[i] = ptr
+        if type(pn) is _PubNonce:
+            ptrs[i] = pn.parsed
+        else:
+            ptrs[i] = parsed + i
+            _parse_pubnonce_into(ptrs[i], pn, i)
     agg = ffi.new("secp256k1_musig_aggnonce *")
-    if not lib.secp256k1_musig_nonce_agg(_CTX, agg, ptrs, n):  # pragma: no cover
-        _fail("nonce aggregation failed")
-    out = ffi.new("unsigned char[66]")
-    lib.secp256k1_musig_aggnonce_serialize(_CTX, out, agg)
-    return bytes(out)
+    if not lib.secp256k1_musig_nonce_agg(CTX, agg, ptrs, n):  # pragma: no cover
+        fail("nonce aggregation failed")
+    aggnonce: bytes = _AggNonce.of(agg, _BYTES_66, lib.secp256k1_musig_aggnonce_serialize)
+    return aggnonce
+
+
+def _parse_aggnonce(aggnonce: object) -> tuple[Any, bytes]:
+    data = require_bytes(aggnonce, 66, "aggnonce")
+    agg = ffi.new("secp256k1_musig_aggnonce *")
+    if not lib.secp256k1_musig_aggnonce_parse(CTX, agg, data):
+        fail("aggnonce is invalid")
+    return agg, data
 
 
 # --------------------------------------------------------------------------------------------------
@@ -513,14 +296,14 @@ class Session:
     def create(cls, aggnonce: bytes, msg: bytes, keyagg: KeyAggContext) -> Session:
         if not isinstance(keyagg, KeyAggContext):
             raise MuSigError("keyagg must be a KeyAggContext")
-        agg_bytes = _require_bytes(aggnonce, 66, "aggnonce")
-        msg_bytes = _require_bytes(msg, 32, "message (libsecp256k1 signs 32-byte messages)")
-        agg = ffi.new("secp256k1_musig_aggnonce *")
-        if not lib.secp256k1_musig_aggnonce_parse(_CTX, agg, agg_bytes):
-            _fail("aggnonce is invalid")
+        if type(aggnonce) is _AggNonce:  # from nonce_agg in this process: already parsed
+            agg, agg_bytes = aggnonce.parsed, bytes(aggnonce)
+        else:
+            agg, agg_bytes = _parse_aggnonce(aggnonce)
+        msg_bytes = require_bytes(msg, 32, "message (libsecp256k1 signs 32-byte messages)")
         session = ffi.new("secp256k1_musig_session *")
-        if not lib.secp256k1_musig_nonce_process(_CTX, session, agg, msg_bytes, keyagg._cache):
-            _fail("nonce processing failed")
+        if not lib.secp256k1_musig_nonce_process(CTX, session, agg, msg_bytes, keyagg._cache):
+            fail("nonce processing failed")
         self = object.__new__(cls)
         for name, value in (
             ("_session", session),
@@ -564,48 +347,45 @@ def partial_sign(secnonce: SecretNonce, seckey: bytes, session: Session) -> byte
     if not isinstance(secnonce, SecretNonce):
         raise MuSigError("secnonce must be a SecretNonce from nonce_gen()")
     raw_nonce = secnonce._take()
-    keypair = None
     try:
         if not isinstance(session, Session):
             raise MuSigError("session must be a Session")
         keyagg = session._keyagg
         if secnonce._pubkey not in keyagg._index:
             raise MuSigError("The signer's pubkey must be included in the list of pubkeys.")
-        keypair = _keypair(seckey)
-        pk = ffi.new("secp256k1_pubkey *")
-        lib.secp256k1_keypair_pub(_CTX, pk, keypair)
-        if _serialize_pubkey(pk) != secnonce._pubkey:
+        keypair, pubkey = signing_keypair(seckey)
+        if pubkey != secnonce._pubkey:
             raise MuSigError("secret key does not match the pubkey the nonce was generated for")
-        psig = ffi.new("secp256k1_musig_partial_sig *")
+        psig = ffi.new(_PSIG_T)
+        # libsecp256k1 zeroes the secret nonce as soon as it has read it, even when it fails.
         if not lib.secp256k1_musig_partial_sign(
-            _CTX, psig, raw_nonce, keypair, keyagg._cache, session._session
+            CTX, psig, raw_nonce, keypair, keyagg._cache, session._session
         ):
-            _fail("partial signing failed")
-        out = ffi.new("unsigned char[32]")
-        lib.secp256k1_musig_partial_sig_serialize(_CTX, out, psig)
-        return bytes(out)
-    finally:
+            fail("partial signing failed")
+    except BaseException:
         secnonce._wipe()
-        if keypair is not None:
-            _wipe_keypair(keypair)
+        raise
+    out = ffi.new(_BYTES_32)  # plain bytes: a partial signature parses in no time
+    lib.secp256k1_musig_partial_sig_serialize(CTX, out, psig)
+    return bytes(out)
 
 
 def partial_sig_verify(psig: bytes, pubnonce: bytes, pubkey: bytes, session: Session) -> bool:
     """BIP327 PartialSigVerify. False for a wrong or out-of-range signature; MuSigError for a
     malformed pubnonce or pubkey, or a pubkey that is not one of the session's signers."""
-    sig_bytes = _require_bytes(psig, 32, "partial signature")
+    sig_bytes = require_bytes(psig, 32, "partial signature")
     pn = ffi.new("secp256k1_musig_pubnonce *")
     _parse_pubnonce_into(pn, pubnonce)
-    pk_bytes = _require_bytes(pubkey, 33, "pubkey")
+    pk_bytes = require_bytes(pubkey, 33, "pubkey")
     keyagg = session._keyagg
     if pk_bytes not in keyagg._index:
-        _parse_pubkey(pk_bytes)  # a malformed key is reported as such first
+        parse_pubkey(pk_bytes)  # a malformed key is reported as such first
     pk = keyagg._pubkey_ptr(pk_bytes, "pubkey")
     sig = ffi.new("secp256k1_musig_partial_sig *")
-    if not lib.secp256k1_musig_partial_sig_parse(_CTX, sig, sig_bytes):
+    if not lib.secp256k1_musig_partial_sig_parse(CTX, sig, sig_bytes):
         return False
     return bool(
-        lib.secp256k1_musig_partial_sig_verify(_CTX, sig, pn, pk, keyagg._cache, session._session)
+        lib.secp256k1_musig_partial_sig_verify(CTX, sig, pn, pk, keyagg._cache, session._session)
     )
 
 
@@ -624,74 +404,19 @@ def partial_sig_agg(psigs: Sequence[bytes], session: Session) -> bytes:
     ptrs = ffi.new("secp256k1_musig_partial_sig *[]", n)
     for i, ps in enumerate(psigs):
         ptr = parsed + i
+        if type(ps) is bytes and len(ps) == 32 and lib.secp256k1_musig_partial_sig_parse(
+            CTX, ptr, ps
+        ):  # the common case, first
+            ptrs[i] = ptr
+            continue
         if not isinstance(ps, bytes | bytearray) or len(ps) != 32:
             raise InvalidPartialSignature(str(i), "a partial signature is 32 bytes")
-        if not lib.secp256k1_musig_partial_sig_parse(_CTX, ptr, bytes(ps)):
+        if not lib.secp256k1_musig_partial_sig_parse(CTX, ptr, bytes(ps)):
             raise InvalidPartialSignature(str(i), "value is not below the group order")
         ptrs[i] = ptr
     out = ffi.new("unsigned char[64]")
-    if not lib.secp256k1_musig_partial_sig_agg(_CTX, out, session._session, ptrs, n):
-        _fail("partial signature aggregation failed")  # pragma: no cover
+    if not lib.secp256k1_musig_partial_sig_agg(CTX, out, session._session, ptrs, n):
+        fail("partial signature aggregation failed")  # pragma: no cover
     return bytes(out)
 
 
-# --------------------------------------------------------------------------------------------------
-# BIP340 / BIP341 single-key helpers
-# --------------------------------------------------------------------------------------------------
-
-
-def schnorr_sign(msg: bytes, seckey: bytes, aux_rand: bytes | None = None) -> bytes:
-    """BIP340 Sign over a message of any length; `aux_rand` defaults to os.urandom(32)."""
-    if not isinstance(msg, bytes | bytearray):
-        raise MuSigError("message must be bytes")
-    aux = os.urandom(32) if aux_rand is None else _require_bytes(aux_rand, 32, "aux_rand")
-    keypair = _keypair(seckey)
-    try:
-        params = ffi.new("secp256k1_schnorrsig_extraparams *")
-        ffi.memmove(params.magic, _EXTRAPARAMS_MAGIC, 4)
-        params.noncefp = ffi.NULL
-        aux_buf = ffi.new("unsigned char[32]", aux)
-        params.ndata = aux_buf
-        out = ffi.new("unsigned char[64]")
-        data = bytes(msg)
-        if not lib.secp256k1_schnorrsig_sign_custom(_CTX, out, data, len(data), keypair, params):
-            _fail("BIP340 signing failed")  # pragma: no cover
-        return bytes(out)
-    finally:
-        _wipe_keypair(keypair)
-
-
-def schnorr_verify(sig: bytes, msg: bytes, xonly_pubkey: bytes) -> bool:
-    """BIP340 Verify. False for a key that is not an x coordinate on the curve; MuSigError only
-    for inputs of the wrong type or length."""
-    sig_bytes = _require_bytes(sig, 64, "signature")
-    pk_bytes = _require_bytes(xonly_pubkey, 32, "x-only public key")
-    if not isinstance(msg, bytes | bytearray):
-        raise MuSigError("message must be bytes")
-    pk = ffi.new("secp256k1_xonly_pubkey *")
-    if not lib.secp256k1_xonly_pubkey_parse(_CTX, pk, pk_bytes):
-        return False
-    data = bytes(msg)
-    return bool(lib.secp256k1_schnorrsig_verify(_CTX, sig_bytes, data, len(data), pk))
-
-
-def taproot_tweak_seckey(seckey: bytes, tweak: bytes) -> bytes:
-    """BIP341 taproot_tweak_seckey, with the tweak already computed.
-
-    `tweak` is the 32-byte scalar t = hash_TapTweak(xonly(P) || merkle_root) (what
-    `taproot.taproot_tweak` returns), not the merkle root. Returns the secret key of the output key
-    Q = P + tG with P lifted to even y, i.e. (d if has_even_y(dG) else n - d) + t.
-    """
-    data = _require_bytes(tweak, 32, "tweak")
-    keypair = _keypair(seckey)
-    try:
-        if not lib.secp256k1_keypair_xonly_tweak_add(_CTX, keypair, data):
-            _library_complaints.clear()
-            raise MuSigError("tweak is not below the group order or makes the key zero")
-        out = ffi.new("unsigned char[32]")
-        lib.secp256k1_keypair_sec(_CTX, out, keypair)
-        result = bytes(out)
-        ffi.memmove(out, bytes(32), 32)
-        return result
-    finally:
-        _wipe_keypair(keypair)

@@ -243,58 +243,66 @@ def from_json(data: Any) -> Record:
     kind = data.get("kind")
     try:
         if kind == "lsp":
-            clients = []
-            for c in _get(data, "clients", list):
-                if not isinstance(c, dict):
-                    raise StoreError("client entry must be an object")
-                clients.append(
-                    ClientEntry(
-                        node_id=_hex(c, "node_id", 33),
-                        channel_sat=_get(c, "channel_sat", int),
-                        pubkey=_hex(c, "pubkey", 33, optional=True),
-                        channel_script=_hex(c, "channel_script", optional=True),
-                        channel_id=_hex(c, "channel_id", 32, optional=True),
-                        stored=bool(_get(c, "stored", bool)),
-                    )
-                )
-            return LspRecord(
-                instance_id=_hex(data, "instance_id", 32),
-                state=LspState(_get(data, "state", str)),
-                params=_params(data),
-                timeout_height=_get(data, "timeout_height", int),
-                lsp_pubkey=_hex(data, "lsp_pubkey", 33),
-                clients=tuple(clients),
-                created_height=_get(data, "created_height", int),
-                funding_psbt=_get(data, "funding_psbt", str, optional=True),
-                funding_txid=_hex(data, "funding_txid", 32, optional=True),
-                funding_vout=_get(data, "funding_vout", int, optional=True),
-                funding_amount=_get(data, "funding_amount", int, optional=True),
-                error=_get(data, "error", str, optional=True),
-                tree=_path(data, "tree"),
-                confirmed=_pairs(data, "confirmed", int),
-                exit=_exit(data),
-                sweeps=_pairs(data, "sweeps", str),
-            )
+            return _lsp_record(data)
         if kind == "client":
-            return ClientRecord(
-                instance_id=_hex(data, "instance_id", 32),
-                lsp_node_id=_hex(data, "lsp_node_id", 33),
-                state=ClientState(_get(data, "state", str)),
-                client_index=_get(data, "client_index", int),
-                n_clients=_get(data, "n_clients", int),
-                params=_params(data),
-                timeout_height=_get(data, "timeout_height", int),
-                lsp_pubkey=_hex(data, "lsp_pubkey", 33),
-                pubkey=_hex(data, "pubkey", 33),
-                channel_sat=_get(data, "channel_sat", int),
-                early_warning_time=_get(data, "early_warning_time", int),
-                header=_hex(data, "header", optional=True),
-                path=_path(data, "path"),
-                funding_txid=_hex(data, "funding_txid", 32, optional=True),
-                error=_get(data, "error", str, optional=True),
-                confirmed=_pairs(data, "confirmed", int),
-                exit=_exit(data),
-            )
+            return _client_record(data)
     except ValueError as e:  # an unknown enum value
         raise StoreError(f"record has an invalid value: {e}") from e
     raise StoreError(f"unknown record kind {kind!r}")
+
+
+def _client_entry(c: Any) -> ClientEntry:
+    if not isinstance(c, dict):
+        raise StoreError("client entry must be an object")
+    return ClientEntry(
+        node_id=_hex(c, "node_id", 33),
+        channel_sat=_get(c, "channel_sat", int),
+        pubkey=_hex(c, "pubkey", 33, optional=True),
+        channel_script=_hex(c, "channel_script", optional=True),
+        channel_id=_hex(c, "channel_id", 32, optional=True),
+        stored=bool(_get(c, "stored", bool)),
+    )
+
+
+def _lsp_record(data: dict[str, Any]) -> LspRecord:
+    clients = tuple(_client_entry(c) for c in _get(data, "clients", list))
+    return LspRecord(
+        instance_id=_hex(data, "instance_id", 32),
+        state=LspState(_get(data, "state", str)),
+        params=_params(data),
+        timeout_height=_get(data, "timeout_height", int),
+        lsp_pubkey=_hex(data, "lsp_pubkey", 33),
+        clients=clients,
+        created_height=_get(data, "created_height", int),
+        funding_psbt=_get(data, "funding_psbt", str, optional=True),
+        funding_txid=_hex(data, "funding_txid", 32, optional=True),
+        funding_vout=_get(data, "funding_vout", int, optional=True),
+        funding_amount=_get(data, "funding_amount", int, optional=True),
+        error=_get(data, "error", str, optional=True),
+        tree=_path(data, "tree"),
+        confirmed=_pairs(data, "confirmed", int),
+        exit=_exit(data),
+        sweeps=_pairs(data, "sweeps", str),
+    )
+
+
+def _client_record(data: dict[str, Any]) -> ClientRecord:
+    return ClientRecord(
+        instance_id=_hex(data, "instance_id", 32),
+        lsp_node_id=_hex(data, "lsp_node_id", 33),
+        state=ClientState(_get(data, "state", str)),
+        client_index=_get(data, "client_index", int),
+        n_clients=_get(data, "n_clients", int),
+        params=_params(data),
+        timeout_height=_get(data, "timeout_height", int),
+        lsp_pubkey=_hex(data, "lsp_pubkey", 33),
+        pubkey=_hex(data, "pubkey", 33),
+        channel_sat=_get(data, "channel_sat", int),
+        early_warning_time=_get(data, "early_warning_time", int),
+        header=_hex(data, "header", optional=True),
+        path=_path(data, "path"),
+        funding_txid=_hex(data, "funding_txid", 32, optional=True),
+        error=_get(data, "error", str, optional=True),
+        confirmed=_pairs(data, "confirmed", int),
+        exit=_exit(data),
+    )

@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from coincurve.keys import PublicKeyXOnly
-
+from . import bip340, keyagg
 from . import tx as txmod
-from .errors import InvalidParameter
+from .errors import InvalidParameter, MuSigError
 from .tx import compact_size, tagged_hash
 
 TAPSCRIPT_LEAF_VERSION = 0xC0
@@ -75,12 +74,19 @@ def taproot_tweak(internal_key: bytes, merkle_root: bytes | None) -> bytes:
 
 def taproot_output_key(internal_key: bytes, merkle_root: bytes | None) -> tuple[bytes, int]:
     """BIP341 `taproot_tweak_pubkey`: (x-only output key, parity of Q)."""
-    key = PublicKeyXOnly(internal_key)
+    return _output_key(internal_key, taproot_tweak(internal_key, merkle_root))
+
+
+def _output_key(internal_key: bytes, tweak: bytes) -> tuple[bytes, int]:
+    # A factory's internal keys are MuSig2 aggregates: tweak their context, which the signing
+    # of the spending transaction then reuses, instead of tweaking the same point twice.
+    known = keyagg.tweaked_aggregate(internal_key, tweak)
+    if known is not None:
+        return known
     try:
-        key.tweak_add(taproot_tweak(internal_key, merkle_root))
-    except ValueError as e:
+        return bip340.taproot_tweak_pubkey(internal_key, tweak)
+    except MuSigError as e:
         raise InvalidParameter(f"cannot tweak internal key: {e}") from e
-    return key.format(), int(key.parity)
 
 
 def p2tr_script(output_key: bytes) -> bytes:
@@ -141,7 +147,7 @@ class TaprootOutput:
 
     @cached_property
     def _output(self) -> tuple[bytes, int]:
-        return taproot_output_key(self.internal_key, self.merkle_root)
+        return _output_key(self.internal_key, self.tweak)
 
     @property
     def output_key(self) -> bytes:

@@ -40,10 +40,16 @@ def _sha256d(data: bytes) -> bytes:
     return hashlib.sha256(hashlib.sha256(data).digest()).digest()
 
 
+_TAG_PREFIXES: dict[str, bytes] = {}
+
+
 def tagged_hash(tag: str, data: bytes) -> bytes:
     """BIP340 tagged hash."""
-    t = _sha256(tag.encode())
-    return _sha256(t + t + data)
+    prefix = _TAG_PREFIXES.get(tag)
+    if prefix is None:  # a handful of tags, each hashed once
+        t = _sha256(tag.encode())
+        prefix = _TAG_PREFIXES[tag] = t + t
+    return _sha256(prefix + data)
 
 
 @dataclass(frozen=True)

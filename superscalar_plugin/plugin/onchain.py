@@ -9,33 +9,32 @@
   handling take over.
 - Sweep (LSP): after the timeout T, every output with the timeout leaf that the tree left on chain
   goes to a fresh wallet address, idempotently and across restarts.
+
+Owns: the last scanned height and, for one block's duties, lightningd's channel list. Worker
+thread only. May call: `records`, and lightningd's block, broadcast, wallet and `close` RPCs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..engine import policy, store
 from ..engine.ceremony import SignedNodeTx
+from ..engine.errors import InvalidParameter
 from ..engine.exit import Broadcast, Bump, ChainView, Done, PathTx, WaitUntil, exit_step
 from ..engine.tree import ClientSlot, Factory, Topology
-from ..engine.tx import Tx, block_txids
+from ..engine.tx import block_txids
 from . import address, psbt
-
-if TYPE_CHECKING:
-    from .service import FactoryService
+from .node import Node
+from .records import LIVE, Records, topology, txid_of
 
 log = logging.getLogger("superscalar")
 
 REBROADCAST_EVERY = 6  # blocks; a tx not confirmed by then is sent again
 MAX_CATCH_UP = 2016  # blocks scanned after a restart
 SCAN_KEY = ["superscalar", "scanned"]
-COMPLETING_PATIENCE = 144  # blocks after creation to wait for a funding sent before a restart
-
-
-def _txid(raw_hex: str) -> str:
-    return Tx.deserialize(bytes.fromhex(raw_hex)).txid
 
 
 def watched_txids(record: store.Record) -> set[str]:
@@ -43,12 +42,12 @@ def watched_txids(record: store.Record) -> set[str]:
     if isinstance(record, store.LspRecord):
         if record.funding_txid:
             out.add(record.funding_txid)
-        out.update(_txid(e.raw) for e in record.tree)
-        out.update(_txid(raw) for _, raw in record.sweeps)
+        out.update(txid_of(e.raw) for e in record.tree)
+        out.update(txid_of(raw) for _, raw in record.sweeps)
     else:
         if record.funding_txid:
             out.add(record.funding_txid)
-        out.update(_txid(e.raw) for e in record.path)
+        out.update(txid_of(e.raw) for e in record.path)
     return out
 
 
@@ -63,16 +62,36 @@ def _path_txs(topo: Topology, entries: list[store.PathEntry]) -> list[PathTx]:
 
 
 class OnChain:
-    def __init__(self, service: FactoryService) -> None:
-        self.svc = service
+    def __init__(self, node: Node, records: Records) -> None:
+        self._node = node
+        self._records = records
         self.scanned: int | None = None
         self._chan_cache: dict[str, dict[str, Any]] | None = None
 
     def _channels(self) -> dict[str, dict[str, Any]]:
         """listpeerchannels, once per block for every factory's duties."""
         if self._chan_cache is None:
-            self._chan_cache = self.svc._channels()
+            self._chan_cache = self._node.channels()
         return self._chan_cache
+
+    def request_exit(self, instance: str, client: str | None) -> None:
+        """`factory-exit`: start (or drive on) the unilateral exit of a factory we are in."""
+        record = self._records.get(instance)
+        if record is None:
+            raise InvalidParameter(f"instance: no factory {instance}")
+        if record.state not in LIVE:
+            raise InvalidParameter(f"instance: factory is {record.state.value}, nothing to exit")
+        index = None
+        if client is not None:
+            if not isinstance(record, store.LspRecord):
+                raise InvalidParameter("client: only the LSP chooses whose path to publish")
+            index = next((i for i, c in enumerate(record.clients) if c.node_id == client), None)
+            if index is None:
+                raise InvalidParameter(f"client: {client} is not in this factory")
+        if record.exit is None:
+            record = self.start_exit(record, "requested with factory-exit", index)
+        self._chan_cache = None  # channels as they are now, not at the last block
+        self.drive(record)
 
     # --- watching -----------------------------------------------------------------------------
 
@@ -83,18 +102,18 @@ class OnChain:
         for h in range(start, height + 1):
             self._scan(h)
             self.scanned = h
-        self.svc.rpc.call(
+        self._node.rpc.call(
             "datastore", {"key": SCAN_KEY, "string": str(height), "mode": "create-or-replace"}
         )
         self._chan_cache = None
-        for record in list(self.svc.records.values()):
+        for record in list(self._records.all()):
             try:
                 self._duties(record, height)
             except Exception:  # one factory's trouble must not stop the others
                 log.exception("on-chain duties of factory %s failed", record.instance_id[:16])
 
     def _load_scanned(self, height: int) -> int:
-        res = self.svc.rpc.call("listdatastore", {"key": SCAN_KEY}).get("datastore", [])
+        res = self._node.rpc.call("listdatastore", {"key": SCAN_KEY}).get("datastore", [])
         try:
             return int(res[0]["string"]) if res else height - 1
         except (KeyError, ValueError):
@@ -102,34 +121,26 @@ class OnChain:
 
     def _scan(self, height: int) -> None:
         try:
-            block = self.svc.rpc.call("getrawblockbyheight", {"height": height})
+            block = self._node.rpc.call("getrawblockbyheight", {"height": height})
         except Exception as e:
             log.info("cannot fetch block %d: %s", height, e)
             return
         if not block.get("block"):
             return
         txids = set(block_txids(bytes.fromhex(block["block"])))
-        for record in list(self.svc.records.values()):
+        for record in list(self._records.all()):
             seen = watched_txids(record) & txids
             known = {t for t, _ in record.confirmed}
             new = sorted(seen - known)
             if new:
-                self.svc._persist(
+                self._records.persist(
                     record.replace(confirmed=(*record.confirmed, *((t, height) for t in new)))
                 )
 
     # --- duties -------------------------------------------------------------------------------
 
     def _duties(self, record: store.Record, height: int) -> None:
-        if (
-            isinstance(record, store.LspRecord)
-            and record.state is store.LspState.COMPLETING
-            and all(c.channel_id for c in record.clients)
-        ):
-            self._settle_completing(record, height)
-            return
-        funded = (store.LspState.FUNDED, store.ClientState.READY, store.ClientState.FUNDED)
-        if record.state not in funded:
+        if record.state not in LIVE:
             return
         if record.exit is None:
             trigger = self._exit_reason(record, height)
@@ -138,23 +149,14 @@ class OnChain:
         if record.exit is not None and not record.exit.done:
             self.drive(record)
         if isinstance(record, store.LspRecord) and height >= record.timeout_height:
-            self.sweep(self.svc.records[record.instance_id], height)  # type: ignore[arg-type]
-
-    def _settle_completing(self, record: store.LspRecord, height: int) -> None:
-        """A restart caught the LSP between the last channel and the funding broadcast: the
-        funding confirming makes the factory funded; a day without it, and it is abandoned."""
-        if record.funding_txid in dict(record.confirmed):
-            self.svc.lsp_funded(record)
-        elif height > record.created_height + COMPLETING_PATIENCE:
-            session = self.svc.lsp.get(record.instance_id)
-            if session is not None:
-                self.svc._lsp_abort(session, "the funding never confirmed after a restart")
+            latest = self._records.get(record.instance_id)
+            assert isinstance(latest, store.LspRecord)
+            self.sweep(latest, height)
 
     def _exit_reason(self, record: store.Record, height: int) -> tuple[str, int | None] | None:
         """Why to start an exit now, and whose path (None: every client's), or None."""
-        n = len(record.clients) if isinstance(record, store.LspRecord) else record.n_clients
-        ewt = Topology.build(n, record.params).ewt
-        margin = self.svc.config.exit_margin
+        ewt = topology(record).ewt
+        margin = self._node.config.exit_margin
         if (
             isinstance(record, store.ClientRecord)
             and height + ewt + margin >= record.timeout_height
@@ -172,7 +174,7 @@ class OnChain:
         if isinstance(record, store.LspRecord):
             owner = {c.channel_id: i for i, c in enumerate(record.clients) if c.channel_id}
         leaf_txid = (
-            _txid(record.path[-1].raw)
+            txid_of(record.path[-1].raw)
             if isinstance(record, store.ClientRecord) and record.path
             else None
         )
@@ -191,9 +193,9 @@ class OnChain:
             clients = tuple(range(len(record.clients))) if client is None else (client,)
         else:
             clients = (record.client_index,)
-        state = store.ExitState(reason=reason, started_height=self.svc.blockheight, clients=clients)
+        state = store.ExitState(reason=reason, started_height=self._node.height, clients=clients)
         record = record.replace(exit=state)
-        self.svc._persist(record)
+        self._records.persist(record)
         log.warning("factory %s: starting the unilateral exit: %s", record.instance_id[:16], reason)
         return record
 
@@ -201,16 +203,15 @@ class OnChain:
         if isinstance(record, store.ClientRecord):
             return [list(record.path)]
         assert record.exit is not None
-        topo = Topology.build(len(record.clients), record.params)
+        topo = topology(record)
         by_node = {e.node: e for e in record.tree}
         return [[by_node[n] for n in topo.client_path(c)] for c in record.exit.clients]
 
     def drive(self, record: store.Record) -> None:
         exit_state = record.exit
         assert exit_state is not None
-        n = len(record.clients) if isinstance(record, store.LspRecord) else record.n_clients
-        topo = Topology.build(n, record.params)
-        height = self.svc.blockheight
+        topo = topology(record)
+        height = self._node.height
         confirmed = dict(record.confirmed)
         broadcast = dict(exit_state.broadcast)  # txid -> height of the first broadcast
         # Assume a broadcast tx is still in the mempool, except every REBROADCAST_EVERY blocks:
@@ -235,27 +236,26 @@ class OnChain:
                     broadcast.setdefault(action.txid, height)
                 elif isinstance(action, Bump) and action.txid not in exit_state.bumped:
                     if self._cpfp(action):
-                        exit_state = store.ExitState(
-                            **{**exit_state.__dict__, "bumped": (*exit_state.bumped, action.txid)}
+                        exit_state = dataclasses.replace(
+                            exit_state, bumped=(*exit_state.bumped, action.txid)
                         )
                 elif isinstance(action, WaitUntil):
                     log.info("exit: %s waits until block %d", action.txid[:16], action.height)
                 elif isinstance(action, Done):
                     done_paths += 1
                     exit_state = self._close_channel(record, entries, exit_state)
-        all_done = done_paths == len(exit_state.clients)
-        exit_state = store.ExitState(
-            **{
-                **exit_state.__dict__,
-                "broadcast": tuple(sorted(broadcast.items())),
-                "done": all_done,
-            }
+        exit_state = dataclasses.replace(
+            exit_state,
+            broadcast=tuple(sorted(broadcast.items())),
+            done=done_paths == len(exit_state.clients),
         )
-        self.svc._persist(self.svc.records[record.instance_id].replace(exit=exit_state))
+        latest = self._records.get(record.instance_id)
+        assert latest is not None
+        self._records.persist(latest.replace(exit=exit_state))
 
     def _broadcast(self, raw: bytes) -> bool:
         try:
-            res = self.svc.rpc.call("sendrawtransaction", {"tx": raw.hex(), "allowhighfees": True})
+            res = self._node.rpc.call("sendrawtransaction", {"tx": raw.hex(), "allowhighfees": True})
         except Exception as e:
             log.info("sendrawtransaction failed: %s", e)
             return False
@@ -265,7 +265,7 @@ class OnChain:
 
     def _fee_rate_kvb(self) -> int:
         try:
-            rates = self.svc.rpc.call("feerates", {"style": "perkb"})["perkb"]
+            rates = self._node.rpc.call("feerates", {"style": "perkb"})["perkb"]
             return int(rates.get("opening") or rates.get("min_acceptable") or 2000)
         except Exception:
             return 2000
@@ -275,7 +275,7 @@ class OnChain:
         child_vsize = 11 + 41 + 68 + 31 + 1  # overhead, anchor input, a P2WPKH input, change
         fee = bump.child_fee(child_vsize)
         try:
-            funded = self.svc.rpc.call(
+            funded = self._node.rpc.call(
                 "fundpsbt",
                 {
                     "satoshi": max(fee, 1),
@@ -292,10 +292,10 @@ class OnChain:
             with_anchor = psbt.add_anchor_input(
                 funded["psbt"], bump.anchor, bump.anchor_sat, change
             )
-            signed = self.svc.rpc.call("signpsbt", {"psbt": with_anchor})["signed_psbt"]
+            signed = self._node.rpc.call("signpsbt", {"psbt": with_anchor})["signed_psbt"]
             anchor_index = len(psbt.unsigned_tx(signed).inputs) - 1
             final = psbt.finalize_anchor(signed, anchor_index)
-            self.svc.rpc.call("sendpsbt", {"psbt": final})
+            self._node.rpc.call("sendpsbt", {"psbt": final})
         except Exception as e:
             log.warning("CPFP of %s failed: %s", bump.txid[:16], e)
             return False
@@ -305,7 +305,7 @@ class OnChain:
     def _close_channel(
         self, record: store.Record, entries: list[store.PathEntry], exit_state: store.ExitState
     ) -> store.ExitState:
-        leaf_txid = _txid(entries[-1].raw)
+        leaf_txid = txid_of(entries[-1].raw)
         for ch in self._channels().values():
             cid = ch.get("channel_id")
             if ch.get("funding_txid") != leaf_txid or not cid or cid in exit_state.closed:
@@ -317,7 +317,7 @@ class OnChain:
             ):
                 continue
             try:
-                self.svc.rpc.call("close", {"id": cid, "unilateraltimeout": 1})
+                self._node.rpc.call("close", {"id": cid, "unilateraltimeout": 1})
             except Exception as e:
                 log.info("close %s: %s", cid[:16], e)
                 continue
@@ -326,9 +326,7 @@ class OnChain:
                 record.instance_id[:16],
                 cid[:16],
             )
-            exit_state = store.ExitState(
-                **{**exit_state.__dict__, "closed": (*exit_state.closed, cid)}
-            )
+            exit_state = dataclasses.replace(exit_state, closed=(*exit_state.closed, cid))
         return exit_state
 
     # --- sweeping (LSP) -----------------------------------------------------------------------
@@ -352,7 +350,7 @@ class OnChain:
         confirmed = dict(record.confirmed)
         swept = dict(record.sweeps)
         factory = self._factory(record)
-        published = {e.node: _txid(e.raw) for e in record.tree if _txid(e.raw) in confirmed}
+        published = {e.node: txid_of(e.raw) for e in record.tree if txid_of(e.raw) in confirmed}
         outpoint = (record.funding_txid, record.funding_vout)
         todo = [
             c
@@ -360,8 +358,8 @@ class OnChain:
             if f"{c.outpoint[0]}:{c.outpoint[1]}" not in swept
         ]
         if todo:
-            lsp_key = self.svc.lsp_key(record.instance_id)
-            dest = address.decode(self.svc.rpc.call("newaddr", {"addresstype": "p2tr"})["p2tr"])
+            lsp_key = self._node.lsp_key(record.instance_id)
+            dest = address.decode(self._node.rpc.call("newaddr", {"addresstype": "p2tr"})["p2tr"])
             rate = max(self._fee_rate_kvb(), 1000)
             new = tuple(
                 (
@@ -373,12 +371,12 @@ class OnChain:
                 for c in todo
             )
             record = record.replace(sweeps=(*record.sweeps, *new))
-            self.svc._persist(record)
+            self._records.persist(record)
             log.warning(
                 "factory %s: sweeping %d output(s) after the timeout",
                 record.instance_id[:16],
                 len(new),
             )
         for _, raw in record.sweeps:
-            if _txid(raw) not in confirmed:
+            if txid_of(raw) not in confirmed:
                 self._broadcast(bytes.fromhex(raw))

@@ -1,0 +1,208 @@
+"""The client side of a factory: consider a proposal, sign, store the path, watch for funding.
+
+Owns: the factories this node is signing as a client (`ClientSession`: record, the engine's
+`Signer` with its secret nonces, a deadline). Worker thread only. What a client checks before it
+signs is the engine's (`ceremony.check_header`, `check_path`); what it checks before it even joins
+is `refusal` below. May call: `peers` (messages to the LSP), `records`, `opens` (the channel it
+expects), `guards.refresh`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from ..engine import musig2, protocol, store
+from ..engine.ceremony import ClientPolicy, ClientTerms, Signer, SignerState
+from ..engine.errors import CeremonyError, InvalidParameter, MuSigError
+from ..engine.tree import Topology
+from .config import MIN_CHANNEL_SAT, Config
+from .guards import Guards
+from .node import Node
+from .opens import ChannelOpens
+from .peers import Peers
+from .records import Records
+from .runtime import PeerUnreachable
+
+log = logging.getLogger("superscalar")
+
+
+@dataclass
+class ClientSession:
+    record: store.ClientRecord
+    signer: Signer
+    deadline: float
+
+
+def refusal(peer: str, p: protocol.Propose, cfg: Config, height: int) -> str | None:
+    """Why this node will not join the proposed factory, or None to accept it."""
+    if "any" not in cfg.accept_from and peer not in cfg.accept_from:
+        return "this node does not accept factories from you (superscalar-accept-from)"
+    try:
+        topo = Topology.build(p.n_clients, p.params)
+        musig2.xonly(p.lsp_pubkey)
+    except (InvalidParameter, MuSigError) as e:
+        return f"invalid proposal: {e}"
+    if topo.ewt != p.early_warning_time:
+        return f"stated EWT {p.early_warning_time} but the shape gives {topo.ewt}"
+    if topo.ewt > cfg.max_ewt:
+        return f"EWT {topo.ewt} exceeds our limit {cfg.max_ewt}"
+    if p.params.fee_rate_kvb > cfg.max_fee_rate_kvb:
+        return f"fee rate {p.params.fee_rate_kvb} sat/kvB exceeds our limit"
+    if p.timeout_height <= height + 2 * topo.ewt:
+        return f"timeout {p.timeout_height} leaves no time before the EWT"
+    if p.channel_sat < MIN_CHANNEL_SAT:
+        return f"channel of {p.channel_sat} sat is too small"
+    return None
+
+
+class ClientRole:
+    def __init__(
+        self, node: Node, records: Records, peers: Peers, opens: ChannelOpens, guards: Guards
+    ) -> None:
+        self._node = node
+        self._records = records
+        self._peers = peers
+        self._opens = opens
+        self._guards = guards
+        self._sessions: dict[str, ClientSession] = {}
+
+    def resume(self, record: store.ClientRecord) -> None:
+        """After a restart a ceremony cannot resume (its nonces are gone): abort it."""
+        if record.state in (store.ClientState.ACCEPTED, store.ClientState.SIGNING):
+            self._records.persist(
+                record.replace(
+                    state=store.ClientState.ABORTED, error="restarted before the factory was signed"
+                )
+            )
+
+    def check_deadlines(self, now: float) -> None:
+        for cs in list(self._sessions.values()):
+            # The LSP times out first and tells us; our own, longer deadline only frees state.
+            if cs.record.state in (store.ClientState.ACCEPTED, store.ClientState.SIGNING) and (
+                now > cs.deadline
+            ):
+                self._abort(cs, "the LSP went silent during the ceremony", tell_lsp=False)
+
+    def _deadline(self) -> float:
+        return time.monotonic() + 3 * self._node.config.ceremony_timeout
+
+    def on_payload(self, peer: str, instance: str, p: protocol.Payload) -> None:
+        """A message from `peer` about a factory that is not ours as LSP."""
+        cs = self._sessions.get(instance)
+        if isinstance(p, protocol.Propose):
+            if cs is not None or instance in self._records:
+                raise CeremonyError("proposal for a factory we already know")
+            self._consider(peer, p)
+            return
+        if cs is None or cs.record.lsp_node_id != peer:
+            log.warning(
+                "dropped a message from %s for a factory it does not run (%s)", peer, instance[:16]
+            )
+            return
+        if isinstance(p, protocol.Ceremony):
+            self._on_ceremony(cs, p)
+        elif isinstance(p, protocol.Funded):
+            self._on_funded(cs, p)
+        elif isinstance(p, protocol.Text) and p.type is protocol.PayloadType.ABORT:
+            self._abort(cs, f"LSP aborted: {p.reason}", tell_lsp=False)
+        else:
+            raise CeremonyError(f"unexpected {type(p).__name__}")
+
+    def _consider(self, peer: str, p: protocol.Propose) -> None:
+        cfg = self._node.config
+        reason = refusal(peer, p, cfg, self._node.height)
+        if reason is not None:
+            log.info("refusing factory %s from %s: %s", p.instance_id.hex()[:16], peer, reason)
+            self._peers.send(peer, protocol.Text(protocol.PayloadType.REJECT, p.instance_id, reason))
+            return
+        instance = p.instance_id.hex()
+        seckey = self._node.client_key(instance)
+        pub = musig2.pubkey_from_secret(seckey)
+        record = store.ClientRecord(
+            instance_id=instance,
+            lsp_node_id=peer,
+            state=store.ClientState.ACCEPTED,
+            client_index=p.client_index,
+            n_clients=p.n_clients,
+            params=p.params,
+            timeout_height=p.timeout_height,
+            lsp_pubkey=p.lsp_pubkey.hex(),
+            pubkey=pub.hex(),
+            channel_sat=p.channel_sat,
+            early_warning_time=p.early_warning_time,
+        )
+        signer = Signer(
+            seckey,
+            ClientTerms(p.lsp_pubkey, p.timeout_height, None, p.channel_sat),
+            ClientPolicy(max_ewt=cfg.max_ewt, max_fee_rate_kvb=cfg.max_fee_rate_kvb),
+        )
+        self._sessions[instance] = ClientSession(record, signer, self._deadline())
+        self._records.persist(record)
+        self._opens.accepted(instance, peer, p.channel_sat)
+        self._peers.send(peer, protocol.Accept(p.instance_id, pub))
+
+    def _on_ceremony(self, cs: ClientSession, p: protocol.Ceremony) -> None:
+        reply = cs.signer.receive(p.message)
+        if cs.record.state is store.ClientState.ACCEPTED:
+            cs.record = cs.record.replace(state=store.ClientState.SIGNING)
+        cs.deadline = self._deadline()
+        if cs.signer.state is SignerState.DONE:
+            self._store_path(cs)
+            self._peers.send(cs.record.lsp_node_id, protocol.Stored(p.instance_id, cs.signer.session))
+        elif reply is not None:
+            self._peers.send(cs.record.lsp_node_id, protocol.Ceremony(p.instance_id, reply))
+
+    def _on_funded(self, cs: ClientSession, p: protocol.Funded) -> None:
+        if cs.record.state is not store.ClientState.READY:
+            raise CeremonyError("FUNDED before our path was stored")
+        if p.txid != cs.record.funding_txid:
+            raise CeremonyError(f"FUNDED names {p.txid}, our path spends {cs.record.funding_txid}")
+        cs.record = cs.record.replace(state=store.ClientState.FUNDED)
+        self._records.persist(cs.record)
+        self._guards.refresh()
+
+    def _store_path(self, cs: ClientSession) -> None:
+        header = cs.signer.header
+        assert header is not None
+        path = tuple(
+            store.PathEntry(
+                s.node,
+                cs.signer.states[s.node],
+                s.raw().hex(),
+                s.unsigned.spent_amount,
+                s.unsigned.spent_script.hex(),
+            )
+            for s in cs.signer.signed_path
+        )
+        cs.record = cs.record.replace(
+            state=store.ClientState.READY,
+            header=header.encode().hex(),
+            path=path,
+            funding_txid=header.funding_txid,  # watched on chain from now on
+        )
+        self._records.persist(cs.record)
+
+    def abort(self, instance: str, reason: str) -> None:
+        """Our side failed (a bad message, our bug): abort and tell the LSP."""
+        cs = self._sessions.get(instance)
+        if cs is not None:
+            self._abort(cs, reason, tell_lsp=True)
+
+    def _abort(self, cs: ClientSession, reason: str, tell_lsp: bool) -> None:
+        if cs.record.state in (store.ClientState.FUNDED, store.ClientState.ABORTED):
+            return
+        cs.signer.forget()
+        cs.record = cs.record.replace(state=store.ClientState.ABORTED, error=reason)
+        self._records.persist(cs.record)
+        log.warning("factory %s aborted: %s", cs.record.instance_id[:16], reason)
+        self._opens.forget(cs.record.instance_id)
+        if tell_lsp:
+            abort = protocol.Text(
+                protocol.PayloadType.ABORT, bytes.fromhex(cs.record.instance_id), reason
+            )
+            try:
+                self._peers.send(cs.record.lsp_node_id, abort)
+            except PeerUnreachable as e:
+                log.info("could not tell the LSP: %s", e)

@@ -1,0 +1,28 @@
+"""The plugin's configuration (from lightningd's options) and the limits every role shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..engine.tree import FactoryParams
+
+MIN_CHANNEL_SAT = 20_000  # a floor above Core Lightning's default min-capacity-sat (10,000)
+FACTORY_PUSH_MSAT = 1000
+# static_remotekey (12) + scid_alias (46) + zeroconf (50), no anchors: a factory client is
+# typically a new user with no on-chain coin, and only non-anchor channels let it claim an HTLC
+# after a force close without one (their HTLC transactions carry their own fee; anchor channels'
+# are zero-fee and need wallet inputs).
+FACTORY_CHANNEL_TYPE = (12, 46, 50)
+
+
+@dataclass(frozen=True)
+class Config:
+    accept_from: frozenset[str] = frozenset()  # LSP node ids we join factories of ("any": all)
+    max_ewt: int = 2016
+    max_fee_rate_kvb: int = 50_000
+    fee_rate_kvb: int = 2_000
+    params: FactoryParams = field(default_factory=FactoryParams)
+    lifetime_blocks: int = 4320  # ~30 days until the factory's timeout T
+    ceremony_timeout: float = 60.0  # seconds a ceremony waits for any peer
+    exit_margin: int = 12  # blocks of safety on top of the EWT before an exit starts
+    funding_feerate: str = "normal"

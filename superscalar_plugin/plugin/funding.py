@@ -1,0 +1,112 @@
+"""The LSP's calls to lightningd for a factory's funding and channels, each failure named.
+
+Owns: nothing. Worker thread. May call: lightningd's wallet (`fundpsbt`, `addpsbtoutput`,
+`signpsbt`, `sendpsbt`, `unreserveinputs`) and channel (`fundchannel_start/complete/cancel`) RPCs.
+Every refusal raises `RpcFailed` with the message the LSP's abort reports.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..engine import store
+from ..engine.tree import UnsignedNodeTx
+from . import psbt as psbtmod
+from .config import FACTORY_CHANNEL_TYPE, FACTORY_PUSH_MSAT
+from .runtime import Rpc, RpcFailed, why
+
+log = logging.getLogger("superscalar")
+
+FUNDING_RESERVE_BLOCKS = 2016
+# tx overhead + the P2TR funding output, which addpsbtoutput adds later.
+FUNDING_START_WEIGHT = (4 + 1 + 1 + 4 + 43) * 4
+
+
+def reserve_inputs(rpc: Rpc, amount: int, feerate: str) -> str:
+    """Select and reserve wallet inputs for the funding; its txid is fixed by their outpoints."""
+    try:
+        res = rpc.call(
+            "fundpsbt",
+            {
+                "satoshi": amount,
+                "feerate": feerate,
+                "startweight": FUNDING_START_WEIGHT,
+                "reserve": FUNDING_RESERVE_BLOCKS,
+                "excess_as_change": True,
+            },
+        )
+    except Exception as e:
+        raise RpcFailed(f"cannot fund a factory of {amount} sat from the wallet: {why(e)}") from e
+    return str(res["psbt"])
+
+
+def start_channel(rpc: Rpc, client: store.ClientEntry) -> str:
+    """`fundchannel_start` with a client: the channel's funding script (hex)."""
+    try:
+        res = rpc.call(
+            "fundchannel_start",
+            {
+                "id": client.node_id,
+                "amount": client.channel_sat,
+                "announce": False,
+                "mindepth": 0,
+                # A fundee that never held funds forgets an unconfirmed channel after 2016
+                # blocks (DESIGN 3.6); one pushed sat keeps it for the factory's lifetime.
+                "push_msat": FACTORY_PUSH_MSAT,
+                "channel_type": list(FACTORY_CHANNEL_TYPE),
+            },
+        )
+    except Exception as e:
+        raise RpcFailed(f"client {client.node_id}: fundchannel_start failed: {why(e)}") from e
+    return str(res["scriptpubkey"])
+
+
+def add_funding_output(rpc: Rpc, funding_psbt: str, amount: int, address: str) -> tuple[str, int]:
+    """The funding PSBT with the factory's output added, and that output's index."""
+    try:
+        res = rpc.call(
+            "addpsbtoutput",
+            {"satoshi": amount, "initialpsbt": funding_psbt, "destination": address},
+        )
+    except Exception as e:
+        raise RpcFailed(f"cannot add the funding output: {why(e)}") from e
+    return str(res["psbt"]), int(res["outnum"])
+
+
+def complete_channel(rpc: Rpc, client: store.ClientEntry, leaf: UnsignedNodeTx) -> str:
+    """`fundchannel_complete` with the unsigned leaf PSBT: the channel id."""
+    try:
+        res = rpc.call(
+            "fundchannel_complete", {"id": client.node_id, "psbt": psbtmod.leaf_psbt(leaf)}
+        )
+    except Exception as e:
+        raise RpcFailed(f"client {client.node_id}: fundchannel_complete failed: {why(e)}") from e
+    return str(res["channel_id"])
+
+
+def sign_and_send(rpc: Rpc, funding_psbt: str) -> str:
+    """Sign the funding with the wallet and broadcast it: its txid."""
+    try:
+        signed = rpc.call("signpsbt", {"psbt": funding_psbt})["signed_psbt"]
+        return str(rpc.call("sendpsbt", {"psbt": signed})["txid"])
+    except Exception as e:
+        raise RpcFailed(f"the funding transaction was refused: {why(e)}") from e
+
+
+def release(rpc: Rpc, record: store.LspRecord, opened: set[int]) -> None:
+    """Cancel the channels being opened and free the reserved inputs (best effort, logged)."""
+    signing = record.state in (store.LspState.SIGNING, store.LspState.COMPLETING)
+    for i, c in enumerate(record.clients):
+        if i in opened or signing:
+            try:
+                rpc.call("fundchannel_cancel", {"id": c.node_id})
+            except Exception as e:
+                log.info("fundchannel_cancel %s: %s", c.node_id, why(e))
+    if record.funding_psbt:
+        try:
+            rpc.call(
+                "unreserveinputs",
+                {"psbt": record.funding_psbt, "reserve": FUNDING_RESERVE_BLOCKS},
+            )
+        except Exception as e:
+            log.error("could not unreserve the funding inputs: %s", why(e))

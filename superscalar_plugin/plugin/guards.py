@@ -1,0 +1,128 @@
+"""The hot path: HTLC rules on factory channels and the EWT added to invoices.
+
+Owns: the map from every factory channel's scid and aliases to its rules, and lightningd's
+`cltv-final` and `max-locktime-blocks`. Built on the worker (`refresh`, off the hot path) and
+swapped in whole; read by the dispatch thread's hooks with dictionary lookups only, never an RPC.
+May call: lightningd's `listconfigs` and `listpeerchannels` (from `refresh` and `read_configs`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..engine import policy, store
+from .node import Node
+from .records import LIVE, Records, topology, txid_of
+
+log = logging.getLogger("superscalar")
+
+INVOICE_PARAMS = [
+    "amount_msat",
+    "label",
+    "description",
+    "expiry",
+    "fallbacks",
+    "preimage",
+    "exposeprivatechannels",
+    "cltv",
+    "deschashonly",
+]
+
+
+def msat(value: Any) -> int:
+    return int(str(value).removesuffix("msat"))
+
+
+class Guards:
+    def __init__(self, node: Node, records: Records) -> None:
+        self._node = node
+        self._records = records
+        self.by_scid: dict[str, policy.ChannelGuard] = {}  # scid or alias -> rules
+        self.cltv_final = 18
+        self.max_locktime = 2016
+
+    def read_configs(self) -> None:
+        try:
+            configs = self._node.rpc.call("listconfigs").get("configs", {})
+            self.cltv_final = int(configs.get("cltv-final", {}).get("value_int", 18))
+            self.max_locktime = int(configs.get("max-locktime-blocks", {}).get("value_int", 2016))
+        except Exception as e:
+            log.info("listconfigs unavailable (%s); using cltv-final 18, max locktime 2016", e)
+
+    def refresh(self) -> None:
+        """Map every factory channel's scid and alias to its rules (worker, off the hot path)."""
+        wanted = _guards_by_channel(self._records.all())
+        guards: dict[str, policy.ChannelGuard] = {}
+        if wanted:
+            for ch in self._node.channels().values():
+                found = wanted.get(ch.get("channel_id", "")) or wanted.get(
+                    ch.get("funding_txid", "")
+                )
+                if found is None:
+                    continue
+                for scid in (
+                    ch.get("short_channel_id"),
+                    ch.get("alias", {}).get("local"),
+                    ch.get("alias", {}).get("remote"),
+                ):
+                    if scid:
+                        guards[scid] = found
+        self.by_scid = guards  # one atomic swap; readers never see a half-built map
+
+    def htlc_verdict(self, htlc: dict[str, Any], onion: dict[str, Any]) -> dict[str, Any]:
+        """The htlc_accepted hook: dictionary lookups and comparisons only, no RPC."""
+        guards, height = self.by_scid, self._node.height
+        incoming = guards.get(htlc.get("short_channel_id", ""))
+        outgoing_scid = onion.get("short_channel_id")
+        final = outgoing_scid is None and onion.get("next_node_id") is None
+        if incoming is not None:
+            fail = policy.htlc_failure(
+                int(htlc["cltv_expiry"]), height, incoming, msat(htlc.get("amount_msat", 0)), final
+            )
+            if fail is not None:
+                return {"result": "fail", "failure_message": fail.hex()}
+        outgoing = guards.get(outgoing_scid) if outgoing_scid else None
+        if outgoing is not None and "outgoing_cltv_value" in onion:
+            fail = policy.htlc_failure(
+                int(onion["outgoing_cltv_value"]),
+                height,
+                outgoing,
+                msat(onion.get("forward_msat", 0)),
+                final=False,
+            )
+            if fail is not None:
+                return {"result": "fail", "failure_message": fail.hex()}
+        return {"result": "continue"}
+
+    def invoice_params(self, params: Any) -> Any | None:
+        """New params for an `invoice` call on a node with factory channels (cltv raised by the
+        largest EWT), or None to leave the call alone."""
+        guards = self.by_scid
+        if not guards:
+            return None
+        ewt = max(g.early_warning_time for g in guards.values())
+        named = (
+            dict(zip(INVOICE_PARAMS, params, strict=False))
+            if isinstance(params, list)
+            else dict(params)
+        )
+        requested = int(named.get("cltv") or self.cltv_final)
+        named["cltv"] = policy.invoice_cltv(requested, ewt, self.max_locktime)
+        return named
+
+
+def _guards_by_channel(records: list[store.Record]) -> dict[str, policy.ChannelGuard]:
+    """The rules of each live factory, by channel id (LSP) or leaf txid (client)."""
+    wanted: dict[str, policy.ChannelGuard] = {}
+    for r in records:
+        if r.state not in LIVE:
+            continue
+        guard = policy.ChannelGuard(topology(r).ewt, r.timeout_height)
+        if isinstance(r, store.LspRecord):
+            for c in r.clients:
+                if c.channel_id:
+                    wanted[c.channel_id] = guard
+        elif r.path:
+            wanted[txid_of(r.path[-1].raw)] = guard
+    return wanted

@@ -1,0 +1,66 @@
+"""What every role knows about this node: its lightningd, configuration, id, the chain's height,
+and its keys (derived from `makesecret`, so an `hsm_secret` backup recovers them).
+
+Owns: the node id and the height (set on the worker at start-up, raised by `block_added` on the
+dispatch thread: one small lock). May call: lightningd through `Rpc`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import Any
+
+from ..engine import musig2
+from ..engine.errors import MuSigError
+from .config import Config
+from .runtime import Rpc
+
+
+def node_seckey(secret: bytes) -> bytes:
+    """A valid secp256k1 secret key from 32 bytes of `makesecret` output."""
+    key = secret
+    while True:
+        try:
+            musig2.pubkey_from_secret(key)
+            return key
+        except MuSigError:  # zero or above the order: astronomically rare, rehash
+            key = hashlib.sha256(key).digest()
+
+
+class Node:
+    def __init__(self, rpc: Rpc, config: Config) -> None:
+        self.rpc = rpc
+        self.config = config
+        self.id = ""
+        self._height = 0
+        self._height_lock = threading.Lock()
+
+    @property
+    def height(self) -> int:
+        return self._height
+
+    def raise_height(self, height: int) -> None:
+        """Blocks only move the height forward (`block_added` replays lower ones on restart)."""
+        with self._height_lock:
+            self._height = max(self._height, height)
+
+    def lsp_key(self, instance: str) -> bytes:
+        return node_seckey(self._makesecret(b"superscalar/lsp/" + bytes.fromhex(instance)))
+
+    def client_key(self, instance: str) -> bytes:
+        return node_seckey(self._makesecret(b"superscalar/client/" + bytes.fromhex(instance)))
+
+    def _makesecret(self, label: bytes) -> bytes:
+        return bytes.fromhex(self.rpc.call("makesecret", {"hex": label.hex()})["secret"])
+
+    def channels(self) -> dict[str, dict[str, Any]]:
+        """lightningd's channels by channel id (empty if it cannot say)."""
+        try:
+            chans = self.rpc.call("listpeerchannels").get("channels", [])
+        except Exception:
+            return {}
+        return {c["channel_id"]: c for c in chans if "channel_id" in c}
+
+    def network(self) -> str:
+        return str(self.rpc.call("getinfo").get("network", "regtest"))

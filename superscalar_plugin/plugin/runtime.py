@@ -1,0 +1,120 @@
+"""The worker thread and the small contracts with lightningd (`Rpc`, `Reply`).
+
+Owns: the job queue and the one worker thread that runs every job in order. May call: nothing of
+the plugin; roles hand it closures. pyln's dispatch thread only ever calls `submit` (and the
+hook-side methods the roles mark as such); see `service` for which thread runs what.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..engine.errors import CeremonyError, SuperscalarError
+
+log = logging.getLogger("superscalar")
+
+IDLE_SECONDS = 0.5  # how often an idle worker runs its tick (ceremony deadlines)
+
+
+class RpcFailed(SuperscalarError):
+    """lightningd refused an RPC the service made."""
+
+    rpc_code = 1410
+
+
+class PeerUnreachable(CeremonyError):
+    """A message could not be handed to a peer (disconnected, unknown)."""
+
+
+class Rpc(Protocol):
+    def call(self, method: str, payload: dict[str, Any] | None = None) -> Any: ...
+
+
+class Reply(Protocol):
+    """An RPC request still waiting for its answer (pyln's Request)."""
+
+    def set_result(self, result: Any) -> None: ...
+    def set_exception(self, exc: Exception) -> None: ...
+
+
+class Worker:
+    """One thread, one queue: message in -> persist -> messages out, strictly in order."""
+
+    def __init__(self, tick: Callable[[], None]) -> None:
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._tick = tick
+        self._thread = threading.Thread(target=self._run, name="superscalar-worker", daemon=True)
+        self.stopping = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+    def shutdown(self, timeout: float) -> None:
+        """lightningd is stopping: let the job in hand finish (a failure now is expected, the RPC
+        is closing), run no other, and wait for the thread up to `timeout` seconds."""
+        self.stopping.set()
+        self.stop()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def answer(self, reply: Reply, job: Callable[[], Any]) -> None:
+        """Answer an RPC from the worker (it may call lightningd; the dispatch thread may not)."""
+        self.submit(lambda: answer_now(reply, job, "RPC failed"))
+
+    def _run(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                job = self._tick
+            if job is None or self.stopping.is_set():
+                return
+            try:
+                job()
+            except Exception:  # the worker must survive anything a peer or lightningd does
+                if self.stopping.is_set():
+                    log.debug("job interrupted by shutdown", exc_info=True)
+                else:
+                    log.exception("superscalar worker job failed")
+
+
+def answer_now(reply: Reply, job: Callable[[], Any], what: str) -> None:
+    """Run `job` and answer `reply` with its result or its error (ours keep their RPC code)."""
+    try:
+        result = job()
+    except Exception as e:
+        fail(reply, e, what)
+        return
+    reply.set_result(result)
+
+
+def fail(reply: Reply, e: Exception, what: str) -> None:
+    """Answer with our error and its RPC code; anything else is our bug: logged, then answered."""
+    if not isinstance(e, SuperscalarError):
+        log.exception(what)
+        e = SuperscalarError(f"internal error: {e!r}")
+    reply.set_exception(rpc_exception(e))
+
+
+def why(e: Exception) -> str:
+    """lightningd's own message for a failed RPC, else the exception's text."""
+    err = getattr(e, "error", None)
+    if isinstance(err, dict) and "message" in err:
+        return str(err["message"])
+    return str(e)
+
+
+def rpc_exception(e: SuperscalarError) -> Exception:
+    from .rpcerror import make_rpc_exception
+
+    return make_rpc_exception(str(e), e.rpc_code)
