@@ -334,7 +334,7 @@ def test_malformed_factory_messages_from_a_real_peer_leave_everyone_working(
     time.sleep(2)
     for c in clients:
         assert _normal(lsp, c) and _normal(c, lsp)
-    _pay_both_ways(lsp, clients, 3_000_000)
+    _pay_both_ways(lsp, clients, 20_000_000)  # above the 1% reserve (5,000 sat), both ways
     status = lsp.rpc.call("factory-status", {"instance": created["instance"]})["factories"][0]
     assert status["state"] == "funded"
     lines = lsp.daemon.logs

@@ -183,6 +183,7 @@ class ClientRole:
             funding_txid=header.funding_txid,  # watched on chain from now on
         )
         self._records.persist(cs.record)
+        self._guards.refresh()  # from now on our invoices carry the EWT and HTLCs are checked
 
     def abort(self, instance: str, reason: str) -> None:
         """Our side failed (a bad message, our bug): abort and tell the LSP."""

@@ -395,6 +395,13 @@ def on_block_added(plugin: Plugin, **kwargs: Any) -> None:
         service.on_block(int(block["height"]))
 
 
+@plugin.subscribe("channel_state_changed")
+def on_channel_state_changed(plugin: Plugin, **_: Any) -> None:
+    """A channel opened, locked in or closed: the HTLC guards follow (on the worker)."""
+    if service is not None:
+        service.on_channel_change()
+
+
 @plugin.subscribe("shutdown")
 def on_shutdown(plugin: Plugin, **_: Any) -> None:
     """lightningd is stopping and its RPC goes away: finish the job in hand (it persists before it

@@ -154,6 +154,9 @@ class FactoryService:
     def on_disconnect(self, peer: str) -> None:
         self.peers.disconnected(peer)
 
+    def on_channel_change(self) -> None:
+        self.worker.submit(self.guards.refresh)
+
     def on_block(self, height: int) -> None:
         self.node.raise_height(height)
         # Separate jobs: one failing does not stop the others.
