@@ -96,6 +96,8 @@ def test_lsp_and_four_clients_create_a_factory(network_factory: Callable[..., Ne
     net, lsp, clients = _setup(network_factory)
     created = _create(lsp, clients)
     assert created["role"] == "lsp" and created["state"] == "funded"
+    phases = ["propose_accept", "fundchannel_start", "sign", "fundchannel_complete", "fund"]
+    assert list(created["timings"]) == phases and all(v >= 0 for v in created["timings"].values())
     instance = created["instance"]
     funding = created["funding"]
     broadcast = net.chain.txs[funding["txid"]]  # signed and sent by the LSP's wallet

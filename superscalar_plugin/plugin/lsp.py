@@ -51,6 +51,14 @@ class LspSession:
     factory: Factory | None = None
     coordinator: Coordinator | None = None
     opened: set[int] = field(default_factory=set)
+    # Where the creation's time goes (seconds per phase), returned with factory-create.
+    timings: dict[str, float] = field(default_factory=dict)
+    last_mark: float = field(default_factory=time.monotonic)
+
+    def mark(self, phase: str) -> None:
+        now = time.monotonic()
+        self.timings[phase] = round(now - self.last_mark, 3)
+        self.last_mark = now
 
 
 def probe_factory(
@@ -147,12 +155,13 @@ class LspRole:
         self, reply: Reply, clients: list[str], channel_sat: list[int], params: FactoryParams
     ) -> None:
         """`factory-create` on the worker: check, reserve the inputs, propose to every client."""
+        started = time.monotonic()
         try:
             record = self._new_record(clients, channel_sat, params)
         except Exception as e:
             fail(reply, e, "factory-create failed")
             return
-        self._propose(LspSession(record, reply, self._deadline()))
+        self._propose(LspSession(record, reply, self._deadline(), last_mark=started))
 
     def _new_record(
         self, clients: list[str], channel_sat: list[int], params: FactoryParams
@@ -281,6 +290,7 @@ class LspRole:
     def _open_channels(self, s: LspSession) -> None:
         """Every client accepted: open its channel, build the tree on the channels' scripts,
         add the funding output and start the signing ceremony."""
+        s.mark("propose_accept")
         s.record = s.record.replace(state=store.LspState.OPENING)
         self._records.persist(s.record)
         try:
@@ -288,6 +298,7 @@ class LspRole:
         except RpcFailed as e:
             self._abort(s, str(e))
             return
+        s.mark("fundchannel_start")
         factory = self._factory_on(s.record, scripts)
         if factory.funding_amount != s.record.funding_amount:
             self._abort(s, "channel scripts changed the funding amount (non-P2WSH channel?)")
@@ -361,6 +372,7 @@ class LspRole:
             )
             for n, t in sorted(coordinator.signed.items())
         )
+        s.mark("sign")
         s.record = s.record.replace(state=store.LspState.COMPLETING, tree=tree)
         self._records.persist(s.record)
         for i, c in enumerate(s.record.clients):
@@ -371,6 +383,7 @@ class LspRole:
                 self._abort(s, str(e))
                 return
             self._update_client(s, i, channel_id=channel_id)  # a restart knows it exists
+        s.mark("fundchannel_complete")
         self._broadcast_funding(s)
 
     def _broadcast_funding(self, s: LspSession, resumed: bool = False) -> None:
@@ -404,8 +417,9 @@ class LspRole:
                 log.info("could not tell %s about the funding: %s", c.node_id, why(e))
         log.info("factory %s funded: %s", r.instance_id[:16], txid)
         self._guards.refresh()
+        s.mark("fund")
         if s.reply is not None:
-            s.reply.set_result(self._view.of(r))
+            s.reply.set_result({**self._view.of(r), "timings": s.timings})
             s.reply = None
 
     # --- abort --------------------------------------------------------------------------------
