@@ -319,12 +319,14 @@ class LspRole:
         instance = bytes.fromhex(r.instance_id)
         ewt = Topology.build(len(r.clients), r.params).ewt  # no keys needed: no second probe
         in_factory = blip56.ChannelInFactory(blip56.SUPERSCALAR_PROTOCOL_ID, instance, ewt)
-        scripts: list[str] = []
-        for i, c in enumerate(r.clients):
+        for c in r.clients:  # each before its client's open_channel, on the same connection
             self._peers.send(c.node_id, protocol.InFactory(instance, in_factory))
-            scripts.append(funding.start_channel(self._node.rpc, c))
-            s.opened.add(i)
-        return scripts
+        results = funding.per_client(r.clients, lambda c: funding.start_channel(self._node.rpc, c))
+        s.opened.update(i for i, x in enumerate(results) if not isinstance(x, RpcFailed))
+        failed = [x for x in results if isinstance(x, RpcFailed)]
+        if failed:
+            raise failed[0]
+        return [x for x in results if isinstance(x, str)]
 
     def _factory_on(self, r: store.LspRecord, scripts: list[str]) -> Factory:
         slots = [
@@ -375,14 +377,21 @@ class LspRole:
         s.mark("sign")
         s.record = s.record.replace(state=store.LspState.COMPLETING, tree=tree)
         self._records.persist(s.record)
-        for i, c in enumerate(s.record.clients):
-            leaf = coordinator.signed[factory.topology.leaf_of_client[i]].unsigned
-            try:
-                channel_id = funding.complete_channel(self._node.rpc, c, leaf)
-            except RpcFailed as e:
-                self._abort(s, str(e))
-                return
-            self._update_client(s, i, channel_id=channel_id)  # a restart knows it exists
+        leaves = {
+            c.node_id: coordinator.signed[factory.topology.leaf_of_client[i]].unsigned
+            for i, c in enumerate(s.record.clients)
+        }
+        results = funding.per_client(
+            s.record.clients,
+            lambda c: funding.complete_channel(self._node.rpc, c, leaves[c.node_id]),
+        )
+        for i, x in enumerate(results):
+            if not isinstance(x, RpcFailed):
+                self._update_client(s, i, channel_id=x)  # a restart knows it exists
+        failed = [x for x in results if isinstance(x, RpcFailed)]
+        if failed:
+            self._abort(s, str(failed[0]))
+            return
         s.mark("fundchannel_complete")
         self._broadcast_funding(s)
 
