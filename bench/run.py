@@ -287,8 +287,10 @@ def main() -> None:
     print_targets(results)
     htlc_hook_latency()
     from plugin_create import run as plugin_create
+    from real_create import run as real_create
 
     plugin_create(16)
+    real_create()  # on real lightningd nodes when lightningd is on PATH, else says why not
 
 
 if __name__ == "__main__":
