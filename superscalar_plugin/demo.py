@@ -11,11 +11,11 @@ from collections.abc import Iterable
 import click
 
 from .engine import dw, policy
-from .engine.ceremony import ClientTerms, Coordinator, SignedNodeTx, Signer, run_ceremony
+from .engine.ceremony import Coordinator, SignedNodeTx, Signer, run_ceremony
 from .engine.errors import ChainError
 from .engine.tree import Factory, FactoryParams, NodeKind
 from .engine.tx import Tx
-from .simulate import make_factory
+from .simulate import agreed_terms, make_factory
 
 
 def draw_tree(f: Factory, states: dw.States, highlight: Iterable[int] = ()) -> list[str]:
@@ -90,10 +90,7 @@ def _run(
     funding_txid = Tx.deserialize(funding_tx).txid
     outpoint = (funding_txid, 0)
     states = dw.initial_states(topo)
-    signers = {
-        c: Signer(sk, ClientTerms(f.lsp_pubkey, timeout, *f.channels[c]))
-        for c, sk in enumerate(people.client_seckeys)
-    }
+    signers = {c: Signer(sk, agreed_terms(f, c)) for c, sk in enumerate(people.client_seckeys)}
     coordinator = Coordinator(f, people.lsp_seckey, outpoint, states)
     with click.progressbar(length=3, label="ceremony rounds") as bar:
         outbox = coordinator.start()
@@ -130,6 +127,8 @@ def _run(
     for i in range(advances):
         adv = dw.advance_leaf(topo, states, leaf)
         co = Coordinator(f, people.lsp_seckey, outpoint, adv.states, adv.resigned)
+        for c in co.clients:  # every client of the subtree agrees to this update itself
+            signers[c].agree_update(signers[c].terms)
         run_ceremony(co, {c: signers[c] for c in co.clients})
         states, bumped = adv.states, adv.bumped
         history.append({**history[-1], **co.signed})

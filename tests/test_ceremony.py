@@ -222,14 +222,20 @@ def test_dw_update_over_the_wire_and_replay_of_an_old_state_is_refused() -> None
     adv = dw.advance_leaf(f.topology, states, f.topology.leaf_of_client[0])
     co = coordinator_for(p, adv.states, adv.resigned)
     assert co.clients == [0, 1]
+    for c in co.clients:  # each client agrees to the update itself; the LSP cannot start one
+        signers[c].agree_update(signers[c].terms)
     run_ceremony(co, {c: signers[c] for c in co.clients})
     new_path = [s.txid for s in signers[0].signed_path]
     assert new_path[:-1] == first_path[:-1] and new_path[-1] != first_path[-1]
     assert signers[0].states[f.topology.leaf_of_client[0]] == 1
     # The LSP tries to get the older state (a longer delay) signed again.
     old = coordinator_for(p, states, adv.resigned)
+    with pytest.raises(UnsafeToSign, match="already signed"):
+        signers[0].receive(old.start()[0])
+    signers[0].agree_update(signers[0].terms)
     with pytest.raises(UnsafeToSign, match="not newer"):
         signers[0].receive(old.start()[0])
+    assert signers[0].state is SignerState.DONE and signers[0].states[adv.bumped] == 1
 
 
 def test_coordinator_rejects_strangers_duplicates_and_garbage() -> None:
@@ -271,5 +277,7 @@ def test_a_stored_path_restores_into_a_signer_that_can_still_update() -> None:
     # The restored signer takes part in the next DW update.
     adv = dw.advance_leaf(f.topology, states, f.topology.leaf_of_client[0])
     co = coordinator_for(p, adv.states, adv.resigned)
+    restored.agree_update(restored.terms)
+    signers[1].agree_update(signers[1].terms)
     run_ceremony(co, {0: restored, 1: signers[1]})
     assert restored.signed_path[-1].txid == co.signed[f.topology.leaf_of_client[0]].txid

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from .errors import InvalidParameter, WireError
-from .tree import FactoryParams
+from .tree import FactoryKeys, FactoryParams
 
 WIRE_VERSION = 1
 MAX_NODES_PER_MESSAGE = 4096
@@ -129,6 +129,18 @@ class FactoryHeader:
     funding_txid: str
     funding_vout: int
     funding_amount: int
+
+    def factory_keys(self) -> FactoryKeys:
+        """The factory this header describes: its shape, keys and timeout (not yet validated)."""
+        return FactoryKeys(self.params, self.lsp_pubkey, self.client_pubkeys, self.timeout_height)
+
+    @staticmethod
+    def from_bytes(data: bytes) -> FactoryHeader:
+        """A header on its own (as the client stores it), parsed strictly."""
+        r = Reader(data)
+        header = FactoryHeader.decode(r)
+        r.end()
+        return header
 
     def encode(self) -> bytes:
         return b"".join(

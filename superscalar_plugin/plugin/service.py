@@ -923,7 +923,7 @@ class FactoryService:
         )
         signer = Signer(
             seckey,
-            ClientTerms(p.lsp_pubkey, p.timeout_height, None, p.channel_sat),
+            ClientTerms.from_propose(p),
             ClientPolicy(max_ewt=cfg.max_ewt, max_fee_rate_kvb=cfg.max_fee_rate_kvb),
         )
         self.clients[record.instance_id] = ClientSession(
