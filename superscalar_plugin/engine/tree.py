@@ -43,7 +43,13 @@ TX_VERSION = 2
 # No relative lock (bit 31 set), still signals replaceability.
 SEQUENCE_NO_RELATIVE_LOCK = 0xFFFFFFFD
 MAX_EWT_BLOCKS = 2016  # what most payers accept as a final CLTV; bLIP-56's ceiling in practice
-MAX_CLIENTS = 4096
+# What a proposal may cost is bounded before anything is built (PROPOSE, SIGN_REQUEST, stored
+# records): at most 1024 clients (a few hundred is what the design expects per tree), every
+# interior level splits (arity >= 2) and every DW layer can be updated (K >= 2). With these, a
+# tree has at most about 2 nodes per leaf and log2(n) levels; `shape_cost` checks the estimate.
+MAX_CLIENTS = 1024
+MAX_TREE_NODES = 4 * MAX_CLIENTS
+MAX_KEYAGG_KEYS = 64 * MAX_CLIENTS  # keys aggregated over every node (the LSP builds them all)
 
 
 class NodeKind(StrEnum):
@@ -83,16 +89,19 @@ class FactoryParams:
     def validate(self) -> None:
         if not 1 <= self.clients_per_leaf <= 16:
             raise InvalidShape(f"clients_per_leaf must be 1..16, got {self.clients_per_leaf}")
-        if not self.arity or any(not 1 <= a <= 64 for a in self.arity):
-            raise InvalidShape(f"arity must be a list of integers 1..64, got {list(self.arity)}")
-        if self.arity[-1] < 2:
+        # An arity-1 level splits nothing: it adds a tx to every path and a node to every group,
+        # and 254 of them made a 411-byte proposal cost seconds and hundreds of MB to build.
+        if not self.arity or any(not 2 <= a <= 64 for a in self.arity):
             raise InvalidShape(
-                "the last (repeating) arity must be at least 2, or the tree never closes"
+                f"arity must be a list of integers 2..64 (no arity-1 levels), got {list(self.arity)}"
             )
         if self.kickoff_only_top < 0:
             raise InvalidShape("kickoff_only_top cannot be negative")
-        if not 1 <= self.states_per_layer <= 64:
-            raise InvalidShape(f"states_per_layer must be 1..64, got {self.states_per_layer}")
+        if not 2 <= self.states_per_layer <= 64:
+            raise InvalidShape(
+                f"states_per_layer must be 2..64 (one state cannot be updated), got"
+                f" {self.states_per_layer}"
+            )
         if not 1 <= self.step_blocks <= 1008:
             raise InvalidShape(f"step_blocks must be 1..1008, got {self.step_blocks}")
         if self.step_blocks * (self.states_per_layer - 1) >= 0xFFFF:
@@ -122,6 +131,51 @@ class FactoryParams:
 
 
 @dataclass(frozen=True)
+class ShapeCost:
+    """What building a factory of this shape costs, estimated from integers alone."""
+
+    nodes: int  # transactions in the tree
+    depth: int  # transactions on a root-to-leaf path
+    keyagg_keys: int  # keys aggregated over every node's output (MuSig2 work of the LSP)
+
+
+def shape_cost(n_clients: int, params: FactoryParams) -> ShapeCost:
+    """Count nodes, depth and aggregation work of a shape without building it: one pass over the
+    levels, each a few integer operations (the number of levels is bounded by the arity list and
+    log2(n) once every level splits)."""
+    groups = -(-n_clients // params.clients_per_leaf)
+    nodes, depth = groups, 1
+    keys = n_clients + groups  # every leaf's stock: its clients and L
+    level = 0
+    while groups > 1:
+        a = params.arity[min(level, len(params.arity) - 1)]
+        groups = -(-groups // a)
+        nodes += groups
+        depth += 1
+        keys += n_clients + groups  # each level's branch outputs cover every client once, plus L
+        level += 1
+        if nodes > MAX_TREE_NODES:  # stop counting: already too costly
+            break
+    # A state on top gets a single-output kickoff above it (counted generously).
+    return ShapeCost(nodes + 1, depth + 1, keys + n_clients + 1)
+
+
+def check_shape(n_clients: int, params: FactoryParams) -> ShapeCost:
+    """Refuse a shape that is invalid or would cost too much to build, before building anything."""
+    params.validate()
+    if not 1 <= n_clients <= MAX_CLIENTS:
+        raise InvalidShape(f"a factory needs 1..{MAX_CLIENTS} clients, got {n_clients}")
+    cost = shape_cost(n_clients, params)
+    if cost.nodes > MAX_TREE_NODES:
+        raise InvalidShape(f"the tree would have {cost.nodes} txs, more than {MAX_TREE_NODES}")
+    if cost.keyagg_keys > MAX_KEYAGG_KEYS:
+        raise InvalidShape(
+            f"the tree would aggregate {cost.keyagg_keys} keys, more than {MAX_KEYAGG_KEYS}"
+        )
+    return cost
+
+
+@dataclass(frozen=True)
 class Node:
     index: int
     kind: NodeKind
@@ -143,9 +197,7 @@ class Topology:
 
     @staticmethod
     def build(n_clients: int, params: FactoryParams) -> Topology:
-        params.validate()
-        if not 1 <= n_clients <= MAX_CLIENTS:
-            raise InvalidShape(f"a factory needs 1..{MAX_CLIENTS} clients, got {n_clients}")
+        check_shape(n_clients, params)
         # Bottom-up grouping: each group is (kind, [child groups], lo, hi).
         groups: list[_Group] = [
             _Group(NodeKind.LEAF, [], lo, min(lo + params.clients_per_leaf, n_clients))
