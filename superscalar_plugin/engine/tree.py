@@ -403,9 +403,14 @@ class FactoryKeys:
             if len(pk) != 33 or pk[0] not in (2, 3):
                 who = "lsp" if i == len(self.client_pubkeys) else f"client {i}"
                 raise InvalidParameter(f"{who}: pubkey must be 33-byte compressed")
-        keys = (*self.client_pubkeys, self.lsp_pubkey)
-        if len(set(keys)) != len(keys):
-            raise InvalidParameter("every participant needs a distinct key")
+        seen: dict[bytes, str] = {self.lsp_pubkey: "the LSP"}
+        for i, pk in enumerate(self.client_pubkeys):
+            if pk in seen:  # name the client: it is the one to blame and to drop
+                raise InvalidParameter(
+                    f"client {i}: its key is also {seen[pk]}'s (every participant needs a"
+                    " distinct key)"
+                )
+            seen[pk] = f"client {i}"
         if not 0 < self.timeout_height < 500_000_000:
             raise InvalidParameter(f"timeout_height {self.timeout_height} is not a block height")
         if self.topology.ewt > self.params.max_ewt:

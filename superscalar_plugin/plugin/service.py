@@ -856,11 +856,12 @@ class FactoryService:
             )
             return
         if isinstance(p, protocol.Ceremony):
+            signed_before = cs.signer.state is SignerState.DONE  # a signer stays DONE for good
             reply = cs.signer.receive(p.message)
             if cs.record.state is store.ClientState.ACCEPTED:
                 cs.record = cs.record.replace(state=store.ClientState.SIGNING)
             cs.deadline = time.monotonic() + 3 * self.config.ceremony_timeout
-            if cs.signer.state is SignerState.DONE:
+            if cs.signer.state is SignerState.DONE and not signed_before:
                 self._client_store_path(cs)
                 self._send(peer, protocol.Stored(bytes.fromhex(instance), cs.signer.session))
             elif reply is not None:
