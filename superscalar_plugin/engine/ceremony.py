@@ -181,6 +181,8 @@ class ClientPolicy:
     max_clients: int = MAX_CLIENTS
     # Sign only if our channel's exact script is known (`ClientTerms.channel_script`).
     require_channel_script: bool = False
+    # Derive our siblings' branch outputs exactly, not only check that they are standard P2TR.
+    exact_siblings: bool = False
 
 
 def _expect_agreed(field_name: str, got: object, agreed: object) -> None:
@@ -230,18 +232,24 @@ def _is_standard_p2wsh(amount: int, script: bytes) -> bool:
     return len(script) == 34 and script[:2] == b"\x00\x20" and amount >= DUST_P2WSH
 
 
+def _is_standard_p2tr(amount: int, script: bytes) -> bool:
+    return len(script) == 34 and script[:2] == b"\x51\x20" and amount >= DUST_P2TR
+
+
 def check_path(
     keys: FactoryKeys,
     header: wire.FactoryHeader,
     templates: Sequence[wire.NodeTemplate],
     terms: ClientTerms,
+    exact_siblings: bool = False,
 ) -> list[UnsignedNodeTx]:
     """Rebuild our root-to-leaf path from the templates, refusing anything unsafe for us.
 
     Checks every output of every tx: the path is exactly ours and complete; every tx spends the
-    previous one's output towards us (the root spends the agreed funding output); every branch
-    output (ours and our siblings') is the MuSig2 aggregate of its clients and L, with the agreed
-    timeout where it belongs; every nSequence is the DW delay of its state; fees are exactly the
+    previous one's output towards us (the root spends the agreed funding output); our branch
+    output is the MuSig2 aggregate of its clients and L, with the agreed timeout where it belongs,
+    and our siblings' are standard P2TR (derived exactly too with `exact_siblings`: that protects
+    only sibling clients, who sign this tx anyway, and costs half again the key aggregation); every nSequence is the DW delay of its state; fees are exactly the
     agreed rate; every output is above dust; the last output is the agreed P2A anchor; the leaf
     pays our channel (its exact script when known) and amount, our leaf-mates' channels are
     standard P2WSH, and the stock output is the leaf's aggregate with L's CSV leaf. Version and
@@ -305,11 +313,21 @@ def check_path(
         else:
             child = path[i + 1]
             towards_me = topo.nodes[child].parent_vout
-            # Every branch output is derived exactly: ours and our siblings'.
             for v, sibling in enumerate(node.children):
-                if t.outputs[v][1] != keys.branch_output_for(sibling).script_pubkey:
-                    whose = "our branch" if sibling == child else f"node {sibling}"
-                    raise UnsafeToSign(f"{where}: output {v} is not {whose}'s aggregate key output")
+                amount, script = t.outputs[v]
+                if sibling == child or exact_siblings:  # derived exactly
+                    if script != keys.branch_output_for(sibling).script_pubkey:
+                        whose = "our branch" if sibling == child else f"node {sibling}"
+                        raise UnsafeToSign(
+                            f"{where}: output {v} is not {whose}'s aggregate key output"
+                        )
+                elif not _is_standard_p2tr(amount, script):
+                    # A sibling's clients sign this tx too and check their own output exactly;
+                    # what we need is that it is standard, or our exit could not be relayed.
+                    raise UnsafeToSign(
+                        f"{where}: output {v} (node {sibling}'s branch) is not a standard P2TR"
+                        f" of at least {DUST_P2TR} sat"
+                    )
         for v, (amount, _) in enumerate(t.outputs[:-1]):
             if amount < DUST_P2TR:
                 raise UnsafeToSign(f"{where}: output {v} of {amount} sat is dust")
@@ -459,7 +477,7 @@ class Signer:
         keys = check_header(msg.header, self.pubkey, terms, self.policy)
         if self._header is not None and msg.header != self._header:
             raise UnsafeToSign("the factory changed under an existing signed path")
-        path = check_path(keys, msg.header, msg.templates, terms)
+        path = check_path(keys, msg.header, msg.templates, terms, self.policy.exact_siblings)
         states = {t.node: t.state for t in msg.templates}
         to_sign = (
             self._changed_nodes(keys, path, states) if self.signed_path else {u.node for u in path}

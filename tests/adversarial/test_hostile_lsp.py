@@ -189,7 +189,6 @@ def _sibling_branch_other_key(t: Templates, h: wire.FactoryHeader) -> None:
         _sibling_branch_non_standard,
         _leaf_mate_non_standard,
         _leaf_mate_p2tr,
-        _sibling_branch_other_key,
     ],
     ids=lambda f: f.__name__.strip("_"),
 )
@@ -200,6 +199,21 @@ def test_every_output_on_the_path_is_checked(tamper) -> None:  # type: ignore[no
     with pytest.raises(UnsafeToSign, match="output 1"):
         signer.receive(req)
     assert signer.state is SignerState.FAILED and not signer.signed_path
+
+
+def test_a_sibling_branch_of_the_wrong_keys_is_refused_when_derived_exactly() -> None:
+    """A standard sibling output of the wrong keys only hurts that sibling's clients, who sign
+    this tx too and check their own output exactly; `exact_siblings` refuses it here as well."""
+    p = participants(8)
+    f = p.factory
+    strict = Signer(p.client_seckeys[0], terms_for(f, 0), ClientPolicy(exact_siblings=True))
+    _, req = HostileLsp(p).request(0, tamper=_sibling_branch_other_key)
+    with pytest.raises(UnsafeToSign, match="output 1 is not node"):
+        strict.receive(req)
+    sibling = Signer(p.client_seckeys[4], terms_for(f, 4))  # a client under that sibling branch
+    _, req = HostileLsp(p).request(4, tamper=_sibling_branch_other_key)
+    with pytest.raises(UnsafeToSign, match="our branch"):
+        sibling.receive(req)
 
 
 def test_a_client_that_requires_its_channel_script_refuses_without_it() -> None:

@@ -180,6 +180,31 @@ def fuzz_signer_done(data: bytes) -> None:
         assert [s.txid for s in signer.signed_path] == before
 
 
+def fuzz_signer_update(data: bytes) -> None:
+    """A signed client that agreed to one update receives anything: whatever happens, it ends
+    DONE, and its path changes only by a newer state it fully checked (never a kickoff first)."""
+    done = ceremony().signed
+    assert done.header is not None
+    signer = Signer.restore(
+        done.seckey, done.terms, done.policy, done.header, done.signed_path, done.states
+    )
+    signer.agree_update(done.terms)
+    try:
+        signer.receive(data)
+    finally:
+        signer.forget()
+        assert signer.state is SignerState.DONE
+        assert [s.txid for s in signer.signed_path] == [s.txid for s in done.signed_path]
+
+
+def _update_request() -> bytes:
+    p = people()
+    f = p.factory
+    adv = dw.advance_leaf(f.topology, dw.initial_states(f.topology), f.topology.leaf_of_client[0])
+    co = Coordinator(f, p.lsp_seckey, OUTPOINT, adv.states, adv.resigned)
+    return co.start()[0]
+
+
 def _coordinator() -> Coordinator:
     p = people()
     f = p.factory
@@ -212,6 +237,7 @@ BYTE_TARGETS: dict[str, tuple[Callable[[bytes], None], Callable[[], list[bytes]]
     "Signer (idle)": (fuzz_signer_fresh, wire_seeds),
     "Signer (nonces sent)": (fuzz_signer_mid, lambda: [ceremony().aggnonces[0], *wire_seeds()]),
     "Signer (done)": (fuzz_signer_done, wire_seeds),
+    "Signer (update agreed)": (fuzz_signer_update, lambda: [_update_request(), *wire_seeds()]),
     "Coordinator (nonces)": (
         fuzz_coordinator_nonces,
         lambda: [ceremony().nonces[0], *wire_seeds()],

@@ -14,7 +14,7 @@ from superscalar_plugin.engine.errors import SuperscalarError
 from .targets import BYTE_TARGETS, fuzz_store, record_inputs, record_seeds
 
 SHORT = settings(
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
