@@ -133,6 +133,17 @@ class ClientRecord:
 Record = LspRecord | ClientRecord
 
 
+def topology_of(record: Record) -> Topology:
+    """The factory's shape as signed: a signed client's from its header (the one source of truth),
+    anyone else's from the record. Exits, status and the EWT should be rebuilt from this."""
+    if isinstance(record, ClientRecord):
+        header = record.signed_header()
+        if header is not None:
+            return Topology.build(len(header.client_pubkeys), header.params)
+        return Topology.build(record.n_clients, record.params)
+    return Topology.build(len(record.clients), record.params)
+
+
 def to_json(record: Record) -> dict[str, Any]:
     data = dataclasses.asdict(record)
     data["params"]["arity"] = list(record.params.arity)

@@ -89,3 +89,11 @@ def test_the_signed_header_is_what_the_plugin_acts_on() -> None:
     assert header is not None
     keys = header.factory_keys()
     assert keys.n_clients == record.n_clients and keys.topology.ewt == record.early_warning_time
+
+
+def test_the_shape_of_a_record_is_the_signed_one() -> None:
+    record = client_record()
+    header = record.signed_header()
+    assert header is not None
+    assert store.topology_of(record) == header.factory_keys().topology
+    assert store.topology_of(lsp_record()).n_clients == 2
