@@ -13,14 +13,16 @@ interrupted restarts with fresh nonces.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-from . import musig2, wire
+from . import musig2, protocol, wire
 from .errors import (
+    AlreadySigned,
     CeremonyError,
     InvalidParameter,
     InvalidPartialSignature,
@@ -28,10 +30,12 @@ from .errors import (
     UnsafeToSign,
     WireError,
 )
-from .taproot import DUST_P2TR, P2A_SCRIPT
+from .taproot import DUST_P2TR, DUST_P2WSH, P2A_SCRIPT
 from .tree import (
+    MAX_CLIENTS,
     Factory,
     FactoryKeys,
+    FactoryParams,
     NodeKind,
     UnsignedNodeTx,
     build_node_tx,
@@ -136,14 +140,36 @@ def sign_in_process(
 
 @dataclass(frozen=True)
 class ClientTerms:
-    """What this client agreed to when it accepted the LSP's proposal."""
+    """What this client agreed to when it accepted the LSP's proposal (PROPOSE), field by field.
+
+    The one source of truth for the factory's shape on the client's side: every SIGN_REQUEST header
+    is checked against it (`check_header`), and what the client later acts on (exits, status, EWT)
+    comes from the header it signed, which therefore equals these terms."""
 
     lsp_pubkey: bytes
     timeout_height: int
     # None: any P2WSH script. A Core Lightning fundee cannot learn its channel's funding script
     # (no funding pubkeys are exposed to plugins); it checks the amount and the output position.
+    # `ClientPolicy.require_channel_script` refuses to sign without it.
     channel_script: bytes | None
     channel_sat: int
+    n_clients: int
+    client_index: int
+    params: FactoryParams
+    early_warning_time: int
+
+    @staticmethod
+    def from_propose(p: protocol.Propose, channel_script: bytes | None = None) -> ClientTerms:
+        return ClientTerms(
+            p.lsp_pubkey,
+            p.timeout_height,
+            channel_script,
+            p.channel_sat,
+            n_clients=p.n_clients,
+            client_index=p.client_index,
+            params=p.params,
+            early_warning_time=p.early_warning_time,
+        )
 
 
 @dataclass(frozen=True)
@@ -152,28 +178,44 @@ class ClientPolicy:
 
     max_ewt: int = 2016
     max_fee_rate_kvb: int = 50_000
-    max_clients: int = 4096
+    max_clients: int = MAX_CLIENTS
+    # Sign only if our channel's exact script is known (`ClientTerms.channel_script`).
+    require_channel_script: bool = False
+    # Derive our siblings' branch outputs exactly, not only check that they are standard P2TR.
+    exact_siblings: bool = False
+
+
+def _expect_agreed(field_name: str, got: object, agreed: object) -> None:
+    if got != agreed:
+        shown = [v.hex() if isinstance(v, bytes) else v for v in (got, agreed)]
+        raise UnsafeToSign(f"{field_name}: the request says {shown[0]}, we agreed to {shown[1]}")
+
+
+def check_agreed(header: wire.FactoryHeader, terms: ClientTerms) -> None:
+    """The header must be what we agreed to at PROPOSE, field by field; the error names the
+    first field that differs."""
+    _expect_agreed("lsp_pubkey", header.lsp_pubkey, terms.lsp_pubkey)
+    _expect_agreed("timeout_height", header.timeout_height, terms.timeout_height)
+    _expect_agreed("n_clients", len(header.client_pubkeys), terms.n_clients)
+    _expect_agreed("client_index", header.client_index, terms.client_index)
+    for f in dataclasses.fields(FactoryParams):
+        _expect_agreed(
+            f"params.{f.name}", getattr(header.params, f.name), getattr(terms.params, f.name)
+        )
 
 
 def check_header(
     header: wire.FactoryHeader, my_pubkey: bytes, terms: ClientTerms, policy: ClientPolicy
 ) -> FactoryKeys:
     """Refuse a factory whose terms differ from what we accepted or exceed our policy."""
-    if header.lsp_pubkey != terms.lsp_pubkey:
-        raise UnsafeToSign("the factory's LSP key is not the one we accepted")
-    if header.timeout_height != terms.timeout_height:
-        raise UnsafeToSign(
-            f"timeout {header.timeout_height} differs from the agreed {terms.timeout_height}"
-        )
+    check_agreed(header, terms)
     if header.client_pubkeys[header.client_index] != my_pubkey:
         raise UnsafeToSign(f"slot {header.client_index} does not hold our key")
     if len(header.client_pubkeys) > policy.max_clients:
         raise UnsafeToSign(f"{len(header.client_pubkeys)} clients exceed our limit")
     if header.params.fee_rate_kvb > policy.max_fee_rate_kvb:
         raise UnsafeToSign(f"fee rate {header.params.fee_rate_kvb} sat/kvB exceeds our limit")
-    keys = FactoryKeys(
-        header.params, header.lsp_pubkey, header.client_pubkeys, header.timeout_height
-    )
+    keys = header.factory_keys()
     try:
         keys.validate()
     except InvalidParameter as e:
@@ -182,7 +224,16 @@ def check_header(
         raise UnsafeToSign(
             f"early warning time {keys.topology.ewt} exceeds our limit {policy.max_ewt}"
         )
+    _expect_agreed("early_warning_time", keys.topology.ewt, terms.early_warning_time)
     return keys
+
+
+def _is_standard_p2wsh(amount: int, script: bytes) -> bool:
+    return len(script) == 34 and script[:2] == b"\x00\x20" and amount >= DUST_P2WSH
+
+
+def _is_standard_p2tr(amount: int, script: bytes) -> bool:
+    return len(script) == 34 and script[:2] == b"\x51\x20" and amount >= DUST_P2TR
 
 
 def check_path(
@@ -190,14 +241,19 @@ def check_path(
     header: wire.FactoryHeader,
     templates: Sequence[wire.NodeTemplate],
     terms: ClientTerms,
+    exact_siblings: bool = False,
 ) -> list[UnsignedNodeTx]:
     """Rebuild our root-to-leaf path from the templates, refusing anything unsafe for us.
 
-    Checks: the path is exactly ours and complete; every tx spends the previous one's output towards
-    us (the root spends the agreed funding output); our branch outputs are the MuSig2 aggregates that
-    include our key, with the agreed timeout; every nSequence is the DW delay of its state; fees are
-    exactly the agreed rate; the leaf pays our channel script and amount, and the stock output is
-    the leaf's aggregate with L's CSV leaf.
+    Checks every output of every tx: the path is exactly ours and complete; every tx spends the
+    previous one's output towards us (the root spends the agreed funding output); our branch
+    output is the MuSig2 aggregate of its clients and L, with the agreed timeout where it belongs,
+    and our siblings' are standard P2TR (derived exactly too with `exact_siblings`: that protects
+    only sibling clients, who sign this tx anyway, and costs half again the key aggregation); every nSequence is the DW delay of its state; fees are exactly the
+    agreed rate; every output is above dust; the last output is the agreed P2A anchor; the leaf
+    pays our channel (its exact script when known) and amount, our leaf-mates' channels are
+    standard P2WSH, and the stock output is the leaf's aggregate with L's CSV leaf. Version and
+    nLockTime are not taken from the LSP: we build each tx ourselves (`build_node_tx`).
     """
     topo = keys.topology
     params = keys.params
@@ -230,17 +286,26 @@ def check_path(
             )
         if node.kind is NodeKind.LEAF:
             mine = me - node.lo
-            amount, script = t.outputs[mine]
-            script_ok = (
-                script == terms.channel_script
-                if terms.channel_script is not None
-                else len(script) == 34 and script[:2] == b"\x00\x20"
-            )
-            if amount != terms.channel_sat or not script_ok:
-                raise UnsafeToSign(
-                    f"{where}: our channel output pays {amount} sat to {script.hex()}, not the"
-                    f" agreed {terms.channel_sat} sat to our channel's script"
-                )
+            for v in range(node.hi - node.lo):
+                amount, script = t.outputs[v]
+                if v == mine:
+                    script_ok = (
+                        script == terms.channel_script
+                        if terms.channel_script is not None
+                        else _is_standard_p2wsh(amount, script)
+                    )
+                    if amount != terms.channel_sat or not script_ok:
+                        raise UnsafeToSign(
+                            f"{where}: our channel output pays {amount} sat to {script.hex()},"
+                            f" not the agreed {terms.channel_sat} sat to our channel's script"
+                        )
+                elif not _is_standard_p2wsh(amount, script):
+                    # Not ours to check exactly, but a non-standard output would make our exit
+                    # unrelayable.
+                    raise UnsafeToSign(
+                        f"{where}: output {v} (client {node.lo + v}'s channel) is not a standard"
+                        f" P2WSH of at least {DUST_P2WSH} sat"
+                    )
             stock = keys.stock_output(node.lo, node.hi).script_pubkey
             if t.outputs[-2] != (params.stock_sat, stock):
                 raise UnsafeToSign(f"{where}: liquidity stock output is not the agreed one")
@@ -248,10 +313,21 @@ def check_path(
         else:
             child = path[i + 1]
             towards_me = topo.nodes[child].parent_vout
-            if t.outputs[towards_me][1] != keys.branch_output_for(child).script_pubkey:
-                raise UnsafeToSign(
-                    f"{where}: output {towards_me} is not our branch's aggregate key"
-                )
+            for v, sibling in enumerate(node.children):
+                amount, script = t.outputs[v]
+                if sibling == child or exact_siblings:  # derived exactly
+                    if script != keys.branch_output_for(sibling).script_pubkey:
+                        whose = "our branch" if sibling == child else f"node {sibling}"
+                        raise UnsafeToSign(
+                            f"{where}: output {v} is not {whose}'s aggregate key output"
+                        )
+                elif not _is_standard_p2tr(amount, script):
+                    # A sibling's clients sign this tx too and check their own output exactly;
+                    # what we need is that it is standard, or our exit could not be relayed.
+                    raise UnsafeToSign(
+                        f"{where}: output {v} (node {sibling}'s branch) is not a standard P2TR"
+                        f" of at least {DUST_P2TR} sat"
+                    )
         for v, (amount, _) in enumerate(t.outputs[:-1]):
             if amount < DUST_P2TR:
                 raise UnsafeToSign(f"{where}: output {v} of {amount} sat is dust")
@@ -281,7 +357,12 @@ class SignerState(Enum):
 
 @dataclass
 class Signer:
-    """A client in the ceremony. Holds its secret key; sees only what it is sent."""
+    """A client in the ceremony. Holds its secret key; sees only what it is sent.
+
+    A client signs a factory exactly once, at creation. Once it holds a signed path (DONE), nothing
+    the LSP sends changes it: a new SIGN_REQUEST is refused (`AlreadySigned`), an ABORT or any
+    malformed message leaves the path and the DONE state as they are. A later DW state is signed
+    only through a flow the client starts itself (`agree_update`), never on the LSP's word."""
 
     seckey: bytes
     terms: ClientTerms
@@ -295,6 +376,8 @@ class Signer:
     _pending: dict[int, UnsignedNodeTx] = field(default_factory=dict)
     _path: list[UnsignedNodeTx] = field(default_factory=list)
     _pending_states: dict[int, int] = field(default_factory=dict)
+    _update_terms: ClientTerms | None = None  # set by agree_update, consumed by one SIGN_REQUEST
+    _pending_terms: ClientTerms | None = None
     _nonces: dict[int, tuple[musig2.SecretNonce, bytes]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -306,6 +389,8 @@ class Signer:
 
     @property
     def header(self) -> wire.FactoryHeader | None:
+        """The header of the factory we signed: exactly our agreed terms (`check_agreed`), and
+        what exits, status and the EWT must be rebuilt from (`FactoryHeader.factory_keys`)."""
         return self._header
 
     @property
@@ -337,6 +422,16 @@ class Signer:
         """Drop the ceremony in flight and its secret nonces (abort, restart)."""
         self._fail()
 
+    def agree_update(self, terms: ClientTerms) -> None:
+        """The client itself agreed to one DW update of its signed factory (never the LSP alone):
+        the next SIGN_REQUEST may re-sign the changed nodes of our path, checked against `terms`,
+        which must name our channel's exact script."""
+        if self.state is not SignerState.DONE or not self.signed_path:
+            raise CeremonyError(f"an update needs a signed factory, we are {self.state.value}")
+        if terms.channel_script is None:
+            raise UnsafeToSign("an update must check our channel's exact script: it is unknown")
+        self._update_terms = terms
+
     def receive(self, data: bytes) -> bytes | None:
         """Handle one message from the LSP; returns our reply, if any. Raises on anything unsafe
         (and then forgets the ceremony's nonces: a restart needs fresh ones)."""
@@ -361,27 +456,37 @@ class Signer:
             raise
 
     def _fail(self) -> None:
+        """Forget what is in flight. A signed path stays, and with it the DONE state."""
         self._nonces.clear()
         self._pending.clear()
-        self.state = SignerState.FAILED
+        self._pending_terms = None
+        self.state = SignerState.DONE if self.signed_path else SignerState.FAILED
 
     def _on_sign_request(self, msg: wire.SignRequest) -> bytes:
         if self.state in (SignerState.NONCES_SENT, SignerState.PSIGS_SENT):
             raise CeremonyError("a new ceremony started before the previous one ended")
-        keys = check_header(msg.header, self.pubkey, self.terms, self.policy)
-        if self._header is not None and (
-            (msg.header.funding_txid, msg.header.funding_vout)
-            != (self._header.funding_txid, self._header.funding_vout)
-            or msg.header.client_pubkeys != self._header.client_pubkeys
-            or msg.header.params != self._header.params
-        ):
+        update, self._update_terms = self._update_terms, None  # one request per agreement
+        if self.signed_path and update is None:
+            raise AlreadySigned(
+                "we already signed this factory: a client signs once, and a later state only in"
+                " an update it agreed to"
+            )
+        terms = update or self.terms
+        if self.policy.require_channel_script and terms.channel_script is None:
+            raise UnsafeToSign("our channel script is unknown and our policy requires it")
+        keys = check_header(msg.header, self.pubkey, terms, self.policy)
+        if self._header is not None and msg.header != self._header:
             raise UnsafeToSign("the factory changed under an existing signed path")
-        path = check_path(keys, msg.header, msg.templates, self.terms)
-        to_sign = self._changed_nodes(path, {t.node: t.state for t in msg.templates})
+        path = check_path(keys, msg.header, msg.templates, terms, self.policy.exact_siblings)
+        states = {t.node: t.state for t in msg.templates}
+        to_sign = (
+            self._changed_nodes(keys, path, states) if self.signed_path else {u.node for u in path}
+        )
         self._keys, self._header, self._session = keys, msg.header, msg.session
         self._path = path
         self._pending = {u.node: u for u in path if u.node in to_sign}
-        self._pending_states = {t.node: t.state for t in msg.templates}
+        self._pending_states = states
+        self._pending_terms = terms
         self._nonces = {
             n: musig2.nonce_gen(
                 self.pubkey, seckey=self.seckey, keyagg=keys.signing_keyagg(n), msg=u.sighash
@@ -392,16 +497,23 @@ class Signer:
         values = tuple((n, pub) for n, (_, pub) in self._nonces.items())
         return wire.NodeValues(wire.MsgType.NONCES, msg.session, values).encode()
 
-    def _changed_nodes(self, path: list[UnsignedNodeTx], states: dict[int, int]) -> set[int]:
-        """Nodes to sign. On a DW update, the first changed tx must be a newer state of a state node
-        (smaller delay), so that it always confirms before the superseded one."""
-        if not self.signed_path:
-            return {u.node for u in path}
+    def _changed_nodes(
+        self, keys: FactoryKeys, path: list[UnsignedNodeTx], states: dict[int, int]
+    ) -> set[int]:
+        """Nodes to sign in an agreed update. The first changed tx must be a state node (a leaf or
+        an interior state) in a newer state, i.e. with a smaller delay, so that it always confirms
+        before the superseded one; a changed kickoff or split would race its old version."""
         old = {s.node: s for s in self.signed_path}
         changed = [u.node for u in path if old[u.node].txid != u.txid]
         if not changed:
             raise UnsafeToSign("nothing changed: refusing to sign the same path again")
         first = changed[0]
+        kind = keys.topology.nodes[first].kind
+        if not kind.is_state:
+            raise UnsafeToSign(
+                f"node {first} is a {kind.value}, not a state node: an update must start at a"
+                " newer DW state"
+            )
         if states[first] <= self.states[first]:
             raise UnsafeToSign(
                 f"node {first}: state {states[first]} is not newer than {self.states[first]}"
@@ -422,7 +534,7 @@ class Signer:
         return wire.NodeValues(wire.MsgType.PARTIAL_SIGS, self._session, tuple(psigs)).encode()
 
     def _on_signatures(self, msg: wire.NodeValues) -> None:
-        assert self._keys is not None
+        assert self._keys is not None and self._pending_terms is not None
         sigs = dict(msg.values)
         if set(sigs) != set(self._pending):
             raise CeremonyError("signatures do not cover exactly the nodes we signed")
@@ -438,7 +550,9 @@ class Signer:
                 new_path.append(old[utx.node])
         self.signed_path = new_path
         self.states = dict(self._pending_states)
+        self.terms = self._pending_terms
         self._pending.clear()
+        self._pending_terms = None
         self.state = SignerState.DONE
 
 

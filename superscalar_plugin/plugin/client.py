@@ -135,7 +135,7 @@ class ClientRole:
         )
         signer = Signer(
             seckey,
-            ClientTerms(p.lsp_pubkey, p.timeout_height, None, p.channel_sat),
+            ClientTerms.from_propose(p),
             ClientPolicy(max_ewt=cfg.max_ewt, max_fee_rate_kvb=cfg.max_fee_rate_kvb),
         )
         self._sessions[instance] = ClientSession(record, signer, self._deadline())
@@ -144,11 +144,12 @@ class ClientRole:
         self._peers.send(peer, protocol.Accept(p.instance_id, pub))
 
     def _on_ceremony(self, cs: ClientSession, p: protocol.Ceremony) -> None:
+        signed_before = cs.signer.state is SignerState.DONE  # a signer stays DONE for good
         reply = cs.signer.receive(p.message)
         if cs.record.state is store.ClientState.ACCEPTED:
             cs.record = cs.record.replace(state=store.ClientState.SIGNING)
         cs.deadline = self._deadline()
-        if cs.signer.state is SignerState.DONE:
+        if cs.signer.state is SignerState.DONE and not signed_before:
             self._store_path(cs)
             self._peers.send(cs.record.lsp_node_id, protocol.Stored(p.instance_id, cs.signer.session))
         elif reply is not None:

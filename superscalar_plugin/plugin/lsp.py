@@ -27,8 +27,7 @@ from ..engine import blip56, dw, musig2, protocol, store
 from ..engine.ceremony import Coordinator, CoordinatorState
 from ..engine.errors import CeremonyError, InvalidParameter
 from ..engine.tree import ClientSlot, Factory, FactoryParams, Topology
-from . import address, funding
-from . import psbt as psbtmod
+from . import address, funding, psbt as psbtmod
 from .guards import Guards
 from .node import Node
 from .peers import Peers

@@ -24,8 +24,9 @@ LIVE = (store.LspState.FUNDED, store.ClientState.READY, store.ClientState.FUNDED
 
 
 def topology(record: store.Record) -> Topology:
-    n = len(record.clients) if isinstance(record, store.LspRecord) else record.n_clients
-    return Topology.build(n, record.params)
+    """The factory's shape as signed (a signed client's from its header): exits, status, guards
+    and the EWT all act on exactly what was signed."""
+    return store.topology_of(record)
 
 
 def txid_of(raw_hex: str) -> str:

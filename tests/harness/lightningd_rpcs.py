@@ -5,8 +5,7 @@ caller) or raises `RpcFail` with lightningd's code and message."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future, TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 from .bitcoin import (

@@ -22,15 +22,21 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future, TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 from pyln.client import LightningRpc
 
 from . import lightningd_rpcs
-from .bitcoin import bits_to_features, features_or, features_to_bits, pubkey_of, regtest, sha256
-from .bitcoin import privkey_from_seed as _privkey
+from .bitcoin import (
+    bits_to_features,
+    features_or,
+    features_to_bits,
+    privkey_from_seed as _privkey,
+    pubkey_of,
+    regtest,
+    sha256,
+)
 from .errors import (
     JSONRPC2_INVALID_PARAMS,
     JSONRPC2_INVALID_REQUEST,
