@@ -409,6 +409,7 @@ def test_a_co_client_or_a_stranger_cannot_unwatch_a_funded_client(
     victim, co_client = clients
     stranger = node_factory.get_node(options={"plugin": PLUGIN})
     connect_by_ip(stranger, victim)
+    connect_by_ip(co_client, victim)
     instance = bytes.fromhex(created["instance"])
     propose = protocol.Propose(instance, 0, 2, FactoryParams(), created["timeout_height"],
                                b"\x02" * 33, CHANNEL_SAT, created["early_warning_time"])
