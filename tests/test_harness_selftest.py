@@ -436,3 +436,28 @@ def test_hook_filters_are_checked_like_lightningd(network: Network, tmp_path) ->
     with pytest.raises(PluginStartError, match="does not allow filters"):
         network.add_node("bad", plugin=[sys.executable, str(script)])
     network.take_errors()
+
+
+def test_a_reorg_replaces_blocks_and_can_drop_a_tx(network: Network) -> None:
+    """`Network.reorg`: new hashes from the fork up, block_added for each new block, orphaned
+    txs back in the next block unless dropped (with their descendants)."""
+    node = network.add_node("n", utxos=2, utxo_sat=100_000)
+
+    def send() -> str:
+        funded = node.rpc_call("fundpsbt", {"satoshi": 10_000, "feerate": "1000perkw",
+                                            "startweight": 200, "excess_as_change": True})
+        signed = node.rpc_call("signpsbt", {"psbt": funded["psbt"]})["signed_psbt"]
+        return str(node.rpc_call("sendpsbt", {"psbt": signed})["txid"])
+
+    kept, dropped = send(), send()
+    [old] = network.mine(1)
+    fork = network.blockheight
+    block = node.rpc_call("getrawblockbyheight", {"height": fork})
+    assert block["blockhash"] == old
+    prev = node.rpc_call("getrawblockbyheight", {"height": fork - 1})["blockhash"]
+    assert bytes.fromhex(block["block"])[4:36][::-1].hex() == prev  # the header links back
+    new = network.reorg(1, drop={dropped})
+    assert len(new) == 2 and old not in new and network.blockheight == fork + 1
+    assert node.rpc_call("getrawblockbyheight", {"height": fork})["blockhash"] == new[0]
+    assert network.chain.txs[kept].height == fork  # mined again on the new branch
+    assert dropped not in network.chain.txs and dropped not in network.chain.mempool

@@ -2,6 +2,9 @@
 
 - Watch: scan each new block (`getrawblockbyheight`) for the txids of our factories and record
   where they confirmed (persisted, so a restart keeps them; missed blocks are scanned on catch-up).
+  The chain is followed by block hash: a block that cannot be fetched is retried (the scan never
+  moves past it), and on a reorg the confirmations above the fork are rolled back and the new
+  branch scanned; an exit tx that was reorged out is sent again.
 - Exit: when an offered HTLC's deadline or (for a client) the factory's timeout comes within the
   EWT plus a safety margin, or on `factory-exit`, publish the needed path with the engine's exit
   state machine: each tx as soon as valid, rebroadcast, CPFP through the P2A anchor with wallet
@@ -10,13 +13,14 @@
 - Sweep (LSP): after the timeout T, every output with the timeout leaf that the tree left on chain
   goes to a fresh wallet address, idempotently and across restarts.
 
-Owns: the last scanned height and, for one block's duties, lightningd's channel list. Worker
+Owns: the last scanned height with the recent block hashes and, for one block's duties, lightningd's channel list. Worker
 thread only. May call: `records`, and lightningd's block, broadcast, wallet and `close` RPCs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from typing import Any
 
@@ -34,7 +38,8 @@ log = logging.getLogger("superscalar")
 
 REBROADCAST_EVERY = 6  # blocks; a tx not confirmed by then is sent again
 MAX_CATCH_UP = 2016  # blocks scanned after a restart
-SCAN_KEY = ["superscalar", "scanned"]
+KEEP_HASHES = 144  # block hashes kept to find a fork: deeper reorgs roll back this far only
+SCAN_KEY = ["superscalar", "scanned"]  # {"scanned": height, "hashes": [[height, hash], ...]}
 
 
 def watched_txids(record: store.Record) -> set[str]:
@@ -66,6 +71,7 @@ class OnChain:
         self._node = node
         self._records = records
         self.scanned: int | None = None
+        self._hashes: dict[int, str] = {}  # height -> hash of the block we scanned there
         self._chan_cache: dict[str, dict[str, Any]] | None = None
 
     def _channels(self) -> dict[str, dict[str, Any]]:
@@ -96,15 +102,7 @@ class OnChain:
     # --- watching -----------------------------------------------------------------------------
 
     def on_block(self, height: int) -> None:
-        if self.scanned is None:
-            self.scanned = self._load_scanned(height)
-        start = max(self.scanned + 1, height - MAX_CATCH_UP)
-        for h in range(start, height + 1):
-            self._scan(h)
-            self.scanned = h
-        self._node.rpc.call(
-            "datastore", {"key": SCAN_KEY, "string": str(height), "mode": "create-or-replace"}
-        )
+        self._watch(height)
         self._chan_cache = None
         for record in list(self._records.all()):
             try:
@@ -112,22 +110,107 @@ class OnChain:
             except Exception:  # one factory's trouble must not stop the others
                 log.exception("on-chain duties of factory %s failed", record.instance_id[:16])
 
-    def _load_scanned(self, height: int) -> int:
-        res = self._node.rpc.call("listdatastore", {"key": SCAN_KEY}).get("datastore", [])
-        try:
-            return int(res[0]["string"]) if res else height - 1
-        except (KeyError, ValueError):
-            return height - 1
+    def _watch(self, height: int) -> None:
+        """Bring `scanned` up to `height` along the chain lightningd follows now: a block that
+        cannot be fetched stops the scan there (retried at the next block, never skipped); a
+        block whose parent is not the block we scanned at the height below, or a new block at a
+        height we scanned, means a reorg: roll back to the fork, then scan the new branch."""
+        if self.scanned is None:
+            self.scanned, self._hashes = self._load_scanned(height)
+        before = (self.scanned, dict(self._hashes))
+        if height <= self.scanned and height in self._hashes:
+            block = self._fetch(height)  # lightningd announced a height we scanned: replaced?
+            if block is not None and block[0] != self._hashes[height]:
+                self._roll_back_to_fork()
+        h = max(self.scanned + 1, height - MAX_CATCH_UP)
+        while h <= height:
+            block = self._fetch(h)
+            if block is None:
+                break
+            blockhash, raw = block
+            parent = raw[4:36][::-1].hex()
+            if self._hashes.get(h - 1, parent) != parent:
+                if not self._roll_back_to_fork():
+                    break
+                h = self.scanned + 1
+                continue
+            self._scan(h, raw)
+            self._hashes[h] = blockhash
+            self.scanned = h
+            h += 1
+        for old in [k for k in self._hashes if k <= self.scanned - KEEP_HASHES]:
+            del self._hashes[old]
+        if (self.scanned, self._hashes) != before:
+            state = {"scanned": self.scanned, "hashes": sorted(self._hashes.items())}
+            self._node.rpc.call(
+                "datastore",
+                {"key": SCAN_KEY, "string": json.dumps(state), "mode": "create-or-replace"},
+            )
 
-    def _scan(self, height: int) -> None:
+    def _load_scanned(self, height: int) -> tuple[int, dict[int, str]]:
+        res = self._node.rpc.call("listdatastore", {"key": SCAN_KEY}).get("datastore", [])
+        if not res:
+            return height - 1, {}
+        try:
+            state = json.loads(res[0]["string"])
+            if isinstance(state, int):  # written before block hashes were kept
+                return state, {}
+            return int(state["scanned"]), {int(h): str(b) for h, b in state["hashes"]}
+        except (KeyError, ValueError, TypeError) as e:
+            log.warning("stored scan state unreadable (%s): scanning from the tip", e)
+            return height - 1, {}
+
+    def _fetch(self, height: int) -> tuple[str, bytes] | None:
+        """(block hash, raw block) at `height` on lightningd's chain, or None if unavailable."""
         try:
             block = self._node.rpc.call("getrawblockbyheight", {"height": height})
         except Exception as e:
-            log.info("cannot fetch block %d: %s", height, e)
+            log.info("cannot fetch block %d (retried at the next block): %s", height, e)
+            return None
+        if not block.get("block") or not block.get("blockhash"):
+            return None
+        return str(block["blockhash"]), bytes.fromhex(block["block"])
+
+    def _roll_back_to_fork(self) -> bool:
+        """Find the highest scanned height whose block is still on the chain, forget every
+        confirmation above it and scan again from there. False if a block cannot be fetched."""
+        fork = self.scanned
+        assert fork is not None  # set by _watch before any scan
+        while fork in self._hashes:
+            block = self._fetch(fork)
+            if block is None:
+                return False
+            if block[0] == self._hashes[fork]:
+                break
+            fork -= 1
+        # Deeper than the hashes we keep: roll back all of them (the best we can do).
+        log.warning("reorg: blocks above %d replaced, confirmations there rolled back", fork)
+        for h in [k for k in self._hashes if k > fork]:
+            del self._hashes[h]
+        self.scanned = fork
+        for record in list(self._records.all()):
+            self._roll_back(record, fork)
+        return True
+
+    def _roll_back(self, record: store.Record, fork: int) -> None:
+        gone = {t for t, h in record.confirmed if h > fork}
+        if not gone:
             return
-        if not block.get("block"):
-            return
-        txids = set(block_txids(bytes.fromhex(block["block"])))
+        changes: dict[str, Any] = {
+            "confirmed": tuple((t, h) for t, h in record.confirmed if h <= fork)
+        }
+        if record.exit is not None:
+            # Reorged out: send it again at once, and bump it again if it is stuck.
+            changes["exit"] = dataclasses.replace(
+                record.exit,
+                broadcast=tuple((t, h) for t, h in record.exit.broadcast if t not in gone),
+                bumped=tuple(t for t in record.exit.bumped if t not in gone),
+                done=False,
+            )
+        self._records.persist(record.replace(**changes))
+
+    def _scan(self, height: int, raw_block: bytes) -> None:
+        txids = set(block_txids(raw_block))
         for record in list(self._records.all()):
             seen = watched_txids(record) & txids
             known = {t for t, _ in record.confirmed}
@@ -255,7 +338,9 @@ class OnChain:
 
     def _broadcast(self, raw: bytes) -> bool:
         try:
-            res = self._node.rpc.call("sendrawtransaction", {"tx": raw.hex(), "allowhighfees": True})
+            res = self._node.rpc.call(
+                "sendrawtransaction", {"tx": raw.hex(), "allowhighfees": True}
+            )
         except Exception as e:
             log.info("sendrawtransaction failed: %s", e)
             return False
