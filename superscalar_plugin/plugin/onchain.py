@@ -94,8 +94,7 @@ class OnChain:
             index = next((i for i, c in enumerate(record.clients) if c.node_id == client), None)
             if index is None:
                 raise InvalidParameter(f"client: {client} is not in this factory")
-        if record.exit is None:
-            record = self.start_exit(record, "requested with factory-exit", index)
+        record = self.start_exit(record, "requested with factory-exit", index)
         self._chan_cache = None  # channels as they are now, not at the last block
         self.drive(record)
 
@@ -225,10 +224,9 @@ class OnChain:
     def _duties(self, record: store.Record, height: int) -> None:
         if record.state not in LIVE:
             return
-        if record.exit is None:
-            trigger = self._exit_reason(record, height)
-            if trigger is not None:
-                record = self.start_exit(record, *trigger)
+        trigger = self._exit_reason(record, height)
+        if trigger is not None:  # a new exit, or another client's path added to the running one
+            record = self.start_exit(record, *trigger)
         if record.exit is not None and not record.exit.done:
             self.drive(record)
         if isinstance(record, store.LspRecord) and height >= record.timeout_height:
@@ -237,7 +235,10 @@ class OnChain:
             self.sweep(latest, height)
 
     def _exit_reason(self, record: store.Record, height: int) -> tuple[str, int | None] | None:
-        """Why to start an exit now, and whose path (None: every client's), or None."""
+        """Why to start (or widen) an exit now, and whose path (None: every client's), or None.
+        Paths already being published trigger nothing: a client has only its own."""
+        if isinstance(record, store.ClientRecord) and record.exit is not None:
+            return None
         ewt = topology(record).ewt
         margin = self._node.config.exit_margin
         if (
@@ -255,7 +256,12 @@ class OnChain:
         the LSP) the client whose channel holds it."""
         owner: dict[str, int | None] = {}
         if isinstance(record, store.LspRecord):
-            owner = {c.channel_id: i for i, c in enumerate(record.clients) if c.channel_id}
+            exiting = set(record.exit.clients) if record.exit is not None else set()
+            owner = {
+                c.channel_id: i
+                for i, c in enumerate(record.clients)
+                if c.channel_id and i not in exiting
+            }
         leaf_txid = (
             txid_of(record.path[-1].raw)
             if isinstance(record, store.ClientRecord) and record.path
@@ -272,14 +278,36 @@ class OnChain:
         return best
 
     def start_exit(self, record: store.Record, reason: str, client: int | None) -> store.Record:
+        """Start the exit of `client`'s path (None: every client's), or add it to the running
+        exit: the exit publishes the union of the paths asked for, each tx once."""
         if isinstance(record, store.LspRecord):
             clients = tuple(range(len(record.clients))) if client is None else (client,)
         else:
             clients = (record.client_index,)
-        state = store.ExitState(reason=reason, started_height=self._node.height, clients=clients)
+        old = record.exit
+        if old is None:
+            state = store.ExitState(reason, started_height=self._node.height, clients=clients)
+            log.warning(
+                "factory %s: starting the unilateral exit: %s", record.instance_id[:16], reason
+            )
+        elif set(clients) <= set(old.clients):
+            return record  # those paths are already on their way
+        else:
+            added = sorted(set(clients) - set(old.clients))
+            state = dataclasses.replace(
+                old,
+                reason=f"{old.reason}; {reason}",
+                clients=tuple(sorted({*old.clients, *clients})),
+                done=False,
+            )
+            log.warning(
+                "factory %s: adding the path(s) of client(s) %s to the exit: %s",
+                record.instance_id[:16],
+                added,
+                reason,
+            )
         record = record.replace(exit=state)
         self._records.persist(record)
-        log.warning("factory %s: starting the unilateral exit: %s", record.instance_id[:16], reason)
         return record
 
     def _paths(self, record: store.Record) -> list[list[store.PathEntry]]:
