@@ -461,3 +461,27 @@ def test_a_reorg_replaces_blocks_and_can_drop_a_tx(network: Network) -> None:
     assert node.rpc_call("getrawblockbyheight", {"height": fork})["blockhash"] == new[0]
     assert network.chain.txs[kept].height == fork  # mined again on the new branch
     assert dropped not in network.chain.txs and dropped not in network.chain.mempool
+
+
+def test_an_overridden_rpc_can_hang_for_one_peer_while_others_answer(network: Network) -> None:
+    """`FakeNode.overrides`: a test-made handler replaces one RPC of one node; it may block (a
+    peer that never answers) without blocking the node's other RPCs."""
+    from harness.lightningd_rpcs import HANDLERS
+
+    node = network.add_node("n")
+    release = threading.Event()
+
+    def hung_getinfo(me: FakeNode, p: dict[str, object]) -> object:
+        release.wait(30)
+        return HANDLERS["getinfo"](me, p)
+
+    node.overrides["getinfo"] = hung_getinfo
+    answers: list[object] = []
+    caller = threading.Thread(target=lambda: answers.append(node.rpc_call("getinfo")))
+    caller.start()
+    caller.join(0.5)
+    assert caller.is_alive() and not answers  # still hanging
+    assert node.rpc_call("listfunds")["outputs"]  # the node answers everything else
+    release.set()
+    caller.join(10)
+    assert answers and answers[0]["id"] == node.node_id  # type: ignore[index]

@@ -298,7 +298,7 @@ def factory_status(request: Any, instance: str | None = None, **_: Any) -> None:
     parameters, early warning time, timeout, funding, and per client its channel and DW state;
     on a client node, the factories it belongs to and its signed exit path."""
     svc = _service()
-    svc.run_on_worker(request, lambda: svc.status(None if instance is None else str(instance)))
+    svc.run_on_chain(request, lambda: svc.status(None if instance is None else str(instance)))
 
 
 @plugin.async_method("factory-exit")
@@ -319,7 +319,7 @@ def factory_list(request: Any, **_: Any) -> None:
     def summary() -> dict[str, Any]:
         return {"factories": [{k: f.get(k) for k in keys} for f in svc.status(None)["factories"]]}
 
-    svc.run_on_worker(request, summary)
+    svc.run_on_chain(request, summary)
 
 
 @plugin.hook("custommsg", filters=[FACTORY_MESSAGE_TYPE])

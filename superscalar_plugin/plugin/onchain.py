@@ -1,4 +1,4 @@
-"""The plugin's on-chain duties, run on the worker at every block.
+"""The plugin's on-chain duties, run on the chain thread at every block (see `service`).
 
 - Watch: scan each new block (`getrawblockbyheight`) for the txids of our factories and record
   where they confirmed (persisted, so a restart keeps them; missed blocks are scanned on catch-up).
@@ -13,8 +13,10 @@
 - Sweep (LSP): after the timeout T, every output with the timeout leaf that the tree left on chain
   goes to a fresh wallet address, idempotently and across restarts.
 
-Owns: the last scanned height with the recent block hashes and, for one block's duties, lightningd's channel list. Worker
-thread only. May call: `records`, and lightningd's block, broadcast, wallet and `close` RPCs.
+Owns: the last scanned height with the recent block hashes and, for one block's duties,
+lightningd's channel list. Chain thread only: it writes only the records' on-chain fields
+(`Records.update_chain`), so the roles on the worker never wait for it nor it for them.
+May call: `records`, and lightningd's block, broadcast, wallet and `close` RPCs.
 """
 
 from __future__ import annotations
@@ -206,7 +208,7 @@ class OnChain:
                 bumped=tuple(t for t in record.exit.bumped if t not in gone),
                 done=False,
             )
-        self._records.persist(record.replace(**changes))
+        self._records.update_chain(record.instance_id, **changes)
 
     def _scan(self, height: int, raw_block: bytes) -> None:
         txids = set(block_txids(raw_block))
@@ -215,9 +217,8 @@ class OnChain:
             known = {t for t, _ in record.confirmed}
             new = sorted(seen - known)
             if new:
-                self._records.persist(
-                    record.replace(confirmed=(*record.confirmed, *((t, height) for t in new)))
-                )
+                confirmed = (*record.confirmed, *((t, height) for t in new))
+                self._records.update_chain(record.instance_id, confirmed=confirmed)
 
     # --- duties -------------------------------------------------------------------------------
 
@@ -306,9 +307,7 @@ class OnChain:
                 added,
                 reason,
             )
-        record = record.replace(exit=state)
-        self._records.persist(record)
-        return record
+        return self._records.update_chain(record.instance_id, exit=state)
 
     def _paths(self, record: store.Record) -> list[list[store.PathEntry]]:
         if isinstance(record, store.ClientRecord):
@@ -360,9 +359,7 @@ class OnChain:
             broadcast=tuple(sorted(broadcast.items())),
             done=done_paths == len(exit_state.clients),
         )
-        latest = self._records.get(record.instance_id)
-        assert latest is not None
-        self._records.persist(latest.replace(exit=exit_state))
+        self._records.update_chain(record.instance_id, exit=exit_state)
 
     def _broadcast(self, raw: bytes) -> bool:
         try:
@@ -483,8 +480,9 @@ class OnChain:
                 )
                 for c in todo
             )
-            record = record.replace(sweeps=(*record.sweeps, *new))
-            self._records.persist(record)
+            updated = self._records.update_chain(record.instance_id, sweeps=(*record.sweeps, *new))
+            assert isinstance(updated, store.LspRecord)
+            record = updated
             log.warning(
                 "factory %s: sweeping %d output(s) after the timeout",
                 record.instance_id[:16],
