@@ -50,7 +50,7 @@ def refusal(peer: str, p: protocol.Propose, cfg: Config, height: int) -> str | N
         return f"EWT {topo.ewt} exceeds our limit {cfg.max_ewt}"
     if p.params.fee_rate_kvb > cfg.max_fee_rate_kvb:
         return f"fee rate {p.params.fee_rate_kvb} sat/kvB exceeds our limit"
-    if p.params.fee_rate_kvb < cfg.min_fee_rate_kvb:
+    if p.params.fee_rate_kvb < cfg.min_fee_rate_kvb:  # superscalar-min-feerate
         return f"fee rate {p.params.fee_rate_kvb} sat/kvB is below our floor of {cfg.min_fee_rate_kvb} sat/kvB"
     if p.timeout_height <= height + 2 * topo.ewt:
         return f"timeout {p.timeout_height} leaves no time before the EWT"
@@ -117,9 +117,7 @@ class ClientRole:
         reason = refusal(peer, p, cfg, self._node.height)
         if reason is not None:
             log.info("refusing factory %s from %s: %s", p.instance_id.hex()[:16], peer, reason)
-            self._peers.send(
-                peer, protocol.Text(protocol.PayloadType.REJECT, p.instance_id, reason)
-            )
+            self._peers.send(peer, protocol.Text(protocol.PayloadType.REJECT, p.instance_id, reason))
             return
         instance = p.instance_id.hex()
         seckey = self._node.client_key(instance)
@@ -154,9 +152,7 @@ class ClientRole:
         cs.deadline = self._deadline()
         if cs.signer.state is SignerState.DONE:
             self._store_path(cs)
-            self._peers.send(
-                cs.record.lsp_node_id, protocol.Stored(p.instance_id, cs.signer.session)
-            )
+            self._peers.send(cs.record.lsp_node_id, protocol.Stored(p.instance_id, cs.signer.session))
         elif reply is not None:
             self._peers.send(cs.record.lsp_node_id, protocol.Ceremony(p.instance_id, reply))
 

@@ -32,7 +32,8 @@ from ..engine.errors import InvalidParameter
 from ..engine.exit import Broadcast, Bump, ChainView, Done, PathTx, WaitUntil, exit_step
 from ..engine.tree import ClientSlot, Factory, Topology
 from ..engine.tx import block_txids
-from . import address, psbt
+from . import address
+from .feebump import FeeBumper
 from .node import Node
 from .records import LIVE, Records, topology, txid_of
 
@@ -58,6 +59,18 @@ def watched_txids(record: store.Record) -> set[str]:
     return out
 
 
+def _bumped(exit_state: store.ExitState, bump: Bump, fee: int) -> store.ExitState:
+    """The exit with our latest child for `bump.txid`: its package rate and fee."""
+    rates = {**dict(exit_state.bump_rates), bump.txid: bump.target_rate_kvb}
+    fees = {**dict(exit_state.bump_fees), bump.txid: fee}
+    return dataclasses.replace(
+        exit_state,
+        bumped=tuple(dict.fromkeys((*exit_state.bumped, bump.txid))),
+        bump_rates=tuple(sorted(rates.items())),
+        bump_fees=tuple(sorted(fees.items())),
+    )
+
+
 def _entry_tx(e: store.PathEntry) -> SignedNodeTx:
     return SignedNodeTx.from_raw(
         e.node, bytes.fromhex(e.raw), e.spent_amount, bytes.fromhex(e.spent_script)
@@ -75,6 +88,13 @@ class OnChain:
         self.scanned: int | None = None
         self._hashes: dict[int, str] = {}  # height -> hash of the block we scanned there
         self._chan_cache: dict[str, dict[str, Any]] | None = None
+        self._fee_bumper: FeeBumper | None = None
+
+    @property
+    def _bumper(self) -> FeeBumper:
+        if self._fee_bumper is None:
+            self._fee_bumper = FeeBumper(self._node.rpc)
+        return self._fee_bumper
 
     def _channels(self) -> dict[str, dict[str, Any]]:
         """listpeerchannels, once per block for every factory's duties."""
@@ -206,6 +226,8 @@ class OnChain:
                 record.exit,
                 broadcast=tuple((t, h) for t, h in record.exit.broadcast if t not in gone),
                 bumped=tuple(t for t in record.exit.bumped if t not in gone),
+                bump_rates=tuple((t, r) for t, r in record.exit.bump_rates if t not in gone),
+                bump_fees=tuple((t, f) for t, f in record.exit.bump_fees if t not in gone),
                 done=False,
             )
         self._records.update_chain(record.instance_id, **changes)
@@ -332,7 +354,13 @@ class OnChain:
             if t not in confirmed and (height == h or (height - h) % REBROADCAST_EVERY)
         )
         view = ChainView(
-            height, confirmed, recent, self._fee_rate_kvb(), broadcast, frozenset(exit_state.bumped)
+            height,
+            confirmed,
+            recent,
+            self._fee_rate_kvb(),
+            broadcast,
+            frozenset(exit_state.bumped),
+            dict(exit_state.bump_rates),
         )
         funding = record.funding_txid or ""
         done_paths = 0
@@ -342,13 +370,14 @@ class OnChain:
             for action in exit_step(funding, path, view):
                 if isinstance(action, Broadcast) and action.txid not in sent:
                     sent.add(action.txid)
-                    self._broadcast(action.raw)
+                    refused = self._broadcast(action.raw)
                     broadcast.setdefault(action.txid, height)
-                elif isinstance(action, Bump) and action.txid not in exit_state.bumped:
-                    if self._cpfp(action):
-                        exit_state = dataclasses.replace(
-                            exit_state, bumped=(*exit_state.bumped, action.txid)
-                        )
+                    if refused is not None and "fee" in refused:
+                        tx = next(t for t in path if t.txid == action.txid)
+                        exit_state = self._package(exit_state, tx, view.fee_rate_kvb)
+                elif isinstance(action, Bump) and action.txid not in sent:
+                    sent.add(action.txid)
+                    exit_state = self._bump(exit_state, action)
                 elif isinstance(action, WaitUntil):
                     log.info("exit: %s waits until block %d", action.txid[:16], action.height)
                 elif isinstance(action, Done):
@@ -361,17 +390,38 @@ class OnChain:
         )
         self._records.update_chain(record.instance_id, exit=exit_state)
 
-    def _broadcast(self, raw: bytes) -> bool:
+    def _budget_left(self, exit_state: store.ExitState, txid: str) -> int:
+        """What the operator's budget leaves for the child of `txid` (its own child replaced)."""
+        spent = sum(fee for t, fee in exit_state.bump_fees if t != txid)
+        return self._node.config.max_exit_fee_sat - spent
+
+    def _bump(self, exit_state: store.ExitState, bump: Bump) -> store.ExitState:
+        previous = dict(exit_state.bump_fees).get(bump.txid, 0)
+        fee = self._bumper.cpfp(bump, previous, self._budget_left(exit_state, bump.txid))
+        return exit_state if fee is None else _bumped(exit_state, bump, fee)
+
+    def _package(self, exit_state: store.ExitState, tx: PathTx, rate_kvb: int) -> store.ExitState:
+        """`tx` was refused for its fee: send it with a child as a package, if bitcoind is
+        reachable (a child already sent for it is replaced)."""
+        bump = Bump(tx.txid, (tx.txid, tx.anchor_vout), tx.anchor_sat, tx.vsize, tx.fee, rate_kvb)
+        previous = dict(exit_state.bump_fees).get(tx.txid, 0)
+        budget = self._budget_left(exit_state, tx.txid)
+        fee = self._bumper.package(tx.raw, bump, previous, budget)
+        return exit_state if fee is None else _bumped(exit_state, bump, fee)
+
+    def _broadcast(self, raw: bytes) -> str | None:
+        """Send a tx through lightningd: None when accepted, else why it was refused."""
         try:
             res = self._node.rpc.call(
                 "sendrawtransaction", {"tx": raw.hex(), "allowhighfees": True}
             )
         except Exception as e:
             log.info("sendrawtransaction failed: %s", e)
-            return False
+            return str(e)
         if not res.get("success", False):
             log.info("sendrawtransaction refused: %s", res.get("errmsg"))
-        return bool(res.get("success", False))
+            return str(res.get("errmsg") or "refused")
+        return None
 
     def _fee_rate_kvb(self) -> int:
         try:
@@ -379,38 +429,6 @@ class OnChain:
             return int(rates.get("opening") or rates.get("min_acceptable") or 2000)
         except Exception:
             return 2000
-
-    def _cpfp(self, bump: Bump) -> bool:
-        """A child spending the anchor plus wallet coins, paying for parent + child."""
-        child_vsize = 11 + 41 + 68 + 31 + 1  # overhead, anchor input, a P2WPKH input, change
-        fee = bump.child_fee(child_vsize)
-        try:
-            funded = self._node.rpc.call(
-                "fundpsbt",
-                {
-                    "satoshi": max(fee, 1),
-                    "feerate": "253perkw",
-                    "startweight": (10 + 41 + 31) * 4 + 1,
-                    "reserve": 6,
-                    "excess_as_change": True,
-                },
-            )
-            change = funded.get("change_outnum")
-            if change is None:
-                log.warning("CPFP of %s: no change output to carry the anchor", bump.txid[:16])
-                return False
-            with_anchor = psbt.add_anchor_input(
-                funded["psbt"], bump.anchor, bump.anchor_sat, change
-            )
-            signed = self._node.rpc.call("signpsbt", {"psbt": with_anchor})["signed_psbt"]
-            anchor_index = len(psbt.unsigned_tx(signed).inputs) - 1
-            final = psbt.finalize_anchor(signed, anchor_index)
-            self._node.rpc.call("sendpsbt", {"psbt": final})
-        except Exception as e:
-            log.warning("CPFP of %s failed: %s", bump.txid[:16], e)
-            return False
-        log.info("CPFP: bumped %s to %d sat/kvB", bump.txid[:16], bump.target_rate_kvb)
-        return True
 
     def _close_channel(
         self, record: store.Record, entries: list[store.PathEntry], exit_state: store.ExitState
