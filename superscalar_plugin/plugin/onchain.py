@@ -371,10 +371,13 @@ class OnChain:
                 if isinstance(action, Broadcast) and action.txid not in sent:
                     sent.add(action.txid)
                     refused = self._broadcast(action.raw)
-                    broadcast.setdefault(action.txid, height)
                     if refused is not None and "fee" in refused:
                         tx = next(t for t in path if t.txid == action.txid)
+                        before = exit_state
                         exit_state = self._package(exit_state, tx, view.fee_rate_kvb)
+                        refused = None if exit_state is not before else refused
+                    if refused is None:  # a refused tx is not in a mempool: sent again next block
+                        broadcast.setdefault(action.txid, height)
                 elif isinstance(action, Bump) and action.txid not in sent:
                     sent.add(action.txid)
                     exit_state = self._bump(exit_state, action)
