@@ -106,14 +106,17 @@ class FactoryService:
         info = self.node.rpc.call("getinfo")
         self.node.id = info["id"]
         self.node.raise_height(int(info["blockheight"]))
-        for record in self.records.load():
+        records = self.records.load()
+        # Every record is loaded: on-chain duties may run (queued blocks first), even if what
+        # follows fails. Never before: a scan without the records would skip their txs for good.
+        self.chain.start()
+        for record in records:
             if isinstance(record, store.LspRecord):
                 self.lsp.resume(record)
             else:
                 self.client.resume(record)
         self.guards.read_configs()
         self.guards.refresh()
-        self.chain.start()  # the records are loaded: on-chain duties may run (queued ones first)
         self.ready.set()
         log.info("superscalar ready: node %s, %d factories", self.node.id, len(self.records))
         self.peers.greet_connected()
