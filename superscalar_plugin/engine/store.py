@@ -70,6 +70,10 @@ class ExitState:
     broadcast: tuple[tuple[str, int], ...] = ()  # (txid, tip height at first broadcast)
     bumped: tuple[str, ...] = ()
     closed: tuple[str, ...] = ()  # channel ids handed to lightningd's `close`
+    # Per bumped txid, our latest CPFP child: the package rate it aimed at (sat/kvB) and its fee
+    # (sat); a later child replaces it, so the exit's cost is the sum of the latest fees.
+    bump_rates: tuple[tuple[str, int], ...] = ()
+    bump_fees: tuple[tuple[str, int], ...] = ()
     done: bool = False
 
 
@@ -234,6 +238,9 @@ def _exit(d: dict[str, Any]) -> ExitState | None:
         bumped=tuple(strings[0]),
         closed=tuple(strings[1]),
         done=bool(_get(e, "done", bool)),
+        # absent from records written before bumps were repeated
+        bump_rates=_pairs(e, "bump_rates", int) if "bump_rates" in e else (),
+        bump_fees=_pairs(e, "bump_fees", int) if "bump_fees" in e else (),
     )
 
 

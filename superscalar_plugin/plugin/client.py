@@ -50,6 +50,8 @@ def refusal(peer: str, p: protocol.Propose, cfg: Config, height: int) -> str | N
         return f"EWT {topo.ewt} exceeds our limit {cfg.max_ewt}"
     if p.params.fee_rate_kvb > cfg.max_fee_rate_kvb:
         return f"fee rate {p.params.fee_rate_kvb} sat/kvB exceeds our limit"
+    if p.params.fee_rate_kvb < cfg.min_fee_rate_kvb:  # superscalar-min-feerate
+        return f"fee rate {p.params.fee_rate_kvb} sat/kvB is below our floor of {cfg.min_fee_rate_kvb} sat/kvB"
     if p.timeout_height <= height + 2 * topo.ewt:
         return f"timeout {p.timeout_height} leaves no time before the EWT"
     if p.channel_sat < MIN_CHANNEL_SAT:
