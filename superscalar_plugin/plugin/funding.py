@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TypeVar
 
 from ..engine import store
@@ -48,11 +48,16 @@ PARALLEL_PEERS = 8  # lightningd round trips to different clients in flight at o
 
 
 def per_client(
-    clients: Sequence[store.ClientEntry], call: Callable[[store.ClientEntry], T]
+    clients: Sequence[store.ClientEntry],
+    call: Callable[[store.ClientEntry], T],
+    what: str,
+    timeout: float,
 ) -> list[T | RpcFailed]:
     """`call` for every client, up to PARALLEL_PEERS at once: each is a round trip to a different
     peer through lightningd, independent of the others (pyln's RPC opens a connection per call).
-    Results in the clients' order; a refusal is returned in its place, not raised."""
+    Results in the clients' order; a refusal is returned in its place, not raised, and so is a
+    client whose round trip has not returned after `timeout` seconds (a peer that never answers
+    must not hold the LSP's worker: its call is left behind, and the abort cancels it)."""
 
     def one(c: store.ClientEntry) -> T | RpcFailed:
         try:
@@ -60,10 +65,18 @@ def per_client(
         except RpcFailed as e:
             return e
 
-    if len(clients) <= 1:
-        return [one(c) for c in clients]
-    with ThreadPoolExecutor(max_workers=min(PARALLEL_PEERS, len(clients))) as pool:
-        return list(pool.map(one, clients))
+    pool = ThreadPoolExecutor(max_workers=max(1, min(PARALLEL_PEERS, len(clients))))
+    try:
+        futures = [pool.submit(one, c) for c in clients]
+        wait(futures, timeout=timeout)
+        return [
+            f.result()
+            if f.done()
+            else RpcFailed(f"client {c.node_id}: {what} did not return within {timeout:g} s")
+            for c, f in zip(clients, futures, strict=True)
+        ]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def start_channel(rpc: Rpc, client: store.ClientEntry) -> str:

@@ -320,8 +320,13 @@ class LspRole:
         in_factory = blip56.ChannelInFactory(blip56.SUPERSCALAR_PROTOCOL_ID, instance, ewt)
         for c in r.clients:  # each before its client's open_channel, on the same connection
             self._peers.send(c.node_id, protocol.InFactory(instance, in_factory))
-        results = funding.per_client(r.clients, lambda c: funding.start_channel(self._node.rpc, c))
-        s.opened.update(i for i, x in enumerate(results) if not isinstance(x, RpcFailed))
+        results = funding.per_client(
+            r.clients,
+            lambda c: funding.start_channel(self._node.rpc, c),
+            "fundchannel_start",
+            self._node.config.ceremony_timeout,
+        )
+        s.opened.update(range(len(results)))  # a late or failed open is cancelled too on abort
         failed = [x for x in results if isinstance(x, RpcFailed)]
         if failed:
             raise failed[0]
@@ -383,6 +388,8 @@ class LspRole:
         results = funding.per_client(
             s.record.clients,
             lambda c: funding.complete_channel(self._node.rpc, c, leaves[c.node_id]),
+            "fundchannel_complete",
+            self._node.config.ceremony_timeout,
         )
         for i, x in enumerate(results):
             if not isinstance(x, RpcFailed):
