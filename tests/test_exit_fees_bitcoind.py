@@ -154,21 +154,31 @@ def _block(oc: OnChain, rpc: LightningdWallet) -> None:
     oc.on_block(rpc.node.height())
 
 
-def test_an_exit_follows_rising_fees_and_enters_as_a_package(
-    bitcoind_factory: NodeFactory,
-) -> None:
+def _exiting_client(
+    bitcoind_factory: NodeFactory, label: str, max_exit_fee_sat: int
+) -> tuple[Any, LightningdWallet, Records, OnChain, Any]:
+    """A funded 4-client factory on a bitcoind whose blocks take only BLOCK_MIN and up, and a
+    client that has just started its exit with `max_exit_fee_sat` to spend on bumps."""
     node = bitcoind_factory()
     timeout = node.height() + 2000
-    f, _, outpoint, start, signed = _signed_factory(node, 4, "exit-fees", timeout)
+    f, _, outpoint, start, signed = _signed_factory(node, 4, label, timeout)
     node.mine(1)
     node = _restart(node, bitcoind_factory, f"-blockmintxfee={BLOCK_MIN}")
     rpc = LightningdWallet(node)
     records = Records(rpc)
     records.persist(_client_record(f, signed, outpoint[0], timeout))
-    oc = OnChain(Tip(rpc, Config(max_exit_fee_sat=200_000)), records)  # type: ignore[arg-type]
+    config = Config(max_exit_fee_sat=max_exit_fee_sat)
+    oc = OnChain(Tip(rpc, config), records)  # type: ignore[arg-type]
     oc.scanned = start - 1
     oc.on_block(node.height())
     oc.request_exit("cc" * 32, None)
+    return node, rpc, records, oc, signed
+
+
+def test_an_exit_follows_rising_fees_and_enters_as_a_package(
+    bitcoind_factory: NodeFactory,
+) -> None:
+    node, rpc, records, oc, signed = _exiting_client(bitcoind_factory, "exit-fees", 200_000)
     kickoff = signed[0].txid
     assert kickoff in node.rpc.call("getrawmempool")
     for _ in range(3):  # stuck at 2 sat/vB: bumped to the market's 6, still under the blocks' 20
@@ -200,18 +210,7 @@ def test_an_exit_follows_rising_fees_and_enters_as_a_package(
 
 
 def test_bumps_stop_at_the_operators_exit_fee_budget(bitcoind_factory: NodeFactory) -> None:
-    node = bitcoind_factory()
-    timeout = node.height() + 2000
-    f, _, outpoint, start, signed = _signed_factory(node, 4, "exit-budget", timeout)
-    node.mine(1)
-    node = _restart(node, bitcoind_factory, f"-blockmintxfee={BLOCK_MIN}")
-    rpc = LightningdWallet(node)
-    records = Records(rpc)
-    records.persist(_client_record(f, signed, outpoint[0], timeout))
-    oc = OnChain(Tip(rpc, Config(max_exit_fee_sat=3000)), records)  # type: ignore[arg-type]
-    oc.scanned = start - 1
-    oc.on_block(node.height())
-    oc.request_exit("cc" * 32, None)
+    _, rpc, records, oc, signed = _exiting_client(bitcoind_factory, "exit-budget", 3000)
     for _ in range(3):
         _block(oc, rpc)
     rpc.market_kvb = 25_000  # would need a child of about 7,700 sat: cut to the budget

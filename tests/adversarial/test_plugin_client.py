@@ -4,29 +4,15 @@ then neither store the path again nor move the record back from funded."""
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
-from typing import Any
+
+from test_plugin_harness import _create
 
 from superscalar_plugin.engine import blip56, protocol, wire
 
-from harness.network import Network
+from harness.network import SUPERSCALAR_PLUGIN as PLUGIN, Network
 from harness.node import FakeNode
-
-PLUGIN = [sys.executable, "-m", "superscalar_plugin.plugin"]
-
-
-def _create(lsp: FakeNode, clients: list[FakeNode]) -> Any:
-    params = {"clients": [c.node_id for c in clients], "channel_sat": 100_000}
-    for _ in range(50):  # until every client's handshake arrived
-        try:
-            return lsp.rpc_call("factory-create", params, timeout=60)
-        except Exception as e:
-            if "has not announced SuperScalar support" not in str(e):
-                raise
-            time.sleep(0.1)
-    raise AssertionError("handshake never completed")
 
 
 def _ceremony(instance: str, message: bytes) -> str:
