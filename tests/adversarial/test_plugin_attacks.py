@@ -1,0 +1,196 @@
+"""Attacks through the real plugin process (tests/harness): every peer is an adversary.
+
+A stranger, a co-client and the LSP itself drive bytes at a node; each test expects the safe
+outcome. Issue 9, plugin items (client and routing roles)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from superscalar_plugin.engine import blip56, protocol
+
+from .hostile import pig, status, unpig, wait
+from harness.errors import RpcCallError
+from harness.network import SUPERSCALAR_PLUGIN, Network
+from harness.node import FakeNode
+
+CHANNEL_SAT = 100_000
+FACTORIES = ["superscalar", "factories"]
+
+
+def _setup(
+    network_factory: Callable[..., Network], n: int = 2, timeout: int = 8
+) -> tuple[Network, FakeNode, list[FakeNode]]:
+    net = network_factory(plugin=SUPERSCALAR_PLUGIN, timeout=30)
+    lsp = net.add_node("lsp", options={"superscalar-ceremony-timeout": timeout})
+    clients = [
+        net.add_node(
+            f"client{i}",
+            options={
+                "superscalar-accept-from": lsp.node_id,
+                "superscalar-ceremony-timeout": timeout,
+            },
+        )
+        for i in range(n)
+    ]
+    for c in clients:
+        net.connect(lsp, c)
+    return net, lsp, clients
+
+
+def _create(lsp: FakeNode, clients: list[FakeNode], timeout: float = 60) -> Any:
+    params = {"clients": [c.node_id for c in clients], "channel_sat": CHANNEL_SAT}
+    for _ in range(100):  # until every client's handshake arrived
+        try:
+            return lsp.rpc_call("factory-create", params, timeout=timeout)
+        except RpcCallError as e:
+            if "has not announced SuperScalar support" not in str(e):
+                raise
+            time.sleep(0.1)
+    raise AssertionError("handshake never completed")
+
+
+def _state(node: FakeNode) -> str:
+    [f] = status(node)
+    return str(f["state"])
+
+
+# --- 4. only the factory's LSP may change a client's state ----------------------------------
+
+
+def test_a_co_client_or_repeated_propose_never_unwatches_a_signed_client(
+    network_factory: Callable[..., Network],
+) -> None:
+    net, lsp, clients = _setup(network_factory)
+    victim, co_client = clients
+    net.connect(co_client, victim)
+    proposals: dict[str, protocol.Propose] = {}
+
+    def watch(src: FakeNode, dst: FakeNode, msg_hex: str) -> str | None:
+        payload = unpig(msg_hex)
+        if isinstance(payload, protocol.Propose):
+            proposals[dst.name] = payload
+        if isinstance(payload, protocol.Funded) and dst is victim:
+            return None  # the victim stays READY: signed, not yet told of the funding
+        return msg_hex
+
+    net.intercept = watch
+    _create(lsp, clients)
+    wait(lambda: _state(victim) == "ready", what="victim ready")
+    net.intercept = None
+    # The co-client knows the instance id: it replays its own PROPOSE and the victim's.
+    for p in (proposals[co_client.name], proposals[victim.name]):
+        victim.deliver_custommsg(co_client, pig(p))
+    victim.wait_for_log("dropped a message from .* for factory")
+    # The LSP itself repeats its PROPOSE: nothing changes either.
+    victim.deliver_custommsg(lsp, pig(proposals[victim.name]))
+    # A co-client's ABORT and junk are dropped.
+    victim.deliver_custommsg(
+        co_client,
+        pig(protocol.Text(protocol.PayloadType.ABORT, proposals[victim.name].instance_id, "stop")),
+    )
+    time.sleep(0.5)
+    [mine] = status(victim)
+    assert mine["state"] == "ready" and not mine.get("error"), mine
+    assert victim.rpc_call("factory-exit", [mine["instance"]])["state"] == "ready"
+
+
+def test_an_lsp_abort_after_signing_keeps_the_client_watching(
+    network_factory: Callable[..., Network],
+) -> None:
+    net, lsp, clients = _setup(network_factory, n=1)
+    [victim] = clients
+    instance: list[bytes] = []
+
+    def hold_funded(src: FakeNode, dst: FakeNode, msg_hex: str) -> str | None:
+        payload = unpig(msg_hex)
+        if isinstance(payload, protocol.Funded):
+            instance.append(payload.instance_id)
+            return None
+        return msg_hex
+
+    net.intercept = hold_funded
+    _create(lsp, clients)
+    wait(lambda: _state(victim) == "ready", what="victim ready")
+    victim.deliver_custommsg(
+        lsp, pig(protocol.Text(protocol.PayloadType.ABORT, instance[0], "changed my mind"))
+    )
+    victim.wait_for_log("after our path was signed")
+    [mine] = status(victim)
+    assert mine["state"] == "ready", mine  # still guarded, watched and exitable
+
+
+# --- 8. ceremony deadlines hold whatever arrives ---------------------------------------------
+
+
+def test_a_message_flood_cannot_starve_the_ceremony_timeout(
+    network_factory: Callable[..., Network],
+) -> None:
+    net, lsp, clients = _setup(network_factory, n=2, timeout=2)
+    stranger = net.add_node("stranger")
+    net.connect(stranger, lsp)
+    silent = clients[1]
+
+    def drop_accept(src: FakeNode, dst: FakeNode, msg_hex: str) -> str | None:
+        return None if src is silent and isinstance(unpig(msg_hex), protocol.Accept) else msg_hex
+
+    net.intercept = drop_accept
+    stop = threading.Event()
+    junk = blip56.SupportedProtocols((blip56.SUPERSCALAR_PROTOCOL_ID,)).encode().hex()
+
+    def flood() -> None:
+        while not stop.wait(0.1):
+            lsp.deliver_custommsg(stranger, junk)
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(RpcCallError) as info:
+            _create(lsp, clients, timeout=20)
+        assert time.monotonic() - started < 10
+    finally:
+        stop.set()
+        flooder.join()
+    assert silent.node_id in str(info.value) and "timed out" in str(info.value)
+    assert not [o for o in lsp.rpc_call("listfunds")["outputs"] if o.get("reserved")]
+
+
+# --- 11. a bad stored record is quarantined, the others served -------------------------------
+
+
+def test_a_bad_stored_record_is_quarantined_and_the_rest_served(
+    network_factory: Callable[..., Network],
+) -> None:
+    _net, lsp, clients = _setup(network_factory, n=1)
+    [client] = clients
+    created = _create(lsp, clients)
+    [entry] = client.rpc_call("listdatastore", {"key": FACTORIES})["datastore"]
+    good = json.loads(entry["string"])
+    bad: dict[str, dict[str, Any]] = {
+        "aa" * 32: {**good, "instance_id": "aa" * 32, "n_clients": 0},
+        "bb" * 32: {**good, "instance_id": "bb" * 32, "client_index": 5},
+        "cc" * 32: {
+            **good,
+            "instance_id": "cc" * 32,
+            "path": [{**good["path"][0], "raw": "00ff"}],
+        },
+    }
+    for instance, record in bad.items():
+        client.rpc_call("datastore", {"key": [*FACTORIES, instance], "string": json.dumps(record)})
+    client.restart()
+    for instance in bad:
+        client.wait_for_log(f"quarantined factory record {instance[:16]}")
+    served = status(client)
+    assert [f["instance"] for f in served] == [created["instance"]]
+    assert served[0]["state"] == "funded"
+    left = client.rpc_call("listdatastore", {"key": FACTORIES})["datastore"]
+    assert [e["key"][-1] for e in left] == [created["instance"]]
+    moved = client.rpc_call("listdatastore", {"key": ["superscalar", "quarantine"]})["datastore"]
+    assert sorted(e["key"][-1] for e in moved) == sorted(bad)
