@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from ..engine import policy, store
@@ -67,6 +68,7 @@ class OnChain:
         self._records = records
         self.scanned: int | None = None
         self._chan_cache: dict[str, dict[str, Any]] | None = None
+        self.funding_check: Callable[[bytes, list[str]], None] | None = None
 
     def _channels(self) -> dict[str, dict[str, Any]]:
         """listpeerchannels, once per block for every factory's duties."""
@@ -127,7 +129,9 @@ class OnChain:
             return
         if not block.get("block"):
             return
-        txids = set(block_txids(bytes.fromhex(block["block"])))
+        raw = bytes.fromhex(block["block"])
+        in_order = block_txids(raw)
+        txids = set(in_order)
         for record in list(self._records.all()):
             seen = watched_txids(record) & txids
             known = {t for t, _ in record.confirmed}
@@ -136,6 +140,8 @@ class OnChain:
                 self._records.persist(
                     record.replace(confirmed=(*record.confirmed, *((t, height) for t in new)))
                 )
+        if self.funding_check is not None:  # the client's funding output check (fundcheck.py)
+            self.funding_check(raw, in_order)
 
     # --- duties -------------------------------------------------------------------------------
 

@@ -24,6 +24,13 @@ QUARANTINE_ROOT = ["superscalar", "quarantine"]
 LIVE = (store.LspState.FUNDED, store.ClientState.READY, store.ClientState.FUNDED)
 
 
+COMPROMISED = "compromised: "  # error prefix of a factory whose funding output is not as signed
+
+
+def is_compromised(record: store.Record) -> bool:
+    return (record.error or "").startswith(COMPROMISED)
+
+
 def topology(record: store.Record) -> Topology:
     n = len(record.clients) if isinstance(record, store.LspRecord) else record.n_clients
     return Topology.build(n, record.params)

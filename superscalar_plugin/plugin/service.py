@@ -10,6 +10,7 @@ This module only wires the roles together and is what `main` (pyln's handlers) c
     peers.py     bLIP-56 handshake and messages out
     guards.py    hot path: HTLC rules and the invoice CLTV, dictionary lookups only
     onchain.py   each block: scan, exits (trigger, publish, CPFP, close), the LSP's sweeps
+    fundcheck.py a client's check of the confirmed funding output against what it signed
     status.py    what factory-status / -list / -exit / -create answer
     records.py   the records in lightningd's datastore
     node.py      this node's id, height, keys and channels; runtime.py the worker; config.py
@@ -42,6 +43,7 @@ from ..engine import store
 from ..engine.tree import FactoryParams
 from .client import ClientRole
 from .config import MIN_CHANNEL_SAT, Config
+from .fundcheck import FundingCheck
 from .guards import Guards
 from .lsp import LspRole
 from .node import Node
@@ -74,6 +76,7 @@ class FactoryService:
         self.client = ClientRole(self.node, self.records, self.peers, self.opens, self.guards)
         self.router = Router(self.peers, self.opens, self.lsp, self.client, self.worker.submit)
         self.onchain = OnChain(self.node, self.records)
+        self.onchain.funding_check = FundingCheck(self.node, self.records, self.guards).on_block
         self.ready = threading.Event()
 
     # --- lifecycle (worker) -------------------------------------------------------------------

@@ -9,9 +9,10 @@ import queue
 import time
 from dataclasses import dataclass, field
 
-from superscalar_plugin.engine import blip56, dw, musig2, protocol
+from superscalar_plugin.engine import blip56, dw, musig2, protocol, store
 from superscalar_plugin.engine.ceremony import Coordinator, CoordinatorState
 from superscalar_plugin.engine.tree import ClientSlot, Factory, FactoryParams, Topology
+from superscalar_plugin.plugin import funding
 
 from harness.network import Network
 from harness.node import FakeNode
@@ -99,15 +100,12 @@ class HostileLsp:
             assert isinstance(accept, protocol.Accept)
             self.pubkeys[i] = accept.client_pubkey
 
-    def factory(self) -> Factory:
-        slots = [
-            ClientSlot(
-                self.pubkeys[i],
-                b"\x00\x20" + hashlib.sha256(b"ch%d" % i).digest(),
-                self.channel_sat,
-            )
-            for i in range(len(self.clients))
-        ]
+    def factory(self, scripts: list[bytes] | None = None) -> Factory:
+        """The factory on the channels' scripts (stand-in P2WSH scripts when None)."""
+        n = len(self.clients)
+        if scripts is None:
+            scripts = [b"\x00\x20" + hashlib.sha256(b"ch%d" % i).digest() for i in range(n)]
+        slots = [ClientSlot(self.pubkeys[i], scripts[i], self.channel_sat) for i in range(n)]
         timeout = self.propose_message(0).timeout_height
         return Factory.create(self.params, self.lsp_pub, slots, timeout)
 
@@ -126,3 +124,30 @@ class HostileLsp:
         for _ in self.clients:
             self.expect(protocol.Stored)
         return coord
+
+
+class _Rpc:
+    """The plugin's `Rpc` protocol over a FakeNode (to reuse the LSP's own funding calls)."""
+
+    def __init__(self, node: FakeNode) -> None:
+        self.node = node
+
+    def call(self, method: str, payload: dict[str, object] | None = None) -> object:
+        return self.node.rpc_call(method, payload)
+
+
+def open_channels(lsp: HostileLsp) -> list[bytes]:
+    """fundchannel_start with every client, as the honest LSP does: the channels' scripts."""
+    rpc = _Rpc(lsp.node)
+    return [
+        bytes.fromhex(funding.start_channel(rpc, store.ClientEntry(c.node_id, lsp.channel_sat)))
+        for c in lsp.clients
+    ]
+
+
+def complete_channels(lsp: HostileLsp, coord: Coordinator) -> None:
+    rpc = _Rpc(lsp.node)
+    topo = coord.factory.topology
+    for i, c in enumerate(lsp.clients):
+        leaf = coord.signed[topo.leaf_of_client[i]].unsigned
+        funding.complete_channel(rpc, store.ClientEntry(c.node_id, lsp.channel_sat), leaf)

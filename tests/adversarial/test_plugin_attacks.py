@@ -15,7 +15,16 @@ import pytest
 
 from superscalar_plugin.engine import blip56, protocol
 
-from .hostile import pig, status, unpig, wait
+from .hostile import HostileLsp, complete_channels, open_channels, pig, status, unpig, wait
+from harness.bitcoin import (
+    CMutableTransaction,
+    CMutableTxIn,
+    CMutableTxOut,
+    COutPoint,
+    CScript,
+    b2lx,
+    lx,
+)
 from harness.errors import RpcCallError
 from harness.network import SUPERSCALAR_PLUGIN, Network
 from harness.node import FakeNode
@@ -194,3 +203,71 @@ def test_a_bad_stored_record_is_quarantined_and_the_rest_served(
     assert [e["key"][-1] for e in left] == [created["instance"]]
     moved = client.rpc_call("listdatastore", {"key": ["superscalar", "quarantine"]})["datastore"]
     assert sorted(e["key"][-1] for e in moved) == sorted(bad)
+
+
+# --- 3. the confirmed funding output is what the root was signed against ---------------------
+
+
+def _funding_tx(amount: int, script: bytes, seed: int) -> CMutableTransaction:
+    spent = COutPoint(lx(f"{seed:064x}"), 0)
+    return CMutableTransaction([CMutableTxIn(spent)], [CMutableTxOut(amount, CScript(script))])
+
+
+@pytest.mark.parametrize("lie", ["honest", "amount", "script"])
+def test_a_funding_output_other_than_signed_marks_the_factory_compromised(
+    network_factory: Callable[..., Network], lie: str
+) -> None:
+    net = network_factory(plugin=SUPERSCALAR_PLUGIN, timeout=30)
+    lsp = net.add_node("lsp")
+    client = net.add_node("client0", options={"superscalar-accept-from": lsp.node_id})
+    net.connect(lsp, client)
+    hostile = HostileLsp(net, lsp, [client])
+    hostile.propose_all()
+    factory = hostile.factory(open_channels(hostile))
+    amount, script = factory.funding_amount, factory.funding_output.script_pubkey
+    if lie == "amount":
+        amount -= 50_000  # the client signed for funding_amount; the LSP funds less
+    elif lie == "script":
+        script = b"\x51\x20" + bytes(32)  # another taproot output of the same amount
+    tx = _funding_tx(amount, script, seed=7)
+    txid = b2lx(tx.GetTxid())
+    coord = hostile.sign(factory, (txid, 0))
+    complete_channels(hostile, coord)
+    hostile.send(0, protocol.Funded(hostile.instance, txid, 0))
+    wait(lambda: _state(client) == "funded", what="client funded")
+    net.broadcast(tx)
+    net.mine(1)
+    if lie == "honest":
+        client.wait_for_log("funding output checked")
+        [f] = status(client)
+        assert "compromised" not in f and not f.get("error")
+        return
+    client.wait_for_log("COMPROMISED")
+    [f] = status(client)
+    assert f["compromised"] is True and f["state"] == "funded"
+    assert ("holds" if lie == "amount" else "pays script") in str(f["error"])
+    [ch] = client.rpc_call("listpeerchannels")["channels"]
+    assert ch["state"] != "CHANNELD_NORMAL"  # closed: no more funds into a worthless channel
+    scid = ch["alias"]["local"]
+    height = net.blockheight
+    htlc = {
+        "onion": {
+            "payload": "00",
+            "next_onion": "00" * 20,
+            "shared_secret": "11" * 32,
+            "forward_msat": 1_000_000,
+            "outgoing_cltv_value": height + 300,
+        },
+        "htlc": {
+            "short_channel_id": scid,
+            "id": 0,
+            "amount_msat": 1_000_000,
+            "cltv_expiry": height + 300,
+            "cltv_expiry_relative": 300,
+            "payment_hash": "22" * 32,
+        },
+    }
+    assert client.call_hook("htlc_accepted", htlc)["result"] == "fail"
+    net.mine(2)
+    time.sleep(0.5)
+    assert len([x for x in client.logs if "COMPROMISED" in str(x)]) == 1  # said once
