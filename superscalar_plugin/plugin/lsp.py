@@ -64,6 +64,17 @@ def probe_factory(
     return Factory.create(params, lsp_pub, slots, timeout)
 
 
+GENERIC_ABORT = "the LSP aborted the factory's creation"
+
+
+def reason_for(client: str, reason: str, clients: list[str]) -> str:
+    """What one client is told of an abort: the reason when it names no other client and no
+    internal detail of ours, else a generic one (a co-client's id or words are not its business)."""
+    if "internal error" in reason or any(c != client and c in reason for c in clients):
+        return GENERIC_ABORT
+    return reason
+
+
 class LspRole:
     def __init__(
         self,
@@ -257,6 +268,11 @@ class LspRole:
         musig2.xonly(p.client_pubkey)  # a valid point, or MuSigError
         if s.record.clients[index].pubkey is not None:
             raise CeremonyError("accepted twice")
+        key = p.client_pubkey.hex()
+        if key == s.record.lsp_pubkey:
+            raise CeremonyError("its factory key is the LSP's own key")
+        if any(c.pubkey == key for c in s.record.clients):
+            raise CeremonyError("its factory key is already another client's")
         self._update_client(s, index, pubkey=p.client_pubkey.hex())
         if all(c.pubkey for c in s.record.clients):
             self._open_channels(s)
@@ -378,6 +394,11 @@ class LspRole:
         after a restart it may have been sent already, so then the chain decides (`on_block`)."""
         try:
             txid = funding.sign_and_send(self._node.rpc, s.record.funding_psbt or "")
+            if txid != s.record.funding_txid:
+                raise RpcFailed(
+                    f"sendpsbt broadcast funding {txid}, not {s.record.funding_txid} that the"
+                    " clients signed against"
+                )
         except RpcFailed as e:
             if not resumed:
                 self._abort(s, str(e))
@@ -423,8 +444,10 @@ class LspRole:
         log.warning("factory %s aborted: %s", r.instance_id[:16], reason)
         if s.coordinator is not None:
             s.coordinator.abort(reason)
-        abort = protocol.Text(protocol.PayloadType.ABORT, bytes.fromhex(r.instance_id), reason)
+        ids = [c.node_id for c in r.clients]
         for c in r.clients:
+            told = reason_for(c.node_id, reason, ids)
+            abort = protocol.Text(protocol.PayloadType.ABORT, bytes.fromhex(r.instance_id), told)
             try:
                 self._peers.send(c.node_id, abort)
             except Exception as e:

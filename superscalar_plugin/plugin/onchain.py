@@ -261,7 +261,9 @@ class OnChain:
 
     def _broadcast(self, raw: bytes) -> bool:
         try:
-            res = self._node.rpc.call("sendrawtransaction", {"tx": raw.hex(), "allowhighfees": True})
+            res = self._node.rpc.call(
+                "sendrawtransaction", {"tx": raw.hex(), "allowhighfees": True}
+            )
         except Exception as e:
             log.info("sendrawtransaction failed: %s", e)
             return False

@@ -19,7 +19,8 @@ Threads. pyln-client runs one dispatch loop: a handler that waited for a peer, o
 (which may call back into this plugin through the `rpc_command` hook), would deadlock it. So:
 
 - pyln's dispatch thread runs the hooks and notifications and answers at once: `htlc_verdict` and
-  `invoice_params` (guards: lookups in a map swapped whole), `on_openchannel` and the
+  `invoice_params` (guards: lookups in a map swapped whole; an HTLC that arrives before start-up
+  built them waits for `ready`, bounded), `on_openchannel` and the
   `channel_in_factory` record (opens: a dictionary under its own lock), `on_disconnect` (peers),
   the height from `block_added` (node); everything else it only queues.
 - The worker thread (`runtime.Worker`) runs every queued job in order, start-up included: each
@@ -58,6 +59,9 @@ from .status import StatusView
 __all__ = ["MIN_CHANNEL_SAT", "Config", "FactoryService"]
 
 log = logging.getLogger("superscalar")
+
+READY_WAIT = 30.0  # seconds an HTLC arriving during start-up waits for the guards
+TEMPORARY_NODE_FAILURE = "2002"  # BOLT 4: NODE|2
 
 
 class FactoryService:
@@ -98,10 +102,13 @@ class FactoryService:
         self.node.id = info["id"]
         self.node.raise_height(int(info["blockheight"]))
         for record in self.records.load():
-            if isinstance(record, store.LspRecord):
-                self.lsp.resume(record)
-            else:
-                self.client.resume(record)
+            try:
+                if isinstance(record, store.LspRecord):
+                    self.lsp.resume(record)
+                else:
+                    self.client.resume(record)
+            except Exception:  # one factory's trouble must not stop start-up for the others
+                log.exception("resuming factory %s failed", record.instance_id[:16])
         self.guards.read_configs()
         self.guards.refresh()
         self.ready.set()
@@ -146,9 +153,15 @@ class FactoryService:
         return self.opens.decide(peer, funding_msat, push_msat)
 
     def htlc_verdict(self, htlc: dict[str, Any], onion: dict[str, Any]) -> dict[str, Any]:
+        """Until start-up has built the guards, an HTLC (lightningd replays them at start) is
+        held, up to READY_WAIT seconds, then failed: never let one through unchecked."""
+        if not self.ready.wait(READY_WAIT):
+            log.warning("failing an HTLC: start-up has not built the factory HTLC rules yet")
+            return {"result": "fail", "failure_message": TEMPORARY_NODE_FAILURE}
         return self.guards.htlc_verdict(htlc, onion)
 
     def invoice_params(self, params: Any) -> Any | None:
+        self.ready.wait(READY_WAIT)  # the largest EWT is known once start-up built the guards
         return self.guards.invoice_params(params)
 
     def on_connect(self, peer: str) -> None:

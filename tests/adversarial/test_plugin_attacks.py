@@ -271,3 +271,145 @@ def test_a_funding_output_other_than_signed_marks_the_factory_compromised(
     net.mine(2)
     time.sleep(0.5)
     assert len([x for x in client.logs if "COMPROMISED" in str(x)]) == 1  # said once
+
+
+# --- 14. a duplicate factory key is refused at ACCEPT, naming the client ----------------------
+
+
+@pytest.mark.parametrize("whose", ["lsp", "co-client"])
+def test_a_duplicate_accept_key_is_refused_naming_the_client(
+    network_factory: Callable[..., Network], whose: str
+) -> None:
+    net, lsp, clients = _setup(network_factory)
+    honest, culprit = clients
+    keys: dict[str, bytes] = {}
+    held: list[bytes] = []  # the culprit's instance id while it waits for the key it copies
+    forged: set[str] = set()
+
+    def forge(instance: bytes) -> str:
+        msg = pig(protocol.Accept(instance, keys[whose]))
+        forged.add(msg)
+        return msg
+
+    def reuse_key(src: FakeNode, dst: FakeNode, msg_hex: str) -> str | None:
+        payload = unpig(msg_hex)
+        if msg_hex in forged:
+            return msg_hex
+        if isinstance(payload, protocol.Propose):
+            keys["lsp"] = payload.lsp_pubkey
+        if isinstance(payload, protocol.Accept) and src is honest:
+            keys["co-client"] = payload.client_pubkey
+            if held:  # the culprit answers right after, with the honest client's key
+                later = forge(held.pop())
+                threading.Timer(0.2, lambda: lsp.deliver_custommsg(culprit, later)).start()
+        if isinstance(payload, protocol.Accept) and src is culprit:
+            if whose in keys:
+                return forge(payload.instance_id)
+            held.append(payload.instance_id)
+            return None
+        return msg_hex
+
+    net.intercept = reuse_key
+    with pytest.raises(RpcCallError) as info:
+        _create(lsp, clients)
+    message = str(info.value)
+    assert culprit.node_id in message and "factory key" in message, message
+    assert "internal error" not in message
+    assert lsp.rpc_call("listpeerchannels")["channels"] == []
+    assert not [o for o in lsp.rpc_call("listfunds")["outputs"] if o.get("reserved")]
+
+
+# --- 15. the funding txid sendpsbt returns is the one the clients signed against -------------
+
+
+def test_a_funding_txid_other_than_signed_aborts_naming_both(
+    network_factory: Callable[..., Network],
+) -> None:
+    _net, lsp, clients = _setup(network_factory)
+    builtin = lsp._builtin
+    other = "ee" * 32
+
+    def lying_wallet(method: str, params: Any, source: str) -> Any:
+        result = builtin(method, params, source)
+        if method == "sendpsbt":
+            result = {**result, "txid": other}
+        return result
+
+    lsp._builtin = lying_wallet  # type: ignore[method-assign]
+    with pytest.raises(RpcCallError) as info:
+        _create(lsp, clients)
+    assert f"sendpsbt broadcast funding {other}, not " in str(info.value)
+    [view] = status(lsp)
+    assert view["state"] == "aborted"
+
+
+# --- 16. an abort tells each client only about itself ----------------------------------------
+
+
+def test_an_abort_reason_never_carries_a_co_clients_id_or_words(
+    network_factory: Callable[..., Network],
+) -> None:
+    net, lsp, clients = _setup(network_factory, n=3)
+    culprit = clients[1]
+
+    def refuse_with_a_message(src: FakeNode, dst: FakeNode, msg_hex: str) -> str | None:
+        payload = unpig(msg_hex)
+        if isinstance(payload, protocol.Accept) and src is culprit:
+            text = "visit evil.example for a better LSP"
+            return pig(protocol.Text(protocol.PayloadType.REJECT, payload.instance_id, text))
+        return msg_hex
+
+    net.intercept = refuse_with_a_message
+    with pytest.raises(RpcCallError) as info:
+        _create(lsp, clients)
+    assert culprit.node_id in str(info.value)  # the operator is told who
+    for c in clients:
+        wait(lambda c=c: _state(c) == "aborted", what=f"{c.name} aborted")
+        [view] = status(c)
+        error = str(view["error"])
+        others = [o.node_id for o in clients if o is not c]
+        assert not any(o in error for o in others), error
+        if c is not culprit:
+            assert "evil.example" not in error, error
+
+
+# --- 17. HTLCs replayed at start-up wait for the guards -------------------------------------
+
+
+def test_an_htlc_replayed_during_start_up_is_checked(
+    network_factory: Callable[..., Network],
+) -> None:
+    net, lsp, clients = _setup(network_factory, n=1)
+    [client] = clients
+    _create(lsp, clients)
+    [ch] = client.rpc_call("listpeerchannels")["channels"]
+    scid = ch["alias"]["local"]
+    builtin = client._builtin
+
+    def slow_start(method: str, params: Any, source: str) -> Any:
+        if method == "listdatastore" and source == "socket":
+            time.sleep(2)  # a start-up with many records, or a busy lightningd
+        return builtin(method, params, source)
+
+    client._builtin = slow_start  # type: ignore[method-assign]
+    client.restart()
+    height = net.blockheight
+    too_soon = {  # expires before the tree could be published: must be failed
+        "onion": {
+            "payload": "00",
+            "next_onion": "00" * 20,
+            "shared_secret": "11" * 32,
+            "forward_msat": 1_000_000,
+            "outgoing_cltv_value": height + 2,
+        },
+        "htlc": {
+            "short_channel_id": scid,
+            "id": 0,
+            "amount_msat": 1_000_000,
+            "cltv_expiry": height + 2,
+            "cltv_expiry_relative": 2,
+            "payment_hash": "22" * 32,
+        },
+    }
+    assert sum("superscalar ready" in str(line) for line in client.logs) == 1  # not yet again
+    assert client.call_hook("htlc_accepted", too_soon)["result"] == "fail"
