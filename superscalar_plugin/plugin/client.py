@@ -31,6 +31,7 @@ peer_log = LogLimiter(log)  # what a peer can trigger at will: once a minute per
 
 # Before our path is signed: the only states a message (or a timeout) may abort.
 IN_CEREMONY = (store.ClientState.ACCEPTED, store.ClientState.SIGNING)
+MAX_PENDING_PER_PEER = 4  # proposals of one LSP we are signing at once; more are refused
 
 
 @dataclass
@@ -139,7 +140,14 @@ class ClientRole:
 
     def _consider(self, peer: str, p: protocol.Propose) -> None:
         cfg = self._node.config
+        pending = sum(
+            1
+            for cs in self._sessions.values()
+            if cs.record.lsp_node_id == peer and cs.record.state in IN_CEREMONY
+        )
         reason = refusal(peer, p, cfg, self._node.height)
+        if reason is None and pending >= MAX_PENDING_PER_PEER:
+            reason = f"{pending} of your proposals are already pending here"
         if reason is not None:
             log.info("refusing factory %s from %s: %s", p.instance_id.hex()[:16], peer, reason)
             self._peers.send(
@@ -192,6 +200,7 @@ class ClientRole:
             raise CeremonyError(f"FUNDED names {p.txid}, our path spends {cs.record.funding_txid}")
         cs.record = cs.record.replace(state=store.ClientState.FUNDED)
         self._records.persist(cs.record)
+        del self._sessions[cs.record.instance_id]  # nothing more to hear from the LSP
         self._guards.refresh()
 
     def _store_path(self, cs: ClientSession) -> None:
@@ -227,7 +236,8 @@ class ClientRole:
             return
         cs.signer.forget()
         cs.record = cs.record.replace(state=store.ClientState.ABORTED, error=reason)
-        self._records.persist(cs.record)
+        self._records.persist(cs.record)  # deleted PRUNE_AFTER blocks on (records.prune)
+        self._sessions.pop(cs.record.instance_id, None)
         log.warning("factory %s aborted: %s", cs.record.instance_id[:16], reason)
         self._opens.forget(cs.record.instance_id)
         if tell_lsp:

@@ -20,6 +20,7 @@ log = logging.getLogger("superscalar")
 
 DATASTORE_ROOT = ["superscalar", "factories"]
 QUARANTINE_ROOT = ["superscalar", "quarantine"]
+PRUNE_AFTER = 144  # blocks an aborted, never-signed factory stays visible in factory-status
 # Funded (LSP) or holding a signed path (client): guarded, watched, exitable.
 LIVE = (store.LspState.FUNDED, store.ClientState.READY, store.ClientState.FUNDED)
 
@@ -64,6 +65,8 @@ class Records:
     def __init__(self, rpc: Rpc) -> None:
         self._rpc = rpc
         self._records: dict[str, store.Record] = {}
+        self._unsigned_since: dict[str, int] = {}  # instance -> height it was seen aborted
+        self.height = 0  # the last block `prune` saw (set by the node's height at start-up)
 
     def load(self) -> list[store.Record]:
         """Read every record from the datastore. One that cannot be read or makes no sense is
@@ -81,6 +84,7 @@ class Records:
                 self._quarantine(key, text, e)
                 continue
             self._records[record.instance_id] = record
+            self._note_unsigned(record)
         return self.all()
 
     def _quarantine(self, key: list[str], text: str, e: Exception) -> None:
@@ -97,6 +101,32 @@ class Records:
         log.warning("quarantined factory record %s (moved to %s): %s", name, where, e)
 
     def persist(self, record: store.Record) -> None:
+        self._write(record)
+        self._note_unsigned(record)
+
+    def _note_unsigned(self, record: store.Record) -> None:
+        """Aborted before anything was signed: nothing to watch, forget it after a while."""
+        signed = record.tree if isinstance(record, store.LspRecord) else record.path
+        aborted = record.state in (store.LspState.ABORTED, store.ClientState.ABORTED)
+        if aborted and not signed:
+            self._unsigned_since.setdefault(record.instance_id, self.height)
+
+    def prune(self, height: int) -> None:
+        """Delete the records of factories aborted before signing, PRUNE_AFTER blocks on."""
+        self.height = height
+        for instance, since in list(self._unsigned_since.items()):
+            if height < since + PRUNE_AFTER:
+                continue
+            try:
+                self._rpc.call("deldatastore", {"key": [*DATASTORE_ROOT, instance]})
+            except Exception as e:
+                log.info("could not delete factory record %s: %s", instance[:16], e)
+                continue
+            self._records.pop(instance, None)
+            del self._unsigned_since[instance]
+            log.info("forgot factory %s: aborted before anything was signed", instance[:16])
+
+    def _write(self, record: store.Record) -> None:
         """Write before any message that depends on it is sent."""
         self._rpc.call(
             "datastore",

@@ -101,6 +101,7 @@ class FactoryService:
         info = self.node.rpc.call("getinfo")
         self.node.id = info["id"]
         self.node.raise_height(int(info["blockheight"]))
+        self.records.height = self.node.height
         for record in self.records.load():
             try:
                 if isinstance(record, store.LspRecord):
@@ -176,3 +177,4 @@ class FactoryService:
         self.worker.submit(lambda: self.onchain.on_block(height))
         self.worker.submit(lambda: self.lsp.on_block(height))
         self.worker.submit(self.guards.refresh)
+        self.worker.submit(lambda: self.records.prune(height))

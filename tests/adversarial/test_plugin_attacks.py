@@ -5,6 +5,8 @@ outcome. Issue 9, plugin items (client and routing roles)."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import threading
 import time
@@ -413,3 +415,38 @@ def test_an_htlc_replayed_during_start_up_is_checked(
     }
     assert sum("superscalar ready" in str(line) for line in client.logs) == 1  # not yet again
     assert client.call_hook("htlc_accepted", too_soon)["result"] == "fail"
+
+
+# --- 10. proposals cost a bounded, temporary amount of state ---------------------------------
+
+
+def test_a_proposal_flood_is_bounded_and_its_leftovers_forgotten(
+    network_factory: Callable[..., Network],
+) -> None:
+    net = network_factory(plugin=SUPERSCALAR_PLUGIN, timeout=30)
+    lsp = net.add_node("lsp")
+    client = net.add_node(
+        "client0",
+        options={"superscalar-accept-from": lsp.node_id, "superscalar-ceremony-timeout": 1},
+    )
+    net.connect(lsp, client)
+    hostile = HostileLsp(net, lsp, [client])
+    template = hostile.propose_message(0)
+    for i in range(12):  # proposals it never means to sign
+        flood = dataclasses.replace(template, instance_id=hashlib.sha256(b"%d" % i).digest())
+        hostile.send(0, flood)
+    answers = [hostile.inbox.get(timeout=15)[1] for _ in range(12)]
+    accepted = [a for a in answers if isinstance(a, protocol.Accept)]
+    refused = [a for a in answers if isinstance(a, protocol.Text)]
+    assert len(accepted) == 4 and len(refused) == 8, answers
+    assert all("already pending" in r.reason for r in refused)
+    client.wait_for_log("the LSP went silent during the ceremony")  # after 3 x 1 s
+    wait(lambda: all(f["state"] == "aborted" for f in status(client)) and len(status(client)) == 4)
+    # Free again: a new proposal is accepted ...
+    hostile.send(0, dataclasses.replace(template, instance_id=hashlib.sha256(b"new").digest()))
+    assert isinstance(hostile.inbox.get(timeout=15)[1], protocol.Accept)
+    wait(lambda: [f["state"] for f in status(client)] == ["aborted"] * 5)
+    # ... and a day of blocks later nothing of the never-signed factories is left.
+    net.mine(150)
+    wait(lambda: client.rpc_call("listdatastore", {"key": FACTORIES})["datastore"] == [])
+    assert status(client) == []
