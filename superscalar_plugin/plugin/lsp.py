@@ -32,11 +32,13 @@ from . import psbt as psbtmod
 from .guards import Guards
 from .node import Node
 from .peers import Peers
+from .ratelimit import LogLimiter
 from .records import Records
 from .runtime import PeerUnreachable, Reply, RpcFailed, fail, rpc_exception, why
 from .status import StatusView
 
 log = logging.getLogger("superscalar")
+peer_log = LogLimiter(log)  # what a peer can trigger at will: once a minute per peer
 
 COMPLETING_PATIENCE = 144  # blocks after creation to wait for a funding sent before a restart
 
@@ -244,8 +246,11 @@ class LspRole:
         index = next((i for i, c in enumerate(r.clients) if c.node_id == peer), None)
         if index is None:
             # Only participants may disturb a factory: a stranger's message is dropped, not fatal.
-            log.warning(
-                "dropped a message from %s, not a client of factory %s", peer, r.instance_id[:16]
+            peer_log.warning(
+                peer,
+                "dropped a message from %s, not a client of factory %s",
+                peer,
+                r.instance_id[:16],
             )
             return
         s.deadline = self._deadline()  # progress: wait again
