@@ -18,7 +18,7 @@ import struct
 
 from ..engine import store
 from ..engine.errors import WireError
-from ..engine.tx import Tx, TxOut
+from ..engine.tx import Tx, TxOut, block_txids
 from .guards import Guards
 from .node import Node
 from .records import COMPROMISED, LIVE, Records, is_compromised, txid_of
@@ -120,6 +120,26 @@ class FundingCheck:
                 log.info("factory %s: funding output checked", record.instance_id[:16])
             else:
                 self.compromised(record, problem)
+
+    def recheck(self) -> None:
+        """At start-up: check every live client factory whose funding is already recorded as
+        confirmed (by an older version, or before a crash ended the block's job)."""
+        heights = {
+            height
+            for r in self._records.all()
+            if isinstance(r, store.ClientRecord) and r.state in LIVE and not is_compromised(r)
+            for txid, height in r.confirmed
+            if txid == r.funding_txid
+        }
+        for height in sorted(heights):
+            try:
+                block = self._node.rpc.call("getrawblockbyheight", {"height": height})
+                raw = bytes.fromhex(block.get("block") or "")
+                txids = block_txids(raw) if raw else []
+            except Exception as e:  # the block's next scan, if any, checks it
+                log.info("cannot recheck the fundings confirmed at %d: %s", height, e)
+                continue
+            self.on_block(raw, txids)
 
     def compromised(self, record: store.ClientRecord, problem: str) -> None:
         """Mark it, say it once, take no more HTLCs on its channel and close the channel."""

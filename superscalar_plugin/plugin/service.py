@@ -80,7 +80,8 @@ class FactoryService:
         self.client = ClientRole(self.node, self.records, self.peers, self.opens, self.guards)
         self.router = Router(self.peers, self.opens, self.lsp, self.client, self.worker.submit)
         self.onchain = OnChain(self.node, self.records)
-        self.onchain.funding_check = FundingCheck(self.node, self.records, self.guards).on_block
+        self.funding = FundingCheck(self.node, self.records, self.guards)
+        self.onchain.funding_check = self.funding.on_block
         self.ready = threading.Event()
 
     # --- lifecycle (worker) -------------------------------------------------------------------
@@ -110,6 +111,7 @@ class FactoryService:
                     self.client.resume(record)
             except Exception:  # one factory's trouble must not stop start-up for the others
                 log.exception("resuming factory %s failed", record.instance_id[:16])
+        self.funding.recheck()
         self.guards.read_configs()
         self.guards.refresh()
         self.ready.set()

@@ -273,6 +273,16 @@ def test_a_funding_output_other_than_signed_marks_the_factory_compromised(
     net.mine(2)
     time.sleep(0.5)
     assert len([x for x in client.logs if "COMPROMISED" in str(x)]) == 1  # said once
+    # A record whose confirmation an older version recorded unchecked is checked at start-up.
+    key = [*FACTORIES, f["instance"]]
+    [entry] = client.rpc_call("listdatastore", {"key": key})["datastore"]
+    unchecked = {**json.loads(entry["string"]), "error": None}
+    client.rpc_call(
+        "datastore", {"key": key, "string": json.dumps(unchecked), "mode": "must-replace"}
+    )
+    client.restart()
+    client.wait_for_log("COMPROMISED")
+    assert status(client)[0]["compromised"] is True
 
 
 # --- 14. a duplicate factory key is refused at ACCEPT, naming the client ----------------------
