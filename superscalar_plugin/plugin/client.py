@@ -149,7 +149,9 @@ class ClientRole:
         if reason is None and pending >= MAX_PENDING_PER_PEER:
             reason = f"{pending} of your proposals are already pending here"
         if reason is not None:
-            log.info("refusing factory %s from %s: %s", p.instance_id.hex()[:16], peer, reason)
+            peer_log.warning(
+                peer, "refusing factory %s from %s: %s", p.instance_id.hex()[:16], peer, reason
+            )
             self._peers.send(
                 peer, protocol.Text(protocol.PayloadType.REJECT, p.instance_id, reason)
             )

@@ -450,6 +450,7 @@ def test_a_proposal_flood_is_bounded_and_its_leftovers_forgotten(
     refused = [a for a in answers if isinstance(a, protocol.Text)]
     assert len(accepted) == 4 and len(refused) == 8, answers
     assert all("already pending" in r.reason for r in refused)
+    assert sum("refusing factory" in str(line) for line in client.logs) == 1  # rate-limited
     client.wait_for_log("the LSP went silent during the ceremony")  # after 3 x 1 s
     wait(lambda: all(f["state"] == "aborted" for f in status(client)) and len(status(client)) == 4)
     # Free again: a new proposal is accepted ...
