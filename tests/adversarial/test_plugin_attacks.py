@@ -17,7 +17,7 @@ import pytest
 
 from superscalar_plugin.engine import blip56, protocol
 
-from .hostile import HostileLsp, complete_channels, open_channels, pig, status, unpig, wait
+from .plugin_hostile import HostileLsp, complete_channels, open_channels, pig, status, unpig, wait
 from harness.bitcoin import (
     CMutableTransaction,
     CMutableTxIn,
