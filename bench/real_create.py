@@ -65,7 +65,7 @@ def measure(n_clients: int, base: Path) -> dict[str, Any]:
         for node in nodes[1:]:
             ids.append(node.cli("getinfo")["id"])
             lsp.cli("connect", ids[-1], "127.0.0.1", str(node.port))
-        _wait_synced(lsp, bitcoind.rpc.call("getblockcount"))
+        lsp.wait_for_funds()
         deadline = time.monotonic() + 60
         while True:
             t0 = time.perf_counter()
@@ -83,19 +83,6 @@ def measure(n_clients: int, base: Path) -> dict[str, Any]:
         for node in reversed(nodes):
             node.stop()
         bitcoind.stop()
-
-
-def _wait_synced(node: Any, height: int) -> None:
-    deadline = time.monotonic() + 60
-    while node.cli("getinfo")["blockheight"] < height:
-        if time.monotonic() > deadline:
-            raise SystemExit("lightningd did not catch up with bitcoind")
-        time.sleep(0.2)
-    # the wallet sees the LSP's coins
-    while not any(o["status"] == "confirmed" for o in node.cli("listfunds")["outputs"]):
-        if time.monotonic() > deadline:
-            raise SystemExit("the LSP's wallet never saw its coins")
-        time.sleep(0.2)
 
 
 def run() -> list[dict[str, Any]]:

@@ -61,13 +61,12 @@ def sign_and_floor(
 def one(n: int, shape: str) -> dict[str, object]:
     from superscalar_plugin.engine import dw
     from superscalar_plugin.engine.ceremony import (
-        ClientTerms,
         Coordinator,
         Signer,
         sign_in_process,
     )
     from superscalar_plugin.engine.tree import Factory, FactoryParams
-    from superscalar_plugin.simulate import make_factory
+    from superscalar_plugin.simulate import agreed_terms, make_factory
 
     params = FactoryParams(**SHAPES[shape])  # type: ignore[arg-type]
     outpoint = ("ab" * 32, 0)
@@ -98,10 +97,7 @@ def one(n: int, shape: str) -> dict[str, object]:
     # The byte-message ceremony: one coordinator, every client a separate Signer that sees only
     # the bytes addressed to it and rebuilds only its own path.
     f = fresh()
-    signers = {
-        c: Signer(sk, ClientTerms(f.lsp_pubkey, f.timeout_height, *f.channels[c]))
-        for c, sk in enumerate(people.client_seckeys)
-    }
+    signers = {c: Signer(sk, agreed_terms(f, c)) for c, sk in enumerate(people.client_seckeys)}
     to_client = dict.fromkeys(signers, 0)
     from_client = dict.fromkeys(signers, 0)
     client_cpu = dict.fromkeys(signers, 0.0)
@@ -287,8 +283,10 @@ def main() -> None:
     print_targets(results)
     htlc_hook_latency()
     from plugin_create import run as plugin_create
+    from real_create import run as real_create
 
     plugin_create(16)
+    real_create()  # on real lightningd nodes when lightningd is on PATH, else says why not
 
 
 if __name__ == "__main__":

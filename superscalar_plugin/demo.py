@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 import click
 
 from .engine import dw, policy
-from .engine.ceremony import ClientTerms, Coordinator, SignedNodeTx, Signer, run_ceremony
+from .engine.ceremony import Coordinator, SignedNodeTx, Signer, run_ceremony
 from .engine.errors import ChainError
 from .engine.tree import Factory, FactoryParams, NodeKind
 from .engine.tx import Tx
-from .simulate import Participants, make_factory
+from .simulate import Participants, agreed_terms, make_factory
 
 if TYPE_CHECKING:
     from .chain.kernel import KernelChain  # optional dependency: imported when the demo runs
@@ -130,10 +130,7 @@ def _create_and_sign(
     funding_tx = chain.build_funding_tx([(f.funding_output.script_pubkey, f.funding_amount)])
     outpoint = (Tx.deserialize(funding_tx).txid, 0)
     states = dw.initial_states(topo)
-    signers = {
-        c: Signer(sk, ClientTerms(f.lsp_pubkey, timeout, *f.channels[c]))
-        for c, sk in enumerate(people.client_seckeys)
-    }
+    signers = {c: Signer(sk, agreed_terms(f, c)) for c, sk in enumerate(people.client_seckeys)}
     coordinator = Coordinator(f, people.lsp_seckey, outpoint, states)
     sent = _sign_with_progress(coordinator, signers)
     signed = dict(coordinator.signed)
@@ -180,6 +177,8 @@ def _advance(demo: _Demo, advances: int) -> int:
     for i in range(advances):
         adv = dw.advance_leaf(topo, demo.states, leaf)
         co = Coordinator(f, demo.people.lsp_seckey, demo.outpoint, adv.states, adv.resigned)
+        for c in co.clients:  # every client of the subtree agrees to this update itself
+            demo.signers[c].agree_update(demo.signers[c].terms)
         run_ceremony(co, {c: demo.signers[c] for c in co.clients})
         demo.states, demo.bumped = adv.states, adv.bumped
         demo.history.append({**demo.history[-1], **co.signed})
@@ -300,7 +299,9 @@ def _timeout_sweep(demo: _Demo) -> None:
     late = chain.mine(sweeps)
     _expect(late.accepted, f"sweep after the timeout ({late.reason})")
     total = sum(c.amount for c in candidates)
-    click.echo(f"  at block {late.height} (after T={timeout}): accepted, {total} sat back to the LSP")
+    click.echo(
+        f"  at block {late.height} (after T={timeout}): accepted, {total} sat back to the LSP"
+    )
 
 
 def _summary(demo: _Demo, steps: list[policy.ExitStep], advances: int) -> None:

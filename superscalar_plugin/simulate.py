@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import dataclass
 
 from .engine import musig2
+from .engine.ceremony import ClientTerms
 from .engine.tree import ClientSlot, Factory, FactoryParams
 
 
@@ -46,3 +47,18 @@ def make_factory(
         pk = musig2.pubkey_from_secret(sk)
         slots.append(ClientSlot(pk, channel_script(pk, lsp_pk), channel_sat))
     return Participants(lsp_sk, client_sks, Factory.create(params, lsp_pk, slots, timeout_height))
+
+
+def agreed_terms(f: Factory, client: int, with_script: bool = True) -> ClientTerms:
+    """What `client` agreed to at PROPOSE for factory `f` (with its channel's script, if known)."""
+    script, sat = f.channels[client]
+    return ClientTerms(
+        f.lsp_pubkey,
+        f.timeout_height,
+        script if with_script else None,
+        sat,
+        n_clients=f.n_clients,
+        client_index=client,
+        params=f.params,
+        early_warning_time=f.topology.ewt,
+    )

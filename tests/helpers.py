@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from superscalar_plugin.engine import dw
-from superscalar_plugin.engine.ceremony import ClientTerms, Coordinator, Signer
+from superscalar_plugin.engine.ceremony import Coordinator, Signer
 from superscalar_plugin.engine.tree import FactoryParams
-from superscalar_plugin.simulate import Participants, make_factory
+from superscalar_plugin.simulate import Participants, agreed_terms, make_factory
 
 OUTPOINT = ("cd" * 32, 1)
 
@@ -16,10 +16,7 @@ def participants(n: int, params: FactoryParams | None = None, seed: str = "t") -
 
 def signers_for(p: Participants) -> dict[int, Signer]:
     f = p.factory
-    return {
-        c: Signer(sk, ClientTerms(f.lsp_pubkey, f.timeout_height, *f.channels[c]))
-        for c, sk in enumerate(p.client_seckeys)
-    }
+    return {c: Signer(sk, agreed_terms(f, c)) for c, sk in enumerate(p.client_seckeys)}
 
 
 def coordinator_for(

@@ -12,6 +12,8 @@ from superscalar_plugin.engine import blip56, protocol, store
 from superscalar_plugin.engine.errors import StoreError, SuperscalarError, WireError
 from superscalar_plugin.engine.tree import FactoryParams
 
+from adversarial.records import client_record, lsp_record
+
 INSTANCE = bytes(range(32))
 KEY = bytes.fromhex("02" + "11" * 32)
 
@@ -91,19 +93,10 @@ def test_mutated_payloads_never_raise_anything_else() -> None:
 
 
 def _lsp_record() -> store.LspRecord:
-    return store.LspRecord(
-        instance_id=INSTANCE.hex(),
+    """A real LSP record (tree from an honest ceremony) with every optional field set."""
+    return lsp_record().replace(
         state=store.LspState.SIGNING,
-        params=FactoryParams(),
-        timeout_height=5000,
-        lsp_pubkey=KEY.hex(),
-        clients=(store.ClientEntry("03" + "22" * 32, 100_000, KEY.hex(), "0020" + "00" * 32),),
-        created_height=100,
         funding_psbt="cHNidP8=",
-        funding_txid="cd" * 32,
-        funding_vout=0,
-        funding_amount=123_456,
-        tree=(store.PathEntry(0, 0, "00", 5, "5120" + "00" * 32),),
         confirmed=(("cd" * 32, 101),),
         exit=store.ExitState(
             "timeout near", 4000, (0,), (("ab" * 32, 4001),), ("ab" * 32,), ("11" * 32,)
@@ -113,21 +106,7 @@ def _lsp_record() -> store.LspRecord:
 
 
 def _client_record() -> store.ClientRecord:
-    return store.ClientRecord(
-        instance_id=INSTANCE.hex(),
-        lsp_node_id="03" + "22" * 32,
-        state=store.ClientState.READY,
-        client_index=1,
-        n_clients=4,
-        params=FactoryParams(arity=(2, 4)),
-        timeout_height=5000,
-        lsp_pubkey=KEY.hex(),
-        pubkey=KEY.hex(),
-        channel_sat=100_000,
-        early_warning_time=252,
-        header="00",
-        path=(store.PathEntry(0, 0, "00", 5, "5120" + "00" * 32),),
-    )
+    return client_record().replace(confirmed=(("cd" * 32, 101),))
 
 
 @pytest.mark.parametrize("record", [_lsp_record(), _client_record()], ids=["lsp", "client"])

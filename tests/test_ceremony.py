@@ -25,6 +25,7 @@ from superscalar_plugin.engine.errors import (
     WireError,
 )
 from superscalar_plugin.engine.tree import FactoryParams
+from superscalar_plugin.simulate import agreed_terms
 
 from helpers import OUTPOINT, coordinator_for, participants, signers_for
 
@@ -222,14 +223,20 @@ def test_dw_update_over_the_wire_and_replay_of_an_old_state_is_refused() -> None
     adv = dw.advance_leaf(f.topology, states, f.topology.leaf_of_client[0])
     co = coordinator_for(p, adv.states, adv.resigned)
     assert co.clients == [0, 1]
+    for c in co.clients:  # each client agrees to the update itself; the LSP cannot start one
+        signers[c].agree_update(signers[c].terms)
     run_ceremony(co, {c: signers[c] for c in co.clients})
     new_path = [s.txid for s in signers[0].signed_path]
     assert new_path[:-1] == first_path[:-1] and new_path[-1] != first_path[-1]
     assert signers[0].states[f.topology.leaf_of_client[0]] == 1
     # The LSP tries to get the older state (a longer delay) signed again.
     old = coordinator_for(p, states, adv.resigned)
+    with pytest.raises(UnsafeToSign, match="already signed"):
+        signers[0].receive(old.start()[0])
+    signers[0].agree_update(signers[0].terms)
     with pytest.raises(UnsafeToSign, match="not newer"):
         signers[0].receive(old.start()[0])
+    assert signers[0].state is SignerState.DONE and signers[0].states[adv.bumped] == 1
 
 
 def test_coordinator_rejects_strangers_duplicates_and_garbage() -> None:
@@ -271,5 +278,32 @@ def test_a_stored_path_restores_into_a_signer_that_can_still_update() -> None:
     # The restored signer takes part in the next DW update.
     adv = dw.advance_leaf(f.topology, states, f.topology.leaf_of_client[0])
     co = coordinator_for(p, adv.states, adv.resigned)
+    restored.agree_update(restored.terms)
+    signers[1].agree_update(signers[1].terms)
     run_ceremony(co, {0: restored, 1: signers[1]})
     assert restored.signed_path[-1].txid == co.signed[f.topology.leaf_of_client[0]].txid
+
+
+def test_terms_come_from_the_proposal_field_by_field() -> None:
+    from superscalar_plugin.engine import protocol
+    from superscalar_plugin.engine.ceremony import ClientTerms
+
+    p = participants(4)
+    f = p.factory
+    propose = protocol.Propose(
+        bytes(32), 2, 4, f.params, f.timeout_height, f.lsp_pubkey, 200_000, f.topology.ewt
+    )
+    terms = ClientTerms.from_propose(propose)
+    assert (terms.n_clients, terms.client_index, terms.params) == (4, 2, f.params)
+    assert terms.channel_script is None and terms.early_warning_time == f.topology.ewt
+    assert terms == replace(agreed_terms(f, 2), channel_script=None)
+
+
+def test_an_update_is_agreed_only_by_a_signed_client_that_knows_its_script() -> None:
+    p = participants(2)
+    signers = signers_for(p)
+    with pytest.raises(CeremonyError, match="needs a signed factory"):
+        signers[0].agree_update(signers[0].terms)
+    run_ceremony(coordinator_for(p), signers)
+    with pytest.raises(UnsafeToSign, match="exact script"):
+        signers[0].agree_update(replace(signers[0].terms, channel_script=None))

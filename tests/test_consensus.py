@@ -155,13 +155,13 @@ def test_timeout_sweep_of_a_published_state_output(kernel_chain: KernelChain) ->
 def test_a_tampered_signature_anywhere_is_rejected(kernel_chain: KernelChain) -> None:
     chain = kernel_chain
     p = make_factory(
-        4, FactoryParams(states_per_layer=1, step_blocks=1, ewt_margin=0), timeout_height=2000
+        4, FactoryParams(states_per_layer=2, step_blocks=1, ewt_margin=0), timeout_height=2000
     )
     f = p.factory
     outpoint, _ = _fund(chain, p)
-    states = dw.initial_states(f.topology)
+    states = (1,) * len(f.topology.nodes)  # every layer in its last state: no relative delays
     signed = sign_in_process(f, outpoint, states, p.lsp_seckey, p.client_seckeys)
-    for node in range(len(f.topology.nodes)):  # parents first; with K=1 no relative delays
+    for node in range(len(f.topology.nodes)):  # parents first
         good = signed[node]
         for bit in (0, 255, 511):
             sig = bytearray(good.signature)

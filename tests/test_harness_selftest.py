@@ -436,3 +436,52 @@ def test_hook_filters_are_checked_like_lightningd(network: Network, tmp_path) ->
     with pytest.raises(PluginStartError, match="does not allow filters"):
         network.add_node("bad", plugin=[sys.executable, str(script)])
     network.take_errors()
+
+
+def test_a_reorg_replaces_blocks_and_can_drop_a_tx(network: Network) -> None:
+    """`Network.reorg`: new hashes from the fork up, block_added for each new block, orphaned
+    txs back in the next block unless dropped (with their descendants)."""
+    node = network.add_node("n", utxos=2, utxo_sat=100_000)
+
+    def send() -> str:
+        funded = node.rpc_call("fundpsbt", {"satoshi": 10_000, "feerate": "1000perkw",
+                                            "startweight": 200, "excess_as_change": True})
+        signed = node.rpc_call("signpsbt", {"psbt": funded["psbt"]})["signed_psbt"]
+        return str(node.rpc_call("sendpsbt", {"psbt": signed})["txid"])
+
+    kept, dropped = send(), send()
+    [old] = network.mine(1)
+    fork = network.blockheight
+    block = node.rpc_call("getrawblockbyheight", {"height": fork})
+    assert block["blockhash"] == old
+    prev = node.rpc_call("getrawblockbyheight", {"height": fork - 1})["blockhash"]
+    assert bytes.fromhex(block["block"])[4:36][::-1].hex() == prev  # the header links back
+    new = network.reorg(1, drop={dropped})
+    assert len(new) == 2 and old not in new and network.blockheight == fork + 1
+    assert node.rpc_call("getrawblockbyheight", {"height": fork})["blockhash"] == new[0]
+    assert network.chain.txs[kept].height == fork  # mined again on the new branch
+    assert dropped not in network.chain.txs and dropped not in network.chain.mempool
+
+
+def test_an_overridden_rpc_can_hang_for_one_peer_while_others_answer(network: Network) -> None:
+    """`FakeNode.overrides`: a test-made handler replaces one RPC of one node; it may block (a
+    peer that never answers) without blocking the node's other RPCs."""
+    from harness.lightningd_rpcs import HANDLERS
+
+    node = network.add_node("n")
+    release = threading.Event()
+
+    def hung_getinfo(me: FakeNode, p: dict[str, object]) -> object:
+        release.wait(30)
+        return HANDLERS["getinfo"](me, p)
+
+    node.overrides["getinfo"] = hung_getinfo
+    answers: list[object] = []
+    caller = threading.Thread(target=lambda: answers.append(node.rpc_call("getinfo")))
+    caller.start()
+    caller.join(0.5)
+    assert caller.is_alive() and not answers  # still hanging
+    assert node.rpc_call("listfunds")["outputs"]  # the node answers everything else
+    release.set()
+    caller.join(10)
+    assert answers and answers[0]["id"] == node.node_id  # type: ignore[index]

@@ -334,7 +334,7 @@ def test_malformed_factory_messages_from_a_real_peer_leave_everyone_working(
     time.sleep(2)
     for c in clients:
         assert _normal(lsp, c) and _normal(c, lsp)
-    _pay_both_ways(lsp, clients, 3_000_000)
+    _pay_both_ways(lsp, clients, 20_000_000)  # above the 1% reserve (5,000 sat), both ways
     status = lsp.rpc.call("factory-status", {"instance": created["instance"]})["factories"][0]
     assert status["state"] == "funded"
     lines = lsp.daemon.logs
@@ -385,3 +385,41 @@ def test_the_lsp_sees_a_clients_exit(node_factory: Any, bitcoind: Any) -> None:
     assert first["leaf_confirmed"] and first["path_confirmed"] == first["path_length"]
     assert view["onchain"]["clients_on_chain"] >= 1
     assert view["onchain"]["clients_in_factory"] == 2 - view["onchain"]["clients_on_chain"]
+
+
+def _factory_message(payload: Any) -> str:
+    from superscalar_plugin.engine import blip56, protocol
+
+    body = protocol.encode(payload)
+    return blip56.Piggyback(blip56.SUPERSCALAR_PROTOCOL_ID, body).encode().hex()
+
+
+def test_a_co_client_or_a_stranger_cannot_unwatch_a_funded_client(
+    node_factory: Any, bitcoind: Any
+) -> None:
+    """Everyone in a factory knows its instance id. A co-client and a stranger send the funded
+    client a PROPOSE and an ABORT for it: the client stays funded, keeps its guards and can still
+    exit; the factory keeps paying."""
+    from superscalar_plugin.engine import protocol
+    from superscalar_plugin.engine.tree import FactoryParams
+
+    lsp, clients = _lsp_and_clients(node_factory, 2)
+    created = _factory(lsp, clients)
+    bitcoind.generate_block(1)
+    victim, co_client = clients
+    stranger = node_factory.get_node(options={"plugin": PLUGIN})
+    connect_by_ip(stranger, victim)
+    connect_by_ip(co_client, victim)
+    instance = bytes.fromhex(created["instance"])
+    propose = protocol.Propose(instance, 0, 2, FactoryParams(), created["timeout_height"],
+                               b"\x02" * 33, CHANNEL_SAT, created["early_warning_time"])
+    abort = protocol.Text(protocol.PayloadType.ABORT, instance, "go away")
+    for sender in (co_client, stranger):
+        for payload in (propose, abort):
+            sender.rpc.sendcustommsg(victim.info["id"], _factory_message(payload))
+    time.sleep(2)
+    view = victim.rpc.call("factory-status", {"instance": created["instance"]})["factories"][0]
+    assert view["state"] == "funded" and "error" not in view
+    _pay_both_ways(lsp, clients, 20_000_000)
+    started = victim.rpc.call("factory-exit", {"instance": created["instance"]})
+    assert started["exit"]["reason"] == "requested with factory-exit"

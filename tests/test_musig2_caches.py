@@ -6,8 +6,7 @@ import copy
 import os
 import pickle
 
-from superscalar_plugin.engine import bip340, keyagg, libsecp
-from superscalar_plugin.engine import musig2 as m
+from superscalar_plugin.engine import bip340, keyagg, libsecp, musig2 as m
 
 
 def _signers(n: int) -> tuple[list[bytes], list[bytes], m.KeyAggContext]:

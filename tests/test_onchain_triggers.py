@@ -75,3 +75,24 @@ def test_an_offered_htlc_near_its_expiry_exits_only_that_clients_path() -> None:
     assert oc._exit_reason(lsp, 700 - EWT - 13) is None
     reason = oc._exit_reason(lsp, 700 - EWT - 12)
     assert reason == ("an offered HTLC expires at 700: exit to enforce it", 1)
+
+
+def test_a_later_htlc_deadline_on_another_channel_adds_that_client_to_the_exit() -> None:
+    """Issue 9 item 12: client 0 is exiting; an offered HTLC on client 1's channel nearing its
+    deadline must still trigger (its path is added), while client 0's own HTLCs trigger nothing
+    new."""
+    chans = [
+        {"channel_id": "c1", "htlcs": [{"direction": "out", "expiry": 600, "id": 0}]},
+        {"channel_id": "c2", "htlcs": [{"direction": "out", "expiry": 700, "id": 1}]},
+    ]
+    oc = _onchain(chans)
+    exiting = _lsp(("c1", "c2")).replace(
+        exit=store.ExitState(
+            reason="an offered HTLC expires at 600", started_height=500, clients=(0,)
+        )
+    )
+    assert oc._exit_reason(exiting, 700 - EWT - 13) is None  # client 0's HTLC: already exiting
+    reason = oc._exit_reason(exiting, 700 - EWT - 12)
+    assert reason == ("an offered HTLC expires at 700: exit to enforce it", 1)
+    client = _client().replace(exit=store.ExitState(reason="x", started_height=1, clients=(0,)))
+    assert oc._exit_reason(client, 999) is None  # a client's only path is already on its way

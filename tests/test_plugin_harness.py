@@ -96,6 +96,8 @@ def test_lsp_and_four_clients_create_a_factory(network_factory: Callable[..., Ne
     net, lsp, clients = _setup(network_factory)
     created = _create(lsp, clients)
     assert created["role"] == "lsp" and created["state"] == "funded"
+    phases = ["propose_accept", "fundchannel_start", "sign", "fundchannel_complete", "fund"]
+    assert list(created["timings"]) == phases and all(v >= 0 for v in created["timings"].values())
     instance = created["instance"]
     funding = created["funding"]
     broadcast = net.chain.txs[funding["txid"]]  # signed and sent by the LSP's wallet
@@ -678,3 +680,36 @@ def test_the_lsp_status_shows_a_client_that_exited_on_its_own(
     assert view["onchain"]["clients_on_chain"] == 2
     assert view["onchain"]["clients_in_factory"] == 2
     assert "exit" not in view  # the LSP itself started no exit
+
+
+def test_a_client_guards_its_channel_from_the_moment_it_stored_its_path(
+    network_factory: Callable[..., Network],
+) -> None:
+    """Seen on a real lightningd: the client made an invoice right after creation, before the
+    LSP's FUNDED reached it, so the invoice lacked the EWT and the client's own guard then refused
+    the payment. A client is in the factory once its path is stored: from then on its invoices
+    carry the EWT and its channel's HTLCs are checked, FUNDED or not."""
+    net, lsp, clients = _setup(network_factory, n=2)
+
+    def drop_funded(src: FakeNode, dst: FakeNode, msg: str) -> str | None:
+        return None if isinstance(_piggyback(msg), protocol.Funded) else msg
+
+    net.intercept = drop_funded
+    created = _create(lsp, clients)
+    ewt = created["early_warning_time"]
+    me = clients[0]
+    assert _status(me)[0]["state"] == "ready"  # FUNDED never arrived
+    call = {"rpc_command": {"jsonrpc": "2.0", "id": 7, "method": "invoice",
+                            "params": {"amount_msat": 1000, "label": "a", "description": "d"}}}
+    assert me.call_hook("rpc_command", call)["replace"]["params"]["cltv"] == 18 + ewt
+    [chan] = me.rpc_call("listpeerchannels")["channels"]
+    height = net.blockheight
+    too_soon = {
+        "onion": {"payload": "00", "type": "tlv", "forward_msat": 1000,
+                  "outgoing_cltv_value": height + 5, "shared_secret": "00" * 32,
+                  "next_onion": "00" * 1366},
+        "htlc": {"short_channel_id": chan["alias"]["local"], "id": 0, "amount_msat": 1000,
+                 "cltv_expiry": height + 5, "cltv_expiry_relative": 5,
+                 "payment_hash": "00" * 32},
+    }
+    assert me.call_hook("htlc_accepted", too_soon)["result"] == "fail"

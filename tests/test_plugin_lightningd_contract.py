@@ -8,8 +8,10 @@ starts it as lightningd does: `--developer` in developer mode, LIGHTNINGD_PLUGIN
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from harness.network import SUPERSCALAR_PLUGIN, Network
 from harness.node import FakeNode
@@ -104,3 +106,32 @@ def test_a_flood_of_malformed_messages_logs_one_line_per_peer(
     lines = [x for x in lsp.logs if x.source == "plugin" and client.node_id in x.message]
     assert len(lines) == 1, lines
     assert lsp.plugin_running and lsp.rpc_call("factory-list")["factories"] == []
+
+
+def _readme_start_lines() -> list[str]:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Running it on your Core Lightning", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.startswith("lightningd ")]
+
+
+def test_the_operators_start_lines_in_the_readme_work_as_written(
+    network_factory: Callable[..., Network],
+) -> None:
+    """The README's `lightningd --plugin=...` lines, with its placeholders filled in: the plugin
+    path names the installed executable, and every option it passes is one the plugin declares
+    (the harness refuses unknown options as lightningd does)."""
+    root = Path(__file__).resolve().parent.parent
+    lines = _readme_start_lines()
+    assert len(lines) == 2
+    net = network_factory(developer=False)  # an operator's node
+    lsp_id = ""
+    for n, line in enumerate(lines):
+        line = line.replace("/path/to/superscalar", str(root)).replace("<LSP node id>", lsp_id)
+        args = shlex.split(line)[1:]
+        plugin = [a.split("=", 1)[1] for a in args if a.startswith("--plugin=")]
+        assert plugin == SUPERSCALAR_PLUGIN  # the executable the harness and real tests run
+        options = dict(a[2:].split("=", 1) for a in args if not a.startswith("--plugin="))
+        node = net.add_node(f"n{n}", plugin=plugin, options=options)
+        node.wait_for_log(r"superscalar ready")
+        lsp_id = lsp_id or node.node_id

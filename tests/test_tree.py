@@ -18,6 +18,7 @@ from superscalar_plugin.engine.tree import (
     OutputKind,
     Topology,
     fee_for,
+    shape_cost,
 )
 
 from helpers import OUTPOINT, participants
@@ -25,7 +26,7 @@ from helpers import OUTPOINT, participants
 SHAPES = [
     FactoryParams(),
     FactoryParams(arity=(2, 4, 8), kickoff_only_top=2),
-    FactoryParams(clients_per_leaf=3, arity=(1, 3)),
+    FactoryParams(clients_per_leaf=3, arity=(3,)),
     FactoryParams(clients_per_leaf=1, arity=(4,), kickoff_only_top=1),
 ]
 
@@ -113,12 +114,14 @@ def test_exit_paths_no_larger_than_the_c_reference(
 
 
 def test_bad_shapes_and_amounts_are_refused_with_a_reason() -> None:
-    with pytest.raises(InvalidShape, match=r"1\.\.4096 clients"):
+    with pytest.raises(InvalidShape, match=r"1\.\.1024 clients"):
         Topology.build(0, FactoryParams())
     with pytest.raises(InvalidShape, match="arity"):
         Topology.build(8, FactoryParams(arity=(0,)))
-    with pytest.raises(InvalidShape, match="last"):
+    with pytest.raises(InvalidShape, match="no arity-1 levels"):
         Topology.build(8, FactoryParams(arity=(2, 1)))
+    with pytest.raises(InvalidShape, match="states_per_layer must be 2"):
+        Topology.build(8, FactoryParams(states_per_layer=1))
     with pytest.raises(InvalidShape, match="early warning time"):
         participants(1024, FactoryParams(step_blocks=144))
     with pytest.raises(InvalidAmount, match="stock"):
@@ -132,3 +135,16 @@ def test_bad_shapes_and_amounts_are_refused_with_a_reason() -> None:
     dup = [ClientSlot(p.factory.client_pubkeys[0], b"\x00\x20" + bytes(32), 1000)] * 2
     with pytest.raises(InvalidParameter, match="distinct"):
         Factory.create(FactoryParams(), p.factory.lsp_pubkey, dup, 100)
+
+
+@pytest.mark.parametrize(
+    "params", SHAPES, ids=lambda p: f"{p.clients_per_leaf}/{p.arity}/{p.kickoff_only_top}"
+)
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 33, 127, 1024])
+def test_the_cost_estimate_bounds_the_real_tree(params: FactoryParams, n: int) -> None:
+    """`shape_cost` never underestimates: the refusal before building is sound."""
+    cost = shape_cost(n, params)
+    topo = Topology.build(n, params)
+    assert len(topo.nodes) <= cost.nodes <= len(topo.nodes) + 1
+    assert topo.depth <= cost.depth
+    assert sum(nd.hi - nd.lo + 1 for nd in topo.nodes) <= cost.keyagg_keys

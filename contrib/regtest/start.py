@@ -77,6 +77,13 @@ class Node:
             time.sleep(0.3)
         raise SystemExit(f"{self.name}: lightningd did not start; see {self.dir / 'log'}")
 
+    def wait_for_funds(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(o["status"] == "confirmed" for o in self.cli("listfunds")["outputs"]):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{self.name}: the wallet never saw its coins")
+            time.sleep(0.5)
+
     def cli_prefix(self) -> str:
         return f"lightning-cli --network=regtest --lightning-dir={self.dir}"
 
@@ -125,6 +132,7 @@ def main() -> None:
         address = lsp.cli("newaddr")["bech32"]
         bitcoind.wallet.call("sendtoaddress", address, 1)
         bitcoind.mine(6)
+        lsp.wait_for_funds()  # lightningd polls bitcoind: a factory-create now would find nothing
         ids = []
         for node in nodes[1:]:
             info = node.cli("getinfo")

@@ -20,23 +20,27 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from . import musig2, wire
+
+# What a client checks before it signs lives in its own module; re-exported here for callers.
+from .client_checks import (
+    ClientPolicy as ClientPolicy,
+    ClientTerms as ClientTerms,
+    check_agreed as check_agreed,
+    check_header as check_header,
+    check_path as check_path,
+)
 from .errors import (
+    AlreadySigned,
     CeremonyError,
-    InvalidParameter,
     InvalidPartialSignature,
     MuSigError,
     UnsafeToSign,
     WireError,
 )
-from .taproot import DUST_P2TR, P2A_SCRIPT
 from .tree import (
     Factory,
     FactoryKeys,
-    NodeKind,
     UnsignedNodeTx,
-    build_node_tx,
-    fee_for,
-    keypath_tx_vsize,
 )
 from .tx import Tx
 
@@ -131,143 +135,6 @@ def sign_in_process(
     return out
 
 
-# --- the client's checks ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ClientTerms:
-    """What this client agreed to when it accepted the LSP's proposal."""
-
-    lsp_pubkey: bytes
-    timeout_height: int
-    # None: any P2WSH script. A Core Lightning fundee cannot learn its channel's funding script
-    # (no funding pubkeys are exposed to plugins); it checks the amount and the output position.
-    channel_script: bytes | None
-    channel_sat: int
-
-
-@dataclass(frozen=True)
-class ClientPolicy:
-    """The client's own limits; anything outside them is refused."""
-
-    max_ewt: int = 2016
-    max_fee_rate_kvb: int = 50_000
-    max_clients: int = 4096
-
-
-def check_header(
-    header: wire.FactoryHeader, my_pubkey: bytes, terms: ClientTerms, policy: ClientPolicy
-) -> FactoryKeys:
-    """Refuse a factory whose terms differ from what we accepted or exceed our policy."""
-    if header.lsp_pubkey != terms.lsp_pubkey:
-        raise UnsafeToSign("the factory's LSP key is not the one we accepted")
-    if header.timeout_height != terms.timeout_height:
-        raise UnsafeToSign(
-            f"timeout {header.timeout_height} differs from the agreed {terms.timeout_height}"
-        )
-    if header.client_pubkeys[header.client_index] != my_pubkey:
-        raise UnsafeToSign(f"slot {header.client_index} does not hold our key")
-    if len(header.client_pubkeys) > policy.max_clients:
-        raise UnsafeToSign(f"{len(header.client_pubkeys)} clients exceed our limit")
-    if header.params.fee_rate_kvb > policy.max_fee_rate_kvb:
-        raise UnsafeToSign(f"fee rate {header.params.fee_rate_kvb} sat/kvB exceeds our limit")
-    keys = FactoryKeys(
-        header.params, header.lsp_pubkey, header.client_pubkeys, header.timeout_height
-    )
-    try:
-        keys.validate()
-    except InvalidParameter as e:
-        raise UnsafeToSign(f"invalid factory: {e}") from e
-    if keys.topology.ewt > policy.max_ewt:
-        raise UnsafeToSign(
-            f"early warning time {keys.topology.ewt} exceeds our limit {policy.max_ewt}"
-        )
-    return keys
-
-
-def check_path(
-    keys: FactoryKeys,
-    header: wire.FactoryHeader,
-    templates: Sequence[wire.NodeTemplate],
-    terms: ClientTerms,
-) -> list[UnsignedNodeTx]:
-    """Rebuild our root-to-leaf path from the templates, refusing anything unsafe for us.
-
-    Checks: the path is exactly ours and complete; every tx spends the previous one's output towards
-    us (the root spends the agreed funding output); our branch outputs are the MuSig2 aggregates that
-    include our key, with the agreed timeout; every nSequence is the DW delay of its state; fees are
-    exactly the agreed rate; the leaf pays our channel script and amount, and the stock output is
-    the leaf's aggregate with L's CSV leaf.
-    """
-    topo = keys.topology
-    params = keys.params
-    me = header.client_index
-    path = topo.client_path(me)
-    if [t.node for t in templates] != path:
-        raise UnsafeToSign(
-            f"templates cover nodes {[t.node for t in templates]}, our path is {path}"
-        )
-    prevout = (header.funding_txid, header.funding_vout)
-    spent_amount, spent_script = header.funding_amount, keys.funding_output.script_pubkey
-    out: list[UnsignedNodeTx] = []
-    for i, t in enumerate(templates):
-        node = topo.nodes[t.node]
-        where = f"node {t.node}"
-        try:
-            expected_seq = keys.nsequence(t.node, t.state)
-        except InvalidParameter as e:
-            raise UnsafeToSign(f"{where}: {e}") from e
-        if t.nsequence != expected_seq:
-            raise UnsafeToSign(f"{where}: nSequence {t.nsequence:#x}, expected {expected_seq:#x}")
-        n_expected = (
-            (node.hi - node.lo) + 2 if node.kind is NodeKind.LEAF else len(node.children) + 1
-        )
-        if len(t.outputs) != n_expected:
-            raise UnsafeToSign(f"{where}: {len(t.outputs)} outputs, expected {n_expected}")
-        if t.outputs[-1] != (params.anchor_sat, P2A_SCRIPT):
-            raise UnsafeToSign(
-                f"{where}: last output is not the {params.anchor_sat}-sat P2A anchor"
-            )
-        if node.kind is NodeKind.LEAF:
-            mine = me - node.lo
-            amount, script = t.outputs[mine]
-            script_ok = (
-                script == terms.channel_script
-                if terms.channel_script is not None
-                else len(script) == 34 and script[:2] == b"\x00\x20"
-            )
-            if amount != terms.channel_sat or not script_ok:
-                raise UnsafeToSign(
-                    f"{where}: our channel output pays {amount} sat to {script.hex()}, not the"
-                    f" agreed {terms.channel_sat} sat to our channel's script"
-                )
-            stock = keys.stock_output(node.lo, node.hi).script_pubkey
-            if t.outputs[-2] != (params.stock_sat, stock):
-                raise UnsafeToSign(f"{where}: liquidity stock output is not the agreed one")
-            towards_me = mine
-        else:
-            child = path[i + 1]
-            towards_me = topo.nodes[child].parent_vout
-            if t.outputs[towards_me][1] != keys.branch_output_for(child).script_pubkey:
-                raise UnsafeToSign(
-                    f"{where}: output {towards_me} is not our branch's aggregate key"
-                )
-        for v, (amount, _) in enumerate(t.outputs[:-1]):
-            if amount < DUST_P2TR:
-                raise UnsafeToSign(f"{where}: output {v} of {amount} sat is dust")
-        vsize = keypath_tx_vsize([s for _, s in t.outputs])
-        fee = spent_amount - sum(a for a, _ in t.outputs)
-        if fee != fee_for(vsize, params.fee_rate_kvb):
-            raise UnsafeToSign(f"{where}: fee {fee} sat does not match the agreed fee rate")
-        utx = UnsignedNodeTx(
-            t.node, build_node_tx(prevout, t.nsequence, t.outputs), spent_amount, spent_script
-        )
-        out.append(utx)
-        prevout = (utx.txid, towards_me)
-        spent_amount, spent_script = t.outputs[towards_me]
-    return out
-
-
 # --- the client (signer) ----------------------------------------------------------------------
 
 
@@ -281,7 +148,12 @@ class SignerState(Enum):
 
 @dataclass
 class Signer:
-    """A client in the ceremony. Holds its secret key; sees only what it is sent."""
+    """A client in the ceremony. Holds its secret key; sees only what it is sent.
+
+    A client signs a factory exactly once, at creation. Once it holds a signed path (DONE), nothing
+    the LSP sends changes it: a new SIGN_REQUEST is refused (`AlreadySigned`), an ABORT or any
+    malformed message leaves the path and the DONE state as they are. A later DW state is signed
+    only through a flow the client starts itself (`agree_update`), never on the LSP's word."""
 
     seckey: bytes
     terms: ClientTerms
@@ -295,6 +167,8 @@ class Signer:
     _pending: dict[int, UnsignedNodeTx] = field(default_factory=dict)
     _path: list[UnsignedNodeTx] = field(default_factory=list)
     _pending_states: dict[int, int] = field(default_factory=dict)
+    _update_terms: ClientTerms | None = None  # set by agree_update, consumed by one SIGN_REQUEST
+    _pending_terms: ClientTerms | None = None
     _nonces: dict[int, tuple[musig2.SecretNonce, bytes]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -306,6 +180,8 @@ class Signer:
 
     @property
     def header(self) -> wire.FactoryHeader | None:
+        """The header of the factory we signed: exactly our agreed terms (`check_agreed`), and
+        what exits, status and the EWT must be rebuilt from (`FactoryHeader.factory_keys`)."""
         return self._header
 
     @property
@@ -337,6 +213,16 @@ class Signer:
         """Drop the ceremony in flight and its secret nonces (abort, restart)."""
         self._fail()
 
+    def agree_update(self, terms: ClientTerms) -> None:
+        """The client itself agreed to one DW update of its signed factory (never the LSP alone):
+        the next SIGN_REQUEST may re-sign the changed nodes of our path, checked against `terms`,
+        which must name our channel's exact script."""
+        if self.state is not SignerState.DONE or not self.signed_path:
+            raise CeremonyError(f"an update needs a signed factory, we are {self.state.value}")
+        if terms.channel_script is None:
+            raise UnsafeToSign("an update must check our channel's exact script: it is unknown")
+        self._update_terms = terms
+
     def receive(self, data: bytes) -> bytes | None:
         """Handle one message from the LSP; returns our reply, if any. Raises on anything unsafe
         (and then forgets the ceremony's nonces: a restart needs fresh ones)."""
@@ -361,27 +247,37 @@ class Signer:
             raise
 
     def _fail(self) -> None:
+        """Forget what is in flight. A signed path stays, and with it the DONE state."""
         self._nonces.clear()
         self._pending.clear()
-        self.state = SignerState.FAILED
+        self._pending_terms = None
+        self.state = SignerState.DONE if self.signed_path else SignerState.FAILED
 
     def _on_sign_request(self, msg: wire.SignRequest) -> bytes:
         if self.state in (SignerState.NONCES_SENT, SignerState.PSIGS_SENT):
             raise CeremonyError("a new ceremony started before the previous one ended")
-        keys = check_header(msg.header, self.pubkey, self.terms, self.policy)
-        if self._header is not None and (
-            (msg.header.funding_txid, msg.header.funding_vout)
-            != (self._header.funding_txid, self._header.funding_vout)
-            or msg.header.client_pubkeys != self._header.client_pubkeys
-            or msg.header.params != self._header.params
-        ):
+        update, self._update_terms = self._update_terms, None  # one request per agreement
+        if self.signed_path and update is None:
+            raise AlreadySigned(
+                "we already signed this factory: a client signs once, and a later state only in"
+                " an update it agreed to"
+            )
+        terms = update or self.terms
+        if self.policy.require_channel_script and terms.channel_script is None:
+            raise UnsafeToSign("our channel script is unknown and our policy requires it")
+        keys = check_header(msg.header, self.pubkey, terms, self.policy)
+        if self._header is not None and msg.header != self._header:
             raise UnsafeToSign("the factory changed under an existing signed path")
-        path = check_path(keys, msg.header, msg.templates, self.terms)
-        to_sign = self._changed_nodes(path, {t.node: t.state for t in msg.templates})
+        path = check_path(keys, msg.header, msg.templates, terms, self.policy.exact_siblings)
+        states = {t.node: t.state for t in msg.templates}
+        to_sign = (
+            self._changed_nodes(keys, path, states) if self.signed_path else {u.node for u in path}
+        )
         self._keys, self._header, self._session = keys, msg.header, msg.session
         self._path = path
         self._pending = {u.node: u for u in path if u.node in to_sign}
-        self._pending_states = {t.node: t.state for t in msg.templates}
+        self._pending_states = states
+        self._pending_terms = terms
         self._nonces = {
             n: musig2.nonce_gen(
                 self.pubkey, seckey=self.seckey, keyagg=keys.signing_keyagg(n), msg=u.sighash
@@ -392,16 +288,23 @@ class Signer:
         values = tuple((n, pub) for n, (_, pub) in self._nonces.items())
         return wire.NodeValues(wire.MsgType.NONCES, msg.session, values).encode()
 
-    def _changed_nodes(self, path: list[UnsignedNodeTx], states: dict[int, int]) -> set[int]:
-        """Nodes to sign. On a DW update, the first changed tx must be a newer state of a state node
-        (smaller delay), so that it always confirms before the superseded one."""
-        if not self.signed_path:
-            return {u.node for u in path}
+    def _changed_nodes(
+        self, keys: FactoryKeys, path: list[UnsignedNodeTx], states: dict[int, int]
+    ) -> set[int]:
+        """Nodes to sign in an agreed update. The first changed tx must be a state node (a leaf or
+        an interior state) in a newer state, i.e. with a smaller delay, so that it always confirms
+        before the superseded one; a changed kickoff or split would race its old version."""
         old = {s.node: s for s in self.signed_path}
         changed = [u.node for u in path if old[u.node].txid != u.txid]
         if not changed:
             raise UnsafeToSign("nothing changed: refusing to sign the same path again")
         first = changed[0]
+        kind = keys.topology.nodes[first].kind
+        if not kind.is_state:
+            raise UnsafeToSign(
+                f"node {first} is a {kind.value}, not a state node: an update must start at a"
+                " newer DW state"
+            )
         if states[first] <= self.states[first]:
             raise UnsafeToSign(
                 f"node {first}: state {states[first]} is not newer than {self.states[first]}"
@@ -422,7 +325,7 @@ class Signer:
         return wire.NodeValues(wire.MsgType.PARTIAL_SIGS, self._session, tuple(psigs)).encode()
 
     def _on_signatures(self, msg: wire.NodeValues) -> None:
-        assert self._keys is not None
+        assert self._keys is not None and self._pending_terms is not None
         sigs = dict(msg.values)
         if set(sigs) != set(self._pending):
             raise CeremonyError("signatures do not cover exactly the nodes we signed")
@@ -438,7 +341,9 @@ class Signer:
                 new_path.append(old[utx.node])
         self.signed_path = new_path
         self.states = dict(self._pending_states)
+        self.terms = self._pending_terms
         self._pending.clear()
+        self._pending_terms = None
         self.state = SignerState.DONE
 
 

@@ -60,6 +60,10 @@ class UnsafeToSign(CeremonyError):
     rpc_code = 1402
 
 
+class AlreadySigned(UnsafeToSign):
+    """A client that signed a factory refused a later request for it; its signed path stands."""
+
+
 class WireError(SuperscalarError):
     """A peer message could not be parsed."""
 
@@ -70,6 +74,15 @@ class StoreError(SuperscalarError):
     """A stored record is missing, of an unknown version, or malformed."""
 
     rpc_code = 1404
+
+
+class InvalidRecord(StoreError):
+    """A stored record parses but is wrong in content; `field` names what is wrong, so the plugin
+    can quarantine this record and serve the rest."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        self.field = field
+        super().__init__(f"record field {field!r}: {detail}")
 
 
 class ChainError(SuperscalarError):

@@ -9,7 +9,7 @@ machine serves a client exiting alone with only its stored path, and the LSP.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .ceremony import SignedNodeTx
 from .taproot import P2A_SCRIPT
@@ -54,6 +54,13 @@ class ChainView:
     fee_rate_kvb: int  # what a package needs now to confirm soon
     first_seen: Mapping[str, int]  # txid -> tip height when we first broadcast it
     bumped: frozenset[str] = frozenset()  # txids we already sent a CPFP child for
+    # txid -> package fee rate (sat/kvB) our latest child for it aimed at
+    bump_rates: Mapping[str, int] = field(default_factory=dict)
+
+
+# A bumped tx is bumped again (its child replaced) once the fee market is this much above the rate
+# the last child aimed at: high enough that a replacement pays for itself, low enough to follow.
+REBUMP_RISE_PERCENT = 25
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,19 @@ class Bump:
         return max(
             0, fee_for(self.parent_vsize + child_vsize, self.target_rate_kvb) - self.parent_fee
         )
+
+
+def _needs_bump(tx: PathTx, view: ChainView, bump_after: int) -> bool:
+    """Stuck in the mempool below the market: bump it (first child), or the market rose well
+    above what our last child aimed at: bump again (the new child replaces the old one on the
+    anchor, paying more)."""
+    if tx.txid in view.bumped:
+        last = view.bump_rates.get(tx.txid, view.fee_rate_kvb)  # unknown: as now
+        return view.fee_rate_kvb * 100 >= last * (100 + REBUMP_RISE_PERCENT)
+    return (
+        view.height - view.first_seen.get(tx.txid, view.height) >= bump_after
+        and tx.fee * 1000 < tx.vsize * view.fee_rate_kvb
+    )
 
 
 @dataclass(frozen=True)
@@ -118,11 +138,7 @@ def exit_step(
             break
         if tx.txid not in view.in_mempool:
             actions.append(Broadcast(tx.txid, tx.raw))  # first time, or dropped: rebroadcast
-        elif (
-            tx.txid not in view.bumped  # a second child would conflict on the anchor
-            and view.height - view.first_seen.get(tx.txid, view.height) >= bump_after
-            and tx.fee * 1000 < tx.vsize * view.fee_rate_kvb
-        ):
+        elif _needs_bump(tx, view, bump_after):
             actions.append(
                 Bump(
                     tx.txid,

@@ -129,6 +129,7 @@ def decode(data: bytes) -> Payload:
         ewt = r.u16()
         if not index < n:
             raise WireError(f"slot {index} is not below the client count {n}")
+        wire.check_shape_on_wire(n, params)  # before anyone builds anything from it
         out = Propose(instance, index, n, params, timeout, lsp, channel_sat, ewt)
     elif kind is PayloadType.ACCEPT:
         out = Accept(instance, r.take(33))

@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .errors import InvalidParameter, StoreError
-from .tree import FactoryParams
+from . import wire
+from .errors import InvalidParameter, InvalidRecord, StoreError, SuperscalarError
+from .taproot import DUST_P2WSH
+from .tree import MAX_CLIENTS, FactoryParams, Topology, check_shape
+from .tx import Tx
 
 RECORD_VERSION = 1
 
@@ -67,6 +70,10 @@ class ExitState:
     broadcast: tuple[tuple[str, int], ...] = ()  # (txid, tip height at first broadcast)
     bumped: tuple[str, ...] = ()
     closed: tuple[str, ...] = ()  # channel ids handed to lightningd's `close`
+    # Per bumped txid, our latest CPFP child: the package rate it aimed at (sat/kvB) and its fee
+    # (sat); a later child replaces it, so the exit's cost is the sum of the latest fees.
+    bump_rates: tuple[tuple[str, int], ...] = ()
+    bump_fees: tuple[tuple[str, int], ...] = ()
     done: bool = False
 
 
@@ -116,8 +123,29 @@ class ClientRecord:
     def replace(self, **changes: Any) -> ClientRecord:
         return dataclasses.replace(self, **changes)
 
+    def signed_header(self) -> wire.FactoryHeader | None:
+        """The header of the factory this client signed (None before signing): the one source
+        of truth for its shape, keys and timeout; `header.factory_keys()` rebuilds the factory.
+        `from_json` has checked that it agrees with this record's fields."""
+        return (
+            None
+            if self.header is None
+            else wire.FactoryHeader.from_bytes(bytes.fromhex(self.header))
+        )
+
 
 Record = LspRecord | ClientRecord
+
+
+def topology_of(record: Record) -> Topology:
+    """The factory's shape as signed: a signed client's from its header (the one source of truth),
+    anyone else's from the record. Exits, status and the EWT should be rebuilt from this."""
+    if isinstance(record, ClientRecord):
+        header = record.signed_header()
+        if header is not None:
+            return Topology.build(len(header.client_pubkeys), header.params)
+        return Topology.build(record.n_clients, record.params)
+    return Topology.build(len(record.clients), record.params)
 
 
 def to_json(record: Record) -> dict[str, Any]:
@@ -210,6 +238,9 @@ def _exit(d: dict[str, Any]) -> ExitState | None:
         bumped=tuple(strings[0]),
         closed=tuple(strings[1]),
         done=bool(_get(e, "done", bool)),
+        # absent from records written before bumps were repeated
+        bump_rates=_pairs(e, "bump_rates", int) if "bump_rates" in e else (),
+        bump_fees=_pairs(e, "bump_fees", int) if "bump_fees" in e else (),
     )
 
 
@@ -235,6 +266,14 @@ def _params(d: dict[str, Any]) -> FactoryParams:
 
 
 def from_json(data: Any) -> Record:
+    """A record from its JSON, checked in form (types, hex, versions) and in content
+    (`validate`): anything wrong raises `StoreError`, `InvalidRecord` naming the field."""
+    record = _from_json(data)
+    validate(record)
+    return record
+
+
+def _from_json(data: Any) -> Record:
     if not isinstance(data, dict):
         raise StoreError("record must be a JSON object")
     version = data.get("version")
@@ -306,3 +345,134 @@ def _client_record(data: dict[str, Any]) -> ClientRecord:
         confirmed=_pairs(data, "confirmed", int),
         exit=_exit(data),
     )
+
+
+# --- content: a record that parses must also make sense ------------------------------------------
+
+
+def _expect(ok: bool, field_name: str, detail: str) -> None:
+    if not ok:
+        raise InvalidRecord(field_name, detail)
+
+
+def validate(record: Record) -> None:
+    """Refuse a record whose content is wrong (n_clients=0, an index out of range, a raw tx that is
+    not one, a header that disagrees with the record, ...), naming the field; the shape's cost is
+    bounded before anything is built from it (`tree.check_shape`)."""
+    if isinstance(record, ClientRecord):
+        _validate_client(record)
+    else:
+        _validate_lsp(record)
+
+
+def _validate_shape(n_field: str, n: int, params: FactoryParams) -> Topology:
+    _expect(1 <= n <= MAX_CLIENTS, n_field, f"{n} is not 1..{MAX_CLIENTS}")
+    try:
+        check_shape(n, params)
+        return Topology.build(n, params)
+    except InvalidParameter as e:
+        raise InvalidRecord("params", str(e)) from e
+
+
+def _validate_common(
+    timeout_height: int, exit: ExitState | None, confirmed: tuple[tuple[str, int], ...], n: int
+) -> None:
+    _expect(0 < timeout_height < 500_000_000, "timeout_height", f"{timeout_height} is not a height")
+    _expect(all(h >= 0 for _, h in confirmed), "confirmed", "a negative block height")
+    if exit is not None:
+        _expect(all(0 <= c < n for c in exit.clients), "exit.clients", f"not all in 0..{n - 1}")
+        _expect(exit.started_height >= 0, "exit.started_height", "negative")
+
+
+def _validate_channel_sat(field_name: str, sat: int) -> None:
+    _expect(
+        DUST_P2WSH <= sat <= 21_000_000 * 100_000_000,
+        field_name,
+        f"{sat} sat is not a channel amount (dust is {DUST_P2WSH})",
+    )
+
+
+def _validate_entries(name: str, entries: tuple[PathEntry, ...], topo: Topology) -> None:
+    for i, e in enumerate(entries):
+        where = f"{name}[{i}]"
+        _expect(0 <= e.node < len(topo.nodes), f"{where}.node", f"no node {e.node} in the tree")
+        _expect(
+            0 <= e.state < topo.params.states_per_layer,
+            f"{where}.state",
+            f"{e.state} is not a DW state 0..{topo.params.states_per_layer - 1}",
+        )
+        _expect(e.spent_amount >= 0, f"{where}.spent_amount", "negative")
+        try:
+            tx = Tx.deserialize(bytes.fromhex(e.raw))
+        except SuperscalarError as err:
+            raise InvalidRecord(f"{where}.raw", f"not a transaction: {err}") from err
+        _expect(
+            len(tx.inputs) == 1 and len(tx.witnesses) == 1 and len(tx.witnesses[0]) == 1,
+            f"{where}.raw",
+            "not a signed one-input tree transaction",
+        )
+
+
+def _validate_client(r: ClientRecord) -> None:
+    topo = _validate_shape("n_clients", r.n_clients, r.params)
+    _expect(
+        0 <= r.client_index < r.n_clients,
+        "client_index",
+        f"{r.client_index} not below {r.n_clients}",
+    )
+    _validate_channel_sat("channel_sat", r.channel_sat)
+    _validate_common(r.timeout_height, r.exit, r.confirmed, r.n_clients)
+    if r.header is not None:
+        try:
+            header = wire.FactoryHeader.from_bytes(bytes.fromhex(r.header))
+        except SuperscalarError as e:
+            raise InvalidRecord("header", f"not a factory header: {e}") from e
+        # The signed header is the truth; the record's own fields must say the same.
+        agreed: tuple[tuple[str, object, object], ...] = (
+            ("n_clients", len(header.client_pubkeys), r.n_clients),
+            ("client_index", header.client_index, r.client_index),
+            ("params", header.params, r.params),
+            ("timeout_height", header.timeout_height, r.timeout_height),
+            ("lsp_pubkey", header.lsp_pubkey.hex(), r.lsp_pubkey),
+            ("pubkey", header.client_pubkeys[header.client_index].hex(), r.pubkey),
+        )
+        for name, signed, ours in agreed:
+            _expect(signed == ours, name, f"{ours} differs from the signed header's {signed}")
+        if r.funding_txid is not None:
+            _expect(
+                r.funding_txid == header.funding_txid,
+                "funding_txid",
+                f"differs from the signed header's {header.funding_txid}",
+            )
+    _expect(
+        r.early_warning_time == topo.ewt,
+        "early_warning_time",
+        f"{r.early_warning_time} is not the shape's {topo.ewt}",
+    )
+    _validate_entries("path", r.path, topo)
+    if r.path:
+        nodes = [e.node for e in r.path]
+        expected = topo.client_path(r.client_index)
+        _expect(nodes == expected, "path", f"covers nodes {nodes}, our path is {expected}")
+    if r.state in (ClientState.READY, ClientState.FUNDED):
+        _expect(r.header is not None, "header", f"missing in a {r.state.value} record")
+        _expect(bool(r.path), "path", f"missing in a {r.state.value} record")
+
+
+def _validate_lsp(r: LspRecord) -> None:
+    topo = _validate_shape("clients", len(r.clients), r.params)
+    for i, c in enumerate(r.clients):
+        _validate_channel_sat(f"clients[{i}].channel_sat", c.channel_sat)
+        if c.channel_script is not None:
+            _expect(
+                1 <= len(c.channel_script) // 2 <= 80,
+                f"clients[{i}].channel_script",
+                "must be 1..80 bytes",
+            )
+    _validate_common(r.timeout_height, r.exit, r.confirmed, len(r.clients))
+    _expect(r.created_height >= 0, "created_height", f"{r.created_height} is negative")
+    if r.funding_vout is not None:
+        _expect(0 <= r.funding_vout < 2**32, "funding_vout", f"{r.funding_vout} is not a vout")
+    if r.funding_amount is not None:
+        _expect(r.funding_amount > 0, "funding_amount", f"{r.funding_amount} is not positive")
+    _validate_entries("tree", r.tree, topo)

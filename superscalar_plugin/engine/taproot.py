@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from . import bip340, keyagg
-from . import tx as txmod
+from . import bip340, keyagg, tx as txmod
 from .errors import InvalidParameter, MuSigError
 from .tx import compact_size, tagged_hash
 

@@ -26,9 +26,19 @@ from functools import cached_property
 
 from . import musig2
 from .errors import InvalidAmount, InvalidParameter, InvalidShape
+
+# The shape is part of the tree's API: re-exported.
+from .shape import (
+    MAX_CLIENTS as MAX_CLIENTS,
+    MAX_EWT_BLOCKS as MAX_EWT_BLOCKS,
+    MAX_KEYAGG_KEYS as MAX_KEYAGG_KEYS,
+    MAX_TREE_NODES as MAX_TREE_NODES,
+    FactoryParams as FactoryParams,
+    ShapeCost as ShapeCost,
+    check_shape as check_shape,
+    shape_cost as shape_cost,
+)
 from .taproot import (
-    ANCHOR_SAT,
-    DUST_P2TR,
     DUST_P2WSH,
     P2A_SCRIPT,
     TapLeaf,
@@ -42,8 +52,6 @@ from .tx import Tx, TxIn, TxOut
 TX_VERSION = 2
 # No relative lock (bit 31 set), still signals replaceability.
 SEQUENCE_NO_RELATIVE_LOCK = 0xFFFFFFFD
-MAX_EWT_BLOCKS = 2016  # what most payers accept as a final CLTV; bLIP-56's ceiling in practice
-MAX_CLIENTS = 4096
 
 
 class NodeKind(StrEnum):
@@ -62,63 +70,6 @@ class OutputKind(StrEnum):
     CHANNEL = "channel"  # the channel's own funding script (opaque: CLN's P2WSH 2-of-2)
     STOCK = "stock"  # LSP liquidity stock: leaf clients & L, or L after a delay
     ANCHOR = "anchor"  # 240-sat P2A
-
-
-@dataclass(frozen=True)
-class FactoryParams:
-    """The shape and economics of a factory. Every field is validated by `validate()`."""
-
-    clients_per_leaf: int = 2
-    arity: tuple[int, ...] = (2,)  # interior arity per level, from the leaves up; last repeats
-    kickoff_only_top: int = 0  # top interior levels without DW states
-    states_per_layer: int = 4  # K
-    step_blocks: int = 36  # S: state i waits S*(K-1-i) blocks
-    fee_rate_kvb: int = 2000  # sat per 1000 vB paid by every off-chain tx, from the LSP's share
-    anchor_sat: int = ANCHOR_SAT
-    stock_sat: int = 100_000  # LSP liquidity stock per leaf
-    stock_delay: int = 144  # blocks after which L alone may take a leaf's stock
-    ewt_margin: int = 36  # blocks added to the DW delays for confirmation slack
-    max_ewt: int = MAX_EWT_BLOCKS
-
-    def validate(self) -> None:
-        if not 1 <= self.clients_per_leaf <= 16:
-            raise InvalidShape(f"clients_per_leaf must be 1..16, got {self.clients_per_leaf}")
-        if not self.arity or any(not 1 <= a <= 64 for a in self.arity):
-            raise InvalidShape(f"arity must be a list of integers 1..64, got {list(self.arity)}")
-        if self.arity[-1] < 2:
-            raise InvalidShape(
-                "the last (repeating) arity must be at least 2, or the tree never closes"
-            )
-        if self.kickoff_only_top < 0:
-            raise InvalidShape("kickoff_only_top cannot be negative")
-        if not 1 <= self.states_per_layer <= 64:
-            raise InvalidShape(f"states_per_layer must be 1..64, got {self.states_per_layer}")
-        if not 1 <= self.step_blocks <= 1008:
-            raise InvalidShape(f"step_blocks must be 1..1008, got {self.step_blocks}")
-        if self.step_blocks * (self.states_per_layer - 1) >= 0xFFFF:
-            raise InvalidShape("states_per_layer * step_blocks exceeds nSequence's 16-bit range")
-        if not 1000 <= self.fee_rate_kvb <= 10_000_000:
-            raise InvalidAmount(
-                f"fee rate must be 1..10000 sat/vB, got {self.fee_rate_kvb / 1000:g} sat/vB"
-            )
-        if self.anchor_sat < ANCHOR_SAT:
-            raise InvalidAmount(f"anchor_sat must be at least {ANCHOR_SAT} (P2A dust)")
-        if self.stock_sat < DUST_P2TR:
-            raise InvalidAmount(f"stock_sat {self.stock_sat} is below dust ({DUST_P2TR})")
-        if not 1 <= self.stock_delay < 0xFFFF:
-            raise InvalidShape(f"stock_delay must be 1..65534, got {self.stock_delay}")
-        if self.ewt_margin < 0:
-            raise InvalidShape("ewt_margin cannot be negative")
-
-    def state_delay(self, state_index: int) -> int:
-        """Relative delay of DW state `state_index` (0 = first, largest delay)."""
-        if not 0 <= state_index < self.states_per_layer:
-            raise InvalidParameter(f"state index {state_index} out of range")
-        return self.step_blocks * (self.states_per_layer - 1 - state_index)
-
-    @property
-    def max_state_delay(self) -> int:
-        return self.state_delay(0)
 
 
 @dataclass(frozen=True)
@@ -143,9 +94,7 @@ class Topology:
 
     @staticmethod
     def build(n_clients: int, params: FactoryParams) -> Topology:
-        params.validate()
-        if not 1 <= n_clients <= MAX_CLIENTS:
-            raise InvalidShape(f"a factory needs 1..{MAX_CLIENTS} clients, got {n_clients}")
+        check_shape(n_clients, params)
         # Bottom-up grouping: each group is (kind, [child groups], lo, hi).
         groups: list[_Group] = [
             _Group(NodeKind.LEAF, [], lo, min(lo + params.clients_per_leaf, n_clients))
@@ -351,9 +300,14 @@ class FactoryKeys:
             if len(pk) != 33 or pk[0] not in (2, 3):
                 who = "lsp" if i == len(self.client_pubkeys) else f"client {i}"
                 raise InvalidParameter(f"{who}: pubkey must be 33-byte compressed")
-        keys = (*self.client_pubkeys, self.lsp_pubkey)
-        if len(set(keys)) != len(keys):
-            raise InvalidParameter("every participant needs a distinct key")
+        seen: dict[bytes, str] = {self.lsp_pubkey: "the LSP"}
+        for i, pk in enumerate(self.client_pubkeys):
+            if pk in seen:  # name the client: it is the one to blame and to drop
+                raise InvalidParameter(
+                    f"client {i}: its key is also {seen[pk]}'s (every participant needs a"
+                    " distinct key)"
+                )
+            seen[pk] = f"client {i}"
         if not 0 < self.timeout_height < 500_000_000:
             raise InvalidParameter(f"timeout_height {self.timeout_height} is not a block height")
         if self.topology.ewt > self.params.max_ewt:

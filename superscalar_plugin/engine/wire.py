@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from .errors import InvalidParameter, WireError
-from .tree import FactoryParams
+from .tree import MAX_CLIENTS, FactoryKeys, FactoryParams, check_shape
 
 WIRE_VERSION = 1
 MAX_NODES_PER_MESSAGE = 4096
 MAX_OUTPUTS = 256
-MAX_CLIENTS_ON_WIRE = 4096
+MAX_CLIENTS_ON_WIRE = MAX_CLIENTS
 
 
 class MsgType(IntEnum):
@@ -119,6 +119,14 @@ def decode_params(r: Reader) -> FactoryParams:
     return p
 
 
+def check_shape_on_wire(n_clients: int, params: FactoryParams) -> None:
+    """What a received shape would cost, bounded before anything is built (`tree.check_shape`)."""
+    try:
+        check_shape(n_clients, params)
+    except InvalidParameter as e:
+        raise WireError(f"refused factory shape: {e}") from e
+
+
 @dataclass(frozen=True)
 class FactoryHeader:
     params: FactoryParams
@@ -129,6 +137,18 @@ class FactoryHeader:
     funding_txid: str
     funding_vout: int
     funding_amount: int
+
+    def factory_keys(self) -> FactoryKeys:
+        """The factory this header describes: its shape, keys and timeout (not yet validated)."""
+        return FactoryKeys(self.params, self.lsp_pubkey, self.client_pubkeys, self.timeout_height)
+
+    @staticmethod
+    def from_bytes(data: bytes) -> FactoryHeader:
+        """A header on its own (as the client stores it), parsed strictly."""
+        r = Reader(data)
+        header = FactoryHeader.decode(r)
+        r.end()
+        return header
 
     def encode(self) -> bytes:
         return b"".join(
@@ -157,6 +177,7 @@ class FactoryHeader:
         n = r.u16()
         if not 1 <= n <= MAX_CLIENTS_ON_WIRE:
             raise WireError(f"client count {n} out of range")
+        check_shape_on_wire(n, params)
         keys = tuple(r.take(33) for _ in range(n))
         index = r.u16()
         if index >= n:

@@ -56,6 +56,8 @@ def refusal(peer: str, p: protocol.Propose, cfg: Config, height: int) -> str | N
         return f"EWT {topo.ewt} exceeds our limit {cfg.max_ewt}"
     if p.params.fee_rate_kvb > cfg.max_fee_rate_kvb:
         return f"fee rate {p.params.fee_rate_kvb} sat/kvB exceeds our limit"
+    if p.params.fee_rate_kvb < cfg.min_fee_rate_kvb:  # superscalar-min-feerate
+        return f"fee rate {p.params.fee_rate_kvb} sat/kvB is below our floor of {cfg.min_fee_rate_kvb} sat/kvB"
     if p.timeout_height <= height + 2 * topo.ewt:
         return f"timeout {p.timeout_height} leaves no time before the EWT"
     if p.channel_sat < MIN_CHANNEL_SAT:
@@ -174,7 +176,7 @@ class ClientRole:
         )
         signer = Signer(
             seckey,
-            ClientTerms(p.lsp_pubkey, p.timeout_height, None, p.channel_sat),
+            ClientTerms.from_propose(p),
             ClientPolicy(max_ewt=cfg.max_ewt, max_fee_rate_kvb=cfg.max_fee_rate_kvb),
         )
         self._sessions[instance] = ClientSession(record, signer, self._deadline())
@@ -183,11 +185,12 @@ class ClientRole:
         self._peers.send(peer, protocol.Accept(p.instance_id, pub))
 
     def _on_ceremony(self, cs: ClientSession, p: protocol.Ceremony) -> None:
+        signed_before = cs.signer.state is SignerState.DONE  # a signer stays DONE for good
         reply = cs.signer.receive(p.message)
         if cs.record.state is store.ClientState.ACCEPTED:
             cs.record = cs.record.replace(state=store.ClientState.SIGNING)
         cs.deadline = self._deadline()
-        if cs.signer.state is SignerState.DONE:
+        if cs.signer.state is SignerState.DONE and not signed_before:
             self._store_path(cs)
             self._peers.send(
                 cs.record.lsp_node_id, protocol.Stored(p.instance_id, cs.signer.session)
@@ -200,7 +203,9 @@ class ClientRole:
             raise CeremonyError("FUNDED before our path was stored")
         if p.txid != cs.record.funding_txid:
             raise CeremonyError(f"FUNDED names {p.txid}, our path spends {cs.record.funding_txid}")
-        cs.record = cs.record.replace(state=store.ClientState.FUNDED)
+        latest = self._records.get(cs.record.instance_id)  # e.g. marked compromised meanwhile
+        assert isinstance(latest, store.ClientRecord)
+        cs.record = latest.replace(state=store.ClientState.FUNDED)
         self._records.persist(cs.record)
         del self._sessions[cs.record.instance_id]  # nothing more to hear from the LSP
         self._guards.refresh()
@@ -225,6 +230,7 @@ class ClientRole:
             funding_txid=header.funding_txid,  # watched on chain from now on
         )
         self._records.persist(cs.record)
+        self._guards.refresh()  # from now on our invoices carry the EWT and HTLCs are checked
 
     def abort(self, instance: str, peer: str, reason: str) -> None:
         """A message of the factory's LSP broke the ceremony: abort and tell the LSP. Anyone

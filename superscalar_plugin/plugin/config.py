@@ -20,6 +20,8 @@ class Config:
     accept_from: frozenset[str] = frozenset()  # LSP node ids we join factories of ("any": all)
     max_ewt: int = 2016
     max_fee_rate_kvb: int = 50_000
+    min_fee_rate_kvb: int = 2_000  # a client's floor: a cheaper tree may be stuck in a fee spike
+    max_exit_fee_sat: int = 50_000  # CPFP budget of one factory's exit
     fee_rate_kvb: int = 2_000
     params: FactoryParams = field(default_factory=FactoryParams)
     lifetime_blocks: int = 4320  # ~30 days until the factory's timeout T

@@ -7,7 +7,8 @@ worthless and the LSP takes everything at the timeout. A factory that fails the 
 compromised (the record's `error`, shown by factory-status), logged once at warning level, its
 channel takes no more HTLCs (guards) and is closed, so the client stops receiving funds into it.
 
-Owns: nothing. Worker thread (called from `onchain`'s scan with the block it already downloaded).
+Owns: nothing. `on_block` runs on the chain thread (from `onchain`'s scan, with the block it
+already downloaded) and only reads; marking and closing run on the worker.
 May call: `records`, `guards.refresh`, lightningd's `listpeerchannels` and `close`.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Callable
 
 from ..engine import store
 from ..engine.errors import WireError
@@ -93,14 +95,23 @@ def funding_problem(record: store.ClientRecord, outputs: list[TxOut]) -> str | N
 
 
 class FundingCheck:
-    def __init__(self, node: Node, records: Records, guards: Guards) -> None:
+    def __init__(
+        self,
+        node: Node,
+        records: Records,
+        guards: Guards,
+        submit: Callable[[Callable[[], None]], None],
+    ) -> None:
         self._node = node
         self._records = records
         self._guards = guards
+        self._submit = submit
 
-    def on_block(self, raw_block: bytes, txids: list[str]) -> None:
-        """A block was scanned: check the funding of every client factory confirmed in it."""
+    def problems(self, raw_block: bytes, txids: list[str]) -> list[tuple[str, str]]:
+        """(instance, what is wrong) for every client factory whose funding confirmed in this
+        block with an output other than the one signed. Reads only: any thread."""
         position = {t: i for i, t in enumerate(txids)}
+        found = []
         for record in self._records.all():
             if (
                 not isinstance(record, store.ClientRecord)
@@ -119,11 +130,17 @@ class FundingCheck:
             if problem is None:
                 log.info("factory %s: funding output checked", record.instance_id[:16])
             else:
-                self.compromised(record, problem)
+                found.append((record.instance_id, problem))
+        return found
+
+    def on_block(self, raw_block: bytes, txids: list[str]) -> None:
+        """The chain thread scanned a block: what it finds is acted on by the worker."""
+        for instance, problem in self.problems(raw_block, txids):
+            self._submit(lambda i=instance, p=problem: self.compromised(i, p))  # type: ignore[misc]
 
     def recheck(self) -> None:
-        """At start-up: check every live client factory whose funding is already recorded as
-        confirmed (by an older version, or before a crash ended the block's job)."""
+        """At start-up (worker): check every live client factory whose funding is already
+        recorded as confirmed (by an older version, or before a crash ended the block's job)."""
         heights = {
             height
             for r in self._records.all()
@@ -139,15 +156,19 @@ class FundingCheck:
             except Exception as e:  # the block's next scan, if any, checks it
                 log.info("cannot recheck the fundings confirmed at %d: %s", height, e)
                 continue
-            self.on_block(raw, txids)
+            for instance, problem in self.problems(raw, txids):
+                self.compromised(instance, problem)
 
-    def compromised(self, record: store.ClientRecord, problem: str) -> None:
-        """Mark it, say it once, take no more HTLCs on its channel and close the channel."""
+    def compromised(self, instance: str, problem: str) -> None:
+        """Worker: mark it, say it once, take no more HTLCs on its channel, close the channel."""
+        record = self._records.get(instance)
+        if not isinstance(record, store.ClientRecord) or is_compromised(record):
+            return
         self._records.persist(record.replace(error=COMPROMISED + problem))
         log.warning(
             "factory %s is COMPROMISED: %s. Its signed exit cannot spend the funding: the channel"
             " takes no more HTLCs and is being closed; funds already in it are at the LSP's mercy",
-            record.instance_id[:16],
+            instance[:16],
             problem,
         )
         self._guards.refresh()

@@ -8,6 +8,9 @@ Every refusal raises `RpcFailed` with the message the LSP's abort reports.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from ..engine import store
 from ..engine.tree import UnsignedNodeTx
@@ -38,6 +41,29 @@ def reserve_inputs(rpc: Rpc, amount: int, feerate: str) -> str:
     except Exception as e:
         raise RpcFailed(f"cannot fund a factory of {amount} sat from the wallet: {why(e)}") from e
     return str(res["psbt"])
+
+
+T = TypeVar("T")
+PARALLEL_PEERS = 8  # lightningd round trips to different clients in flight at once
+
+
+def per_client(
+    clients: Sequence[store.ClientEntry], call: Callable[[store.ClientEntry], T]
+) -> list[T | RpcFailed]:
+    """`call` for every client, up to PARALLEL_PEERS at once: each is a round trip to a different
+    peer through lightningd, independent of the others (pyln's RPC opens a connection per call).
+    Results in the clients' order; a refusal is returned in its place, not raised."""
+
+    def one(c: store.ClientEntry) -> T | RpcFailed:
+        try:
+            return call(c)
+        except RpcFailed as e:
+            return e
+
+    if len(clients) <= 1:
+        return [one(c) for c in clients]
+    with ThreadPoolExecutor(max_workers=min(PARALLEL_PEERS, len(clients))) as pool:
+        return list(pool.map(one, clients))
 
 
 def start_channel(rpc: Rpc, client: store.ClientEntry) -> str:

@@ -39,6 +39,11 @@ class Guards:
         self._node = node
         self._records = records
         self.by_scid: dict[str, policy.ChannelGuard] = {}  # scid or alias -> rules
+        # The largest EWT of our live factories: invoices carry it as soon as we are in one,
+        # whether or not lightningd lists its channel yet.
+        self.invoice_ewt = 0
+        # Live factory channels lightningd did not list at the last refresh (just opening).
+        self.unmapped = 0
         self.cltv_final = 18
         self.max_locktime = 2016
 
@@ -54,13 +59,15 @@ class Guards:
         """Map every factory channel's scid and alias to its rules (worker, off the hot path)."""
         wanted = _guards_by_channel(self._records.all())
         guards: dict[str, policy.ChannelGuard] = {}
+        mapped = set()
         if wanted:
             for ch in self._node.channels().values():
-                found = wanted.get(ch.get("channel_id", "")) or wanted.get(
-                    ch.get("funding_txid", "")
-                )
-                if found is None:
+                key = ch.get("channel_id", "") if ch.get("channel_id") in wanted else None
+                key = key or (ch.get("funding_txid") if ch.get("funding_txid") in wanted else None)
+                if key is None:
                     continue
+                found = wanted[key]
+                mapped.add(key)
                 for scid in (
                     ch.get("short_channel_id"),
                     ch.get("alias", {}).get("local"),
@@ -69,11 +76,20 @@ class Guards:
                     if scid:
                         guards[scid] = found
         self.by_scid = guards  # one atomic swap; readers never see a half-built map
+        self.invoice_ewt = max((g.early_warning_time for g in wanted.values()), default=0)
+        self.unmapped = len(set(wanted) - mapped)
 
     def htlc_verdict(self, htlc: dict[str, Any], onion: dict[str, Any]) -> dict[str, Any]:
         """The htlc_accepted hook: dictionary lookups and comparisons only, no RPC."""
         guards, height = self.by_scid, self._node.height
         incoming = guards.get(htlc.get("short_channel_id", ""))
+        if incoming is None and self.unmapped:
+            # A factory channel lightningd had not listed yet (it just opened): map it now
+            # rather than let its first HTLCs through unchecked. Safe on this thread: lightningd
+            # calls our rpc_command hook for `invoice` only, so this RPC cannot call back here.
+            self.refresh()
+            guards = self.by_scid
+            incoming = guards.get(htlc.get("short_channel_id", ""))
         outgoing_scid = onion.get("short_channel_id")
         final = outgoing_scid is None and onion.get("next_node_id") is None
         if incoming is not None:
@@ -83,6 +99,9 @@ class Guards:
             if fail is not None:
                 return {"result": "fail", "failure_message": fail.hex()}
         outgoing = guards.get(outgoing_scid) if outgoing_scid else None
+        if outgoing is None and outgoing_scid and self.unmapped:
+            self.refresh()
+            outgoing = self.by_scid.get(outgoing_scid)
         if outgoing is not None and "outgoing_cltv_value" in onion:
             fail = policy.htlc_failure(
                 int(onion["outgoing_cltv_value"]),
@@ -98,10 +117,9 @@ class Guards:
     def invoice_params(self, params: Any) -> Any | None:
         """New params for an `invoice` call on a node with factory channels (cltv raised by the
         largest EWT), or None to leave the call alone."""
-        guards = self.by_scid
-        if not guards:
+        ewt = self.invoice_ewt
+        if not ewt:
             return None
-        ewt = max(g.early_warning_time for g in guards.values())
         named = (
             dict(zip(INVOICE_PARAMS, params, strict=False))
             if isinstance(params, list)

@@ -27,8 +27,7 @@ from ..engine import blip56, dw, musig2, protocol, store
 from ..engine.ceremony import Coordinator, CoordinatorState
 from ..engine.errors import CeremonyError, InvalidParameter
 from ..engine.tree import ClientSlot, Factory, FactoryParams, Topology
-from . import address, funding
-from . import psbt as psbtmod
+from . import address, funding, psbt as psbtmod
 from .guards import Guards
 from .node import Node
 from .peers import Peers
@@ -53,6 +52,14 @@ class LspSession:
     factory: Factory | None = None
     coordinator: Coordinator | None = None
     opened: set[int] = field(default_factory=set)
+    # Where the creation's time goes (seconds per phase), returned with factory-create.
+    timings: dict[str, float] = field(default_factory=dict)
+    last_mark: float = field(default_factory=time.monotonic)
+
+    def mark(self, phase: str) -> None:
+        now = time.monotonic()
+        self.timings[phase] = round(now - self.last_mark, 3)
+        self.last_mark = now
 
 
 def probe_factory(
@@ -160,12 +167,13 @@ class LspRole:
         self, reply: Reply, clients: list[str], channel_sat: list[int], params: FactoryParams
     ) -> None:
         """`factory-create` on the worker: check, reserve the inputs, propose to every client."""
+        started = time.monotonic()
         try:
             record = self._new_record(clients, channel_sat, params)
         except Exception as e:
             fail(reply, e, "factory-create failed")
             return
-        self._propose(LspSession(record, reply, self._deadline()))
+        self._propose(LspSession(record, reply, self._deadline(), last_mark=started))
 
     def _new_record(
         self, clients: list[str], channel_sat: list[int], params: FactoryParams
@@ -302,6 +310,7 @@ class LspRole:
     def _open_channels(self, s: LspSession) -> None:
         """Every client accepted: open its channel, build the tree on the channels' scripts,
         add the funding output and start the signing ceremony."""
+        s.mark("propose_accept")
         s.record = s.record.replace(state=store.LspState.OPENING)
         self._records.persist(s.record)
         try:
@@ -309,6 +318,7 @@ class LspRole:
         except RpcFailed as e:
             self._abort(s, str(e))
             return
+        s.mark("fundchannel_start")
         factory = self._factory_on(s.record, scripts)
         if factory.funding_amount != s.record.funding_amount:
             self._abort(s, "channel scripts changed the funding amount (non-P2WSH channel?)")
@@ -329,12 +339,14 @@ class LspRole:
         instance = bytes.fromhex(r.instance_id)
         ewt = Topology.build(len(r.clients), r.params).ewt  # no keys needed: no second probe
         in_factory = blip56.ChannelInFactory(blip56.SUPERSCALAR_PROTOCOL_ID, instance, ewt)
-        scripts: list[str] = []
-        for i, c in enumerate(r.clients):
+        for c in r.clients:  # each before its client's open_channel, on the same connection
             self._peers.send(c.node_id, protocol.InFactory(instance, in_factory))
-            scripts.append(funding.start_channel(self._node.rpc, c))
-            s.opened.add(i)
-        return scripts
+        results = funding.per_client(r.clients, lambda c: funding.start_channel(self._node.rpc, c))
+        s.opened.update(i for i, x in enumerate(results) if not isinstance(x, RpcFailed))
+        failed = [x for x in results if isinstance(x, RpcFailed)]
+        if failed:
+            raise failed[0]
+        return [x for x in results if isinstance(x, str)]
 
     def _factory_on(self, r: store.LspRecord, scripts: list[str]) -> Factory:
         slots = [
@@ -382,16 +394,25 @@ class LspRole:
             )
             for n, t in sorted(coordinator.signed.items())
         )
+        s.mark("sign")
         s.record = s.record.replace(state=store.LspState.COMPLETING, tree=tree)
         self._records.persist(s.record)
-        for i, c in enumerate(s.record.clients):
-            leaf = coordinator.signed[factory.topology.leaf_of_client[i]].unsigned
-            try:
-                channel_id = funding.complete_channel(self._node.rpc, c, leaf)
-            except RpcFailed as e:
-                self._abort(s, str(e))
-                return
-            self._update_client(s, i, channel_id=channel_id)  # a restart knows it exists
+        leaves = {
+            c.node_id: coordinator.signed[factory.topology.leaf_of_client[i]].unsigned
+            for i, c in enumerate(s.record.clients)
+        }
+        results = funding.per_client(
+            s.record.clients,
+            lambda c: funding.complete_channel(self._node.rpc, c, leaves[c.node_id]),
+        )
+        for i, x in enumerate(results):
+            if not isinstance(x, RpcFailed):
+                self._update_client(s, i, channel_id=x)  # a restart knows it exists
+        failed = [x for x in results if isinstance(x, RpcFailed)]
+        if failed:
+            self._abort(s, str(failed[0]))
+            return
+        s.mark("fundchannel_complete")
         self._broadcast_funding(s)
 
     def _broadcast_funding(self, s: LspSession, resumed: bool = False) -> None:
@@ -430,8 +451,9 @@ class LspRole:
                 log.info("could not tell %s about the funding: %s", c.node_id, why(e))
         log.info("factory %s funded: %s", r.instance_id[:16], txid)
         self._guards.refresh()
+        s.mark("fund")
         if s.reply is not None:
-            s.reply.set_result(self._view.of(r))
+            s.reply.set_result({**self._view.of(r), "timings": s.timings})
             s.reply = None
 
     # --- abort --------------------------------------------------------------------------------

@@ -97,6 +97,19 @@ OPTIONS: list[tuple[str, Any, str, str]] = [
         "int",
     ),
     (
+        "superscalar-min-feerate",
+        2,
+        "Smallest off-chain fee rate (sat/vB) we sign as a client: a tree below it may not "
+        "get into a mempool when fees rise",
+        "int",
+    ),
+    (
+        "superscalar-max-exit-fee-sat",
+        50000,
+        "Most our wallet pays (sat) in CPFP children to get one factory's exit confirmed",
+        "int",
+    ),
+    (
         "superscalar-feerate",
         2,
         "Fee rate (sat/vB) every off-chain tx of our new factories pays",
@@ -202,6 +215,8 @@ def init(options: dict[str, Any], configuration: dict[str, Any], plugin: Plugin,
         accept_from=frozenset(accept),
         max_ewt=int(options["superscalar-max-ewt"]),
         max_fee_rate_kvb=int(options["superscalar-max-feerate"]) * 1000,
+        min_fee_rate_kvb=int(options["superscalar-min-feerate"]) * 1000,
+        max_exit_fee_sat=int(options["superscalar-max-exit-fee-sat"]),
         fee_rate_kvb=params.fee_rate_kvb,
         params=params,
         lifetime_blocks=int(options["superscalar-lifetime-blocks"]),
@@ -298,7 +313,7 @@ def factory_status(request: Any, instance: str | None = None, **_: Any) -> None:
     parameters, early warning time, timeout, funding, and per client its channel and DW state;
     on a client node, the factories it belongs to and its signed exit path."""
     svc = _service()
-    svc.run_on_worker(request, lambda: svc.status(None if instance is None else str(instance)))
+    svc.run_on_chain(request, lambda: svc.status(None if instance is None else str(instance)))
 
 
 @plugin.async_method("factory-exit")
@@ -319,7 +334,7 @@ def factory_list(request: Any, **_: Any) -> None:
     def summary() -> dict[str, Any]:
         return {"factories": [{k: f.get(k) for k in keys} for f in svc.status(None)["factories"]]}
 
-    svc.run_on_worker(request, summary)
+    svc.run_on_chain(request, summary)
 
 
 @plugin.hook("custommsg", filters=[FACTORY_MESSAGE_TYPE])
@@ -393,6 +408,13 @@ def on_block_added(plugin: Plugin, **kwargs: Any) -> None:
     block = kwargs.get("block_added", kwargs.get("block", {}))
     if service is not None and "height" in block:
         service.on_block(int(block["height"]))
+
+
+@plugin.subscribe("channel_state_changed")
+def on_channel_state_changed(plugin: Plugin, **_: Any) -> None:
+    """A channel opened, locked in or closed: the HTLC guards follow (on the worker)."""
+    if service is not None:
+        service.on_channel_change()
 
 
 @plugin.subscribe("shutdown")

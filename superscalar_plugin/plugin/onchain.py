@@ -1,7 +1,10 @@
-"""The plugin's on-chain duties, run on the worker at every block.
+"""The plugin's on-chain duties, run on the chain thread at every block (see `service`).
 
 - Watch: scan each new block (`getrawblockbyheight`) for the txids of our factories and record
   where they confirmed (persisted, so a restart keeps them; missed blocks are scanned on catch-up).
+  The chain is followed by block hash: a block that cannot be fetched is retried (the scan never
+  moves past it), and on a reorg the confirmations above the fork are rolled back and the new
+  branch scanned; an exit tx that was reorged out is sent again.
 - Exit: when an offered HTLC's deadline or (for a client) the factory's timeout comes within the
   EWT plus a safety margin, or on `factory-exit`, publish the needed path with the engine's exit
   state machine: each tx as soon as valid, rebroadcast, CPFP through the P2A anchor with wallet
@@ -10,13 +13,16 @@
 - Sweep (LSP): after the timeout T, every output with the timeout leaf that the tree left on chain
   goes to a fresh wallet address, idempotently and across restarts.
 
-Owns: the last scanned height and, for one block's duties, lightningd's channel list. Worker
-thread only. May call: `records`, and lightningd's block, broadcast, wallet and `close` RPCs.
+Owns: the last scanned height with the recent block hashes and, for one block's duties,
+lightningd's channel list. Chain thread only: it writes only the records' on-chain fields
+(`Records.update_chain`), so the roles on the worker never wait for it nor it for them.
+May call: `records`, and lightningd's block, broadcast, wallet and `close` RPCs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +33,8 @@ from ..engine.errors import InvalidParameter
 from ..engine.exit import Broadcast, Bump, ChainView, Done, PathTx, WaitUntil, exit_step
 from ..engine.tree import ClientSlot, Factory, Topology
 from ..engine.tx import block_txids
-from . import address, psbt
+from . import address
+from .feebump import FeeBumper
 from .node import Node
 from .records import LIVE, Records, topology, txid_of
 
@@ -35,7 +42,8 @@ log = logging.getLogger("superscalar")
 
 REBROADCAST_EVERY = 6  # blocks; a tx not confirmed by then is sent again
 MAX_CATCH_UP = 2016  # blocks scanned after a restart
-SCAN_KEY = ["superscalar", "scanned"]
+KEEP_HASHES = 144  # block hashes kept to find a fork: deeper reorgs roll back this far only
+SCAN_KEY = ["superscalar", "scanned"]  # {"scanned": height, "hashes": [[height, hash], ...]}
 
 
 def watched_txids(record: store.Record) -> set[str]:
@@ -50,6 +58,18 @@ def watched_txids(record: store.Record) -> set[str]:
             out.add(record.funding_txid)
         out.update(txid_of(e.raw) for e in record.path)
     return out
+
+
+def _bumped(exit_state: store.ExitState, bump: Bump, fee: int) -> store.ExitState:
+    """The exit with our latest child for `bump.txid`: its package rate and fee."""
+    rates = {**dict(exit_state.bump_rates), bump.txid: bump.target_rate_kvb}
+    fees = {**dict(exit_state.bump_fees), bump.txid: fee}
+    return dataclasses.replace(
+        exit_state,
+        bumped=tuple(dict.fromkeys((*exit_state.bumped, bump.txid))),
+        bump_rates=tuple(sorted(rates.items())),
+        bump_fees=tuple(sorted(fees.items())),
+    )
 
 
 def _entry_tx(e: store.PathEntry) -> SignedNodeTx:
@@ -67,8 +87,16 @@ class OnChain:
         self._node = node
         self._records = records
         self.scanned: int | None = None
+        self._hashes: dict[int, str] = {}  # height -> hash of the block we scanned there
         self._chan_cache: dict[str, dict[str, Any]] | None = None
         self.funding_check: Callable[[bytes, list[str]], None] | None = None
+        self._fee_bumper: FeeBumper | None = None
+
+    @property
+    def _bumper(self) -> FeeBumper:
+        if self._fee_bumper is None:
+            self._fee_bumper = FeeBumper(self._node.rpc)
+        return self._fee_bumper
 
     def _channels(self) -> dict[str, dict[str, Any]]:
         """listpeerchannels, once per block for every factory's duties."""
@@ -90,23 +118,14 @@ class OnChain:
             index = next((i for i, c in enumerate(record.clients) if c.node_id == client), None)
             if index is None:
                 raise InvalidParameter(f"client: {client} is not in this factory")
-        if record.exit is None:
-            record = self.start_exit(record, "requested with factory-exit", index)
+        record = self.start_exit(record, "requested with factory-exit", index)
         self._chan_cache = None  # channels as they are now, not at the last block
         self.drive(record)
 
     # --- watching -----------------------------------------------------------------------------
 
     def on_block(self, height: int) -> None:
-        if self.scanned is None:
-            self.scanned = self._load_scanned(height)
-        start = max(self.scanned + 1, height - MAX_CATCH_UP)
-        for h in range(start, height + 1):
-            self._scan(h)
-            self.scanned = h
-        self._node.rpc.call(
-            "datastore", {"key": SCAN_KEY, "string": str(height), "mode": "create-or-replace"}
-        )
+        self._watch(height)
         self._chan_cache = None
         for record in list(self._records.all()):
             try:
@@ -114,44 +133,128 @@ class OnChain:
             except Exception:  # one factory's trouble must not stop the others
                 log.exception("on-chain duties of factory %s failed", record.instance_id[:16])
 
-    def _load_scanned(self, height: int) -> int:
-        res = self._node.rpc.call("listdatastore", {"key": SCAN_KEY}).get("datastore", [])
-        try:
-            return int(res[0]["string"]) if res else height - 1
-        except (KeyError, ValueError):
-            return height - 1
+    def _watch(self, height: int) -> None:
+        """Bring `scanned` up to `height` along the chain lightningd follows now: a block that
+        cannot be fetched stops the scan there (retried at the next block, never skipped); a
+        block whose parent is not the block we scanned at the height below, or a new block at a
+        height we scanned, means a reorg: roll back to the fork, then scan the new branch."""
+        if self.scanned is None:
+            self.scanned, self._hashes = self._load_scanned(height)
+        before = (self.scanned, dict(self._hashes))
+        if height <= self.scanned and height in self._hashes:
+            block = self._fetch(height)  # lightningd announced a height we scanned: replaced?
+            if block is not None and block[0] != self._hashes[height]:
+                self._roll_back_to_fork()
+        h = max(self.scanned + 1, height - MAX_CATCH_UP)
+        while h <= height:
+            block = self._fetch(h)
+            if block is None:
+                break
+            blockhash, raw = block
+            parent = raw[4:36][::-1].hex()
+            if self._hashes.get(h - 1, parent) != parent:
+                if not self._roll_back_to_fork():
+                    break
+                h = self.scanned + 1
+                continue
+            self._scan(h, raw)
+            self._hashes[h] = blockhash
+            self.scanned = h
+            h += 1
+        for old in [k for k in self._hashes if k <= self.scanned - KEEP_HASHES]:
+            del self._hashes[old]
+        if (self.scanned, self._hashes) != before:
+            state = {"scanned": self.scanned, "hashes": sorted(self._hashes.items())}
+            self._node.rpc.call(
+                "datastore",
+                {"key": SCAN_KEY, "string": json.dumps(state), "mode": "create-or-replace"},
+            )
 
-    def _scan(self, height: int) -> None:
+    def _load_scanned(self, height: int) -> tuple[int, dict[int, str]]:
+        res = self._node.rpc.call("listdatastore", {"key": SCAN_KEY}).get("datastore", [])
+        if not res:
+            return height - 1, {}
+        try:
+            state = json.loads(res[0]["string"])
+            if isinstance(state, int):  # written before block hashes were kept
+                return state, {}
+            return int(state["scanned"]), {int(h): str(b) for h, b in state["hashes"]}
+        except (KeyError, ValueError, TypeError) as e:
+            log.warning("stored scan state unreadable (%s): scanning from the tip", e)
+            return height - 1, {}
+
+    def _fetch(self, height: int) -> tuple[str, bytes] | None:
+        """(block hash, raw block) at `height` on lightningd's chain, or None if unavailable."""
         try:
             block = self._node.rpc.call("getrawblockbyheight", {"height": height})
         except Exception as e:
-            log.info("cannot fetch block %d: %s", height, e)
+            log.info("cannot fetch block %d (retried at the next block): %s", height, e)
+            return None
+        if not block.get("block") or not block.get("blockhash"):
+            return None
+        return str(block["blockhash"]), bytes.fromhex(block["block"])
+
+    def _roll_back_to_fork(self) -> bool:
+        """Find the highest scanned height whose block is still on the chain, forget every
+        confirmation above it and scan again from there. False if a block cannot be fetched."""
+        fork = self.scanned
+        assert fork is not None  # set by _watch before any scan
+        while fork in self._hashes:
+            block = self._fetch(fork)
+            if block is None:
+                return False
+            if block[0] == self._hashes[fork]:
+                break
+            fork -= 1
+        # Deeper than the hashes we keep: roll back all of them (the best we can do).
+        log.warning("reorg: blocks above %d replaced, confirmations there rolled back", fork)
+        for h in [k for k in self._hashes if k > fork]:
+            del self._hashes[h]
+        self.scanned = fork
+        for record in list(self._records.all()):
+            self._roll_back(record, fork)
+        return True
+
+    def _roll_back(self, record: store.Record, fork: int) -> None:
+        gone = {t for t, h in record.confirmed if h > fork}
+        if not gone:
             return
-        if not block.get("block"):
-            return
-        raw = bytes.fromhex(block["block"])
-        in_order = block_txids(raw)
+        changes: dict[str, Any] = {
+            "confirmed": tuple((t, h) for t, h in record.confirmed if h <= fork)
+        }
+        if record.exit is not None:
+            # Reorged out: send it again at once, and bump it again if it is stuck.
+            changes["exit"] = dataclasses.replace(
+                record.exit,
+                broadcast=tuple((t, h) for t, h in record.exit.broadcast if t not in gone),
+                bumped=tuple(t for t in record.exit.bumped if t not in gone),
+                bump_rates=tuple((t, r) for t, r in record.exit.bump_rates if t not in gone),
+                bump_fees=tuple((t, f) for t, f in record.exit.bump_fees if t not in gone),
+                done=False,
+            )
+        self._records.update_chain(record.instance_id, **changes)
+
+    def _scan(self, height: int, raw_block: bytes) -> None:
+        in_order = block_txids(raw_block)
         txids = set(in_order)
         for record in list(self._records.all()):
             seen = watched_txids(record) & txids
             known = {t for t, _ in record.confirmed}
             new = sorted(seen - known)
             if new:
-                self._records.persist(
-                    record.replace(confirmed=(*record.confirmed, *((t, height) for t in new)))
-                )
+                confirmed = (*record.confirmed, *((t, height) for t in new))
+                self._records.update_chain(record.instance_id, confirmed=confirmed)
         if self.funding_check is not None:  # the client's funding output check (fundcheck.py)
-            self.funding_check(raw, in_order)
+            self.funding_check(raw_block, in_order)
 
     # --- duties -------------------------------------------------------------------------------
 
     def _duties(self, record: store.Record, height: int) -> None:
         if record.state not in LIVE:
             return
-        if record.exit is None:
-            trigger = self._exit_reason(record, height)
-            if trigger is not None:
-                record = self.start_exit(record, *trigger)
+        trigger = self._exit_reason(record, height)
+        if trigger is not None:  # a new exit, or another client's path added to the running one
+            record = self.start_exit(record, *trigger)
         if record.exit is not None and not record.exit.done:
             self.drive(record)
         if isinstance(record, store.LspRecord) and height >= record.timeout_height:
@@ -160,7 +263,10 @@ class OnChain:
             self.sweep(latest, height)
 
     def _exit_reason(self, record: store.Record, height: int) -> tuple[str, int | None] | None:
-        """Why to start an exit now, and whose path (None: every client's), or None."""
+        """Why to start (or widen) an exit now, and whose path (None: every client's), or None.
+        Paths already being published trigger nothing: a client has only its own."""
+        if isinstance(record, store.ClientRecord) and record.exit is not None:
+            return None
         ewt = topology(record).ewt
         margin = self._node.config.exit_margin
         if (
@@ -178,7 +284,12 @@ class OnChain:
         the LSP) the client whose channel holds it."""
         owner: dict[str, int | None] = {}
         if isinstance(record, store.LspRecord):
-            owner = {c.channel_id: i for i, c in enumerate(record.clients) if c.channel_id}
+            exiting = set(record.exit.clients) if record.exit is not None else set()
+            owner = {
+                c.channel_id: i
+                for i, c in enumerate(record.clients)
+                if c.channel_id and i not in exiting
+            }
         leaf_txid = (
             txid_of(record.path[-1].raw)
             if isinstance(record, store.ClientRecord) and record.path
@@ -195,15 +306,35 @@ class OnChain:
         return best
 
     def start_exit(self, record: store.Record, reason: str, client: int | None) -> store.Record:
+        """Start the exit of `client`'s path (None: every client's), or add it to the running
+        exit: the exit publishes the union of the paths asked for, each tx once."""
         if isinstance(record, store.LspRecord):
             clients = tuple(range(len(record.clients))) if client is None else (client,)
         else:
             clients = (record.client_index,)
-        state = store.ExitState(reason=reason, started_height=self._node.height, clients=clients)
-        record = record.replace(exit=state)
-        self._records.persist(record)
-        log.warning("factory %s: starting the unilateral exit: %s", record.instance_id[:16], reason)
-        return record
+        old = record.exit
+        if old is None:
+            state = store.ExitState(reason, started_height=self._node.height, clients=clients)
+            log.warning(
+                "factory %s: starting the unilateral exit: %s", record.instance_id[:16], reason
+            )
+        elif set(clients) <= set(old.clients):
+            return record  # those paths are already on their way
+        else:
+            added = sorted(set(clients) - set(old.clients))
+            state = dataclasses.replace(
+                old,
+                reason=f"{old.reason}; {reason}",
+                clients=tuple(sorted({*old.clients, *clients})),
+                done=False,
+            )
+            log.warning(
+                "factory %s: adding the path(s) of client(s) %s to the exit: %s",
+                record.instance_id[:16],
+                added,
+                reason,
+            )
+        return self._records.update_chain(record.instance_id, exit=state)
 
     def _paths(self, record: store.Record) -> list[list[store.PathEntry]]:
         if isinstance(record, store.ClientRecord):
@@ -228,7 +359,13 @@ class OnChain:
             if t not in confirmed and (height == h or (height - h) % REBROADCAST_EVERY)
         )
         view = ChainView(
-            height, confirmed, recent, self._fee_rate_kvb(), broadcast, frozenset(exit_state.bumped)
+            height,
+            confirmed,
+            recent,
+            self._fee_rate_kvb(),
+            broadcast,
+            frozenset(exit_state.bumped),
+            dict(exit_state.bump_rates),
         )
         funding = record.funding_txid or ""
         done_paths = 0
@@ -238,13 +375,17 @@ class OnChain:
             for action in exit_step(funding, path, view):
                 if isinstance(action, Broadcast) and action.txid not in sent:
                     sent.add(action.txid)
-                    self._broadcast(action.raw)
-                    broadcast.setdefault(action.txid, height)
-                elif isinstance(action, Bump) and action.txid not in exit_state.bumped:
-                    if self._cpfp(action):
-                        exit_state = dataclasses.replace(
-                            exit_state, bumped=(*exit_state.bumped, action.txid)
-                        )
+                    refused = self._broadcast(action.raw)
+                    if refused is not None and "fee" in refused:
+                        tx = next(t for t in path if t.txid == action.txid)
+                        before = exit_state
+                        exit_state = self._package(exit_state, tx, view.fee_rate_kvb)
+                        refused = None if exit_state is not before else refused
+                    if refused is None:  # a refused tx is not in a mempool: sent again next block
+                        broadcast.setdefault(action.txid, height)
+                elif isinstance(action, Bump) and action.txid not in sent:
+                    sent.add(action.txid)
+                    exit_state = self._bump(exit_state, action)
                 elif isinstance(action, WaitUntil):
                     log.info("exit: %s waits until block %d", action.txid[:16], action.height)
                 elif isinstance(action, Done):
@@ -255,21 +396,40 @@ class OnChain:
             broadcast=tuple(sorted(broadcast.items())),
             done=done_paths == len(exit_state.clients),
         )
-        latest = self._records.get(record.instance_id)
-        assert latest is not None
-        self._records.persist(latest.replace(exit=exit_state))
+        self._records.update_chain(record.instance_id, exit=exit_state)
 
-    def _broadcast(self, raw: bytes) -> bool:
+    def _budget_left(self, exit_state: store.ExitState, txid: str) -> int:
+        """What the operator's budget leaves for the child of `txid` (its own child replaced)."""
+        spent = sum(fee for t, fee in exit_state.bump_fees if t != txid)
+        return self._node.config.max_exit_fee_sat - spent
+
+    def _bump(self, exit_state: store.ExitState, bump: Bump) -> store.ExitState:
+        previous = dict(exit_state.bump_fees).get(bump.txid, 0)
+        fee = self._bumper.cpfp(bump, previous, self._budget_left(exit_state, bump.txid))
+        return exit_state if fee is None else _bumped(exit_state, bump, fee)
+
+    def _package(self, exit_state: store.ExitState, tx: PathTx, rate_kvb: int) -> store.ExitState:
+        """`tx` was refused for its fee: send it with a child as a package, if bitcoind is
+        reachable (a child already sent for it is replaced)."""
+        bump = Bump(tx.txid, (tx.txid, tx.anchor_vout), tx.anchor_sat, tx.vsize, tx.fee, rate_kvb)
+        previous = dict(exit_state.bump_fees).get(tx.txid, 0)
+        budget = self._budget_left(exit_state, tx.txid)
+        fee = self._bumper.package(tx.raw, bump, previous, budget)
+        return exit_state if fee is None else _bumped(exit_state, bump, fee)
+
+    def _broadcast(self, raw: bytes) -> str | None:
+        """Send a tx through lightningd: None when accepted, else why it was refused."""
         try:
             res = self._node.rpc.call(
                 "sendrawtransaction", {"tx": raw.hex(), "allowhighfees": True}
             )
         except Exception as e:
             log.info("sendrawtransaction failed: %s", e)
-            return False
+            return str(e)
         if not res.get("success", False):
             log.info("sendrawtransaction refused: %s", res.get("errmsg"))
-        return bool(res.get("success", False))
+            return str(res.get("errmsg") or "refused")
+        return None
 
     def _fee_rate_kvb(self) -> int:
         try:
@@ -277,38 +437,6 @@ class OnChain:
             return int(rates.get("opening") or rates.get("min_acceptable") or 2000)
         except Exception:
             return 2000
-
-    def _cpfp(self, bump: Bump) -> bool:
-        """A child spending the anchor plus wallet coins, paying for parent + child."""
-        child_vsize = 11 + 41 + 68 + 31 + 1  # overhead, anchor input, a P2WPKH input, change
-        fee = bump.child_fee(child_vsize)
-        try:
-            funded = self._node.rpc.call(
-                "fundpsbt",
-                {
-                    "satoshi": max(fee, 1),
-                    "feerate": "253perkw",
-                    "startweight": (10 + 41 + 31) * 4 + 1,
-                    "reserve": 6,
-                    "excess_as_change": True,
-                },
-            )
-            change = funded.get("change_outnum")
-            if change is None:
-                log.warning("CPFP of %s: no change output to carry the anchor", bump.txid[:16])
-                return False
-            with_anchor = psbt.add_anchor_input(
-                funded["psbt"], bump.anchor, bump.anchor_sat, change
-            )
-            signed = self._node.rpc.call("signpsbt", {"psbt": with_anchor})["signed_psbt"]
-            anchor_index = len(psbt.unsigned_tx(signed).inputs) - 1
-            final = psbt.finalize_anchor(signed, anchor_index)
-            self._node.rpc.call("sendpsbt", {"psbt": final})
-        except Exception as e:
-            log.warning("CPFP of %s failed: %s", bump.txid[:16], e)
-            return False
-        log.info("CPFP: bumped %s to %d sat/kvB", bump.txid[:16], bump.target_rate_kvb)
-        return True
 
     def _close_channel(
         self, record: store.Record, entries: list[store.PathEntry], exit_state: store.ExitState
@@ -378,8 +506,9 @@ class OnChain:
                 )
                 for c in todo
             )
-            record = record.replace(sweeps=(*record.sweeps, *new))
-            self._records.persist(record)
+            updated = self._records.update_chain(record.instance_id, sweeps=(*record.sweeps, *new))
+            assert isinstance(updated, store.LspRecord)
+            record = updated
             log.warning(
                 "factory %s: sweeping %d output(s) after the timeout",
                 record.instance_id[:16],

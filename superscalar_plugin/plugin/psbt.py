@@ -134,3 +134,94 @@ def finalize_anchor(psbt_b64: str, index: int) -> str:
     inputs[index] = [(k, v) for k, v in inputs[index] if k[:1] != bytes([IN_FINAL_SCRIPTWITNESS])]
     inputs[index].append((bytes([IN_FINAL_SCRIPTWITNESS]), b"\x00"))
     return serialize(glob, inputs, outputs)
+
+
+# --- CPFP children: their real size, an exact fee, and the raw tx for a package -----------------
+
+IN_PARTIAL_SIG = 0x02
+IN_FINAL_SCRIPTSIG = 0x07
+IN_TAP_KEY_SIG = 0x13
+P2A_WITNESS_WU = 1  # an empty witness stack: its count byte
+# Witness weight of a wallet input once signed, by its script's shape (lightningd's wallet:
+# P2WPKH, P2TR key path, and P2SH-wrapped P2WPKH from old wallets).
+P2WPKH_WITNESS_WU = 1 + 1 + 72 + 1 + 33
+P2TR_WITNESS_WU = 1 + 1 + 65
+P2SH_P2WPKH_SCRIPTSIG = 23
+
+
+def input_utxos(psbt_b64: str) -> list[TxOut]:
+    """The `witness_utxo` of every input (what it spends); an input without one is refused."""
+    _, inputs, _ = parse(psbt_b64)
+    out = []
+    for i, m in enumerate(inputs):
+        raw = next((v for k, v in m if k == bytes([IN_WITNESS_UTXO])), None)
+        if raw is None:
+            raise WireError(f"PSBT input {i} has no witness_utxo")
+        length, pos = _read_varint(raw, 8)
+        out.append(TxOut(int.from_bytes(raw[:8], "little"), raw[pos : pos + length]))
+    return out
+
+
+def signed_vsize(psbt_b64: str) -> int:
+    """The vsize the PSBT's tx will have once every input is signed (before signing)."""
+    tx = unsigned_tx(psbt_b64)
+    base = len(tx.serialize(include_witness=False))
+    witness = 2  # segwit marker and flag
+    for utxo in input_utxos(psbt_b64):
+        script = utxo.script_pubkey
+        if len(script) == 22 and script[:2] == b"\x00\x14":
+            witness += P2WPKH_WITNESS_WU
+        elif len(script) == 34 and script[:2] == b"\x51\x20":
+            witness += P2TR_WITNESS_WU
+        elif len(script) == 23 and script[:2] == b"\xa9\x14":
+            base += P2SH_P2WPKH_SCRIPTSIG
+            witness += P2WPKH_WITNESS_WU
+        else:  # the P2A anchor (or any script that needs no signature)
+            witness += P2A_WITNESS_WU
+    return (base * 4 + witness + 3) // 4
+
+
+def with_output_amount(psbt_b64: str, index: int, amount: int) -> str:
+    """The same PSBT with output `index` paying `amount` (set before anything is signed)."""
+    glob, inputs, outputs = parse(psbt_b64)
+    tx = unsigned_tx(psbt_b64)
+    outs = list(tx.outputs)
+    outs[index] = TxOut(amount, outs[index].script_pubkey)
+    new_tx = Tx(tx.version, tx.inputs, tuple(outs), tx.locktime)
+    glob = [
+        (k, new_tx.serialize(include_witness=False) if k == bytes([GLOBAL_UNSIGNED_TX]) else v)
+        for k, v in glob
+    ]
+    return serialize(glob, inputs, outputs)
+
+
+def _witness_items(data: bytes) -> list[bytes]:
+    count, pos = _read_varint(data, 0)
+    items = []
+    for _ in range(count):
+        length, pos = _read_varint(data, pos)
+        items.append(data[pos : pos + length])
+        pos += length
+    return items
+
+
+def extract(psbt_b64: str) -> bytes:
+    """The signed tx of a PSBT whose inputs are final or carry one P2WPKH / P2TR key-path
+    signature (what lightningd's `signpsbt` leaves): the raw tx to submit in a package."""
+    _, inputs, _ = parse(psbt_b64)
+    witnesses = []
+    for i, m in enumerate(inputs):
+        final = next((v for k, v in m if k == bytes([IN_FINAL_SCRIPTWITNESS])), None)
+        partial = [(k[1:], v) for k, v in m if k[:1] == bytes([IN_PARTIAL_SIG])]
+        tap = next((v for k, v in m if k == bytes([IN_TAP_KEY_SIG])), None)
+        if any(k == bytes([IN_FINAL_SCRIPTSIG]) for k, _ in m):
+            raise WireError(f"PSBT input {i} needs a scriptSig: not supported in a package")
+        if final is not None:
+            witnesses.append(_witness_items(final))
+        elif len(partial) == 1:
+            witnesses.append([partial[0][1], partial[0][0]])
+        elif tap is not None:
+            witnesses.append([tap])
+        else:
+            raise WireError(f"PSBT input {i} is not signed")
+    return unsigned_tx(psbt_b64).with_witnesses(witnesses).serialize()

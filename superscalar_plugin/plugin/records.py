@@ -1,7 +1,10 @@
 """The store of factory records: one versioned JSON record per factory in lightningd's datastore.
 
 Owns: the records in memory, written through to the datastore before anything that depends on them
-is sent. Worker thread only. May call: lightningd's `listdatastore` and `datastore`.
+is sent. Two writers, each owning its fields: the roles (worker thread, `persist`) own everything
+but `CHAIN_FIELDS`, which only the on-chain duties (chain thread, `update_chain`) write. Each write
+takes the stored record under one lock and keeps the other writer's fields, so neither undoes the
+other's last write. May call: lightningd's `listdatastore` and `datastore`.
 Also the small questions every role asks of a record (its topology, whether it is live).
 """
 
@@ -9,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from typing import Any
 
 from ..engine import store
 from ..engine.errors import StoreError, SuperscalarError
@@ -23,6 +28,8 @@ QUARANTINE_ROOT = ["superscalar", "quarantine"]
 PRUNE_AFTER = 144  # blocks an aborted, never-signed factory stays visible in factory-status
 # Funded (LSP) or holding a signed path (client): guarded, watched, exitable.
 LIVE = (store.LspState.FUNDED, store.ClientState.READY, store.ClientState.FUNDED)
+# Written by the on-chain duties only (where our txs confirmed, the exit, the LSP's sweeps).
+CHAIN_FIELDS = ("confirmed", "exit", "sweeps")
 
 
 COMPROMISED = "compromised: "  # error prefix of a factory whose funding output is not as signed
@@ -33,8 +40,9 @@ def is_compromised(record: store.Record) -> bool:
 
 
 def topology(record: store.Record) -> Topology:
-    n = len(record.clients) if isinstance(record, store.LspRecord) else record.n_clients
-    return Topology.build(n, record.params)
+    """The factory's shape as signed (a signed client's from its header): exits, status, guards
+    and the EWT all act on exactly what was signed."""
+    return store.topology_of(record)
 
 
 def txid_of(raw_hex: str) -> str:
@@ -65,6 +73,7 @@ class Records:
     def __init__(self, rpc: Rpc) -> None:
         self._rpc = rpc
         self._records: dict[str, store.Record] = {}
+        self._lock = threading.Lock()  # one read-modify-write at a time, datastore included
         self._unsigned_since: dict[str, int] = {}  # instance -> height it was seen aborted
         self.height = 0  # the last block `prune` saw (set by the node's height at start-up)
 
@@ -101,7 +110,15 @@ class Records:
         log.warning("quarantined factory record %s (moved to %s): %s", name, where, e)
 
     def persist(self, record: store.Record) -> None:
-        self._write(record)
+        """A role's write (worker thread), before any message that depends on it is sent; the
+        chain's fields are kept as stored."""
+        with self._lock:
+            stored = self._records.get(record.instance_id)
+            if stored is not None:
+                record = record.replace(
+                    **{f: getattr(stored, f) for f in CHAIN_FIELDS if hasattr(stored, f)}
+                )
+            self._write(record)
         self._note_unsigned(record)
 
     def _note_unsigned(self, record: store.Record) -> None:
@@ -117,17 +134,29 @@ class Records:
         for instance, since in list(self._unsigned_since.items()):
             if height < since + PRUNE_AFTER:
                 continue
-            try:
-                self._rpc.call("deldatastore", {"key": [*DATASTORE_ROOT, instance]})
-            except Exception as e:
-                log.info("could not delete factory record %s: %s", instance[:16], e)
-                continue
-            self._records.pop(instance, None)
+            with self._lock:  # never between another thread's read and write of it
+                try:
+                    self._rpc.call("deldatastore", {"key": [*DATASTORE_ROOT, instance]})
+                except Exception as e:
+                    log.info("could not delete factory record %s: %s", instance[:16], e)
+                    continue
+                self._records.pop(instance, None)
             del self._unsigned_since[instance]
             log.info("forgot factory %s: aborted before anything was signed", instance[:16])
 
+    def update_chain(self, instance: str, **fields: Any) -> store.Record:
+        """The on-chain duties' write (chain thread): only `CHAIN_FIELDS`, on the latest record."""
+        if not set(fields) <= set(CHAIN_FIELDS):
+            raise ValueError(f"not an on-chain field: {sorted(set(fields) - set(CHAIN_FIELDS))}")
+        with self._lock:
+            stored = self._records.get(instance)
+            if stored is None:
+                raise KeyError(f"no factory record {instance}")
+            record = stored.replace(**fields)
+            self._write(record)
+            return record
+
     def _write(self, record: store.Record) -> None:
-        """Write before any message that depends on it is sent."""
         self._rpc.call(
             "datastore",
             {

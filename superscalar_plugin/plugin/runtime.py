@@ -1,6 +1,7 @@
 """The worker thread and the small contracts with lightningd (`Rpc`, `Reply`).
 
-Owns: the job queue and the one worker thread that runs every job in order. May call: nothing of
+Owns: a job queue and the thread that runs its jobs in order (the service has two: the worker
+and the chain thread). May call: nothing of
 the plugin; roles hand it closures. pyln's dispatch thread only ever calls `submit` (and the
 hook-side methods the roles mark as such); see `service` for which thread runs what.
 """
@@ -45,14 +46,15 @@ class Reply(Protocol):
 class Worker:
     """One thread, one queue: message in -> persist -> messages out, strictly in order."""
 
-    def __init__(self, tick: Callable[[], None]) -> None:
+    def __init__(self, tick: Callable[[], None], name: str = "superscalar-worker") -> None:
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._tick = tick
-        self._thread = threading.Thread(target=self._run, name="superscalar-worker", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.stopping = threading.Event()
 
     def start(self) -> None:
-        self._thread.start()
+        if not self._thread.is_alive():
+            self._thread.start()
 
     def stop(self) -> None:
         self._jobs.put(None)

@@ -24,9 +24,17 @@ Threads. pyln-client runs one dispatch loop: a handler that waited for a peer, o
   `channel_in_factory` record (opens: a dictionary under its own lock), `on_disconnect` (peers),
   the height from `block_added` (node); everything else it only queues.
 - The worker thread (`runtime.Worker`) runs every queued job in order, start-up included: each
-  message (in -> persist -> out), every RPC handler's work, each block's on-chain duties, and,
-  when idle, the ceremony deadlines. Role state (sessions, records, scan height) is touched only
-  there, so it needs no lock.
+  message (in -> persist -> out), every RPC handler's work but those below, the LSP's
+  creations (whose lightningd round trips, e.g. `fundchannel_start`, wait on a peer), and, when
+  idle, the ceremony deadlines. Role state (sessions) is touched only there, so it needs no lock.
+- The chain thread (a second `Worker`, started once start-up has loaded the records) runs the
+  on-chain duties of every factory: each block's scan, exits, CPFP, closes and sweeps,
+  `factory-exit`, and the read-only `factory-status`/`-list`. No peer can hold it: it never waits on a peer, so a client that never answers
+  a creation's `fundchannel_start` cannot delay another factory's exit or sweep. After each
+  block's scan it queues the worker's own block jobs (the LSP's funded check, the guards).
+  `OnChain` state (scan height, block hashes) is its own; of a record it writes only the on-chain
+  fields (`Records.update_chain`) and the roles only the others (`Records.persist`), each under
+  the records' lock on the latest stored record.
 
 Nothing here imports pyln: the lightningd connection is the small `Rpc` protocol, so the service
 is exercised by the harness and by a real lightningd alike.
@@ -69,6 +77,7 @@ class FactoryService:
         self.config = config
         self.node = Node(rpc, config)
         self.worker = Worker(tick=self._check_deadlines)
+        self.chain = Worker(tick=lambda: None, name="superscalar-chain")
         self.records = Records(rpc)
         self.peers = Peers(rpc)
         self.opens = ChannelOpens()
@@ -80,7 +89,7 @@ class FactoryService:
         self.client = ClientRole(self.node, self.records, self.peers, self.opens, self.guards)
         self.router = Router(self.peers, self.opens, self.lsp, self.client, self.worker.submit)
         self.onchain = OnChain(self.node, self.records)
-        self.funding = FundingCheck(self.node, self.records, self.guards)
+        self.funding = FundingCheck(self.node, self.records, self.guards, self.worker.submit)
         self.onchain.funding_check = self.funding.on_block
         self.ready = threading.Event()
 
@@ -92,18 +101,25 @@ class FactoryService:
         self.worker.submit(self._startup)
 
     def stop(self) -> None:
+        self.chain.stop()
         self.worker.stop()
 
     def shutdown(self, timeout: float) -> None:
-        """lightningd's `shutdown`: finish the job in hand, start no other."""
+        """lightningd's `shutdown`: finish the jobs in hand, start no other."""
+        self.chain.stopping.set()
         self.worker.shutdown(timeout)
+        self.chain.shutdown(timeout)
 
     def _startup(self) -> None:
         info = self.node.rpc.call("getinfo")
         self.node.id = info["id"]
         self.node.raise_height(int(info["blockheight"]))
         self.records.height = self.node.height
-        for record in self.records.load():
+        records = self.records.load()
+        # Every record is loaded: on-chain duties may run (queued blocks first), even if what
+        # follows fails. Never before: a scan without the records would skip their txs for good.
+        self.chain.start()
+        for record in records:
             try:
                 if isinstance(record, store.LspRecord):
                     self.lsp.resume(record)
@@ -128,6 +144,11 @@ class FactoryService:
     def run_on_worker(self, reply: Reply, job: Callable[[], Any]) -> None:
         self.worker.answer(reply, job)
 
+    def run_on_chain(self, reply: Reply, job: Callable[[], Any]) -> None:
+        """Read-only answers (`factory-status`, `-list`): from the chain thread, which no peer
+        can hold up, so a hung creation does not hide the state of every factory."""
+        self.chain.answer(reply, job)
+
     def create(
         self, reply: Reply, clients: list[str], channel_sat: list[int], params: FactoryParams
     ) -> None:
@@ -145,7 +166,7 @@ class FactoryService:
             assert record is not None
             return self.view.of(record)
 
-        self.worker.submit(lambda: answer_now(reply, job, "factory-exit failed"))
+        self.chain.submit(lambda: answer_now(reply, job, "factory-exit failed"))
 
     # --- hooks and notifications: dispatch thread, never waits --------------------------------
 
@@ -173,10 +194,19 @@ class FactoryService:
     def on_disconnect(self, peer: str) -> None:
         self.peers.disconnected(peer)
 
+    def on_channel_change(self) -> None:
+        self.worker.submit(self.guards.refresh)
+
     def on_block(self, height: int) -> None:
         self.node.raise_height(height)
-        # Separate jobs: one failing does not stop the others.
-        self.worker.submit(lambda: self.onchain.on_block(height))
-        self.worker.submit(lambda: self.lsp.on_block(height))
-        self.worker.submit(self.guards.refresh)
-        self.worker.submit(lambda: self.records.prune(height))
+        self.chain.submit(lambda: self._chain_block(height))
+
+    def _chain_block(self, height: int) -> None:
+        """Chain thread: this block's on-chain duties, then the worker's jobs that read what the
+        scan found (separate jobs: one failing does not stop the others)."""
+        try:
+            self.onchain.on_block(height)
+        finally:
+            self.worker.submit(lambda: self.lsp.on_block(height))
+            self.worker.submit(self.guards.refresh)
+            self.worker.submit(lambda: self.records.prune(height))

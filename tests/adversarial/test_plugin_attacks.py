@@ -248,8 +248,9 @@ def test_a_funding_output_other_than_signed_marks_the_factory_compromised(
     [f] = status(client)
     assert f["compromised"] is True and f["state"] == "funded"
     assert ("holds" if lie == "amount" else "pays script") in str(f["error"])
+    # Closed: no more funds into a worthless channel.
+    wait(lambda: client.rpc_call("listpeerchannels")["channels"][0]["state"] != "CHANNELD_NORMAL")
     [ch] = client.rpc_call("listpeerchannels")["channels"]
-    assert ch["state"] != "CHANNELD_NORMAL"  # closed: no more funds into a worthless channel
     scid = ch["alias"]["local"]
     height = net.blockheight
     htlc = {

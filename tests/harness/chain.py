@@ -28,8 +28,9 @@ class Block:
     txids: list[str] = field(default_factory=list)
 
 
-def _block_hash(height: int, prev: str) -> str:
-    return hashlib.sha256(f"harness block {height} {prev}".encode()).digest()[::-1].hex()
+def _block_hash(height: int, prev: str, branch: int = 0) -> str:
+    salt = f" branch {branch}" if branch else ""
+    return hashlib.sha256(f"harness block {height} {prev}{salt}".encode()).digest()[::-1].hex()
 
 
 class Chain:
@@ -44,6 +45,7 @@ class Chain:
         self.txs: dict[str, TxRecord] = {}
         self.mempool: list[str] = []
         self.spent: dict[tuple[str, int], str] = {}
+        self.branches = 0  # reorgs so far: new blocks at a height get a new hash
 
     @property
     def tip_hash(self) -> str:
@@ -76,7 +78,7 @@ class Chain:
         with self.cond:
             for _ in range(n):
                 h = self.height + 1
-                block = Block(h, _block_hash(h, self.blocks[self.height].hash))
+                block = Block(h, _block_hash(h, self.blocks[self.height].hash, self.branches))
                 # index 0 is the (imaginary) coinbase
                 for i, txid in enumerate(self.mempool, start=1):
                     rec = self.txs[txid]
@@ -88,6 +90,33 @@ class Chain:
                 out.append(block)
             self.cond.notify_all()
         return out
+
+    def reorg(self, depth: int, drop: set[str] | frozenset[str] = frozenset(),
+              new_blocks: int | None = None) -> list[Block]:
+        """Replace the top `depth` blocks with `new_blocks` (default depth + 1) others, as a
+        longer branch would. Their txs go back to the mempool (so the first new block holds them
+        again), except those in `drop` and their descendants: those vanish (as if a conflict won
+        on the other branch), their inputs unspent again. Wallets are not rolled back."""
+        with self.cond:
+            if not 0 < depth <= self.height:
+                raise ValueError(f"reorg depth {depth} out of range (height {self.height})")
+            fork = self.height - depth + 1
+            orphaned = [t for h in range(fork, self.height + 1) for t in self.blocks.pop(h).txids]
+            self.height = fork - 1
+            gone = set(drop)
+            for txid in [*orphaned, *self.mempool]:  # in block order: parents first
+                rec = self.txs[txid]
+                if any(b2lx(i.prevout.hash) in gone for i in rec.tx.vin):
+                    gone.add(txid)
+            for txid in gone & self.txs.keys():
+                for txin in self.txs.pop(txid).tx.vin:
+                    self.spent.pop((b2lx(txin.prevout.hash), txin.prevout.n), None)
+            for txid in orphaned:
+                if txid in self.txs:
+                    self.txs[txid].height = self.txs[txid].index = None
+            self.mempool = [t for t in [*orphaned, *self.mempool] if t not in gone]
+            self.branches += 1
+        return self.mine(depth + 1 if new_blocks is None else new_blocks)
 
     def confirmations(self, txid: str) -> int:
         with self.cond:

@@ -5,8 +5,7 @@ caller) or raises `RpcFail` with lightningd's code and message."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future, TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 from .bitcoin import (
@@ -457,17 +456,21 @@ def rpc_getutxout(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
         return {"amount": int(out.nValue) * 1000, "script": bytes(out.scriptPubKey).hex()}
 
 def rpc_getrawblockbyheight(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
-    """bcli's shape: the block's hex (an 80-byte dummy header, then the txs the fake mined)."""
+    """bcli's shape: the block's hex (an 80-byte header, zero but for the previous block's hash,
+    then the txs the fake mined)."""
     chain = me.network.chain
     height = int(p["height"])
     with chain.cond:
         if height > chain.height:
             return {"blockhash": None, "block": None}
         block = chain.blocks[height]
+        prev = chain.blocks[height - 1].hash if height else "00" * 32
         txs = [bytes(chain.txs[t].tx.serialize()) for t in block.txids]
     count = len(txs)
     varint = bytes([count]) if count < 0xFD else b"\xfd" + count.to_bytes(2, "little")
-    return {"blockhash": block.hash, "block": (bytes(80) + varint + b"".join(txs)).hex()}
+    # A dummy header but for the previous block's hash (internal byte order), as in a real one.
+    header = bytes(4) + bytes.fromhex(prev)[::-1] + bytes(44)
+    return {"blockhash": block.hash, "block": (header + varint + b"".join(txs)).hex()}
 
 
 def rpc_close(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:

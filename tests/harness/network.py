@@ -15,14 +15,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .bitcoin import CTransaction, regtest, txid_hex
-from .chain import Chain, TxRecord
+from .chain import Block, Chain, TxRecord
 from .errors import HarnessError, HarnessTimeout
 from .node import FakeNode
 from .plugin_process import kill_leftovers
@@ -236,7 +235,15 @@ class Network:
     def mine(self, n: int = 1) -> list[str]:
         """Mine `n` blocks (confirming the mempool in the first); every node's plugin gets
         `block_added` for each. Returns the block hashes."""
-        blocks = self.chain.mine(n)
+        return self._announce(self.chain.mine(n))
+
+    def reorg(self, depth: int, drop: set[str] | frozenset[str] = frozenset(),
+              new_blocks: int | None = None) -> list[str]:
+        """Replace the top `depth` blocks (see `Chain.reorg`); every node's plugin gets
+        `block_added` for each new block, from the fork height up, as lightningd sends them."""
+        return self._announce(self.chain.reorg(depth, drop, new_blocks))
+
+    def _announce(self, blocks: list[Block]) -> list[str]:
         for block in blocks:
             for node in self.nodes:
                 node.wallet.on_block(block.height, block.txids)

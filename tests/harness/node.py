@@ -22,15 +22,21 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future, TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 from pyln.client import LightningRpc
 
 from . import lightningd_rpcs
-from .bitcoin import bits_to_features, features_or, features_to_bits, pubkey_of, regtest, sha256
-from .bitcoin import privkey_from_seed as _privkey
+from .bitcoin import (
+    bits_to_features,
+    features_or,
+    features_to_bits,
+    privkey_from_seed as _privkey,
+    pubkey_of,
+    regtest,
+    sha256,
+)
 from .errors import (
     JSONRPC2_INVALID_PARAMS,
     JSONRPC2_INVALID_REQUEST,
@@ -109,6 +115,9 @@ class FakeNode:
         self.rpc_path = self.lightning_dir / "lightning-rpc"
         self.log_path = self.base_dir / "log"
         self.wallet = Wallet(self.seed, network.chain)
+        # Tests replace one RPC of this node: a handler that raises RpcFail (a backend error),
+        # blocks (a peer that never answers) or calls the stock one from HANDLERS.
+        self.overrides: dict[str, Callable[[FakeNode, dict[str, Any]], Any]] = {}
         for _ in range(utxos):
             self.wallet.add_fake_utxo(utxo_sat, network.chain.height - 6)
         self.datastore = Datastore(self.base_dir / "datastore.json")
@@ -752,7 +761,7 @@ class FakeNode:
         return resp["result"]
 
     def _builtin(self, method: str, params: dict[str, Any] | list[Any], source: str) -> Any:
-        handler = HANDLERS.get(method)
+        handler = self.overrides.get(method) or HANDLERS.get(method)
         if handler is None:
             if source == "cli":  # the test called it: it gets the error, nothing to report
                 raise RpcFail(JSONRPC2_METHOD_NOT_FOUND, f"Unknown command '{method}'")

@@ -171,11 +171,14 @@ class PluginProcess:
     def _write(self, obj: dict[str, Any]) -> None:
         """Queue for the writer thread: a caller never blocks on a full pipe (lightningd's io
         loop does not either), so a plugin busy in an RPC call cannot deadlock the harness."""
+        self._write_bytes((json.dumps(obj, ensure_ascii=False) + "\n\n").encode())
+
+    def _write_bytes(self, data: bytes) -> None:
         if self.proc is None:
             raise PluginDied("plugin not started", node=self.name)
         if self.exited.is_set():
             raise PluginDied("plugin is not running", node=self.name)
-        self._out.put((json.dumps(obj, ensure_ascii=False) + "\n\n").encode())
+        self._out.put(data)
 
     def _write_stdin(self, stream: BinaryIO) -> None:
         broken = False
@@ -195,42 +198,32 @@ class PluginProcess:
 
     def request(self, method: str, params: Any, *, req_id: str | None = None) -> Future[dict[str, Any]]:
         """Send a request; the future resolves with the response object."""
+        req_id = req_id or f"cln:{method}#{next(self._ids)}"
+        data = (json.dumps({"jsonrpc": "2.0", "id": req_id, "method": method, "params": params},
+                           ensure_ascii=False) + "\n\n").encode()
+        return self._send_request(method, req_id, data)
+
+    def request_raw(self, method: str, params_text: str) -> Future[dict[str, Any]]:
+        """A request whose params are sent as given, not as JSON: lightningd copies the tokens
+        it read (which need not be JSON) into some hook payloads, `rpc_command` among them."""
+        req_id = f"cln:{method}#{next(self._ids)}"
+        head = json.dumps({"jsonrpc": "2.0", "method": method, "id": req_id})[:-1]
+        return self._send_request(method, req_id, (head + ', "params": ' + params_text + "}\n\n").encode())
+
+    def _send_request(self, method: str, req_id: str, data: bytes) -> Future[dict[str, Any]]:
         fut: Future[dict[str, Any]] = Future()
-        if req_id is None:
-            req_id = f"cln:{method}#{next(self._ids)}"
         with self._lock:
             if self.exited.is_set():
                 fut.set_exception(PluginDied(f"plugin is not running ({method})", node=self.name))
                 return fut
             self._pending[req_id] = (method, fut)
         try:
-            self._write({"jsonrpc": "2.0", "id": req_id, "method": method, "params": params})
+            self._write_bytes(data)
         except PluginDied as e:
             with self._lock:
                 self._pending.pop(req_id, None)
             if not fut.done():
                 fut.set_exception(e)
-        return fut
-
-    def request_raw(self, method: str, params_text: str) -> Future[dict[str, Any]]:
-        """A request whose params are sent as given, not as JSON: lightningd copies the tokens
-        it read (which need not be JSON) into some hook payloads, `rpc_command` among them."""
-        fut: Future[dict[str, Any]] = Future()
-        req_id = f"cln:{method}#{next(self._ids)}"
-        with self._lock:
-            if self.exited.is_set():
-                fut.set_exception(PluginDied(f"plugin is not running ({method})", node=self.name))
-                return fut
-            self._pending[req_id] = (method, fut)
-        head = json.dumps({"jsonrpc": "2.0", "method": method, "id": req_id})[:-1]
-        try:
-            if self.proc is None or self.exited.is_set():
-                raise PluginDied("plugin is not running", node=self.name)
-            self._out.put((head + ', "params": ' + params_text + "}\n\n").encode())
-        except PluginDied as e:
-            with self._lock:
-                self._pending.pop(req_id, None)
-            fut.set_exception(e)
         return fut
 
     def notify(self, method: str, params: Any) -> None:
