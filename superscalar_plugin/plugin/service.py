@@ -25,8 +25,10 @@ Threads. pyln-client runs one dispatch loop: a handler that waited for a peer, o
   the height from `block_added` (node); everything else it only queues.
 - The worker thread (`runtime.Worker`) runs every queued job in order, start-up included: each
   message (in -> persist -> out), every RPC handler's work but those below, the LSP's
-  creations (whose lightningd round trips, e.g. `fundchannel_start`, wait on a peer), and, when
-  idle, the ceremony deadlines. Role state (sessions) is touched only there, so it needs no lock.
+  creations (whose lightningd round trips, e.g. `fundchannel_start`, wait on a peer), what the
+  chain thread found (a compromised funding, `fundcheck`), the pruning of never-signed records,
+  and, every 0.5 s however busy it is, the ceremony deadlines (a flood of messages cannot starve
+  them). Role state (sessions) is touched only there, so it needs no lock.
 - The chain thread (a second `Worker`, started once start-up has loaded the records) runs the
   on-chain duties of every factory: each block's scan, exits, CPFP, closes and sweeps,
   `factory-exit`, and the read-only `factory-status`/`-list`. No peer can hold it: it never waits on a peer, so a client that never answers
