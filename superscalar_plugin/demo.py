@@ -299,7 +299,9 @@ def _timeout_sweep(demo: _Demo) -> None:
     late = chain.mine(sweeps)
     _expect(late.accepted, f"sweep after the timeout ({late.reason})")
     total = sum(c.amount for c in candidates)
-    click.echo(f"  at block {late.height} (after T={timeout}): accepted, {total} sat back to the LSP")
+    click.echo(
+        f"  at block {late.height} (after T={timeout}): accepted, {total} sat back to the LSP"
+    )
 
 
 def _summary(demo: _Demo, steps: list[policy.ExitStep], advances: int) -> None:

@@ -203,9 +203,7 @@ def nonce_gen(
     pk, pk_bytes = _signer_pubkey(pubkey, keyagg)
     rand = ffi.new(
         _BYTES_32,
-        os.urandom(32)
-        if session_rand is None
-        else require_bytes(session_rand, 32, "session_rand"),
+        os.urandom(32) if session_rand is None else require_bytes(session_rand, 32, "session_rand"),
     )
     sk = ffi.NULL if seckey is None else require_bytes(seckey, 32, "secret key")
     if seckey is not None and not lib.secp256k1_ec_seckey_verify(CTX, sk):
@@ -217,9 +215,7 @@ def nonce_gen(
     cache = ffi.NULL if keyagg is None else keyagg._cache
     secnonce = ffi.new(_SECNONCE_T)
     pubnonce = ffi.new(_PUBNONCE_T)
-    ok = lib.secp256k1_musig_nonce_gen(
-        CTX, secnonce, pubnonce, rand, sk, pk, msg32, cache, extra32
-    )
+    ok = lib.secp256k1_musig_nonce_gen(CTX, secnonce, pubnonce, rand, sk, pk, msg32, cache, extra32)
     if not ok:
         ffi.memmove(secnonce, ZERO_SECNONCE, SECNONCE_SIZE)
         fail("nonce generation failed (is session_rand all zero?)")
@@ -240,7 +236,9 @@ def _parse_pubnonce_into(out: Any, pubnonce: object, index: int | None = None) -
     if type(pubnonce) is not bytes or len(pubnonce) != 66:
         pubnonce = require_bytes(pubnonce, 66, name_at("pubnonce", index))
     if not lib.secp256k1_musig_pubnonce_parse(CTX, out, pubnonce):
-        fail(f"{name_at('pubnonce', index)} is invalid (each half must be a valid compressed point)")
+        fail(
+            f"{name_at('pubnonce', index)} is invalid (each half must be a valid compressed point)"
+        )
 
 
 def nonce_agg(pubnonces: Sequence[bytes]) -> bytes:
@@ -404,8 +402,10 @@ def partial_sig_agg(psigs: Sequence[bytes], session: Session) -> bytes:
     ptrs = ffi.new("secp256k1_musig_partial_sig *[]", n)
     for i, ps in enumerate(psigs):
         ptr = parsed + i
-        if type(ps) is bytes and len(ps) == 32 and lib.secp256k1_musig_partial_sig_parse(
-            CTX, ptr, ps
+        if (
+            type(ps) is bytes
+            and len(ps) == 32
+            and lib.secp256k1_musig_partial_sig_parse(CTX, ptr, ps)
         ):  # the common case, first
             ptrs[i] = ptr
             continue
@@ -418,5 +418,3 @@ def partial_sig_agg(psigs: Sequence[bytes], session: Session) -> bytes:
     if not lib.secp256k1_musig_partial_sig_agg(CTX, out, session._session, ptrs, n):
         fail("partial signature aggregation failed")  # pragma: no cover
     return bytes(out)
-
-

@@ -52,6 +52,8 @@ from .tx import Tx, TxIn, TxOut
 TX_VERSION = 2
 # No relative lock (bit 31 set), still signals replaceability.
 SEQUENCE_NO_RELATIVE_LOCK = 0xFFFFFFFD
+
+
 class NodeKind(StrEnum):
     LEAF = "leaf"  # a DW state tx paying channels + liquidity stock
     STATE = "state"  # an interior DW state tx: relative lock in nSequence

@@ -22,10 +22,16 @@ from .guards import Guards
 from .node import Node
 from .opens import ChannelOpens
 from .peers import Peers
+from .ratelimit import LogLimiter
 from .records import Records
 from .runtime import PeerUnreachable
 
 log = logging.getLogger("superscalar")
+peer_log = LogLimiter(log)  # what a peer can trigger at will: once a minute per peer
+
+# Before our path is signed: the only states a message (or a timeout) may abort.
+IN_CEREMONY = (store.ClientState.ACCEPTED, store.ClientState.SIGNING)
+MAX_PENDING_PER_PEER = 4  # proposals of one LSP we are signing at once; more are refused
 
 
 @dataclass
@@ -82,42 +88,75 @@ class ClientRole:
     def check_deadlines(self, now: float) -> None:
         for cs in list(self._sessions.values()):
             # The LSP times out first and tells us; our own, longer deadline only frees state.
-            if cs.record.state in (store.ClientState.ACCEPTED, store.ClientState.SIGNING) and (
-                now > cs.deadline
-            ):
+            if cs.record.state in IN_CEREMONY and now > cs.deadline:
                 self._abort(cs, "the LSP went silent during the ceremony", tell_lsp=False)
 
     def _deadline(self) -> float:
         return time.monotonic() + 3 * self._node.config.ceremony_timeout
 
     def on_payload(self, peer: str, instance: str, p: protocol.Payload) -> None:
-        """A message from `peer` about a factory that is not ours as LSP."""
+        """A message from `peer` about a factory that is not ours as LSP. Only the factory's LSP
+        may change our state, and nothing changes a signed factory (READY, FUNDED)."""
         cs = self._sessions.get(instance)
-        if isinstance(p, protocol.Propose):
-            if cs is not None or instance in self._records:
-                raise CeremonyError("proposal for a factory we already know")
+        known = self._records.get(instance)
+        if isinstance(p, protocol.Propose) and known is None:
             self._consider(peer, p)
             return
-        if cs is None or cs.record.lsp_node_id != peer:
-            log.warning(
-                "dropped a message from %s for a factory it does not run (%s)", peer, instance[:16]
+        if not isinstance(known, store.ClientRecord) or known.lsp_node_id != peer or cs is None:
+            peer_log.warning(
+                peer,
+                "dropped a message from %s for factory %s (not its LSP, or no ceremony in flight)",
+                peer,
+                instance[:16],
             )
+            return
+        if cs.record.state not in IN_CEREMONY:
+            self._after_signing(cs, p)
             return
         if isinstance(p, protocol.Ceremony):
             self._on_ceremony(cs, p)
-        elif isinstance(p, protocol.Funded):
-            self._on_funded(cs, p)
         elif isinstance(p, protocol.Text) and p.type is protocol.PayloadType.ABORT:
             self._abort(cs, f"LSP aborted: {p.reason}", tell_lsp=False)
         else:
-            raise CeremonyError(f"unexpected {type(p).__name__}")
+            raise CeremonyError(f"unexpected {type(p).__name__} during the ceremony")
+
+    def _after_signing(self, cs: ClientSession, p: protocol.Payload) -> None:
+        """The LSP's messages once our path is signed: FUNDED is welcome; nothing else changes
+        what we watch and guard."""
+        if isinstance(p, protocol.Funded) and cs.record.state is store.ClientState.READY:
+            self._on_funded(cs, p)
+        elif isinstance(p, protocol.Text) and p.type is protocol.PayloadType.ABORT:
+            log.warning(
+                "factory %s: the LSP aborted after our path was signed (%s); still watching it",
+                cs.record.instance_id[:16],
+                p.reason,
+            )
+        else:
+            peer_log.warning(
+                cs.record.lsp_node_id,
+                "ignored %s from the LSP for factory %s (%s)",
+                type(p).__name__,
+                cs.record.instance_id[:16],
+                cs.record.state.value,
+            )
 
     def _consider(self, peer: str, p: protocol.Propose) -> None:
         cfg = self._node.config
+        pending = sum(
+            1
+            for cs in self._sessions.values()
+            if cs.record.lsp_node_id == peer and cs.record.state in IN_CEREMONY
+        )
         reason = refusal(peer, p, cfg, self._node.height)
+        if reason is None and pending >= MAX_PENDING_PER_PEER:
+            reason = f"{pending} of your proposals are already pending here"
         if reason is not None:
-            log.info("refusing factory %s from %s: %s", p.instance_id.hex()[:16], peer, reason)
-            self._peers.send(peer, protocol.Text(protocol.PayloadType.REJECT, p.instance_id, reason))
+            peer_log.warning(
+                peer, "refusing factory %s from %s: %s", p.instance_id.hex()[:16], peer, reason
+            )
+            self._peers.send(
+                peer, protocol.Text(protocol.PayloadType.REJECT, p.instance_id, reason)
+            )
             return
         instance = p.instance_id.hex()
         seckey = self._node.client_key(instance)
@@ -153,7 +192,9 @@ class ClientRole:
         cs.deadline = self._deadline()
         if cs.signer.state is SignerState.DONE and not signed_before:
             self._store_path(cs)
-            self._peers.send(cs.record.lsp_node_id, protocol.Stored(p.instance_id, cs.signer.session))
+            self._peers.send(
+                cs.record.lsp_node_id, protocol.Stored(p.instance_id, cs.signer.session)
+            )
         elif reply is not None:
             self._peers.send(cs.record.lsp_node_id, protocol.Ceremony(p.instance_id, reply))
 
@@ -162,8 +203,11 @@ class ClientRole:
             raise CeremonyError("FUNDED before our path was stored")
         if p.txid != cs.record.funding_txid:
             raise CeremonyError(f"FUNDED names {p.txid}, our path spends {cs.record.funding_txid}")
-        cs.record = cs.record.replace(state=store.ClientState.FUNDED)
+        latest = self._records.get(cs.record.instance_id)  # e.g. marked compromised meanwhile
+        assert isinstance(latest, store.ClientRecord)
+        cs.record = latest.replace(state=store.ClientState.FUNDED)
         self._records.persist(cs.record)
+        del self._sessions[cs.record.instance_id]  # nothing more to hear from the LSP
         self._guards.refresh()
 
     def _store_path(self, cs: ClientSession) -> None:
@@ -188,18 +232,20 @@ class ClientRole:
         self._records.persist(cs.record)
         self._guards.refresh()  # from now on our invoices carry the EWT and HTLCs are checked
 
-    def abort(self, instance: str, reason: str) -> None:
-        """Our side failed (a bad message, our bug): abort and tell the LSP."""
+    def abort(self, instance: str, peer: str, reason: str) -> None:
+        """A message of the factory's LSP broke the ceremony: abort and tell the LSP. Anyone
+        else's message changes nothing (it was only dropped)."""
         cs = self._sessions.get(instance)
-        if cs is not None:
+        if cs is not None and cs.record.lsp_node_id == peer:
             self._abort(cs, reason, tell_lsp=True)
 
     def _abort(self, cs: ClientSession, reason: str, tell_lsp: bool) -> None:
-        if cs.record.state in (store.ClientState.FUNDED, store.ClientState.ABORTED):
+        if cs.record.state not in IN_CEREMONY:  # signed: never stop protecting it
             return
         cs.signer.forget()
         cs.record = cs.record.replace(state=store.ClientState.ABORTED, error=reason)
-        self._records.persist(cs.record)
+        self._records.persist(cs.record)  # deleted PRUNE_AFTER blocks on (records.prune)
+        self._sessions.pop(cs.record.instance_id, None)
         log.warning("factory %s aborted: %s", cs.record.instance_id[:16], reason)
         self._opens.forget(cs.record.instance_id)
         if tell_lsp:

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..engine import policy, store
 from .node import Node
-from .records import LIVE, Records, topology, txid_of
+from .records import LIVE, Records, is_compromised, topology, txid_of
 
 log = logging.getLogger("superscalar")
 
@@ -136,7 +136,9 @@ def _guards_by_channel(records: list[store.Record]) -> dict[str, policy.ChannelG
     for r in records:
         if r.state not in LIVE:
             continue
-        guard = policy.ChannelGuard(topology(r).ewt, r.timeout_height)
+        # A compromised factory's channel takes no HTLC at all (a timeout of 0 fails every one).
+        timeout = 0 if is_compromised(r) else r.timeout_height
+        guard = policy.ChannelGuard(topology(r).ewt, timeout)
         if isinstance(r, store.LspRecord):
             for c in r.clients:
                 if c.channel_id:

@@ -31,11 +31,13 @@ from . import address, funding, psbt as psbtmod
 from .guards import Guards
 from .node import Node
 from .peers import Peers
+from .ratelimit import LogLimiter
 from .records import Records
 from .runtime import PeerUnreachable, Reply, RpcFailed, fail, rpc_exception, why
 from .status import StatusView
 
 log = logging.getLogger("superscalar")
+peer_log = LogLimiter(log)  # what a peer can trigger at will: once a minute per peer
 
 COMPLETING_PATIENCE = 144  # blocks after creation to wait for a funding sent before a restart
 
@@ -69,6 +71,17 @@ def probe_factory(
         pk = musig2.pubkey_from_secret(hashlib.sha256(b"probe%d" % i).digest())
         slots.append(ClientSlot(pk, b"\x00\x20" + bytes(32), sat))
     return Factory.create(params, lsp_pub, slots, timeout)
+
+
+GENERIC_ABORT = "the LSP aborted the factory's creation"
+
+
+def reason_for(client: str, reason: str, clients: list[str]) -> str:
+    """What one client is told of an abort: the reason when it names no other client and no
+    internal detail of ours, else a generic one (a co-client's id or words are not its business)."""
+    if "internal error" in reason or any(c != client and c in reason for c in clients):
+        return GENERIC_ABORT
+    return reason
 
 
 class LspRole:
@@ -241,8 +254,11 @@ class LspRole:
         index = next((i for i, c in enumerate(r.clients) if c.node_id == peer), None)
         if index is None:
             # Only participants may disturb a factory: a stranger's message is dropped, not fatal.
-            log.warning(
-                "dropped a message from %s, not a client of factory %s", peer, r.instance_id[:16]
+            peer_log.warning(
+                peer,
+                "dropped a message from %s, not a client of factory %s",
+                peer,
+                r.instance_id[:16],
             )
             return
         s.deadline = self._deadline()  # progress: wait again
@@ -265,6 +281,11 @@ class LspRole:
         musig2.xonly(p.client_pubkey)  # a valid point, or MuSigError
         if s.record.clients[index].pubkey is not None:
             raise CeremonyError("accepted twice")
+        key = p.client_pubkey.hex()
+        if key == s.record.lsp_pubkey:
+            raise CeremonyError("its factory key is the LSP's own key")
+        if any(c.pubkey == key for c in s.record.clients):
+            raise CeremonyError("its factory key is already another client's")
         self._update_client(s, index, pubkey=p.client_pubkey.hex())
         if all(c.pubkey for c in s.record.clients):
             self._open_channels(s)
@@ -406,6 +427,11 @@ class LspRole:
         after a restart it may have been sent already, so then the chain decides (`on_block`)."""
         try:
             txid = funding.sign_and_send(self._node.rpc, s.record.funding_psbt or "")
+            if txid != s.record.funding_txid:
+                raise RpcFailed(
+                    f"sendpsbt broadcast funding {txid}, not {s.record.funding_txid} that the"
+                    " clients signed against"
+                )
         except RpcFailed as e:
             if not resumed:
                 self._abort(s, str(e))
@@ -452,8 +478,10 @@ class LspRole:
         log.warning("factory %s aborted: %s", r.instance_id[:16], reason)
         if s.coordinator is not None:
             s.coordinator.abort(reason)
-        abort = protocol.Text(protocol.PayloadType.ABORT, bytes.fromhex(r.instance_id), reason)
+        ids = [c.node_id for c in r.clients]
         for c in r.clients:
+            told = reason_for(c.node_id, reason, ids)
+            abort = protocol.Text(protocol.PayloadType.ABORT, bytes.fromhex(r.instance_id), told)
             try:
                 self._peers.send(c.node_id, abort)
             except Exception as e:

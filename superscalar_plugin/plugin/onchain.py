@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from ..engine import policy, store
@@ -88,6 +89,7 @@ class OnChain:
         self.scanned: int | None = None
         self._hashes: dict[int, str] = {}  # height -> hash of the block we scanned there
         self._chan_cache: dict[str, dict[str, Any]] | None = None
+        self.funding_check: Callable[[bytes, list[str]], None] | None = None
         self._fee_bumper: FeeBumper | None = None
 
     @property
@@ -233,7 +235,8 @@ class OnChain:
         self._records.update_chain(record.instance_id, **changes)
 
     def _scan(self, height: int, raw_block: bytes) -> None:
-        txids = set(block_txids(raw_block))
+        in_order = block_txids(raw_block)
+        txids = set(in_order)
         for record in list(self._records.all()):
             seen = watched_txids(record) & txids
             known = {t for t, _ in record.confirmed}
@@ -241,6 +244,8 @@ class OnChain:
             if new:
                 confirmed = (*record.confirmed, *((t, height) for t in new))
                 self._records.update_chain(record.instance_id, confirmed=confirmed)
+        if self.funding_check is not None:  # the client's funding output check (fundcheck.py)
+            self.funding_check(raw_block, in_order)
 
     # --- duties -------------------------------------------------------------------------------
 

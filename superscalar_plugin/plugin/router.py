@@ -103,6 +103,8 @@ class Router:
         else:
             log.exception("internal error on a message from %s", peer)
         if self._lsp.runs(instance):
-            self._lsp.abort(instance, f"client {peer}: {e}" if expected else f"internal error: {e!r}")
+            self._lsp.abort(
+                instance, f"client {peer}: {e}" if expected else f"internal error: {e!r}"
+            )
         else:
-            self._client.abort(instance, str(e))
+            self._client.abort(instance, peer, str(e))

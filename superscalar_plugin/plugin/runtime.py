@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -18,7 +19,7 @@ from ..engine.errors import CeremonyError, SuperscalarError
 
 log = logging.getLogger("superscalar")
 
-IDLE_SECONDS = 0.5  # how often an idle worker runs its tick (ceremony deadlines)
+IDLE_SECONDS = 0.5  # how often the worker runs its tick (ceremony deadlines), busy or idle
 
 
 class RpcFailed(SuperscalarError):
@@ -74,20 +75,30 @@ class Worker:
         self.submit(lambda: answer_now(reply, job, "RPC failed"))
 
     def _run(self) -> None:
+        next_tick = time.monotonic() + IDLE_SECONDS
         while True:
             try:
-                job = self._jobs.get(timeout=IDLE_SECONDS)
+                job = self._jobs.get(timeout=max(0.0, next_tick - time.monotonic()))
             except queue.Empty:
                 job = self._tick
             if job is None or self.stopping.is_set():
                 return
-            try:
-                job()
-            except Exception:  # the worker must survive anything a peer or lightningd does
-                if self.stopping.is_set():
-                    log.debug("job interrupted by shutdown", exc_info=True)
-                else:
-                    log.exception("superscalar worker job failed")
+            self._run_job(job)
+            # The tick (ceremony deadlines) is due every IDLE_SECONDS whatever arrives: a peer
+            # sending a message faster than that must not hold a creation forever.
+            if job is self._tick or time.monotonic() >= next_tick:
+                if job is not self._tick and not self.stopping.is_set():
+                    self._run_job(self._tick)
+                next_tick = time.monotonic() + IDLE_SECONDS
+
+    def _run_job(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except Exception:  # the worker must survive anything a peer or lightningd does
+            if self.stopping.is_set():
+                log.debug("job interrupted by shutdown", exc_info=True)
+            else:
+                log.exception("superscalar worker job failed")
 
 
 def answer_now(reply: Reply, job: Callable[[], Any], what: str) -> None:

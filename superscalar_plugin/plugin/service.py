@@ -10,6 +10,7 @@ This module only wires the roles together and is what `main` (pyln's handlers) c
     peers.py     bLIP-56 handshake and messages out
     guards.py    hot path: HTLC rules and the invoice CLTV, dictionary lookups only
     onchain.py   each block: scan, exits (trigger, publish, CPFP, close), the LSP's sweeps
+    fundcheck.py a client's check of the confirmed funding output against what it signed
     status.py    what factory-status / -list / -exit / -create answer
     records.py   the records in lightningd's datastore
     node.py      this node's id, height, keys and channels; runtime.py the worker; config.py
@@ -18,13 +19,16 @@ Threads. pyln-client runs one dispatch loop: a handler that waited for a peer, o
 (which may call back into this plugin through the `rpc_command` hook), would deadlock it. So:
 
 - pyln's dispatch thread runs the hooks and notifications and answers at once: `htlc_verdict` and
-  `invoice_params` (guards: lookups in a map swapped whole), `on_openchannel` and the
+  `invoice_params` (guards: lookups in a map swapped whole; an HTLC that arrives before start-up
+  built them waits for `ready`, bounded), `on_openchannel` and the
   `channel_in_factory` record (opens: a dictionary under its own lock), `on_disconnect` (peers),
   the height from `block_added` (node); everything else it only queues.
 - The worker thread (`runtime.Worker`) runs every queued job in order, start-up included: each
   message (in -> persist -> out), every RPC handler's work but those below, the LSP's
-  creations (whose lightningd round trips, e.g. `fundchannel_start`, wait on a peer), and, when
-  idle, the ceremony deadlines. Role state (sessions) is touched only there, so it needs no lock.
+  creations (whose lightningd round trips, e.g. `fundchannel_start`, wait on a peer), what the
+  chain thread found (a compromised funding, `fundcheck`), the pruning of never-signed records,
+  and, every 0.5 s however busy it is, the ceremony deadlines (a flood of messages cannot starve
+  them). Role state (sessions) is touched only there, so it needs no lock.
 - The chain thread (a second `Worker`, started once start-up has loaded the records) runs the
   on-chain duties of every factory: each block's scan, exits, CPFP, closes and sweeps,
   `factory-exit`, and the read-only `factory-status`/`-list`. No peer can hold it: it never waits on a peer, so a client that never answers
@@ -50,6 +54,7 @@ from ..engine import store
 from ..engine.tree import FactoryParams
 from .client import ClientRole
 from .config import MIN_CHANNEL_SAT, Config
+from .fundcheck import FundingCheck
 from .guards import Guards
 from .lsp import LspRole
 from .node import Node
@@ -64,6 +69,9 @@ from .status import StatusView
 __all__ = ["MIN_CHANNEL_SAT", "Config", "FactoryService"]
 
 log = logging.getLogger("superscalar")
+
+READY_WAIT = 30.0  # seconds an HTLC arriving during start-up waits for the guards
+TEMPORARY_NODE_FAILURE = "2002"  # BOLT 4: NODE|2
 
 
 class FactoryService:
@@ -83,6 +91,8 @@ class FactoryService:
         self.client = ClientRole(self.node, self.records, self.peers, self.opens, self.guards)
         self.router = Router(self.peers, self.opens, self.lsp, self.client, self.worker.submit)
         self.onchain = OnChain(self.node, self.records)
+        self.funding = FundingCheck(self.node, self.records, self.guards, self.worker.submit)
+        self.onchain.funding_check = self.funding.on_block
         self.ready = threading.Event()
 
     # --- lifecycle (worker) -------------------------------------------------------------------
@@ -106,15 +116,20 @@ class FactoryService:
         info = self.node.rpc.call("getinfo")
         self.node.id = info["id"]
         self.node.raise_height(int(info["blockheight"]))
+        self.records.height = self.node.height
         records = self.records.load()
         # Every record is loaded: on-chain duties may run (queued blocks first), even if what
         # follows fails. Never before: a scan without the records would skip their txs for good.
         self.chain.start()
         for record in records:
-            if isinstance(record, store.LspRecord):
-                self.lsp.resume(record)
-            else:
-                self.client.resume(record)
+            try:
+                if isinstance(record, store.LspRecord):
+                    self.lsp.resume(record)
+                else:
+                    self.client.resume(record)
+            except Exception:  # one factory's trouble must not stop start-up for the others
+                log.exception("resuming factory %s failed", record.instance_id[:16])
+        self.funding.recheck()
         self.guards.read_configs()
         self.guards.refresh()
         self.ready.set()
@@ -164,9 +179,15 @@ class FactoryService:
         return self.opens.decide(peer, funding_msat, push_msat)
 
     def htlc_verdict(self, htlc: dict[str, Any], onion: dict[str, Any]) -> dict[str, Any]:
+        """Until start-up has built the guards, an HTLC (lightningd replays them at start) is
+        held, up to READY_WAIT seconds, then failed: never let one through unchecked."""
+        if not self.ready.wait(READY_WAIT):
+            log.warning("failing an HTLC: start-up has not built the factory HTLC rules yet")
+            return {"result": "fail", "failure_message": TEMPORARY_NODE_FAILURE}
         return self.guards.htlc_verdict(htlc, onion)
 
     def invoice_params(self, params: Any) -> Any | None:
+        self.ready.wait(READY_WAIT)  # the largest EWT is known once start-up built the guards
         return self.guards.invoice_params(params)
 
     def on_connect(self, peer: str) -> None:
@@ -190,3 +211,4 @@ class FactoryService:
         finally:
             self.worker.submit(lambda: self.lsp.on_block(height))
             self.worker.submit(self.guards.refresh)
+            self.worker.submit(lambda: self.records.prune(height))

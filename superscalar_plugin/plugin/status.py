@@ -12,7 +12,7 @@ from ..engine import store
 from ..engine.errors import InvalidParameter
 from ..engine.tree import Topology
 from .node import Node
-from .records import Records, topology, txid_of
+from .records import Records, is_compromised, topology, txid_of
 
 
 class StatusView:
@@ -39,6 +39,8 @@ class StatusView:
         }
         if record.error:
             base["error"] = record.error
+        if is_compromised(record):
+            base["compromised"] = True  # the funding is not what the tree was signed against
         if record.exit is not None:
             base["exit"] = exit_progress(record, topo)
         if isinstance(record, store.LspRecord):

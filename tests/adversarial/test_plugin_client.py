@@ -63,7 +63,8 @@ def test_late_ceremony_messages_leave_a_funded_client_funded_with_its_path(
         lsp, _ceremony(created["instance"], wire.Abort(session, "late").encode())
     )
     clients[0].deliver_custommsg(lsp, requests[0])
-    clients[0].wait_for_log("already signed this factory")
+    # Refused by the signer, or dropped before it (a funded client keeps no ceremony session).
+    clients[0].wait_for_log("already signed this factory|no ceremony in flight")
     [after] = clients[0].rpc_call("factory-status")["factories"]
     assert after["state"] == "funded"
     assert [e["txid"] for e in after["exit_path"]] == [e["txid"] for e in before["exit_path"]]
