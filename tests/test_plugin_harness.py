@@ -45,12 +45,14 @@ def _setup(
     return net, lsp, clients
 
 
-def _create(lsp: FakeNode, clients: list[FakeNode], **extra: Any) -> Any:
+def _create(
+    lsp: FakeNode, clients: list[FakeNode], *, rpc_timeout: float = 60, **extra: Any
+) -> Any:
     params = {"clients": [c.node_id for c in clients], "channel_sat": CHANNEL_SAT, **extra}
     last: Exception | None = None
     for _ in range(50):  # until every client's handshake arrived
         try:
-            return lsp.rpc_call("factory-create", params, timeout=60)
+            return lsp.rpc_call("factory-create", params, timeout=rpc_timeout)
         except RpcCallError as e:
             if "has not announced SuperScalar support" not in str(e):
                 raise

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from test_plugin_harness import _create, _setup
 
 from superscalar_plugin.engine import blip56, protocol
 
@@ -31,40 +32,7 @@ from harness.errors import RpcCallError
 from harness.network import SUPERSCALAR_PLUGIN, Network
 from harness.node import FakeNode
 
-CHANNEL_SAT = 100_000
 FACTORIES = ["superscalar", "factories"]
-
-
-def _setup(
-    network_factory: Callable[..., Network], n: int = 2, timeout: int = 8
-) -> tuple[Network, FakeNode, list[FakeNode]]:
-    net = network_factory(plugin=SUPERSCALAR_PLUGIN, timeout=30)
-    lsp = net.add_node("lsp", options={"superscalar-ceremony-timeout": timeout})
-    clients = [
-        net.add_node(
-            f"client{i}",
-            options={
-                "superscalar-accept-from": lsp.node_id,
-                "superscalar-ceremony-timeout": timeout,
-            },
-        )
-        for i in range(n)
-    ]
-    for c in clients:
-        net.connect(lsp, c)
-    return net, lsp, clients
-
-
-def _create(lsp: FakeNode, clients: list[FakeNode], timeout: float = 60) -> Any:
-    params = {"clients": [c.node_id for c in clients], "channel_sat": CHANNEL_SAT}
-    for _ in range(100):  # until every client's handshake arrived
-        try:
-            return lsp.rpc_call("factory-create", params, timeout=timeout)
-        except RpcCallError as e:
-            if "has not announced SuperScalar support" not in str(e):
-                raise
-            time.sleep(0.1)
-    raise AssertionError("handshake never completed")
 
 
 def _state(node: FakeNode) -> str:
@@ -78,7 +46,7 @@ def _state(node: FakeNode) -> str:
 def test_a_co_client_or_repeated_propose_never_unwatches_a_signed_client(
     network_factory: Callable[..., Network],
 ) -> None:
-    net, lsp, clients = _setup(network_factory)
+    net, lsp, clients = _setup(network_factory, n=2)
     victim, co_client = clients
     net.connect(co_client, victim)
     proposals: dict[str, protocol.Propose] = {}
@@ -164,7 +132,7 @@ def test_a_message_flood_cannot_starve_the_ceremony_timeout(
     try:
         started = time.monotonic()
         with pytest.raises(RpcCallError) as info:
-            _create(lsp, clients, timeout=20)
+            _create(lsp, clients, rpc_timeout=20)
         assert time.monotonic() - started < 10
     finally:
         stop.set()
@@ -293,7 +261,7 @@ def test_a_funding_output_other_than_signed_marks_the_factory_compromised(
 def test_a_duplicate_accept_key_is_refused_naming_the_client(
     network_factory: Callable[..., Network], whose: str
 ) -> None:
-    net, lsp, clients = _setup(network_factory)
+    net, lsp, clients = _setup(network_factory, n=2)
     honest, culprit = clients
     keys: dict[str, bytes] = {}
     held: list[bytes] = []  # the culprit's instance id while it waits for the key it copies
@@ -338,7 +306,7 @@ def test_a_duplicate_accept_key_is_refused_naming_the_client(
 def test_a_funding_txid_other_than_signed_aborts_naming_both(
     network_factory: Callable[..., Network],
 ) -> None:
-    _net, lsp, clients = _setup(network_factory)
+    _net, lsp, clients = _setup(network_factory, n=2)
     builtin = lsp._builtin
     other = "ee" * 32
 
