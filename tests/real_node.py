@@ -53,3 +53,12 @@ def cli(node: Any, *args: str) -> Any:
 def connect_by_ip(node: Any, peer: Any) -> None:
     """How every LSP connects to its clients: `lightning-cli connect <id> 127.0.0.1 <port>`."""
     cli(node, "connect", peer.info["id"], "127.0.0.1", str(peer.port))
+
+
+def write_plugin(directory: Path, name: str, source: str) -> str:
+    """A small pyln plugin for a test node: `source` as an executable file run by this
+    interpreter (which has pyln-client); returns its path for the node's `plugin` option."""
+    path = directory / name
+    path.write_text(f"#!{sys.executable}\n{source}")
+    path.chmod(0o755)
+    return str(path)

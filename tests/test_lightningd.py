@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from real_node import PLUGIN, connect_by_ip, require_lightningd
+from real_node import PLUGIN, connect_by_ip, require_lightningd, write_plugin
 
 require_lightningd()
 
@@ -259,13 +258,6 @@ plugin.run()
 '''
 
 
-def _hold_plugin(tmp: Path) -> str:
-    path = tmp / "hold_htlcs.py"
-    path.write_text(f"#!{sys.executable}\n{HOLD_PLUGIN}")
-    path.chmod(0o755)
-    return str(path)
-
-
 def test_a_client_with_an_empty_wallet_exits_with_an_htlc_in_flight(
     node_factory: Any, bitcoind: Any, tmp_path: Path
 ) -> None:
@@ -273,7 +265,10 @@ def test_a_client_with_an_empty_wallet_exits_with_an_htlc_in_flight(
     goes away. The client's exit must still bring its whole balance home: its channel is a
     non-anchor channel, so the HTLC-timeout transaction carries its own fee."""
     lsp = node_factory.get_node(
-        options={"plugin": [PLUGIN, _hold_plugin(tmp_path)], "watchtime-blocks": 6},
+        options={
+            "plugin": [PLUGIN, write_plugin(tmp_path, "hold_htlcs.py", HOLD_PLUGIN)],
+            "watchtime-blocks": 6,
+        },
         may_reconnect=True,
     )
     [me] = node_factory.get_nodes(

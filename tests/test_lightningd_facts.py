@@ -12,12 +12,11 @@ v26.06.6 for a zero-conf fundee to bind its channel's script.
 from __future__ import annotations
 
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from real_node import require_lightningd
+from real_node import require_lightningd, write_plugin
 
 require_lightningd()
 
@@ -37,19 +36,12 @@ plugin.run()
 '''
 
 
-def _spy(tmp: Path) -> str:
-    path = tmp / "spy_openchannel2.py"
-    path.write_text(f"#!{sys.executable}\n{SPY}")
-    path.chmod(0o755)
-    return str(path)
-
-
 def test_a_v2_accepter_sees_its_verified_funding_output(
     node_factory: Any, bitcoind: Any, tmp_path: Path
 ) -> None:
     opener = node_factory.get_node(options={"experimental-dual-fund": None})
     accepter = node_factory.get_node(
-        options={"experimental-dual-fund": None, "plugin": _spy(tmp_path)}
+        options={"experimental-dual-fund": None, "plugin": write_plugin(tmp_path, "spy_openchannel2.py", SPY)}
     )
     opener.rpc.connect(accepter.info["id"], "localhost", accepter.port)
     opener.fundwallet(2_000_000)
