@@ -34,12 +34,12 @@ class _SturdyPlugin(Plugin):  # type: ignore[misc]
 
     def _multi_dispatch(self, msgs: list[bytes]) -> bytes:
         for payload in msgs[:-1]:
+            # One message at a time, each parsed once (hooks run for every HTLC). Only the
+            # parse can raise here: pyln's dispatch catches what a handler raises.
             try:
-                json.loads(payload.decode("utf8"))
+                super()._multi_dispatch([payload, b""])
             except (UnicodeDecodeError, ValueError):
                 _answer_unreadable(self, payload)
-                continue
-            super()._multi_dispatch([payload, b""])
         return msgs[-1]
 
 
