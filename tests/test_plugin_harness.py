@@ -140,6 +140,7 @@ def test_lsp_and_four_clients_create_a_factory(network_factory: Callable[..., Ne
             "instance": instance,
             "role": "lsp",
             "state": "funded",
+            "phase": "active",
             "timeout_height": created["timeout_height"],
             "early_warning_time": created["early_warning_time"],
         }

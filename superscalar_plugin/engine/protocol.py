@@ -24,6 +24,13 @@ class PayloadType(IntEnum):
     STORED = 6  # client -> LSP: I verified and stored my signed exit path
     ABORT = 7  # either way: this factory is abandoned, and why
     FUNDED = 8  # LSP -> client: the funding tx was broadcast
+    MOVE = 9  # LSP -> client: move your balance out of this funded factory into a target channel
+    KEY = 10  # client -> LSP: my balance left this factory; here is my key of it (hand-over)
+
+
+class MoveTarget(IntEnum):
+    FACTORY = 1  # the client's channel in another factory of the same LSP (migration)
+    CHANNEL = 2  # an ordinary, confirmed channel with the LSP (cooperative close)
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,20 @@ class Funded:
     vout: int
 
 
-Payload = Propose | Accept | Text | InFactory | Ceremony | Stored | Funded
+@dataclass(frozen=True)
+class Move:
+    instance_id: bytes  # the factory to leave
+    kind: MoveTarget
+    target: bytes  # a factory instance id or a channel id (32 bytes)
+
+
+@dataclass(frozen=True)
+class Key:
+    instance_id: bytes
+    secret: bytes  # the client's per-factory private key, handed over once its balance left
+
+
+Payload = Propose | Accept | Text | InFactory | Ceremony | Stored | Funded | Move | Key
 
 
 def encode(p: Payload) -> bytes:
@@ -104,6 +124,10 @@ def encode(p: Payload) -> bytes:
         return bytes([PayloadType.CEREMONY]) + p.instance_id + p.message
     if isinstance(p, Stored):
         return bytes([PayloadType.STORED]) + p.instance_id + p.session
+    if isinstance(p, Move):
+        return bytes([PayloadType.MOVE]) + p.instance_id + bytes([p.kind]) + p.target
+    if isinstance(p, Key):
+        return bytes([PayloadType.KEY]) + p.instance_id + p.secret
     return (
         bytes([PayloadType.FUNDED])
         + p.instance_id
@@ -144,6 +168,14 @@ def decode(data: bytes) -> Payload:
         out = Ceremony(instance, r.take(len(data) - r.pos))
     elif kind is PayloadType.STORED:
         out = Stored(instance, r.take(32))
+    elif kind is PayloadType.MOVE:
+        try:
+            target_kind = MoveTarget(r.u8())
+        except ValueError as e:
+            raise WireError("unknown move target kind") from e
+        out = Move(instance, target_kind, r.take(32))
+    elif kind is PayloadType.KEY:
+        out = Key(instance, r.take(32))
     else:
         out = Funded(instance, r.take(32)[::-1].hex(), r.u32())
     r.end()

@@ -28,6 +28,7 @@ class LspState(StrEnum):
     SIGNING = "signing"  # MuSig2 ceremony in flight
     COMPLETING = "completing"  # every client stored its path; channels completed, funding next
     FUNDED = "funded"  # funding broadcast
+    CLOSED = "closed"  # every client handed over; the funding output spent by key path (confirmed)
     ABORTED = "aborted"
 
 
@@ -36,7 +37,15 @@ class ClientState(StrEnum):
     SIGNING = "signing"
     READY = "ready"  # signed exit path stored
     FUNDED = "funded"
+    HANDED_OVER = "handed_over"  # balance moved out, channel retired, key given to the LSP
     ABORTED = "aborted"
+
+
+class WindDown(StrEnum):
+    """How an LSP's factory ends before its timeout (none: it runs until T)."""
+
+    MIGRATE = "migrate"  # clients move into successor factories (the ladder)
+    CLOSE = "close"  # clients move into ordinary on-chain channels (the LSP stops)
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,11 @@ class ClientEntry:
     channel_script: str | None = None
     channel_id: str | None = None
     stored: bool = False
+    # The hand-over (wind-down): the channel its balance moves to, its key once it gave it, and
+    # why it last refused (shown in factory-status).
+    moved_to: str | None = None
+    handed_key: str | None = None
+    refusal: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,9 @@ class LspRecord:
     confirmed: tuple[tuple[str, int], ...] = ()  # (txid, block height) of our txs seen on chain
     exit: ExitState | None = None
     sweeps: tuple[tuple[str, str], ...] = ()  # ("txid:vout" swept, raw sweep tx hex)
+    wind_down: WindDown | None = None
+    successors: tuple[str, ...] = ()  # factories created for this one's clients to move into
+    handover_tx: str | None = None  # raw key-path spend of the funding output, every key held
 
     def replace(self, **changes: Any) -> LspRecord:
         return dataclasses.replace(self, **changes)
@@ -119,6 +136,7 @@ class ClientRecord:
     error: str | None = None
     confirmed: tuple[tuple[str, int], ...] = ()
     exit: ExitState | None = None
+    moving_to: str | None = None  # channel id our balance is moving to (the LSP asked)
 
     def replace(self, **changes: Any) -> ClientRecord:
         return dataclasses.replace(self, **changes)
@@ -300,6 +318,9 @@ def _client_entry(c: Any) -> ClientEntry:
         channel_script=_hex(c, "channel_script", optional=True),
         channel_id=_hex(c, "channel_id", 32, optional=True),
         stored=bool(_get(c, "stored", bool)),
+        moved_to=_hex(c, "moved_to", 32, optional=True),
+        handed_key=_hex(c, "handed_key", 32, optional=True),
+        refusal=_get(c, "refusal", str, optional=True),
     )
 
 
@@ -322,7 +343,23 @@ def _lsp_record(data: dict[str, Any]) -> LspRecord:
         confirmed=_pairs(data, "confirmed", int),
         exit=_exit(data),
         sweeps=_pairs(data, "sweeps", str),
+        wind_down=_wind_down(data),
+        successors=tuple(_strings(data, "successors", 32)),
+        handover_tx=_hex(data, "handover_tx", optional=True),
     )
+
+
+def _wind_down(data: dict[str, Any]) -> WindDown | None:
+    value = _get(data, "wind_down", str, optional=True)
+    return None if value is None else WindDown(value)
+
+
+def _strings(data: dict[str, Any], key: str, length: int) -> list[str]:
+    """A list of hex strings of `length` bytes (absent: empty, as in records written before)."""
+    values = data.get(key) or []
+    if not isinstance(values, list):
+        raise StoreError(f"record field {key!r} must be a list")
+    return [_hex({key: v}, key, length) for v in values]
 
 
 def _client_record(data: dict[str, Any]) -> ClientRecord:
@@ -344,6 +381,7 @@ def _client_record(data: dict[str, Any]) -> ClientRecord:
         error=_get(data, "error", str, optional=True),
         confirmed=_pairs(data, "confirmed", int),
         exit=_exit(data),
+        moving_to=_hex(data, "moving_to", 32, optional=True),
     )
 
 
@@ -454,7 +492,7 @@ def _validate_client(r: ClientRecord) -> None:
         nodes = [e.node for e in r.path]
         expected = topo.client_path(r.client_index)
         _expect(nodes == expected, "path", f"covers nodes {nodes}, our path is {expected}")
-    if r.state in (ClientState.READY, ClientState.FUNDED):
+    if r.state in (ClientState.READY, ClientState.FUNDED, ClientState.HANDED_OVER):
         _expect(r.header is not None, "header", f"missing in a {r.state.value} record")
         _expect(bool(r.path), "path", f"missing in a {r.state.value} record")
 
@@ -476,3 +514,13 @@ def _validate_lsp(r: LspRecord) -> None:
     if r.funding_amount is not None:
         _expect(r.funding_amount > 0, "funding_amount", f"{r.funding_amount} is not positive")
     _validate_entries("tree", r.tree, topo)
+    if r.state is LspState.CLOSED:
+        _expect(r.handover_tx is not None, "handover_tx", "missing in a closed record")
+    if r.handover_tx is not None:
+        _expect(
+            all(c.handed_key for c in r.clients), "handover_tx", "sent without every client's key"
+        )
+        try:
+            Tx.deserialize(bytes.fromhex(r.handover_tx))
+        except SuperscalarError as err:
+            raise InvalidRecord("handover_tx", f"not a transaction: {err}") from err

@@ -8,6 +8,9 @@ from ..engine.tree import FactoryParams
 
 MIN_CHANNEL_SAT = 20_000  # a floor above Core Lightning's default min-capacity-sat (10,000)
 FACTORY_PUSH_MSAT = 1000
+# The reserve the LSP asks a client to keep in a factory channel: none, so a client can move its
+# whole balance into the next factory and hand over its key with nothing left behind.
+FACTORY_RESERVE_SAT = 0
 # static_remotekey (12) + scid_alias (46) + zeroconf (50), no anchors: a factory client is
 # typically a new user with no on-chain coin, and only non-anchor channels let it claim an HTLC
 # after a force close without one (their HTLC transactions carry their own fee; anchor channels'
@@ -28,3 +31,7 @@ class Config:
     ceremony_timeout: float = 60.0  # seconds a ceremony waits for any peer
     exit_margin: int = 12  # blocks of safety on top of the EWT before an exit starts
     funding_feerate: str = "normal"
+    # The ladder: in the last `dying_blocks` before T a factory's clients move to a successor,
+    # one created every `ladder_every` blocks (0: only by hand, with factory-migrate).
+    ladder_every: int = 0
+    dying_blocks: int = 432

@@ -15,7 +15,7 @@ from typing import TypeVar
 from ..engine import store
 from ..engine.tree import UnsignedNodeTx
 from . import psbt as psbtmod
-from .config import FACTORY_CHANNEL_TYPE, FACTORY_PUSH_MSAT
+from .config import FACTORY_CHANNEL_TYPE, FACTORY_PUSH_MSAT, FACTORY_RESERVE_SAT
 from .runtime import Rpc, RpcFailed, why
 
 log = logging.getLogger("superscalar")
@@ -92,6 +92,7 @@ def start_channel(rpc: Rpc, client: store.ClientEntry) -> str:
                 # A fundee that never held funds forgets an unconfirmed channel after 2016
                 # blocks (DESIGN 3.6); one pushed sat keeps it for the factory's lifetime.
                 "push_msat": FACTORY_PUSH_MSAT,
+                "reserve": FACTORY_RESERVE_SAT,
                 "channel_type": list(FACTORY_CHANNEL_TYPE),
             },
         )

@@ -134,10 +134,16 @@ def _guards_by_channel(records: list[store.Record]) -> dict[str, policy.ChannelG
     """The rules of each live factory, by channel id (LSP) or leaf txid (client)."""
     wanted: dict[str, policy.ChannelGuard] = {}
     for r in records:
-        if r.state not in LIVE:
+        # A client's channel that is moving out (or moved, its key handed over) must take no
+        # new money: the LSP may hold the old tree's keys.
+        retiring = isinstance(r, store.ClientRecord) and (
+            r.moving_to is not None or r.state is store.ClientState.HANDED_OVER
+        )
+        if r.state not in LIVE and not retiring:
             continue
-        # A compromised factory's channel takes no HTLC at all (a timeout of 0 fails every one).
-        timeout = 0 if is_compromised(r) else r.timeout_height
+        # A compromised or retiring factory's channel takes no HTLC at all (a timeout of 0 fails
+        # every one).
+        timeout = 0 if is_compromised(r) or retiring else r.timeout_height
         guard = policy.ChannelGuard(topology(r).ewt, timeout)
         if isinstance(r, store.LspRecord):
             for c in r.clients:

@@ -124,6 +124,19 @@ OPTIONS: list[tuple[str, Any, str, str]] = [
     ("superscalar-lifetime-blocks", 4320, "Blocks from creation to the factory's timeout", "int"),
     ("superscalar-ceremony-timeout", 60, "Seconds a creation waits for a silent client", "int"),
     ("superscalar-exit-margin", 12, "Blocks added to the EWT before an exit starts", "int"),
+    (
+        "superscalar-ladder-every",
+        0,
+        "The ladder: blocks between successor factories for the clients of a dying factory"
+        " (0: migrate only with factory-migrate)",
+        "int",
+    ),
+    (
+        "superscalar-dying-blocks",
+        432,
+        "Blocks before a factory's timeout in which its clients move to a successor",
+        "int",
+    ),
 ]
 for name, default, text, kind in OPTIONS:
     plugin.add_option(name, default, text, opt_type=kind, multi=name == "superscalar-accept-from")
@@ -222,7 +235,14 @@ def init(options: dict[str, Any], configuration: dict[str, Any], plugin: Plugin,
         lifetime_blocks=int(options["superscalar-lifetime-blocks"]),
         ceremony_timeout=float(options["superscalar-ceremony-timeout"]),
         exit_margin=int(options["superscalar-exit-margin"]),
+        ladder_every=int(options["superscalar-ladder-every"]),
+        dying_blocks=int(options["superscalar-dying-blocks"]),
     )
+    if config.ladder_every < 0 or config.dying_blocks < 1:
+        raise RpcException(
+            "bad superscalar option: superscalar-ladder-every must be >= 0 and"
+            " superscalar-dying-blocks >= 1"
+        )
     service = FactoryService(plugin.rpc, config)
     service.start()  # start-up RPCs run on the service's worker, never here
 
@@ -325,11 +345,59 @@ def factory_exit(request: Any, instance: str, client: str | None = None, **_: An
     _service().exit(request, str(instance), None if client is None else str(client).lower())
 
 
+@plugin.async_method("factory-migrate")
+def factory_migrate(
+    request: Any, instance: str, clients: Any = None, channel_sat: Any = None, **_: Any
+) -> None:
+    """Move factory {instance}'s clients into a new factory now: it is created with every
+    connected client still inside (plus new {clients}, with {channel_sat} each), each channel as
+    large as its old one; once it is funded every client moves its balance across, hands over its
+    key, and with every key the old funding output goes to our wallet in one transaction.
+    Clients offline now are asked again on later blocks. Returns the new factory's status."""
+    svc = _service()
+    try:
+        extra = [] if clients is None else _parse_clients(clients)
+        sat = _parse_amounts(channel_sat or MIN_CHANNEL_SAT, 1)[0]
+        instance = _parse_instance(instance)
+    except SuperscalarError as e:
+        request.set_exception(_fail(e))
+        return
+    svc.migrate(request, instance, extra, sat)
+
+
+@plugin.async_method("factory-close")
+def factory_close(request: Any, instance: str, **_: Any) -> None:
+    """End factory {instance} cooperatively without a successor: each client still inside gets an
+    ordinary channel from our wallet, moves its balance there once it confirms, and hands over its
+    key; with every key the funding output goes to our wallet. Clients that never answer exit on
+    their own before the timeout. Returns the factory's status."""
+    svc = _service()
+    try:
+        instance = _parse_instance(instance)
+    except SuperscalarError as e:
+        request.set_exception(_fail(e))
+        return
+    svc.close(request, instance)
+
+
+def _parse_instance(instance: Any) -> str:
+    text = str(instance).strip().lower()
+    try:
+        ok = len(bytes.fromhex(text)) == 32
+    except ValueError:
+        ok = False
+    if not ok:
+        raise InvalidParameter(
+            f"instance: {instance!r} is not a factory instance id (32 bytes hex)"
+        )
+    return text
+
+
 @plugin.async_method("factory-list")
 def factory_list(request: Any, **_: Any) -> None:
     """One line per factory this node takes part in (as LSP or client)."""
     svc = _service()
-    keys = ("instance", "role", "state", "timeout_height", "early_warning_time")
+    keys = ("instance", "role", "state", "phase", "timeout_height", "early_warning_time")
 
     def summary() -> dict[str, Any]:
         return {"factories": [{k: f.get(k) for k in keys} for f in svc.status(None)["factories"]]}

@@ -31,12 +31,12 @@ from ..engine import policy, store
 from ..engine.ceremony import SignedNodeTx
 from ..engine.errors import InvalidParameter
 from ..engine.exit import Broadcast, Bump, ChainView, Done, PathTx, WaitUntil, exit_step
-from ..engine.tree import ClientSlot, Factory, Topology
+from ..engine.tree import Topology
 from ..engine.tx import block_txids
 from . import address
 from .feebump import FeeBumper
 from .node import Node
-from .records import LIVE, Records, topology, txid_of
+from .records import LIVE, Records, factory_of, topology, txid_of
 
 log = logging.getLogger("superscalar")
 
@@ -53,6 +53,8 @@ def watched_txids(record: store.Record) -> set[str]:
             out.add(record.funding_txid)
         out.update(txid_of(e.raw) for e in record.tree)
         out.update(txid_of(raw) for _, raw in record.sweeps)
+        if record.handover_tx:
+            out.add(txid_of(record.handover_tx))
     else:
         if record.funding_txid:
             out.add(record.funding_txid)
@@ -467,17 +469,6 @@ class OnChain:
 
     # --- sweeping (LSP) -----------------------------------------------------------------------
 
-    def _factory(self, record: store.LspRecord) -> Factory:
-        slots = [
-            ClientSlot(
-                bytes.fromhex(c.pubkey or ""), bytes.fromhex(c.channel_script or ""), c.channel_sat
-            )
-            for c in record.clients
-        ]
-        return Factory.create(
-            record.params, bytes.fromhex(record.lsp_pubkey), slots, record.timeout_height
-        )
-
     def sweep(self, record: store.LspRecord, height: int) -> None:
         """After T: sweep every timeout-leaf output the tree left on chain (persist, then send;
         unconfirmed sweeps are sent again every block: sending is idempotent)."""
@@ -485,7 +476,7 @@ class OnChain:
             return
         confirmed = dict(record.confirmed)
         swept = dict(record.sweeps)
-        factory = self._factory(record)
+        factory = factory_of(record)
         published = {e.node: txid_of(e.raw) for e in record.tree if txid_of(e.raw) in confirmed}
         outpoint = (record.funding_txid, record.funding_vout)
         todo = [

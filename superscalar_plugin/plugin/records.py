@@ -17,7 +17,7 @@ from typing import Any
 
 from ..engine import store
 from ..engine.errors import StoreError, SuperscalarError
-from ..engine.tree import Topology
+from ..engine.tree import ClientSlot, Factory, Topology
 from ..engine.tx import Tx
 from .runtime import Rpc
 
@@ -43,6 +43,19 @@ def topology(record: store.Record) -> Topology:
     """The factory's shape as signed (a signed client's from its header): exits, status, guards
     and the EWT all act on exactly what was signed."""
     return store.topology_of(record)
+
+
+def factory_of(record: store.LspRecord) -> Factory:
+    """The LSP's whole factory (keys, scripts, amounts) rebuilt from its record."""
+    slots = [
+        ClientSlot(
+            bytes.fromhex(c.pubkey or ""), bytes.fromhex(c.channel_script or ""), c.channel_sat
+        )
+        for c in record.clients
+    ]
+    return Factory.create(
+        record.params, bytes.fromhex(record.lsp_pubkey), slots, record.timeout_height
+    )
 
 
 def txid_of(raw_hex: str) -> str:

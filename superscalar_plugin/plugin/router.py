@@ -5,8 +5,9 @@ the worker; a `channel_in_factory` record is applied at once, because the `openc
 follows it must already see it. On the worker: the bLIP-56 handshake goes to `peers`; a message
 for a factory this node runs as LSP goes to `lsp` (which checks the sender is one of its
 clients), any other to `client` (which checks the sender is the factory's LSP). A message that
-breaks a ceremony aborts that factory, naming the peer; the worker stays alive.
-May call: `peers`, `opens`, `lsp`, `client`.
+breaks a ceremony aborts that factory, naming the peer; the worker stays alive. Once a factory
+is funded, its end is `winddown`'s (the LSP: keys, refusals) and `move`'s (a client: MOVE).
+May call: `peers`, `opens`, `lsp`, `client`, `winddown`, `move`, `records` (read only).
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from ..engine import blip56, protocol
+from ..engine import blip56, protocol, store
 from ..engine.errors import CeremonyError, MuSigError, WireError
 from .client import ClientRole
 from .lsp import LspRole
+from .move import ClientMover
 from .opens import ChannelOpens
 from .peers import Peers
 from .ratelimit import LogLimiter
+from .records import Records
+from .winddown import WindDown
 
 log = logging.getLogger("superscalar")
 peer_log = LogLimiter(log)  # what a peer can trigger at will: once a minute per peer
@@ -36,12 +40,14 @@ class Router:
         lsp: LspRole,
         client: ClientRole,
         submit: Callable[[Callable[[], None]], None],
+        ends: tuple[Records, WindDown, ClientMover],
     ) -> None:
         self._peers = peers
         self._opens = opens
         self._lsp = lsp
         self._client = client
         self._submit = submit
+        self._records, self._wind_down, self._mover = ends
 
     def on_custommsg(self, peer: str, payload_hex: str) -> None:
         """From the custommsg hook (dispatch thread): filter by type and queue; never blocks."""
@@ -87,12 +93,37 @@ class Router:
             return
         instance = payload.instance_id.hex()
         try:
+            if self._factory_end(peer, instance, payload):
+                return
             if self._lsp.runs(instance):
                 self._lsp.on_payload(instance, peer, payload)
             else:
                 self._client.on_payload(peer, instance, payload)
         except Exception as e:  # a hostile or broken peer, or our own bug: abort, stay alive
             self._abort(peer, instance, e)
+
+    def _factory_end(self, peer: str, instance: str, payload: protocol.Payload) -> bool:
+        """A funded factory's end: MOVE to a client's mover; a client's KEY or refusal to the
+        LSP's wind-down. True if handled (or dropped)."""
+        record = self._records.get(instance)
+        if isinstance(payload, protocol.Move):
+            if isinstance(record, store.ClientRecord):
+                self._mover.on_move(peer, record, payload)
+            else:
+                peer_log.warning(peer, "dropped MOVE from %s for unknown factory", peer)
+            return True
+        funded = (store.LspState.FUNDED, store.LspState.CLOSED)
+        if (
+            isinstance(record, store.LspRecord)
+            and record.state in funded
+            and isinstance(payload, protocol.Key | protocol.Text)
+        ):
+            self._wind_down.on_payload(record, peer, payload)
+            return True
+        if isinstance(payload, protocol.Key):
+            peer_log.warning(peer, "dropped KEY from %s for a factory not funded by us", peer)
+            return True
+        return False
 
     def _abort(self, peer: str, instance: str, e: Exception) -> None:
         expected = isinstance(e, WireError | CeremonyError | MuSigError)

@@ -11,6 +11,8 @@ This module only wires the roles together and is what `main` (pyln's handlers) c
     guards.py    hot path: HTLC rules and the invoice CLTV, dictionary lookups only
     onchain.py   each block: scan, exits (trigger, publish, CPFP, close), the LSP's sweeps
     fundcheck.py a client's check of the confirmed funding output against what it signed
+    winddown.py  LSP: a factory's end before T (migration, the ladder, close, keys, key-path spend)
+    move.py      client: move our balance out, retire the old channel, hand over our key
     status.py    what factory-status / -list / -exit / -create answer
     records.py   the records in lightningd's datastore
     node.py      this node's id, height, keys and channels; runtime.py the worker; config.py
@@ -57,6 +59,7 @@ from .config import MIN_CHANNEL_SAT, Config
 from .fundcheck import FundingCheck
 from .guards import Guards
 from .lsp import LspRole
+from .move import ClientMover
 from .node import Node
 from .onchain import OnChain
 from .opens import ChannelOpens
@@ -65,6 +68,7 @@ from .records import Records
 from .router import Router
 from .runtime import Reply, Rpc, Worker, answer_now
 from .status import StatusView
+from .winddown import WindDown
 
 __all__ = ["MIN_CHANNEL_SAT", "Config", "FactoryService"]
 
@@ -89,7 +93,18 @@ class FactoryService:
             self.node, self.records, self.peers, self.guards, self.view, self.worker.submit
         )
         self.client = ClientRole(self.node, self.records, self.peers, self.opens, self.guards)
-        self.router = Router(self.peers, self.opens, self.lsp, self.client, self.worker.submit)
+        self.wind_down = WindDown(self.node, self.records, self.peers, self.lsp)
+        self.mover = ClientMover(
+            self.node, self.records, self.peers, self.guards, self.worker.submit
+        )
+        self.router = Router(
+            self.peers,
+            self.opens,
+            self.lsp,
+            self.client,
+            self.worker.submit,
+            (self.records, self.wind_down, self.mover),
+        )
         self.onchain = OnChain(self.node, self.records)
         self.funding = FundingCheck(self.node, self.records, self.guards, self.worker.submit)
         self.onchain.funding_check = self.funding.on_block
@@ -127,6 +142,7 @@ class FactoryService:
                     self.lsp.resume(record)
                 else:
                     self.client.resume(record)
+                    self.mover.resume(record)
             except Exception:  # one factory's trouble must not stop start-up for the others
                 log.exception("resuming factory %s failed", record.instance_id[:16])
         self.funding.recheck()
@@ -158,6 +174,17 @@ class FactoryService:
 
     def status(self, instance: str | None) -> dict[str, Any]:
         return self.view.status(instance)
+
+    def migrate(self, reply: Reply, instance: str, extra: list[str], extra_sat: int) -> None:
+        self.worker.submit(lambda: self.wind_down.migrate(reply, instance, extra, extra_sat))
+
+    def close(self, reply: Reply, instance: str) -> None:
+        """`factory-close`: wind the factory down into ordinary channels."""
+
+        def job() -> dict[str, Any]:
+            return self.view.of(self.wind_down.close(instance))
+
+        self.worker.submit(lambda: answer_now(reply, job, "factory-close failed"))
 
     def exit(self, reply: Reply, instance: str, client: str | None) -> None:
         """`factory-exit`: start (or show) the unilateral exit of a factory we are in."""
@@ -210,5 +237,6 @@ class FactoryService:
             self.onchain.on_block(height)
         finally:
             self.worker.submit(lambda: self.lsp.on_block(height))
+            self.worker.submit(lambda: self.wind_down.on_block(height))
             self.worker.submit(self.guards.refresh)
             self.worker.submit(lambda: self.records.prune(height))

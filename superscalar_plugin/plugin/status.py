@@ -11,6 +11,7 @@ from typing import Any
 from ..engine import store
 from ..engine.errors import InvalidParameter
 from ..engine.tree import Topology
+from .lifecycle import client_view, factory_view
 from .node import Node
 from .records import Records, is_compromised, topology, txid_of
 
@@ -50,7 +51,11 @@ class StatusView:
         return base
 
     def _lsp_view(self, record: store.LspRecord, topo: Topology) -> dict[str, Any]:
-        view: dict[str, Any] = {"role": "lsp"}
+        cfg = self._node.config
+        view: dict[str, Any] = {
+            "role": "lsp",
+            **factory_view(record, self._node.height, cfg.dying_blocks, cfg.exit_margin),
+        }
         if record.sweeps:
             confirmed = dict(record.confirmed)
             view["sweeps"] = [
@@ -79,6 +84,7 @@ class StatusView:
                     states.get(n, 0) for n in topo.client_path(i) if topo.nodes[n].kind.is_state
                 ],
                 "onchain": per_client[i],
+                **client_view(c),
             }
             for i, c in enumerate(record.clients)
         ]
@@ -87,6 +93,8 @@ class StatusView:
     def _client_view(self, record: store.ClientRecord, topo: Topology) -> dict[str, Any]:
         return {
             "role": "client",
+            "phase": _client_phase(record, self._node.height, self._node.config.dying_blocks),
+            "moving_to": record.moving_to,
             "lsp": record.lsp_node_id,
             "index": record.client_index,
             "channel_sat": record.channel_sat,
@@ -108,6 +116,16 @@ class StatusView:
     def _confirmations(self, record: store.Record, txid: str | None) -> int:
         height = dict(record.confirmed).get(txid or "")
         return 0 if height is None else max(0, self._node.height - height + 1)
+
+
+def _client_phase(record: store.ClientRecord, height: int, dying_blocks: int) -> str:
+    if record.state is store.ClientState.HANDED_OVER:
+        return "handed_over"
+    if record.exit is not None:
+        return "exiting"
+    if record.moving_to is not None:
+        return "moving"
+    return "dying" if height >= record.timeout_height - dying_blocks else "active"
 
 
 def lsp_onchain_view(

@@ -1,0 +1,335 @@
+"""The client's side of a factory's end: move our balance out, retire the old channel, hand over.
+
+When the LSP winds a factory down (migration into its successor, or a cooperative close) it asks
+each client to MOVE into a target channel. The client decides everything itself:
+
+1. `on_move` (worker): the asker is the factory's LSP; the factory is ours, signed, not exiting;
+   the target is a channel with the same LSP that is safe to hold money: our channel in another
+   factory of this LSP that we signed (migration), or an ordinary channel whose funding is
+   confirmed (close). Persist `moving_to` (from now on the guards fail HTLCs into the old
+   channel), then run the move on its own thread.
+2. `_run` (mover thread; each step waits on lightningd and the LSP, so never on the worker): pay
+   ourselves our whole spendable balance over the circular route old channel -> LSP -> target
+   (one atomic payment: it arrives whole or not at all), then close the old channel
+   cooperatively (it can never confirm: its funding is an unpublished leaf).
+3. `_hand_over` (worker): only if the old channel is closing, holds at most `HANDOVER_DUST_MSAT`
+   of ours and no HTLC, persist HANDED_OVER, then send our key of the old factory. Keys are per
+   factory, so it opens nothing else; with it the LSP can spend the old tree without us.
+
+Owns: which moves are running (one per factory). May call: `records`, `peers`, `guards.refresh`,
+lightningd's `listpeerchannels`, `invoice`, `decode`, `sendpay`, `waitsendpay`, `close`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..engine import protocol, store
+from ..engine.errors import CeremonyError
+from .guards import Guards, msat
+from .node import Node
+from .peers import Peers
+from .ratelimit import LogLimiter
+from .records import LIVE, Records, is_compromised, txid_of
+from .runtime import PeerUnreachable, why
+
+log = logging.getLogger("superscalar")
+peer_log = LogLimiter(log)
+
+# What may stay ours in the old channel when we hand the key over: the sat the LSP pushed at
+# creation and rounding. Anything more is money, and we keep the key.
+HANDOVER_DUST_MSAT = 1_000
+PAY_TIMEOUT = 60  # seconds waitsendpay waits for the circular payment
+CLOSE_WAIT = 60.0  # seconds we watch the old channel reach a closing state
+RETIRED = ("CLOSINGD_SIGEXCHANGE", "CLOSINGD_COMPLETE", "FUNDING_SPEND_SEEN", "ONCHAIN")
+SHUTTING = ("CHANNELD_SHUTTING_DOWN", *RETIRED)
+EXTRA_CLTV = 3  # blocks of slack on the final CLTV: a block may arrive while the HTLC travels
+
+
+class MoveRefused(CeremonyError):
+    """A MOVE we will not follow (told to the LSP as REJECT)."""
+
+
+def leaf_txid(record: store.ClientRecord) -> str | None:
+    return txid_of(record.path[-1].raw) if record.path else None
+
+
+class ClientMover:
+    def __init__(
+        self,
+        node: Node,
+        records: Records,
+        peers: Peers,
+        guards: Guards,
+        submit: Callable[[Callable[[], None]], None],
+    ) -> None:
+        self._node = node
+        self._records = records
+        self._peers = peers
+        self._guards = guards
+        self._submit = submit
+        self._running: set[str] = set()
+        self._lock = threading.Lock()
+
+    # --- 1. the LSP asks (worker) --------------------------------------------------------------
+
+    def on_move(self, peer: str, record: store.ClientRecord, p: protocol.Move) -> None:
+        if record.lsp_node_id != peer:
+            peer_log.warning(
+                peer, "dropped MOVE from %s: not the LSP of %s", peer, record.instance_id[:16]
+            )
+            return
+        if record.state is store.ClientState.HANDED_OVER:
+            self._send_key(record)  # the LSP missed it (a restart): the same key again
+            return
+        try:
+            target = self._check_move(record, p)
+        except MoveRefused as e:
+            peer_log.warning(peer, "refusing to move out of %s: %s", record.instance_id[:16], e)
+            self._tell(record, str(e))
+            return
+        if record.moving_to != target:
+            record = record.replace(moving_to=target)
+            self._records.persist(record)  # before anything moves: the guards close the door
+            self._guards.refresh()
+        self.start(record)
+
+    def _check_move(self, record: store.ClientRecord, p: protocol.Move) -> str:
+        """The target channel's id, or MoveRefused naming what is wrong."""
+        if record.state not in LIVE or is_compromised(record):
+            state = "compromised" if is_compromised(record) else record.state.value
+            raise MoveRefused(f"factory is {state}")
+        if record.exit is not None:
+            raise MoveRefused("factory is being exited unilaterally")
+        channels = self._node.channels()
+        if p.kind is protocol.MoveTarget.FACTORY:
+            return self._factory_target(record, p.target.hex(), channels)
+        ch = channels.get(p.target.hex())
+        if ch is None or ch.get("peer_id") != record.lsp_node_id:
+            raise MoveRefused("target channel is not a channel with this LSP")
+        if not ch.get("short_channel_id") or ch.get("state") != "CHANNELD_NORMAL":
+            raise MoveRefused("target channel's funding is not confirmed, or it is not open")
+        if ch.get("funding_txid") in self._factory_leaves():
+            raise MoveRefused("target channel lives in a factory; name the factory instead")
+        return p.target.hex()
+
+    def _factory_target(
+        self, record: store.ClientRecord, instance: str, channels: dict[str, dict[str, Any]]
+    ) -> str:
+        new = self._records.get(instance)
+        if (
+            not isinstance(new, store.ClientRecord)
+            or new.lsp_node_id != record.lsp_node_id
+            or new.instance_id == record.instance_id
+        ):
+            raise MoveRefused("target factory is not one of ours with this LSP")
+        if new.state not in LIVE or is_compromised(new) or new.exit is not None:
+            raise MoveRefused(f"target factory is {new.state.value}, not a live signed factory")
+        leaf = leaf_txid(new)
+        for cid, ch in channels.items():
+            if ch.get("funding_txid") == leaf and ch.get("peer_id") == record.lsp_node_id:
+                if ch.get("state") != "CHANNELD_NORMAL":
+                    raise MoveRefused("our channel in the target factory is not open yet")
+                return cid
+        raise MoveRefused("our channel in the target factory is not open yet")
+
+    def _factory_leaves(self) -> set[str]:
+        return {
+            t
+            for r in self._records.all()
+            if isinstance(r, store.ClientRecord) and (t := leaf_txid(r)) is not None
+        }
+
+    def resume(self, record: store.ClientRecord) -> None:
+        """After a restart: a move that was asked for goes on (each step checks the channels)."""
+        if record.moving_to and record.state in LIVE:
+            self.start(record)
+
+    def start(self, record: store.ClientRecord) -> None:
+        with self._lock:
+            if record.instance_id in self._running:
+                return
+            self._running.add(record.instance_id)
+        threading.Thread(
+            target=self._run, args=(record.instance_id,), name="superscalar-move", daemon=True
+        ).start()
+
+    # --- 2. pay ourselves over the circular route, close the old channel (mover thread) ----------
+
+    def _run(self, instance: str) -> None:
+        try:
+            record = self._records.get(instance)
+            assert isinstance(record, store.ClientRecord) and record.moving_to
+            old = self._old_channel(record)
+            if old is not None and old.get("state") == "CHANNELD_NORMAL":
+                self._pay_across(record, old, record.moving_to)
+                self._close(old)
+            self._wait_closing(record)
+            self._submit(lambda: self._hand_over(instance))
+        except Exception as e:  # retried at the LSP's next MOVE (or our restart)
+            reason = f"move failed: {why(e)}"
+            log.warning("factory %s: %s", instance[:16], reason)
+            self._submit(lambda: self._tell_latest(instance, reason))
+        finally:
+            with self._lock:
+                self._running.discard(instance)
+
+    def _old_channel(self, record: store.ClientRecord) -> dict[str, Any] | None:
+        leaf = leaf_txid(record)
+        for ch in self._node.channels().values():
+            if ch.get("funding_txid") == leaf and ch.get("peer_id") == record.lsp_node_id:
+                return ch
+        return None
+
+    def _pay_across(self, record: store.ClientRecord, old: dict[str, Any], target: str) -> None:
+        new = self._node.channels().get(target)
+        if new is None or new.get("state") != "CHANNELD_NORMAL":
+            raise MoveRefused("the target channel is not open")
+        update = (new.get("updates") or {}).get("remote")
+        if not update:
+            raise MoveRefused("the LSP's fees on the target channel are not known yet")
+        amount = movable_msat(
+            msat(old.get("spendable_msat", 0)),
+            msat(new.get("receivable_msat", 0)),
+            msat(update.get("fee_base_msat", 0)),
+            int(update.get("fee_proportional_millionths", 0)),
+        )
+        if amount <= 0:
+            return  # nothing of ours to move
+        label = f"superscalar-move-{record.instance_id[:16]}-{os.urandom(4).hex()}"
+        inv = self._node.rpc.call(
+            "invoice",
+            {"amount_msat": amount, "label": label, "description": "superscalar: factory move"},
+        )
+        decoded = self._node.rpc.call("decode", {"string": inv["bolt11"]})
+        final = self._node.height + int(decoded.get("min_final_cltv_expiry", 18)) + EXTRA_CLTV
+        fee = forward_fee_msat(
+            amount,
+            msat(update.get("fee_base_msat", 0)),
+            int(update.get("fee_proportional_millionths", 0)),
+        )
+        route = [
+            {
+                "id": record.lsp_node_id,
+                "channel": _scid(old, "local"),
+                "amount_msat": amount + fee,
+                "delay": final + int(update.get("cltv_expiry_delta", 6)),
+            },
+            {
+                "id": self._node.id,
+                "channel": _scid(new, "remote"),
+                "amount_msat": amount,
+                "delay": final,
+            },
+        ]
+        self._node.rpc.call(
+            "sendpay",
+            {
+                "route": route,
+                "payment_hash": inv["payment_hash"],
+                "payment_secret": inv["payment_secret"],
+                "amount_msat": amount,
+                "label": label,
+            },
+        )
+        self._node.rpc.call(
+            "waitsendpay", {"payment_hash": inv["payment_hash"], "timeout": PAY_TIMEOUT}
+        )
+        log.info(
+            "factory %s: moved %d msat to channel %s",
+            record.instance_id[:16],
+            amount,
+            target[:16],
+        )
+
+    def _close(self, old: dict[str, Any]) -> None:
+        """Start the cooperative close and return: `close` waits for the LSP, and with
+        `unilateraltimeout` 0 it never falls back to a commitment that could never confirm."""
+        cid = str(old["channel_id"])
+
+        def close() -> None:
+            try:
+                self._node.rpc.call("close", {"id": cid, "unilateraltimeout": 0})
+            except Exception as e:
+                log.info("close %s: %s", cid[:16], why(e))
+
+        threading.Thread(target=close, name="superscalar-close", daemon=True).start()
+
+    def _wait_closing(self, record: store.ClientRecord) -> None:
+        deadline = time.monotonic() + CLOSE_WAIT
+        while time.monotonic() < deadline:
+            old = self._old_channel(record)
+            if old is None or old.get("state") in RETIRED:
+                return
+            time.sleep(0.5)
+        raise MoveRefused("the old channel did not reach a closing state")
+
+    # --- 3. hand over (worker) ------------------------------------------------------------------
+
+    def _hand_over(self, instance: str) -> None:
+        record = self._records.get(instance)
+        if not isinstance(record, store.ClientRecord) or record.state not in LIVE:
+            return
+        old = self._old_channel(record)
+        left = 0 if old is None else msat(old.get("to_us_msat", 0))
+        if old is not None and old.get("state") not in SHUTTING:
+            self._tell(record, f"old channel is still {old.get('state')}: no key")
+            return
+        if old is not None and old.get("htlcs"):
+            self._tell(record, "old channel still has HTLCs in flight: no key")
+            return
+        if left > HANDOVER_DUST_MSAT:
+            self._tell(record, f"{left} msat of ours are still in the old channel: no key")
+            return
+        record = record.replace(state=store.ClientState.HANDED_OVER)
+        self._records.persist(record)  # before the key leaves: we never exit this factory again
+        self._guards.refresh()
+        log.info("factory %s: balance moved out; handing our key to the LSP", instance[:16])
+        self._send_key(record)
+
+    def _send_key(self, record: store.ClientRecord) -> None:
+        secret = self._node.client_key(record.instance_id)
+        try:
+            self._peers.send(
+                record.lsp_node_id, protocol.Key(bytes.fromhex(record.instance_id), secret)
+            )
+        except PeerUnreachable as e:
+            log.info("could not hand over the key of %s yet: %s", record.instance_id[:16], e)
+
+    def _tell_latest(self, instance: str, reason: str) -> None:
+        record = self._records.get(instance)
+        if isinstance(record, store.ClientRecord):
+            self._tell(record, reason)
+
+    def _tell(self, record: store.ClientRecord, reason: str) -> None:
+        text = protocol.Text(protocol.PayloadType.REJECT, bytes.fromhex(record.instance_id), reason)
+        try:
+            self._peers.send(record.lsp_node_id, text)
+        except PeerUnreachable as e:
+            log.info("could not tell the LSP: %s", e)
+
+
+def _scid(ch: dict[str, Any], side: str) -> str:
+    """The id the hop knows the channel by: its real scid once confirmed, else the alias of
+    `side` (our own alias to leave through it, the LSP's to have the LSP forward into it)."""
+    return str(ch.get("short_channel_id") or (ch.get("alias") or {}).get(side))
+
+
+def forward_fee_msat(amount_msat: int, base_msat: int, ppm: int) -> int:
+    """BOLT 7: fee_base_msat + amount * fee_proportional_millionths / 1,000,000 (rounded up, so
+    the LSP never sees too little)."""
+    return base_msat + (amount_msat * ppm + 999_999) // 1_000_000
+
+
+def movable_msat(spendable_msat: int, receivable_msat: int, base_msat: int, ppm: int) -> int:
+    """The most we can pay ourselves across: amount plus the LSP's fee within what the old
+    channel lets us spend, the amount within what the target can receive."""
+    amount = min(receivable_msat, (spendable_msat - base_msat) * 1_000_000 // (1_000_000 + ppm))
+    while amount > 0 and amount + forward_fee_msat(amount, base_msat, ppm) > spendable_msat:
+        amount -= 1
+    return max(0, amount)
