@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import random
 
@@ -68,7 +69,17 @@ PAYLOADS: list[protocol.Payload] = [
     protocol.Ceremony(INSTANCE, b"\x02" + bytes(40)),
     protocol.Stored(INSTANCE, bytes(32)),
     protocol.Funded(INSTANCE, "ab" * 32, 1),
+    protocol.Move(INSTANCE, protocol.MoveTarget.FACTORY, bytes(range(32))),
+    protocol.Move(INSTANCE, protocol.MoveTarget.CHANNEL, bytes(32)),
+    protocol.Key(INSTANCE, bytes(range(32, 64))),
 ]
+
+
+def test_a_move_to_an_unknown_kind_of_target_is_refused() -> None:
+    data = bytearray(protocol.encode(PAYLOADS[-2]))
+    data[33] = 7  # the target kind
+    with pytest.raises(WireError, match="move target kind"):
+        protocol.decode(bytes(data))
 
 
 @pytest.mark.parametrize("payload", PAYLOADS, ids=lambda p: type(p).__name__)
@@ -102,11 +113,17 @@ def _lsp_record() -> store.LspRecord:
             "timeout near", 4000, (0,), (("ab" * 32, 4001),), ("ab" * 32,), ("11" * 32,)
         ),
         sweeps=(("ab" * 32 + ":1", "00"),),
+        wind_down=store.WindDown.MIGRATE,
+        successors=("ef" * 32,),
+        clients=tuple(
+            dataclasses.replace(c, moved_to="12" * 32, refusal="not yet")
+            for c in lsp_record().clients
+        ),
     )
 
 
 def _client_record() -> store.ClientRecord:
-    return client_record().replace(confirmed=(("cd" * 32, 101),))
+    return client_record().replace(confirmed=(("cd" * 32, 101),), moving_to="34" * 32)
 
 
 @pytest.mark.parametrize("record", [_lsp_record(), _client_record()], ids=["lsp", "client"])
@@ -131,6 +148,13 @@ def test_records_round_trip_through_json(record: store.Record) -> None:
         (lambda d: d["confirmed"].append(["x"]), "pairs"),
         (lambda d: d["exit"].update(clients=["a"]), "exit.clients"),
         (lambda d: d["tree"].append(1), "tree entry"),
+        (lambda d: d.update(wind_down="explode"), "invalid value"),
+        (lambda d: d.update(successors=["00"]), "32 bytes"),
+        (lambda d: d.update(successors="ab"), "must be a list"),
+        (lambda d: d["clients"][0].update(handed_key="zz"), "not hex"),
+        (lambda d: d["clients"][0].update(moved_to="00" * 31), "32 bytes"),
+        (lambda d: d.update(state="closed"), "handover_tx"),
+        (lambda d: d.update(handover_tx="00"), "without every client's key"),
     ],
 )
 def test_bad_records_are_refused_with_a_reason(mutate, needle: str) -> None:  # type: ignore[no-untyped-def]

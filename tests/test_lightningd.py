@@ -7,95 +7,53 @@ the reason otherwise; `lightningd` is not packaged on our CI machines. pyln-test
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from real_node import PLUGIN, connect_by_ip, require_lightningd, write_plugin
+from real_node import (
+    CHANNEL_SAT,
+    PLUGIN,
+    connect_by_ip,
+    create_factory,
+    lsp_and_clients,
+    no_htlcs,
+    normal,
+    open_factory,
+    pay_both_ways,
+    require_lightningd,
+    wallet_sat,
+    write_plugin,
+)
 
 require_lightningd()
 
 from pyln.testing.fixtures import *  # noqa: E402, F403  (node_factory, bitcoind, ...)
 from pyln.testing.utils import wait_for  # noqa: E402
 
-CHANNEL_SAT = 500_000
-
-
-def _lsp_and_clients(node_factory: Any, n: int) -> tuple[Any, list[Any]]:
-    # watchtime-blocks: the to_self_delay the LSP asks of clients, short so exits finish quickly.
-    lsp = node_factory.get_node(
-        options={"plugin": PLUGIN, "watchtime-blocks": 6}, may_reconnect=True
-    )
-    clients = node_factory.get_nodes(
-        n,
-        opts={
-            "plugin": PLUGIN,
-            "superscalar-accept-from": lsp.info["id"],
-            "may_reconnect": True,
-        },
-    )
-    for c in clients:
-        connect_by_ip(lsp, c)
-    lsp.fundwallet(10_000_000)
-    return lsp, clients
-
-
-def _create(lsp: Any, clients: list[Any], **extra: Any) -> dict[str, Any]:
-    ids = [c.info["id"] for c in clients]
-    params = {"clients": ids, "channel_sat": CHANNEL_SAT, "states_per_layer": 2, "step_blocks": 6}
-    result: dict[str, Any] = {}
-
-    def attempt() -> bool:  # the bLIP-56 handshake arrives right after connecting
-        nonlocal result
-        try:
-            result = lsp.rpc.call("factory-create", {**params, **extra})
-            return True
-        except Exception as e:
-            if "has not announced SuperScalar support" in str(e):
-                return False
-            raise
-
-    wait_for(attempt)
-    return result
-
-
-def _normal(node: Any, peer: Any) -> bool:
-    chans = node.rpc.listpeerchannels(peer.info["id"])["channels"]
-    return any(c["state"] == "CHANNELD_NORMAL" for c in chans)
-
-
-def _pay_both_ways(lsp: Any, clients: list[Any], amount_msat: int) -> None:
-    for c in clients:
-        inv = c.rpc.invoice(amount_msat, f"to-{os.urandom(4).hex()}", "factory")["bolt11"]
-        assert lsp.rpc.pay(inv)["status"] == "complete"
-    for c in clients:
-        inv = lsp.rpc.invoice(amount_msat // 2, f"from-{os.urandom(4).hex()}", "factory")["bolt11"]
-        assert c.rpc.pay(inv)["status"] == "complete"
-
 
 def test_factory_channels_carry_payments_both_ways_and_survive_restarts(
     node_factory: Any, bitcoind: Any
 ) -> None:
-    lsp, clients = _lsp_and_clients(node_factory, 3)
-    created = _create(lsp, clients)
+    lsp, clients = lsp_and_clients(node_factory, 3)
+    created = create_factory(lsp, clients)
     instance = (
         created["factories"][0]["instance"] if "factories" in created else created["instance"]
     )
     for c in clients:
-        wait_for(lambda c=c: _normal(lsp, c) and _normal(c, lsp))
+        wait_for(lambda c=c: normal(lsp, c) and normal(c, lsp))
     bitcoind.generate_block(1)  # the funding tx confirms; the tree stays off-chain
 
-    _pay_both_ways(lsp, clients, 10_000_000)
+    pay_both_ways(lsp, clients, 10_000_000)
 
     for node in [lsp, *clients]:
         node.restart()
     for c in clients:
         connect_by_ip(lsp, c)
-        wait_for(lambda c=c: _normal(lsp, c) and _normal(c, lsp))
-    _pay_both_ways(lsp, clients, 5_000_000)
+        wait_for(lambda c=c: normal(lsp, c) and normal(c, lsp))
+    pay_both_ways(lsp, clients, 5_000_000)
 
     lsp_view = lsp.rpc.call("factory-status", {"instance": instance})["factories"][0]
     assert lsp_view["role"] == "lsp" and lsp_view["state"] == "funded"
@@ -110,18 +68,18 @@ def test_factory_channels_carry_payments_both_ways_and_survive_restarts(
 
 
 def test_a_normal_channel_still_opens_beside_factories(node_factory: Any, bitcoind: Any) -> None:
-    lsp, clients = _lsp_and_clients(node_factory, 2)
-    _create(lsp, clients)
+    lsp, clients = lsp_and_clients(node_factory, 2)
+    create_factory(lsp, clients)
     other = node_factory.get_node(options={"plugin": PLUGIN})
     other.fundwallet(2_000_000)
     other.rpc.connect(clients[0].info["id"], "localhost", clients[0].port)
     other.rpc.fundchannel(clients[0].info["id"], 300_000)
     bitcoind.generate_block(6)
-    wait_for(lambda: _normal(other, clients[0]))
+    wait_for(lambda: normal(other, clients[0]))
 
 
 def test_bad_factory_create_parameters_leave_nothing_behind(node_factory: Any) -> None:
-    lsp, clients = _lsp_and_clients(node_factory, 2)
+    lsp, clients = lsp_and_clients(node_factory, 2)
     ids = [c.info["id"] for c in clients]
     stranger = "02" + "11" * 32
     cases = [
@@ -138,39 +96,17 @@ def test_bad_factory_create_parameters_leave_nothing_behind(node_factory: Any) -
     assert lsp.rpc.listpeerchannels()["channels"] == []
 
 
-SMALL = {"states_per_layer": 2, "step_blocks": 3}
-
-
-def _factory(lsp: Any, clients: list[Any]) -> dict[str, Any]:
-    out = _create(lsp, clients, **SMALL)
-    for c in clients:
-        wait_for(lambda c=c: _normal(lsp, c) and _normal(c, lsp))
-    return out
-
-
-def _wallet_sat(node: Any) -> int:
-    return sum(
-        int(o["amount_msat"]) // 1000
-        for o in node.rpc.listfunds()["outputs"]
-        if o["status"] == "confirmed"
-    )
-
-
-def _no_htlcs(node: Any) -> bool:
-    return all(not c.get("htlcs") for c in node.rpc.listpeerchannels()["channels"])
-
-
 def test_a_client_force_exits_alone_and_its_balance_reaches_its_wallet(
     node_factory: Any, bitcoind: Any
 ) -> None:
-    lsp, clients = _lsp_and_clients(node_factory, 1)
+    lsp, clients = lsp_and_clients(node_factory, 1)
     me = clients[0]
-    created = _factory(lsp, clients)
+    created = open_factory(lsp, clients)
     bitcoind.generate_block(1)
     inv = me.rpc.invoice(200_000_000, "exit-balance", "to the client")["bolt11"]
     assert lsp.rpc.pay(inv)["status"] == "complete"
-    wait_for(lambda: _no_htlcs(lsp) and _no_htlcs(me))  # the payment is settled on both sides
-    before = _wallet_sat(me)
+    wait_for(lambda: no_htlcs(lsp) and no_htlcs(me))  # the payment is settled on both sides
+    before = wallet_sat(me)
     lsp.stop()  # the LSP is gone: the client uses only what it stored
     me.rpc.call("factory-exit", {"instance": created["instance"]})
 
@@ -183,7 +119,7 @@ def test_a_client_force_exits_alone_and_its_balance_reaches_its_wallet(
 
     def balance_home() -> bool:
         bitcoind.generate_block(5)  # commitment, then to_local after the to_self_delay
-        return _wallet_sat(me) - before >= 190_000  # 200k sat minus the commitment's fees
+        return wallet_sat(me) - before >= 190_000  # 200k sat minus the commitment's fees
 
     wait_for(balance_home, timeout=300)
 
@@ -198,7 +134,7 @@ def test_the_lsp_sweeps_after_the_timeout(node_factory: Any, bitcoind: Any) -> N
     for c in clients:
         connect_by_ip(lsp, c)
     lsp.fundwallet(10_000_000)
-    created = _factory(lsp, clients)
+    created = open_factory(lsp, clients)
     for c in clients:
         c.stop()  # clients that never exit lose their claim after T: the design
     bitcoind.generate_block(created["timeout_height"] - bitcoind.rpc.getblockcount() + 1)
@@ -226,7 +162,7 @@ def test_a_payment_whose_cltv_reaches_past_the_factory_timeout_is_refused(
     )
     connect_by_ip(lsp, client)
     lsp.fundwallet(10_000_000)
-    created = _factory(lsp, [client])
+    created = open_factory(lsp, [client])
     ewt, timeout = created["early_warning_time"], created["timeout_height"]
     ok = client.rpc.invoice(10_000_000, "in-time", "fine")["bolt11"]
     assert lsp.rpc.pay(ok)["status"] == "complete"
@@ -244,7 +180,7 @@ def test_a_payment_whose_cltv_reaches_past_the_factory_timeout_is_refused(
         lsp.rpc.pay(late)
 
 
-HOLD_PLUGIN = '''
+HOLD_PLUGIN = """
 from pyln.client import Plugin
 import time
 plugin = Plugin()
@@ -255,7 +191,7 @@ def hold(plugin, **kwargs):
     return {"result": "continue"}
 
 plugin.run()
-'''
+"""
 
 
 def test_a_client_with_an_empty_wallet_exits_with_an_htlc_in_flight(
@@ -276,14 +212,14 @@ def test_a_client_with_an_empty_wallet_exits_with_an_htlc_in_flight(
     )
     connect_by_ip(lsp, me)
     lsp.fundwallet(10_000_000)
-    created = _factory(lsp, [me])
+    created = open_factory(lsp, [me])
     bitcoind.generate_block(1)
-    assert _wallet_sat(me) == 0
+    assert wallet_sat(me) == 0
     chan = me.rpc.listpeerchannels(lsp.info["id"])["channels"][0]
     assert chan["channel_type"]["names"][0].startswith("static_remotekey")
     inv = me.rpc.invoice(200_000_000, "in", "to the client")["bolt11"]
     assert lsp.rpc.pay(inv)["status"] == "complete"
-    wait_for(lambda: _no_htlcs(lsp) and _no_htlcs(me))
+    wait_for(lambda: no_htlcs(lsp) and no_htlcs(me))
     held = lsp.rpc.invoice(100_000_000, "held", "the LSP never settles it")["bolt11"]
     _send_over_factory_channel(me, lsp, held)
     wait_for(lambda: any(h["direction"] == "out" for h in _htlcs(me)))
@@ -293,7 +229,7 @@ def test_a_client_with_an_empty_wallet_exits_with_an_htlc_in_flight(
 
     def home() -> bool:
         bitcoind.generate_block(1)
-        return _wallet_sat(me) >= 190_000  # 200k sat minus the commitment's and HTLC's fees
+        return wallet_sat(me) >= 190_000  # 200k sat minus the commitment's and HTLC's fees
 
     wait_for(home, timeout=600)
     assert not me.daemon.is_in_log(r"min relay fee not met")
@@ -309,32 +245,53 @@ def _send_over_factory_channel(payer: Any, payee: Any, bolt11: str) -> None:
     decoded = payer.rpc.decode(bolt11)
     [chan] = payer.rpc.listpeerchannels(payee.info["id"])["channels"]
     amount = int(decoded["amount_msat"])
-    hop = {"id": payee.info["id"], "channel": chan["alias"]["local"], "amount_msat": amount,
-           "delay": int(decoded["min_final_cltv_expiry"])}
-    payer.rpc.sendpay([hop], decoded["payment_hash"], payment_secret=decoded["payment_secret"],
-                      amount_msat=amount, bolt11=bolt11)
+    hop = {
+        "id": payee.info["id"],
+        "channel": chan["alias"]["local"],
+        "amount_msat": amount,
+        "delay": int(decoded["min_final_cltv_expiry"]),
+    }
+    payer.rpc.sendpay(
+        [hop],
+        decoded["payment_hash"],
+        payment_secret=decoded["payment_secret"],
+        amount_msat=amount,
+        bolt11=bolt11,
+    )
 
 
 def test_malformed_factory_messages_from_a_real_peer_leave_everyone_working(
     node_factory: Any, bitcoind: Any
 ) -> None:
-    lsp, clients = _lsp_and_clients(node_factory, 2)
-    created = _factory(lsp, clients)
+    lsp, clients = lsp_and_clients(node_factory, 2)
+    created = open_factory(lsp, clients)
     attacker = clients[0]
-    bodies = ["", "00", "ff" * 40, "0001" + "00" * 3, "fffe" + "ab" * 600,
-              created["instance"], "00" * 65_000]
+    bodies = [
+        "",
+        "00",
+        "ff" * 40,
+        "0001" + "00" * 3,
+        "fffe" + "ab" * 600,
+        created["instance"],
+        "00" * 65_000,
+    ]
     for _ in range(3):
         for body in bodies:
             attacker.rpc.sendcustommsg(lsp.info["id"], "8020" + body)
     time.sleep(2)
     for c in clients:
-        assert _normal(lsp, c) and _normal(c, lsp)
-    _pay_both_ways(lsp, clients, 20_000_000)  # above the 1% reserve (5,000 sat), both ways
+        assert normal(lsp, c) and normal(c, lsp)
+    pay_both_ways(lsp, clients, 20_000_000)  # above the 1% reserve (5,000 sat), both ways
     status = lsp.rpc.call("factory-status", {"instance": created["instance"]})["factories"][0]
     assert status["state"] == "funded"
     lines = lsp.daemon.logs
-    noisy = [x for x in lines if "superscalar" in x and attacker.info["id"][:16] in x
-             and re.search(r"malformed|unreadable|rejected|ignor", x)]
+    noisy = [
+        x
+        for x in lines
+        if "superscalar" in x
+        and attacker.info["id"][:16] in x
+        and re.search(r"malformed|unreadable|rejected|ignor", x)
+    ]
     assert len(noisy) <= 1, noisy  # at most one line per peer per minute
 
 
@@ -362,8 +319,8 @@ def test_an_operator_node_without_developer_mode_survives_connect_by_ip(
 def test_the_lsp_sees_a_clients_exit(node_factory: Any, bitcoind: Any) -> None:
     """A client leaves on its own: the LSP's factory-status names it, shows how far its path
     got on chain, and what is still in the factory."""
-    lsp, clients = _lsp_and_clients(node_factory, 2)
-    created = _factory(lsp, clients)
+    lsp, clients = lsp_and_clients(node_factory, 2)
+    created = open_factory(lsp, clients)
     bitcoind.generate_block(1)
     instance = created["instance"]
     clients[0].rpc.call("factory-exit", {"instance": instance})
@@ -398,16 +355,24 @@ def test_a_co_client_or_a_stranger_cannot_unwatch_a_funded_client(
     from superscalar_plugin.engine import protocol
     from superscalar_plugin.engine.tree import FactoryParams
 
-    lsp, clients = _lsp_and_clients(node_factory, 2)
-    created = _factory(lsp, clients)
+    lsp, clients = lsp_and_clients(node_factory, 2)
+    created = open_factory(lsp, clients)
     bitcoind.generate_block(1)
     victim, co_client = clients
     stranger = node_factory.get_node(options={"plugin": PLUGIN})
     connect_by_ip(stranger, victim)
     connect_by_ip(co_client, victim)
     instance = bytes.fromhex(created["instance"])
-    propose = protocol.Propose(instance, 0, 2, FactoryParams(), created["timeout_height"],
-                               b"\x02" * 33, CHANNEL_SAT, created["early_warning_time"])
+    propose = protocol.Propose(
+        instance,
+        0,
+        2,
+        FactoryParams(),
+        created["timeout_height"],
+        b"\x02" * 33,
+        CHANNEL_SAT,
+        created["early_warning_time"],
+    )
     abort = protocol.Text(protocol.PayloadType.ABORT, instance, "go away")
     for sender in (co_client, stranger):
         for payload in (propose, abort):
@@ -415,6 +380,6 @@ def test_a_co_client_or_a_stranger_cannot_unwatch_a_funded_client(
     time.sleep(2)
     view = victim.rpc.call("factory-status", {"instance": created["instance"]})["factories"][0]
     assert view["state"] == "funded" and "error" not in view
-    _pay_both_ways(lsp, clients, 20_000_000)
+    pay_both_ways(lsp, clients, 20_000_000)
     started = victim.rpc.call("factory-exit", {"instance": created["instance"]})
     assert started["exit"]["reason"] == "requested with factory-exit"

@@ -12,6 +12,8 @@ from ..engine import store
 from .records import topology, txid_of
 
 CLTV_DELTA_GUESS = 34  # blocks: a move's HTLC crosses the LSP (lightningd's default delta)
+# blocks of the move's final CLTV beyond the EWT: lightningd's cltv-final (18) and our slack
+MOVE_FINAL_SLACK = 24
 
 
 def pending(record: store.LspRecord) -> list[int]:
@@ -28,7 +30,9 @@ def last_move_height(record: store.LspRecord, exit_margin: int) -> int:
     T - EWT (the HTLC rules), after the new factory's EWT, and the client starts its own exit
     at T - EWT - margin."""
     ewt = topology(record).ewt
-    return record.timeout_height - 2 * ewt - exit_margin - CLTV_DELTA_GUESS
+    return (
+        record.timeout_height - 2 * ewt - max(exit_margin, MOVE_FINAL_SLACK) - CLTV_DELTA_GUESS
+    )
 
 
 def phase(record: store.LspRecord, height: int, dying_blocks: int) -> str:

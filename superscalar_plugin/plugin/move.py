@@ -207,7 +207,8 @@ class ClientMover:
             {"amount_msat": amount, "label": label, "description": "superscalar: factory move"},
         )
         decoded = self._node.rpc.call("decode", {"string": inv["bolt11"]})
-        final = self._node.height + int(decoded.get("min_final_cltv_expiry", 18)) + EXTRA_CLTV
+        # sendpay's delays are relative: lightningd adds the height (+1) itself.
+        final = int(decoded.get("min_final_cltv_expiry", 18)) + EXTRA_CLTV
         fee = forward_fee_msat(
             amount,
             msat(update.get("fee_base_msat", 0)),

@@ -1,0 +1,177 @@
+"""Against a real lightningd: a factory's whole life, through the ladder into the next factory.
+
+Clients move their balances into a successor factory by paying themselves across the LSP, retire
+the old channel with a cooperative close, and hand over their key of the old factory; with every
+key the LSP spends the old funding output by key path, so nobody publishes the tree. A client that
+stays away during the whole dying period exits on its own. Runs whenever `lightningd` is on PATH.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from real_node import (
+    SMALL,
+    create_factory,
+    connect_by_ip,
+    lsp_and_clients,
+    no_htlcs,
+    normal,
+    require_lightningd,
+    wallet_sat,
+)
+
+require_lightningd()
+
+from pyln.testing.fixtures import *  # noqa: E402, F403  (node_factory, bitcoind, ...)
+from pyln.testing.utils import wait_for  # noqa: E402
+
+# A short life, so the test reaches the dying period in a few dozen blocks: the EWT of these
+# shapes is 39 blocks, moves are possible until T - 2*EWT - 58.
+LADDER = {
+    "superscalar-lifetime-blocks": 300,
+    "superscalar-dying-blocks": 220,
+    "superscalar-ladder-every": 20,
+    "superscalar-states-per-layer": 2,
+    "superscalar-step-blocks": 3,
+}
+
+
+def _status(node: Any, instance: str) -> dict[str, Any]:
+    return dict(node.rpc.call("factory-status", {"instance": instance})["factories"][0])
+
+
+def _to_us_msat(node: Any, peer: Any) -> dict[str, int]:
+    """Per channel id: our balance and the channel's state."""
+    return {
+        c["channel_id"]: int(c["to_us_msat"])
+        for c in node.rpc.listpeerchannels(peer.info["id"])["channels"]
+    }
+
+
+def _mine_to(bitcoind: Any, nodes: list[Any], height: int) -> None:
+    now = bitcoind.rpc.getblockcount()
+    if height > now:
+        bitcoind.generate_block(height - now)
+    for n in nodes:
+        wait_for(lambda n=n: n.rpc.getinfo()["blockheight"] >= height)
+
+
+def _fill(lsp: Any, clients: list[Any], amount_msat: int) -> None:
+    """Payments both ways over the factory channels: each client ends holding money."""
+    for c in clients:
+        inv = c.rpc.invoice(amount_msat, f"in-{os.urandom(4).hex()}", "in")["bolt11"]
+        assert lsp.rpc.pay(inv)["status"] == "complete"
+        back = lsp.rpc.invoice(amount_msat // 4, f"out-{os.urandom(4).hex()}", "out")["bolt11"]
+        assert c.rpc.pay(back)["status"] == "complete"
+    for n in [lsp, *clients]:
+        wait_for(lambda n=n: no_htlcs(n))
+
+
+def test_a_ladder_moves_every_client_and_closes_the_old_factory_by_key_path(
+    node_factory: Any, bitcoind: Any
+) -> None:
+    lsp, clients = lsp_and_clients(node_factory, 4, LADDER)
+    old = create_factory(lsp, clients, **SMALL)
+    for c in clients:
+        wait_for(lambda c=c: normal(lsp, c) and normal(c, lsp))
+    bitcoind.generate_block(1)
+    _fill(lsp, clients, 40_000_000)
+    held = {c.info["id"]: sum(_to_us_msat(c, lsp).values()) for c in clients}
+    assert all(v >= 30_000_000 for v in held.values())
+    tree_txids = {e["txid"] for c in clients for e in _status(c, old["instance"])["exit_path"]}
+
+    # Into the dying period: the ladder creates the successor and every client moves.
+    view = _status(lsp, old["instance"])
+    _mine_to(bitcoind, [lsp, *clients], view["dying_from_height"] + 1)
+
+    def successor() -> str | None:
+        s = _status(lsp, old["instance"])["successors"]
+        if not s:
+            bitcoind.generate_block(1)
+        return s[0] if s else None
+
+    wait_for(lambda: successor() is not None, timeout=120)
+    new = successor()
+    assert new is not None
+    lsp.restart()  # mid-migration: nothing is lost, the moves go on
+    for c in clients:
+        connect_by_ip(lsp, c)
+
+    def closed() -> bool:
+        s = _status(lsp, old["instance"])
+        if s["state"] != "closed":
+            bitcoind.generate_block(1)
+            return False
+        return True
+
+    wait_for(closed, timeout=240)
+    final = _status(lsp, old["instance"])
+    assert final["phase"] == "closed" and final["clients_inside"] == 0
+    assert all(c["handed_over"] for c in final["clients"])
+    # One key-path spend of the funding output, before T; no tree transaction ever went out.
+    spend = bitcoind.rpc.getrawtransaction(final["handover_txid"], True)
+    assert [i["txid"] for i in spend["vin"]] == [final["funding"]["txid"]]
+    assert len(spend["vin"][0]["txinwitness"]) == 1  # key path: one 64-byte signature
+    assert bitcoind.rpc.getblockcount() < final["timeout_height"]
+    for txid in tree_txids:
+        assert not _in_chain(bitcoind, txid)
+
+    # Every balance is in the new factory, which pays both ways; the old channels are retired.
+    for c in clients:
+        mine = _status(c, old["instance"])
+        assert mine["state"] == "handed_over"
+        now = _status(c, new)
+        assert now["state"] in ("funded", "ready")
+        balances = _to_us_msat(c, lsp)
+        states = {
+            ch["channel_id"]: ch["state"]
+            for ch in c.rpc.listpeerchannels(lsp.info["id"])["channels"]
+        }
+        live = [cid for cid, st in states.items() if st == "CHANNELD_NORMAL"]
+        assert len(live) == 1
+        # moved: all but the LSP's forwarding fee (1 sat + 10 ppm by default)
+        assert held[c.info["id"]] - balances[live[0]] <= 2_000
+        assert all(
+            st in ("CLOSINGD_COMPLETE", "CLOSINGD_SIGEXCHANGE")
+            for cid, st in states.items()
+            if cid != live[0]
+        )
+    _fill(lsp, clients, 10_000_000)
+    for n in [lsp, *clients]:
+        assert not n.daemon.is_in_log(r"superscalar.*(Traceback|internal error)")
+
+
+def _in_chain(bitcoind: Any, txid: str) -> bool:
+    try:
+        return bool(bitcoind.rpc.getrawtransaction(txid, True).get("confirmations"))
+    except Exception:
+        return False
+
+
+def test_a_client_away_for_the_whole_dying_period_exits_alone_and_gets_its_money(
+    node_factory: Any, bitcoind: Any
+) -> None:
+    lsp, clients = lsp_and_clients(node_factory, 2, LADDER)
+    old = create_factory(lsp, clients, **SMALL)
+    for c in clients:
+        wait_for(lambda c=c: normal(lsp, c) and normal(c, lsp))
+    bitcoind.generate_block(1)
+    _fill(lsp, clients, 100_000_000)
+    away = clients[1]
+    before = wallet_sat(away)
+    away.stop()
+    view = _status(lsp, old["instance"])
+    _mine_to(bitcoind, [lsp, clients[0]], view["last_move_height"] + 1)
+    s = _status(lsp, old["instance"])
+    assert s["phase"] == "migrating" and s["clients_inside"] == 1
+    assert "timeout" in s["recovery"]
+    assert [c["handed_over"] for c in s["clients"]] == [True, False]
+    away.start()  # back after the last chance to move: it must leave on its own
+
+    def home() -> bool:
+        bitcoind.generate_block(1)
+        return wallet_sat(away) - before >= 60_000  # its 75k sat minus the exit's fees
+
+    wait_for(home, timeout=600)
