@@ -13,8 +13,8 @@ from typing import Any
 
 from real_node import (
     SMALL,
-    create_factory,
     connect_by_ip,
+    create_factory,
     lsp_and_clients,
     no_htlcs,
     normal,
