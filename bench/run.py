@@ -6,6 +6,9 @@ tree 0.10 s, 127 clients 0.21 s, 1000 clients 2.0 s; its wire ceremony with sepa
 processes: 26 s CPU at 127 clients. Exit paths: 916 vB (8 clients, arity 2), 999 vB (64 clients,
 2,4,8 interior, two kickoff-only top levels).
 
+Handover (`--handover` alone): on-chain vB of the LSP's key-path spend of a factory whose clients
+all handed over their keys, beside every client's unilateral exit (bench/handover_size.py).
+
 /floor: in-process signing over the libsecp256k1 floor of the same calls made directly
 (bench/libsecp_floor.py), in CPU time; target 1.3x at 127 clients (the C reference: 1.28x).
 """
@@ -244,9 +247,19 @@ def print_targets(results: list[dict[str, Any]]) -> None:
         print(f"  exit path {n} clients {shape}: {r['exit_vb_max']} vB (C: {c_vb}) {verdict}")
 
 
+def handover_sizes() -> None:
+    """On-chain vB of handing over a factory (key-path spend) beside every client's exit."""
+    from handover_size import run
+
+    run()
+
+
 def main() -> None:
     if len(sys.argv) == 2 and sys.argv[1] == "--htlc":
         htlc_hook_latency()
+        return
+    if len(sys.argv) == 2 and sys.argv[1] == "--handover":
+        handover_sizes()
         return
     if len(sys.argv) == 4 and sys.argv[1] == "--one":
         print(json.dumps(one(int(sys.argv[2]), sys.argv[3])))
@@ -281,6 +294,7 @@ def main() -> None:
             )
             sys.stdout.flush()
     print_targets(results)
+    handover_sizes()
     htlc_hook_latency()
     from plugin_create import run as plugin_create
     from real_create import run as real_create

@@ -21,7 +21,7 @@ from superscalar_plugin.chain.btx import (
     lx,
 )
 from superscalar_plugin.engine.errors import WireError
-from superscalar_plugin.engine.tx import Tx, TxIn, TxOut, taproot_sighash
+from superscalar_plugin.engine.tx import Tx, TxIn, TxOut, dust_threshold, taproot_sighash
 
 
 def _random_tx(rng: random.Random) -> Tx:
@@ -93,3 +93,19 @@ def test_block_txids_of_a_block_with_a_coinbase_and_a_segwit_tx() -> None:
     assert block_txids(block) == [coinbase.GetTxid()[::-1].hex(), segwit.txid]
     with pytest.raises(WireError):
         block_txids(block + b"\x00")
+
+
+@pytest.mark.parametrize(
+    ("script", "dust"),
+    [
+        (b"\x51\x20" + bytes(32), 330),  # P2TR
+        (b"\x00\x20" + bytes(32), 330),  # P2WSH
+        (b"\x00\x14" + bytes(20), 294),  # P2WPKH
+        (bytes.fromhex("76a914") + bytes(20) + bytes.fromhex("88ac"), 546),  # P2PKH
+        (bytes.fromhex("a914") + bytes(20) + b"\x87", 540),  # P2SH
+        (b"\x6a\x04abcd", 0),  # OP_RETURN: unspendable, no dust limit
+        (b"\x51\x02\x4e\x73", 240),  # P2A (a witness program): Core's 240-sat anchor
+    ],
+)
+def test_dust_thresholds_are_bitcoin_cores(script: bytes, dust: int) -> None:
+    assert dust_threshold(script) == dust

@@ -5,7 +5,9 @@ bytes (`wire`): message in, state updated, messages out. A client receives and s
 its own root-to-leaf path and rebuilds every one of them itself before signing (`check_path`), so its
 work and its messages grow with its path length, not with the number of clients.
 
-`sign_in_process` signs with every secret key in one process (tests, demo, benchmarks).
+`sign_in_process` signs with every secret key in one process (tests, demo, benchmarks);
+`sign_together`, its core, makes one such signature (also the LSP's key-path spends with the
+keys clients handed over, `handover`).
 
 Secret nonces live only in memory, inside single-use `SecretNonce` objects; a ceremony that is
 interrupted restarts with fresh nonces.
@@ -83,7 +85,7 @@ def _who(client: int | None) -> str:
 
 
 def _blame(
-    node: int,
+    what: str,
     session: musig2.Session,
     psigs: Mapping[int | None, bytes],
     pubnonces: Mapping[int | None, bytes],
@@ -91,8 +93,8 @@ def _blame(
 ) -> InvalidPartialSignature:
     for who, psig in psigs.items():
         if not musig2.partial_sig_verify(psig, pubnonces[who], pubkeys[who], session):
-            return InvalidPartialSignature(_who(who), f"node {node}")
-    return InvalidPartialSignature("unknown", f"node {node}: aggregate invalid")
+            return InvalidPartialSignature(_who(who), what)
+    return InvalidPartialSignature("unknown", f"{what}: aggregate invalid")
 
 
 # --- all participants in one process ----------------------------------------------------------
@@ -110,29 +112,42 @@ def sign_in_process(
     txs = factory.transactions(funding_outpoint, states, nodes)
     out: dict[int, SignedNodeTx] = {}
     for node, utx in txs.items():
-        keyagg = factory.signing_keyagg(node)
-        msg = utx.sighash
         signers: list[tuple[int | None, bytes, bytes]] = [
             (c, factory.client_pubkeys[c], client_seckeys[c]) for c in factory.signers(node)
         ]
         signers.append((None, factory.lsp_pubkey, lsp_seckey))
-        nonces = [musig2.nonce_gen(pk, seckey=sk, keyagg=keyagg, msg=msg) for _, pk, sk in signers]
-        session = musig2.Session.create(musig2.nonce_agg([p for _, p in nonces]), msg, keyagg)
-        psigs = {
-            who: musig2.partial_sign(sec, sk, session)
-            for (who, _, sk), (sec, _) in zip(signers, nonces, strict=True)
-        }
-        sig = musig2.partial_sig_agg(list(psigs.values()), session)
-        if not _verify_final(utx, keyagg, sig):
-            raise _blame(
-                node,
-                session,
-                psigs,
-                {who: p for (who, _, _), (_, p) in zip(signers, nonces, strict=True)},
-                {who: pk for who, pk, _ in signers},
-            )
+        sig = sign_together(factory.signing_keyagg(node), utx.sighash, signers, f"node {node}")
         out[node] = SignedNodeTx(utx, sig)
     return out
+
+
+def sign_together(
+    keyagg: musig2.KeyAggContext,
+    msg: bytes,
+    signers: Sequence[tuple[int | None, bytes, bytes]],
+    what: str,
+) -> bytes:
+    """One BIP340 signature for `keyagg`'s key over `msg`, by MuSig2 with every signer's
+    (client index or None for the LSP, pubkey, secret key) in this process.
+
+    Fresh random nonces, used once and never kept. The result is verified; a bad partial
+    signature raises `InvalidPartialSignature` naming its signer and `what` was signed."""
+    nonces = [musig2.nonce_gen(pk, seckey=sk, keyagg=keyagg, msg=msg) for _, pk, sk in signers]
+    session = musig2.Session.create(musig2.nonce_agg([p for _, p in nonces]), msg, keyagg)
+    psigs = {
+        who: musig2.partial_sign(sec, sk, session)
+        for (who, _, sk), (sec, _) in zip(signers, nonces, strict=True)
+    }
+    sig = musig2.partial_sig_agg(list(psigs.values()), session)
+    if not musig2.schnorr_verify(sig, msg, keyagg.xonly_pubkey):
+        raise _blame(
+            what,
+            session,
+            psigs,
+            {who: p for (who, _, _), (_, p) in zip(signers, nonces, strict=True)},
+            {who: pk for who, pk, _ in signers},
+        )
+    return sig
 
 
 # --- the client (signer) ----------------------------------------------------------------------
@@ -517,7 +532,7 @@ class Coordinator:
                 pubkeys: dict[int | None, bytes] = {c: f.client_pubkeys[c] for c in f.signers(n)}
                 pubkeys[None] = f.lsp_pubkey
                 self._lsp_nonces.clear()
-                raise _blame(n, session, psigs, pubnonces, pubkeys)
+                raise _blame(f"node {n}", session, psigs, pubnonces, pubkeys)
             self.signed[n] = SignedNodeTx(self.txs[n], sig)
         self.state = CoordinatorState.DONE
         return {

@@ -96,3 +96,18 @@ class FactoryExhausted(SuperscalarError):
     """Every DW state on a path is used: the factory can only be closed or migrated."""
 
     rpc_code = 1406
+
+
+class HandoverError(SuperscalarError):
+    """A handed-over factory key is malformed or not the client's, or a key-path spend lacks a
+    key it needs."""
+
+    rpc_code = 1407
+
+
+class MissingHandedKeys(HandoverError):
+    """A key-path spend needs keys not handed over yet; `clients` names whose."""
+
+    def __init__(self, clients: tuple[int, ...], detail: str) -> None:
+        self.clients = clients
+        super().__init__(detail)

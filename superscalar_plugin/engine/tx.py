@@ -164,6 +164,31 @@ class _Parser:
         return Tx(version, tuple(inputs), tuple(outputs), locktime, witnesses)
 
 
+DUST_RELAY_FEE_KVB = 3000  # Bitcoin Core's default -dustrelayfee, sat per 1000 vB
+MAX_SCRIPT_SIZE = 10_000
+
+
+def is_witness_program(script: bytes) -> bool:
+    """BIP141: a version opcode (OP_0, OP_1..OP_16) then one push of 2..40 bytes."""
+    return (
+        4 <= len(script) <= 42
+        and (script[0] == 0 or 0x51 <= script[0] <= 0x60)
+        and script[1] == len(script) - 2
+    )
+
+
+def dust_threshold(script_pubkey: bytes) -> int:
+    """The smallest amount Bitcoin Core relays in an output of this script (its
+    `GetDustThreshold` at the default dust relay fee): 330 sat for P2TR and P2WSH, 294 for
+    P2WPKH, 546 for P2PKH; 0 for an unspendable (OP_RETURN) output."""
+    if script_pubkey[:1] == b"\x6a" or len(script_pubkey) > MAX_SCRIPT_SIZE:
+        return 0
+    size = len(TxOut(0, script_pubkey).serialize())
+    # What spending it costs: outpoint, scriptSig length, sequence, and a typical signature.
+    size += 32 + 4 + 1 + (107 // 4 if is_witness_program(script_pubkey) else 107) + 4
+    return -(-size * DUST_RELAY_FEE_KVB // 1000)
+
+
 def block_txids(raw_block: bytes) -> list[str]:
     """The txids of a serialized block, in order (what a plugin gets from getrawblockbyheight).
 
