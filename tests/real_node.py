@@ -15,6 +15,10 @@ from typing import Any
 
 import pytest
 
+from superscalar_plugin.engine.tree import UnsignedNodeTx
+from superscalar_plugin.engine.tx import Tx, TxIn, TxOut
+from superscalar_plugin.plugin.psbt import leaf_psbt
+
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = str(Path(sys.executable).parent / "superscalar")
 
@@ -153,3 +157,187 @@ def wallet_sat(node: Any) -> int:
 
 def no_htlcs(node: Any) -> bool:
     return all(not c.get("htlcs") for c in node.rpc.listpeerchannels()["channels"])
+
+
+# --- zero-conf channels on a transaction that is never broadcast (DESIGN 3.1-3.3) ---------------
+
+# A plugin for the channel-fact tests, steered through the node's datastore under ["facts", ...]:
+# - the `openchannel` hook answers zero-conf (mindepth 0), with "reserve" (sat) when stored: the
+#   reserve the fundee asks its opener to keep;
+# - the `htlc_accepted` hook (async: HTLCs do not queue behind a held one) holds an HTLC while
+#   "hold" is the short_channel_id it came in over, and answers a forward with
+#   `"forward_to": <channel id>` when "forward_to" is stored.
+FACTS_PLUGIN = """
+import threading, time
+from pyln.client import Plugin
+plugin = Plugin()
+
+def stored(key):
+    found = plugin.rpc.listdatastore(["facts", key])["datastore"]
+    return found[0]["string"] if found else None
+
+@plugin.hook("openchannel")
+def on_openchannel(openchannel, plugin, **kwargs):
+    answer = {"result": "continue", "mindepth": 0}
+    reserve = stored("reserve")
+    if reserve is not None:
+        answer["reserve"] = reserve
+    return answer
+
+def answer(htlc, onion, request):
+    while stored("hold") == htlc["short_channel_id"]:
+        time.sleep(0.1)
+    result = {"result": "continue"}
+    forward_to = stored("forward_to")
+    if forward_to is not None and "short_channel_id" in onion:
+        result["forward_to"] = forward_to
+    request.set_result(result)
+
+@plugin.async_hook("htlc_accepted")
+def on_htlc_accepted(htlc, onion, plugin, request, **kwargs):
+    threading.Thread(target=answer, args=(htlc, onion, request), daemon=True).start()
+
+plugin.run()
+"""
+
+
+def facts_plugin(directory: Path) -> str:
+    return write_plugin(directory, "facts_plugin.py", FACTS_PLUGIN)
+
+
+def steer(node: Any, key: str, value: str | None) -> None:
+    """Set (or, with None, clear) one of FACTS_PLUGIN's datastore settings on `node`."""
+    if value is None:
+        node.rpc.deldatastore(["facts", key])
+    else:
+        node.rpc.datastore(["facts", key], string=value, mode="create-or-replace")
+
+
+def channel(node: Any, channel_id: str) -> dict[str, Any]:
+    """`node`'s listpeerchannels entry for `channel_id`."""
+    [chan] = [c for c in node.rpc.listpeerchannels()["channels"] if c["channel_id"] == channel_id]
+    return chan
+
+
+def open_unbroadcast_channel(opener: Any, peer: Any, amount_sat: int, **start: Any) -> str:
+    """A zero-conf, unannounced anchor channel from `opener` to `peer` (whose `openchannel` hook
+    answers mindepth 0) on an output of a transaction that is never broadcast: the funding is an
+    UNSIGNED PSBT paying `fundchannel_start`'s scriptpubkey, its input (an outpoint that does not
+    exist) carrying `witness_utxo`. Returns the channel id once both sides are CHANNELD_NORMAL."""
+    from pyln.testing.utils import wait_for
+
+    params = {
+        "id": peer.info["id"],
+        "amount": amount_sat,
+        "mindepth": 0,
+        "announce": False,
+        "channel_type": [12, 46, 50],
+        "push_msat": 1000,
+        **start,
+    }
+    script = bytes.fromhex(opener.rpc.call("fundchannel_start", params)["scriptpubkey"])
+    tx = Tx(2, (TxIn(os.urandom(32).hex(), 0, 0xFFFFFFFD),), (TxOut(amount_sat, script),), 0)
+    parent_script = bytes.fromhex("5120") + os.urandom(32)  # a P2TR output that never existed
+    psbt = leaf_psbt(UnsignedNodeTx(0, tx, amount_sat + 1_000, parent_script))
+    # Not pyln-client's `fundchannel_complete` wrapper: it sends withhold=true (DESIGN 3.4).
+    done = opener.rpc.call("fundchannel_complete", {"id": peer.info["id"], "psbt": psbt})
+    channel_id: str = done["channel_id"]
+    wait_for(
+        lambda: all(channel(n, channel_id)["state"] == "CHANNELD_NORMAL" for n in (opener, peer))
+    )
+    return channel_id
+
+
+# --- payments over a chosen channel: `sendpay` with an explicit route -------------------------
+
+
+def invoice(payee: Any, amount_msat: int) -> dict[str, Any]:
+    """A fresh invoice of `payee`, with its amount and its `min_final_cltv_expiry` ("cltv")."""
+    inv: dict[str, Any] = payee.rpc.invoice(amount_msat, f"facts-{os.urandom(8).hex()}", "facts")
+    inv["amount_msat"] = amount_msat
+    inv["cltv"] = payee.rpc.decode(inv["bolt11"])["min_final_cltv_expiry"]
+    return inv
+
+
+def start_payment(payer: Any, route: list[dict[str, Any]], inv: dict[str, Any]) -> None:
+    payer.rpc.sendpay(
+        route,
+        inv["payment_hash"],
+        payment_secret=inv["payment_secret"],
+        amount_msat=route[-1]["amount_out_msat"],
+        bolt11=inv["bolt11"],
+    )
+
+
+def settle(*nodes: Any) -> None:
+    """Wait until no channel of `nodes` has an HTLC left (waitsendpay returns on the preimage,
+    before the commitments that remove the HTLC are exchanged)."""
+    from pyln.testing.utils import wait_for
+
+    wait_for(
+        lambda: all(c["htlcs"] == [] for n in nodes for c in n.rpc.listpeerchannels()["channels"])
+    )
+
+
+def send_route(payer: Any, route: list[dict[str, Any]], inv: dict[str, Any]) -> dict[str, Any]:
+    """Pay `inv` along `route` and wait for the result (raises RpcError if it failed)."""
+    start_payment(payer, route, inv)
+    done: dict[str, Any] = payer.rpc.waitsendpay(inv["payment_hash"], timeout=60)
+    return done
+
+
+def hop(scid: str, node: Any, amount_msat: int, cltv: int) -> dict[str, Any]:
+    """One sendpay route hop, in v26.06's field names (the older id/channel/amount_msat/delay
+    are accepted too): `cltv` is relative to the current block height."""
+    return {
+        "short_channel_id_dir": scid,
+        "node_id_out": node.info["id"],
+        "amount_out_msat": amount_msat,
+        "cltv_out": cltv,
+    }
+
+
+def direct_route(
+    payer: Any, payee: Any, channel_id: str, inv: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """A one-hop route over one chosen channel: the payer names it by its own local alias."""
+    alias = channel(payer, channel_id)["alias"]["local"]
+    return [hop(alias, payee, inv["amount_msat"], inv["cltv"])]
+
+
+def forwarding_fee(update: dict[str, Any], amount_msat: int) -> int:
+    return (
+        int(update["fee_base_msat"]) + amount_msat * update["fee_proportional_millionths"] // 10**6
+    )
+
+
+def circular_route(
+    client: Any, lsp: Any, out: str, back: str, inv: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The client pays its own invoice out over channel `out` and back in over channel `back`:
+    [the LSP over `out` (the client's local alias), the client over `back` (its remote alias, the
+    LSP's own name for it)], amounts and delays from the LSP's channel_update for `back` as the
+    client sees it (`updates.remote` in listpeerchannels)."""
+    update = channel(client, back)["updates"]["remote"]
+    amount = int(inv["amount_msat"])
+    return [
+        hop(
+            channel(client, out)["alias"]["local"],
+            lsp,
+            amount + forwarding_fee(update, amount),
+            inv["cltv"] + update["cltv_expiry_delta"],
+        ),
+        hop(channel(client, back)["alias"]["remote"], client, amount, inv["cltv"]),
+    ]
+
+
+def max_movable(spendable_msat: int, update: dict[str, Any]) -> int:
+    """The largest amount whose forwarding fee under `update` still fits in `spendable_msat`."""
+    amount = (
+        (spendable_msat - int(update["fee_base_msat"]))
+        * 10**6
+        // (10**6 + update["fee_proportional_millionths"])
+    )
+    while amount + 1 + forwarding_fee(update, amount + 1) <= spendable_msat:
+        amount += 1
+    return amount
