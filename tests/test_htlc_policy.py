@@ -32,3 +32,6 @@ def test_too_soon_and_too_late_fail_with_the_bolt4_codes() -> None:
 def test_invoice_cltv_is_raised_by_the_ewt_but_capped() -> None:
     assert invoice_cltv(18, 100, 2016) == 118
     assert invoice_cltv(18, 2100, 2016) == 2016
+    # never so short that the HTLC itself would start an exit (EWT + margin) at the next block
+    assert invoice_cltv(5, 39, 2016, exit_margin=12) == 14 + 39
+    assert invoice_cltv(18, 39, 2016, exit_margin=12) == 18 + 39

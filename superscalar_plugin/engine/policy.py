@@ -151,10 +151,14 @@ def htlc_failure(
     return EXPIRY_TOO_FAR.to_bytes(2, "big")
 
 
-def invoice_cltv(requested: int, early_warning_time: int, max_locktime: int) -> int:
+def invoice_cltv(
+    requested: int, early_warning_time: int, max_locktime: int, exit_margin: int = 0
+) -> int:
     """min_final_cltv_expiry for an invoice paid into factory channels: raised by the EWT, never
-    above what lightningd accepts (`max-locktime-blocks`)."""
-    return min(requested + early_warning_time, max_locktime)
+    above what lightningd accepts (`max-locktime-blocks`). An HTLC that expires within the EWT
+    plus the exit margin makes its offerer start an exit at the next block, so the invoice's own
+    part is at least the margin plus two blocks, whatever the node's `cltv-final` (regtest: 5)."""
+    return min(max(requested, exit_margin + 2) + early_warning_time, max_locktime)
 
 
 # --- what the LSP can take after the timeout -----------------------------------------------------

@@ -39,6 +39,7 @@ class Guards:
         self._node = node
         self._records = records
         self.by_scid: dict[str, policy.ChannelGuard] = {}  # scid or alias -> rules
+        self.channel_of: dict[str, str] = {}  # scid or alias -> channel id
         # The largest EWT of our live factories: invoices carry it as soon as we are in one,
         # whether or not lightningd lists its channel yet.
         self.invoice_ewt = 0
@@ -59,6 +60,7 @@ class Guards:
         """Map every factory channel's scid and alias to its rules (worker, off the hot path)."""
         wanted = _guards_by_channel(self._records.all())
         guards: dict[str, policy.ChannelGuard] = {}
+        channel_of: dict[str, str] = {}
         mapped = set()
         if wanted:
             for ch in self._node.channels().values():
@@ -75,6 +77,8 @@ class Guards:
                 ):
                     if scid:
                         guards[scid] = found
+                        channel_of[scid] = str(ch.get("channel_id", ""))
+        self.channel_of = channel_of  # before the guards: a guarded scid always has its id
         self.by_scid = guards  # one atomic swap; readers never see a half-built map
         self.invoice_ewt = max((g.early_warning_time for g in wanted.values()), default=0)
         self.unmapped = len(set(wanted) - mapped)
@@ -112,6 +116,11 @@ class Guards:
             )
             if fail is not None:
                 return {"result": "fail", "failure_message": fail.hex()}
+        if outgoing is not None and outgoing_scid in self.channel_of:
+            # Into exactly the factory channel the onion names: lightningd would otherwise pick
+            # any channel to that peer with the same fees (the one with most room), e.g. the old
+            # channel a client is moving its balance out of (DESIGN 3.14).
+            return {"result": "continue", "forward_to": self.channel_of[outgoing_scid]}
         return {"result": "continue"}
 
     def invoice_params(self, params: Any) -> Any | None:
@@ -126,7 +135,9 @@ class Guards:
             else dict(params)
         )
         requested = int(named.get("cltv") or self.cltv_final)
-        named["cltv"] = policy.invoice_cltv(requested, ewt, self.max_locktime)
+        named["cltv"] = policy.invoice_cltv(
+            requested, ewt, self.max_locktime, self._node.config.exit_margin
+        )
         return named
 
 

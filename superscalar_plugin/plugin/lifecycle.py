@@ -30,9 +30,7 @@ def last_move_height(record: store.LspRecord, exit_margin: int) -> int:
     T - EWT (the HTLC rules), after the new factory's EWT, and the client starts its own exit
     at T - EWT - margin."""
     ewt = topology(record).ewt
-    return (
-        record.timeout_height - 2 * ewt - max(exit_margin, MOVE_FINAL_SLACK) - CLTV_DELTA_GUESS
-    )
+    return record.timeout_height - 2 * ewt - max(exit_margin, MOVE_FINAL_SLACK) - CLTV_DELTA_GUESS
 
 
 def phase(record: store.LspRecord, height: int, dying_blocks: int) -> str:

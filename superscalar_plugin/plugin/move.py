@@ -41,9 +41,10 @@ from .runtime import PeerUnreachable, why
 log = logging.getLogger("superscalar")
 peer_log = LogLimiter(log)
 
-# What may stay ours in the old channel when we hand the key over: the sat the LSP pushed at
-# creation and rounding. Anything more is money, and we keep the key.
-HANDOVER_DUST_MSAT = 1_000
+# What may stay ours in the old channel when we hand the key over. lightningd raises a reserve of
+# 0 to the dust limit (546 sat, DESIGN 3.14), which no payment can move; we allow that and a
+# little rounding. Anything more is money, and we keep the key.
+HANDOVER_DUST_MSAT = 1_000_000
 PAY_TIMEOUT = 60  # seconds waitsendpay waits for the circular payment
 CLOSE_WAIT = 60.0  # seconds we watch the old channel reach a closing state
 RETIRED = ("CLOSINGD_SIGEXCHANGE", "CLOSINGD_COMPLETE", "FUNDING_SPEND_SEEN", "ONCHAIN")
@@ -168,6 +169,9 @@ class ClientMover:
             old = self._old_channel(record)
             if old is not None and old.get("state") == "CHANNELD_NORMAL":
                 self._pay_across(record, old, record.moving_to)
+                # An HTLC still in flight when the close starts would settle into the retired
+                # channel (DESIGN 3.14): none may arrive (the guards), wait out the others.
+                self._wait(lambda: not (self._old_channel(record) or {}).get("htlcs"), "no HTLC")
                 self._close(old)
             self._wait_closing(record)
             self._submit(lambda: self._hand_over(instance))
@@ -262,13 +266,20 @@ class ClientMover:
         threading.Thread(target=close, name="superscalar-close", daemon=True).start()
 
     def _wait_closing(self, record: store.ClientRecord) -> None:
+        def retired() -> bool:
+            old = self._old_channel(record)
+            return old is None or old.get("state") in RETIRED
+
+        self._wait(retired, "a closing state")
+
+    @staticmethod
+    def _wait(done: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + CLOSE_WAIT
         while time.monotonic() < deadline:
-            old = self._old_channel(record)
-            if old is None or old.get("state") in RETIRED:
+            if done():
                 return
             time.sleep(0.5)
-        raise MoveRefused("the old channel did not reach a closing state")
+        raise MoveRefused(f"the old channel did not reach {what} within {CLOSE_WAIT:g}s")
 
     # --- 3. hand over (worker) ------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..engine import handover, protocol, store
-from ..engine.errors import CeremonyError, InvalidParameter
+from ..engine.errors import CeremonyError, HandoverError, InvalidParameter
 from . import address
 from .config import MIN_CHANNEL_SAT
 from .lifecycle import dying_from, last_move_height, pending
@@ -259,7 +259,11 @@ class WindDown:
         entry = record.clients[index]
         if entry.handed_key is not None:
             return  # again (it restarted, or we asked again): nothing new
-        handover.check_handed_key(secret, bytes.fromhex(entry.pubkey or ""))
+        try:
+            handover.check_handed_key(secret, bytes.fromhex(entry.pubkey or ""))
+        except HandoverError as e:  # a client lying about its key gains nothing: dropped
+            peer_log.warning(entry.node_id, "refused the key %s handed over: %s", entry.node_id, e)
+            return
         record = self._update_client(record, index, handed_key=secret.hex(), refusal=None)
         log.info(
             "factory %s: client %s handed over its key (%d still inside)",
@@ -300,7 +304,7 @@ class WindDown:
 
     def _broadcast(self, raw_hex: str) -> None:
         try:
-            res = self._node.rpc.call("sendrawtransaction", {"tx": raw_hex})
+            res = self._node.rpc.call("sendrawtransaction", {"tx": raw_hex, "allowhighfees": False})
             if not res.get("success", False):
                 log.info("hand-over spend refused (sent again next block): %s", res.get("errmsg"))
         except Exception as e:
