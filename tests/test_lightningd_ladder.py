@@ -178,3 +178,44 @@ def test_a_client_away_for_the_whole_dying_period_exits_alone_and_gets_its_money
         return wallet_sat(away) - before >= 60_000  # its 75k sat minus the exit's fees
 
     wait_for(home, timeout=600)
+
+
+def test_factory_close_moves_every_client_into_an_ordinary_channel_and_spends_by_key_path(
+    node_factory: Any, bitcoind: Any
+) -> None:
+    """An LSP that stops: no successor, each client moves into an ordinary on-chain channel."""
+    lsp, clients = lsp_and_clients(node_factory, 2, LADDER)
+    old = create_factory(lsp, clients, **SMALL)
+    for c in clients:
+        wait_for(lambda c=c: normal(lsp, c) and normal(c, lsp))
+    bitcoind.generate_block(1)
+    _fill(lsp, clients, 40_000_000)
+    held = {c.info["id"]: sum(_to_us_msat(c, lsp).values()) for c in clients}
+    for _ in clients:  # coins for the ordinary channels (the factory took the first one)
+        lsp.fundwallet(2_000_000)
+    closing = lsp.rpc.call("factory-close", {"instance": old["instance"]})
+    assert closing["phase"] == "closing"
+    targets = [c["moved_to"] for c in closing["clients"]]
+    assert all(targets)
+
+    def closed() -> bool:
+        if _status(lsp, old["instance"])["state"] == "closed":
+            return True
+        bitcoind.generate_block(1)  # the ordinary channels confirm, then the moves go
+        return False
+
+    wait_for(closed, timeout=240)
+    final = _status(lsp, old["instance"])
+    assert all(c["handed_over"] for c in final["clients"])
+    spend = bitcoind.rpc.getrawtransaction(final["handover_txid"], True)
+    assert [i["txid"] for i in spend["vin"]] == [final["funding"]["txid"]]
+    for c, target in zip(clients, targets, strict=True):
+        balances = _to_us_msat(c, lsp)
+        assert held[c.info["id"]] - balances[target] <= 546_000 + 2_000
+        chan = next(
+            ch
+            for ch in c.rpc.listpeerchannels(lsp.info["id"])["channels"]
+            if ch["channel_id"] == target
+        )
+        assert chan["state"] == "CHANNELD_NORMAL" and chan.get("short_channel_id")
+    _fill(lsp, clients, 10_000_000)  # the ordinary channels pay both ways

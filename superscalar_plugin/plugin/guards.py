@@ -58,26 +58,25 @@ class Guards:
 
     def refresh(self) -> None:
         """Map every factory channel's scid and alias to its rules (worker, off the hot path)."""
-        wanted = _guards_by_channel(self._records.all())
+        records = self._records.all()
+        wanted = _guards_by_channel(records)
+        pinned = _move_targets(records)
         guards: dict[str, policy.ChannelGuard] = {}
         channel_of: dict[str, str] = {}
         mapped = set()
-        if wanted:
+        if wanted or pinned:
             for ch in self._node.channels().values():
-                key = ch.get("channel_id", "") if ch.get("channel_id") in wanted else None
+                cid = str(ch.get("channel_id", ""))
+                key = cid if cid in wanted else None
                 key = key or (ch.get("funding_txid") if ch.get("funding_txid") in wanted else None)
-                if key is None:
+                if key is None and cid not in pinned:
                     continue
-                found = wanted[key]
-                mapped.add(key)
-                for scid in (
-                    ch.get("short_channel_id"),
-                    ch.get("alias", {}).get("local"),
-                    ch.get("alias", {}).get("remote"),
-                ):
-                    if scid:
-                        guards[scid] = found
-                        channel_of[scid] = str(ch.get("channel_id", ""))
+                if key is not None:
+                    mapped.add(key)
+                for scid in _scids(ch):
+                    channel_of[scid] = cid
+                    if key is not None:
+                        guards[scid] = wanted[key]
         self.channel_of = channel_of  # before the guards: a guarded scid always has its id
         self.by_scid = guards  # one atomic swap; readers never see a half-built map
         self.invoice_ewt = max((g.early_warning_time for g in wanted.values()), default=0)
@@ -116,7 +115,7 @@ class Guards:
             )
             if fail is not None:
                 return {"result": "fail", "failure_message": fail.hex()}
-        if outgoing is not None and outgoing_scid in self.channel_of:
+        if outgoing_scid in self.channel_of:
             # Into exactly the factory channel the onion names: lightningd would otherwise pick
             # any channel to that peer with the same fees (the one with most room), e.g. the old
             # channel a client is moving its balance out of (DESIGN 3.14).
@@ -139,6 +138,23 @@ class Guards:
             requested, ewt, self.max_locktime, self._node.config.exit_margin
         )
         return named
+
+
+def _scids(ch: dict[str, Any]) -> list[str]:
+    ids = (ch.get("short_channel_id"), *(ch.get("alias") or {}).values())
+    return [str(s) for s in ids if s]
+
+
+def _move_targets(records: list[store.Record]) -> set[str]:
+    """Channels the LSP asked clients to move into (a successor's, or an ordinary channel of a
+    factory-close): forwards into them are pinned too, or lightningd could pick the old one."""
+    return {
+        c.moved_to
+        for r in records
+        if isinstance(r, store.LspRecord)
+        for c in r.clients
+        if c.moved_to and not c.handed_key
+    }
 
 
 def _guards_by_channel(records: list[store.Record]) -> dict[str, policy.ChannelGuard]:

@@ -93,7 +93,7 @@ class FactoryService:
             self.node, self.records, self.peers, self.guards, self.view, self.worker.submit
         )
         self.client = ClientRole(self.node, self.records, self.peers, self.opens, self.guards)
-        self.wind_down = WindDown(self.node, self.records, self.peers, self.lsp)
+        self.wind_down = WindDown(self.node, self.records, self.peers, self.lsp, self.guards)
         self.mover = ClientMover(
             self.node, self.records, self.peers, self.guards, self.worker.submit
         )

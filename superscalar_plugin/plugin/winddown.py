@@ -28,6 +28,7 @@ from ..engine import handover, protocol, store
 from ..engine.errors import CeremonyError, HandoverError, InvalidParameter
 from . import address
 from .config import MIN_CHANNEL_SAT
+from .guards import Guards
 from .lifecycle import dying_from, last_move_height, pending
 from .lsp import LspRole
 from .node import Node
@@ -57,8 +58,11 @@ class _Successor:
 
 
 class WindDown:
-    def __init__(self, node: Node, records: Records, peers: Peers, lsp: LspRole) -> None:
+    def __init__(
+        self, node: Node, records: Records, peers: Peers, lsp: LspRole, guards: Guards
+    ) -> None:
         self._node = node
+        self._guards = guards
         self._records = records
         self._peers = peers
         self._lsp = lsp
@@ -174,6 +178,7 @@ class WindDown:
             kind, ident, channel = target
             if record.clients[i].moved_to != channel:
                 record = self._update_client(record, i, moved_to=channel)
+                self._guards.refresh()  # forwards into it pinned before the client pays
             try:
                 self._peers.send(
                     record.clients[i].node_id, protocol.Move(instance, kind, bytes.fromhex(ident))
