@@ -110,29 +110,38 @@ def sign_in_process(
     txs = factory.transactions(funding_outpoint, states, nodes)
     out: dict[int, SignedNodeTx] = {}
     for node, utx in txs.items():
-        keyagg = factory.signing_keyagg(node)
-        msg = utx.sighash
         signers: list[tuple[int | None, bytes, bytes]] = [
             (c, factory.client_pubkeys[c], client_seckeys[c]) for c in factory.signers(node)
         ]
         signers.append((None, factory.lsp_pubkey, lsp_seckey))
-        nonces = [musig2.nonce_gen(pk, seckey=sk, keyagg=keyagg, msg=msg) for _, pk, sk in signers]
-        session = musig2.Session.create(musig2.nonce_agg([p for _, p in nonces]), msg, keyagg)
-        psigs = {
-            who: musig2.partial_sign(sec, sk, session)
-            for (who, _, sk), (sec, _) in zip(signers, nonces, strict=True)
-        }
-        sig = musig2.partial_sig_agg(list(psigs.values()), session)
-        if not _verify_final(utx, keyagg, sig):
-            raise _blame(
-                node,
-                session,
-                psigs,
-                {who: p for (who, _, _), (_, p) in zip(signers, nonces, strict=True)},
-                {who: pk for who, pk, _ in signers},
-            )
-        out[node] = SignedNodeTx(utx, sig)
+        out[node] = sign_one_in_process(utx, factory.signing_keyagg(node), signers)
     return out
+
+
+def sign_one_in_process(
+    utx: UnsignedNodeTx,
+    keyagg: musig2.KeyAggContext,
+    signers: Sequence[tuple[int | None, bytes, bytes]],
+) -> SignedNodeTx:
+    """One key-path MuSig2 signature by every `(client index or None for the LSP, pubkey,
+    seckey)`, in the wire's two rounds; a bad partial signature is blamed on its signer."""
+    msg = utx.sighash
+    nonces = [musig2.nonce_gen(pk, seckey=sk, keyagg=keyagg, msg=msg) for _, pk, sk in signers]
+    session = musig2.Session.create(musig2.nonce_agg([p for _, p in nonces]), msg, keyagg)
+    psigs = {
+        who: musig2.partial_sign(sec, sk, session)
+        for (who, _, sk), (sec, _) in zip(signers, nonces, strict=True)
+    }
+    sig = musig2.partial_sig_agg(list(psigs.values()), session)
+    if not _verify_final(utx, keyagg, sig):
+        raise _blame(
+            utx.node,
+            session,
+            psigs,
+            {who: p for (who, _, _), (_, p) in zip(signers, nonces, strict=True)},
+            {who: pk for who, pk, _ in signers},
+        )
+    return SignedNodeTx(utx, sig)
 
 
 # --- the client (signer) ----------------------------------------------------------------------
