@@ -10,14 +10,18 @@ L sign on that key path. Its outputs, in this order:
   below dust: the remainder then goes to the fee);
 - last: the P2A anchor, as on every tree tx.
 
-The fee follows the tree's rule (`fee_for` on the key-path vsize) at the sale's own rate. Later
-sales chain on the latest change output; each stock output is spent by at most one sale, which
-is what the co-signers enforce by refusing (`sale_checks`) and remember (`StockChain`).
+Version 2 like the tree's txs (S1 #16 says nVersion 3 with 0 fee; the tree pays its fees instead,
+S1 #13, and a v3 (TRUC) tx may have only one unconfirmed ancestor while an exit chains several). The fee follows the
+tree's rule (`fee_for` on the key-path vsize) at the sale's own rate. Later sales chain on the
+latest change output; each stock output is spent by at most one sale, which the co-signers
+enforce by refusing (`sale_checks`) and remember (`StockChain`).
 
 With every sale the same co-signers sign a *burn* tx of the same stock output: nLockTime = T (the
 factory timeout), one 0-sat OP_RETURN output (padded to Core's 65-byte minimum non-witness size),
-fee = the whole stock; version and fee rule as the tree's, so an LSP that stalls a sale until T
-loses the stock to miners (S1 #16 L967-1008).
+fee = the whole stock, so an LSP that stalls a sale until T loses the stock to miners (S1 #16
+L967-1008). The stock's own script path lets L alone take it `stock_delay` blocks after it
+confirmed (a CSV leaf, not S1 #16's CLTV after T): the burn only bites while T comes first, so a
+buyer's exit must confirm each sale within `stock_delay` blocks of its parent.
 
 The sale and burn txs are `UnsignedNodeTx`/`SignedNodeTx` values whose `node` is the leaf whose
 stock they spend, so the exit machinery (`exit.PathTx`) takes them as they are.
