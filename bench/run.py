@@ -216,6 +216,67 @@ def htlc_hook_latency() -> None:
     )
 
 
+def sales_figures() -> None:
+    """Liquidity sales from a leaf's stock: sizes, in-process signing time, exit growth."""
+    import statistics
+
+    from superscalar_plugin.engine import dw, musig2
+    from superscalar_plugin.engine.client_checks import ClientPolicy
+    from superscalar_plugin.engine.sale import (
+        Sale,
+        StockChain,
+        build_burn_tx,
+        build_sale_tx,
+        sale_chain_path,
+        sign_sale_in_process,
+        signed_vsize,
+    )
+    from superscalar_plugin.engine.sale_checks import check_sale
+    from superscalar_plugin.engine.tree import FactoryParams
+    from superscalar_plugin.simulate import channel_script, make_factory, seckey
+
+    print("\nliquidity sales (one leaf's stock; sign = burn + sale, two MuSig2 signatures):")
+    for per_leaf in (2, 4):
+        people = make_factory(2 * per_leaf, FactoryParams(clients_per_leaf=per_leaf), 900_000)
+        f = people.factory
+        leaf = f.topology.leaf_of_client[0]
+        leaf_txid = f.transactions(("ab" * 32, 0), dw.initial_states(f.topology), [leaf])[leaf].txid
+        chain = StockChain.of_leaf(f, leaf, leaf_txid)
+        sign_s, check_s = [], []
+        for i in range(20):
+            assert chain.latest is not None
+            peer = musig2.pubkey_from_secret(seckey("bench", f"peer-{i}"))
+            script = channel_script(f.client_pubkeys[i % per_leaf], peer)
+            sale = Sale(chain.latest, i % per_leaf, 3_000, script, 2000)
+            t = time.perf_counter()
+            sold = check_sale(
+                f,
+                chain,
+                sale,
+                build_sale_tx(f, sale).tx,
+                build_burn_tx(f, sale.stock).tx,
+                (i + 1) % per_leaf,  # a co-signer that is not the buyer
+                ClientPolicy(),
+            )
+            check_s.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            sold = sign_sale_in_process(f, sold, people.lsp_seckey, people.client_seckeys)
+            sign_s.append(time.perf_counter() - t)
+            chain = chain.record(sold)
+        sale_vb = signed_vsize(chain.sales[0].signed_sale())
+        burn_vb = signed_vsize(chain.sales[0].signed_burn())
+        exits = sale_chain_path(chain, 0)
+        growth = (exits[-1].vsize - exits[0].vsize) / (len(exits[-1].txs) - len(exits[0].txs))
+        print(
+            f"  {per_leaf} co-signers + L: sale tx {sale_vb} vB, burn tx {burn_vb} vB;"
+            f" sign one sale {min(sign_s) * 1000:.2f} ms best,"
+            f" {statistics.median(sign_s) * 1000:.2f} ms median (of {len(sign_s)});"
+            f" a co-signer's checks {statistics.median(check_s) * 1000:.2f} ms median;"
+            f" a buyer's exit gains {growth:.0f} vB per sale on its chain"
+            f" ({exits[-1].vsize} vB for {len(exits[-1].txs)} sales)"
+        )
+
+
 def print_targets(results: list[dict[str, Any]]) -> None:
     """The issue's targets, each with the figure that decides it."""
     print("\ntargets:")
@@ -261,6 +322,9 @@ def main() -> None:
     if len(sys.argv) == 2 and sys.argv[1] == "--handover":
         handover_sizes()
         return
+    if len(sys.argv) == 2 and sys.argv[1] == "--sales":
+        sales_figures()
+        return
     if len(sys.argv) == 4 and sys.argv[1] == "--one":
         print(json.dumps(one(int(sys.argv[2]), sys.argv[3])))
         return
@@ -296,6 +360,7 @@ def main() -> None:
     print_targets(results)
     handover_sizes()
     htlc_hook_latency()
+    sales_figures()
     from plugin_create import run as plugin_create
     from real_create import run as real_create
 

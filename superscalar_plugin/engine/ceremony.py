@@ -121,6 +121,15 @@ def sign_in_process(
     return out
 
 
+def sign_one_in_process(
+    utx: UnsignedNodeTx,
+    keyagg: musig2.KeyAggContext,
+    signers: Sequence[tuple[int | None, bytes, bytes]],
+) -> SignedNodeTx:
+    """One key-path MuSig2 signature of `utx` by every signer, in process (`sign_together`)."""
+    return SignedNodeTx(utx, sign_together(keyagg, utx.sighash, signers, f"node {utx.node}"))
+
+
 def sign_together(
     keyagg: musig2.KeyAggContext,
     msg: bytes,

@@ -64,6 +64,20 @@ class AlreadySigned(UnsafeToSign):
     """A client that signed a factory refused a later request for it; its signed path stands."""
 
 
+class UnsafeSale(UnsafeToSign):
+    """A co-signer refused a liquidity sale or its burn tx; `field` names what is wrong (e.g.
+    `change.amount`, `burn.locktime`), so the refusal can be reported and tested precisely."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        self.field = field
+        super().__init__(f"sale {field}: {detail}")
+
+
+class StockAlreadySold(UnsafeSale):
+    """A second, different sale of a stock output this co-signer already signed a sale of: each
+    stock output is spent by at most one sale (spec-notes 2.5)."""
+
+
 class WireError(SuperscalarError):
     """A peer message could not be parsed."""
 

@@ -1,0 +1,396 @@
+"""Liquidity sales from a leaf's stock (pseudo-Spilman, spec-notes 2.5, 3.6): the transactions.
+
+A leaf's stock output (`FactoryKeys.stock_output`: the leaf's clients and L by MuSig2 key path, or
+L alone `stock_delay` blocks after it confirmed) is sold by a *sale* tx that the leaf's clients and
+L sign on that key path. Its outputs, in this order:
+
+- vout 0: the buyer's NEW channel: Core Lightning's funding output (P2WSH 2-of-2, script and amount
+  from `fundchannel_start`), the sold amount all on the LSP's side; not a splice (S1 #16);
+- vout 1: the change: exactly the stock script again, `stock - sold - fee - anchor` (left out when
+  below dust: the remainder then goes to the fee);
+- last: the P2A anchor, as on every tree tx.
+
+Version 2 like the tree's txs (S1 #16 says nVersion 3 with 0 fee; the tree pays its fees instead,
+S1 #13, and a v3 (TRUC) tx may have only one unconfirmed ancestor while an exit chains several). The fee follows the
+tree's rule (`fee_for` on the key-path vsize) at the sale's own rate. Later sales chain on the
+latest change output; each stock output is spent by at most one sale, which the co-signers
+enforce by refusing (`sale_checks`) and remember (`StockChain`).
+
+With every sale the same co-signers sign a *burn* tx of the same stock output: nLockTime = T (the
+factory timeout), one 0-sat OP_RETURN output (padded to Core's 65-byte minimum non-witness size),
+fee = the whole stock, so an LSP that stalls a sale until T loses the stock to miners (S1 #16
+L967-1008). The stock's own script path lets L alone take it `stock_delay` blocks after it
+confirmed (a CSV leaf, not S1 #16's CLTV after T): the burn only bites while T comes first, so a
+buyer's exit must confirm each sale within `stock_delay` blocks of its parent.
+
+The sale and burn txs are `UnsignedNodeTx`/`SignedNodeTx` values whose `node` is the leaf whose
+stock they spend, so the exit machinery (`exit.PathTx`) takes them as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from . import musig2
+from .ceremony import SignedNodeTx, sign_one_in_process
+from .errors import CeremonyError, InvalidAmount, InvalidParameter, StockAlreadySold, UnsafeSale
+from .exit import PathTx
+from .taproot import DUST_P2TR, DUST_P2WSH, P2A_SCRIPT
+from .tree import (
+    SEQUENCE_NO_RELATIVE_LOCK,
+    TX_VERSION,
+    FactoryKeys,
+    NodeKind,
+    UnsignedNodeTx,
+    fee_for,
+    keypath_tx_vsize,
+)
+from .tx import Tx, TxIn, TxOut
+
+CHANNEL_VOUT = 0
+CHANGE_VOUT = 1
+SALE_SEQUENCE = SEQUENCE_NO_RELATIVE_LOCK
+# Below final: nLockTime is enforced; no relative lock.
+BURN_SEQUENCE = SEQUENCE_NO_RELATIVE_LOCK
+OP_RETURN = 0x6A
+# Bitcoin Core's MIN_STANDARD_TX_NONWITNESS_SIZE: smaller txs are not relayed ("tx-size-small";
+# 64 bytes would collide with a merkle-tree inner node, CVE-2017-12842).
+MIN_TX_NONWITNESS_SIZE = 65
+# A one-input tx with a bare OP_RETURN output is 61 bytes without witness: 4 (version) + 1 + 41
+# (input) + 1 + 10 (output) + 4 (locktime). A 3-byte push brings it to 65.
+BURN_SCRIPT = bytes([OP_RETURN, 3]) + b"\x00\x00\x00"
+MIN_FEE_RATE_KVB = 1000  # Core's default minimum relay fee
+MAX_FEE_RATE_KVB = 10_000_000
+
+
+@dataclass(frozen=True)
+class StockRef:
+    """A stock output of leaf `leaf`: the leaf tx's own, or the change of a sale."""
+
+    leaf: int
+    txid: str
+    vout: int
+    amount: int
+
+    @property
+    def outpoint(self) -> tuple[str, int]:
+        return (self.txid, self.vout)
+
+    def __str__(self) -> str:
+        return f"{self.txid}:{self.vout} ({self.amount} sat, leaf {self.leaf})"
+
+
+@dataclass(frozen=True)
+class Sale:
+    """One sale as every party agrees it: which stock, to whom, how much, into which channel."""
+
+    stock: StockRef
+    buyer: int  # client index; one of the leaf's clients
+    sold_sat: int  # the new channel's capacity, all on the LSP's side (the buyer's inbound)
+    channel_script: bytes  # scriptPubKey lightningd returned from fundchannel_start
+    fee_rate_kvb: int
+
+
+def leaf_stock(keys: FactoryKeys, leaf: int, leaf_txid: str) -> StockRef:
+    """The stock output of leaf tx `leaf_txid` (after the leaf's channels, before its anchor)."""
+    node = keys.topology.nodes[leaf]
+    if node.kind is not NodeKind.LEAF:
+        raise InvalidParameter(f"node {leaf} is not a leaf")
+    return StockRef(leaf, leaf_txid, node.hi - node.lo, keys.params.stock_sat)
+
+
+def stock_cosigners(keys: FactoryKeys, leaf: int) -> range:
+    """Client indices that co-sign every sale and burn of `leaf`'s stock (with the LSP)."""
+    return keys.signers(leaf)
+
+
+def stock_script(keys: FactoryKeys, leaf: int) -> bytes:
+    node = keys.topology.nodes[leaf]
+    return keys.stock_output(node.lo, node.hi).script_pubkey
+
+
+def stock_signing_keyagg(keys: FactoryKeys, leaf: int) -> musig2.KeyAggContext:
+    """The aggregate that signs a spend of `leaf`'s stock: its clients and L, tweaked with the
+    stock output's taproot tweak (key path; the CSV leaf is committed to in the tweak)."""
+    node = keys.topology.nodes[leaf]
+    tweak = keys.stock_output(node.lo, node.hi).tweak
+    return keys.keyagg(node.lo, node.hi).apply_tweak(tweak, is_xonly=True)
+
+
+# --- amounts ------------------------------------------------------------------------------------
+
+
+def _check_rate(fee_rate_kvb: int) -> None:
+    if not MIN_FEE_RATE_KVB <= fee_rate_kvb <= MAX_FEE_RATE_KVB:
+        raise InvalidAmount(
+            f"sale fee rate must be {MIN_FEE_RATE_KVB}..{MAX_FEE_RATE_KVB} sat/kvB,"
+            f" got {fee_rate_kvb}"
+        )
+
+
+def sale_amounts(
+    stock_sat: int,
+    sold_sat: int,
+    channel_script: bytes,
+    change_script: bytes,
+    fee_rate_kvb: int,
+    anchor_sat: int,
+) -> tuple[int, int]:
+    """(fee, change) of a sale; change 0 means no change output (it would be dust: what is left
+    after the sold amount and the anchor then all goes to the fee)."""
+    _check_rate(fee_rate_kvb)
+    if sold_sat < DUST_P2WSH:
+        raise InvalidAmount(f"sold amount {sold_sat} sat is below dust ({DUST_P2WSH})")
+    fee = fee_for(keypath_tx_vsize([channel_script, change_script, P2A_SCRIPT]), fee_rate_kvb)
+    change = stock_sat - sold_sat - anchor_sat - fee
+    if change >= DUST_P2TR:
+        return fee, change
+    fee = stock_sat - sold_sat - anchor_sat
+    need = fee_for(keypath_tx_vsize([channel_script, P2A_SCRIPT]), fee_rate_kvb)
+    if fee < need:
+        raise InvalidAmount(
+            f"stock of {stock_sat} sat cannot pay {sold_sat} sat, the {anchor_sat}-sat anchor and"
+            f" a {need}-sat fee"
+        )
+    return fee, 0
+
+
+def max_sold_sat(
+    keys: FactoryKeys, stock: StockRef, channel_script: bytes, fee_rate_kvb: int
+) -> int:
+    """The most a sale of `stock` can sell (no change left): stock - anchor - fee."""
+    _check_rate(fee_rate_kvb)
+    fee = fee_for(keypath_tx_vsize([channel_script, P2A_SCRIPT]), fee_rate_kvb)
+    return stock.amount - keys.params.anchor_sat - fee
+
+
+# --- transactions -------------------------------------------------------------------------------
+
+
+def sale_outputs(keys: FactoryKeys, sale: Sale) -> tuple[tuple[int, bytes], ...]:
+    """The sale's outputs in vout order: buyer channel, change (unless dust), P2A anchor."""
+    if not 1 <= len(sale.channel_script) <= 80:
+        raise InvalidParameter("channel script must be 1..80 bytes")
+    change_script = stock_script(keys, sale.stock.leaf)
+    anchor = keys.params.anchor_sat
+    _, change = sale_amounts(
+        sale.stock.amount,
+        sale.sold_sat,
+        sale.channel_script,
+        change_script,
+        sale.fee_rate_kvb,
+        anchor,
+    )
+    outs = [(sale.sold_sat, sale.channel_script)]
+    if change:
+        outs.append((change, change_script))
+    outs.append((anchor, P2A_SCRIPT))
+    return tuple(outs)
+
+
+def _spend_of_stock(
+    keys: FactoryKeys,
+    stock: StockRef,
+    sequence: int,
+    outputs: Sequence[tuple[int, bytes]],
+    lock: int,
+) -> UnsignedNodeTx:
+    tx = Tx(
+        TX_VERSION,
+        (TxIn(stock.txid, stock.vout, sequence),),
+        tuple(TxOut(a, s) for a, s in outputs),
+        lock,
+    )
+    return UnsignedNodeTx(stock.leaf, tx, stock.amount, stock_script(keys, stock.leaf))
+
+
+def build_sale_tx(keys: FactoryKeys, sale: Sale) -> UnsignedNodeTx:
+    """The unsigned sale tx: spends only `sale.stock`, nLockTime 0, no relative lock."""
+    node = keys.topology.nodes[sale.stock.leaf]
+    if not node.lo <= sale.buyer < node.hi:
+        raise InvalidParameter(f"client {sale.buyer} is not a client of leaf {sale.stock.leaf}")
+    return _spend_of_stock(keys, sale.stock, SALE_SEQUENCE, sale_outputs(keys, sale), 0)
+
+
+def build_burn_tx(keys: FactoryKeys, stock: StockRef) -> UnsignedNodeTx:
+    """The unsigned burn tx of `stock`: nLockTime = T, one 0-sat OP_RETURN output, so its fee is
+    the whole stock; 65 bytes without witness."""
+    return _spend_of_stock(keys, stock, BURN_SEQUENCE, [(0, BURN_SCRIPT)], keys.timeout_height)
+
+
+def sale_change(sale: Sale, tx: Tx) -> StockRef | None:
+    """The stock the sale leaves for the next one: its change output, if any (a sale has three
+    outputs with change, two without)."""
+    if len(tx.outputs) != 3:
+        return None
+    change = tx.outputs[CHANGE_VOUT]
+    return StockRef(sale.stock.leaf, tx.txid, CHANGE_VOUT, change.amount)
+
+
+# --- what a co-signer remembers -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SoldStock:
+    """One sale a co-signer agreed to sign, with its burn tx; the final signatures once known.
+
+    It is recorded (`StockChain.record`) before the co-signer releases any partial signature: a
+    partial signature given out is a promise the LSP may complete."""
+
+    sale: Sale
+    sale_tx: UnsignedNodeTx
+    burn_tx: UnsignedNodeTx
+    sale_sig: bytes | None = None
+    burn_sig: bytes | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.sale_sig is not None and self.burn_sig is not None
+
+    @property
+    def change(self) -> StockRef | None:
+        return sale_change(self.sale, self.sale_tx.tx)
+
+    @property
+    def channel_outpoint(self) -> tuple[str, int]:
+        return (self.sale_tx.txid, CHANNEL_VOUT)
+
+    def signed_sale(self) -> SignedNodeTx:
+        if self.sale_sig is None:
+            raise InvalidParameter(f"sale {self.sale_tx.txid} is not signed")
+        return SignedNodeTx(self.sale_tx, self.sale_sig)
+
+    def signed_burn(self) -> SignedNodeTx:
+        if self.burn_sig is None:
+            raise InvalidParameter(f"burn of {self.sale.stock} is not signed")
+        return SignedNodeTx(self.burn_tx, self.burn_sig)
+
+
+@dataclass(frozen=True)
+class StockChain:
+    """A leaf's stock as a co-signer knows it: the leaf tx's stock output and, in order, every
+    sale it signed of it. Immutable: `record` and `with_signatures` return a new chain."""
+
+    origin: StockRef
+    sales: tuple[SoldStock, ...] = ()
+
+    @staticmethod
+    def of_leaf(keys: FactoryKeys, leaf: int, leaf_txid: str) -> StockChain:
+        return StockChain(leaf_stock(keys, leaf, leaf_txid))
+
+    @property
+    def leaf(self) -> int:
+        return self.origin.leaf
+
+    @property
+    def latest(self) -> StockRef | None:
+        """The stock output the next sale must spend; None once a sale left no change."""
+        return self.sales[-1].change if self.sales else self.origin
+
+    def sold(self, outpoint: tuple[str, int]) -> SoldStock | None:
+        """The sale of the stock output `outpoint` we signed, if any."""
+        return next((s for s in self.sales if s.sale.stock.outpoint == outpoint), None)
+
+    def record(self, sold: SoldStock) -> StockChain:
+        """Add a sale about to be signed. The same sale again changes nothing (a retried
+        ceremony signs the same message); a different sale of a sold output is refused."""
+        before = self.sold(sold.sale.stock.outpoint)
+        if before is not None:
+            if before.sale_tx.txid == sold.sale_tx.txid and before.sale == sold.sale:
+                return self
+            raise StockAlreadySold(
+                "stock",
+                f"{sold.sale.stock} was already sold by {before.sale_tx.txid}: a stock output is"
+                " spent by at most one sale",
+            )
+        if sold.sale.stock != self.latest:
+            raise UnsafeSale("stock", f"spends {sold.sale.stock}, the latest is {self.latest}")
+        return replace(self, sales=(*self.sales, sold))
+
+    def with_signatures(
+        self,
+        keys: FactoryKeys,
+        outpoint: tuple[str, int],
+        *,
+        burn_sig: bytes | None = None,
+        sale_sig: bytes | None = None,
+    ) -> StockChain:
+        """Attach the final signatures of the sale of `outpoint`, each verified first."""
+        sold = self.sold(outpoint)
+        if sold is None:
+            raise InvalidParameter(f"no sale of {outpoint[0]}:{outpoint[1]} was recorded")
+        agg = stock_signing_keyagg(keys, self.leaf).xonly_pubkey
+        for name, sig, utx in (("burn", burn_sig, sold.burn_tx), ("sale", sale_sig, sold.sale_tx)):
+            if sig is not None and not musig2.schnorr_verify(sig, utx.sighash, agg):
+                raise CeremonyError(f"{name} tx {utx.txid}: the final signature is invalid")
+        new = replace(
+            sold,
+            burn_sig=burn_sig if burn_sig is not None else sold.burn_sig,
+            sale_sig=sale_sig if sale_sig is not None else sold.sale_sig,
+        )
+        return replace(self, sales=tuple(new if s is sold else s for s in self.sales))
+
+
+# --- signing in one process (tests, demo, benchmarks) ---------------------------------------
+
+
+def sign_sale_in_process(
+    keys: FactoryKeys,
+    sold: SoldStock,
+    lsp_seckey: bytes,
+    client_seckeys: Sequence[bytes],
+) -> SoldStock:
+    """Sign the burn tx, then the sale, with the leaf's clients' keys and L's (same two MuSig2
+    rounds as the wire). Burn first: no co-signer should release its sale signature before it
+    holds the signed burn."""
+    leaf = sold.sale.stock.leaf
+    keyagg = stock_signing_keyagg(keys, leaf)
+    signers: list[tuple[int | None, bytes, bytes]] = [
+        (c, keys.client_pubkeys[c], client_seckeys[c]) for c in stock_cosigners(keys, leaf)
+    ]
+    signers.append((None, keys.lsp_pubkey, lsp_seckey))
+    burn = sign_one_in_process(sold.burn_tx, keyagg, signers)
+    sale = sign_one_in_process(sold.sale_tx, keyagg, signers)
+    return replace(sold, burn_sig=burn.signature, sale_sig=sale.signature)
+
+
+# --- exits --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SaleExit:
+    """What a buyer's unilateral exit adds after its leaf to reach one of its sale channels: the
+    signed sales from the leaf's stock down to the one that created the channel."""
+
+    channel_outpoint: tuple[str, int]
+    channel_sat: int
+    txs: tuple[SignedNodeTx, ...]
+
+    @property
+    def vsize(self) -> int:
+        return sum(signed_vsize(s) for s in self.txs)
+
+    def path_txs(self) -> list[PathTx]:
+        """The sale txs as exit steps after the leaf (no relative lock: each can follow its
+        parent in the same block)."""
+        return [PathTx.of(s, 0) for s in self.txs]
+
+
+def signed_vsize(signed: SignedNodeTx) -> int:
+    return signed.unsigned.tx.with_witnesses([[signed.signature]]).vsize
+
+
+def sale_chain_path(chain: StockChain, buyer: int) -> list[SaleExit]:
+    """For each of `buyer`'s sale channels whose sale is fully signed, the chain of sales from the
+    leaf's stock output down to it. A sale not fully signed ends the chain: nothing after it can
+    confirm through us."""
+    out: list[SaleExit] = []
+    done: list[SignedNodeTx] = []
+    for sold in chain.sales:
+        if not sold.complete:
+            break
+        done.append(sold.signed_sale())
+        if sold.sale.buyer == buyer:
+            out.append(SaleExit(sold.channel_outpoint, sold.sale.sold_sat, tuple(done)))
+    return out
