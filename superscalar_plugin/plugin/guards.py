@@ -118,7 +118,7 @@ class Guards:
         if outgoing_scid in self.channel_of:
             # Into exactly the factory channel the onion names: lightningd would otherwise pick
             # any channel to that peer with the same fees (the one with most room), e.g. the old
-            # channel a client is moving its balance out of (DESIGN 3.14).
+            # channel a client is moving its balance out of (README, "Core Lightning facts").
             return {"result": "continue", "forward_to": self.channel_of[outgoing_scid]}
         return {"result": "continue"}
 

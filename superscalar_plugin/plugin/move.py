@@ -41,9 +41,9 @@ from .runtime import PeerUnreachable, why
 log = logging.getLogger("superscalar")
 peer_log = LogLimiter(log)
 
-# What may stay ours in the old channel when we hand the key over. lightningd raises a reserve of
-# 0 to the dust limit (546 sat, DESIGN 3.14), which no payment can move; we allow that and a
-# little rounding. Anything more is money, and we keep the key.
+# What may stay ours in the old channel when we hand the key over. lightningd raises a reserve
+# of 0 to the dust limit (546 sat; README, "Core Lightning facts"), which no payment can move:
+# we allow that and a little rounding. Anything more is money, and we keep the key.
 HANDOVER_DUST_MSAT = 1_000_000
 PAY_TIMEOUT = 60  # seconds waitsendpay waits for the circular payment
 CLOSE_WAIT = 60.0  # seconds we watch the old channel reach a closing state
@@ -169,8 +169,9 @@ class ClientMover:
             old = self._old_channel(record)
             if old is not None and old.get("state") == "CHANNELD_NORMAL":
                 self._pay_across(record, old, record.moving_to)
-                # An HTLC still in flight when the close starts would settle into the retired
-                # channel (DESIGN 3.14): none may arrive (the guards), wait out the others.
+                # An HTLC in flight when the close starts would settle into the retired channel
+                # (README, "Core Lightning facts"): none may arrive (the guards), so wait out
+                # the others.
                 self._wait(lambda: not (self._old_channel(record) or {}).get("htlcs"), "no HTLC")
                 self._close(old)
             self._wait_closing(record)
