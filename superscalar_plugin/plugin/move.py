@@ -192,17 +192,19 @@ class ClientMover:
         return None
 
     def _pay_across(self, record: store.ClientRecord, old: dict[str, Any], target: str) -> None:
+        """Our whole spendable balance in `old`, to ourselves across the LSP into `target`."""
         new = self._node.channels().get(target)
         if new is None or new.get("state") != "CHANNELD_NORMAL":
             raise MoveRefused("the target channel is not open")
         update = (new.get("updates") or {}).get("remote")
         if not update:
             raise MoveRefused("the LSP's fees on the target channel are not known yet")
-        amount = movable_msat(
-            msat(old.get("spendable_msat", 0)),
-            msat(new.get("receivable_msat", 0)),
+        base, ppm = (
             msat(update.get("fee_base_msat", 0)),
             int(update.get("fee_proportional_millionths", 0)),
+        )
+        amount = movable_msat(
+            msat(old.get("spendable_msat", 0)), msat(new.get("receivable_msat", 0)), base, ppm
         )
         if amount <= 0:
             return  # nothing of ours to move
@@ -214,16 +216,11 @@ class ClientMover:
         decoded = self._node.rpc.call("decode", {"string": inv["bolt11"]})
         # sendpay's delays are relative: lightningd adds the height (+1) itself.
         final = int(decoded.get("min_final_cltv_expiry", 18)) + EXTRA_CLTV
-        fee = forward_fee_msat(
-            amount,
-            msat(update.get("fee_base_msat", 0)),
-            int(update.get("fee_proportional_millionths", 0)),
-        )
         route = [
             {
                 "id": record.lsp_node_id,
                 "channel": _scid(old, "local"),
-                "amount_msat": amount + fee,
+                "amount_msat": amount + forward_fee_msat(amount, base, ppm),
                 "delay": final + int(update.get("cltv_expiry_delta", 6)),
             },
             {
@@ -246,12 +243,7 @@ class ClientMover:
         self._node.rpc.call(
             "waitsendpay", {"payment_hash": inv["payment_hash"], "timeout": PAY_TIMEOUT}
         )
-        log.info(
-            "factory %s: moved %d msat to channel %s",
-            record.instance_id[:16],
-            amount,
-            target[:16],
-        )
+        log.info("factory %s: moved %d msat to %s", record.instance_id[:16], amount, target[:16])
 
     def _close(self, old: dict[str, Any]) -> None:
         """Start the cooperative close and return: `close` waits for the LSP, and with
