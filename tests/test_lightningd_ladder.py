@@ -219,3 +219,45 @@ def test_factory_close_moves_every_client_into_an_ordinary_channel_and_spends_by
         )
         assert chan["state"] == "CHANNELD_NORMAL" and chan.get("short_channel_id")
     _fill(lsp, clients, 10_000_000)  # the ordinary channels pay both ways
+
+
+def test_with_some_keys_the_lsp_takes_the_handed_over_part_by_key_path(
+    node_factory: Any, bitcoind: Any
+) -> None:
+    """Clients 0 and 1 (one leaf) move out and hand over; 2 and 3 stay away and then 2 exits
+    alone. The LSP publishes nothing it need not: it takes the root's output above leaf 0 by key
+    path as soon as the root is on chain, and leaf 0 never goes on chain."""
+    lsp, clients = lsp_and_clients(node_factory, 4, {**LADDER, "superscalar-ladder-every": 0})
+    old = create_factory(lsp, clients, **SMALL)
+    for c in clients:
+        wait_for(lambda c=c: normal(lsp, c) and normal(c, lsp))
+    bitcoind.generate_block(1)
+    _fill(lsp, clients, 40_000_000)
+    leaf0 = _status(clients[0], old["instance"])["exit_path"][-1]["txid"]
+    clients[2].stop()
+    clients[3].stop()
+    lsp.rpc.call("factory-migrate", {"instance": old["instance"]})
+
+    def handed() -> bool:
+        s = _status(lsp, old["instance"])
+        return [c["handed_over"] for c in s["clients"]] == [True, True, False, False]
+
+    wait_for(handed, timeout=120)
+    clients[2].start()  # it left its money inside: it exits on its own before T
+
+    def taken() -> bool:
+        s = _status(lsp, old["instance"])
+        if any(sw["confirmed"] for sw in s.get("sweeps", [])):
+            return True
+        bitcoind.generate_block(1)
+        return False
+
+    wait_for(taken, timeout=600)
+    s = _status(lsp, old["instance"])
+    root = _status(clients[1], old["instance"])["exit_path"][0]["txid"]
+    [sweep] = [sw for sw in s["sweeps"] if sw["confirmed"]]
+    assert sweep["outpoint"] == f"{root}:0"  # the root's output above leaf 0
+    spend = bitcoind.rpc.getrawtransaction(sweep["txid"], True)
+    assert len(spend["vin"][0]["txinwitness"]) == 1  # key path
+    assert bitcoind.rpc.getblockcount() < s["timeout_height"]
+    assert not _in_chain(bitcoind, leaf0)

@@ -62,5 +62,21 @@ class Node:
             return {}
         return {c["channel_id"]: c for c in chans if "channel_id" in c}
 
+    def fee_rate_kvb(self) -> int:
+        """lightningd's estimate for an opening (sat/kvB), else 2000."""
+        try:
+            rates = self.rpc.call("feerates", {"style": "perkb"})["perkb"]
+            return int(rates.get("opening") or rates.get("min_acceptable") or 2000)
+        except Exception:
+            return 2000
+
+    def send_tx(self, raw_hex: str) -> str | None:
+        """Broadcast through lightningd: None when accepted, else why not (never raises)."""
+        try:
+            res = self.rpc.call("sendrawtransaction", {"tx": raw_hex, "allowhighfees": False})
+        except Exception as e:
+            return str(e)
+        return None if res.get("success", False) else str(res.get("errmsg") or "refused")
+
     def network(self) -> str:
         return str(self.rpc.call("getinfo").get("network", "regtest"))

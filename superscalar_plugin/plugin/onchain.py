@@ -37,6 +37,7 @@ from . import address
 from .feebump import FeeBumper
 from .node import Node
 from .records import LIVE, Records, factory_of, topology, txid_of
+from .unroll import Unroller
 
 log = logging.getLogger("superscalar")
 
@@ -93,6 +94,7 @@ class OnChain:
         self._chan_cache: dict[str, dict[str, Any]] | None = None
         self.funding_check: Callable[[bytes, list[str]], None] | None = None
         self._fee_bumper: FeeBumper | None = None
+        self._unroller = Unroller(node, records)
 
     @property
     def _bumper(self) -> FeeBumper:
@@ -259,6 +261,10 @@ class OnChain:
             record = self.start_exit(record, *trigger)
         if record.exit is not None and not record.exit.done:
             self.drive(record)
+        if isinstance(record, store.LspRecord):
+            latest = self._records.get(record.instance_id)
+            assert isinstance(latest, store.LspRecord)
+            self._unroller.on_block(latest, height)
         if isinstance(record, store.LspRecord) and height >= record.timeout_height:
             latest = self._records.get(record.instance_id)
             assert isinstance(latest, store.LspRecord)
@@ -364,7 +370,7 @@ class OnChain:
             height,
             confirmed,
             recent,
-            self._fee_rate_kvb(),
+            self._node.fee_rate_kvb(),
             broadcast,
             frozenset(exit_state.bumped),
             dict(exit_state.bump_rates),
@@ -433,13 +439,6 @@ class OnChain:
             return str(res.get("errmsg") or "refused")
         return None
 
-    def _fee_rate_kvb(self) -> int:
-        try:
-            rates = self._node.rpc.call("feerates", {"style": "perkb"})["perkb"]
-            return int(rates.get("opening") or rates.get("min_acceptable") or 2000)
-        except Exception:
-            return 2000
-
     def _close_channel(
         self, record: store.Record, entries: list[store.PathEntry], exit_state: store.ExitState
     ) -> store.ExitState:
@@ -487,7 +486,7 @@ class OnChain:
         if todo:
             lsp_key = self._node.lsp_key(record.instance_id)
             dest = address.decode(self._node.rpc.call("newaddr", {"addresstype": "p2tr"})["p2tr"])
-            rate = max(self._fee_rate_kvb(), 1000)
+            rate = max(self._node.fee_rate_kvb(), 1000)
             new = tuple(
                 (
                     f"{c.outpoint[0]}:{c.outpoint[1]}",

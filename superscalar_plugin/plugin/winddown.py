@@ -289,7 +289,7 @@ class WindDown:
             {i: bytes.fromhex(c.handed_key or "") for i, c in enumerate(record.clients)},
             self._node.lsp_key(record.instance_id),
             dest,
-            self._fee_rate_kvb(),
+            max(1000, self._node.fee_rate_kvb()),
         )
         record = record.replace(handover_tx=raw.hex())
         self._records.persist(record)
@@ -300,20 +300,10 @@ class WindDown:
         )
         self._broadcast(raw.hex())
 
-    def _fee_rate_kvb(self) -> int:
-        try:
-            rates = self._node.rpc.call("feerates", {"style": "perkb"})["perkb"]
-            return max(1000, int(rates.get("opening") or rates.get("min_acceptable") or 2000))
-        except Exception:
-            return 2000
-
     def _broadcast(self, raw_hex: str) -> None:
-        try:
-            res = self._node.rpc.call("sendrawtransaction", {"tx": raw_hex, "allowhighfees": False})
-            if not res.get("success", False):
-                log.info("hand-over spend refused (sent again next block): %s", res.get("errmsg"))
-        except Exception as e:
-            log.info("hand-over spend not sent (sent again next block): %s", why(e))
+        refused = self._node.send_tx(raw_hex)
+        if refused is not None:
+            log.info("hand-over spend not accepted (sent again next block): %s", refused)
 
     # --- every block --------------------------------------------------------------------------
 
