@@ -244,6 +244,9 @@ def test_with_some_keys_the_lsp_takes_the_handed_over_part_by_key_path(
 
     wait_for(handed, timeout=120)
     clients[2].start()  # it left its money inside: it exits on its own before T
+    s = _status(lsp, old["instance"])
+    exit_at = s["timeout_height"] - s["early_warning_time"] - 12  # its exit-margin
+    _mine_to(bitcoind, [lsp, clients[0], clients[2]], exit_at - 1)
 
     def taken() -> bool:
         s = _status(lsp, old["instance"])
