@@ -11,7 +11,8 @@
   funds; once a leaf is on chain, `close` its channel so lightningd's commitment and onchain
   handling take over.
 - Sweep (LSP): after the timeout T, every output with the timeout leaf that the tree left on chain
-  goes to a fresh wallet address, idempotently and across restarts.
+  goes to a fresh wallet address, idempotently and across restarts. Before T, once the tree is
+  partly on chain, `unroll` publishes what is due and takes handed-over outputs by key path.
 
 Owns: the last scanned height with the recent block hashes and, for one block's duties,
 lightningd's channel list. Chain thread only: it writes only the records' on-chain fields

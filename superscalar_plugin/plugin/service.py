@@ -10,6 +10,7 @@ This module only wires the roles together and is what `main` (pyln's handlers) c
     peers.py     bLIP-56 handshake and messages out
     guards.py    hot path: HTLC rules and the invoice CLTV, dictionary lookups only
     onchain.py   each block: scan, exits (trigger, publish, CPFP, close), the LSP's sweeps
+    unroll.py    LSP: a tree partly on chain (what is due, handed-over outputs by key path)
     fundcheck.py a client's check of the confirmed funding output against what it signed
     winddown.py  LSP: a factory's end before T (migration, the ladder, close, keys, key-path spend)
     move.py      client: move our balance out, retire the old channel, hand over our key
