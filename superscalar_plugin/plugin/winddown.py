@@ -26,7 +26,7 @@ from typing import Any
 
 from ..engine import handover, protocol, store
 from ..engine.errors import CeremonyError, HandoverError, InvalidParameter
-from . import address
+from . import address, funding
 from .config import MIN_CHANNEL_SAT
 from .guards import Guards
 from .lifecycle import dying_from, last_move_height, pending
@@ -207,30 +207,60 @@ class WindDown:
         return out
 
     def _open_close_channels(self, record: store.LspRecord) -> store.LspRecord:
-        """An ordinary channel per client still inside that has none yet (factory-close)."""
-        for i in pending(record):
-            c = record.clients[i]
-            if c.moved_to:
-                continue
+        """An ordinary channel per client still inside that has none yet (factory-close), up to
+        eight round trips at once; a client that does not answer within `ceremony-timeout` is
+        tried again at the next block, and never holds the worker longer."""
+        todo = [i for i in pending(record) if not record.clients[i].moved_to]
+        if not todo:
+            return record
+        for i, cid in self._opened_before(record, todo).items():
+            record = self._update_client(record, i, moved_to=cid)  # an open that came late
+            todo.remove(i)
+
+        def open_one(c: store.ClientEntry) -> str:
+            amount = max(c.channel_sat, MIN_CHANNEL_SAT)
             try:
                 res = self._node.rpc.call(
-                    "fundchannel",
-                    {
-                        "id": c.node_id,
-                        "amount": max(c.channel_sat, MIN_CHANNEL_SAT),
-                        "announce": False,
-                    },
+                    "fundchannel", {"id": c.node_id, "amount": amount, "announce": False}
                 )
             except Exception as e:
-                log.info(
-                    "factory %s: no channel to %s yet: %s",
-                    record.instance_id[:16],
-                    c.node_id,
-                    why(e),
-                )
-                continue
-            record = self._update_client(record, i, moved_to=str(res["channel_id"]))
+                raise RpcFailed(f"no channel to {c.node_id} yet: {why(e)}") from e
+            return str(res["channel_id"])
+
+        results = funding.per_client(
+            [record.clients[i] for i in todo],
+            open_one,
+            "fundchannel",
+            self._node.config.ceremony_timeout,
+        )
+        for i, result in zip(todo, results, strict=True):
+            if isinstance(result, RpcFailed):
+                log.info("factory %s: %s", record.instance_id[:16], result)
+            else:
+                record = self._update_client(record, i, moved_to=result)
         return record
+
+    def _opened_before(self, record: store.LspRecord, todo: list[int]) -> dict[int, str]:
+        """Ordinary channels we opened to these clients already (an earlier open that returned
+        after its timeout): adopted rather than opened twice."""
+        factory_channels = {
+            c.channel_id
+            for r in self._records.all()
+            if isinstance(r, store.LspRecord)
+            for c in r.clients
+            if c.channel_id
+        }
+        found: dict[int, str] = {}
+        for cid, ch in self._node.channels().items():
+            if (
+                cid not in factory_channels
+                and ch.get("opener") == "local"
+                and ch.get("state") in ("CHANNELD_AWAITING_LOCKIN", "CHANNELD_NORMAL")
+            ):
+                for i in todo:
+                    if ch.get("peer_id") == record.clients[i].node_id:
+                        found.setdefault(i, cid)
+        return found
 
     def _update_client(self, record: store.LspRecord, i: int, **changes: Any) -> store.LspRecord:
         clients = list(record.clients)
