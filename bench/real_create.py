@@ -8,12 +8,14 @@ plugin, on loopback, in a temporary directory, stopped at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,47 +44,70 @@ def skip_reason() -> str | None:
     return None
 
 
-def measure(n_clients: int, base: Path) -> dict[str, Any]:
+@contextlib.contextmanager
+def stack(
+    n_clients: int,
+    base: Path,
+    lsp_options: Sequence[str] = (),
+    txindex: bool = False,
+    node_options: Sequence[str] = (),
+) -> Iterator[tuple[Any, Any, list[Any]]]:
+    """bitcoind, an LSP (its wallet funded) and `n_clients` client nodes, connected; every node
+    stopped on the way out. `node_options` go to every node, `lsp_options` to the LSP too.
+    Yields (BitcoindProcess, LSP Node, client Nodes)."""
     from start import Node  # contrib/regtest/start.py
 
     from superscalar_plugin.chain.bitcoind import BitcoindProcess
 
-    bitcoind = BitcoindProcess(datadir=base / "bitcoind").start()
+    bitcoind = BitcoindProcess(datadir=base / "bitcoind", txindex=txindex).start()
     nodes: list[Node] = []
     try:
         bitcoind.mine(101)
-        lsp = Node("lsp", base, bitcoind, ["--superscalar-ceremony-timeout=120"])
+        options = ["--superscalar-ceremony-timeout=120", *node_options, *lsp_options]
+        lsp = Node("lsp", base, bitcoind, options)
         lsp.start()
         nodes.append(lsp)
         lsp_id = lsp.cli("getinfo")["id"]
         for i in range(n_clients):
-            node = Node(f"client{i}", base, bitcoind, [f"--superscalar-accept-from={lsp_id}"])
+            options = [f"--superscalar-accept-from={lsp_id}", *node_options]
+            node = Node(f"client{i}", base, bitcoind, options)
             node.start()
             nodes.append(node)
-        bitcoind.wallet.call("sendtoaddress", lsp.cli("newaddr")["bech32"], 1)
+        bitcoind.wallet.call("sendtoaddress", lsp.cli("newaddr", "bech32")["bech32"], 1)
         bitcoind.mine(6)
-        ids = []
         for node in nodes[1:]:
-            ids.append(node.cli("getinfo")["id"])
-            lsp.cli("connect", ids[-1], "127.0.0.1", str(node.port))
+            lsp.cli("connect", node.cli("getinfo")["id"], "127.0.0.1", str(node.port))
         lsp.wait_for_funds()
-        deadline = time.monotonic() + 60
-        while True:
-            t0 = time.perf_counter()
-            try:
-                result = lsp.cli("factory-create", json.dumps(ids), "200000")
-            except subprocess.CalledProcessError as e:
-                # the bLIP-56 handshake follows the connection by a moment
-                if "has not announced" not in e.stdout or time.monotonic() > deadline:
-                    raise SystemExit(f"factory-create failed: {e.stdout}") from e
-                time.sleep(0.2)
-                continue
-            wall = time.perf_counter() - t0
-            return {"clients": n_clients, "wall_s": wall, "timings": result.get("timings", {})}
+        yield bitcoind, lsp, nodes[1:]
     finally:
         for node in reversed(nodes):
             node.stop()
         bitcoind.stop()
+
+
+def create(
+    lsp: Any, clients: list[Any], channel_sat: int = 200_000
+) -> tuple[dict[str, Any], float]:
+    """`factory-create` with every client: its result and the wall time it took."""
+    ids = [c.cli("getinfo")["id"] for c in clients]
+    deadline = time.monotonic() + 60
+    while True:
+        t0 = time.perf_counter()
+        try:
+            result = lsp.cli("factory-create", json.dumps(ids), str(channel_sat))
+        except subprocess.CalledProcessError as e:
+            # the bLIP-56 handshake follows the connection by a moment
+            if "has not announced" not in e.stdout or time.monotonic() > deadline:
+                raise SystemExit(f"factory-create failed: {e.stdout}") from e
+            time.sleep(0.2)
+            continue
+        return result, time.perf_counter() - t0
+
+
+def measure(n_clients: int, base: Path) -> dict[str, Any]:
+    with stack(n_clients, base) as (_, lsp, clients):
+        result, wall = create(lsp, clients)
+        return {"clients": n_clients, "wall_s": wall, "timings": result.get("timings", {})}
 
 
 def run() -> list[dict[str, Any]]:

@@ -9,6 +9,10 @@ processes: 26 s CPU at 127 clients. Exit paths: 916 vB (8 clients, arity 2), 999
 Handover (`--handover` alone): on-chain vB of the LSP's key-path spend of a factory whose clients
 all handed over their keys, beside every client's unilateral exit (bench/handover_size.py).
 
+Real lightningd (when on PATH): factory-create's wall time and phases (bench/real_create.py);
+factory-migrate's wall time per client until the old factory is closed, and its key-path spend's
+vB beside the handover figures above (bench/real_migrate.py).
+
 /floor: in-process signing over the libsecp256k1 floor of the same calls made directly
 (bench/libsecp_floor.py), in CPU time; target 1.3x at 127 clients (the C reference: 1.28x).
 """
@@ -363,9 +367,11 @@ def main() -> None:
     sales_figures()
     from plugin_create import run as plugin_create
     from real_create import run as real_create
+    from real_migrate import run as real_migrate
 
     plugin_create(16)
     real_create()  # on real lightningd nodes when lightningd is on PATH, else says why not
+    real_migrate()  # factory-migrate on real nodes: per-client time, the key-path spend's vB
 
 
 if __name__ == "__main__":
