@@ -323,7 +323,7 @@ class WindDown:
         )
         record = record.replace(handover_tx=raw.hex())
         self._records.persist(record)
-        log.warning(
+        log.info(  # the normal, happy end of a factory: not a warning
             "factory %s: every client handed over; spending its funding output by key path in %s",
             record.instance_id[:16],
             txid_of(raw.hex()),
