@@ -18,6 +18,7 @@ from superscalar_plugin.chain.bitcoind import BitcoindProcess, BitcoindRPCError
 from superscalar_plugin.engine import store
 from superscalar_plugin.engine.tree import Topology
 from superscalar_plugin.plugin.config import Config
+from superscalar_plugin.plugin.node import Node
 from superscalar_plugin.plugin.onchain import OnChain
 from superscalar_plugin.plugin.records import Records
 
@@ -112,6 +113,10 @@ class Tip:
 
     def channels(self) -> dict[str, Any]:
         return {}
+
+    # Node's own answers from the RPC, unchanged (lightningd's estimate, broadcasting).
+    fee_rate_kvb = Node.fee_rate_kvb
+    send_tx = Node.send_tx
 
 
 def _client_record(f: Any, signed: Any, funding: str, timeout: int) -> store.ClientRecord:
