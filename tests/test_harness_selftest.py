@@ -325,8 +325,9 @@ def test_wallet_rpcs(network: Network) -> None:
     assert configs["network"]["value_str"] == "regtest"
     assert configs["dummy-label"] == {"value_str": "dummy", "source": "default",
                                       "plugin": " ".join(node.plugin_cmd), "dynamic": False}
+    # 18 is the harness's default, not a regtest lightningd's (10): as if set on the cmdline
     assert node.rpc_call("listconfigs", ["cltv-final"]) == {
-        "configs": {"cltv-final": {"value_int": 18, "source": "default"}}}
+        "configs": {"cltv-final": {"value_int": 18, "source": "cmdline"}}}
     rates = node.rpc_call("feerates", {"style": "perkw"})
     assert rates["perkw"]["opening"] >= rates["perkw"]["floor"]
 

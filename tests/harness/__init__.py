@@ -17,13 +17,16 @@ from .errors import (
     SchemaViolation,
     UnexpectedCall,
 )
+from .lightningd_rpcs import DEFAULT_CONFIG, REGTEST_DEFAULTS
 from .network import DUMMY_PLUGIN, Network, PeerRefused, RelayedMessage
 from .node import FakeNode
 from .plugin_process import LogLine
 from .schemas import SCHEMA_VERSION, SchemaSet
 
 __all__ = [
+    "DEFAULT_CONFIG",
     "DUMMY_PLUGIN",
+    "REGTEST_DEFAULTS",
     "SCHEMA_VERSION",
     "FakeNode",
     "HarnessError",

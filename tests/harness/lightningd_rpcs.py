@@ -9,6 +9,9 @@ from concurrent.futures import Future, TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 from .bitcoin import (
+    CMutableTransaction,
+    CMutableTxIn,
+    CMutableTxOut,
     CScript,
     CTransaction,
     CTxOut,
@@ -39,7 +42,17 @@ from .errors import (
     RpcFail,
     SchemaViolation,
 )
-from .state import Channel, Datastore, channel_type_json, parse_msat, parse_sat
+from .state import (
+    Channel,
+    Datastore,
+    channel_type_json,
+    last_tx_fee_msat,
+    parse_msat,
+    parse_sat,
+    receivable_msat,
+    spendable_msat,
+    state_note,
+)
 from .wallet import DEFAULT_RESERVE, Utxo
 
 if TYPE_CHECKING:
@@ -80,8 +93,32 @@ INTERNAL_MSG_TYPES = {
     262: "reply_short_channel_ids_end", 263: "query_channel_range",
     264: "reply_channel_range", 265: "gossip_timestamp_filter", 513: "onion_message",
 }
-DEFAULT_ACCEPTOR_MINDEPTH = 3
-DUST_LIMIT_MSAT = 546_000
+DUST_LIMIT_SAT = 546
+DUST_LIMIT_MSAT = DUST_LIMIT_SAT * 1000
+MAX_U64 = 2**64 - 1
+# The lightningd options the fake honours; `Network.add_node(config=...)` overrides them per
+# node. These harness defaults are the values its tests have always run with (mainnet-like).
+# A real *regtest* lightningd v26.06.6 starts from `testnet_config` (lightningd/options.c) and
+# differs where REGTEST_DEFAULTS says (pyln-testing further sets cltv-delta 6, cltv-final 5):
+# pass `config=REGTEST_DEFAULTS` to get those. listconfigs reports a value differing from the
+# regtest default as set on the command line, as it would have to be on a real node.
+DEFAULT_CONFIG: dict[str, int] = {
+    "fee-base": 1000,
+    "fee-per-satoshi": 10,
+    "cltv-delta": 34,
+    "cltv-final": 18,
+    "funding-confirms": 3,
+    "max-concurrent-htlcs": 483,
+    "max-locktime-blocks": 2016,
+    "htlc-minimum-msat": 0,
+}
+REGTEST_DEFAULTS: dict[str, int] = {
+    **DEFAULT_CONFIG,
+    "fee-base": 1,
+    "cltv-delta": 6,
+    "cltv-final": 10,
+    "funding-confirms": 1,
+}
 TO_SELF_DELAY = 6
 MAX_ACCEPTED_HTLCS = 483
 WARNING_USAGE = (
@@ -139,7 +176,7 @@ def rpc_getinfo(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
         "version": LIGHTNINGD_VERSION,
         "blockheight": me.network.chain.height,
         "network": "regtest",
-        "fees_collected_msat": 0,
+        "fees_collected_msat": me.book.fees_collected_msat,
         "lightning-dir": str(me.lightning_dir),
         "our_features": dict(me.our_features),
     }
@@ -161,7 +198,55 @@ def rpc_listpeers(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
             out.append(entry)
     return {"peers": out}
 
+def mirror_channel(me: FakeNode, ch: Channel) -> tuple[FakeNode | None, Channel | None]:
+    """The peer's side of our channel `ch` (caller holds network.state_lock)."""
+    other = me.network.node_by_id(ch.peer_id)
+    if other is None:
+        return None, None
+    if ch.channel_id is None:
+        return other, other.pending_opens.get(me.node_id)
+    for c in other.channels:
+        if c.channel_id == ch.channel_id and c.peer_id == me.node_id:
+            return other, c
+    return other, None
+
+
+def _update_json(ch: Channel) -> dict[str, Any]:
+    """A side's gossip for the channel (`updates.local` of its own listpeerchannels)."""
+    return {"htlc_minimum_msat": ch.htlc_minimum_msat,
+            "htlc_maximum_msat": ch.htlc_maximum_msat(),
+            "cltv_expiry_delta": ch.cltv_delta,
+            "fee_base_msat": ch.fee_base_msat,
+            "fee_proportional_millionths": ch.fee_ppm}
+
+
+def channel_owner(me: FakeNode, ch: Channel) -> str | None:
+    """The subdaemon lightningd lists as the channel's owner (none once closing is done or the
+    peer is away)."""
+    if me.connected_peer(ch.peer_id) is None:
+        return None
+    if ch.state in ("CHANNELD_AWAITING_LOCKIN", "CHANNELD_NORMAL", "CHANNELD_SHUTTING_DOWN"):
+        return "channeld"
+    if ch.state == "CLOSINGD_SIGEXCHANGE":
+        return "closingd"
+    return None
+
+
+def _billboard(me: FakeNode, ch: Channel) -> list[str]:
+    if ch.billboard:
+        return [ch.billboard]
+    if ch.state == "CHANNELD_AWAITING_LOCKIN" and ch.funding_txid:
+        depth = me.network.chain.confirmations(ch.funding_txid)
+        if depth < ch.mindepth:
+            return [f"CHANNELD_AWAITING_LOCKIN:Funding needs {ch.mindepth - depth} more "
+                    "confirmations to be ready."]
+    if ch.state == "CHANNELD_NORMAL":
+        return ["CHANNELD_NORMAL:Channel ready for use."]
+    return []
+
+
 def _channel_json(me: FakeNode, ch: Channel) -> dict[str, Any]:
+    """One channel as lightningd v26.06.6's listpeerchannels shows it (field order too)."""
     connected = me.connected_peer(ch.peer_id) is not None
     if not ch.committed:
         return {
@@ -175,25 +260,54 @@ def _channel_json(me: FakeNode, ch: Channel) -> dict[str, Any]:
             "features": ["option_static_remotekey", "option_anchors"],
         }
     bits = ch.channel_type_bits
-    features = ["option_static_remotekey", "option_anchors"]
+    features = ["option_static_remotekey"] + (["option_anchors"] if ch.anchors else [])
     if 46 in bits:
         features.append("option_scid_alias")
     if 50 in bits:
         features.append("option_zeroconf")
-    total, ours = ch.total_msat, ch.to_us_msat
-    our_reserve, their_reserve = ch.our_reserve_sat * 1000, ch.their_reserve_sat * 1000
-    entry: dict[str, Any] = {
-        "peer_id": ch.peer_id,
-        "peer_connected": connected,
-        "state": ch.state,
+    owner = channel_owner(me, ch)
+    updates: dict[str, Any] = {"local": _update_json(ch)}
+    _, theirs = mirror_channel(me, ch)
+    if ch.remote_ready and theirs is not None:
+        updates["remote"] = _update_json(theirs)
+    entry: dict[str, Any] = {"peer_id": ch.peer_id, "peer_connected": connected}
+    if owner == "channeld":
+        entry["reestablished"] = True
+    entry.update({
         "channel_type": channel_type_json(bits),
+        "updates": updates,
+        "state": ch.state,
+        "last_tx_fee_msat": last_tx_fee_msat(ch, DUST_LIMIT_SAT),
+        "lost_state": False,
         "feerate": {"perkw": ch.feerate_perkw, "perkb": ch.feerate_perkw * 4},
+    })
+    if owner:
+        entry["owner"] = owner
+    if ch.scid:
+        entry["short_channel_id"] = ch.scid
+    entry["direction"] = 0 if me.node_id < ch.peer_id else 1
+    entry.update({
         "channel_id": ch.channel_id,
         "funding_txid": ch.funding_txid,
         "funding_outnum": ch.funding_outnum,
-        "private": not ch.announce,
-        "opener": ch.opener,
-        "alias": {"local": ch.alias_local, "remote": ch.alias_remote},
+    })
+    if ch.close_to:
+        addr = script_to_address(bytes.fromhex(ch.close_to))
+        if addr:
+            entry["close_to_addr"] = addr
+        entry["close_to"] = ch.close_to
+    entry["private"] = not ch.announce
+    entry["opener"] = ch.opener
+    if ch.closer:
+        entry["closer"] = ch.closer
+    alias: dict[str, str] = {}
+    if ch.alias_local:
+        alias["local"] = ch.alias_local
+    if ch.alias_remote and ch.remote_ready:
+        alias["remote"] = ch.alias_remote
+    total, ours = ch.total_msat, ch.to_us_msat
+    entry.update({
+        "alias": alias,
         "features": features,
         "funding": {
             "local_funds_msat": total if ch.opener == "local" else 0,
@@ -202,42 +316,29 @@ def _channel_json(me: FakeNode, ch: Channel) -> dict[str, Any]:
             "withheld": ch.withheld,
         },
         "to_us_msat": ours,
-        "min_to_us_msat": ours,
-        "max_to_us_msat": ours,
+        "min_to_us_msat": ch.min_to_us_msat,
+        "max_to_us_msat": ch.max_to_us_msat,
         "total_msat": total,
-        "fee_base_msat": 1000,
-        "fee_proportional_millionths": 10,
+        "fee_base_msat": ch.fee_base_msat,
+        "fee_proportional_millionths": ch.fee_ppm,
         "dust_limit_msat": DUST_LIMIT_MSAT,
-        "their_reserve_msat": their_reserve,
-        "our_reserve_msat": our_reserve,
-        "spendable_msat": max(0, ours - their_reserve),
-        "receivable_msat": max(0, total - ours - our_reserve),
-        "minimum_htlc_in_msat": 0,
-        "minimum_htlc_out_msat": 0,
-        "maximum_htlc_out_msat": total,
+        "their_max_htlc_value_in_flight_msat": MAX_U64,
+        "our_max_htlc_value_in_flight_msat": MAX_U64,
+        "their_reserve_msat": ch.their_reserve_sat * 1000,
+        "our_reserve_msat": ch.our_reserve_sat * 1000,
+        "spendable_msat": spendable_msat(ch, DUST_LIMIT_SAT),
+        "receivable_msat": receivable_msat(ch, DUST_LIMIT_SAT),
+        "minimum_htlc_in_msat": ch.htlc_minimum_msat,
+        "minimum_htlc_out_msat": ch.htlc_minimum_msat,
+        "maximum_htlc_out_msat": ch.htlc_maximum_msat(),
         "their_to_self_delay": ch.their_to_self_delay,
         "our_to_self_delay": ch.our_to_self_delay,
         "max_accepted_htlcs": MAX_ACCEPTED_HTLCS,
         "state_changes": list(ch.state_changes),
-        "status": [],
-        "in_payments_offered": 0,
-        "in_offered_msat": 0,
-        "in_payments_fulfilled": 0,
-        "in_fulfilled_msat": 0,
-        "out_payments_offered": 0,
-        "out_offered_msat": 0,
-        "out_payments_fulfilled": 0,
-        "out_fulfilled_msat": 0,
-        "htlcs": [],
-    }
-    if connected:
-        entry["owner"] = "channeld"
-        entry["reestablished"] = True
-    if ch.scid:
-        entry["short_channel_id"] = ch.scid
-        entry["direction"] = 0 if me.node_id < ch.peer_id else 1
-    if ch.close_to:
-        entry["close_to"] = ch.close_to
+        "status": _billboard(me, ch),
+        **ch.stats,
+        "htlcs": [h.json() for h in ch.htlcs],
+    })
     return entry
 
 def rpc_listpeerchannels(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
@@ -402,17 +503,15 @@ def rpc_listconfigs(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
         "alias": val("value_str", me.name[:32], "cmdline"),
         "allow-deprecated-apis": val("value_bool", False),
         "developer": val("set", False),
-        "cltv-delta": val("value_int", 34),
-        "cltv-final": val("value_int", 18),
-        "funding-confirms": val("value_int", DEFAULT_ACCEPTOR_MINDEPTH),
-        "min-capacity-sat": val("value_int", 10_000),
         "watchtime-blocks": val("value_int", TO_SELF_DELAY, "cmdline"),
-        "max-concurrent-htlcs": val("value_int", MAX_ACCEPTED_HTLCS),
-        "fee-base": val("value_int", 1000),
-        "fee-per-satoshi": val("value_int", 10),
+        "min-capacity-sat": val("value_int", 10_000),
         "large-channels": val("set", True),
         "experimental-dual-fund": val("set", False),
     }
+    for name, value in me.config.items():
+        kind = "value_msat" if name.endswith("-msat") else "value_int"
+        configs[name] = val(kind, value, "default" if REGTEST_DEFAULTS.get(name) == value
+                            else "cmdline")
     init_options = (me.init_request or {}).get("options", {})
     for opt in (me.manifest or {}).get("options", []) or []:
         name = opt["name"]
@@ -471,28 +570,6 @@ def rpc_getrawblockbyheight(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     # A dummy header but for the previous block's hash (internal byte order), as in a real one.
     header = bytes(4) + bytes.fromhex(prev)[::-1] + bytes(44)
     return {"blockhash": block.hash, "block": (header + varint + b"".join(txs)).hex()}
-
-
-def rpc_close(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
-    """A unilateral close of a normal channel: the fake has no commitments, so it only records
-    the request (the channel goes to AWAITING_UNILATERAL) and returns no transactions."""
-    net = me.network
-    target = str(p["id"])
-    notes = []
-    with net.state_lock:
-        ch = next((c for c in me.channels if target in (c.channel_id, c.peer_id, c.scid,
-                                                        c.alias_local)), None)
-        if ch is None:
-            raise RpcFail(JSONRPC2_INVALID_PARAMS, f"Short channel ID not active: '{target}'")
-        if ch.state not in ("CHANNELD_NORMAL", "CHANNELD_AWAITING_LOCKIN"):
-            raise RpcFail(JSONRPC2_INVALID_PARAMS, f"Channel is in state {ch.state}")
-        change = ch.set_state("AWAITING_UNILATERAL", "user", "Forcibly closed by `close` command")
-        notes.append((me, "channel_state_changed", _state_note(ch, change)))
-        me.closed_channels.append(ch.channel_id or "")
-    for node, topic, payload in notes:
-        node.notify(topic, payload)
-    me.log(f"close {target}: unilateral (no commitment in the fake)")
-    return {"type": "unilateral", "txs": [], "txids": []}
 
 
 # ------------------------------------------------------------------ wallet
@@ -621,14 +698,15 @@ def accept_open(me: FakeNode, opener: FakeNode, payload: dict[str, Any]) -> dict
 def _known_peer(me: FakeNode, node_id: str) -> bool:
     return node_id in me.peers or any(c.peer_id == node_id for c in me.channels)
 
-def rpc_fundchannel_start(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
+def _open_channel(me: FakeNode, p: dict[str, Any]) -> tuple[FakeNode, Channel, Channel,
+                                                              dict[str, Any]]:
+    """fundchannel_start's work (also fundchannel's first step): the peer's openchannel hook,
+    both sides' uncommitted channels. Returns (peer, our channel, theirs, the RPC result)."""
     net = me.network
     peer_id = p["id"]
     amount = parse_sat(p["amount"], "amount")
-    feerate = parse_feerate(p.get("feerate", "opening"))
     announce = bool(p.get("announce", True))
     push_msat = parse_msat(p.get("push_msat", 0), "push_msat")
-    mindepth = p.get("mindepth")
     close_to = p.get("close_to")
     close_script = None
     with net.state_lock:
@@ -647,9 +725,23 @@ def rpc_fundchannel_start(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
             raise RpcFail(JSONRPC2_INVALID_PARAMS, "Invalid close_to address")
     other = net.node_by_id(peer_id)
     assert other is not None
+    mindepth = p.get("mindepth")
     bits = [12, 22] + ([] if announce else [46]) + ([50] if mindepth == 0 else [])
     if "channel_type" in p:
         bits = sorted(int(b) for b in p["channel_type"])
+        # lightningd/opening_control.c: a zero-conf type means our own minimum depth is 0
+        if 50 in bits:
+            if mindepth not in (None, 0):
+                raise RpcFail(JSONRPC2_INVALID_PARAMS,
+                              "Cannot set non-zero mindepth for zero-conf channel_type")
+            mindepth = 0
+    # The depth we wait for ourselves (fundchannel_start's mindepth, else funding-confirms).
+    our_mindepth = int(mindepth) if mindepth is not None else int(me.config["funding-confirms"])
+    anchors = 22 in bits or 20 in bits
+    # Commitment feerate: anchor channels use unilateral_anchor_close whatever `feerate` says
+    # (lightningd's feerate_anchor), others the given feerate (default: opening).
+    feerate = (FEERATES_PERKW["unilateral_anchor_close"] if anchors
+               else parse_feerate(p.get("feerate", "opening")))
     reserve_sat = parse_sat(p["reserve"], "reserve") if "reserve" in p else max(amount // 100, 546)
     payload: dict[str, Any] = {
         "openchannel": {
@@ -673,8 +765,11 @@ def rpc_fundchannel_start(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     if result.get("result") == "reject":
         msg = result.get("error_message") or "Channel open rejected"
         raise RpcFail(LIGHTNINGD, f"They sent error: {msg}")
-    their_mindepth = int(result.get("mindepth", DEFAULT_ACCEPTOR_MINDEPTH))
+    # The acceptor's depth: its hook's mindepth, else its funding-confirms.
+    their_mindepth = int(result.get("mindepth", other.config["funding-confirms"]))
     bits = [b for b in bits if b != 50] + ([50] if their_mindepth == 0 else [])
+    # channel_ready goes out at each side's own depth; both need both: the later one wins.
+    lockin = max(our_mindepth, their_mindepth)
     our_key, our_alias = me.new_channel_keys(peer_id)
     their_key, their_alias = other.new_channel_keys(me.node_id)
     script = p2wsh_script(multisig_2of2(our_key, their_key))
@@ -682,19 +777,25 @@ def rpc_fundchannel_start(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
                      else max(amount // 100, 546))
     common: dict[str, Any] = {
         "amount_sat": amount, "push_msat": push_msat, "funding_script": script,
-        "announce": announce, "mindepth": their_mindepth, "channel_type_bits": bits,
+        "announce": announce, "mindepth": lockin, "channel_type_bits": bits,
         "feerate_perkw": feerate, "our_to_self_delay": TO_SELF_DELAY,
         "their_to_self_delay": TO_SELF_DELAY,
     }
+    # Each side's shutdown script: the one promised at opening, else a fresh wallet P2TR (as
+    # lightningd sets it when the channel is created).
+    our_close = close_script if close_script is not None else me.wallet.new_script()[2]
+    their_close = (bytes.fromhex(result["close_to"]) if result.get("close_to")
+                   else other.wallet.new_script()[2])
     local = Channel(peer_id=other.node_id, opener="local", our_funding_pubkey=our_key,
                     their_funding_pubkey=their_key, our_reserve_sat=their_reserve,
                     their_reserve_sat=reserve_sat, alias_local=our_alias,
-                    alias_remote=their_alias,
-                    close_to=close_script.hex() if close_script else None, **common)
+                    alias_remote=their_alias, close_to=our_close.hex(), **common)
     remote = Channel(peer_id=me.node_id, opener="remote", our_funding_pubkey=their_key,
                      their_funding_pubkey=our_key, our_reserve_sat=reserve_sat,
                      their_reserve_sat=their_reserve, alias_local=their_alias,
-                     alias_remote=our_alias, **common)
+                     alias_remote=our_alias, close_to=their_close.hex(), **common)
+    set_gossip(local, me)
+    set_gossip(remote, other)
     with net.state_lock:
         if me.connected_peer(peer_id) is None:
             raise RpcFail(FUNDING_PEER_NOT_CONNECTED, "Peer not connected")
@@ -710,7 +811,53 @@ def rpc_fundchannel_start(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     }
     if close_script is not None:
         out["close_to"] = close_script.hex()
-    return out
+    return other, local, remote, out
+
+
+def set_gossip(ch: Channel, me: FakeNode) -> None:
+    """A new channel's `updates.local`: the node's fee-base, fee-per-satoshi, cltv-delta."""
+    ch.fee_base_msat = int(me.config["fee-base"])
+    ch.fee_ppm = int(me.config["fee-per-satoshi"])
+    ch.cltv_delta = int(me.config["cltv-delta"])
+    ch.htlc_minimum_msat = int(me.config["htlc-minimum-msat"])
+
+
+def rpc_fundchannel_start(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
+    return _open_channel(me, p)[3]
+
+
+def _commit_open(me: FakeNode, other: FakeNode, ch: Channel, txid: str, outnum: int,
+                 withheld: bool) -> str:
+    """Both sides' channels become committed (CHANNELD_AWAITING_LOCKIN, or NORMAL at once if
+    zero-conf): the state notifications, channel_opened for the fundee. Returns the id."""
+    net = me.network
+    cid = channel_id_from(txid, outnum)
+    notes: list[tuple[FakeNode, str, dict[str, Any]]] = []
+    with net.state_lock:
+        remote = other.pending_opens.get(me.node_id)
+        if me.pending_opens.get(other.node_id) is not ch or remote is None:
+            raise RpcFail(LIGHTNINGD, "Channel open was cancelled")
+        if me.connected_peer(other.node_id) is None:
+            raise RpcFail(FUNDING_PEER_NOT_CONNECTED, "Peer not connected")
+        for node, c, cause in ((me, ch, "user"), (other, remote, "remote")):
+            c.channel_id, c.funding_txid, c.funding_outnum = cid, txid, outnum
+            change = c.set_state("CHANNELD_AWAITING_LOCKIN", cause, "new channel opened",
+                                 record=False)
+            del node.pending_opens[c.peer_id]
+            node.channels.append(c)
+            notes.append((node, "channel_state_changed", state_note(c, change, first=True)))
+        # Only the opener withholds (the fundee never knows).
+        ch.withheld = withheld
+        notes.append((other, "channel_opened", {
+            "id": me.node_id, "funding_msat": ch.total_msat, "funding_txid": txid,
+            "channel_ready": ch.mindepth == 0,
+        }))
+        for node in (me, other):
+            notes.extend(update_channels_locked(node))
+    for node, topic, payload in notes:
+        node.notify(topic, payload)
+    return cid
+
 
 def rpc_fundchannel_complete(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     net = me.network
@@ -740,38 +887,84 @@ def rpc_fundchannel_complete(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
         segwit = utxo is not None and CScript(utxo.scriptPubKey).is_witness_scriptpubkey()
         if not segwit and not signed:
             raise RpcFail(FUNDING_PSBT_INVALID, f"Input {i} is non-segwit and unsigned")
-    txid = txid_hex(tx)
-    cid = channel_id_from(txid, outnum)
     other = net.node_by_id(peer_id)
     assert other is not None
     withheld = bool(p.get("withhold", False))
-    notes: list[tuple[FakeNode, str, dict[str, Any]]] = []
-    with net.state_lock:
-        remote = other.pending_opens.get(me.node_id)
-        if me.pending_opens.get(peer_id) is not ch or remote is None:
-            raise RpcFail(LIGHTNINGD, "Channel open was cancelled")
-        if me.connected_peer(peer_id) is None:
-            raise RpcFail(FUNDING_PEER_NOT_CONNECTED, "Peer not connected")
-        for node, c, cause in ((me, ch, "user"), (other, remote, "remote")):
-            c.channel_id, c.funding_txid, c.funding_outnum = cid, txid, outnum
-            c.withheld = withheld
-            change = c.set_state("CHANNELD_AWAITING_LOCKIN", cause, "new channel opened")
-            del node.pending_opens[c.peer_id]
-            node.channels.append(c)
-            notes.append((node, "channel_state_changed", _state_note(c, change, first=True)))
-        notes.append((other, "channel_opened", {
-            "id": me.node_id, "funding_msat": ch.total_msat, "funding_txid": txid,
-            "channel_ready": ch.mindepth == 0,
-        }))
-        for node in (me, other):
-            notes.extend(update_channels_locked(node))
-    for node, topic, payload in notes:
-        node.notify(topic, payload)
+    cid = _commit_open(me, other, ch, txid_hex(tx), outnum, withheld)
     me.log(f"fundchannel_complete with {other.name}: channel {cid} ({ch.state})")
     if withheld:
         me.log("fundchannel_complete withhold=true: closing this channel later makes "
                  "lightningd forget it without onchain handling (DESIGN.md 3.4)", "unusual")
     return {"channel_id": cid, "commitments_secured": True}
+
+
+# version, locktime, counts, segwit marker and flag; plus the channel output (P2WSH, 43 bytes)
+FUNDING_STARTWEIGHT = 4 * (4 + 4 + 1 + 1) + 2 + 4 * (8 + 1 + 34)
+
+
+def rpc_fundchannel(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
+    """`fundchannel`: an ordinary channel funded from the node's wallet (what the spender
+    plugin does: fundchannel_start, a funding tx from the wallet, fundchannel_complete, then
+    the broadcast into the harness chain). The channel locks in at the later of both sides'
+    minimum depths (see `_open_channel`)."""
+    net = me.network
+    all_funds = p["amount"] == "all"
+    request = dict(p)
+    feerate = parse_feerate(p.get("feerate", "opening"))
+    minconf = int(p.get("minconf", 1))
+    if "utxos" in p:
+        candidates = []
+        for s in p["utxos"]:
+            txid, _, vout = str(s).partition(":")
+            u = me.wallet.utxos.get((txid, int(vout) if vout.isdigit() else -1))
+            if u is None or u.spent_by is not None:
+                raise RpcFail(JSONRPC2_INVALID_PARAMS, f"Unknown or spent UTXO {s}")
+            candidates.append(u)
+    else:
+        candidates = me.wallet.spendable(minconf)
+    # Select the inputs first (as multifundchannel does before fundchannel_start) so that an
+    # unaffordable amount fails before the peer hears of the channel.
+    built = me.wallet.build_psbt(
+        amount_sat=None if all_funds else parse_sat(p["amount"], "amount"),
+        feerate_perkw=feerate, startweight=FUNDING_STARTWEIGHT, candidates=candidates,
+        use_all_candidates=all_funds or "utxos" in p, reserve=DEFAULT_RESERVE, locktime=None,
+        min_witness_weight=0, excess_as_change=not all_funds)
+    funded = parse_psbt(built["psbt"])
+    if all_funds:
+        request["amount"] = int(built["excess_msat"]) // 1000
+    amount = parse_sat(request["amount"], "amount")
+    try:
+        other, ch, _, start = _open_channel(me, request)
+    except RpcFail:
+        me.wallet.unreserveinputs(funded, DEFAULT_RESERVE)
+        raise
+    # The funding tx: the channel output first, then the change (as in the real node's).
+    unsigned = funded.unsigned_tx
+    tx = CMutableTransaction(
+        [CMutableTxIn(i.prevout, nSequence=i.nSequence) for i in unsigned.vin],
+        [CMutableTxOut(amount, CScript(ch.funding_script))]
+        + [CMutableTxOut(o.nValue, o.scriptPubKey) for o in unsigned.vout],
+        nLockTime=unsigned.nLockTime, nVersion=unsigned.nVersion)
+    psbt = PartiallySignedTransaction(unsigned_tx=tx)
+    for i, inp in enumerate(funded.inputs):
+        psbt.set_utxo(inp.witness_utxo, i)
+    txid = txid_hex(psbt.unsigned_tx)
+    try:
+        cid = _commit_open(me, other, ch, txid, 0, withheld=False)
+    except RpcFail:
+        me.wallet.unreserveinputs(funded, DEFAULT_RESERVE)
+        raise
+    me.wallet.sign(psbt, None)
+    final = psbt.extract_transaction()
+    net.broadcast(final, by=me)
+    me.log(f"fundchannel with {other.name}: {amount}sat, channel {cid} in {txid}")
+    out: dict[str, Any] = {"tx": final.serialize().hex(), "txid": txid,
+                           "channel_id": cid, "channel_type": start["channel_type"],
+                           "outnum": 0}
+    if "close_to" in start:
+        out["close_to"] = start["close_to"]
+    return out
+
 
 def rpc_fundchannel_cancel(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     net = me.network
@@ -808,28 +1001,17 @@ def rpc_disconnect(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 # ------------------------------------------------------------------ channel bookkeeping
-def _state_note(ch: Channel, change: dict[str, Any],
-                first: bool = False) -> dict[str, Any]:
-    note: dict[str, Any] = {
-        "peer_id": ch.peer_id,
-        "channel_id": ch.channel_id,
-        "timestamp": change["timestamp"],
-        "new_state": change["new_state"],
-        "cause": change["cause"],
-        "message": change["message"],
-    }
-    if not first:
-        note["old_state"] = change["old_state"]
-    if ch.scid:
-        note["short_channel_id"] = ch.scid
-    return note
+ONCHAIN_FORGET_DEPTH = 100  # onchaind forgets a closed channel once its spend is this deep
+
 
 def update_channels_locked(me: FakeNode) -> list[tuple[FakeNode, str, dict[str, Any]]]:
-    """Apply the chain to our channels (real scid once confirmed, lock-in at mindepth).
+    """Apply the chain to our channels: the real scid at the first confirmation, lock-in at the
+    channel's minimum depth (both sides' channel_ready seen), and for a mutually closed channel
+    its closing tx's confirmation (FUNDING_SPEND_SEEN, ONCHAIN; forgotten 100 blocks later).
     Caller holds network.state_lock; returns notifications to send after releasing it."""
     chain = me.network.chain
     notes: list[tuple[FakeNode, str, dict[str, Any]]] = []
-    for ch in me.channels:
+    for ch in list(me.channels):
         if ch.funding_txid is None:
             continue
         depth = chain.confirmations(ch.funding_txid)
@@ -837,18 +1019,34 @@ def update_channels_locked(me: FakeNode) -> list[tuple[FakeNode, str, dict[str, 
             rec = chain.txs[ch.funding_txid]
             ch.scid = f"{rec.height}x{rec.index}x{ch.funding_outnum}"
         if ch.state == "CHANNELD_AWAITING_LOCKIN" and depth >= ch.mindepth:
+            ch.remote_ready = True
             change = ch.set_state("CHANNELD_NORMAL", "remote" if ch.opener == "remote"
                                   else "user", "Lockin complete")
-            notes.append((me, "channel_state_changed", _state_note(ch, change)))
+            notes.append((me, "channel_state_changed", state_note(ch, change)))
+        if ch.closing_txid is None:
+            continue
+        spent = chain.confirmations(ch.closing_txid)
+        if spent >= 1 and ch.state == "CLOSINGD_COMPLETE":
+            ch.billboard = None
+            for new, message in (("FUNDING_SPEND_SEEN", "Onchain funding spend"),
+                                 ("ONCHAIN", "Onchain init reply")):
+                change = ch.set_state(new, ch.cause, message)
+                notes.append((me, "channel_state_changed", state_note(ch, change)))
+        if spent >= ONCHAIN_FORGET_DEPTH and ch.state == "ONCHAIN":
+            me.channels.remove(ch)
+            me.log(f"onchaind complete, forgetting channel {ch.channel_id}")
     return notes
 
+
 def on_block(me: FakeNode, height: int, block_hash: str) -> None:
+    from .closing import rebroadcast
+
     with me.network.state_lock:
         notes = update_channels_locked(me)
     for node, topic, payload in notes:
         node.notify(topic, payload)
+    rebroadcast(me)
     me.notify("block_added", {"hash": block_hash, "height": height})
-
 
 
 Handler = Callable[["FakeNode", dict[str, Any]], Any]
@@ -883,5 +1081,16 @@ HANDLERS: dict[str, Handler] = {
     "sendrawtransaction": rpc_sendrawtransaction,
     "getutxout": rpc_getutxout,
     "getrawblockbyheight": rpc_getrawblockbyheight,
-    "close": rpc_close,
+    "fundchannel": rpc_fundchannel,
 }
+
+
+def _register_more() -> None:
+    from .closing import CLOSING_HANDLERS
+    from .payments import PAYMENT_HANDLERS
+
+    HANDLERS.update(CLOSING_HANDLERS)
+    HANDLERS.update(PAYMENT_HANDLERS)
+
+
+_register_more()

@@ -88,9 +88,12 @@ class Network:
         utxos: int = 10,
         utxo_sat: int = 10_000_000,
         start: bool = True,
+        config: dict[str, int] | None = None,
     ) -> FakeNode:
         """A node with `utxos` confirmed P2WPKH UTXOs of `utxo_sat` each (default 10 x 0.1 BTC),
-        running `plugin` (default: the network's) with lightningd `options` for it."""
+        running `plugin` (default: the network's) with lightningd `options` for it, and
+        lightningd's own `config` (fee-base, cltv-delta, funding-confirms...: see
+        `lightningd_rpcs.DEFAULT_CONFIG` and `REGTEST_DEFAULTS`)."""
         index = len(self.nodes)
         node = FakeNode(
             self,
@@ -101,6 +104,7 @@ class Network:
             env=env,
             utxos=utxos,
             utxo_sat=utxo_sat,
+            config=config,
         )
         if any(n.name == node.name for n in self.nodes):
             raise ValueError(f"duplicate node name {node.name}")
@@ -178,6 +182,9 @@ class Network:
             self.peer_cond.notify_all()
         a.log(f"connected to {b.name} (out)")
         b.log(f"connected to {a.name} (in)")
+        from .closing import on_reconnect
+
+        on_reconnect(a, b)  # channels waiting to close negotiate now
 
     def _drop(self, a: FakeNode, b: FakeNode) -> list[tuple[FakeNode, FakeNode]]:
         """Mark both sides disconnected, forget uncommitted channels; returns who to notify."""

@@ -54,9 +54,10 @@ from .errors import (
     UnexpectedCall,
 )
 from .lightningd_rpcs import HANDLERS, KNOWN_SCHEMA_GAPS
+from .payments import PaymentBook
 from .plugin_process import LogLine, PluginProcess
 from .rpc_server import RpcServer
-from .state import Channel, Datastore, Peer
+from .state import Channel, Datastore, Peer, RawToken
 from .wallet import Wallet
 
 if TYPE_CHECKING:
@@ -65,7 +66,9 @@ if TYPE_CHECKING:
 # lightningd's own feature bits (a plausible v26 set); the plugin's manifest bits are OR-ed in.
 BASE_INIT_FEATURES = bits_to_features({1, 7, 8, 12, 14, 17, 19, 23, 25, 27, 35, 39, 45, 47, 51})
 BASE_NODE_FEATURES = BASE_INIT_FEATURES
-BASE_INVOICE_FEATURES = bits_to_features({8, 14, 17})
+# v26.06.6's bolt11 features: var_onion (8), payment_secret (14), basic_mpp (17), route_blinding
+# (25): "02024100", as a real node's invoices carry.
+BASE_INVOICE_FEATURES = bits_to_features({8, 14, 17, 25})
 FEATURE_PLACES = ("init", "node", "channel", "invoice")
 OPTION_TYPES = ("string", "int", "bool", "flag")
 
@@ -98,12 +101,18 @@ class FakeNode:
         env: dict[str, str] | None = None,
         utxos: int = 10,
         utxo_sat: int = 10_000_000,
+        config: dict[str, int] | None = None,
     ) -> None:
         self.network = network
         self.name = name
         self.index = index
         self.plugin_cmd = list(plugin)
         self.options: dict[str, Any] = dict(options or {})
+        # lightningd's own options (fee-base, cltv-delta, funding-confirms...)
+        unknown = set(config or {}) - set(lightningd_rpcs.DEFAULT_CONFIG)
+        if unknown:
+            raise ValueError(f"config: the fake does not model {sorted(unknown)}")
+        self.config: dict[str, int] = {**lightningd_rpcs.DEFAULT_CONFIG, **(config or {})}
         self.env = dict(env or {})
         self.seed = sha256(f"superscalar harness node {name}".encode())
         self.node_secret = _privkey(self.seed, "node")
@@ -128,6 +137,7 @@ class FakeNode:
         self.channels: list[Channel] = []
         self.closed_channels: list[str] = []  # channel ids the plugin asked `close` for
         self.pending_opens: dict[str, Channel] = {}  # peer id -> uncommitted channel
+        self.book = PaymentBook()  # invoices, payments, forwards (lightningd's wallet db)
         self.our_features: dict[str, str] = {
             "init": BASE_INIT_FEATURES,
             "node": BASE_NODE_FEATURES,
@@ -474,6 +484,8 @@ class FakeNode:
             self._server.stop()
             self._server = None
         self.up = False
+        with self.network.peer_cond:  # wake RPCs waiting on this node (waitsendpay, close)
+            self.network.peer_cond.notify_all()
         if self._inbound_thread is not None:
             self._inbound.put(None)
             self._inbound_thread.join(timeout=5)
@@ -643,7 +655,8 @@ class FakeNode:
             try:
                 params.append(json.loads(t))
             except ValueError:
-                params.append(t)  # lightningd's parser reads 127.0.0.1 as a primitive token
+                # lightningd's parser reads 127.0.0.1 as a primitive token, not a string
+                params.append(RawToken(t))
         return self.rpc_call(method, params, timeout=timeout, raw_params=raw)
 
     def rpc_call(self, method: str, params: dict[str, Any] | list[Any] | None = None,

@@ -23,6 +23,12 @@ from .errors import (
     RpcFail,
 )
 
+
+class RawToken(str):
+    """A parameter lightning-cli sent unquoted that is not JSON (e.g. 127.0.0.1): lightningd's
+    JSON parser keeps it as a primitive token, which handlers wanting a string may refuse."""
+
+
 # -- amounts ---------------------------------------------------------------------------------
 
 
@@ -92,6 +98,32 @@ def channel_type_json(bits: list[int]) -> dict[str, Any]:
 
 
 @dataclass
+class Htlc:
+    """One HTLC in flight on a channel, as one side lists it (`htlcs` of listpeerchannels)."""
+
+    direction: str  # "out" (we offered it) | "in" (they offered it)
+    id: int
+    amount_msat: int
+    expiry: int
+    payment_hash: str
+    state: str  # SENT_ADD_ACK_REVOCATION (out) | RCVD_ADD_ACK_REVOCATION (in)
+    status: str | None = None  # "Waiting for the htlc_accepted hook of plugin X"
+
+    def json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"direction": self.direction, "id": self.id,
+                               "amount_msat": self.amount_msat, "expiry": self.expiry,
+                               "payment_hash": self.payment_hash, "state": self.state}
+        if self.status:
+            out["status"] = self.status
+        return out
+
+
+STATS = ("in_payments_offered", "in_offered_msat", "in_payments_fulfilled", "in_fulfilled_msat",
+         "out_payments_offered", "out_offered_msat", "out_payments_fulfilled",
+         "out_fulfilled_msat")
+
+
+@dataclass
 class Channel:
     peer_id: str
     opener: str  # "local" | "remote"
@@ -103,9 +135,9 @@ class Channel:
     announce: bool
     mindepth: int
     channel_type_bits: list[int]
-    feerate_perkw: int
-    our_reserve_sat: int
-    their_reserve_sat: int
+    feerate_perkw: int  # the commitment feerate (constant: no update_fee in the fake)
+    our_reserve_sat: int  # what the peer insists we keep (lightningd's their_config reserve)
+    their_reserve_sat: int  # what we insist the peer keeps (our_config reserve)
     our_to_self_delay: int
     their_to_self_delay: int
     state: str = "OPENINGD"
@@ -115,10 +147,41 @@ class Channel:
     alias_local: str | None = None
     alias_remote: str | None = None
     scid: str | None = None
-    close_to: str | None = None
+    close_to: str | None = None  # our shutdown scriptpubkey (hex)
     withheld: bool = False
     created: float = field(default_factory=time.time)
     state_changes: list[dict[str, Any]] = field(default_factory=list)
+    # our side's gossip (`updates.local`): the node's fee-base, fee-per-satoshi, cltv-delta
+    fee_base_msat: int = 1000
+    fee_ppm: int = 10
+    cltv_delta: int = 34
+    htlc_minimum_msat: int = 0
+    # balance and HTLCs (ours: lightningd's channel->our_msat)
+    our_msat: int = -1
+    min_to_us_msat: int = -1
+    max_to_us_msat: int = -1
+    htlcs: list[Htlc] = field(default_factory=list)
+    next_htlc_id: int = 0  # id of the next HTLC we offer on this channel
+    stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATS, 0))
+    remote_ready: bool = False  # their channel_ready seen: alias.remote and updates.remote shown
+    # closing
+    closer: str | None = None  # "local" | "remote"
+    cause: str = "user"  # the cause of the last state change
+    closing_tx: str | None = None  # the agreed mutual close (hex), broadcast once its input exists
+    closing_txid: str | None = None
+    closing_fee_sat: int = 0
+    close_result: dict[str, Any] | None = None  # what a pending `close` returns once done
+    missing_funding_logged: bool = False
+    billboard: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.our_msat < 0:
+            total = self.amount_sat * 1000
+            self.our_msat = total - self.push_msat if self.opener == "local" else self.push_msat
+        if self.min_to_us_msat < 0:
+            self.min_to_us_msat = self.our_msat
+        if self.max_to_us_msat < 0:
+            self.max_to_us_msat = self.our_msat
 
     @property
     def total_msat(self) -> int:
@@ -126,16 +189,39 @@ class Channel:
 
     @property
     def to_us_msat(self) -> int:
-        if self.opener == "local":
-            return self.total_msat - self.push_msat
-        return self.push_msat
+        return self.our_msat
+
+    def set_balance(self, our_msat: int) -> None:
+        self.our_msat = our_msat
+        self.min_to_us_msat = min(self.min_to_us_msat, our_msat)
+        self.max_to_us_msat = max(self.max_to_us_msat, our_msat)
 
     @property
     def committed(self) -> bool:
         return self.state != "OPENINGD"
 
-    def set_state(self, new: str, cause: str, message: str) -> dict[str, Any]:
-        """Change state; returns the change record (the channel_state_changed payload core)."""
+    @property
+    def anchors(self) -> bool:
+        return 22 in self.channel_type_bits or 20 in self.channel_type_bits
+
+    @property
+    def scid_alias(self) -> bool:
+        return 46 in self.channel_type_bits
+
+    def scid_or_local_alias(self) -> str | None:
+        """lightningd's channel_scid_or_local_alias."""
+        return self.scid or self.alias_local
+
+    def htlc_maximum_msat(self) -> int:
+        """lightningd's htlc_max_possible_send: the capacity less the reserve we must keep
+        (their max_htlc_value_in_flight is unlimited in the fake)."""
+        return max(0, self.total_msat - self.our_reserve_sat * 1000)
+
+    def set_state(self, new: str, cause: str, message: str,
+                  record: bool = True) -> dict[str, Any]:
+        """Change state; returns the change record (the channel_state_changed payload core).
+        A channel's first state (`record=False`) is notified but not in `state_changes`, as in
+        lightningd."""
         change = {
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
             "old_state": self.state,
@@ -143,9 +229,120 @@ class Channel:
             "cause": cause,
             "message": message,
         }
-        self.state_changes.append(change)
+        if record:
+            self.state_changes.append(change)
         self.state = new
+        self.cause = cause
         return change
+
+
+def state_note(ch: Channel, change: dict[str, Any], first: bool = False) -> dict[str, Any]:
+    """The channel_state_changed notification payload for `change`."""
+    note: dict[str, Any] = {
+        "peer_id": ch.peer_id,
+        "channel_id": ch.channel_id,
+        "timestamp": change["timestamp"],
+        "new_state": change["new_state"],
+        "cause": change["cause"],
+        "message": change["message"],
+    }
+    if not first:
+        note["old_state"] = change["old_state"]
+    if ch.scid:
+        note["short_channel_id"] = ch.scid
+    return note
+
+
+def can_add_htlc(state: str) -> bool:
+    """lightningd's channel_state_can_add_htlc."""
+    return state in ("CHANNELD_NORMAL", "CHANNELD_AWAITING_SPLICE")
+
+
+# -- lightningd's commitment fee model (lightningd/peer_control.c, common/initial_commit_tx.h) -
+# The feerate of a channel never changes in the fake (no update_fee): anchor channels use the
+# unilateral_anchor_close feerate, others the feerate fundchannel_start was given (lightningd
+# does the same at opening). Spendable and receivable then follow lightningd's formulas exactly:
+# the opener pays the commitment fee, with the "fee spike buffer" (marginal feerate, one extra
+# HTLC) and, for anchor channels, two 330-sat anchors.
+ANCHOR_SAT = 330
+
+
+def marginal_feerate(feerate: int) -> int:
+    """common/fee_states.c marginal_feerate: the fee spike buffer's feerate."""
+    lo, hi = 253, 45000
+    feerate = max(feerate, lo)
+    if feerate > hi:
+        return int(feerate * 1.1)
+    proportion = 1.0 - (feerate - lo) / (hi - lo) * 0.9
+    return int(feerate + proportion * feerate)
+
+
+def commit_weight(untrimmed_htlcs: int, anchors: bool) -> int:
+    return (1124 if anchors else 724) + 172 * untrimmed_htlcs
+
+
+def htlc_trimmed(amount_msat: int, offered: bool, feerate: int, dust_sat: int,
+                 anchors: bool) -> bool:
+    """common/htlc_trim.c: below the dust limit once its second-stage fee is paid (zero for
+    anchors' zero-fee HTLC transactions)."""
+    fee = 0 if anchors else feerate * (663 if offered else 703) // 1000
+    return amount_msat < (dust_sat + fee) * 1000
+
+
+def commit_txfee_sat(ch: Channel, amount_msat: int, dust_sat: int) -> int:
+    """lightningd's commit_txfee: the fee the opener's commitment would pay if an HTLC of
+    `amount_msat` were added, plus the fee spike buffer's extra HTLC and the anchors. (lightningd
+    counts the HTLCs the same way whichever side it asks for, and both sides' dust limits are
+    546 sat in the fake.)"""
+    feerate = ch.feerate_perkw
+    n = 0 if htlc_trimmed(amount_msat, True, feerate, dust_sat, ch.anchors) else 1
+    for h in ch.htlcs:
+        # as lightningd counts them whichever side it asks for: ours at the HTLC-timeout fee,
+        # theirs at the HTLC-success fee
+        if not htlc_trimmed(h.amount_msat, h.direction == "out", feerate, dust_sat, ch.anchors):
+            n += 1
+    fee = marginal_feerate(feerate) * commit_weight(n + 1, ch.anchors) // 1000
+    return fee + (2 * ANCHOR_SAT if ch.anchors else 0)
+
+
+def untrimmed_htlcs(ch: Channel, extra_msat: int | None, dust_sat: int) -> int:
+    """The HTLCs of the channel (plus one of `extra_msat` we would offer) not trimmed."""
+    n = 0
+    amounts = [(h.amount_msat, h.direction == "out") for h in ch.htlcs]
+    if extra_msat is not None:
+        amounts.append((extra_msat, True))
+    for amount, offered in amounts:
+        if not htlc_trimmed(amount, offered, ch.feerate_perkw, dust_sat, ch.anchors):
+            n += 1
+    return n
+
+
+def spendable_msat(ch: Channel, dust_sat: int) -> int:
+    """lightningd's channel_amount_spendable."""
+    spendable = ch.our_msat - ch.our_reserve_sat * 1000
+    spendable -= sum(h.amount_msat for h in ch.htlcs if h.direction == "out")
+    if spendable < 0:
+        return 0
+    if ch.opener == "local":
+        spendable -= commit_txfee_sat(ch, spendable, dust_sat) * 1000
+    return max(0, spendable)
+
+
+def receivable_msat(ch: Channel, dust_sat: int) -> int:
+    """lightningd's channel_amount_receivable."""
+    receivable = ch.total_msat - ch.our_msat - ch.their_reserve_sat * 1000
+    receivable -= sum(h.amount_msat for h in ch.htlcs if h.direction == "in")
+    if receivable < 0:
+        return 0
+    if ch.opener == "remote":
+        receivable -= commit_txfee_sat(ch, receivable, dust_sat) * 1000
+    return max(0, receivable)
+
+
+def last_tx_fee_msat(ch: Channel, dust_sat: int) -> int:
+    """The fee of our current commitment transaction (no spike buffer, no anchors)."""
+    n = untrimmed_htlcs(ch, None, dust_sat)
+    return ch.feerate_perkw * commit_weight(n, ch.anchors) // 1000 * 1000
 
 
 # -- datastore --------------------------------------------------------------------------------
