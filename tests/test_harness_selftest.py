@@ -486,3 +486,13 @@ def test_an_overridden_rpc_can_hang_for_one_peer_while_others_answer(network: Ne
     release.set()
     caller.join(10)
     assert answers and answers[0]["id"] == node.node_id  # type: ignore[index]
+
+
+def test_sendrawtransaction_requires_allowhighfees_like_lightningd(network: Network) -> None:
+    """lightningd v26.06.6 (bcli) refuses a `sendrawtransaction` without `allowhighfees`: the
+    plugin's first key-path hand-over spend did exactly that on a real node, unseen here."""
+    node = network.add_node("lsp")
+    with pytest.raises(RpcCallError, match="missing required parameter: allowhighfees"):
+        node.rpc_call("sendrawtransaction", {"tx": "00"})
+    refused = node.rpc_call("sendrawtransaction", {"tx": "00", "allowhighfees": False})
+    assert refused["success"] is False and "decode" in refused["errmsg"]

@@ -534,6 +534,11 @@ def rpc_getchaininfo(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     return {"chain": "regtest", "headercount": h, "blockcount": h, "ibd": False}
 
 def rpc_sendrawtransaction(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
+    # lightningd v26.06.6 routes this to bcli, whose `allowhighfees` is required (a plugin that
+    # omitted it got "missing required parameter: allowhighfees" on a real node, never here).
+    for name in ("tx", "allowhighfees"):
+        if name not in p:
+            raise RpcFail(JSONRPC2_INVALID_PARAMS, f"missing required parameter: {name}")
     try:
         tx = CTransaction.deserialize(bytes.fromhex(str(p["tx"])))
     except Exception as e:
