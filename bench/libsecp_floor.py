@@ -64,13 +64,17 @@ def floor_seconds(
         ptrs = [parsed[k] for k in keys]
         assert lib.secp256k1_musig_pubkey_agg(CTX, ffi.NULL, cache, ptrs, len(ptrs))
         caches[group] = cache
-    signer_keys = [(sk, parsed[pk], kp) for sk, pk, kp in zip(all_sk, all_pk, keypairs, strict=True)]
+    signer_keys = [
+        (sk, parsed[pk], kp) for sk, pk, kp in zip(all_sk, all_pk, keypairs, strict=True)
+    ]
     for sighash, group, tweak, signers in plan:
         _sign_one(sighash, caches[group], tweak, [signer_keys[s] for s in signers])
     return time.process_time() - t
 
 
-def _sign_one(msg: bytes, untweaked: Any, tweak: bytes, signers: list[tuple[bytes, Any, Any]]) -> None:
+def _sign_one(
+    msg: bytes, untweaked: Any, tweak: bytes, signers: list[tuple[bytes, Any, Any]]
+) -> None:
     """Every library call that signs one tx with its signers (seckey, parsed pubkey, keypair)."""
     cache = ffi.new("secp256k1_musig_keyagg_cache *")
     ffi.memmove(cache, untweaked, ffi.sizeof("secp256k1_musig_keyagg_cache"))

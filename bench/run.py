@@ -370,6 +370,9 @@ def main() -> None:
     from real_migrate import run as real_migrate
 
     plugin_create(16)
+    from plugin_migrate import run as plugin_migrate
+
+    plugin_migrate()
     real_create()  # on real lightningd nodes when lightningd is on PATH, else says why not
     real_migrate()  # factory-migrate on real nodes: per-client time, the key-path spend's vB
 
