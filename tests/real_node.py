@@ -78,9 +78,13 @@ CHANNEL_SAT = 500_000
 
 
 def lsp_and_clients(
-    node_factory: Any, n: int, lsp_options: dict[str, Any] | None = None
+    node_factory: Any,
+    n: int,
+    lsp_options: dict[str, Any] | None = None,
+    client_options: dict[str, Any] | None = None,
 ) -> tuple[Any, list[Any]]:
-    """An LSP and `n` clients running the plugin, connected as an operator connects them."""
+    """An LSP and `n` clients running the plugin, connected as an operator connects them (each
+    options dict is laid over the defaults: e.g. `{"plugin": [PLUGIN, another]}`)."""
     # watchtime-blocks: the to_self_delay the LSP asks of clients, short so exits finish quickly.
     lsp = node_factory.get_node(
         options={"plugin": PLUGIN, "watchtime-blocks": 6, **(lsp_options or {})},
@@ -92,6 +96,7 @@ def lsp_and_clients(
             "plugin": PLUGIN,
             "superscalar-accept-from": lsp.info["id"],
             "may_reconnect": True,
+            **(client_options or {}),
         },
     )
     for c in clients:
@@ -138,10 +143,11 @@ def pay_both_ways(lsp: Any, clients: list[Any], amount_msat: int) -> None:
 SMALL = {"states_per_layer": 2, "step_blocks": 3}
 
 
-def open_factory(lsp: Any, clients: list[Any]) -> dict[str, Any]:
+def open_factory(lsp: Any, clients: list[Any], **extra: Any) -> dict[str, Any]:
+    """A small factory whose channels are open on both sides (`extra`: factory-create params)."""
     from pyln.testing.utils import wait_for
 
-    out = create_factory(lsp, clients, **SMALL)
+    out = create_factory(lsp, clients, **{**SMALL, **extra})
     for c in clients:
         wait_for(lambda c=c: normal(lsp, c) and normal(c, lsp))
     return out
@@ -157,6 +163,64 @@ def wallet_sat(node: Any) -> int:
 
 def no_htlcs(node: Any) -> bool:
     return all(not c.get("htlcs") for c in node.rpc.listpeerchannels()["channels"])
+
+
+def factory_message(payload: Any) -> str:
+    """A SuperScalar payload (`protocol.Move`, `protocol.Key`, ...) as the hex of the bLIP-56
+    message 32800 that carries it: what `sendcustommsg` sends."""
+    from superscalar_plugin.engine import blip56, protocol
+
+    body = protocol.encode(payload)
+    return blip56.Piggyback(blip56.SUPERSCALAR_PROTOCOL_ID, body).encode().hex()
+
+
+# --- a factory's end on real nodes: short lives, so tests reach the dying period quickly --------
+
+# The EWT of these shapes is 39 blocks; moves are possible until T - 2*EWT - 58.
+LADDER = {
+    "superscalar-lifetime-blocks": 300,
+    "superscalar-dying-blocks": 220,
+    "superscalar-ladder-every": 20,
+    "superscalar-states-per-layer": 2,
+    "superscalar-step-blocks": 3,
+}
+
+
+def status(node: Any, instance: str) -> dict[str, Any]:
+    """`node`'s factory-status of one factory."""
+    return dict(node.rpc.call("factory-status", {"instance": instance})["factories"][0])
+
+
+def to_us_msat(node: Any, peer: Any) -> dict[str, int]:
+    """Per channel id with `peer`: `node`'s balance."""
+    return {
+        c["channel_id"]: int(c["to_us_msat"])
+        for c in node.rpc.listpeerchannels(peer.info["id"])["channels"]
+    }
+
+
+def mine_to(bitcoind: Any, nodes: list[Any], height: int) -> None:
+    """Mine up to `height` (if below) and wait until every node saw it."""
+    from pyln.testing.utils import wait_for
+
+    now = bitcoind.rpc.getblockcount()
+    if height > now:
+        bitcoind.generate_block(height - now)
+    for n in nodes:
+        wait_for(lambda n=n: n.rpc.getinfo()["blockheight"] >= height)
+
+
+def fill(lsp: Any, clients: list[Any], amount_msat: int) -> None:
+    """Payments both ways over the factory channels: each client ends holding money."""
+    from pyln.testing.utils import wait_for
+
+    for c in clients:
+        inv = c.rpc.invoice(amount_msat, f"in-{os.urandom(4).hex()}", "in")["bolt11"]
+        assert lsp.rpc.pay(inv)["status"] == "complete"
+        back = lsp.rpc.invoice(amount_msat // 4, f"out-{os.urandom(4).hex()}", "out")["bolt11"]
+        assert c.rpc.pay(back)["status"] == "complete"
+    for n in [lsp, *clients]:
+        wait_for(lambda n=n: no_htlcs(n))
 
 
 # --- zero-conf channels on a transaction that is never broadcast (DESIGN 3.1-3.3) ---------------

@@ -18,6 +18,7 @@ from real_node import (
     PLUGIN,
     connect_by_ip,
     create_factory,
+    factory_message,
     lsp_and_clients,
     no_htlcs,
     normal,
@@ -339,13 +340,6 @@ def test_the_lsp_sees_a_clients_exit(node_factory: Any, bitcoind: Any) -> None:
     assert view["onchain"]["clients_in_factory"] == 2 - view["onchain"]["clients_on_chain"]
 
 
-def _factory_message(payload: Any) -> str:
-    from superscalar_plugin.engine import blip56, protocol
-
-    body = protocol.encode(payload)
-    return blip56.Piggyback(blip56.SUPERSCALAR_PROTOCOL_ID, body).encode().hex()
-
-
 def test_a_co_client_or_a_stranger_cannot_unwatch_a_funded_client(
     node_factory: Any, bitcoind: Any
 ) -> None:
@@ -376,7 +370,7 @@ def test_a_co_client_or_a_stranger_cannot_unwatch_a_funded_client(
     abort = protocol.Text(protocol.PayloadType.ABORT, instance, "go away")
     for sender in (co_client, stranger):
         for payload in (propose, abort):
-            sender.rpc.sendcustommsg(victim.info["id"], _factory_message(payload))
+            sender.rpc.sendcustommsg(victim.info["id"], factory_message(payload))
     time.sleep(2)
     view = victim.rpc.call("factory-status", {"instance": created["instance"]})["factories"][0]
     assert view["state"] == "funded" and "error" not in view

@@ -8,17 +8,20 @@ stays away during the whole dying period exits on its own. Runs whenever `lightn
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from real_node import (
+    LADDER,
     SMALL,
     connect_by_ip,
     create_factory,
+    fill,
     lsp_and_clients,
-    no_htlcs,
+    mine_to,
     normal,
     require_lightningd,
+    status,
+    to_us_msat,
     wallet_sat,
 )
 
@@ -26,47 +29,6 @@ require_lightningd()
 
 from pyln.testing.fixtures import *  # noqa: E402, F403  (node_factory, bitcoind, ...)
 from pyln.testing.utils import wait_for  # noqa: E402
-
-# A short life, so the test reaches the dying period in a few dozen blocks: the EWT of these
-# shapes is 39 blocks, moves are possible until T - 2*EWT - 58.
-LADDER = {
-    "superscalar-lifetime-blocks": 300,
-    "superscalar-dying-blocks": 220,
-    "superscalar-ladder-every": 20,
-    "superscalar-states-per-layer": 2,
-    "superscalar-step-blocks": 3,
-}
-
-
-def _status(node: Any, instance: str) -> dict[str, Any]:
-    return dict(node.rpc.call("factory-status", {"instance": instance})["factories"][0])
-
-
-def _to_us_msat(node: Any, peer: Any) -> dict[str, int]:
-    """Per channel id: our balance and the channel's state."""
-    return {
-        c["channel_id"]: int(c["to_us_msat"])
-        for c in node.rpc.listpeerchannels(peer.info["id"])["channels"]
-    }
-
-
-def _mine_to(bitcoind: Any, nodes: list[Any], height: int) -> None:
-    now = bitcoind.rpc.getblockcount()
-    if height > now:
-        bitcoind.generate_block(height - now)
-    for n in nodes:
-        wait_for(lambda n=n: n.rpc.getinfo()["blockheight"] >= height)
-
-
-def _fill(lsp: Any, clients: list[Any], amount_msat: int) -> None:
-    """Payments both ways over the factory channels: each client ends holding money."""
-    for c in clients:
-        inv = c.rpc.invoice(amount_msat, f"in-{os.urandom(4).hex()}", "in")["bolt11"]
-        assert lsp.rpc.pay(inv)["status"] == "complete"
-        back = lsp.rpc.invoice(amount_msat // 4, f"out-{os.urandom(4).hex()}", "out")["bolt11"]
-        assert c.rpc.pay(back)["status"] == "complete"
-    for n in [lsp, *clients]:
-        wait_for(lambda n=n: no_htlcs(n))
 
 
 def test_a_ladder_moves_every_client_and_closes_the_old_factory_by_key_path(
@@ -77,17 +39,17 @@ def test_a_ladder_moves_every_client_and_closes_the_old_factory_by_key_path(
     for c in clients:
         wait_for(lambda c=c: normal(lsp, c) and normal(c, lsp))
     bitcoind.generate_block(1)
-    _fill(lsp, clients, 40_000_000)
-    held = {c.info["id"]: sum(_to_us_msat(c, lsp).values()) for c in clients}
+    fill(lsp, clients, 40_000_000)
+    held = {c.info["id"]: sum(to_us_msat(c, lsp).values()) for c in clients}
     assert all(v >= 30_000_000 for v in held.values())
-    tree_txids = {e["txid"] for c in clients for e in _status(c, old["instance"])["exit_path"]}
+    tree_txids = {e["txid"] for c in clients for e in status(c, old["instance"])["exit_path"]}
 
     # Into the dying period: the ladder creates the successor and every client moves.
-    view = _status(lsp, old["instance"])
-    _mine_to(bitcoind, [lsp, *clients], view["dying_from_height"] + 1)
+    view = status(lsp, old["instance"])
+    mine_to(bitcoind, [lsp, *clients], view["dying_from_height"] + 1)
 
     def successor() -> str | None:
-        s = _status(lsp, old["instance"])["successors"]
+        s = status(lsp, old["instance"])["successors"]
         if not s:
             bitcoind.generate_block(1)
         return s[0] if s else None
@@ -100,14 +62,14 @@ def test_a_ladder_moves_every_client_and_closes_the_old_factory_by_key_path(
         connect_by_ip(lsp, c)
 
     def closed() -> bool:
-        s = _status(lsp, old["instance"])
+        s = status(lsp, old["instance"])
         if s["state"] != "closed":
             bitcoind.generate_block(1)
             return False
         return True
 
     wait_for(closed, timeout=240)
-    final = _status(lsp, old["instance"])
+    final = status(lsp, old["instance"])
     assert final["phase"] == "closed" and final["clients_inside"] == 0
     assert all(c["handed_over"] for c in final["clients"])
     # One key-path spend of the funding output, before T; no tree transaction ever went out.
@@ -120,11 +82,11 @@ def test_a_ladder_moves_every_client_and_closes_the_old_factory_by_key_path(
 
     # Every balance is in the new factory, which pays both ways; the old channels are retired.
     for c in clients:
-        mine = _status(c, old["instance"])
+        mine = status(c, old["instance"])
         assert mine["state"] == "handed_over"
-        now = _status(c, new)
+        now = status(c, new)
         assert now["state"] in ("funded", "ready")
-        balances = _to_us_msat(c, lsp)
+        balances = to_us_msat(c, lsp)
         states = {
             ch["channel_id"]: ch["state"]
             for ch in c.rpc.listpeerchannels(lsp.info["id"])["channels"]
@@ -141,7 +103,7 @@ def test_a_ladder_moves_every_client_and_closes_the_old_factory_by_key_path(
             for cid, st in states.items()
             if cid != live[0]
         )
-    _fill(lsp, clients, 10_000_000)
+    fill(lsp, clients, 10_000_000)
     for n in [lsp, *clients]:
         assert not n.daemon.is_in_log(r"superscalar.*(Traceback|internal error)")
 
@@ -161,13 +123,13 @@ def test_a_client_away_for_the_whole_dying_period_exits_alone_and_gets_its_money
     for c in clients:
         wait_for(lambda c=c: normal(lsp, c) and normal(c, lsp))
     bitcoind.generate_block(1)
-    _fill(lsp, clients, 100_000_000)
+    fill(lsp, clients, 100_000_000)
     away = clients[1]
     before = wallet_sat(away)
     away.stop()
-    view = _status(lsp, old["instance"])
-    _mine_to(bitcoind, [lsp, clients[0]], view["last_move_height"] + 1)
-    s = _status(lsp, old["instance"])
+    view = status(lsp, old["instance"])
+    mine_to(bitcoind, [lsp, clients[0]], view["last_move_height"] + 1)
+    s = status(lsp, old["instance"])
     assert s["phase"] == "migrating" and s["clients_inside"] == 1
     assert "timeout" in s["recovery"]
     assert [c["handed_over"] for c in s["clients"]] == [True, False]
