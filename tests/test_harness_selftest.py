@@ -95,8 +95,10 @@ def test_custommsg_round_trip(network: Network) -> None:
     assert sent == [("alice", "bob"), ("bob", "alice")]
     network.disconnect(a, b)
     b.wait_for_log(rf"dummy: disconnect {a.node_id}")
-    err = a.rpc_call("dummy-call", {"method": "sendcustommsg",
-                                    "params": {"node_id": b.node_id, "msg": FACTORY_MSG + "00"}})
+    err = a.rpc_call(
+        "dummy-call",
+        {"method": "sendcustommsg", "params": {"node_id": b.node_id, "msg": FACTORY_MSG + "00"}},
+    )
     assert err["error"]["message"] in ("Peer is not connected", f"No such peer: {b.node_id}")
 
 
@@ -154,7 +156,9 @@ def test_openchannel_reject_and_cancel(network: Network) -> None:
     c = network.add_node("carol")
     network.connect(a, c)
     start = a.rpc_call("fundchannel_start", [c.node_id, "100000sat"])
-    assert start["scriptpubkey"].startswith("0020") and start["funding_address"].startswith("bcrt1q")
+    assert start["scriptpubkey"].startswith("0020") and start["funding_address"].startswith(
+        "bcrt1q"
+    )
     assert c.rpc_call("listpeerchannels")["channels"][0]["state"] == "OPENINGD"
     assert a.rpc_call("fundchannel_cancel", [c.node_id])["cancelled"]
     assert c.rpc_call("listpeerchannels")["channels"] == []
@@ -168,22 +172,32 @@ def test_openchannel_reject_and_cancel(network: Network) -> None:
 
 def test_fundchannel_complete_checks_the_psbt(network: Network) -> None:
     a, b = _pair(network)
-    start = a.rpc_call("fundchannel_start", {"id": b.node_id, "amount": 200_000, "mindepth": 0,
-                                             "announce": False})
+    start = a.rpc_call(
+        "fundchannel_start", {"id": b.node_id, "amount": 200_000, "mindepth": 0, "announce": False}
+    )
     spk = CScript(bytes.fromhex(start["scriptpubkey"]))
     with regtest():
+
         def psbt_paying(amount: int, witness_utxo: bool) -> str:
-            tx = CMutableTransaction([CMutableTxIn(COutPoint(lx("11" * 32), 0))],
-                                     [CMutableTxOut(amount, spk)], nVersion=2)
+            tx = CMutableTransaction(
+                [CMutableTxIn(COutPoint(lx("11" * 32), 0))],
+                [CMutableTxOut(amount, spk)],
+                nVersion=2,
+            )
             p = PartiallySignedTransaction(unsigned_tx=tx)
             if witness_utxo:
                 p.set_utxo(CTxOut(amount + 1000, CScript(bytes([0, 20]) + bytes(20))), 0)
             return str(p.to_base64())
 
-        wrong_amount, no_utxo, good = (psbt_paying(199_999, True), psbt_paying(200_000, False),
-                                       psbt_paying(200_000, True))
-    for psbt, code, text in ((wrong_amount, 309, "should be 200000sat"),
-                             (no_utxo, 309, "Input 0 is non-segwit and unsigned")):
+        wrong_amount, no_utxo, good = (
+            psbt_paying(199_999, True),
+            psbt_paying(200_000, False),
+            psbt_paying(200_000, True),
+        )
+    for psbt, code, text in (
+        (wrong_amount, 309, "should be 200000sat"),
+        (no_utxo, 309, "Input 0 is non-segwit and unsigned"),
+    ):
         with pytest.raises(RpcCallError) as e:
             a.rpc_call("fundchannel_complete", {"id": b.node_id, "psbt": psbt})
         assert e.value.code == code and text in e.value.message
@@ -221,12 +235,14 @@ def test_datastore_semantics(network: Network) -> None:
     with pytest.raises(RpcCallError) as e:
         node.rpc_call("datastore", {"key": ["p", "a"], "string": "y"})
     assert e.value.code == 1202
-    ds = node.rpc_call("datastore", {"key": ["p", "a"], "hex": "79", "mode": "must-append",
-                                     "generation": 0})
+    ds = node.rpc_call(
+        "datastore", {"key": ["p", "a"], "hex": "79", "mode": "must-append", "generation": 0}
+    )
     assert ds["string"] == "xy" and ds["generation"] == 1
     with pytest.raises(RpcCallError) as e:
-        node.rpc_call("datastore", {"key": ["p", "a"], "string": "z", "mode": "must-replace",
-                                    "generation": 0})
+        node.rpc_call(
+            "datastore", {"key": ["p", "a"], "string": "z", "mode": "must-replace", "generation": 0}
+        )
     assert e.value.code == 1204
     with pytest.raises(RpcCallError) as e:
         node.rpc_call("datastore", {"key": ["p"], "string": "z", "mode": "create-or-replace"})
@@ -236,8 +252,10 @@ def test_datastore_semantics(network: Network) -> None:
     assert e.value.code == 1206
     node.rpc_call("datastore", {"key": ["p", "b", "c"], "string": "deep"})
     listed = node.rpc_call("listdatastore", {"key": "p"})["datastore"]
-    assert listed == [{"key": ["p", "a"], "generation": 1, "hex": "7879", "string": "xy"},
-                      {"key": ["p", "b"]}]
+    assert listed == [
+        {"key": ["p", "a"], "generation": 1, "hex": "7879", "string": "xy"},
+        {"key": ["p", "b"]},
+    ]
     assert node.rpc_call("listdatastore")["datastore"] == [{"key": ["p"]}]
     with pytest.raises(RpcCallError) as e:
         node.rpc_call("deldatastore", {"key": ["p", "a"], "generation": 0})
@@ -258,8 +276,10 @@ def test_bad_hook_result_is_caught(network: Network) -> None:
 
 def test_schema_violation_in_a_plugin_request(network: Network) -> None:
     node = network.add_node("n")
-    out = node.rpc_call("dummy-call", {"method": "datastore",
-                                       "params": {"key": ["x"], "string": "v", "mode": "bogus"}})
+    out = node.rpc_call(
+        "dummy-call",
+        {"method": "datastore", "params": {"key": ["x"], "string": "v", "mode": "bogus"}},
+    )
     assert out["error"]["code"] == -32602
     (v,) = network.take_errors(SchemaViolation)
     assert "datastore request" in str(v) and "mode" in str(v)
@@ -289,8 +309,10 @@ def test_wallet_rpcs(network: Network) -> None:
     with pytest.raises(RpcCallError) as e:
         node.rpc_call("fundpsbt", {"satoshi": 1_000_000, "feerate": "253perkw", "startweight": 0})
     assert e.value.code == 301
-    funded = node.rpc_call("fundpsbt", {"satoshi": 150_000, "feerate": "1000perkw",
-                                        "startweight": 200, "excess_as_change": True})
+    funded = node.rpc_call(
+        "fundpsbt",
+        {"satoshi": 150_000, "feerate": "1000perkw", "startweight": 200, "excess_as_change": True},
+    )
     assert len(funded["reservations"]) == 2 and funded["change_outnum"] == 0
     with regtest():
         psbt = PartiallySignedTransaction.from_base64(funded["psbt"])
@@ -309,8 +331,10 @@ def test_wallet_rpcs(network: Network) -> None:
     prevout = psbt.unsigned_tx.vin[0].prevout
     spent_utxo = f"{prevout.hash[::-1].hex()}:{prevout.n}"
     with pytest.raises(RpcCallError) as e:
-        node.rpc_call("utxopsbt", {"satoshi": 10_000, "feerate": "normal", "startweight": 0,
-                                   "utxos": [spent_utxo]})
+        node.rpc_call(
+            "utxopsbt",
+            {"satoshi": 10_000, "feerate": "normal", "startweight": 0, "utxos": [spent_utxo]},
+        )
     assert "Already spent" in e.value.message
     network.mine(1)
     statuses = sorted(o["status"] for o in node.rpc_call("listfunds")["outputs"])
@@ -323,11 +347,16 @@ def test_wallet_rpcs(network: Network) -> None:
     assert s1 != network.add_node("m").rpc_call("makesecret", {"string": "factory 1"})["secret"]
     configs = node.rpc_call("listconfigs")["configs"]
     assert configs["network"]["value_str"] == "regtest"
-    assert configs["dummy-label"] == {"value_str": "dummy", "source": "default",
-                                      "plugin": " ".join(node.plugin_cmd), "dynamic": False}
+    assert configs["dummy-label"] == {
+        "value_str": "dummy",
+        "source": "default",
+        "plugin": " ".join(node.plugin_cmd),
+        "dynamic": False,
+    }
     # 18 is the harness's default, not a regtest lightningd's (10): as if set on the cmdline
     assert node.rpc_call("listconfigs", ["cltv-final"]) == {
-        "configs": {"cltv-final": {"value_int": 18, "source": "cmdline"}}}
+        "configs": {"cltv-final": {"value_int": 18, "source": "cmdline"}}
+    }
     rates = node.rpc_call("feerates", {"style": "perkw"})
     assert rates["perkw"]["opening"] >= rates["perkw"]["floor"]
 
@@ -336,8 +365,14 @@ def test_hooks_called_by_hand_are_checked(network: Network) -> None:
     node = network.add_node("n")
     htlc = {
         "onion": {"payload": "", "next_onion": "00" * 1366, "shared_secret": "11" * 32},
-        "htlc": {"short_channel_id": "1x2x3", "id": 0, "amount_msat": 1000, "cltv_expiry": 200,
-                 "cltv_expiry_relative": 40, "payment_hash": "22" * 32},
+        "htlc": {
+            "short_channel_id": "1x2x3",
+            "id": 0,
+            "amount_msat": 1000,
+            "cltv_expiry": 200,
+            "cltv_expiry_relative": 40,
+            "payment_hash": "22" * 32,
+        },
     }
     # the dummy has no htlc_accepted hook: lightningd's default applies
     assert node.call_hook("htlc_accepted", htlc) == {"result": "continue"}
@@ -351,8 +386,13 @@ def test_waitblockheight_wakes_on_mine(network: Network) -> None:
     node = network.add_node("n")
     target = network.blockheight + 2
     out: dict[str, object] = {}
-    t = threading.Thread(target=lambda: out.update(node.rpc_call(
-        "dummy-call", {"method": "waitblockheight", "params": {"blockheight": target}})))
+    t = threading.Thread(
+        target=lambda: out.update(
+            node.rpc_call(
+                "dummy-call", {"method": "waitblockheight", "params": {"blockheight": target}}
+            )
+        )
+    )
     t.start()
     network.mine(2)
     t.join(timeout=10)
@@ -377,8 +417,9 @@ def test_stop_leaves_no_process(network_factory: Callable[..., Network]) -> None
             os.kill(pid, 0)
 
 
-def test_a_plugin_that_refuses_developer_fails_to_start(network_factory: Callable[..., Network],
-                                                        tmp_path) -> None:
+def test_a_plugin_that_refuses_developer_fails_to_start(
+    network_factory: Callable[..., Network], tmp_path
+) -> None:
     """lightningd passes `--developer` in developer mode: a plugin whose argument parser refuses
     unknown options (as click does) dies at getmanifest, here as on a real node."""
     script = tmp_path / "strict.py"
@@ -396,8 +437,7 @@ def test_a_plugin_that_refuses_developer_fails_to_start(network_factory: Callabl
     assert node.plugin_state == "running"
 
 
-def test_rpc_command_hook_gets_raw_tokens_and_respects_filters(network: Network,
-                                                               tmp_path) -> None:
+def test_rpc_command_hook_gets_raw_tokens_and_respects_filters(network: Network, tmp_path) -> None:
     """Every command passes the rpc_command hook with lightning-cli's raw tokens (127.0.0.1 is
     not JSON), unless the hook's filters leave it out."""
     script = tmp_path / "rpccmd.py"
@@ -445,8 +485,15 @@ def test_a_reorg_replaces_blocks_and_can_drop_a_tx(network: Network) -> None:
     node = network.add_node("n", utxos=2, utxo_sat=100_000)
 
     def send() -> str:
-        funded = node.rpc_call("fundpsbt", {"satoshi": 10_000, "feerate": "1000perkw",
-                                            "startweight": 200, "excess_as_change": True})
+        funded = node.rpc_call(
+            "fundpsbt",
+            {
+                "satoshi": 10_000,
+                "feerate": "1000perkw",
+                "startweight": 200,
+                "excess_as_change": True,
+            },
+        )
         signed = node.rpc_call("signpsbt", {"psbt": funded["psbt"]})["signed_psbt"]
         return str(node.rpc_call("sendpsbt", {"psbt": signed})["txid"])
 

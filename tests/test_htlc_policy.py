@@ -25,8 +25,13 @@ def test_too_soon_and_too_late_fail_with_the_bolt4_codes() -> None:
     late = htlc_failure(4901, 1000, GUARD, 5000, final=False)
     assert late == EXPIRY_TOO_FAR.to_bytes(2, "big")
     payee = htlc_failure(1050, 1000, GUARD, 5000, final=True)
-    assert payee is not None and int.from_bytes(payee[:2], "big") == INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS
-    assert int.from_bytes(payee[2:10], "big") == 5000 and int.from_bytes(payee[10:14], "big") == 1000
+    assert (
+        payee is not None
+        and int.from_bytes(payee[:2], "big") == INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS
+    )
+    assert (
+        int.from_bytes(payee[2:10], "big") == 5000 and int.from_bytes(payee[10:14], "big") == 1000
+    )
 
 
 def test_invoice_cltv_is_raised_by_the_ewt_but_capped() -> None:

@@ -23,7 +23,7 @@ require_lightningd()
 from pyln.testing.fixtures import *  # noqa: E402, F403
 from pyln.testing.utils import wait_for  # noqa: E402
 
-SPY = '''
+SPY = """
 from pyln.client import Plugin
 plugin = Plugin()
 
@@ -33,7 +33,7 @@ def sign(openchannel2_sign, plugin, **kwargs):
     return {"result": "continue", "psbt": openchannel2_sign["psbt"]}
 
 plugin.run()
-'''
+"""
 
 
 def test_a_v2_accepter_sees_its_verified_funding_output(
@@ -41,7 +41,10 @@ def test_a_v2_accepter_sees_its_verified_funding_output(
 ) -> None:
     opener = node_factory.get_node(options={"experimental-dual-fund": None})
     accepter = node_factory.get_node(
-        options={"experimental-dual-fund": None, "plugin": write_plugin(tmp_path, "spy_openchannel2.py", SPY)}
+        options={
+            "experimental-dual-fund": None,
+            "plugin": write_plugin(tmp_path, "spy_openchannel2.py", SPY),
+        }
     )
     opener.rpc.connect(accepter.info["id"], "localhost", accepter.port)
     opener.fundwallet(2_000_000)
@@ -78,5 +81,9 @@ def test_a_v2_accepter_cannot_take_a_zero_conf_channel(node_factory: Any, bitcoi
         [chan] = node.rpc.listpeerchannels()["channels"]
         assert chan["state"] == "DUALOPEND_AWAITING_LOCKIN"
     bitcoind.generate_block(1)  # one confirmation (funding-confirms=1 on pyln-testing nodes)
-    wait_for(lambda: all(n.rpc.listpeerchannels()["channels"][0]["state"] == "CHANNELD_NORMAL"
-                         for n in (opener, accepter)))
+    wait_for(
+        lambda: all(
+            n.rpc.listpeerchannels()["channels"][0]["state"] == "CHANNELD_NORMAL"
+            for n in (opener, accepter)
+        )
+    )

@@ -151,8 +151,8 @@ def test_factory_close_moves_every_client_into_an_ordinary_channel_and_spends_by
     for c in clients:
         wait_for(lambda c=c: normal(lsp, c) and normal(c, lsp))
     bitcoind.generate_block(1)
-    _fill(lsp, clients, 40_000_000)
-    held = {c.info["id"]: sum(_to_us_msat(c, lsp).values()) for c in clients}
+    fill(lsp, clients, 40_000_000)
+    held = {c.info["id"]: sum(to_us_msat(c, lsp).values()) for c in clients}
     for _ in clients:  # coins for the ordinary channels (the factory took the first one)
         lsp.fundwallet(2_000_000)
     closing = lsp.rpc.call("factory-close", {"instance": old["instance"]})
@@ -161,18 +161,18 @@ def test_factory_close_moves_every_client_into_an_ordinary_channel_and_spends_by
     assert all(targets)
 
     def closed() -> bool:
-        if _status(lsp, old["instance"])["state"] == "closed":
+        if status(lsp, old["instance"])["state"] == "closed":
             return True
         bitcoind.generate_block(1)  # the ordinary channels confirm, then the moves go
         return False
 
     wait_for(closed, timeout=240)
-    final = _status(lsp, old["instance"])
+    final = status(lsp, old["instance"])
     assert all(c["handed_over"] for c in final["clients"])
     spend = bitcoind.rpc.getrawtransaction(final["handover_txid"], True)
     assert [i["txid"] for i in spend["vin"]] == [final["funding"]["txid"]]
     for c, target in zip(clients, targets, strict=True):
-        balances = _to_us_msat(c, lsp)
+        balances = to_us_msat(c, lsp)
         assert held[c.info["id"]] - balances[target] <= 546_000 + 2_000
         chan = next(
             ch
@@ -180,7 +180,7 @@ def test_factory_close_moves_every_client_into_an_ordinary_channel_and_spends_by
             if ch["channel_id"] == target
         )
         assert chan["state"] == "CHANNELD_NORMAL" and chan.get("short_channel_id")
-    _fill(lsp, clients, 10_000_000)  # the ordinary channels pay both ways
+    fill(lsp, clients, 10_000_000)  # the ordinary channels pay both ways
 
 
 def test_with_some_keys_the_lsp_takes_the_handed_over_part_by_key_path(
@@ -194,32 +194,32 @@ def test_with_some_keys_the_lsp_takes_the_handed_over_part_by_key_path(
     for c in clients:
         wait_for(lambda c=c: normal(lsp, c) and normal(c, lsp))
     bitcoind.generate_block(1)
-    _fill(lsp, clients, 40_000_000)
-    leaf0 = _status(clients[0], old["instance"])["exit_path"][-1]["txid"]
+    fill(lsp, clients, 40_000_000)
+    leaf0 = status(clients[0], old["instance"])["exit_path"][-1]["txid"]
     clients[2].stop()
     clients[3].stop()
     lsp.rpc.call("factory-migrate", {"instance": old["instance"]})
 
     def handed() -> bool:
-        s = _status(lsp, old["instance"])
+        s = status(lsp, old["instance"])
         return [c["handed_over"] for c in s["clients"]] == [True, True, False, False]
 
     wait_for(handed, timeout=120)
     clients[2].start()  # it left its money inside: it exits on its own before T
-    s = _status(lsp, old["instance"])
+    s = status(lsp, old["instance"])
     exit_at = s["timeout_height"] - s["early_warning_time"] - 12  # its exit-margin
-    _mine_to(bitcoind, [lsp, clients[0], clients[2]], exit_at - 1)
+    mine_to(bitcoind, [lsp, clients[0], clients[2]], exit_at - 1)
 
     def taken() -> bool:
-        s = _status(lsp, old["instance"])
+        s = status(lsp, old["instance"])
         if any(sw["confirmed"] for sw in s.get("sweeps", [])):
             return True
         bitcoind.generate_block(1)
         return False
 
     wait_for(taken, timeout=600)
-    s = _status(lsp, old["instance"])
-    root = _status(clients[1], old["instance"])["exit_path"][0]["txid"]
+    s = status(lsp, old["instance"])
+    root = status(clients[1], old["instance"])["exit_path"][0]["txid"]
     [sweep] = [sw for sw in s["sweeps"] if sw["confirmed"]]
     assert sweep["outpoint"] == f"{root}:0"  # the root's output above leaf 0
     spend = bitcoind.rpc.getrawtransaction(sweep["txid"], True)

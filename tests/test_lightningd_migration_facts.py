@@ -212,7 +212,9 @@ def test_the_lsp_forwards_the_move_over_its_fullest_equal_fee_channel_unless_pin
 # --- 3. retiring OLD ----------------------------------------------------------------------------
 
 
-def _assert_closing_tx_refused(bitcoind: Any, nodes: tuple[Any, ...], old: str, closed: Any) -> None:
+def _assert_closing_tx_refused(
+    bitcoind: Any, nodes: tuple[Any, ...], old: str, closed: Any
+) -> None:
     """The mutual close spends OLD's funding output, pays C its 546 sat, and bitcoind refuses it
     (its input never existed): both nodes broadcast it, logging the refusal at DEBUG only."""
     [tx], [txid] = closed["txs"], closed["txids"]
@@ -238,7 +240,9 @@ def _assert_nothing_enters(lsp: Any, client: Any, old: str, new: str) -> None:
     assert direct.value.error["code"] == 204
     assert direct.value.error["message"] == "No connection to first peer found"
     inv = invoice(client, 1_000_000)
-    assert send_route(client, circular_route(client, lsp, new, old, inv), inv)["status"] == "complete"
+    assert (
+        send_route(client, circular_route(client, lsp, new, old, inv), inv)["status"] == "complete"
+    )
     assert _last_forward(lsp, new)["out_channel"] == channel(lsp, new)["alias"]["local"]
     assert _msat(client, old, "to_us_msat") == held
 
@@ -271,7 +275,9 @@ def test_old_retires_by_mutual_close_and_new_keeps_working_across_restarts(
     for node, mark in zip((lsp, client), marks, strict=True):
         assert channel(node, old)["state"] == "CLOSINGD_COMPLETE"
         assert _warnings(node, mark) == []
-        assert sum("Expected error broadcasting tx" in line for line in node.daemon.logs[mark:]) >= 10
+        assert (
+            sum("Expected error broadcasting tx" in line for line in node.daemon.logs[mark:]) >= 10
+        )
     _assert_nothing_enters(lsp, client, old, new)
     _pay_both_ways(lsp, client, new)
     marks = _marks(lsp, client)
@@ -306,7 +312,9 @@ def test_no_payment_enters_old_once_its_close_started_but_one_in_flight_lands_th
     start_payment(lsp, direct_route(lsp, client, old, inv), inv)
     wait_for(lambda: len(channel(client, old)["htlcs"]) == 1)
     closing = executor.submit(client.rpc.close, old)
-    wait_for(lambda: all(channel(n, old)["state"] == "CHANNELD_SHUTTING_DOWN" for n in (lsp, client)))
+    wait_for(
+        lambda: all(channel(n, old)["state"] == "CHANNELD_SHUTTING_DOWN" for n in (lsp, client))
+    )
     _assert_nothing_enters(lsp, client, old, new)
     assert not closing.done()
     steer(client, "hold", None)

@@ -18,7 +18,9 @@ def _signers(n: int) -> tuple[list[bytes], list[bytes], m.KeyAggContext]:
 def test_own_nonces_and_peer_bytes_aggregate_and_sign_alike() -> None:
     sks, pks, ctx = _signers(3)
     msg = os.urandom(32)
-    nonces = [m.nonce_gen(pk, seckey=sk, keyagg=ctx, msg=msg) for sk, pk in zip(sks, pks, strict=True)]
+    nonces = [
+        m.nonce_gen(pk, seckey=sk, keyagg=ctx, msg=msg) for sk, pk in zip(sks, pks, strict=True)
+    ]
     own = [pub for _, pub in nonces]
     as_from_peers = [bytes(pub) for pub in own]  # what the wire delivers
     assert m.nonce_agg(own) == m.nonce_agg(as_from_peers)

@@ -670,8 +670,9 @@ def test_the_lsp_status_shows_a_client_that_exited_on_its_own(
     me.rpc_call("factory-exit", {"instance": instance}, timeout=30)
 
     def client_done() -> bool:
-        return bool(me.rpc_call("factory-status", {"instance": instance})["factories"][0]
-                    ["exit"]["done"])
+        return bool(
+            me.rpc_call("factory-status", {"instance": instance})["factories"][0]["exit"]["done"]
+        )
 
     _mine_until(net, client_done)
     _mine_until(net, lambda: _status(lsp)[0]["clients"][0]["onchain"]["leaf_confirmed"])
@@ -702,17 +703,33 @@ def test_a_client_guards_its_channel_from_the_moment_it_stored_its_path(
     ewt = created["early_warning_time"]
     me = clients[0]
     assert _status(me)[0]["state"] == "ready"  # FUNDED never arrived
-    call = {"rpc_command": {"jsonrpc": "2.0", "id": 7, "method": "invoice",
-                            "params": {"amount_msat": 1000, "label": "a", "description": "d"}}}
+    call = {
+        "rpc_command": {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "method": "invoice",
+            "params": {"amount_msat": 1000, "label": "a", "description": "d"},
+        }
+    }
     assert me.call_hook("rpc_command", call)["replace"]["params"]["cltv"] == 18 + ewt
     [chan] = me.rpc_call("listpeerchannels")["channels"]
     height = net.blockheight
     too_soon = {
-        "onion": {"payload": "00", "type": "tlv", "forward_msat": 1000,
-                  "outgoing_cltv_value": height + 5, "shared_secret": "00" * 32,
-                  "next_onion": "00" * 1366},
-        "htlc": {"short_channel_id": chan["alias"]["local"], "id": 0, "amount_msat": 1000,
-                 "cltv_expiry": height + 5, "cltv_expiry_relative": 5,
-                 "payment_hash": "00" * 32},
+        "onion": {
+            "payload": "00",
+            "type": "tlv",
+            "forward_msat": 1000,
+            "outgoing_cltv_value": height + 5,
+            "shared_secret": "00" * 32,
+            "next_onion": "00" * 1366,
+        },
+        "htlc": {
+            "short_channel_id": chan["alias"]["local"],
+            "id": 0,
+            "amount_msat": 1000,
+            "cltv_expiry": height + 5,
+            "cltv_expiry_relative": 5,
+            "payment_hash": "00" * 32,
+        },
     }
     assert me.call_hook("htlc_accepted", too_soon)["result"] == "fail"

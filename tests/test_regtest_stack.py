@@ -43,16 +43,26 @@ def _command_after(lines: list[str], heading: str) -> str:
 
 
 def _shell(command: str) -> object:
-    out = subprocess.run(command, shell=True, check=True, capture_output=True, text=True,
-                         timeout=180).stdout
+    out = subprocess.run(
+        command, shell=True, check=True, capture_output=True, text=True, timeout=180
+    ).stdout
     return json.loads(out) if out.strip().startswith(("{", "[")) else out
 
 
 def test_the_regtest_stack_as_the_readme_runs_it(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "contrib" / "regtest" / "start.py"), "--clients", "3",
-         "--dir", str(tmp_path / "stack")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        [
+            sys.executable,
+            str(ROOT / "contrib" / "regtest" / "start.py"),
+            "--clients",
+            "3",
+            "--dir",
+            str(tmp_path / "stack"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:

@@ -18,8 +18,12 @@ import coincurve
 CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 MSAT_PER_BTC = 100_000_000_000
 # letter, msat * 10 per unit (lightningd's `multipliers`)
-MULTIPLIERS = (("m", 10 * MSAT_PER_BTC // 1000), ("u", 10 * MSAT_PER_BTC // 10**6),
-               ("n", 10 * MSAT_PER_BTC // 10**9), ("p", 10 * MSAT_PER_BTC // 10**12))
+MULTIPLIERS = (
+    ("m", 10 * MSAT_PER_BTC // 1000),
+    ("u", 10 * MSAT_PER_BTC // 10**6),
+    ("n", 10 * MSAT_PER_BTC // 10**9),
+    ("p", 10 * MSAT_PER_BTC // 10**12),
+)
 CURRENCIES = ("bcrt", "bc", "tbs", "tb", "sb")  # longest first: "bcrt" before "bc"
 DEFAULT_EXPIRY = 3600
 DEFAULT_MIN_FINAL_CLTV = 18
@@ -59,7 +63,7 @@ def bech32_decode(text: str) -> tuple[str, list[int]]:
     pos = text.rfind("1")
     if pos < 1 or pos + 7 > len(text):
         raise Bolt11Error("Bad bech32 string")
-    hrp, rest = text[:pos], text[pos + 1:]
+    hrp, rest = text[:pos], text[pos + 1 :]
     if any(c not in CHARSET for c in rest):
         raise Bolt11Error("Bad bech32 string")
     data = [CHARSET.index(c) for c in rest]
@@ -122,22 +126,33 @@ class RouteHop:
     def to_bytes(self) -> bytes:
         block, txi, out = (int(x) for x in self.short_channel_id.split("x"))
         scid = (block << 40 | txi << 16 | out).to_bytes(8, "big")
-        return (bytes.fromhex(self.pubkey) + scid + self.fee_base_msat.to_bytes(4, "big")
-                + self.fee_proportional_millionths.to_bytes(4, "big")
-                + self.cltv_expiry_delta.to_bytes(2, "big"))
+        return (
+            bytes.fromhex(self.pubkey)
+            + scid
+            + self.fee_base_msat.to_bytes(4, "big")
+            + self.fee_proportional_millionths.to_bytes(4, "big")
+            + self.cltv_expiry_delta.to_bytes(2, "big")
+        )
 
     @classmethod
     def from_bytes(cls, b: bytes) -> RouteHop:
         scid = int.from_bytes(b[33:41], "big")
-        return cls(b[:33].hex(), f"{scid >> 40}x{scid >> 16 & 0xFFFFFF}x{scid & 0xFFFF}",
-                   int.from_bytes(b[41:45], "big"), int.from_bytes(b[45:49], "big"),
-                   int.from_bytes(b[49:51], "big"))
+        return cls(
+            b[:33].hex(),
+            f"{scid >> 40}x{scid >> 16 & 0xFFFFFF}x{scid & 0xFFFF}",
+            int.from_bytes(b[41:45], "big"),
+            int.from_bytes(b[45:49], "big"),
+            int.from_bytes(b[49:51], "big"),
+        )
 
     def json(self) -> dict[str, Any]:
-        return {"pubkey": self.pubkey, "short_channel_id": self.short_channel_id,
-                "fee_base_msat": self.fee_base_msat,
-                "fee_proportional_millionths": self.fee_proportional_millionths,
-                "cltv_expiry_delta": self.cltv_expiry_delta}
+        return {
+            "pubkey": self.pubkey,
+            "short_channel_id": self.short_channel_id,
+            "fee_base_msat": self.fee_base_msat,
+            "fee_proportional_millionths": self.fee_proportional_millionths,
+            "cltv_expiry_delta": self.cltv_expiry_delta,
+        }
 
 
 @dataclass
@@ -276,25 +291,36 @@ def decode(text: str, currency: str | None = "bcrt") -> Bolt11:
         raise Bolt11Error(f"Unknown chain for {hrp}")
     if currency is not None and cur != currency:
         raise Bolt11Error(f"Invoice is for another network {cur}")
-    amount = _parse_amount(rest[len(cur):])
+    amount = _parse_amount(rest[len(cur) :])
     if len(data) < 7 + 104:
         raise Bolt11Error("Too short to contain signature")
     body, sig_words = data[:-104], data[-104:]
     sig = _from_u5(sig_words, 65)
     try:
-        payee = coincurve.PublicKey.from_signature_and_message(
-            sig, hrp.encode() + _from_u5(body, pad=True)).format(compressed=True).hex()
+        payee = (
+            coincurve.PublicKey.from_signature_and_message(
+                sig, hrp.encode() + _from_u5(body, pad=True)
+            )
+            .format(compressed=True)
+            .hex()
+        )
     except Exception as e:
         raise Bolt11Error("signature recovery failed") from e
-    inv = Bolt11(payment_hash=b"", timestamp=_u5_uint(body[:7]), currency=cur,
-                 amount_msat=amount, payee=payee, signature=sig)
+    inv = Bolt11(
+        payment_hash=b"",
+        timestamp=_u5_uint(body[:7]),
+        currency=cur,
+        amount_msat=amount,
+        payee=payee,
+        signature=sig,
+    )
     have_hash = False
     i = 7
     while i < len(body):
         if i + 3 > len(body):
             raise Bolt11Error("Truncated tagged field")
         tag, length = CHARSET[body[i]], body[i + 1] << 5 | body[i + 2]
-        words = body[i + 3:i + 3 + length]
+        words = body[i + 3 : i + 3 + length]
         if len(words) != length:
             raise Bolt11Error(f"{tag}: truncated")
         i += 3 + length
@@ -312,8 +338,9 @@ def decode(text: str, currency: str | None = "bcrt") -> Bolt11:
             inv.min_final_cltv_expiry = _u5_uint(words)
         elif tag == "r":
             raw = _from_u5(words)
-            inv.routes.append([RouteHop.from_bytes(raw[k:k + 51])
-                               for k in range(0, len(raw) - 50, 51)])
+            inv.routes.append(
+                [RouteHop.from_bytes(raw[k : k + 51]) for k in range(0, len(raw) - 50, 51)]
+            )
         elif tag == "9":
             value = _u5_uint(words)
             inv.features = {b for b in range(value.bit_length()) if value >> b & 1}

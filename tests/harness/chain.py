@@ -91,8 +91,12 @@ class Chain:
             self.cond.notify_all()
         return out
 
-    def reorg(self, depth: int, drop: set[str] | frozenset[str] = frozenset(),
-              new_blocks: int | None = None) -> list[Block]:
+    def reorg(
+        self,
+        depth: int,
+        drop: set[str] | frozenset[str] = frozenset(),
+        new_blocks: int | None = None,
+    ) -> list[Block]:
         """Replace the top `depth` blocks with `new_blocks` (default depth + 1) others, as a
         longer branch would. Their txs go back to the mempool (so the first new block holds them
         again), except those in `drop` and their descendants: those vanish (as if a conflict won

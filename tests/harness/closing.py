@@ -54,10 +54,20 @@ from .state import Channel, state_note
 if TYPE_CHECKING:
     from .node import FakeNode
 
-CAN_CLOSE = {"CHANNELD_NORMAL", "CHANNELD_AWAITING_SPLICE", "CHANNELD_AWAITING_LOCKIN",
-             "CLOSINGD_SIGEXCHANGE", "CHANNELD_SHUTTING_DOWN"}
-WANTS_PEERCOMMS = {"CHANNELD_AWAITING_LOCKIN", "CHANNELD_NORMAL", "CHANNELD_AWAITING_SPLICE",
-                   "CLOSINGD_SIGEXCHANGE", "CHANNELD_SHUTTING_DOWN"}
+CAN_CLOSE = {
+    "CHANNELD_NORMAL",
+    "CHANNELD_AWAITING_SPLICE",
+    "CHANNELD_AWAITING_LOCKIN",
+    "CLOSINGD_SIGEXCHANGE",
+    "CHANNELD_SHUTTING_DOWN",
+}
+WANTS_PEERCOMMS = {
+    "CHANNELD_AWAITING_LOCKIN",
+    "CHANNELD_NORMAL",
+    "CHANNELD_AWAITING_SPLICE",
+    "CLOSINGD_SIGEXCHANGE",
+    "CHANNELD_SHUTTING_DOWN",
+}
 MUTUAL_CLOSE_FEERATE = 3750  # FEERATES_PERKW["mutual_close"]
 DUST_SAT = 546
 DEFAULT_UNILATERAL_TIMEOUT = 48 * 3600
@@ -77,8 +87,9 @@ def find_channel(me: FakeNode, target: str) -> Channel:
     ):
         chans = [c for c in me.channels if c.peer_id == target and c.state in CAN_CLOSE]
         if len(chans) > 1:
-            raise RpcFail(LIGHTNINGD,
-                          "Peer has multiple channels: use channel_id or short_channel_id")
+            raise RpcFail(
+                LIGHTNINGD, "Peer has multiple channels: use channel_id or short_channel_id"
+            )
         if not chans:
             raise RpcFail(LIGHTNINGD, "Peer has no active channel")
         return chans[0]
@@ -111,15 +122,17 @@ def rpc_close(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
             if ch.state in ("CHANNELD_SHUTTING_DOWN", "CLOSINGD_SIGEXCHANGE") and (
                 script.hex() != ch.close_to
             ):
-                raise RpcFail(JSONRPC2_INVALID_PARAMS,
-                              f"Destination address {ch.close_to} does not match "
-                              f"already-sent shutdown script {script.hex()}")
+                raise RpcFail(
+                    JSONRPC2_INVALID_PARAMS,
+                    f"Destination address {ch.close_to} does not match "
+                    f"already-sent shutdown script {script.hex()}",
+                )
             ch.close_to = script.hex()
-        if ch.state in ("CHANNELD_NORMAL", "CHANNELD_AWAITING_SPLICE",
-                        "CHANNELD_AWAITING_LOCKIN"):
+        if ch.state in ("CHANNELD_NORMAL", "CHANNELD_AWAITING_SPLICE", "CHANNELD_AWAITING_LOCKIN"):
             ch.closer = ch.closer or "local"
-            change = ch.set_state("CHANNELD_SHUTTING_DOWN", "user",
-                                  "User or plugin invoked close command")
+            change = ch.set_state(
+                "CHANNELD_SHUTTING_DOWN", "user", "User or plugin invoked close command"
+            )
             notes.append((me, "channel_state_changed", state_note(ch, change)))
         me.closed_channels.append(ch.channel_id or "")
         notes.extend(_negotiate_locked(me, ch))
@@ -143,8 +156,9 @@ def rpc_close(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
                 break
             net.peer_cond.wait(0.5 if remaining is None else min(remaining, 0.5))
         if ch.close_result is None:
-            change = ch.set_state("AWAITING_UNILATERAL", "user",
-                                  "Forcibly closed by `close` command timeout")
+            change = ch.set_state(
+                "AWAITING_UNILATERAL", "user", "Forcibly closed by `close` command timeout"
+            )
             notes = [(me, "channel_state_changed", state_note(ch, change))]
             ch.close_result = {"txs": [], "txids": [], "type": "unilateral"}
         else:
@@ -171,8 +185,7 @@ def _negotiate_locked(me: FakeNode, ch: Channel) -> Notes:
     if other is None or theirs is None or me.connected_peer(ch.peer_id) is None or ch.htlcs:
         return []
     notes: Notes = []
-    if theirs.state in ("CHANNELD_NORMAL", "CHANNELD_AWAITING_SPLICE",
-                        "CHANNELD_AWAITING_LOCKIN"):
+    if theirs.state in ("CHANNELD_NORMAL", "CHANNELD_AWAITING_SPLICE", "CHANNELD_AWAITING_LOCKIN"):
         theirs.closer = theirs.closer or "remote"
         change = theirs.set_state("CHANNELD_SHUTTING_DOWN", "remote", "Peer closes channel")
         notes.append((other, "channel_state_changed", state_note(theirs, change)))
@@ -182,15 +195,18 @@ def _negotiate_locked(me: FakeNode, ch: Channel) -> Notes:
     txid = txid_hex(tx)
     fee = ch.amount_sat - sum(int(o.nValue) for o in tx.vout)
     for node, c in ((me, ch), (other, theirs)):
-        for new, message in (("CLOSINGD_SIGEXCHANGE", "Start closingd"),
-                             ("CLOSINGD_COMPLETE", "Closing complete")):
+        for new, message in (
+            ("CLOSINGD_SIGEXCHANGE", "Start closingd"),
+            ("CLOSINGD_COMPLETE", "Closing complete"),
+        ):
             if c.state == new:
                 continue
             change = c.set_state(new, c.cause, message)
             notes.append((node, "channel_state_changed", state_note(c, change)))
         c.closing_tx, c.closing_txid, c.closing_fee_sat = tx.serialize().hex(), txid, fee
-        c.billboard = (f"CLOSINGD_SIGEXCHANGE:We agreed on a closing fee of {fee} satoshi for "
-                       f"tx:{txid}")
+        c.billboard = (
+            f"CLOSINGD_SIGEXCHANGE:We agreed on a closing fee of {fee} satoshi for tx:{txid}"
+        )
         if c.withheld:
             # drop_to_chain: "Withheld channel: not sending a close transaction"
             node.channels.remove(c)
@@ -221,13 +237,21 @@ def _closing_tx(me: FakeNode, ours: Channel, theirs: Channel) -> CTransaction:
         from bitcointx.core.script import CScriptWitness
 
         dummy_sig = bytes([0x30, 0x44]) + bytes(68) + bytes([0x01])
-        return CTransaction.from_instance(CMutableTransaction(
-            [CMutableTxIn(COutPoint(lx(ours.funding_txid), ours.funding_outnum),
-                          nSequence=0xFFFFFFFF)],
-            [CMutableTxOut(sat, CScript(script)) for sat, script in outputs],
-            nLockTime=0, nVersion=2,
-            witness=CTxWitness([CTxInWitness(CScriptWitness(
-                [b"", dummy_sig, dummy_sig, witness_script]))])))
+        return CTransaction.from_instance(
+            CMutableTransaction(
+                [
+                    CMutableTxIn(
+                        COutPoint(lx(ours.funding_txid), ours.funding_outnum), nSequence=0xFFFFFFFF
+                    )
+                ],
+                [CMutableTxOut(sat, CScript(script)) for sat, script in outputs],
+                nLockTime=0,
+                nVersion=2,
+                witness=CTxWitness(
+                    [CTxInWitness(CScriptWitness([b"", dummy_sig, dummy_sig, witness_script]))]
+                ),
+            )
+        )
 
 
 def _closing_fee(ours: Channel, theirs: Channel) -> int:
@@ -263,14 +287,20 @@ def rebroadcast(me: FakeNode) -> None:
     pending: list[tuple[Channel, str]] = []
     with net.state_lock:
         for ch in me.channels:
-            if (ch.closing_tx and ch.closing_txid and ch.state == "CLOSINGD_COMPLETE"
-                    and ch.closing_txid not in chain.txs):
+            if (
+                ch.closing_tx
+                and ch.closing_txid
+                and ch.state == "CLOSINGD_COMPLETE"
+                and ch.closing_txid not in chain.txs
+            ):
                 pending.append((ch, ch.closing_tx))
     for ch, raw in pending:
         if ch.funding_txid not in chain.txs:
             if not ch.missing_funding_logged:
-                me.log(f"closing tx {ch.closing_txid}: funding {ch.funding_txid} unknown to "
-                       "bitcoind (missing inputs): lightningd keeps rebroadcasting it")
+                me.log(
+                    f"closing tx {ch.closing_txid}: funding {ch.funding_txid} unknown to "
+                    "bitcoind (missing inputs): lightningd keeps rebroadcasting it"
+                )
                 ch.missing_funding_logged = True
             continue
         try:

@@ -31,7 +31,9 @@ def _msg(body: bytes) -> str:
 
 
 @plugin.init()
-def init(options: dict[str, Any], configuration: dict[str, Any], plugin: Plugin, **kwargs: Any) -> None:
+def init(
+    options: dict[str, Any], configuration: dict[str, Any], plugin: Plugin, **kwargs: Any
+) -> None:
     plugin.log(
         f"dummy: init label={options.get('dummy-label')} network={configuration['network']} "
         f"lightning-dir={configuration['lightning-dir']} "
@@ -63,7 +65,9 @@ def on_openchannel(openchannel: dict[str, Any], plugin: Plugin, **kwargs: Any) -
 
 @plugin.hook("peer_connected")
 def on_peer_connected(peer: dict[str, Any], plugin: Plugin, **kwargs: Any) -> dict[str, Any]:
-    plugin.log(f"dummy: peer_connected {peer['id']} {peer['direction']} features={peer['features']}")
+    plugin.log(
+        f"dummy: peer_connected {peer['id']} {peer['direction']} features={peer['features']}"
+    )
     return {"result": "continue"}
 
 
@@ -101,17 +105,23 @@ def dummy_open(plugin: Plugin, id: str, amount: int) -> dict[str, Any]:
     start = plugin.rpc.fundchannel_start(id, amount, announce=False, mindepth=0)
     # version, locktime, counts, segwit marker; plus the channel output (P2WSH, 43 bytes)
     startweight = 4 * (4 + 4 + 1 + 1) + 2 + 4 * (8 + 1 + 34)
-    funding = plugin.rpc.fundpsbt(satoshi=amount, feerate="normal", startweight=startweight,
-                                  excess_as_change=True)
+    funding = plugin.rpc.fundpsbt(
+        satoshi=amount, feerate="normal", startweight=startweight, excess_as_change=True
+    )
     psbt = PartiallySignedTransaction.from_base64(funding["psbt"])
-    psbt.add_output(btx.CTxOut(amount, btx.CScript(bytes.fromhex(start["scriptpubkey"]))),
-                    PSBT_Output())
+    psbt.add_output(
+        btx.CTxOut(amount, btx.CScript(bytes.fromhex(start["scriptpubkey"]))), PSBT_Output()
+    )
     unsigned = psbt.to_base64()
     done = plugin.rpc.fundchannel_complete(id, unsigned, withhold=False)
     signed = plugin.rpc.signpsbt(unsigned)["signed_psbt"]
     sent = plugin.rpc.sendpsbt(signed)
-    return {"channel_id": done["channel_id"], "txid": sent["txid"],
-            "scriptpubkey": start["scriptpubkey"], "mindepth": start.get("mindepth")}
+    return {
+        "channel_id": done["channel_id"],
+        "txid": sent["txid"],
+        "scriptpubkey": start["scriptpubkey"],
+        "mindepth": start.get("mindepth"),
+    }
 
 
 @plugin.method("dummy-store")

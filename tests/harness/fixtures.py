@@ -31,8 +31,10 @@ def _teardown(nets: list[Network]) -> None:
     if leftovers:
         findings.append(f"- plugin processes still running at teardown (killed): {leftovers}")
     if findings:
-        pytest.fail(f"{len(findings)} harness finding(s) not taken by the test:\n"
-                    + "\n".join(findings), pytrace=False)
+        pytest.fail(
+            f"{len(findings)} harness finding(s) not taken by the test:\n" + "\n".join(findings),
+            pytrace=False,
+        )
 
 
 @pytest.fixture

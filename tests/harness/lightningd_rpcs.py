@@ -79,19 +79,50 @@ FEERATES_PERKW = {
 # Message types lightningd/connectd handle themselves (sendcustommsg refuses them); peer_storage
 # (7) and your_peer_storage (9) are allowed.
 INTERNAL_MSG_TYPES = {
-    1: "warning", 2: "stfu", 16: "init", 17: "error", 18: "ping", 19: "pong",
-    32: "open_channel", 33: "accept_channel", 34: "funding_created", 35: "funding_signed",
-    36: "channel_ready", 38: "shutdown", 39: "closing_signed", 40: "closing_complete",
-    41: "closing_sig", 64: "open_channel2", 65: "accept_channel2", 66: "tx_add_input",
-    67: "tx_add_output", 68: "tx_remove_input", 69: "tx_remove_output", 70: "tx_complete",
-    71: "tx_signatures", 72: "tx_init_rbf", 73: "tx_ack_rbf", 74: "tx_abort",
-    128: "update_add_htlc", 130: "update_fulfill_htlc", 131: "update_fail_htlc",
-    132: "commitment_signed", 133: "revoke_and_ack", 134: "update_fee",
-    135: "update_fail_malformed_htlc", 136: "channel_reestablish",
-    256: "channel_announcement", 257: "node_announcement", 258: "channel_update",
-    259: "announcement_signatures", 261: "query_short_channel_ids",
-    262: "reply_short_channel_ids_end", 263: "query_channel_range",
-    264: "reply_channel_range", 265: "gossip_timestamp_filter", 513: "onion_message",
+    1: "warning",
+    2: "stfu",
+    16: "init",
+    17: "error",
+    18: "ping",
+    19: "pong",
+    32: "open_channel",
+    33: "accept_channel",
+    34: "funding_created",
+    35: "funding_signed",
+    36: "channel_ready",
+    38: "shutdown",
+    39: "closing_signed",
+    40: "closing_complete",
+    41: "closing_sig",
+    64: "open_channel2",
+    65: "accept_channel2",
+    66: "tx_add_input",
+    67: "tx_add_output",
+    68: "tx_remove_input",
+    69: "tx_remove_output",
+    70: "tx_complete",
+    71: "tx_signatures",
+    72: "tx_init_rbf",
+    73: "tx_ack_rbf",
+    74: "tx_abort",
+    128: "update_add_htlc",
+    130: "update_fulfill_htlc",
+    131: "update_fail_htlc",
+    132: "commitment_signed",
+    133: "revoke_and_ack",
+    134: "update_fee",
+    135: "update_fail_malformed_htlc",
+    136: "channel_reestablish",
+    256: "channel_announcement",
+    257: "node_announcement",
+    258: "channel_update",
+    259: "announcement_signatures",
+    261: "query_short_channel_ids",
+    262: "reply_short_channel_ids_end",
+    263: "query_channel_range",
+    264: "reply_channel_range",
+    265: "gossip_timestamp_filter",
+    513: "onion_message",
 }
 DUST_LIMIT_SAT = 546
 DUST_LIMIT_MSAT = DUST_LIMIT_SAT * 1000
@@ -157,7 +188,6 @@ def _psbt_param(params: dict[str, Any], name: str = "psbt") -> PartiallySignedTr
         raise RpcFail(JSONRPC2_INVALID_PARAMS, f"{name}: {e}") from e
 
 
-
 # ------------------------------------------------------------------ info
 def rpc_getinfo(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     with me.network.state_lock:
@@ -181,6 +211,7 @@ def rpc_getinfo(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
         "our_features": dict(me.our_features),
     }
 
+
 def rpc_listpeers(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     out = []
     with me.network.state_lock:
@@ -190,13 +221,17 @@ def rpc_listpeers(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
             nchan = sum(1 for c in me.channels if c.peer_id == peer.node_id)
             if not peer.connected and nchan == 0:
                 continue
-            entry: dict[str, Any] = {"id": peer.node_id, "connected": peer.connected,
-                                     "num_channels": nchan}
+            entry: dict[str, Any] = {
+                "id": peer.node_id,
+                "connected": peer.connected,
+                "num_channels": nchan,
+            }
             if peer.connected:
                 entry["netaddr"] = [peer.addr]
                 entry["features"] = peer.features
             out.append(entry)
     return {"peers": out}
+
 
 def mirror_channel(me: FakeNode, ch: Channel) -> tuple[FakeNode | None, Channel | None]:
     """The peer's side of our channel `ch` (caller holds network.state_lock)."""
@@ -213,11 +248,13 @@ def mirror_channel(me: FakeNode, ch: Channel) -> tuple[FakeNode | None, Channel 
 
 def _update_json(ch: Channel) -> dict[str, Any]:
     """A side's gossip for the channel (`updates.local` of its own listpeerchannels)."""
-    return {"htlc_minimum_msat": ch.htlc_minimum_msat,
-            "htlc_maximum_msat": ch.htlc_maximum_msat(),
-            "cltv_expiry_delta": ch.cltv_delta,
-            "fee_base_msat": ch.fee_base_msat,
-            "fee_proportional_millionths": ch.fee_ppm}
+    return {
+        "htlc_minimum_msat": ch.htlc_minimum_msat,
+        "htlc_maximum_msat": ch.htlc_maximum_msat(),
+        "cltv_expiry_delta": ch.cltv_delta,
+        "fee_base_msat": ch.fee_base_msat,
+        "fee_proportional_millionths": ch.fee_ppm,
+    }
 
 
 def channel_owner(me: FakeNode, ch: Channel) -> str | None:
@@ -238,8 +275,10 @@ def _billboard(me: FakeNode, ch: Channel) -> list[str]:
     if ch.state == "CHANNELD_AWAITING_LOCKIN" and ch.funding_txid:
         depth = me.network.chain.confirmations(ch.funding_txid)
         if depth < ch.mindepth:
-            return [f"CHANNELD_AWAITING_LOCKIN:Funding needs {ch.mindepth - depth} more "
-                    "confirmations to be ready."]
+            return [
+                f"CHANNELD_AWAITING_LOCKIN:Funding needs {ch.mindepth - depth} more "
+                "confirmations to be ready."
+            ]
     if ch.state == "CHANNELD_NORMAL":
         return ["CHANNELD_NORMAL:Channel ready for use."]
     return []
@@ -273,24 +312,28 @@ def _channel_json(me: FakeNode, ch: Channel) -> dict[str, Any]:
     entry: dict[str, Any] = {"peer_id": ch.peer_id, "peer_connected": connected}
     if owner == "channeld":
         entry["reestablished"] = True
-    entry.update({
-        "channel_type": channel_type_json(bits),
-        "updates": updates,
-        "state": ch.state,
-        "last_tx_fee_msat": last_tx_fee_msat(ch, DUST_LIMIT_SAT),
-        "lost_state": False,
-        "feerate": {"perkw": ch.feerate_perkw, "perkb": ch.feerate_perkw * 4},
-    })
+    entry.update(
+        {
+            "channel_type": channel_type_json(bits),
+            "updates": updates,
+            "state": ch.state,
+            "last_tx_fee_msat": last_tx_fee_msat(ch, DUST_LIMIT_SAT),
+            "lost_state": False,
+            "feerate": {"perkw": ch.feerate_perkw, "perkb": ch.feerate_perkw * 4},
+        }
+    )
     if owner:
         entry["owner"] = owner
     if ch.scid:
         entry["short_channel_id"] = ch.scid
     entry["direction"] = 0 if me.node_id < ch.peer_id else 1
-    entry.update({
-        "channel_id": ch.channel_id,
-        "funding_txid": ch.funding_txid,
-        "funding_outnum": ch.funding_outnum,
-    })
+    entry.update(
+        {
+            "channel_id": ch.channel_id,
+            "funding_txid": ch.funding_txid,
+            "funding_outnum": ch.funding_outnum,
+        }
+    )
     if ch.close_to:
         addr = script_to_address(bytes.fromhex(ch.close_to))
         if addr:
@@ -306,40 +349,43 @@ def _channel_json(me: FakeNode, ch: Channel) -> dict[str, Any]:
     if ch.alias_remote and ch.remote_ready:
         alias["remote"] = ch.alias_remote
     total, ours = ch.total_msat, ch.to_us_msat
-    entry.update({
-        "alias": alias,
-        "features": features,
-        "funding": {
-            "local_funds_msat": total if ch.opener == "local" else 0,
-            "remote_funds_msat": total if ch.opener == "remote" else 0,
-            "pushed_msat": ch.push_msat,
-            "withheld": ch.withheld,
-        },
-        "to_us_msat": ours,
-        "min_to_us_msat": ch.min_to_us_msat,
-        "max_to_us_msat": ch.max_to_us_msat,
-        "total_msat": total,
-        "fee_base_msat": ch.fee_base_msat,
-        "fee_proportional_millionths": ch.fee_ppm,
-        "dust_limit_msat": DUST_LIMIT_MSAT,
-        "their_max_htlc_value_in_flight_msat": MAX_U64,
-        "our_max_htlc_value_in_flight_msat": MAX_U64,
-        "their_reserve_msat": ch.their_reserve_sat * 1000,
-        "our_reserve_msat": ch.our_reserve_sat * 1000,
-        "spendable_msat": spendable_msat(ch, DUST_LIMIT_SAT),
-        "receivable_msat": receivable_msat(ch, DUST_LIMIT_SAT),
-        "minimum_htlc_in_msat": ch.htlc_minimum_msat,
-        "minimum_htlc_out_msat": ch.htlc_minimum_msat,
-        "maximum_htlc_out_msat": ch.htlc_maximum_msat(),
-        "their_to_self_delay": ch.their_to_self_delay,
-        "our_to_self_delay": ch.our_to_self_delay,
-        "max_accepted_htlcs": MAX_ACCEPTED_HTLCS,
-        "state_changes": list(ch.state_changes),
-        "status": _billboard(me, ch),
-        **ch.stats,
-        "htlcs": [h.json() for h in ch.htlcs],
-    })
+    entry.update(
+        {
+            "alias": alias,
+            "features": features,
+            "funding": {
+                "local_funds_msat": total if ch.opener == "local" else 0,
+                "remote_funds_msat": total if ch.opener == "remote" else 0,
+                "pushed_msat": ch.push_msat,
+                "withheld": ch.withheld,
+            },
+            "to_us_msat": ours,
+            "min_to_us_msat": ch.min_to_us_msat,
+            "max_to_us_msat": ch.max_to_us_msat,
+            "total_msat": total,
+            "fee_base_msat": ch.fee_base_msat,
+            "fee_proportional_millionths": ch.fee_ppm,
+            "dust_limit_msat": DUST_LIMIT_MSAT,
+            "their_max_htlc_value_in_flight_msat": MAX_U64,
+            "our_max_htlc_value_in_flight_msat": MAX_U64,
+            "their_reserve_msat": ch.their_reserve_sat * 1000,
+            "our_reserve_msat": ch.our_reserve_sat * 1000,
+            "spendable_msat": spendable_msat(ch, DUST_LIMIT_SAT),
+            "receivable_msat": receivable_msat(ch, DUST_LIMIT_SAT),
+            "minimum_htlc_in_msat": ch.htlc_minimum_msat,
+            "minimum_htlc_out_msat": ch.htlc_minimum_msat,
+            "maximum_htlc_out_msat": ch.htlc_maximum_msat(),
+            "their_to_self_delay": ch.their_to_self_delay,
+            "our_to_self_delay": ch.our_to_self_delay,
+            "max_accepted_htlcs": MAX_ACCEPTED_HTLCS,
+            "state_changes": list(ch.state_changes),
+            "status": _billboard(me, ch),
+            **ch.stats,
+            "htlcs": [h.json() for h in ch.htlcs],
+        }
+    )
     return entry
+
 
 def rpc_listpeerchannels(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     with me.network.state_lock:
@@ -348,14 +394,13 @@ def rpc_listpeerchannels(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
         for ch in chans:
             if "id" in p and ch.peer_id != p["id"]:
                 continue
-            if "short_channel_id" in p and p["short_channel_id"] not in (
-                ch.scid, ch.alias_local
-            ):
+            if "short_channel_id" in p and p["short_channel_id"] not in (ch.scid, ch.alias_local):
                 continue
             if "channel_id" in p and ch.channel_id != p["channel_id"]:
                 continue
             out.append(_channel_json(me, ch))
     return {"channels": out}
+
 
 def rpc_listfunds(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     chans = []
@@ -374,19 +419,28 @@ def rpc_listfunds(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
             if ch.scid:
                 entry["short_channel_id"] = ch.scid
             chans.append(entry)
-    return {"outputs": me.wallet.listfunds_outputs(bool(p.get("spent", False))),
-            "channels": chans}
+    return {"outputs": me.wallet.listfunds_outputs(bool(p.get("spent", False))), "channels": chans}
+
 
 def rpc_connect(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     """`connect id [host] [port]` to another node of the network (`id@host:port` accepted)."""
     node_id = str(p["id"]).split("@", 1)[0].lower()
     peer = me.network.node_by_id(node_id)
     if peer is None or peer is me:
-        raise RpcFail(CONNECT_ALL_ADDRESSES_FAILED, f"Unable to connect, no address known for peer {node_id}")
+        raise RpcFail(
+            CONNECT_ALL_ADDRESSES_FAILED, f"Unable to connect, no address known for peer {node_id}"
+        )
     me.network.connect(me, peer)
-    return {"id": node_id, "features": peer.our_features["init"], "direction": "out",
-            "address": {"type": "ipv4", "address": str(p.get("host", "127.0.0.1")),
-                        "port": int(p.get("port", peer.port))}}
+    return {
+        "id": node_id,
+        "features": peer.our_features["init"],
+        "direction": "out",
+        "address": {
+            "type": "ipv4",
+            "address": str(p.get("host", "127.0.0.1")),
+            "port": int(p.get("port", peer.port)),
+        },
+    }
 
 
 # ------------------------------------------------------------------ messages, secrets, store
@@ -414,11 +468,13 @@ def rpc_sendcustommsg(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     me.network.relay(me, dst, msg)
     return {"status": "Message sent to connectd for delivery"}
 
+
 def rpc_makesecret(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     if ("hex" in p) == ("string" in p):
         raise RpcFail(JSONRPC2_INVALID_PARAMS, "Must specify exactly one of hex or string")
     data = bytes.fromhex(p["hex"]) if "hex" in p else str(p["string"]).encode()
     return {"secret": hmac_sha256(me.node_secret, b"makesecret" + data).hex()}
+
 
 def rpc_datastore(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     key = Datastore.normalize_key(p["key"])
@@ -432,12 +488,15 @@ def rpc_datastore(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
         raise RpcFail(JSONRPC2_INVALID_PARAMS, "Must have either hex or string")
     return me.datastore.put(key, data, p.get("mode", "must-create"), p.get("generation"))
 
+
 def rpc_listdatastore(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     key = Datastore.normalize_key(p["key"]) if "key" in p else None
     return {"datastore": me.datastore.list(key)}
 
+
 def rpc_deldatastore(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     return me.datastore.delete(Datastore.normalize_key(p["key"]), p.get("generation"))
+
 
 # ------------------------------------------------------------------ chain and fees
 def rpc_feerates(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
@@ -456,8 +515,7 @@ def rpc_feerates(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
         "floor": FEERATE_FLOOR * mult,
         "estimates": [
             {"blockcount": b, "feerate": v, "smoothed_feerate": v}
-            for b, v in ((2, f["urgent"]), (6, f["normal"]), (12, f["slow"]),
-                         (100, f["minimum"]))
+            for b, v in ((2, f["urgent"]), (6, f["normal"]), (12, f["slow"]), (100, f["minimum"]))
         ],
     }
     w = FEERATES_PERKW
@@ -473,6 +531,7 @@ def rpc_feerates(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
         },
     }
 
+
 def rpc_newaddr(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     kind = p.get("addresstype", "p2tr")
     _, wpkh, tr = me.wallet.new_script()
@@ -483,12 +542,14 @@ def rpc_newaddr(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
         out["p2tr"] = script_to_address(tr)
     return out
 
+
 def rpc_waitblockheight(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     target = int(p["blockheight"])
     wait = min(float(p.get("timeout", 60)), me.timeout)
     if not me.network.chain.wait_for_height(target, wait):
         raise RpcFail(WAIT_TIMEOUT, "Timed out.")
     return {"blockheight": me.network.chain.height}
+
 
 def rpc_listconfigs(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     """A plausible regtest configuration (defaults of v26) plus the plugin's options."""
@@ -510,18 +571,28 @@ def rpc_listconfigs(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     }
     for name, value in me.config.items():
         kind = "value_msat" if name.endswith("-msat") else "value_int"
-        configs[name] = val(kind, value, "default" if REGTEST_DEFAULTS.get(name) == value
-                            else "cmdline")
+        configs[name] = val(
+            kind, value, "default" if REGTEST_DEFAULTS.get(name) == value else "cmdline"
+        )
     init_options = (me.init_request or {}).get("options", {})
     for opt in (me.manifest or {}).get("options", []) or []:
         name = opt["name"]
         if name not in init_options:
             continue
         value = init_options[name]
-        kind = ("value_bool" if isinstance(value, bool) else
-                "value_int" if isinstance(value, int) else "value_str")
-        configs[name] = {kind: value, "source": "cmdline" if name in me.options else "default",
-                         "plugin": " ".join(me.plugin_cmd), "dynamic": bool(opt.get("dynamic"))}
+        kind = (
+            "value_bool"
+            if isinstance(value, bool)
+            else "value_int"
+            if isinstance(value, int)
+            else "value_str"
+        )
+        configs[name] = {
+            kind: value,
+            "source": "cmdline" if name in me.options else "default",
+            "plugin": " ".join(me.plugin_cmd),
+            "dynamic": bool(opt.get("dynamic")),
+        }
     if "config" in p:
         if p["config"] not in configs:
             raise RpcFail(JSONRPC2_INVALID_PARAMS, f"Unknown config option {p['config']!r}")
@@ -532,6 +603,7 @@ def rpc_listconfigs(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
 def rpc_getchaininfo(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     h = me.network.chain.height
     return {"chain": "regtest", "headercount": h, "blockcount": h, "ibd": False}
+
 
 def rpc_sendrawtransaction(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     # lightningd v26.06.6 routes this to bcli, whose `allowhighfees` is required (a plugin that
@@ -549,15 +621,22 @@ def rpc_sendrawtransaction(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
         return {"success": False, "errmsg": str(e)}
     return {"success": True, "errmsg": ""}
 
+
 def rpc_getutxout(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     chain = me.network.chain
     txid, vout = str(p["txid"]), int(p["vout"])
     with chain.cond:
         rec = chain.txs.get(txid)
-        if rec is None or rec.height is None or (txid, vout) in chain.spent or vout >= len(rec.tx.vout):
+        if (
+            rec is None
+            or rec.height is None
+            or (txid, vout) in chain.spent
+            or vout >= len(rec.tx.vout)
+        ):
             return {"amount": None, "script": None}
         out = rec.tx.vout[vout]
         return {"amount": int(out.nValue) * 1000, "script": bytes(out.scriptPubKey).hex()}
+
 
 def rpc_getrawblockbyheight(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     """bcli's shape: the block's hex (an 80-byte header, zero but for the previous block's hash,
@@ -592,6 +671,7 @@ def rpc_fundpsbt(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
         excess_as_change=bool(p.get("excess_as_change", False)),
     )
 
+
 def rpc_utxopsbt(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     amount = None if p["satoshi"] == "all" else parse_sat(p["satoshi"], "satoshi")
     height = me.network.chain.height
@@ -618,38 +698,56 @@ def rpc_utxopsbt(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
         excess_as_change=bool(p.get("excess_as_change", False)),
     )
 
+
 def rpc_addpsbtoutput(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     from bitcointx.core.psbt import PSBT_Output
 
     amount = parse_sat(p["satoshi"], "satoshi")
     if "initialpsbt" not in p:
-        raise RpcFail(LIGHTNINGD, "harness: addpsbtoutput without initialpsbt is not "
-                      "supported (python-bitcointx cannot write a PSBT with no inputs)")
+        raise RpcFail(
+            LIGHTNINGD,
+            "harness: addpsbtoutput without initialpsbt is not "
+            "supported (python-bitcointx cannot write a PSBT with no inputs)",
+        )
     psbt = _psbt_param(p, "initialpsbt")
     if "destination" in p:
         script = address_to_script(str(p["destination"]))
         if script is None:
-            raise RpcFail(JSONRPC2_INVALID_PARAMS,
-                          "destination: Could not parse destination address")
+            raise RpcFail(
+                JSONRPC2_INVALID_PARAMS, "destination: Could not parse destination address"
+            )
     else:
         _, _, script = me.wallet.new_script()
     psbt.add_output(CTxOut(amount, CScript(script)), PSBT_Output())
-    return {"psbt": psbt.to_base64(), "estimated_added_weight": (8 + 1 + len(script)) * 4,
-            "outnum": len(psbt.unsigned_tx.vout) - 1}
+    return {
+        "psbt": psbt.to_base64(),
+        "estimated_added_weight": (8 + 1 + len(script)) * 4,
+        "outnum": len(psbt.unsigned_tx.vout) - 1,
+    }
+
 
 def rpc_reserveinputs(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
-    return {"reservations": me.wallet.reserveinputs(
-        _psbt_param(p), bool(p.get("exclusive", True)), int(p.get("reserve", DEFAULT_RESERVE)))}
+    return {
+        "reservations": me.wallet.reserveinputs(
+            _psbt_param(p), bool(p.get("exclusive", True)), int(p.get("reserve", DEFAULT_RESERVE))
+        )
+    }
+
 
 def rpc_unreserveinputs(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
-    return {"reservations": me.wallet.unreserveinputs(
-        _psbt_param(p), int(p.get("reserve", DEFAULT_RESERVE)))}
+    return {
+        "reservations": me.wallet.unreserveinputs(
+            _psbt_param(p), int(p.get("reserve", DEFAULT_RESERVE))
+        )
+    }
+
 
 def rpc_signpsbt(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     psbt = _psbt_param(p)
     signonly = p.get("signonly")
     me.wallet.sign(psbt, [int(i) for i in signonly] if signonly is not None else None)
     return {"signed_psbt": psbt.to_base64()}
+
 
 def rpc_sendpsbt(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     psbt = _psbt_param(p)
@@ -660,9 +758,12 @@ def rpc_sendpsbt(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     try:
         me.network.broadcast(tx, by=me)
     except ValueError as e:
-        raise RpcFail(LIGHTNINGD, f"Error broadcasting transaction: {e}. Unsent tx discarded "
-                      f"{tx.serialize().hex()}") from e
+        raise RpcFail(
+            LIGHTNINGD,
+            f"Error broadcasting transaction: {e}. Unsent tx discarded {tx.serialize().hex()}",
+        ) from e
     return {"tx": tx.serialize().hex(), "txid": txid_hex(tx)}
+
 
 # ------------------------------------------------------------------ channels
 def accept_open(me: FakeNode, opener: FakeNode, payload: dict[str, Any]) -> dict[str, Any]:
@@ -695,16 +796,22 @@ def accept_open(me: FakeNode, opener: FakeNode, payload: dict[str, Any]) -> dict
         me.record(err)
         raise RpcFail(LIGHTNINGD, str(err)) from e
     except SchemaViolation as v:
-        raise RpcFail(LIGHTNINGD, f"harness: {me.name}'s openchannel hook returned an "
-                      f"invalid result (lightningd would exit): {v.errors}") from v
+        raise RpcFail(
+            LIGHTNINGD,
+            f"harness: {me.name}'s openchannel hook returned an "
+            f"invalid result (lightningd would exit): {v.errors}",
+        ) from v
     except HarnessError as e:
         raise RpcFail(LIGHTNINGD, f"harness: {e}") from e
+
 
 def _known_peer(me: FakeNode, node_id: str) -> bool:
     return node_id in me.peers or any(c.peer_id == node_id for c in me.channels)
 
-def _open_channel(me: FakeNode, p: dict[str, Any]) -> tuple[FakeNode, Channel, Channel,
-                                                              dict[str, Any]]:
+
+def _open_channel(
+    me: FakeNode, p: dict[str, Any]
+) -> tuple[FakeNode, Channel, Channel, dict[str, Any]]:
     """fundchannel_start's work (also fundchannel's first step): the peer's openchannel hook,
     both sides' uncommitted channels. Returns (peer, our channel, theirs, the RPC result)."""
     net = me.network
@@ -722,8 +829,11 @@ def _open_channel(me: FakeNode, p: dict[str, Any]) -> tuple[FakeNode, Channel, C
         if peer_id in me.pending_opens:
             raise RpcFail(LIGHTNINGD, "Already funding channel")
     if push_msat > amount * 1000:
-        raise RpcFail(FUND_CANNOT_AFFORD, f"Requested to push_msat of {push_msat}msat is "
-                      f"greater than available funding amount {amount}sat")
+        raise RpcFail(
+            FUND_CANNOT_AFFORD,
+            f"Requested to push_msat of {push_msat}msat is "
+            f"greater than available funding amount {amount}sat",
+        )
     if close_to is not None:
         close_script = address_to_script(str(close_to))
         if close_script is None:
@@ -737,16 +847,21 @@ def _open_channel(me: FakeNode, p: dict[str, Any]) -> tuple[FakeNode, Channel, C
         # lightningd/opening_control.c: a zero-conf type means our own minimum depth is 0
         if 50 in bits:
             if mindepth not in (None, 0):
-                raise RpcFail(JSONRPC2_INVALID_PARAMS,
-                              "Cannot set non-zero mindepth for zero-conf channel_type")
+                raise RpcFail(
+                    JSONRPC2_INVALID_PARAMS,
+                    "Cannot set non-zero mindepth for zero-conf channel_type",
+                )
             mindepth = 0
     # The depth we wait for ourselves (fundchannel_start's mindepth, else funding-confirms).
     our_mindepth = int(mindepth) if mindepth is not None else int(me.config["funding-confirms"])
     anchors = 22 in bits or 20 in bits
     # Commitment feerate: anchor channels use unilateral_anchor_close whatever `feerate` says
     # (lightningd's feerate_anchor), others the given feerate (default: opening).
-    feerate = (FEERATES_PERKW["unilateral_anchor_close"] if anchors
-               else parse_feerate(p.get("feerate", "opening")))
+    feerate = (
+        FEERATES_PERKW["unilateral_anchor_close"]
+        if anchors
+        else parse_feerate(p.get("feerate", "opening"))
+    )
     reserve_sat = parse_sat(p["reserve"], "reserve") if "reserve" in p else max(amount // 100, 546)
     payload: dict[str, Any] = {
         "openchannel": {
@@ -778,27 +893,52 @@ def _open_channel(me: FakeNode, p: dict[str, Any]) -> tuple[FakeNode, Channel, C
     our_key, our_alias = me.new_channel_keys(peer_id)
     their_key, their_alias = other.new_channel_keys(me.node_id)
     script = p2wsh_script(multisig_2of2(our_key, their_key))
-    their_reserve = (parse_sat(result["reserve"], "reserve") if "reserve" in result
-                     else max(amount // 100, 546))
+    their_reserve = (
+        parse_sat(result["reserve"], "reserve") if "reserve" in result else max(amount // 100, 546)
+    )
     common: dict[str, Any] = {
-        "amount_sat": amount, "push_msat": push_msat, "funding_script": script,
-        "announce": announce, "mindepth": lockin, "channel_type_bits": bits,
-        "feerate_perkw": feerate, "our_to_self_delay": TO_SELF_DELAY,
+        "amount_sat": amount,
+        "push_msat": push_msat,
+        "funding_script": script,
+        "announce": announce,
+        "mindepth": lockin,
+        "channel_type_bits": bits,
+        "feerate_perkw": feerate,
+        "our_to_self_delay": TO_SELF_DELAY,
         "their_to_self_delay": TO_SELF_DELAY,
     }
     # Each side's shutdown script: the one promised at opening, else a fresh wallet P2TR (as
     # lightningd sets it when the channel is created).
     our_close = close_script if close_script is not None else me.wallet.new_script()[2]
-    their_close = (bytes.fromhex(result["close_to"]) if result.get("close_to")
-                   else other.wallet.new_script()[2])
-    local = Channel(peer_id=other.node_id, opener="local", our_funding_pubkey=our_key,
-                    their_funding_pubkey=their_key, our_reserve_sat=their_reserve,
-                    their_reserve_sat=reserve_sat, alias_local=our_alias,
-                    alias_remote=their_alias, close_to=our_close.hex(), **common)
-    remote = Channel(peer_id=me.node_id, opener="remote", our_funding_pubkey=their_key,
-                     their_funding_pubkey=our_key, our_reserve_sat=reserve_sat,
-                     their_reserve_sat=their_reserve, alias_local=their_alias,
-                     alias_remote=our_alias, close_to=their_close.hex(), **common)
+    their_close = (
+        bytes.fromhex(result["close_to"])
+        if result.get("close_to")
+        else other.wallet.new_script()[2]
+    )
+    local = Channel(
+        peer_id=other.node_id,
+        opener="local",
+        our_funding_pubkey=our_key,
+        their_funding_pubkey=their_key,
+        our_reserve_sat=their_reserve,
+        their_reserve_sat=reserve_sat,
+        alias_local=our_alias,
+        alias_remote=their_alias,
+        close_to=our_close.hex(),
+        **common,
+    )
+    remote = Channel(
+        peer_id=me.node_id,
+        opener="remote",
+        our_funding_pubkey=their_key,
+        their_funding_pubkey=our_key,
+        our_reserve_sat=reserve_sat,
+        their_reserve_sat=their_reserve,
+        alias_local=their_alias,
+        alias_remote=our_alias,
+        close_to=their_close.hex(),
+        **common,
+    )
     set_gossip(local, me)
     set_gossip(remote, other)
     with net.state_lock:
@@ -831,8 +971,9 @@ def rpc_fundchannel_start(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     return _open_channel(me, p)[3]
 
 
-def _commit_open(me: FakeNode, other: FakeNode, ch: Channel, txid: str, outnum: int,
-                 withheld: bool) -> str:
+def _commit_open(
+    me: FakeNode, other: FakeNode, ch: Channel, txid: str, outnum: int, withheld: bool
+) -> str:
     """Both sides' channels become committed (CHANNELD_AWAITING_LOCKIN, or NORMAL at once if
     zero-conf): the state notifications, channel_opened for the fundee. Returns the id."""
     net = me.network
@@ -846,17 +987,26 @@ def _commit_open(me: FakeNode, other: FakeNode, ch: Channel, txid: str, outnum: 
             raise RpcFail(FUNDING_PEER_NOT_CONNECTED, "Peer not connected")
         for node, c, cause in ((me, ch, "user"), (other, remote, "remote")):
             c.channel_id, c.funding_txid, c.funding_outnum = cid, txid, outnum
-            change = c.set_state("CHANNELD_AWAITING_LOCKIN", cause, "new channel opened",
-                                 record=False)
+            change = c.set_state(
+                "CHANNELD_AWAITING_LOCKIN", cause, "new channel opened", record=False
+            )
             del node.pending_opens[c.peer_id]
             node.channels.append(c)
             notes.append((node, "channel_state_changed", state_note(c, change, first=True)))
         # Only the opener withholds (the fundee never knows).
         ch.withheld = withheld
-        notes.append((other, "channel_opened", {
-            "id": me.node_id, "funding_msat": ch.total_msat, "funding_txid": txid,
-            "channel_ready": ch.mindepth == 0,
-        }))
+        notes.append(
+            (
+                other,
+                "channel_opened",
+                {
+                    "id": me.node_id,
+                    "funding_msat": ch.total_msat,
+                    "funding_txid": txid,
+                    "channel_ready": ch.mindepth == 0,
+                },
+            )
+        )
         for node in (me, other):
             notes.extend(update_channels_locked(node))
     for node, topic, payload in notes:
@@ -884,8 +1034,11 @@ def rpc_fundchannel_complete(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
         raise RpcFail(FUNDING_PSBT_INVALID, "Two outputs to open channel")
     outnum = outs[0]
     if int(tx.vout[outnum].nValue) != ch.amount_sat:
-        raise RpcFail(FUNDING_PSBT_INVALID, f"Output to open channel is "
-                      f"{int(tx.vout[outnum].nValue)}sat, should be {ch.amount_sat}sat")
+        raise RpcFail(
+            FUNDING_PSBT_INVALID,
+            f"Output to open channel is "
+            f"{int(tx.vout[outnum].nValue)}sat, should be {ch.amount_sat}sat",
+        )
     for i, inp in enumerate(psbt.inputs):
         signed = bool(inp.final_script_witness) or bool(inp.final_script_sig)
         utxo = inp.witness_utxo
@@ -898,8 +1051,11 @@ def rpc_fundchannel_complete(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     cid = _commit_open(me, other, ch, txid_hex(tx), outnum, withheld)
     me.log(f"fundchannel_complete with {other.name}: channel {cid} ({ch.state})")
     if withheld:
-        me.log("fundchannel_complete withhold=true: closing this channel later makes "
-                 "lightningd forget it without onchain handling (DESIGN.md 3.4)", "unusual")
+        me.log(
+            "fundchannel_complete withhold=true: closing this channel later makes "
+            "lightningd forget it without onchain handling (DESIGN.md 3.4)",
+            "unusual",
+        )
     return {"channel_id": cid, "commitments_secured": True}
 
 
@@ -931,9 +1087,15 @@ def rpc_fundchannel(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     # unaffordable amount fails before the peer hears of the channel.
     built = me.wallet.build_psbt(
         amount_sat=None if all_funds else parse_sat(p["amount"], "amount"),
-        feerate_perkw=feerate, startweight=FUNDING_STARTWEIGHT, candidates=candidates,
-        use_all_candidates=all_funds or "utxos" in p, reserve=DEFAULT_RESERVE, locktime=None,
-        min_witness_weight=0, excess_as_change=not all_funds)
+        feerate_perkw=feerate,
+        startweight=FUNDING_STARTWEIGHT,
+        candidates=candidates,
+        use_all_candidates=all_funds or "utxos" in p,
+        reserve=DEFAULT_RESERVE,
+        locktime=None,
+        min_witness_weight=0,
+        excess_as_change=not all_funds,
+    )
     funded = parse_psbt(built["psbt"])
     if all_funds:
         request["amount"] = int(built["excess_msat"]) // 1000
@@ -949,7 +1111,9 @@ def rpc_fundchannel(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
         [CMutableTxIn(i.prevout, nSequence=i.nSequence) for i in unsigned.vin],
         [CMutableTxOut(amount, CScript(ch.funding_script))]
         + [CMutableTxOut(o.nValue, o.scriptPubKey) for o in unsigned.vout],
-        nLockTime=unsigned.nLockTime, nVersion=unsigned.nVersion)
+        nLockTime=unsigned.nLockTime,
+        nVersion=unsigned.nVersion,
+    )
     psbt = PartiallySignedTransaction(unsigned_tx=tx)
     for i, inp in enumerate(funded.inputs):
         psbt.set_utxo(inp.witness_utxo, i)
@@ -963,9 +1127,13 @@ def rpc_fundchannel(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     final = psbt.extract_transaction()
     net.broadcast(final, by=me)
     me.log(f"fundchannel with {other.name}: {amount}sat, channel {cid} in {txid}")
-    out: dict[str, Any] = {"tx": final.serialize().hex(), "txid": txid,
-                           "channel_id": cid, "channel_type": start["channel_type"],
-                           "outnum": 0}
+    out: dict[str, Any] = {
+        "tx": final.serialize().hex(),
+        "txid": txid,
+        "channel_id": cid,
+        "channel_type": start["channel_type"],
+        "outnum": 0,
+    }
     if "close_to" in start:
         out["close_to"] = start["close_to"]
     return out
@@ -986,17 +1154,23 @@ def rpc_fundchannel_cancel(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
             other.pending_opens.pop(me.node_id, None)
             return {"cancelled": "Channel open canceled by RPC"}
         for ch in me.channels:
-            if ch.peer_id != peer_id or ch.opener != "local" or ch.state not in (
-                "CHANNELD_AWAITING_LOCKIN", "CHANNELD_NORMAL"
+            if (
+                ch.peer_id != peer_id
+                or ch.opener != "local"
+                or ch.state not in ("CHANNELD_AWAITING_LOCKIN", "CHANNELD_NORMAL")
             ):
                 continue
             if ch.funding_txid in net.chain.txs:
-                raise RpcFail(FUNDING_CANCEL_NOT_SAFE, "Has the funding transaction been "
-                              "broadcast? Please watch the mempool and try again later.")
+                raise RpcFail(
+                    FUNDING_CANCEL_NOT_SAFE,
+                    "Has the funding transaction been "
+                    "broadcast? Please watch the mempool and try again later.",
+                )
             me.channels.remove(ch)
             other.channels = [c for c in other.channels if c.channel_id != ch.channel_id]
             return {"cancelled": "Cancelled channel: funding transaction not broadcast"}
     raise RpcFail(FUNDING_NOTHING_TO_CANCEL, "No channel funding in progress.")
+
 
 def rpc_disconnect(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     other = me.network.node_by_id(p["id"])
@@ -1004,6 +1178,7 @@ def rpc_disconnect(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
         raise RpcFail(LIGHTNINGD, "Peer not connected")
     me.network.disconnect(me, other)
     return {}
+
 
 # ------------------------------------------------------------------ channel bookkeeping
 ONCHAIN_FORGET_DEPTH = 100  # onchaind forgets a closed channel once its spend is this deep
@@ -1025,16 +1200,19 @@ def update_channels_locked(me: FakeNode) -> list[tuple[FakeNode, str, dict[str, 
             ch.scid = f"{rec.height}x{rec.index}x{ch.funding_outnum}"
         if ch.state == "CHANNELD_AWAITING_LOCKIN" and depth >= ch.mindepth:
             ch.remote_ready = True
-            change = ch.set_state("CHANNELD_NORMAL", "remote" if ch.opener == "remote"
-                                  else "user", "Lockin complete")
+            change = ch.set_state(
+                "CHANNELD_NORMAL", "remote" if ch.opener == "remote" else "user", "Lockin complete"
+            )
             notes.append((me, "channel_state_changed", state_note(ch, change)))
         if ch.closing_txid is None:
             continue
         spent = chain.confirmations(ch.closing_txid)
         if spent >= 1 and ch.state == "CLOSINGD_COMPLETE":
             ch.billboard = None
-            for new, message in (("FUNDING_SPEND_SEEN", "Onchain funding spend"),
-                                 ("ONCHAIN", "Onchain init reply")):
+            for new, message in (
+                ("FUNDING_SPEND_SEEN", "Onchain funding spend"),
+                ("ONCHAIN", "Onchain init reply"),
+            ):
                 change = ch.set_state(new, ch.cause, message)
                 notes.append((me, "channel_state_changed", state_note(ch, change)))
         if spent >= ONCHAIN_FORGET_DEPTH and ch.state == "ONCHAIN":

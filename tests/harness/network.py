@@ -1,12 +1,12 @@
 """`Network`: fake nodes, the connections between them, the shared chain, and the findings.
 
-    net = Network(tmp_path, plugin=[sys.executable, "-m", "superscalar_plugin.plugin"])
-    lsp, c1 = net.add_node("lsp"), net.add_node("c1")
-    net.connect(lsp, c1)             # peer_connected hooks + connect notifications, both sides
-    lsp.rpc_call("factory-create", {"clients": [c1.node_id], "channel_sat": 100_000})
-    net.mine(1)                      # block_added on every node
-    net.intercept = lambda src, dst, msg: None if ... else msg   # drop / tamper custom messages
-    net.stop(); assert not net.take_errors()
+net = Network(tmp_path, plugin=[sys.executable, "-m", "superscalar_plugin.plugin"])
+lsp, c1 = net.add_node("lsp"), net.add_node("c1")
+net.connect(lsp, c1)             # peer_connected hooks + connect notifications, both sides
+lsp.rpc_call("factory-create", {"clients": [c1.node_id], "channel_sat": 100_000})
+net.mine(1)                      # block_added on every node
+net.intercept = lambda src, dst, msg: None if ... else msg   # drop / tamper custom messages
+net.stop(); assert not net.take_errors()
 """
 
 from __future__ import annotations
@@ -144,15 +144,28 @@ class Network:
             pa, pb = a.peers.get(b.node_id), b.peers.get(a.node_id)
             if pa is not None and pa.state != "disconnected":
                 return
-            a.peers[b.node_id] = Peer(b.node_id, "out", b.our_features["init"],
-                                      f"127.0.0.1:{b.port}")
-            b.peers[a.node_id] = Peer(a.node_id, "in", a.our_features["init"],
-                                      f"127.0.0.1:{40_000 + a.index}")
+            a.peers[b.node_id] = Peer(
+                b.node_id, "out", b.our_features["init"], f"127.0.0.1:{b.port}"
+            )
+            b.peers[a.node_id] = Peer(
+                a.node_id, "in", a.our_features["init"], f"127.0.0.1:{40_000 + a.index}"
+            )
             del pb
         hooks = [
-            (x, x.call_hook_async("peer_connected", {"peer": {
-                "id": y.node_id, "direction": x.peers[y.node_id].direction,
-                "addr": x.peers[y.node_id].addr, "features": x.peers[y.node_id].features}}))
+            (
+                x,
+                x.call_hook_async(
+                    "peer_connected",
+                    {
+                        "peer": {
+                            "id": y.node_id,
+                            "direction": x.peers[y.node_id].direction,
+                            "addr": x.peers[y.node_id].addr,
+                            "features": x.peers[y.node_id].features,
+                        }
+                    },
+                ),
+            )
             for x, y in ((a, b), (b, a))
         ]
         refused: list[str] = []
@@ -174,8 +187,14 @@ class Network:
         for x, y in ((a, b), (b, a)):
             p = x.peers[y.node_id]
             host, _, port = p.addr.partition(":")
-            x.notify("connect", {"id": y.node_id, "direction": p.direction,
-                                 "address": {"type": "ipv4", "address": host, "port": int(port)}})
+            x.notify(
+                "connect",
+                {
+                    "id": y.node_id,
+                    "direction": p.direction,
+                    "address": {"type": "ipv4", "address": host, "port": int(port)},
+                },
+            )
         with self.peer_cond:
             for x, y in ((a, b), (b, a)):
                 x.peers[y.node_id].state = "connected"
@@ -244,8 +263,12 @@ class Network:
         `block_added` for each. Returns the block hashes."""
         return self._announce(self.chain.mine(n))
 
-    def reorg(self, depth: int, drop: set[str] | frozenset[str] = frozenset(),
-              new_blocks: int | None = None) -> list[str]:
+    def reorg(
+        self,
+        depth: int,
+        drop: set[str] | frozenset[str] = frozenset(),
+        new_blocks: int | None = None,
+    ) -> list[str]:
         """Replace the top `depth` blocks (see `Chain.reorg`); every node's plugin gets
         `block_added` for each new block, from the fork height up, as lightningd sends them."""
         return self._announce(self.chain.reorg(depth, drop, new_blocks))
@@ -275,13 +298,14 @@ class Network:
         errors = self.take_errors()
         if errors:
             raise AssertionError(
-                f"{len(errors)} harness finding(s):\n" + "\n".join(
-                    f"- {type(e).__name__}: {e}" for e in errors)
+                f"{len(errors)} harness finding(s):\n"
+                + "\n".join(f"- {type(e).__name__}: {e}" for e in errors)
             )
 
     # ------------------------------------------------------------------ teardown
     def stop(self) -> None:
         """Stop every node (plugins shut down gracefully, then killed)."""
+
         def stop_one(node: FakeNode) -> None:
             try:
                 node.stop()

@@ -195,18 +195,26 @@ class FakeNode:
             self._log_file.write(str(line) + "\n")
             if line.source == "stderr":
                 self._stderr_file.write(line.message + "\n")
-        if line.source == "plugin" and line.message.startswith("Hook handler for ") and (
-            "failed with an exception" in line.message
+        if (
+            line.source == "plugin"
+            and line.message.startswith("Hook handler for ")
+            and ("failed with an exception" in line.message)
         ):
-            self.record(HarnessError(
-                "a hook handler raised and pyln-client answered with its fallback: "
-                + line.message, node=self.name))
+            self.record(
+                HarnessError(
+                    "a hook handler raised and pyln-client answered with its fallback: "
+                    + line.message,
+                    node=self.name,
+                )
+            )
 
     def record(self, err: HarnessError) -> None:
         self.network.record_error(err)
         self.log(f"FINDING {type(err).__name__}: {err}", "broken")
 
-    def _violation(self, what: str, errors: list[str] | None, instance: Any) -> SchemaViolation | None:
+    def _violation(
+        self, what: str, errors: list[str] | None, instance: Any
+    ) -> SchemaViolation | None:
         if not errors:
             return None
         v = SchemaViolation(what, errors, instance, node=self.name)
@@ -227,8 +235,9 @@ class FakeNode:
                 remaining = deadline - time.monotonic()
                 if self.plugin_state == "dead" and not self._expect_exit:
                     tail = "\n".join(str(x) for x in self.logs[-15:])
-                    raise PluginDied(f"plugin died while waiting for {regex!r}:\n{tail}",
-                                     node=self.name)
+                    raise PluginDied(
+                        f"plugin died while waiting for {regex!r}:\n{tail}", node=self.name
+                    )
                 if remaining <= 0:
                     tail = "\n".join(str(x) for x in self.logs[-15:])
                     raise HarnessTimeout(
@@ -296,8 +305,9 @@ class FakeNode:
         try:
             manifest = self._startup_call("getmanifest", {"allow-deprecated-apis": False})
             if not isinstance(manifest, dict):
-                raise PluginStartError(f"getmanifest result is not an object: {manifest!r}",
-                                       node=self.name)
+                raise PluginStartError(
+                    f"getmanifest result is not an object: {manifest!r}", node=self.name
+                )
             if "disable" in manifest:
                 self._disable(f"disabled itself: {manifest['disable']}")
                 return self
@@ -316,7 +326,9 @@ class FakeNode:
             proc.kill()
             proc.wait(self.timeout)
             self.plugin_state = "dead"
-            self.record(e if isinstance(e, PluginStartError) else PluginStartError(str(e), node=self.name))
+            self.record(
+                e if isinstance(e, PluginStartError) else PluginStartError(str(e), node=self.name)
+            )
             raise
         self.plugin_state = "running"
         self.log(f"plugin running (pid {proc.pid})")
@@ -359,14 +371,20 @@ class FakeNode:
                     if place not in FEATURE_PLACES:
                         continue
                     if not isinstance(value, str) or not re.fullmatch(r"([0-9a-fA-F]{2})*", value):
-                        errs.append(f"Featurebits returned by plugin is not a valid hexadecimal string: {value!r}")
+                        errs.append(
+                            f"Featurebits returned by plugin is not a valid hexadecimal string: {value!r}"
+                        )
                         continue
                     have = have or bool(value)
                     clash = features_to_bits(value) & features_to_bits(self._base_features(place))
                     if clash:
-                        errs.append(f"Custom featurebits already present ({place}: {sorted(clash)})")
+                        errs.append(
+                            f"Custom featurebits already present ({place}: {sorted(clash)})"
+                        )
                 if have and dynamic:
-                    errs.append(f"Custom featurebits only allows for non-dynamic plugins: dynamic=1, featurebits={fb}")
+                    errs.append(
+                        f"Custom featurebits only allows for non-dynamic plugins: dynamic=1, featurebits={fb}"
+                    )
         cm = m.get("custommessages")
         if cm is not None and (
             not isinstance(cm, list) or not all(type(t) is int and 0 <= t < 65536 for t in cm)
@@ -378,12 +396,18 @@ class FakeNode:
             if not isinstance(n, dict) or not isinstance(n.get("method"), str):
                 errs.append(f'"result.notifications[{i}].name" missing or not a string.')
             elif self.network.schemas.has_notification(n["method"]):
-                errs.append(f'plugin attempted to register a native notification topic "{n["method"]}"')
+                errs.append(
+                    f'plugin attempted to register a native notification topic "{n["method"]}"'
+                )
         for opt in m.get("options", []) or []:
-            if not isinstance(opt, dict) or not all(k in opt for k in ("name", "type", "description")):
+            if not isinstance(opt, dict) or not all(
+                k in opt for k in ("name", "type", "description")
+            ):
                 errs.append('An option is missing either "name", "description" or "type"')
             elif opt["type"] not in OPTION_TYPES:
-                errs.append(f"Only \"string\", \"int\", \"bool\", and \"flag\" options are supported (option {opt['name']})")
+                errs.append(
+                    f'Only "string", "int", "bool", and "flag" options are supported (option {opt["name"]})'
+                )
         methods = m.get("rpcmethods")
         if not isinstance(methods, list):
             errs.append('"result.rpcmethods" missing or not an array')
@@ -397,24 +421,37 @@ class FakeNode:
                 if not isinstance(meth.get("usage"), str):
                     errs.append(f'"usage" not provided by plugin for {meth["name"]}')
                 if meth["name"] in HANDLERS:
-                    errs.append(f'Could not register method "{meth["name"]}", a method with that name is already registered')
+                    errs.append(
+                        f'Could not register method "{meth["name"]}", a method with that name is already registered'
+                    )
         subs = m.get("subscriptions", [])
-        if subs is not None and (not isinstance(subs, list) or not all(isinstance(s, str) for s in subs)):
+        if subs is not None and (
+            not isinstance(subs, list) or not all(isinstance(s, str) for s in subs)
+        ):
             errs.append('"result.subscriptions" is not an array of strings')
         for h in m.get("hooks", []) or []:
             name = h.get("name") if isinstance(h, dict) else h
             if not isinstance(name, str) or not self.network.schemas.has_hook(name):
-                errs.append(f"could not register hook '{name}', either the name doesn't exist or another plugin already registered it.")
+                errs.append(
+                    f"could not register hook '{name}', either the name doesn't exist or another plugin already registered it."
+                )
             elif isinstance(h, dict) and "filters" in h:
                 errs.extend(_filter_problems(name, h["filters"]))
         for opt_name in self.options:
-            if not any(isinstance(o, dict) and o.get("name") == opt_name for o in m.get("options", []) or []):
+            if not any(
+                isinstance(o, dict) and o.get("name") == opt_name
+                for o in m.get("options", []) or []
+            ):
                 errs.append(f"--{opt_name}: unknown option (the plugin does not declare it)")
         return errs
 
     def _base_features(self, place: str) -> str:
-        return {"init": BASE_INIT_FEATURES, "node": BASE_NODE_FEATURES, "channel": "",
-                "invoice": BASE_INVOICE_FEATURES}[place]
+        return {
+            "init": BASE_INIT_FEATURES,
+            "node": BASE_NODE_FEATURES,
+            "channel": "",
+            "invoice": BASE_INVOICE_FEATURES,
+        }[place]
 
     def _adopt_manifest(self, m: dict[str, Any]) -> None:
         self.manifest = m
@@ -552,21 +589,31 @@ class FakeNode:
             return
         self.exit_code = code
         if proc.protocol_error:
-            self.record(PluginProtocolError(
-                f"killed for a protocol violation: {proc.protocol_error}", node=self.name))
+            self.record(
+                PluginProtocolError(
+                    f"killed for a protocol violation: {proc.protocol_error}", node=self.name
+                )
+            )
         if not self._expect_exit and self.plugin_state != "starting":  # start() reports that
             tail = "\n".join(str(x) for x in self.logs[-20:])
-            self.record(PluginDied(
-                f"plugin exited unexpectedly (code {code}{', ' + reason if reason else ''}); "
-                f"last log lines:\n{tail}", node=self.name))
+            self.record(
+                PluginDied(
+                    f"plugin exited unexpectedly (code {code}{', ' + reason if reason else ''}); "
+                    f"last log lines:\n{tail}",
+                    node=self.name,
+                )
+            )
         if self.plugin_state not in ("disabled", "stopped"):
             self.plugin_state = "dead"
         self.log(f"plugin exited with code {code}", "info")
 
     def _on_plugin_notification(self, method: str, params: Any) -> None:
         if method not in self.notification_topics:
-            self.log(f'Plugin attempted to send a notification to topic "{method}" it hasn\'t '
-                     "declared in its manifest, not forwarding to subscribers.", "unusual")
+            self.log(
+                f'Plugin attempted to send a notification to topic "{method}" it hasn\'t '
+                "declared in its manifest, not forwarding to subscribers.",
+                "unusual",
+            )
             return
         self.plugin_notifications.append((method, params))
         self.log(f"plugin notification {method}: {params!r:.200}", "debug")
@@ -579,8 +626,11 @@ class FakeNode:
     def notify(self, topic: str, payload: dict[str, Any]) -> bool:
         """Send a lightningd notification (payload checked against its schema) if the plugin
         subscribed to it. Returns whether it was sent."""
-        self._violation(f"{topic} notification (sent by the harness)",
-                        self.network.schemas.check_notification(topic, payload), payload)
+        self._violation(
+            f"{topic} notification (sent by the harness)",
+            self.network.schemas.check_notification(topic, payload),
+            payload,
+        )
         if not self.plugin_running or not (
             topic in self.subscriptions or "*" in self.subscriptions
         ):
@@ -597,8 +647,11 @@ class FakeNode:
         or the hook's default when the plugin has no such hook or dies. An invalid result is
         recorded and set as the future's exception."""
         out: Future[dict[str, Any]] = Future()
-        self._violation(f"{name} hook payload (sent by the harness)",
-                        self.network.schemas.check_hook_payload(name, payload), payload)
+        self._violation(
+            f"{name} hook payload (sent by the harness)",
+            self.network.schemas.check_hook_payload(name, payload),
+            payload,
+        )
         if not self.plugin_running or name not in self.hooks:
             out.set_result(_default_hook_result(name))
             return out
@@ -613,13 +666,17 @@ class FakeNode:
                 return
             if "error" in resp or "result" not in resp:
                 err = PluginProtocolError(
-                    f"Plugin for {name} returned non-result response {resp!r:.300}", node=self.name)
+                    f"Plugin for {name} returned non-result response {resp!r:.300}", node=self.name
+                )
                 self.record(err)
                 out.set_exception(err)
                 return
             result = resp["result"]
-            v = self._violation(f"{name} hook result from the plugin",
-                                self.network.schemas.check_hook_result(name, result), result)
+            v = self._violation(
+                f"{name} hook result from the plugin",
+                self.network.schemas.check_hook_result(name, result),
+                result,
+            )
             if v is not None:
                 out.set_exception(v)
             else:
@@ -628,11 +685,14 @@ class FakeNode:
         fut.add_done_callback(done)
         return out
 
-    def call_hook(self, name: str, payload: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    def call_hook(
+        self, name: str, payload: dict[str, Any], timeout: float | None = None
+    ) -> dict[str, Any]:
         """Synchronous `call_hook_async` (for tests, e.g. a hand-made `htlc_accepted`)."""
         try:
             return self.call_hook_async(name, payload).result(
-                timeout=self.timeout if timeout is None else timeout)
+                timeout=self.timeout if timeout is None else timeout
+            )
         except FutureTimeout as e:
             raise HarnessTimeout(f"plugin did not answer the {name} hook", node=self.name) from e
 
@@ -659,8 +719,13 @@ class FakeNode:
                 params.append(RawToken(t))
         return self.rpc_call(method, params, timeout=timeout, raw_params=raw)
 
-    def rpc_call(self, method: str, params: dict[str, Any] | list[Any] | None = None,
-                 timeout: float | None = None, raw_params: str | None = None) -> Any:
+    def rpc_call(
+        self,
+        method: str,
+        params: dict[str, Any] | list[Any] | None = None,
+        timeout: float | None = None,
+        raw_params: str | None = None,
+    ) -> Any:
         """Call an RPC as lightning-cli would: the plugin's own methods go to the plugin, the rest
         are served by the fake. Returns the result or raises `RpcCallError`."""
         if not self.up:
@@ -669,7 +734,9 @@ class FakeNode:
         req_id = f"cli:{method}#{next(self._cli_ids)}"
         resp = self._dispatch(
             {"jsonrpc": "2.0", "id": req_id, "method": method, "params": params},
-            source="cli", timeout=timeout, raw_params=raw_params,
+            source="cli",
+            timeout=timeout,
+            raw_params=raw_params,
         )
         assert resp is not None
         if "error" in resp:
@@ -680,8 +747,14 @@ class FakeNode:
     def _dispatch_socket(self, req: dict[str, Any]) -> dict[str, Any] | None:
         return self._dispatch(req, source="socket", timeout=None)
 
-    def _dispatch(self, req: dict[str, Any], *, source: str, timeout: float | None,
-                  raw_params: str | None = None) -> dict[str, Any] | None:
+    def _dispatch(
+        self,
+        req: dict[str, Any],
+        *,
+        source: str,
+        timeout: float | None,
+        raw_params: str | None = None,
+    ) -> dict[str, Any] | None:
         req_id = req.get("id")
         if req_id is None:
             return None  # a notification to lightningd: nothing to answer
@@ -692,10 +765,17 @@ class FakeNode:
         method = req.get("method")
         params = req.get("params", {})
         if not isinstance(method, str) or not isinstance(params, (dict, list)):
-            return {"jsonrpc": "2.0", "id": req_id,
-                    "error": {"code": JSONRPC2_INVALID_REQUEST, "message": "Invalid request"}}
-        record: dict[str, Any] = {"time": time.time(), "source": source, "method": method,
-                                  "params": params}
+            return {
+                "jsonrpc": "2.0",
+                "id": req_id,
+                "error": {"code": JSONRPC2_INVALID_REQUEST, "message": "Invalid request"},
+            }
+        record: dict[str, Any] = {
+            "time": time.time(),
+            "source": source,
+            "method": method,
+            "params": params,
+        }
         try:
             if method == "notifications":
                 result: Any = {}
@@ -711,16 +791,21 @@ class FakeNode:
             record["error"] = e.to_error()
             resp = {"jsonrpc": "2.0", "id": req_id, "error": e.to_error()}
         except Exception as e:  # a harness bug: report it and answer, never drop the connection
-            self.record(HarnessError(
-                f"harness error serving {method}: {e!r}\n{traceback.format_exc()}", node=self.name))
+            self.record(
+                HarnessError(
+                    f"harness error serving {method}: {e!r}\n{traceback.format_exc()}",
+                    node=self.name,
+                )
+            )
             err = {"code": LIGHTNINGD, "message": f"harness error: {e!r}"}
             record["error"] = err
             resp = {"jsonrpc": "2.0", "id": req_id, "error": err}
         self.calls.append(record)
         return resp
 
-    def _rpc_command_hook(self, req: dict[str, Any], raw_params: str | None,
-                          timeout: float | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    def _rpc_command_hook(
+        self, req: dict[str, Any], raw_params: str | None, timeout: float | None
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Every command of the node passes the `rpc_command` hook first (filters permitting),
         with the request's tokens as lightningd read them: `raw_params` when they are not JSON.
         Returns the (possibly replaced) request, or the answer the hook chose to return."""
@@ -730,21 +815,29 @@ class FakeNode:
             fut = self.process.request("rpc_command", {"rpc_command": req})
         else:
             fut = self.process.request_raw(
-                "rpc_command", '{"rpc_command": ' + json.dumps(inner)[:-1]
-                + ', "params": ' + raw_params + "}}")
+                "rpc_command",
+                '{"rpc_command": ' + json.dumps(inner)[:-1] + ', "params": ' + raw_params + "}}",
+            )
         try:
             resp = fut.result(timeout=self.timeout if timeout is None else timeout)
         except FutureTimeout:
-            err = HarnessTimeout(f"plugin did not answer the rpc_command hook for {req['method']}",
-                                 node=self.name)
+            err = HarnessTimeout(
+                f"plugin did not answer the rpc_command hook for {req['method']}", node=self.name
+            )
             self.record(err)
-            return req, {"jsonrpc": "2.0", "id": req["id"],
-                         "error": {"code": LIGHTNINGD, "message": str(err)}}
+            return req, {
+                "jsonrpc": "2.0",
+                "id": req["id"],
+                "error": {"code": LIGHTNINGD, "message": str(err)},
+            }
         except PluginDied:
             return req, None  # lightningd goes on without the dead plugin's hook
         result = resp.get("result")
-        v = self._violation("rpc_command hook result from the plugin",
-                            self.network.schemas.check_hook_result("rpc_command", result), result)
+        v = self._violation(
+            "rpc_command hook result from the plugin",
+            self.network.schemas.check_hook_result("rpc_command", result),
+            result,
+        )
         if v is not None or not isinstance(result, dict) or "result" in result:
             return req, None
         if "replace" in result:
@@ -753,17 +846,25 @@ class FakeNode:
             return req, {"jsonrpc": "2.0", "id": req["id"], **result["return"]}
         return req, None
 
-    def _forward_to_plugin(self, req_id: Any, method: str, params: Any, timeout: float | None) -> Any:
+    def _forward_to_plugin(
+        self, req_id: Any, method: str, params: Any, timeout: float | None
+    ) -> Any:
         assert self.process is not None
-        fut = self.process.request(method, params, req_id=f"{req_id}/cln:{method}#{next(self._cli_ids)}")
+        fut = self.process.request(
+            method, params, req_id=f"{req_id}/cln:{method}#{next(self._cli_ids)}"
+        )
         try:
             resp = fut.result(timeout=self.timeout if timeout is None else timeout)
         except FutureTimeout as e:
-            err = HarnessTimeout(f"plugin did not answer {method} within the timeout", node=self.name)
+            err = HarnessTimeout(
+                f"plugin did not answer {method} within the timeout", node=self.name
+            )
             self.record(err)
             raise RpcFail(LIGHTNINGD, str(err)) from e
         except PluginDied as e:
-            raise RpcFail(PLUGIN_TERMINATED, "Plugin terminated before replying to RPC call.") from e
+            raise RpcFail(
+                PLUGIN_TERMINATED, "Plugin terminated before replying to RPC call."
+            ) from e
         if "error" in resp:
             error = resp["error"]
             if not isinstance(error, dict) or not isinstance(error.get("code"), int):
@@ -786,16 +887,21 @@ class FakeNode:
         if isinstance(params, list):
             names = schemas.rpc_param_names(method)
             if len(params) > len(names):
-                raise RpcFail(JSONRPC2_INVALID_PARAMS,
-                              f"too many parameters: got {len(params)}, expected {len(names)}")
+                raise RpcFail(
+                    JSONRPC2_INVALID_PARAMS,
+                    f"too many parameters: got {len(params)}, expected {len(names)}",
+                )
             params = {n: v for n, v in zip(names, params, strict=False) if v is not None}
         v = self._violation(f"{method} request", schemas.check_rpc_request(method, params), params)
         if v is not None:
             raise RpcFail(JSONRPC2_INVALID_PARAMS, f"harness: {v.errors[0]}")
         with regtest():
             result = handler(self, params)
-        errors = [e for e in schemas.check_rpc_response(method, result) or []
-                  if not any(m == method and gap in e for m, gap in KNOWN_SCHEMA_GAPS)]
+        errors = [
+            e
+            for e in schemas.check_rpc_response(method, result) or []
+            if not any(m == method and gap in e for m, gap in KNOWN_SCHEMA_GAPS)
+        ]
         self._violation(f"{method} response (produced by the harness)", errors, result)
         return result
 
@@ -810,7 +916,9 @@ class FakeNode:
             except HarnessError as e:
                 self.record(e)
             except Exception as e:  # a harness bug: report it, keep serving
-                self.record(HarnessError(f"harness error in connectd worker: {e!r}", node=self.name))
+                self.record(
+                    HarnessError(f"harness error in connectd worker: {e!r}", node=self.name)
+                )
 
     def enqueue_inbound(self, fn: Callable[[], None]) -> None:
         self._inbound.put(fn)
@@ -820,8 +928,10 @@ class FakeNode:
         False if it is or becomes disconnected."""
         cond = self.network.peer_cond
         with cond:
-            ok = cond.wait_for(lambda: (p := self.peers.get(peer_id)) is not None
-                               and p.state != "connecting", timeout=timeout)
+            ok = cond.wait_for(
+                lambda: (p := self.peers.get(peer_id)) is not None and p.state != "connecting",
+                timeout=timeout,
+            )
             p = self.peers.get(peer_id)
             return bool(ok and p is not None and p.state == "connected")
 
@@ -841,8 +951,11 @@ class FakeNode:
         self.network.note_message(src, self, msg_hex, msg_hex)
         msgtype = int(msg_hex[:4], 16)
         if msgtype % 2 == 0 and not (self.plugin_running and msgtype in self.custom_msgs):
-            self.log(f"peer {src.name} sent unknown even message type {msgtype}: warning and "
-                     "disconnecting", "unusual")
+            self.log(
+                f"peer {src.name} sent unknown even message type {msgtype}: warning and "
+                "disconnecting",
+                "unusual",
+            )
             self.network.disconnect(src, self)
             return
         payload = {"peer_id": src.node_id, "payload": msg_hex}
@@ -884,8 +997,11 @@ def _is_cli_literal(arg: str) -> bool:
         return False
     if arg.isdigit() and len(arg) > 1 and arg[0] == "0":
         return False
-    return (all(c in "0123456789." for c in arg) or arg in ("true", "false", "null")
-            or (arg[0], arg[-1]) in (("{", "}"), ("[", "]"), ('"', '"')))
+    return (
+        all(c in "0123456789." for c in arg)
+        or arg in ("true", "false", "null")
+        or (arg[0], arg[-1]) in (("{", "}"), ("[", "]"), ('"', '"'))
+    )
 
 
 # lightningd's hooks that take filters, and their kind (plugin_hook.c, v26.06.6).

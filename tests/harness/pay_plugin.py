@@ -23,10 +23,12 @@ from typing import Any
 from pyln.client import Plugin, RpcError
 
 plugin = Plugin()
-plugin.add_option("pay-invoice-cltv", 0, "cltv the rpc_command hook puts in invoices",
-                  opt_type="int")
-plugin.add_option("pay-zeroconf", False, "openchannel hook: accept with mindepth 0",
-                  opt_type="bool")
+plugin.add_option(
+    "pay-invoice-cltv", 0, "cltv the rpc_command hook puts in invoices", opt_type="int"
+)
+plugin.add_option(
+    "pay-zeroconf", False, "openchannel hook: accept with mindepth 0", opt_type="bool"
+)
 MODE = {"htlc": "continue", "invoice_payment": "continue"}
 
 
@@ -35,16 +37,18 @@ def _log(kind: str, obj: Any) -> None:
 
 
 @plugin.method("pay-mode")
-def pay_mode(plugin: Plugin, htlc: str = "continue",
-             invoice_payment: str = "continue") -> dict[str, str]:
+def pay_mode(
+    plugin: Plugin, htlc: str = "continue", invoice_payment: str = "continue"
+) -> dict[str, str]:
     """How the next hooks answer."""
     MODE.update(htlc=htlc, invoice_payment=invoice_payment)
     return dict(MODE)
 
 
 @plugin.hook("htlc_accepted")
-def on_htlc(onion: dict[str, Any], htlc: dict[str, Any], plugin: Plugin,
-            **kwargs: Any) -> dict[str, Any]:
+def on_htlc(
+    onion: dict[str, Any], htlc: dict[str, Any], plugin: Plugin, **kwargs: Any
+) -> dict[str, Any]:
     _log("htlc_accepted", {"onion": onion, "htlc": htlc, **kwargs})
     kind, _, arg = MODE["htlc"].partition(":")
     if kind == "hold":
@@ -95,6 +99,7 @@ def on_rpc_command(rpc_command: dict[str, Any], plugin: Plugin, **kwargs: Any) -
 @plugin.async_method("pay-invoice")
 def pay_invoice(plugin: Plugin, request: Any, amount_msat: int, label: str) -> None:
     """`invoice` from a worker thread: the main loop stays free for our own rpc_command hook."""
+
     def run() -> None:
         try:
             request.set_result(plugin.rpc.invoice(amount_msat, label, "from the plugin"))
@@ -113,11 +118,19 @@ def pay_invoice_sync(plugin: Plugin, amount_msat: int, label: str) -> dict[str, 
         return {"error": e.error}
 
 
-for _topic in ("channel_state_changed", "invoice_creation", "invoice_payment", "sendpay_success",
-               "sendpay_failure", "forward_event"):
+for _topic in (
+    "channel_state_changed",
+    "invoice_creation",
+    "invoice_payment",
+    "sendpay_success",
+    "sendpay_failure",
+    "forward_event",
+):
+
     def _make(topic: str) -> Any:
         def handler(plugin: Plugin, **kwargs: Any) -> None:
             _log(topic, kwargs.get(topic, kwargs))
+
         return handler
 
     plugin.add_subscription(_topic, _make(_topic))

@@ -147,7 +147,7 @@ def _read_bigsize(b: bytes, i: int) -> tuple[int, int]:
     if first < 0xFD:
         return first, i + 1
     size = {0xFD: 2, 0xFE: 4, 0xFF: 8}[first]
-    return int.from_bytes(b[i + 1:i + 1 + size], "big"), i + 1 + size
+    return int.from_bytes(b[i + 1 : i + 1 + size], "big"), i + 1 + size
 
 
 def _tu(v: int) -> bytes:
@@ -201,7 +201,7 @@ def parse_tlv_payload(tlv: bytes) -> HopPayload:
         n, i = _read_bigsize(tlv, i)
         if t <= last or i + n > len(tlv):
             raise ValueError(f"bad TLV stream at type {t}")
-        fields[t], last = tlv[i:i + n], t
+        fields[t], last = tlv[i : i + n], t
         i += n
     for t in fields:
         if t % 2 == 0 and t not in (2, 4, 6, 8):
@@ -233,8 +233,9 @@ class OnionLayer:
     index: int  # position in the route (0: the first hop's node)
 
     def shared_secret(self, payment_hash: str) -> str:
-        return hashlib.sha256(b"harness onion ss" + bytes.fromhex(payment_hash)
-                              + bytes.fromhex(self.node_id)).hexdigest()
+        return hashlib.sha256(
+            b"harness onion ss" + bytes.fromhex(payment_hash) + bytes.fromhex(self.node_id)
+        ).hexdigest()
 
     def next_onion(self, payment_hash: str, final: bool) -> str:
         """A stand-in for the 1366-byte packet forwarded (version, key, 1300 bytes, hmac: all
@@ -271,17 +272,30 @@ class Invoice:
         return self.status
 
     def json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"label": self.label, "bolt11": self.bolt11,
-                               "payment_hash": self.payment_hash}
+        out: dict[str, Any] = {
+            "label": self.label,
+            "bolt11": self.bolt11,
+            "payment_hash": self.payment_hash,
+        }
         if self.amount_msat is not None:
             out["amount_msat"] = self.amount_msat
         out["status"] = self.current_status()
         if self.status == "paid":
-            out.update({"pay_index": self.pay_index,
-                        "amount_received_msat": self.amount_received_msat,
-                        "paid_at": self.paid_at, "payment_preimage": self.preimage})
-        out.update({"description": self.description, "expires_at": self.expires_at,
-                    "created_index": self.created_index})
+            out.update(
+                {
+                    "pay_index": self.pay_index,
+                    "amount_received_msat": self.amount_received_msat,
+                    "paid_at": self.paid_at,
+                    "payment_preimage": self.preimage,
+                }
+            )
+        out.update(
+            {
+                "description": self.description,
+                "expires_at": self.expires_at,
+                "created_index": self.created_index,
+            }
+        )
         if self.updated_index is not None:
             out["updated_index"] = self.updated_index
         return out
@@ -314,8 +328,12 @@ class Payment:
 
     def fields(self) -> dict[str, Any]:
         """json_add_payment_fields."""
-        out: dict[str, Any] = {"created_index": self.id, "id": self.id,
-                               "payment_hash": self.payment_hash, "groupid": self.groupid}
+        out: dict[str, Any] = {
+            "created_index": self.id,
+            "id": self.id,
+            "payment_hash": self.payment_hash,
+            "groupid": self.groupid,
+        }
         if self.updated_index is not None:
             out["updated_index"] = self.updated_index
         if self.partid:
@@ -392,12 +410,22 @@ def _route_hints(me: FakeNode, needed: int) -> tuple[list[list[bolt11.RouteHop]]
             if gathered >= needed:
                 continue
             gathered += capacity
-            hint_scid = (ch.alias_remote if (ch.scid_alias or not ch.announce or not ch.scid)
-                         else ch.scid)
+            hint_scid = (
+                ch.alias_remote if (ch.scid_alias or not ch.announce or not ch.scid) else ch.scid
+            )
             if hint_scid is None:
                 continue
-            chosen.append([bolt11.RouteHop(ch.peer_id, hint_scid, theirs.fee_base_msat,
-                                           theirs.fee_ppm, theirs.cltv_delta)])
+            chosen.append(
+                [
+                    bolt11.RouteHop(
+                        ch.peer_id,
+                        hint_scid,
+                        theirs.fee_base_msat,
+                        theirs.fee_ppm,
+                        theirs.cltv_delta,
+                    )
+                ]
+            )
     warnings: set[str] = set()
     if len(chosen) > 1:
         warnings.add("warning_mpp")
@@ -418,20 +446,26 @@ WARNING_TEXT = {
 def rpc_invoice(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     amount = None if p["amount_msat"] == "any" else parse_msat(p["amount_msat"], "amount_msat")
     if amount == 0:
-        raise RpcFail(JSONRPC2_INVALID_PARAMS,
-                      "amount_msat: should be positive msat or 'any': invalid token '0'")
+        raise RpcFail(
+            JSONRPC2_INVALID_PARAMS,
+            "amount_msat: should be positive msat or 'any': invalid token '0'",
+        )
     label = str(p["label"])
     if isinstance(p["label"], RawToken) and not label.isdigit():
         # param_label: a string or a number literal, not another primitive token
-        raise RpcFail(JSONRPC2_INVALID_PARAMS,
-                      f"label: should be a string or number: invalid token '{label}'")
+        raise RpcFail(
+            JSONRPC2_INVALID_PARAMS, f"label: should be a string or number: invalid token '{label}'"
+        )
     description = str(p["description"])
     if len(label.encode()) > 128:
         raise RpcFail(JSONRPC2_INVALID_PARAMS, f"Label '{label}' over 128 bytes")
     hashonly = bool(p.get("deschashonly", False))
     if len(description.encode()) > 639 and not hashonly:
-        raise RpcFail(JSONRPC2_INVALID_PARAMS, "Description greater than 639 bytes invalid "
-                      f"(description length {len(description.encode())})")
+        raise RpcFail(
+            JSONRPC2_INVALID_PARAMS,
+            "Description greater than 639 bytes invalid "
+            f"(description length {len(description.encode())})",
+        )
     if "fallbacks" in p:
         raise RpcFail(LIGHTNINGD, "harness: invoice fallbacks are not modelled")
     expiry = int(p.get("expiry", 3600 * 24 * 7))
@@ -442,13 +476,18 @@ def rpc_invoice(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     now = int(time.time())
     features = features_to_bits(me.our_features["invoice"])
     routes, warnings = _route_hints(me, amount if amount is not None else 1)
-    inv = bolt11.Bolt11(payment_hash=payment_hash, timestamp=now, amount_msat=amount,
-                        payment_secret=secret,
-                        description=None if hashonly else description,
-                        description_hash=(hashlib.sha256(description.encode()).digest()
-                                          if hashonly else None),
-                        expiry=expiry, min_final_cltv_expiry=cltv, features=features,
-                        routes=routes)
+    inv = bolt11.Bolt11(
+        payment_hash=payment_hash,
+        timestamp=now,
+        amount_msat=amount,
+        payment_secret=secret,
+        description=None if hashonly else description,
+        description_hash=(hashlib.sha256(description.encode()).digest() if hashonly else None),
+        expiry=expiry,
+        min_final_cltv_expiry=cltv,
+        features=features,
+        routes=routes,
+    )
     encoded = inv.encode(me.node_secret)
     book = me.book
     with book.lock:
@@ -457,16 +496,30 @@ def rpc_invoice(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
         if any(i.label == label for i in book.invoices):
             raise RpcFail(INVOICE_LABEL_ALREADY_EXISTS, f"Duplicate label '{label}'")
         book.invoice_index += 1
-        record = Invoice(label, encoded, payment_hash.hex(), preimage.hex(), secret.hex(),
-                         amount, description, now + expiry, book.invoice_index, features)
+        record = Invoice(
+            label,
+            encoded,
+            payment_hash.hex(),
+            preimage.hex(),
+            secret.hex(),
+            amount,
+            description,
+            now + expiry,
+            book.invoice_index,
+            features,
+        )
         book.invoices.append(record)
     note: dict[str, Any] = {"preimage": preimage.hex(), "label": label}
     if amount is not None:
         note = {"msat": amount, **note}
     me.notify("invoice_creation", note)
-    out: dict[str, Any] = {"payment_hash": record.payment_hash, "expires_at": record.expires_at,
-                           "bolt11": encoded, "payment_secret": record.payment_secret,
-                           "created_index": record.created_index}
+    out: dict[str, Any] = {
+        "payment_hash": record.payment_hash,
+        "expires_at": record.expires_at,
+        "bolt11": encoded,
+        "payment_secret": record.payment_secret,
+        "created_index": record.created_index,
+    }
     for w in ("warning_mpp", "warning_capacity", "warning_offline"):
         if w in warnings:
             out[w] = WARNING_TEXT[w]
@@ -478,10 +531,14 @@ def rpc_decode(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     try:
         return bolt11.decode(text).json()
     except bolt11.Bolt11Error as e:
-        reason = str(e) if text.lower().removeprefix("lightning:").startswith("ln") else (
-            "Unparsable string")
-        raise RpcFail(JSONRPC2_INVALID_PARAMS,
-                      f"string: {reason}: invalid token '\"{text}\"'") from e
+        reason = (
+            str(e)
+            if text.lower().removeprefix("lightning:").startswith("ln")
+            else ("Unparsable string")
+        )
+        raise RpcFail(
+            JSONRPC2_INVALID_PARAMS, f"string: {reason}: invalid token '\"{text}\"'"
+        ) from e
 
 
 def rpc_listinvoices(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
@@ -507,7 +564,7 @@ def rpc_listinvoices(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
             continue
         out.append(inv.json())
     if "limit" in p:
-        out = out[:int(p["limit"])]
+        out = out[: int(p["limit"])]
     return {"invoices": out}
 
 
@@ -565,50 +622,79 @@ def rpc_sendpay(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
         hops.append((str(h["id"]), str(h["channel"]), amount, int(h["delay"])))
     final_amount = hops[-1][2]
     if msat is not None and not partid and msat != final_amount:
-        raise RpcFail(JSONRPC2_INVALID_PARAMS,
-                      f"Do not specify msatoshi ({msat}msat) without partid: if you do, it must "
-                      f"be exactly the final amount ({final_amount}msat)")
+        raise RpcFail(
+            JSONRPC2_INVALID_PARAMS,
+            f"Do not specify msatoshi ({msat}msat) without partid: if you do, it must "
+            f"be exactly the final amount ({final_amount}msat)",
+        )
     if partid:
         raise RpcFail(LIGHTNINGD, "harness: multi-part payments (partid) are not modelled")
     total = msat if msat is not None else final_amount
     destination = hops[-1][0]
     with book.lock:
         earlier = book.payments_by_hash(rhash)
-        group = int(p["groupid"]) if "groupid" in p else max(
-            (x.groupid for x in earlier), default=0) + 1
+        group = (
+            int(p["groupid"])
+            if "groupid" in p
+            else max((x.groupid for x in earlier), default=0) + 1
+        )
         for x in earlier:  # check_progress
             if x.status == "complete" and x.partid == partid:
                 if x.amount_msat != total:
-                    raise RpcFail(PAY_RHASH_ALREADY_USED, f"Already succeeded with amount "
-                                  f"{x.amount_msat}msat (not {total}msat)")
+                    raise RpcFail(
+                        PAY_RHASH_ALREADY_USED,
+                        f"Already succeeded with amount {x.amount_msat}msat (not {total}msat)",
+                    )
                 if x.destination != destination:
                     raise RpcFail(PAY_RHASH_ALREADY_USED, f"Already succeeded to {x.destination}")
                 return x.fields()  # previous success is idempotent
             if x.status == "pending":
                 if x.groupid != group:
-                    raise RpcFail(PAY_IN_PROGRESS, f"Payment with groupid={x.groupid} still in "
-                                  "progress, cannot retry before that completes.")
+                    raise RpcFail(
+                        PAY_IN_PROGRESS,
+                        f"Payment with groupid={x.groupid} still in "
+                        "progress, cannot retry before that completes.",
+                    )
                 if x.amount_msat != total:
-                    raise RpcFail(PAY_RHASH_ALREADY_USED, f"Already pending with amount "
-                                  f"{x.amount_msat}msat (not {total}msat)")
+                    raise RpcFail(
+                        PAY_RHASH_ALREADY_USED,
+                        f"Already pending with amount {x.amount_msat}msat (not {total}msat)",
+                    )
                 return {"message": "Monitor status with listpays or waitsendpay", **x.fields()}
             if x.partid == partid and x.groupid == group:
-                raise RpcFail(PAY_RHASH_ALREADY_USED,
-                              f"There already is a payment with payment_hash={rhash}, "
-                              f"groupid={group}, partid={partid}. Either change the partid, or "
-                              "wait for the payment to complete and start a new group.")
+                raise RpcFail(
+                    PAY_RHASH_ALREADY_USED,
+                    f"There already is a payment with payment_hash={rhash}, "
+                    f"groupid={group}, partid={partid}. Either change the partid, or "
+                    "wait for the payment to complete and start a new group.",
+                )
     first_id, first_scid, first_amount, first_delay = hops[0]
     channel = _find_first_channel(me, first_id, first_scid)
     if channel is None:
-        raise RpcFail(PAY_TRY_OTHER_ROUTE, "No connection to first peer found", {
-            "erring_index": 0, "failcode": PERM | 10, "failcodename": wire_name(PERM | 10),
-            "erring_node": me.node_id})
+        raise RpcFail(
+            PAY_TRY_OTHER_ROUTE,
+            "No connection to first peer found",
+            {
+                "erring_index": 0,
+                "failcode": PERM | 10,
+                "failcodename": wire_name(PERM | 10),
+                "erring_node": me.node_id,
+            },
+        )
     if me.connected_peer(channel.peer_id) is None:  # send_htlc_out: no owner
         code = UPDATE | 7
-        raise RpcFail(PAY_TRY_OTHER_ROUTE, f"failed: {wire_name(code)} (First peer not ready)", {
-            "erring_index": 0, "failcode": code, "failcodename": wire_name(code),
-            "erring_node": me.node_id, "erring_channel": channel.scid_or_local_alias(),
-            "erring_direction": _node_idx(me.node_id, channel.peer_id)})
+        raise RpcFail(
+            PAY_TRY_OTHER_ROUTE,
+            f"failed: {wire_name(code)} (First peer not ready)",
+            {
+                "erring_index": 0,
+                "failcode": code,
+                "failcodename": wire_name(code),
+                "erring_node": me.node_id,
+                "erring_channel": channel.scid_or_local_alias(),
+                "erring_direction": _node_idx(me.node_id, channel.peer_id),
+            },
+        )
     base = me.network.chain.height + 1
     layers = []
     secret = p.get("payment_secret")
@@ -617,30 +703,55 @@ def rpc_sendpay(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
             nxt = hops[i + 1]
             payload = HopPayload(nxt[2], base + nxt[3], scid=nxt[1])
         else:
-            payload = HopPayload(amount, base + delay, payment_secret=secret,
-                                 total_msat=total if secret else None)
+            payload = HopPayload(
+                amount, base + delay, payment_secret=secret, total_msat=total if secret else None
+            )
         layers.append(OnionLayer(node_id, payload, i))
     with book.lock:
         book.payment_index += 1
-        payment = Payment(book.payment_index, rhash, group, partid, destination, total,
-                          first_amount, int(time.time()), [h[0] for h in hops],
-                          [h[1] for h in hops], label=p.get("label"), bolt11=p.get("bolt11"),
-                          description=p.get("description"))
+        payment = Payment(
+            book.payment_index,
+            rhash,
+            group,
+            partid,
+            destination,
+            total,
+            first_amount,
+            int(time.time()),
+            [h[0] for h in hops],
+            [h[1] for h in hops],
+            label=p.get("label"),
+            bolt11=p.get("bolt11"),
+            description=p.get("description"),
+        )
         book.payments.append(payment)
         answer = {"message": "Monitor status with listpays or waitsendpay", **payment.fields()}
     me.log(f"Sending {first_amount}msat over {len(hops)} hops to deliver {total}msat")
-    threading.Thread(target=_run_payment, name=f"{me.name}-pay-{payment.id}", daemon=True,
-                     args=(me, payment, channel, first_amount, base + first_delay, layers)).start()
+    threading.Thread(
+        target=_run_payment,
+        name=f"{me.name}-pay-{payment.id}",
+        daemon=True,
+        args=(me, payment, channel, first_amount, base + first_delay, layers),
+    ).start()
     return answer
 
 
-def _run_payment(me: FakeNode, payment: Payment, channel: Channel, amount: int, cltv: int,
-                 layers: list[OnionLayer]) -> None:
+def _run_payment(
+    me: FakeNode,
+    payment: Payment,
+    channel: Channel,
+    amount: int,
+    cltv: int,
+    layers: list[OnionLayer],
+) -> None:
     try:
         outcome = offer_htlc(me, channel, amount, cltv, payment.payment_hash, layers)
     except Exception as e:  # a harness bug: report it, fail the payment
-        me.record(HarnessError(f"harness error running payment {payment.payment_hash}: {e!r}",
-                               node=me.name))
+        me.record(
+            HarnessError(
+                f"harness error running payment {payment.payment_hash}: {e!r}", node=me.name
+            )
+        )
         outcome = Failed(-1, _u16(NODE | 2), local="harness error")
     _finish_payment(me, payment, outcome)
 
@@ -683,8 +794,9 @@ def _finish_payment(me: FakeNode, payment: Payment, outcome: Outcome) -> None:
         me.network.peer_cond.notify_all()
 
 
-def _routing_failure(me: FakeNode, payment: Payment, outcome: Failed
-                     ) -> tuple[int, str, dict[str, Any], str | None]:
+def _routing_failure(
+    me: FakeNode, payment: Payment, outcome: Failed
+) -> tuple[int, str, dict[str, Any], str | None]:
     """(error code, details, routefail info, raw_message) as pay.c's payment_failed builds
     them (local_routing_failure / remote_routing_failure)."""
     failcode = _peektype(outcome.failmsg)
@@ -696,8 +808,13 @@ def _routing_failure(me: FakeNode, payment: Payment, outcome: Failed
         info = {"erring_index": 0, "failcode": failcode}
         if not wire_name(failcode).startswith("UNKNOWN "):
             info["failcodename"] = wire_name(failcode)
-        info.update({"erring_node": me.node_id, "erring_channel": chans[0],
-                     "erring_direction": _node_idx(me.node_id, nodes[0])})
+        info.update(
+            {
+                "erring_node": me.node_id,
+                "erring_channel": chans[0],
+                "erring_direction": _node_idx(me.node_id, nodes[0]),
+            }
+        )
         return PAY_TRY_OTHER_ROUTE, outcome.local or "local failure", info, None
     k = outcome.origin_index
     if k == len(nodes) - 1:
@@ -718,8 +835,13 @@ def _routing_failure(me: FakeNode, payment: Payment, outcome: Failed
     info = {"erring_index": k + 1, "failcode": failcode}
     if not wire_name(failcode).startswith("UNKNOWN "):
         info["failcodename"] = wire_name(failcode)
-    info.update({"erring_node": erring_node, "erring_channel": erring_channel,
-                 "erring_direction": direction})
+    info.update(
+        {
+            "erring_node": erring_node,
+            "erring_channel": erring_channel,
+            "erring_direction": direction,
+        }
+    )
     return code, "reply from remote", info, outcome.failmsg.hex()
 
 
@@ -729,12 +851,14 @@ def rpc_waitsendpay(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     book = me.book
     with book.lock:
         candidates = [x for x in book.payments_by_hash(rhash) if x.partid == partid]
-        group = int(p["groupid"]) if "groupid" in p else max(
-            (x.groupid for x in book.payments_by_hash(rhash)), default=0)
+        group = (
+            int(p["groupid"])
+            if "groupid" in p
+            else max((x.groupid for x in book.payments_by_hash(rhash)), default=0)
+        )
         payment = next((x for x in candidates if x.groupid == group), None)
     if payment is None:
-        raise RpcFail(PAY_NO_SUCH_PAYMENT,
-                      f"Never attempted payment part {partid} for '{rhash}'")
+        raise RpcFail(PAY_NO_SUCH_PAYMENT, f"Never attempted payment part {partid} for '{rhash}'")
     was_pending = payment.status == "pending"
     timeout = float(p["timeout"]) if "timeout" in p else None
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -763,8 +887,7 @@ def rpc_waitsendpay(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
 
 def rpc_listsendpays(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     if "bolt11" in p and "payment_hash" in p:
-        raise RpcFail(JSONRPC2_INVALID_PARAMS,
-                      "Can only specify one of {bolt11} or {payment_hash}")
+        raise RpcFail(JSONRPC2_INVALID_PARAMS, "Can only specify one of {bolt11} or {payment_hash}")
     wanted = p.get("payment_hash")
     if "bolt11" in p:
         try:
@@ -773,15 +896,25 @@ def rpc_listsendpays(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
             raise RpcFail(JSONRPC2_INVALID_PARAMS, f"Invalid invstring: {e}") from e
     with me.book.lock:
         pays = list(me.book.payments)
-    out = [x.fields() for x in pays
-           if (wanted is None or x.payment_hash == wanted)
-           and ("status" not in p or x.status == p["status"])]
+    out = [
+        x.fields()
+        for x in pays
+        if (wanted is None or x.payment_hash == wanted)
+        and ("status" not in p or x.status == p["status"])
+    ]
     return {"payments": out}
 
 
 # -- the HTLC's way through the network ---------------------------------------------------------
-def offer_htlc(me: FakeNode, ch: Channel, amount: int, cltv: int, payment_hash: str,
-               layers: list[OnionLayer], on_added: Any = None) -> Outcome:
+def offer_htlc(
+    me: FakeNode,
+    ch: Channel,
+    amount: int,
+    cltv: int,
+    payment_hash: str,
+    layers: list[OnionLayer],
+    on_added: Any = None,
+) -> Outcome:
     """`me` offers an HTLC on its channel `ch` (channeld's add_htlc checks), `on_added()` runs
     once it is on both sides, the peer processes it, and the HTLC is settled or failed on both
     sides. Returns how it ended; a channeld refusal is a local failure of `me` (-1 if `me` is
@@ -842,12 +975,15 @@ def offer_htlc(me: FakeNode, ch: Channel, amount: int, cltv: int, payment_hash: 
 def _channeld_refusal(ch: Channel, theirs: Channel, amount: int) -> tuple[bytes, str] | None:
     """channeld/full_channel.c channel_add_htlc, for `ch`'s side offering `amount`."""
     if amount == 0 or amount < theirs.htlc_minimum_msat:
-        return (_u16(UPDATE | 11) + _u64(amount) + NO_UPDATE,
-                f"HTLC too small ({theirs.htlc_minimum_msat}msat minimum)")
+        return (
+            _u16(UPDATE | 11) + _u64(amount) + NO_UPDATE,
+            f"HTLC too small ({theirs.htlc_minimum_msat}msat minimum)",
+        )
     if len(ch.htlcs) + 1 > 483:
         return _u16(UPDATE | 7) + NO_UPDATE, "Too many HTLCs"
-    fee = ch.feerate_perkw * commit_weight(untrimmed_htlcs(ch, amount, DUST_SAT),
-                                           ch.anchors) // 1000
+    fee = (
+        ch.feerate_perkw * commit_weight(untrimmed_htlcs(ch, amount, DUST_SAT), ch.anchors) // 1000
+    )
     anchors = 2 * 330 if ch.anchors else 0
     offered = sum(h.amount_msat for h in ch.htlcs if h.direction == "out") + amount
     remainder = ch.our_msat - offered - ch.our_reserve_sat * 1000
@@ -859,15 +995,15 @@ def _channeld_refusal(ch: Channel, theirs: Channel, amount: int) -> tuple[bytes,
     if ch.opener == "remote":
         # the opener (our peer) must still afford the commitment with one more HTLC
         their_offered = sum(h.amount_msat for h in ch.htlcs if h.direction == "in")
-        their_room = (theirs.our_msat - their_offered - ch.their_reserve_sat * 1000
-                      - anchors * 1000)
+        their_room = theirs.our_msat - their_offered - ch.their_reserve_sat * 1000 - anchors * 1000
         if their_room < fee * 1000:
             return capacity
     return None
 
 
-def _incoming(me: FakeNode, ch: Channel, htlc: Htlc, sender: FakeNode,
-              layers: list[OnionLayer]) -> Outcome:
+def _incoming(
+    me: FakeNode, ch: Channel, htlc: Htlc, sender: FakeNode, layers: list[OnionLayer]
+) -> Outcome:
     """peer_accepted_htlc and what follows, on `me` which received `htlc` on `ch`."""
     layer, rest = layers[0], layers[1:]
     i = layer.index
@@ -878,15 +1014,21 @@ def _incoming(me: FakeNode, ch: Channel, htlc: Htlc, sender: FakeNode,
     payload = layer.payload
     final = payload.scid is None
     fwd_cid = None if final else calc_forwarding_channel(me, payload)
-    hook_payload: dict[str, Any] = {"peer_id": sender.node_id, "onion": _onion_json(
-        layer, payment_hash=htlc.payment_hash, final=final)}
+    hook_payload: dict[str, Any] = {
+        "peer_id": sender.node_id,
+        "onion": _onion_json(layer, payment_hash=htlc.payment_hash, final=final),
+    }
     if fwd_cid is not None:
         hook_payload["forward_to"] = fwd_cid
     height = me.network.chain.height
-    hook_payload["htlc"] = {"short_channel_id": ch.scid_or_local_alias(), "id": htlc.id,
-                            "amount_msat": htlc.amount_msat, "cltv_expiry": htlc.expiry,
-                            "cltv_expiry_relative": htlc.expiry - height,
-                            "payment_hash": htlc.payment_hash}
+    hook_payload["htlc"] = {
+        "short_channel_id": ch.scid_or_local_alias(),
+        "id": htlc.id,
+        "amount_msat": htlc.amount_msat,
+        "cltv_expiry": htlc.expiry,
+        "cltv_expiry_relative": htlc.expiry - height,
+        "payment_hash": htlc.payment_hash,
+    }
     result = _call_hook(me, htlc, "htlc_accepted", hook_payload)
     if result is None:
         return Failed(i, _u16(NODE | 2))
@@ -911,8 +1053,10 @@ def _incoming(me: FakeNode, ch: Channel, htlc: Htlc, sender: FakeNode,
     if verdict == "resolve":
         key = str(result["payment_key"])
         if hashlib.sha256(bytes.fromhex(key)).hexdigest() != htlc.payment_hash:
-            me.log(f"Plugin returned a preimage that doesn't match the HTLC hash "
-                   f"{htlc.payment_hash}", "broken")
+            me.log(
+                f"Plugin returned a preimage that doesn't match the HTLC hash {htlc.payment_hash}",
+                "broken",
+            )
             return Failed(i, _u16(PERM | 15))
         return Fulfilled(key)
     if final:
@@ -935,8 +1079,9 @@ def _onion_json(layer: OnionLayer, payment_hash: str, final: bool) -> dict[str, 
     return out
 
 
-def _call_hook(me: FakeNode, htlc: Htlc, name: str,
-               payload: dict[str, Any]) -> dict[str, Any] | None:
+def _call_hook(
+    me: FakeNode, htlc: Htlc, name: str, payload: dict[str, Any]
+) -> dict[str, Any] | None:
     """Call the hook on `me`'s plugin and wait for it (lightningd waits forever; the harness
     records a HarnessTimeout after the network's timeout). None: no usable answer."""
     plugin = os.path.basename(me.plugin_cmd[-1]) if me.plugin_cmd else "?"
@@ -945,9 +1090,13 @@ def _call_hook(me: FakeNode, htlc: Htlc, name: str,
     try:
         return me.call_hook_async(name, payload).result(timeout=me.timeout)
     except FutureTimeout:
-        me.record(HarnessTimeout(f"plugin did not answer the {name} hook for "
-                                 f"{htlc.payment_hash} (lightningd would wait forever)",
-                                 node=me.name))
+        me.record(
+            HarnessTimeout(
+                f"plugin did not answer the {name} hook for "
+                f"{htlc.payment_hash} (lightningd would wait forever)",
+                node=me.name,
+            )
+        )
         return None
     except HarnessError:
         return None  # an invalid result: already recorded (lightningd would have died)
@@ -983,8 +1132,9 @@ def calc_forwarding_channel(me: FakeNode, payload: HopPayload) -> str | None:
                 continue
             best, best_spendable = c, spendable
         if best is not hint:
-            me.log(f"Chose a better channel than {payload.scid}: "
-                   f"{best.scid_or_local_alias()}", "debug")
+            me.log(
+                f"Chose a better channel than {payload.scid}: {best.scid_or_local_alias()}", "debug"
+            )
         return best.channel_id
 
 
@@ -994,16 +1144,27 @@ def _mirror(me: FakeNode, ch: Channel) -> tuple[FakeNode | None, Channel | None]
     return mirror_channel(me, ch)
 
 
-def _forward(me: FakeNode, in_ch: Channel, htlc: Htlc, payload: HopPayload,
-             fwd_cid: str | None, rest: list[OnionLayer], i: int) -> Outcome:
+def _forward(
+    me: FakeNode,
+    in_ch: Channel,
+    htlc: Htlc,
+    payload: HopPayload,
+    fwd_cid: str | None,
+    rest: list[OnionLayer],
+    i: int,
+) -> Outcome:
     """peer_htlcs.c forward_htlc, then the HTLC's way on and back."""
     amt, out_cltv = payload.amt_to_forward, payload.outgoing_cltv
     with me.network.state_lock:
         nxt = next((c for c in me.channels if c.channel_id == fwd_cid), None) if fwd_cid else None
     out_scid = nxt.scid_or_local_alias() if nxt is not None else payload.scid
-    event: dict[str, Any] = {"payment_hash": htlc.payment_hash,
-                             "in_channel": in_ch.scid_or_local_alias(), "in_htlc_id": htlc.id,
-                             "out_channel": out_scid, "in_msat": htlc.amount_msat}
+    event: dict[str, Any] = {
+        "payment_hash": htlc.payment_hash,
+        "in_channel": in_ch.scid_or_local_alias(),
+        "in_htlc_id": htlc.id,
+        "out_channel": out_scid,
+        "in_msat": htlc.amount_msat,
+    }
     received = time.time()
     height = me.network.chain.height
 
@@ -1013,9 +1174,18 @@ def _forward(me: FakeNode, in_ch: Channel, htlc: Htlc, payload: HopPayload,
         with book.lock:
             book.forward_index += 1
             index = book.forward_index
-        me.notify("forward_event", {"created_index": index, **event, "status": "local_failed",
-                                    "failcode": code, "failreason": wire_name(code),
-                                    "style": "tlv", "received_time": received})
+        me.notify(
+            "forward_event",
+            {
+                "created_index": index,
+                **event,
+                "status": "local_failed",
+                "failcode": code,
+                "failreason": wire_name(code),
+                "style": "tlv",
+                "received_time": received,
+            },
+        )
         return Failed(i, failmsg)
 
     if nxt is None or not can_add_htlc(nxt.state):
@@ -1039,9 +1209,16 @@ def _forward(me: FakeNode, in_ch: Channel, htlc: Htlc, payload: HopPayload,
         with book.lock:
             book.forward_index += 1
             created = book.forward_index
-        me.notify("forward_event", {"created_index": created, **out_event,
-                                    "status": "offered", "style": "tlv",
-                                    "received_time": received})
+        me.notify(
+            "forward_event",
+            {
+                "created_index": created,
+                **out_event,
+                "status": "offered",
+                "style": "tlv",
+                "received_time": received,
+            },
+        )
 
     outcome = offer_htlc(me, nxt, amt, out_cltv, htlc.payment_hash, rest, on_added=offered)
     if isinstance(outcome, Failed) and outcome.local is not None:
@@ -1052,17 +1229,23 @@ def _forward(me: FakeNode, in_ch: Channel, htlc: Htlc, payload: HopPayload,
         updated = book.forward_updated
         if isinstance(outcome, Fulfilled):
             book.fees_collected_msat += htlc.amount_msat - amt
-    done = {"updated_index": updated, **out_event,
-            "status": "settled" if isinstance(outcome, Fulfilled) else "failed",
-            "style": "tlv", "received_time": received, "resolved_time": time.time()}
+    done = {
+        "updated_index": updated,
+        **out_event,
+        "status": "settled" if isinstance(outcome, Fulfilled) else "failed",
+        "style": "tlv",
+        "received_time": received,
+        "resolved_time": time.time(),
+    }
     if isinstance(outcome, Fulfilled):
         done["preimage"] = outcome.preimage
     me.notify("forward_event", done)
     return outcome
 
 
-def _invoice_problem(inv: Invoice | None, payload: HopPayload, total: int,
-                     invoice_msat: int | None) -> str | None:
+def _invoice_problem(
+    inv: Invoice | None, payload: HopPayload, total: int, invoice_msat: int | None
+) -> str | None:
     """invoice_check_payment: why the HTLC cannot pay this invoice, or None."""
     if inv is None:
         return "Unknown invoice"
@@ -1082,8 +1265,9 @@ def _invoice_problem(inv: Invoice | None, payload: HopPayload, total: int,
     return None
 
 
-def _localpay(me: FakeNode, ch: Channel, htlc: Htlc, payload: HopPayload,
-              invoice_msat: int | None, i: int) -> Outcome:
+def _localpay(
+    me: FakeNode, ch: Channel, htlc: Htlc, payload: HopPayload, invoice_msat: int | None, i: int
+) -> Outcome:
     """peer_htlcs.c handle_localpay, htlc_set_add, invoice_check_payment, the invoice_payment
     hook."""
     height = me.network.chain.height
@@ -1109,8 +1293,7 @@ def _localpay(me: FakeNode, ch: Channel, htlc: Htlc, payload: HopPayload,
     if htlc.amount_msat < total:
         # an MPP part: lightningd would wait 60 s for the rest; the fake fails it at once
         return Failed(i, _u16(23))
-    hook: dict[str, Any] = {"label": inv.label, "preimage": inv.preimage,
-                            "msat": htlc.amount_msat}
+    hook: dict[str, Any] = {"label": inv.label, "preimage": inv.preimage, "msat": htlc.amount_msat}
     if me.network.developer:
         hook["extratlvs"] = []
     result = _call_hook(me, htlc, "invoice_payment", {"payment": hook})
@@ -1128,8 +1311,9 @@ def _localpay(me: FakeNode, ch: Channel, htlc: Htlc, payload: HopPayload,
         inv.amount_received_msat, inv.paid_at = htlc.amount_msat, int(time.time())
         inv.updated_index = book.invoice_updated
     me.log(f"Resolved invoice '{inv.label}' with amount {htlc.amount_msat}msat in 1 htlcs")
-    me.notify("invoice_payment", {"msat": htlc.amount_msat, "preimage": inv.preimage,
-                                  "label": inv.label})
+    me.notify(
+        "invoice_payment", {"msat": htlc.amount_msat, "preimage": inv.preimage, "label": inv.label}
+    )
     return Fulfilled(inv.preimage)
 
 

@@ -196,11 +196,18 @@ class PluginProcess:
         with contextlib.suppress(OSError):
             stream.close()
 
-    def request(self, method: str, params: Any, *, req_id: str | None = None) -> Future[dict[str, Any]]:
+    def request(
+        self, method: str, params: Any, *, req_id: str | None = None
+    ) -> Future[dict[str, Any]]:
         """Send a request; the future resolves with the response object."""
         req_id = req_id or f"cln:{method}#{next(self._ids)}"
-        data = (json.dumps({"jsonrpc": "2.0", "id": req_id, "method": method, "params": params},
-                           ensure_ascii=False) + "\n\n").encode()
+        data = (
+            json.dumps(
+                {"jsonrpc": "2.0", "id": req_id, "method": method, "params": params},
+                ensure_ascii=False,
+            )
+            + "\n\n"
+        ).encode()
         return self._send_request(method, req_id, data)
 
     def request_raw(self, method: str, params_text: str) -> Future[dict[str, Any]]:
@@ -208,7 +215,9 @@ class PluginProcess:
         it read (which need not be JSON) into some hook payloads, `rpc_command` among them."""
         req_id = f"cln:{method}#{next(self._ids)}"
         head = json.dumps({"jsonrpc": "2.0", "method": method, "id": req_id})[:-1]
-        return self._send_request(method, req_id, (head + ', "params": ' + params_text + "}\n\n").encode())
+        return self._send_request(
+            method, req_id, (head + ', "params": ' + params_text + "}\n\n").encode()
+        )
 
     def _send_request(self, method: str, req_id: str, data: bytes) -> Future[dict[str, Any]]:
         fut: Future[dict[str, Any]] = Future()
@@ -255,16 +264,26 @@ class PluginProcess:
 
     def _handle(self, obj: dict[str, Any]) -> None:
         if obj.get("jsonrpc") != "2.0":
-            raise ProtocolViolation(f'JSON-RPC message does not contain "jsonrpc": "2.0": {obj!r:.300}')
+            raise ProtocolViolation(
+                f'JSON-RPC message does not contain "jsonrpc": "2.0": {obj!r:.300}'
+            )
         if "id" in obj:
             if "method" in obj:
                 raise ProtocolViolation(f"plugin sent a request on stdout: {obj!r:.300}")
             req_id = obj["id"]
             with self._lock:
-                entry = self._pending.pop(str(req_id), None) if isinstance(req_id, (str, int)) else None
+                entry = (
+                    self._pending.pop(str(req_id), None) if isinstance(req_id, (str, int)) else None
+                )
             if entry is None:
-                self._on_log(LogLine(time.time(), "harness", "unusual",
-                                     f"response to unknown request id {req_id!r}"))
+                self._on_log(
+                    LogLine(
+                        time.time(),
+                        "harness",
+                        "unusual",
+                        f"response to unknown request id {req_id!r}",
+                    )
+                )
                 return
             _, fut = entry
             if not fut.done():

@@ -55,7 +55,9 @@ class RpcServer:
         sock.settimeout(0.2)
         self._sock = sock
         self._stop.clear()
-        self._thread = threading.Thread(target=self._accept_loop, name=f"{self.name}-rpc", daemon=True)
+        self._thread = threading.Thread(
+            target=self._accept_loop, name=f"{self.name}-rpc", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -103,8 +105,14 @@ class RpcServer:
                 try:
                     requests = splitter.feed(data)
                 except JsonStreamError as e:
-                    self._send(conn, {"jsonrpc": "2.0", "id": None,
-                                      "error": {"code": -32700, "message": f"Parse error: {e}"}})
+                    self._send(
+                        conn,
+                        {
+                            "jsonrpc": "2.0",
+                            "id": None,
+                            "error": {"code": -32700, "message": f"Parse error: {e}"},
+                        },
+                    )
                     break
                 for req in requests:
                     resp = self.dispatch(req)

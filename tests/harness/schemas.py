@@ -30,8 +30,10 @@ def _make_validator_class(accepting: bool) -> Any:
     """A Draft-7 validator class knowing lightningd's types; `accepting` = input to lightningd."""
 
     def is_hex(checker: Any, inst: Any) -> bool:
-        return isinstance(inst, str) and len(inst) % 2 == 0 and all(
-            c in string.hexdigits for c in inst
+        return (
+            isinstance(inst, str)
+            and len(inst) % 2 == 0
+            and all(c in string.hexdigits for c in inst)
         )
 
     def uint(bits: int) -> Any:
@@ -47,11 +49,7 @@ def _make_validator_class(accepting: bool) -> Any:
         return block < 2**24 and tx < 2**24 and out < 2**16
 
     def is_scid_dir(checker: Any, inst: Any) -> bool:
-        return (
-            isinstance(inst, str)
-            and inst[-2:] in ("/0", "/1")
-            and is_scid(checker, inst[:-2])
-        )
+        return isinstance(inst, str) and inst[-2:] in ("/0", "/1") and is_scid(checker, inst[:-2])
 
     def is_outpoint(checker: Any, inst: Any) -> bool:
         if not isinstance(inst, str) or inst.count(":") != 1:
@@ -64,9 +62,20 @@ def _make_validator_class(accepting: bool) -> Any:
             return True
         if not isinstance(inst, str):
             return False
-        if inst in ("urgent", "normal", "slow", "minimum", "opening", "mutual_close",
-                    "unilateral_close", "delayed_to_us", "htlc_resolution", "penalty",
-                    "min_acceptable", "max_acceptable"):
+        if inst in (
+            "urgent",
+            "normal",
+            "slow",
+            "minimum",
+            "opening",
+            "mutual_close",
+            "unilateral_close",
+            "delayed_to_us",
+            "htlc_resolution",
+            "penalty",
+            "min_acceptable",
+            "max_acceptable",
+        ):
             return True
         for suffix in ("perkw", "perkb"):
             if inst.endswith(suffix):
@@ -116,8 +125,9 @@ def _make_validator_class(accepting: bool) -> Any:
     def is_outputdesc(checker: Any, inst: Any) -> bool:
         if not isinstance(inst, dict):
             return False
-        return all(isinstance(k, str) and (v == "all" or is_amount_in(checker, v))
-                   for k, v in inst.items())
+        return all(
+            isinstance(k, str) and (v == "all" or is_amount_in(checker, v)) for k, v in inst.items()
+        )
 
     def is_string(checker: Any, inst: Any) -> bool:
         return isinstance(inst, str)

@@ -110,17 +110,29 @@ class Htlc:
     status: str | None = None  # "Waiting for the htlc_accepted hook of plugin X"
 
     def json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"direction": self.direction, "id": self.id,
-                               "amount_msat": self.amount_msat, "expiry": self.expiry,
-                               "payment_hash": self.payment_hash, "state": self.state}
+        out: dict[str, Any] = {
+            "direction": self.direction,
+            "id": self.id,
+            "amount_msat": self.amount_msat,
+            "expiry": self.expiry,
+            "payment_hash": self.payment_hash,
+            "state": self.state,
+        }
         if self.status:
             out["status"] = self.status
         return out
 
 
-STATS = ("in_payments_offered", "in_offered_msat", "in_payments_fulfilled", "in_fulfilled_msat",
-         "out_payments_offered", "out_offered_msat", "out_payments_fulfilled",
-         "out_fulfilled_msat")
+STATS = (
+    "in_payments_offered",
+    "in_offered_msat",
+    "in_payments_fulfilled",
+    "in_fulfilled_msat",
+    "out_payments_offered",
+    "out_offered_msat",
+    "out_payments_fulfilled",
+    "out_fulfilled_msat",
+)
 
 
 @dataclass
@@ -217,8 +229,7 @@ class Channel:
         (their max_htlc_value_in_flight is unlimited in the fake)."""
         return max(0, self.total_msat - self.our_reserve_sat * 1000)
 
-    def set_state(self, new: str, cause: str, message: str,
-                  record: bool = True) -> dict[str, Any]:
+    def set_state(self, new: str, cause: str, message: str, record: bool = True) -> dict[str, Any]:
         """Change state; returns the change record (the channel_state_changed payload core).
         A channel's first state (`record=False`) is notified but not in `state_changes`, as in
         lightningd."""
@@ -281,8 +292,9 @@ def commit_weight(untrimmed_htlcs: int, anchors: bool) -> int:
     return (1124 if anchors else 724) + 172 * untrimmed_htlcs
 
 
-def htlc_trimmed(amount_msat: int, offered: bool, feerate: int, dust_sat: int,
-                 anchors: bool) -> bool:
+def htlc_trimmed(
+    amount_msat: int, offered: bool, feerate: int, dust_sat: int, anchors: bool
+) -> bool:
     """common/htlc_trim.c: below the dust limit once its second-stage fee is paid (zero for
     anchors' zero-fee HTLC transactions)."""
     fee = 0 if anchors else feerate * (663 if offered else 703) // 1000
@@ -404,8 +416,9 @@ class Datastore:
         with self.lock:
             for i in range(1, len(key)):
                 if key[:i] in self.entries:
-                    raise RpcFail(DATASTORE_UPDATE_NO_CHILDREN,
-                                  f"Parent key {list(key[:i])} exists")
+                    raise RpcFail(
+                        DATASTORE_UPDATE_NO_CHILDREN, f"Parent key {list(key[:i])} exists"
+                    )
             if any(len(k) > len(key) and k[: len(key)] == key for k in self.entries):
                 raise RpcFail(DATASTORE_UPDATE_HAS_CHILDREN, "Key has children already")
             old = self.entries.get(key)

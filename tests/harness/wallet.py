@@ -188,22 +188,29 @@ class Wallet:
                     raise RpcFail(JSONRPC2_INVALID_PARAMS, f"{u.txid}:{u.vout} already reserved")
             return self.reserve_utxos([u for _, u in ours], reserve)
 
-    def unreserveinputs(self, psbt: PartiallySignedTransaction, reserve: int) -> list[dict[str, Any]]:
+    def unreserveinputs(
+        self, psbt: PartiallySignedTransaction, reserve: int
+    ) -> list[dict[str, Any]]:
         height = self.chain.height
         out: list[dict[str, Any]] = []
         with self.lock:
             for _, u in self.our_inputs(psbt):
                 was = u.reserved(height)
                 if not was:
-                    out.append({"txid": u.txid, "vout": u.vout, "was_reserved": False,
-                                "reserved": False})
+                    out.append(
+                        {"txid": u.txid, "vout": u.vout, "was_reserved": False, "reserved": False}
+                    )
                     continue
                 if u.reserved_til <= height + reserve:
                     u.reserved_til = 0
                 else:
                     u.reserved_til -= reserve
-                entry: dict[str, Any] = {"txid": u.txid, "vout": u.vout, "was_reserved": True,
-                                         "reserved": u.reserved(height)}
+                entry: dict[str, Any] = {
+                    "txid": u.txid,
+                    "vout": u.vout,
+                    "was_reserved": True,
+                    "reserved": u.reserved(height),
+                }
                 if u.reserved(height):
                     entry["reserved_to_block"] = u.reserved_til
                 out.append(entry)
@@ -296,8 +303,9 @@ class Wallet:
                         JSONRPC2_INVALID_PARAMS,
                         f"Aborting PSBT signing. UTXO {u.txid}:{u.vout} is not reserved",
                     )
-                pub = pubkey_of(privkey_from_seed(self.seed, "wallet",
-                                                  u.key_index.to_bytes(4, "big")))
+                pub = pubkey_of(
+                    privkey_from_seed(self.seed, "wallet", u.key_index.to_bytes(4, "big"))
+                )
                 inp = psbt.inputs[i]
                 if inp.witness_utxo is None:
                     psbt.set_utxo(CTxOut(u.amount_sat, CScript(u.script)), i)
