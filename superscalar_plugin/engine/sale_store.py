@@ -67,6 +67,8 @@ class Order:
     fee_sat: int
     state: OrderState
     created_height: int
+    preimage: str  # ours (the invoice was made with it): the held HTLC is resolved with it
+    expires_at: int  # unix time the invoice expires: a later HTLC is failed, never held
     result: str | None = None  # "sale <txid>" or "onchain <channel id>"
     error: str | None = None
 
@@ -208,6 +210,8 @@ def orders_from(data: dict[str, Any]) -> tuple[Order, ...]:
                 fee_sat=get(e, "fee_sat", int),
                 state=state,
                 created_height=get(e, "created_height", int),
+                preimage=hexfield(e, "preimage", 32),
+                expires_at=get(e, "expires_at", int),
                 result=get(e, "result", str, optional=True),
                 error=get(e, "error", str, optional=True),
             )

@@ -11,6 +11,7 @@ from typing import Any
 from ..engine import store
 from ..engine.errors import InvalidParameter
 from ..engine.tree import Topology
+from ..engine.tx import Tx
 from .lifecycle import client_view, factory_view
 from .node import Node
 from .records import Records, is_compromised, topology, txid_of
@@ -85,9 +86,11 @@ class StatusView:
                 ],
                 "onchain": per_client[i],
                 **client_view(c),
+                **sales_view(record, i, channels),
             }
             for i, c in enumerate(record.clients)
         ]
+        view["stock"] = stock_view(record)
         return view
 
     def _client_view(self, record: store.ClientRecord, topo: Topology) -> dict[str, Any]:
@@ -100,6 +103,7 @@ class StatusView:
             "channel_sat": record.channel_sat,
             "funding_txid": record.funding_txid,
             "funding_confirmations": self._confirmations(record, record.funding_txid),
+            **own_sales_view(record, self._node.channels()),
             "exit_path": [
                 {
                     "node": e.node,
@@ -116,6 +120,82 @@ class StatusView:
     def _confirmations(self, record: store.Record, txid: str | None) -> int:
         height = dict(record.confirmed).get(txid or "")
         return 0 if height is None else max(0, self._node.height - height + 1)
+
+
+def sales_view(
+    record: store.LspRecord, client: int, channels: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """A client's channels beyond its factory channel, as the LSP sees them: one per sale of its
+    leaf's stock that it bought, and its on-chain fallback channel, if any."""
+    return {
+        "sales": [
+            {
+                "sale_txid": e.sale_txid,
+                "sold_sat": e.sold_sat,
+                "price_sat": e.price_sat,
+                "channel_id": e.channel_id,
+                "channel_state": channels.get(e.channel_id or "", {}).get("state"),
+                "complete": e.complete,
+                "acked_by": list(e.acked),
+            }
+            for e in record.sales
+            if e.buyer == client
+        ],
+        "onchain_channels": [
+            {
+                "channel_id": j.channel_id,
+                "sat": j.sat,
+                "reason": j.reason,
+                "channel_state": channels.get(j.channel_id, {}).get("state"),
+            }
+            for j in record.jit
+            if j.client == client
+        ],
+    }
+
+
+def stock_view(record: store.LspRecord) -> list[dict[str, Any]]:
+    """Per leaf: its sales and what is left of its stock (the latest change)."""
+    topo = topology(record)
+    out = []
+    for leaf in topo.leaves:
+        sales = [e for e in record.sales if e.leaf == leaf]
+        left = record.params.stock_sat
+        if sales:
+            tx = Tx.deserialize(bytes.fromhex(sales[-1].sale_tx))
+            left = tx.outputs[1].amount if len(tx.outputs) == 3 else 0
+        out.append({"leaf": leaf, "sales": len(sales), "stock_left_sat": left})
+    return out
+
+
+def own_sales_view(
+    record: store.ClientRecord, channels: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """A client's view of its leaf's sales: those it bought (with their channels and the exit
+    each adds), how many it co-signed, and its on-chain fallback channels."""
+    by_funding = {ch.get("funding_txid"): cid for cid, ch in channels.items()}
+    mine = []
+    chain_len = 0
+    for e in record.sales:
+        chain_len += 1
+        if e.buyer != record.client_index:
+            continue
+        txid = e.sale_txid
+        mine.append(
+            {
+                "sale_txid": txid,
+                "sold_sat": e.sold_sat,
+                "channel_id": by_funding.get(txid),
+                "channel_state": channels.get(by_funding.get(txid) or "", {}).get("state"),
+                "complete": e.complete,
+                "exit_sales": chain_len,  # sale txs its exit adds after the leaf
+            }
+        )
+    return {
+        "sales": mine,
+        "sales_cosigned": len(record.sales),
+        "onchain_channels": list(record.jit_channels),
+    }
 
 
 def _client_phase(record: store.ClientRecord, height: int, dying_blocks: int) -> str:
