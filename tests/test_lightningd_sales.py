@@ -13,6 +13,7 @@ stock. Nodes restart between the steps and lose nothing.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from real_node import (
@@ -22,6 +23,7 @@ from real_node import (
     no_htlcs,
     normal,
     require_lightningd,
+    wallet_sat,
 )
 
 require_lightningd()
@@ -119,3 +121,129 @@ def _channel_normal(node: Any, channel_id: str) -> bool:
         c["channel_id"] == channel_id and c["state"] == "CHANNELD_NORMAL"
         for c in node.rpc.listpeerchannels()["channels"]
     )
+
+
+def _to_us(node: Any, peer: Any) -> dict[str, int]:
+    return {
+        c["channel_id"]: int(c["to_us_msat"])
+        for c in node.rpc.listpeerchannels(peer.info["id"])["channels"]
+    }
+
+
+def _mine_until(bitcoind: Any, done: Any, timeout: int = 300) -> None:
+    """A block at a time until `done()` (pyln's wait_for backs off to 5 s between tries)."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "not reached in time"
+        bitcoind.generate_block(1)
+        time.sleep(0.5)
+
+
+def test_a_client_buys_twice_receives_across_its_channels_falls_back_on_chain_and_exits(
+    node_factory: Any, bitcoind: Any
+) -> None:
+    lsp, clients = _nodes(node_factory, 4, {"superscalar-lifetime-blocks": 200})
+    a, b = clients[0], clients[1]
+    created = create_factory(lsp, clients, channel_sat=CHANNEL_SAT, **SHAPE)
+    instance = created["instance"]
+    for c in clients:
+        wait_for(lambda c=c: normal(lsp, c) and normal(c, lsp))
+    bitcoind.generate_block(1)
+    _pay(lsp, a, 25_000_000)  # A can pay for liquidity from its factory channel
+    spent_before = sum(_to_us(a, lsp).values())
+
+    # First purchase: a sale of the leaf's stock, paid only once delivered.
+    first = _buy(a, instance, FIRST)
+    assert first["kind"] == "factory", first
+    assert first["fee_sat"] == 1000 + FIRST // 100
+    wait_for(lambda: no_htlcs(a) and no_htlcs(lsp))
+    # A paid the price; the new channel holds the 1 sat every factory channel is opened with.
+    assert spent_before - sum(_to_us(a, lsp).values()) == first["fee_sat"] * 1000 - 1000
+    wait_for(lambda: sorted(_status(lsp, instance)["clients"][0]["sales"][0]["acked_by"]) == [0, 1])
+    [order_sale] = _status(lsp, instance)["clients"][0]["sales"]
+    assert order_sale["sale_txid"] == first["sale_txid"] and order_sale["complete"]
+    assert order_sale["price_sat"] == first["fee_sat"]
+    assert order_sale["channel_state"] == "CHANNELD_NORMAL"
+
+    # Every node restarts between the two sales: nothing is lost.
+    for n in (lsp, b, a):
+        n.restart()
+    _reconnect(lsp, clients)
+    for c in clients:
+        wait_for(lambda c=c: normal(lsp, c) and normal(c, lsp))
+    wait_for(lambda: _channel_normal(a, first["channel_id"]))
+
+    # Second purchase: chained on the first sale's change.
+    second = _buy(a, instance, SECOND)
+    assert second["kind"] == "factory", second
+    mine = _status(a, instance)["sales"]
+    assert [s["sale_txid"] for s in mine] == [first["sale_txid"], second["sale_txid"]]
+    assert mine[1]["spends"] == f"{first['sale_txid']}:1"
+    assert all(s["complete"] and s["channel_state"] == "CHANNELD_NORMAL" for s in mine)
+    assert [s["exit_sales"] for s in mine] == [1, 2]
+    assert _status(b, instance)["sales_cosigned"] == 2
+    stock = _status(lsp, instance)["stock"][0]
+    assert stock["sales"] == 2 and stock["stock_left_sat"] < 200_000 - FIRST - SECOND
+
+    # One payment larger than any single channel of A's can take: it arrives in parts.
+    receivable = [
+        int(c["receivable_msat"])
+        for c in a.rpc.listpeerchannels(lsp.info["id"])["channels"]
+        if c["state"] == "CHANNELD_NORMAL"
+    ]
+    big = max(receivable) + 15_000_000
+    assert big < sum(receivable) - 5_000_000
+    _pay(lsp, a, big)
+    held = _to_us(a, lsp)
+    assert held[second["channel_id"]] > 0 and held[first["channel_id"]] > 0
+
+    # The leaf-mate is offline: the third purchase is an ordinary on-chain channel.
+    b.stop()
+    wait_for(
+        lambda: (
+            not any(
+                p["id"] == b.info["id"] and p["connected"] for p in lsp.rpc.listpeers()["peers"]
+            )
+        )
+    )
+    third = _buy(a, instance, 30_000)
+    assert third["kind"] == "onchain", third
+    [jit] = _status(lsp, instance)["clients"][0]["onchain_channels"]
+    assert jit["channel_id"] == third["channel_id"] and "offline" in jit["reason"]
+    assert _status(a, instance)["onchain_channels"] == [third["channel_id"]]
+    bitcoind.generate_block(6)
+    wait_for(lambda: _channel_normal(a, third["channel_id"]))
+    b.start()
+
+    # A exits alone: the tree's path, both sales, then every channel's commitment.
+    inside = {
+        cid: v
+        for cid, v in _to_us(a, lsp).items()
+        if cid in (first["channel_id"], second["channel_id"])
+    }
+    factory_channel = next(
+        c["channel_id"]
+        for c in a.rpc.listpeerchannels(lsp.info["id"])["channels"]
+        if c["channel_id"] not in (first["channel_id"], second["channel_id"], third["channel_id"])
+    )
+    inside[factory_channel] = _to_us(a, lsp)[factory_channel]
+    before = wallet_sat(a)
+    a.rpc.call("factory-exit", {"instance": instance})
+    _mine_until(bitcoind, lambda: _status(a, instance)["exit"]["done"])
+    for txid in (first["sale_txid"], second["sale_txid"]):
+        assert bitcoind.rpc.getrawtransaction(txid, True)["confirmations"] > 0
+    expected = sum(inside.values()) // 1000
+    _mine_until(bitcoind, lambda: wallet_sat(a) - before >= expected - 3 * 2_000)
+
+    # After the timeout the LSP takes what is left of the stock (the second sale's change).
+    timeout = created["timeout_height"]
+    change = f"{second['sale_txid']}:1"
+
+    def swept() -> bool:
+        view = _status(lsp, instance)
+        return any(s["outpoint"] == change and s["confirmed"] for s in view.get("sweeps", []))
+
+    bitcoind.generate_block(max(0, timeout - bitcoind.rpc.getblockcount()))
+    _mine_until(bitcoind, swept)
+    for n in (lsp, a):
+        assert not n.daemon.is_in_log(r"superscalar.*(Traceback|internal error)")

@@ -184,6 +184,7 @@ def own_sales_view(
         mine.append(
             {
                 "sale_txid": txid,
+                "spends": f"{e.stock_txid}:{e.stock_vout}",  # the leaf's stock, or a change
                 "sold_sat": e.sold_sat,
                 "channel_id": by_funding.get(txid),
                 "channel_state": channels.get(by_funding.get(txid) or "", {}).get("state"),
