@@ -16,10 +16,12 @@ import os
 import time
 from typing import Any
 
+import pytest
 from real_node import (
     PLUGIN,
     connect_by_ip,
     create_factory,
+    hop,
     no_htlcs,
     normal,
     require_lightningd,
@@ -28,6 +30,7 @@ from real_node import (
 
 require_lightningd()
 
+from pyln.client import RpcError  # noqa: E402
 from pyln.testing.fixtures import *  # noqa: E402, F403  (node_factory, bitcoind, ...)
 from pyln.testing.utils import wait_for  # noqa: E402
 
@@ -247,3 +250,75 @@ def test_a_client_buys_twice_receives_across_its_channels_falls_back_on_chain_an
     _mine_until(bitcoind, swept)
     for n in (lsp, a):
         assert not n.daemon.is_in_log(r"superscalar.*(Traceback|internal error)")
+
+
+def _channels(node: Any) -> set[str]:
+    return {c["channel_id"] for c in node.rpc.listpeerchannels()["channels"]}
+
+
+def test_neither_side_gets_the_others_money_when_a_purchase_fails(
+    node_factory: Any, bitcoind: Any
+) -> None:
+    """The LSP sells only against a payment it holds; the buyer pays only for a delivered sale.
+    Both failure orders: no (or not enough) payment, then no sale; a payment, then a failed
+    sale, then no payment."""
+    lsp, clients = _nodes(node_factory, 2, {"superscalar-ceremony-timeout": 10})
+    a, b = clients
+    created = create_factory(lsp, clients, channel_sat=CHANNEL_SAT, **SHAPE)
+    instance = created["instance"]
+    for c in clients:
+        wait_for(lambda c=c: normal(lsp, c) and normal(c, lsp))
+    bitcoind.generate_block(1)
+    _pay(lsp, a, 25_000_000)
+    balance, channels, lsp_channels = sum(_to_us(a, lsp).values()), _channels(a), _channels(lsp)
+
+    def nothing_happened() -> None:
+        assert sum(_to_us(a, lsp).values()) == balance  # A paid nothing
+        assert _channels(a) == channels and _channels(lsp) == lsp_channels  # nothing opened
+        assert _status(lsp, instance)["clients"][0]["sales"] == []
+        assert _status(b, instance)["sales_cosigned"] == 0
+
+    # 1. A will not pay the price: nothing is sold.
+    with pytest.raises(RpcError, match="above our limit"):
+        a.rpc.call("factory-buy", {"instance": instance, "sat": FIRST, "max_fee_sat": 100})
+    [quoted] = _status(lsp, instance)["orders"]
+    assert quoted["state"] == "quoted"
+    nothing_happened()
+
+    # 1b. A pays only part of the price (one part of a multi-part payment): the LSP holds it,
+    # sells nothing, and gives it back when the rest never comes.
+    [inv] = [
+        i for i in lsp.rpc.listinvoices()["invoices"] if i["label"].startswith("superscalar-sale")
+    ]
+    decoded = a.rpc.decode(inv["bolt11"])
+    part = int(decoded["amount_msat"]) // 2
+    alias = next(c["alias"]["local"] for c in a.rpc.listpeerchannels(lsp.info["id"])["channels"])
+    route = [hop(alias, lsp, part, int(decoded["min_final_cltv_expiry"]) + 3)]
+    a.rpc.sendpay(
+        route,
+        decoded["payment_hash"],
+        payment_secret=decoded["payment_secret"],
+        amount_msat=int(decoded["amount_msat"]),
+        partid=1,
+        groupid=1,
+    )
+    with pytest.raises(RpcError):
+        a.rpc.waitsendpay(decoded["payment_hash"], timeout=60, partid=1, groupid=1)
+    wait_for(lambda: no_htlcs(a) and no_htlcs(lsp))
+    assert _status(lsp, instance)["orders"][0]["state"] == "failed"
+    nothing_happened()
+
+    # 2. A pays, but the sale fails (its leaf-mate now refuses the factory's fee rate): the LSP
+    # fails the held payment; A gets it back and no channel is left behind.
+    b.daemon.opts["superscalar-max-feerate"] = 1
+    b.restart()
+    _reconnect(lsp, clients)
+    wait_for(lambda: normal(lsp, b) and normal(b, lsp))
+    with pytest.raises(RpcError, match="nothing delivered, nothing paid"):
+        _buy(a, instance, FIRST)
+    wait_for(lambda: no_htlcs(a) and no_htlcs(lsp))
+    failed = _status(lsp, instance)["orders"][-1]
+    assert failed["state"] == "failed" and "fee_rate" in failed["error"]
+    wait_for(lambda: _channels(a) == channels and _channels(lsp) == lsp_channels)
+    nothing_happened()
+    assert lsp.daemon.is_in_log(r"sale to client 0 aborted: .*refused: sale fee_rate")

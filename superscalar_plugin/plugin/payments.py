@@ -48,7 +48,6 @@ log = logging.getLogger("superscalar")
 
 INVOICE_EXPIRY = 600  # seconds a quote's invoice is valid
 EXPIRY_MARGIN = 60  # an HTLC arriving this close to the invoice's expiry is failed, not held
-PARTS_WAIT = 60.0  # seconds held parts wait for the rest of the price before they are failed
 MAX_OPEN_QUOTES = 4  # unpaid quotes of one client at once
 
 StartSale = Callable[
@@ -290,11 +289,11 @@ class Payments:
         )
 
     def check_deadlines(self, now: float) -> None:
-        """Parts that never reached the price are failed (the payer gets them back)."""
+        """Parts that never reached the price within the ceremony timeout are failed (the payer
+        gets them back)."""
+        wait = self._node.config.ceremony_timeout
         with self._lock:
-            stale = [
-                h for h, parts in self._held.items() if parts and now - parts[0].since > PARTS_WAIT
-            ]
+            stale = [h for h, parts in self._held.items() if parts and now - parts[0].since > wait]
         for payment_hash in stale:
             found = self._find(payment_hash)
             if found is not None and found[1].state is OrderState.QUOTED:

@@ -91,6 +91,18 @@ class StatusView:
             for i, c in enumerate(record.clients)
         ]
         view["stock"] = stock_view(record)
+        view["orders"] = [
+            {
+                "payment_hash": o.payment_hash,
+                "client": o.client,
+                "sold_sat": o.sold_sat,
+                "fee_sat": o.fee_sat,
+                "state": o.state.value,
+                "result": o.result,
+                "error": o.error,
+            }
+            for o in record.orders
+        ]
         return view
 
     def _client_view(self, record: store.ClientRecord, topo: Topology) -> dict[str, Any]:
