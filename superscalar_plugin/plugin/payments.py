@@ -132,7 +132,9 @@ class Payments:
             if buy.sold_sat < MIN_CHANNEL_SAT:
                 raise InvalidParameter(f"{buy.sold_sat} sat is below {MIN_CHANNEL_SAT}")
             open_quotes = [
-                o for o in record.orders if o.client == index and o.state is OrderState.QUOTED
+                o
+                for o in record.orders
+                if o.client == index and o.state is OrderState.QUOTED and o.expires_at > time.time()
             ]
             if len(open_quotes) >= MAX_OPEN_QUOTES:
                 raise InvalidParameter("too many unpaid quotes")
@@ -142,7 +144,8 @@ class Payments:
             return
         latest = self._records.get(record.instance_id)
         assert isinstance(latest, store.LspRecord)
-        self._records.persist(latest.replace(orders=(*latest.orders, order)))
+        kept = tuple(o for o in latest.orders if not self._stale(o))
+        self._records.persist(latest.replace(orders=(*kept, order)))
         self.refresh()  # the hook knows the order before the buyer can pay it
         quote = protocol.Quote(
             bytes.fromhex(record.instance_id), buy.sold_sat, order.fee_sat, bolt11
@@ -183,6 +186,13 @@ class Payments:
         )
         assert inv["payment_hash"] == order.payment_hash
         return order, str(inv["bolt11"])
+
+    def _stale(self, o: Order) -> bool:
+        """An order not worth keeping: a quote expired an hour ago (a late HTLC for it finds no
+        order and lightningd refuses it: its invoice expired), or a failed order a day old."""
+        if o.state is OrderState.QUOTED:
+            return o.expires_at < time.time() - 3600
+        return o.state is OrderState.FAILED and o.created_height < self._node.height - 144
 
     def _tell(self, peer: str, instance: str, reason: str) -> None:
         try:

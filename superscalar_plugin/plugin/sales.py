@@ -180,6 +180,9 @@ class SalesRole:
             if not self._peers.speaks_superscalar(node_id):
                 return f"co-signer {node_id} of the leaf has not greeted us yet"
         chain = lsp_chain(record, keys, leaf)
+        ewt = keys.topology.ewt + len(chain.sales) + 1
+        if self._node.height + 2 * ewt + self._node.config.exit_margin >= record.timeout_height:
+            return "the factory is too close to its timeout"
         if chain.latest is None:
             return "the leaf's stock is sold out"
         if chain.sales and not chain.sales[-1].complete:

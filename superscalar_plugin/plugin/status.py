@@ -10,6 +10,7 @@ from typing import Any
 
 from ..engine import store
 from ..engine.errors import InvalidParameter
+from ..engine.sale_store import SaleEntry
 from ..engine.tree import Topology
 from ..engine.tx import Tx
 from .lifecycle import client_view, factory_view
@@ -281,6 +282,15 @@ def exit_progress(record: store.Record, topo: Topology) -> dict[str, Any]:
             if parent_height is not None:
                 item["valid_from"] = parent_height + topo.relative_delay(e.node, e.state)
         txs.append(item)
+    buyers = {record.client_index} if isinstance(record, store.ClientRecord) else set(ex.clients)
+    for sale in exit_sales(record, buyers):
+        txid = sale.sale_txid
+        item = {"kind": "sale", "txid": txid, "spends": f"{sale.stock_txid}:{sale.stock_vout}"}
+        if txid in confirmed:
+            item["status"], item["height"] = "confirmed", confirmed[txid]
+        else:
+            item["status"] = "broadcast" if txid in sent else "waiting"
+        txs.append(item)
     return {
         "reason": ex.reason,
         "started_height": ex.started_height,
@@ -289,3 +299,20 @@ def exit_progress(record: store.Record, topo: Topology) -> dict[str, Any]:
         "channels_closed": list(ex.closed),
         "txs": txs,
     }
+
+
+def exit_sales(record: store.Record, buyers: set[int]) -> list[SaleEntry]:
+    """The sale txs an exit publishes after the leaves: per leaf, its signed sales down to the
+    last one bought by a client whose path is being published."""
+    out: list[SaleEntry] = []
+    leaves = dict.fromkeys(e.leaf for e in record.sales)
+    for leaf in leaves:
+        chain = [e for e in record.sales if e.leaf == leaf]
+        signed = []
+        for e in chain:
+            if not e.complete:
+                break
+            signed.append(e)
+        last = max((i for i, e in enumerate(signed) if e.buyer in buyers), default=-1)
+        out.extend(signed[: last + 1])
+    return out

@@ -211,12 +211,16 @@ def test_a_stock_is_sold_once_and_a_stalled_sale_burns_it_at_the_timeout(
         if confirmed(leaf):
             break
     assert confirmed(leaf)
-    # The buyer's own exit publishes the sale it holds signed (it has no relative lock).
-    f.clients[0].rpc_call("factory-exit", {"instance": f.lsp.instance.hex()})
+    # The buyer sees its leaf on chain and exits at once by itself: the sale it holds signed
+    # must confirm within the stock's delay (it has no relative lock: right behind the leaf).
     for _ in range(10):
         f.net.mine(1)
         time.sleep(0.3)
     assert confirmed(co.sold.sale_tx.txid)
+    [view] = status(f.clients[0])
+    assert "our leaf is on chain" in view["exit"]["reason"]
+    sales = [t for t in view["exit"]["txs"] if t["kind"] == "sale"]
+    assert [(t["txid"], t["status"]) for t in sales] == [(co.sold.sale_tx.txid, "confirmed")]
     f.net.mine(f.timeout - 1 - f.net.blockheight)
     time.sleep(1.0)
     assert burn not in f.net.chain.txs  # not before T
@@ -236,3 +240,25 @@ def test_a_co_client_cannot_start_a_sale(network_factory: Callable[..., Network]
     f.clients[0].deliver_custommsg(f.clients[1], pig(co.proposal()))
     f.clients[0].wait_for_log("not the LSP")
     assert f.lsp.inbox.empty() and status(f.clients[0])[0]["sales_cosigned"] == 0
+
+
+def test_a_co_signer_restarting_mid_sale_keeps_its_promise_and_completes_it(
+    network_factory: Callable[..., Network],
+) -> None:
+    """Between its sale signature and the LSP's SALE_SIG a co-signer restarts: the sale it
+    recorded (with the signed burn) is still there, and a SALE_SIG sent again completes it."""
+    f = _funded(network_factory)
+    session = bytes([5]) * 32
+    _offer(f, session)
+    co = _coordinator(f, f.chain(), session)
+    sale_sigs = _run_until_sale_psigs(f, co)
+    f.clients[1].restart()
+    f.net.connect(f.lsp.node, f.clients[1])
+    assert [s["complete"] for s in status(f.clients[0])[0]["sales"]] == [False]
+    assert status(f.clients[1])[0]["sales_cosigned"] == 1
+    for i, step in sale_sigs.items():
+        f.lsp.send(i, step)
+    for _ in range(2):
+        _, done = f.lsp.expect(protocol.SaleStep)
+        assert isinstance(done, protocol.SaleStep) and done.kind is protocol.SaleStepKind.DONE
+    assert [s["complete"] for s in status(f.clients[0])[0]["sales"]] == [True]
