@@ -101,6 +101,9 @@ class Cosigner:
                 log.info("factory %s: the LSP ended the sale: %s", instance[:16], p.reason)
             return
         try:
+            if isinstance(p, protocol.SaleStep) and p.kind is protocol.SaleStepKind.SALE_SIG:
+                self._on_sale_sig(record, p)  # completing a sale we promised is always welcome
+                return
             self._check_live(record)
             if isinstance(p, protocol.Offer):
                 self._on_offer(record, p)
@@ -179,9 +182,6 @@ class Cosigner:
 
     def _on_step(self, record: store.ClientRecord, step: protocol.SaleStep) -> None:
         instance = record.instance_id
-        if step.kind is protocol.SaleStepKind.SALE_SIG:
-            self._on_sale_sig(record, step)
-            return
         cs = self._sessions.get(instance)
         if cs is None or cs.signer is None or cs.session != step.session:
             raise CeremonyError(f"{step.kind.name} for no sale in flight")
