@@ -1,6 +1,10 @@
 """SuperScalar's own payloads, carried inside bLIP-56 `factory_piggyback` (TLV 1024).
 
 payload := u8 type | 32-byte factory_instance_id | body. Parsed strictly (see `wire.Reader`).
+
+Creation: PROPOSE .. FUNDED; a factory's end: MOVE, KEY; liquidity sales: BUY, QUOTE (the price and
+its invoice), OFFER, SALE (the sale and burn txs to check), SALE_STEP (nonces, partial and final
+signatures, burn before sale, acks; each step's value of a fixed size).
 """
 
 from __future__ import annotations

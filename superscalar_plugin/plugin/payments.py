@@ -214,15 +214,17 @@ class Payments:
                 return False
             _, state, preimage = order
             final = onion.get("short_channel_id") is None and onion.get("next_node_id") is None
-            if state is OrderState.DELIVERED:
-                request.set_result(resolve(preimage))
-            elif state is OrderState.FAILED or not final:
-                request.set_result(refuse(amount, self._node.height))
-            else:
+            hold = state in (OrderState.QUOTED, OrderState.PAID) and final
+            if hold:
                 self._held.setdefault(payment_hash, []).append(
                     _Held(request, amount, time.monotonic())
                 )
-                self._submit(lambda: self._on_htlc(payment_hash))
+        if hold:
+            self._submit(lambda: self._on_htlc(payment_hash))
+        elif state is OrderState.DELIVERED:
+            request.set_result(resolve(preimage))
+        else:
+            request.set_result(refuse(amount, self._node.height))
         return True
 
     # --- 3. paid: make the liquidity (worker) --------------------------------------------------
