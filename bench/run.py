@@ -6,6 +6,10 @@ tree 0.10 s, 127 clients 0.21 s, 1000 clients 2.0 s; its wire ceremony with sepa
 processes: 26 s CPU at 127 clients. Exit paths: 916 vB (8 clients, arity 2), 999 vB (64 clients,
 2,4,8 interior, two kickoff-only top levels).
 
+Sales (`--sales` alone): sizes and in-process signing of a sale, then one sale over the wire
+with 2 and 4 co-signers: through the harness (bench/sale_wire.py) and on real lightningd nodes
+(bench/real_sale.py).
+
 Handover (`--handover` alone): on-chain vB of the LSP's key-path spend of a factory whose clients
 all handed over their keys, beside every client's unilateral exit (bench/handover_size.py).
 
@@ -319,6 +323,16 @@ def handover_sizes() -> None:
     run()
 
 
+def sales_wire() -> None:
+    """The in-process sale figures, then one sale over the wire (harness, real lightningd)."""
+    from real_sale import run as real_sale
+    from sale_wire import run as sale_wire
+
+    sales_figures()
+    sale_wire()
+    real_sale()  # on real lightningd nodes when lightningd is on PATH, else says why not
+
+
 def main() -> None:
     if len(sys.argv) == 2 and sys.argv[1] == "--htlc":
         htlc_hook_latency()
@@ -327,7 +341,7 @@ def main() -> None:
         handover_sizes()
         return
     if len(sys.argv) == 2 and sys.argv[1] == "--sales":
-        sales_figures()
+        sales_wire()
         return
     if len(sys.argv) == 4 and sys.argv[1] == "--one":
         print(json.dumps(one(int(sys.argv[2]), sys.argv[3])))
@@ -364,7 +378,7 @@ def main() -> None:
     print_targets(results)
     handover_sizes()
     htlc_hook_latency()
-    sales_figures()
+    sales_wire()
     from plugin_create import run as plugin_create
     from real_create import run as real_create
     from real_migrate import run as real_migrate

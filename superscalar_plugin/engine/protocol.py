@@ -1,6 +1,10 @@
 """SuperScalar's own payloads, carried inside bLIP-56 `factory_piggyback` (TLV 1024).
 
 payload := u8 type | 32-byte factory_instance_id | body. Parsed strictly (see `wire.Reader`).
+
+Creation: PROPOSE .. FUNDED; a factory's end: MOVE, KEY; liquidity sales: BUY, QUOTE (the price and
+its invoice), OFFER, SALE (the sale and burn txs to check), SALE_STEP (nonces, partial and final
+signatures, burn before sale, acks; each step's value of a fixed size).
 """
 
 from __future__ import annotations
@@ -26,6 +30,47 @@ class PayloadType(IntEnum):
     FUNDED = 8  # LSP -> client: the funding tx was broadcast
     MOVE = 9  # LSP -> client: move your balance out of this funded factory into a target channel
     KEY = 10  # client -> LSP: my balance left this factory; here is my key of it (hand-over)
+    BUY = 11  # client -> LSP: I want this much inbound liquidity (factory-buy)
+    QUOTE = 12  # LSP -> client: its price, and the invoice to pay it with
+    OFFER = 13  # LSP -> buyer: a sale (or an on-chain channel) is about to be made for you
+    SALE = 14  # LSP -> each co-signer of a leaf's stock: the sale and burn txs to check and sign
+    SALE_STEP = 15  # either way: one step of a sale's signing (nonces, signatures, acks)
+
+
+class SaleStepKind(IntEnum):
+    """The steps of a sale's signing, in order; each carries a value of a fixed size."""
+
+    ACCEPT = 1  # buyer -> LSP: yes to the OFFER (its open may come)
+    NONCES = 2  # co-signer -> LSP: public nonces for the burn, then the sale (66 + 66)
+    AGG_NONCES = 3  # LSP -> co-signer: aggregate nonces, burn then sale (66 + 66)
+    BURN_PSIG = 4  # co-signer -> LSP: partial signature of the burn
+    BURN_SIG = 5  # LSP -> co-signer: the burn's final signature (before any sale signature)
+    SALE_PSIG = 6  # co-signer -> LSP: partial signature of the sale (it holds the signed burn)
+    SALE_SIG = 7  # LSP -> co-signer: the sale's final signature
+    DONE = 8  # co-signer -> LSP: stored the signed sale
+
+
+SALE_STEP_SIZE = {
+    SaleStepKind.ACCEPT: 0,
+    SaleStepKind.NONCES: 132,
+    SaleStepKind.AGG_NONCES: 132,
+    SaleStepKind.BURN_PSIG: 32,
+    SaleStepKind.BURN_SIG: 64,
+    SaleStepKind.SALE_PSIG: 32,
+    SaleStepKind.SALE_SIG: 64,
+    SaleStepKind.DONE: 0,
+}
+
+
+class OfferKind(IntEnum):
+    FACTORY = 1  # a new channel inside the factory, on a sale of the leaf's stock
+    ONCHAIN = 2  # the fallback: an ordinary channel funded from the LSP's wallet
+
+
+MAX_INVOICE_CHARS = 2000
+MAX_CHANNEL_SCRIPT = 80
+MAX_SALE_TX = 1000  # bytes of an unsigned sale or burn tx (a sale is about 150)
+MONEY_SAT = 21_000_000 * 100_000_000
 
 
 class MoveTarget(IntEnum):
@@ -98,10 +143,105 @@ class Key:
     secret: bytes  # the client's per-factory private key, handed over once its balance left
 
 
-Payload = Propose | Accept | Text | InFactory | Ceremony | Stored | Funded | Move | Key
+@dataclass(frozen=True)
+class Buy:
+    instance_id: bytes
+    sold_sat: int  # the inbound liquidity asked for
+
+
+@dataclass(frozen=True)
+class Quote:
+    instance_id: bytes
+    sold_sat: int
+    fee_sat: int  # the LSP's price
+    invoice: str  # bolt11 of `fee_sat`, held by the LSP until the liquidity is delivered
+
+
+@dataclass(frozen=True)
+class Offer:
+    instance_id: bytes
+    session: bytes  # 32 bytes: names this sale in every later step
+    kind: OfferKind
+    sold_sat: int
+    fee_sat: int  # 0: the LSP gives it (factory-sell); else the price the buyer is paying
+
+
+@dataclass(frozen=True)
+class SaleProposal:
+    """The sale as the LSP built it: the stock output it spends, the buyer (client index), the
+    new channel, and the two unsigned txs every co-signer checks against its own."""
+
+    instance_id: bytes
+    session: bytes
+    stock_txid: str
+    stock_vout: int
+    stock_amount: int
+    buyer: int
+    sold_sat: int
+    fee_rate_kvb: int
+    channel_script: bytes
+    sale_tx: bytes  # unsigned, serialized without witness
+    burn_tx: bytes
+
+
+@dataclass(frozen=True)
+class SaleStep:
+    instance_id: bytes
+    session: bytes
+    kind: SaleStepKind
+    value: bytes  # SALE_STEP_SIZE[kind] bytes
+
+
+Payload = (
+    Propose
+    | Accept
+    | Text
+    | InFactory
+    | Ceremony
+    | Stored
+    | Funded
+    | Move
+    | Key
+    | Buy
+    | Quote
+    | Offer
+    | SaleProposal
+    | SaleStep
+)
+
+
+def _encode_sale(p: Buy | Quote | Offer | SaleProposal | SaleStep) -> bytes:
+    if isinstance(p, Buy):
+        return bytes([PayloadType.BUY]) + p.instance_id + struct.pack(">Q", p.sold_sat)
+    if isinstance(p, Quote):
+        text = p.invoice.encode()
+        head = bytes([PayloadType.QUOTE]) + p.instance_id
+        return head + struct.pack(">QQH", p.sold_sat, p.fee_sat, len(text)) + text
+    if isinstance(p, Offer):
+        body = bytes([p.kind]) + struct.pack(">QQ", p.sold_sat, p.fee_sat)
+        return bytes([PayloadType.OFFER]) + p.instance_id + p.session + body
+    if isinstance(p, SaleProposal):
+        return b"".join(
+            [
+                bytes([PayloadType.SALE]),
+                p.instance_id,
+                p.session,
+                bytes.fromhex(p.stock_txid)[::-1],
+                struct.pack(
+                    ">IQHQI", p.stock_vout, p.stock_amount, p.buyer, p.sold_sat, p.fee_rate_kvb
+                ),
+                bytes([len(p.channel_script)]) + p.channel_script,
+                struct.pack(">H", len(p.sale_tx)) + p.sale_tx,
+                struct.pack(">H", len(p.burn_tx)) + p.burn_tx,
+            ]
+        )
+    head = bytes([PayloadType.SALE_STEP]) + p.instance_id + p.session
+    return head + bytes([p.kind]) + p.value
 
 
 def encode(p: Payload) -> bytes:
+    if isinstance(p, Buy | Quote | Offer | SaleProposal | SaleStep):
+        return _encode_sale(p)
     if isinstance(p, Propose):
         body = b"".join(
             [
@@ -176,7 +316,80 @@ def decode(data: bytes) -> Payload:
         out = Move(instance, target_kind, r.take(32))
     elif kind is PayloadType.KEY:
         out = Key(instance, r.take(32))
+    elif kind in SALE_PAYLOADS:
+        out = _decode_sale(kind, instance, r)
     else:
         out = Funded(instance, r.take(32)[::-1].hex(), r.u32())
     r.end()
     return out
+
+
+SALE_PAYLOADS = (
+    PayloadType.BUY,
+    PayloadType.QUOTE,
+    PayloadType.OFFER,
+    PayloadType.SALE,
+    PayloadType.SALE_STEP,
+)
+
+
+def _amount(r: wire.Reader, what: str) -> int:
+    value = r.u64()
+    if not 0 < value <= MONEY_SAT:
+        raise WireError(f"{what} {value} sat is not an amount")
+    return value
+
+
+def _decode_sale(kind: PayloadType, instance: bytes, r: wire.Reader) -> Payload:
+    """BUY, QUOTE, OFFER, SALE, SALE_STEP: every length bounded, every amount a real one."""
+    if kind is PayloadType.BUY:
+        return Buy(instance, _amount(r, "sold_sat"))
+    if kind is PayloadType.QUOTE:
+        sold, fee = _amount(r, "sold_sat"), r.u64()
+        if fee > MONEY_SAT:
+            raise WireError(f"fee {fee} sat is not an amount")
+        length = r.u16()
+        if length > MAX_INVOICE_CHARS:
+            raise WireError(f"invoice of {length} characters is too long")
+        try:
+            invoice = r.take(length).decode("ascii")
+        except UnicodeDecodeError as e:
+            raise WireError("invoice is not ASCII") from e
+        return Quote(instance, sold, fee, invoice)
+    session = r.take(32)
+    if kind is PayloadType.OFFER:
+        try:
+            offer_kind = OfferKind(r.u8())
+        except ValueError as e:
+            raise WireError("unknown offer kind") from e
+        sold, fee = _amount(r, "sold_sat"), r.u64()
+        if fee > MONEY_SAT:
+            raise WireError(f"fee {fee} sat is not an amount")
+        return Offer(instance, session, offer_kind, sold, fee)
+    if kind is PayloadType.SALE:
+        return _decode_proposal(instance, session, r)
+    try:
+        step = SaleStepKind(r.u8())
+    except ValueError as e:
+        raise WireError("unknown sale step") from e
+    return SaleStep(instance, session, step, r.take(SALE_STEP_SIZE[step]))
+
+
+def _decode_proposal(instance: bytes, session: bytes, r: wire.Reader) -> SaleProposal:
+    txid = r.take(32)[::-1].hex()
+    vout = r.u32()
+    stock = _amount(r, "stock_amount")
+    buyer = r.u16()
+    sold = _amount(r, "sold_sat")
+    rate = r.u32()
+    script_len = r.u8()
+    if not 1 <= script_len <= MAX_CHANNEL_SCRIPT:
+        raise WireError(f"channel script of {script_len} bytes")
+    script = r.take(script_len)
+    txs = []
+    for what in ("sale", "burn"):
+        length = r.u16()
+        if not 1 <= length <= MAX_SALE_TX:
+            raise WireError(f"{what} tx of {length} bytes")
+        txs.append(r.take(length))
+    return SaleProposal(instance, session, txid, vout, stock, buyer, sold, rate, script, *txs)

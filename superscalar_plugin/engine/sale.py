@@ -36,7 +36,7 @@ from . import musig2
 from .ceremony import SignedNodeTx, sign_one_in_process
 from .errors import CeremonyError, InvalidAmount, InvalidParameter, StockAlreadySold, UnsafeSale
 from .exit import PathTx
-from .taproot import DUST_P2TR, DUST_P2WSH, P2A_SCRIPT
+from .taproot import DUST_P2TR, DUST_P2WSH, P2A_SCRIPT, taproot_sighash
 from .tree import (
     SEQUENCE_NO_RELATIVE_LOCK,
     TX_VERSION,
@@ -353,6 +353,41 @@ def sign_sale_in_process(
     burn = sign_one_in_process(sold.burn_tx, keyagg, signers)
     sale = sign_one_in_process(sold.sale_tx, keyagg, signers)
     return replace(sold, burn_sig=burn.signature, sale_sig=sale.signature)
+
+
+# --- the LSP's sweep of an unsold stock ------------------------------------------------------
+
+
+def stock_sweep(
+    keys: FactoryKeys,
+    stock: StockRef,
+    lsp_seckey: bytes,
+    destination: bytes,
+    fee_rate_kvb: int,
+) -> bytes:
+    """L alone takes an unsold stock output through the stock's CSV leaf (script path): valid
+    `stock_delay` blocks after the output confirmed (nSequence = stock_delay). The LSP uses it only
+    for the latest stock of a chain, which no sale spends, after T."""
+    if musig2.pubkey_from_secret(lsp_seckey) != keys.lsp_pubkey:
+        raise InvalidParameter("the sweep key is not the factory's LSP key")
+    node = keys.topology.nodes[stock.leaf]
+    output = keys.stock_output(node.lo, node.hi)
+    leaf = keys.stock_leaf
+    control = output.control_block(leaf)
+    base = 4 + 1 + 41 + 1 + (9 + len(destination)) + 4
+    witness = 2 + 1 + 65 + 1 + len(leaf.script) + 1 + len(control)
+    fee = fee_for((base * 4 + witness + 3) // 4, fee_rate_kvb)
+    if stock.amount - fee < DUST_P2TR:
+        raise InvalidAmount(f"stock of {stock.amount} sat cannot pay a {fee}-sat sweep fee")
+    tx = Tx(
+        TX_VERSION,
+        (TxIn(stock.txid, stock.vout, keys.params.stock_delay),),
+        (TxOut(stock.amount - fee, destination),),
+        0,
+    )
+    digest = taproot_sighash(tx, 0, [(stock.amount, output.script_pubkey)], leaf=leaf)
+    sig = musig2.schnorr_sign(digest, lsp_seckey)
+    return tx.with_witnesses([[sig, leaf.script, control]]).serialize()
 
 
 # --- exits --------------------------------------------------------------------------------------

@@ -15,6 +15,17 @@ from typing import Any
 
 from . import wire
 from .errors import InvalidParameter, InvalidRecord, StoreError, SuperscalarError
+from .jsonfields import get as _get, hexfield as _hex, pairs as _pairs
+from .sale_store import (
+    JitChannel,
+    Order,
+    SaleEntry,
+    jit_from,
+    orders_from,
+    sales_from,
+    strings_from,
+    validate_sales,
+)
 from .taproot import DUST_P2WSH
 from .tree import MAX_CLIENTS, FactoryParams, Topology, check_shape
 from .tx import Tx
@@ -112,6 +123,10 @@ class LspRecord:
     wind_down: WindDown | None = None
     successors: tuple[str, ...] = ()  # factories created for this one's clients to move into
     handover_tx: str | None = None  # raw key-path spend of the funding output, every key held
+    # Liquidity sales: every leaf's sales in order, the paid orders, the on-chain fallbacks.
+    sales: tuple[SaleEntry, ...] = ()
+    orders: tuple[Order, ...] = ()
+    jit: tuple[JitChannel, ...] = ()
 
     def replace(self, **changes: Any) -> LspRecord:
         return dataclasses.replace(self, **changes)
@@ -137,6 +152,10 @@ class ClientRecord:
     confirmed: tuple[tuple[str, int], ...] = ()
     exit: ExitState | None = None
     moving_to: str | None = None  # channel id our balance is moving to (the LSP asked)
+    # Our leaf's stock chain as we co-signed it (recorded before our sale signature left), and
+    # the ordinary channels the LSP opened for us instead of a sale.
+    sales: tuple[SaleEntry, ...] = ()
+    jit_channels: tuple[str, ...] = ()
 
     def replace(self, **changes: Any) -> ClientRecord:
         return dataclasses.replace(self, **changes)
@@ -178,32 +197,6 @@ def to_json(record: Record) -> dict[str, Any]:
 # --- validation on load -------------------------------------------------------------------------
 
 
-def _get(d: dict[str, Any], key: str, kind: type, optional: bool = False) -> Any:
-    if key not in d or d[key] is None:
-        if optional:
-            return None
-        raise StoreError(f"record field {key!r} is missing")
-    value = d[key]
-    if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
-        raise StoreError(f"record field {key!r} must be an integer")
-    if kind is not int and not isinstance(value, kind):
-        raise StoreError(f"record field {key!r} must be {kind.__name__}")
-    return value
-
-
-def _hex(d: dict[str, Any], key: str, length: int | None = None, optional: bool = False) -> Any:
-    value = _get(d, key, str, optional)
-    if value is None:
-        return None
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError as e:
-        raise StoreError(f"record field {key!r} is not hex") from e
-    if length is not None and len(raw) != length:
-        raise StoreError(f"record field {key!r} must be {length} bytes")
-    return value
-
-
 def _path(d: dict[str, Any], key: str) -> tuple[PathEntry, ...]:
     out = []
     for e in _get(d, key, list):
@@ -218,21 +211,6 @@ def _path(d: dict[str, Any], key: str) -> tuple[PathEntry, ...]:
                 spent_script=_hex(e, "spent_script"),
             )
         )
-    return tuple(out)
-
-
-def _pairs(d: dict[str, Any], key: str, second: type) -> tuple[Any, ...]:
-    out = []
-    for item in _get(d, key, list):
-        if (
-            not isinstance(item, list)
-            or len(item) != 2
-            or not isinstance(item[0], str)
-            or not isinstance(item[1], second)
-            or isinstance(item[1], bool)
-        ):
-            raise StoreError(f"{key} entries must be [string, {second.__name__}] pairs")
-        out.append((item[0], item[1]))
     return tuple(out)
 
 
@@ -346,6 +324,9 @@ def _lsp_record(data: dict[str, Any]) -> LspRecord:
         wind_down=_wind_down(data),
         successors=tuple(_strings(data, "successors", 32)),
         handover_tx=_hex(data, "handover_tx", optional=True),
+        sales=sales_from(data),
+        orders=orders_from(data),
+        jit=jit_from(data),
     )
 
 
@@ -382,6 +363,8 @@ def _client_record(data: dict[str, Any]) -> ClientRecord:
         confirmed=_pairs(data, "confirmed", int),
         exit=_exit(data),
         moving_to=_hex(data, "moving_to", 32, optional=True),
+        sales=sales_from(data),
+        jit_channels=strings_from(data, "jit_channels", 32),
     )
 
 
@@ -492,6 +475,11 @@ def _validate_client(r: ClientRecord) -> None:
         nodes = [e.node for e in r.path]
         expected = topo.client_path(r.client_index)
         _expect(nodes == expected, "path", f"covers nodes {nodes}, our path is {expected}")
+    if r.sales:
+        _expect(bool(r.path), "sales", "sales without a signed path")
+        leaf = r.path[-1].node
+        _expect(all(e.leaf == leaf for e in r.sales), "sales", "a sale of another leaf's stock")
+    validate_sales(r.sales, topo, r.n_clients)
     if r.state in (ClientState.READY, ClientState.FUNDED, ClientState.HANDED_OVER):
         _expect(r.header is not None, "header", f"missing in a {r.state.value} record")
         _expect(bool(r.path), "path", f"missing in a {r.state.value} record")
@@ -514,6 +502,10 @@ def _validate_lsp(r: LspRecord) -> None:
     if r.funding_amount is not None:
         _expect(r.funding_amount > 0, "funding_amount", f"{r.funding_amount} is not positive")
     _validate_entries("tree", r.tree, topo)
+    validate_sales(r.sales, topo, len(r.clients))
+    n = len(r.clients)
+    _expect(all(0 <= o.client < n for o in r.orders), "orders", "a client out of range")
+    _expect(all(0 <= j.client < n for j in r.jit), "jit", "a client out of range")
     if r.state is LspState.CLOSED:
         _expect(r.handover_tx is not None, "handover_tx", "missing in a closed record")
     if r.handover_tx is not None:

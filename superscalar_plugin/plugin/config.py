@@ -35,3 +35,11 @@ class Config:
     # one created every `ladder_every` blocks (0: only by hand, with factory-migrate).
     ladder_every: int = 0
     dying_blocks: int = 432
+    # Liquidity sales: the LSP's price (base + ppm of the amount), and the most a buyer pays
+    # without being told a price (ppm of the amount, at least BUY_MIN_FEE_CAP_SAT).
+    sale_fee_base_sat: int = 1000
+    sale_fee_ppm: int = 10_000
+    max_buy_fee_ppm: int = 20_000
+
+
+BUY_MIN_FEE_CAP_SAT = 2000

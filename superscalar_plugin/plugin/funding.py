@@ -150,3 +150,24 @@ def release(rpc: Rpc, record: store.LspRecord, opened: set[int]) -> None:
             )
         except Exception as e:
             log.error("could not unreserve the funding inputs: %s", why(e))
+
+
+def open_ordinary(rpc: Rpc, client: store.ClientEntry) -> tuple[str, str]:
+    """An ordinary (on-chain, unannounced) channel of `client.channel_sat` from the wallet, all on
+    our side: (channel id, funding txid). The sales' fallback when the leaf cannot sign."""
+    try:
+        res = rpc.call(
+            "fundchannel",
+            {"id": client.node_id, "amount": client.channel_sat, "announce": False},
+        )
+    except Exception as e:
+        raise RpcFailed(f"client {client.node_id}: fundchannel failed: {why(e)}") from e
+    return str(res["channel_id"]), str(res["txid"])
+
+
+def cancel(rpc: Rpc, node_id: str) -> None:
+    """Cancel a `fundchannel_start` in progress (best effort, logged)."""
+    try:
+        rpc.call("fundchannel_cancel", {"id": node_id})
+    except Exception as e:
+        log.info("fundchannel_cancel %s: %s", node_id, why(e))

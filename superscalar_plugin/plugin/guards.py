@@ -158,7 +158,9 @@ def _move_targets(records: list[store.Record]) -> set[str]:
 
 
 def _guards_by_channel(records: list[store.Record]) -> dict[str, policy.ChannelGuard]:
-    """The rules of each live factory, by channel id (LSP) or leaf txid (client)."""
+    """The rules of each live factory, by channel id (LSP) or funding txid (client): its channels
+    on the leaves and those on its sales (whose exit adds the sale chain: one block of slack per
+    sale on the EWT)."""
     wanted: dict[str, policy.ChannelGuard] = {}
     for r in records:
         # A client's channel that is moving out (or moved, its key handed over) must take no
@@ -171,11 +173,29 @@ def _guards_by_channel(records: list[store.Record]) -> dict[str, policy.ChannelG
         # A compromised or retiring factory's channel takes no HTLC at all (a timeout of 0 fails
         # every one).
         timeout = 0 if is_compromised(r) or retiring else r.timeout_height
-        guard = policy.ChannelGuard(topology(r).ewt, timeout)
+        ewt = topology(r).ewt
+        guard = policy.ChannelGuard(ewt, timeout)
         if isinstance(r, store.LspRecord):
             for c in r.clients:
                 if c.channel_id:
                     wanted[c.channel_id] = guard
         elif r.path:
             wanted[txid_of(r.path[-1].raw)] = guard
+        wanted.update(_sale_guards(r, ewt, timeout))
     return wanted
+
+
+def _sale_guards(r: store.Record, ewt: int, timeout: int) -> dict[str, policy.ChannelGuard]:
+    """The sales' channels: the LSP's by channel id; a buyer's own by sale txid, and one whose
+    sale we do not hold fully signed takes no HTLC (we could not put it on chain)."""
+    out: dict[str, policy.ChannelGuard] = {}
+    position: dict[int, int] = {}
+    for e in r.sales:
+        position[e.leaf] = position.get(e.leaf, 0) + 1
+        guard = policy.ChannelGuard(ewt + position[e.leaf], timeout)
+        if isinstance(r, store.LspRecord):
+            if e.channel_id:
+                out[e.channel_id] = guard
+        elif e.buyer == r.client_index:
+            out[e.sale_txid] = guard if e.complete else policy.ChannelGuard(ewt, 0)
+    return out

@@ -137,6 +137,25 @@ OPTIONS: list[tuple[str, Any, str, str]] = [
         "Blocks before a factory's timeout in which its clients move to a successor",
         "int",
     ),
+    (
+        "superscalar-sale-fee-base",
+        1000,
+        "LSP: the fixed part (sat) of the price of inbound liquidity bought with factory-buy",
+        "int",
+    ),
+    (
+        "superscalar-sale-fee-ppm",
+        10000,
+        "LSP: the proportional part (ppm of the amount) of the price of inbound liquidity",
+        "int",
+    ),
+    (
+        "superscalar-max-buy-fee-ppm",
+        20000,
+        "Client: the most factory-buy pays without max_fee_sat (ppm of the amount, at least"
+        " 2000 sat)",
+        "int",
+    ),
 ]
 for name, default, text, kind in OPTIONS:
     plugin.add_option(name, default, text, opt_type=kind, multi=name == "superscalar-accept-from")
@@ -237,7 +256,12 @@ def init(options: dict[str, Any], configuration: dict[str, Any], plugin: Plugin,
         exit_margin=int(options["superscalar-exit-margin"]),
         ladder_every=int(options["superscalar-ladder-every"]),
         dying_blocks=int(options["superscalar-dying-blocks"]),
+        sale_fee_base_sat=int(options["superscalar-sale-fee-base"]),
+        sale_fee_ppm=int(options["superscalar-sale-fee-ppm"]),
+        max_buy_fee_ppm=int(options["superscalar-max-buy-fee-ppm"]),
     )
+    if min(config.sale_fee_base_sat, config.sale_fee_ppm, config.max_buy_fee_ppm) < 0:
+        raise RpcException("bad superscalar option: sale fees cannot be negative")
     if config.ladder_every < 0 or config.dying_blocks < 1:
         raise RpcException(
             "bad superscalar option: superscalar-ladder-every must be >= 0 and"
@@ -393,6 +417,45 @@ def _parse_instance(instance: Any) -> str:
     return text
 
 
+@plugin.async_method("factory-sell")
+def factory_sell(request: Any, instance: str, client: str, sat: Any, **_: Any) -> None:
+    """LSP: give {client} of factory {instance} {sat} of inbound liquidity: a new zero-conf
+    channel from its leaf's stock, signed by the leaf's clients (with its burn), or, if one of
+    them is offline or the stock cannot pay it, an ordinary on-chain channel from our wallet.
+    Returns what was delivered ("kind": "factory" or "onchain")."""
+    svc = _service()
+    try:
+        instance = _parse_instance(instance)
+        [client_id] = _parse_clients([client])
+        sold = _parse_amounts(sat, 1)[0]
+    except SuperscalarError as e:
+        request.set_exception(_fail(e))
+        return
+    svc.sell(request, instance, client_id, sold)
+
+
+@plugin.async_method("factory-buy")
+def factory_buy(request: Any, instance: str, sat: Any, max_fee_sat: Any = None, **_: Any) -> None:
+    """Client: buy {sat} of inbound liquidity in factory {instance} from its LSP, paying its
+    quoted price if it is at most {max_fee_sat} (default: superscalar-max-buy-fee-ppm of the
+    amount, at least 2000 sat). The LSP holds the payment until the channel is delivered: a new
+    channel inside the factory, or an ordinary on-chain one. Returns the delivered channel."""
+    svc = _service()
+    try:
+        instance = _parse_instance(instance)
+        sold = _parse_amounts(sat, 1)[0]
+        cap = None if max_fee_sat is None else int(str(max_fee_sat).removesuffix("sat"))
+        if cap is not None and cap < 0:
+            raise InvalidParameter("max_fee_sat: cannot be negative")
+    except ValueError:
+        request.set_exception(_fail(InvalidParameter("max_fee_sat: not an amount in sat")))
+        return
+    except SuperscalarError as e:
+        request.set_exception(_fail(e))
+        return
+    svc.buy(request, instance, sold, cap)
+
+
 @plugin.async_method("factory-list")
 def factory_list(request: Any, **_: Any) -> None:
     """One line per factory this node takes part in (as LSP or client)."""
@@ -429,17 +492,20 @@ def _msat(value: Any) -> int:
     return int(str(value).removesuffix("msat"))
 
 
-@plugin.hook("htlc_accepted")
+@plugin.async_hook("htlc_accepted")
 def on_htlc_accepted(
-    onion: dict[str, Any], htlc: dict[str, Any], plugin: Plugin, **_: Any
-) -> dict[str, Any]:
+    onion: dict[str, Any], htlc: dict[str, Any], plugin: Plugin, request: Any, **_: Any
+) -> None:
+    """Async: an HTLC paying a sale's quote is held until the sale is over (answered from the
+    worker); every other HTLC is answered here at once."""
     if service is None:
-        return {"result": "continue"}
+        request.set_result({"result": "continue"})
+        return
     try:
-        return service.htlc_verdict(htlc, onion)
-    except (KeyError, ValueError, TypeError) as e:
-        plugin.log(f"malformed htlc_accepted payload: {e}", level="unusual")
-        return {"result": "continue"}
+        service.on_htlc(htlc, onion, request)
+    except Exception as e:  # every path answers last: an HTLC is never left unanswered
+        plugin.log(f"malformed htlc_accepted payload: {e!r}", level="unusual")
+        request.set_result({"result": "continue"})
 
 
 # Only `invoice` reaches us: every other command of the node (and its raw tokens) stays away.

@@ -13,7 +13,9 @@ each client to MOVE into a target channel. The client decides everything itself:
    (one atomic payment: it arrives whole or not at all), then close the old channel
    cooperatively (it can never confirm: its funding is an unpublished leaf).
 3. `_hand_over` (worker): only if the old channel is closing, holds at most `HANDOVER_DUST_MSAT`
-   of ours and no HTLC, persist HANDED_OVER, then send our key of the old factory. Keys are per
+   of ours and no HTLC, and no channel of a sale we bought holds more than that (their balances
+   are not moved: such a client keeps its key and exits alone), persist HANDED_OVER, then send
+   our key of the old factory. Keys are per
    factory, so it opens nothing else; with it the LSP can spend the old tree without us.
 
 Owns: which moves are running (one per factory). May call: `records`, `peers`, `guards.refresh`,
@@ -291,11 +293,28 @@ class ClientMover:
         if left > HANDOVER_DUST_MSAT:
             self._tell(record, f"{left} msat of ours are still in the old channel: no key")
             return
+        held = self._in_sale_channels(record)
+        if held:
+            # Our sale channels live on txs that spend the old tree: with our key the LSP could
+            # spend it from under them. Their balances are not moved (yet): we keep the key and
+            # leave through our own exit before T if it comes to that.
+            self._tell(record, f"{held} msat of ours are in sale channels of this factory: no key")
+            return
         record = record.replace(state=store.ClientState.HANDED_OVER)
         self._records.persist(record)  # before the key leaves: we never exit this factory again
         self._guards.refresh()
         log.info("factory %s: balance moved out; handing our key to the LSP", instance[:16])
         self._send_key(record)
+
+    def _in_sale_channels(self, record: store.ClientRecord) -> int:
+        """What we hold in channels funded by sales of our leaf's stock (beyond dust each)."""
+        sales = {e.sale_txid for e in record.sales if e.buyer == record.client_index}
+        return sum(
+            msat(ch.get("to_us_msat", 0))
+            for ch in self._node.channels().values()
+            if ch.get("funding_txid") in sales
+            and msat(ch.get("to_us_msat", 0)) > HANDOVER_DUST_MSAT
+        )
 
     def _send_key(self, record: store.ClientRecord) -> None:
         secret = self._node.client_key(record.instance_id)

@@ -32,11 +32,21 @@ from ..engine import policy, store
 from ..engine.ceremony import SignedNodeTx
 from ..engine.errors import InvalidParameter
 from ..engine.exit import Broadcast, Bump, ChainView, Done, PathTx, WaitUntil, exit_step
+from ..engine.sale import stock_sweep
 from ..engine.tree import Topology
 from ..engine.tx import block_txids
 from . import address
 from .feebump import FeeBumper
 from .node import Node
+from .onchain_sales import (
+    burns_due,
+    client_sale_paths,
+    lsp_sale_paths,
+    sale_exit_reason,
+    sale_txids,
+    stale_sales,
+    unsold_stocks,
+)
 from .records import LIVE, Records, factory_of, topology, txid_of
 from .unroll import Unroller
 
@@ -61,6 +71,7 @@ def watched_txids(record: store.Record) -> set[str]:
         if record.funding_txid:
             out.add(record.funding_txid)
         out.update(txid_of(e.raw) for e in record.path)
+    out.update(sale_txids(record))
     return out
 
 
@@ -84,6 +95,19 @@ def _entry_tx(e: store.PathEntry) -> SignedNodeTx:
 
 def _path_txs(topo: Topology, entries: list[store.PathEntry]) -> list[PathTx]:
     return [PathTx.of(_entry_tx(e), topo.relative_delay(e.node, e.state)) for e in entries]
+
+
+def _warn_stale(record: store.Record, height: int) -> None:
+    confirmed = dict(record.confirmed)
+    for late in stale_sales(record, height, record.params.stock_delay):
+        log.warning(
+            "factory %s: sale %s is not confirmed %d blocks after its stock: the LSP may take"
+            " the stock %d blocks after it confirmed",
+            record.instance_id[:16],
+            late.sale_txid[:16],
+            height - confirmed[late.stock_txid],
+            record.params.stock_delay,
+        )
 
 
 class OnChain:
@@ -266,6 +290,12 @@ class OnChain:
             latest = self._records.get(record.instance_id)
             assert isinstance(latest, store.LspRecord)
             self._unroller.on_block(latest, height)
+        if isinstance(record, store.ClientRecord):
+            for raw in burns_due(record, height):  # a sale stalled past T: burn its stock
+                log.warning(
+                    "factory %s: publishing a burn of a stalled sale", record.instance_id[:16]
+                )
+                self._broadcast(raw)
         if isinstance(record, store.LspRecord) and height >= record.timeout_height:
             latest = self._records.get(record.instance_id)
             assert isinstance(latest, store.LspRecord)
@@ -276,7 +306,9 @@ class OnChain:
         Paths already being published trigger nothing: a client has only its own."""
         if isinstance(record, store.ClientRecord) and record.exit is not None:
             return None
-        ewt = topology(record).ewt
+        if isinstance(record, store.ClientRecord) and (why := sale_exit_reason(record)):
+            return why, None
+        ewt = topology(record).ewt + len(record.sales)  # a block of slack per sale on a path
         margin = self._node.config.exit_margin
         if (
             isinstance(record, store.ClientRecord)
@@ -299,15 +331,21 @@ class OnChain:
                 for i, c in enumerate(record.clients)
                 if c.channel_id and i not in exiting
             }
-        leaf_txid = (
-            txid_of(record.path[-1].raw)
-            if isinstance(record, store.ClientRecord) and record.path
-            else None
-        )
+            owner.update(
+                {
+                    e.channel_id: e.buyer
+                    for e in record.sales
+                    if e.channel_id and e.buyer not in exiting
+                }
+            )
+        fundings: set[str] = set()
+        if isinstance(record, store.ClientRecord) and record.path:
+            fundings = {txid_of(record.path[-1].raw)}
+            fundings.update(e.sale_txid for e in record.sales if e.buyer == record.client_index)
         best: tuple[int, int | None] | None = None
         for ch in self._channels().values():
             cid = ch.get("channel_id", "")
-            if cid not in owner and not (leaf_txid and ch.get("funding_txid") == leaf_txid):
+            if cid not in owner and ch.get("funding_txid") not in fundings:
                 continue
             for h in ch.get("htlcs", []):
                 if h.get("direction") == "out" and (best is None or int(h["expiry"]) < best[0]):
@@ -345,18 +383,28 @@ class OnChain:
             )
         return self._records.update_chain(record.instance_id, exit=state)
 
-    def _paths(self, record: store.Record) -> list[list[store.PathEntry]]:
-        if isinstance(record, store.ClientRecord):
-            return [list(record.path)]
-        assert record.exit is not None
+    def _paths(self, record: store.Record) -> list[tuple[list[PathTx], str]]:
+        """Every path the exit publishes, each with the funding txid of the channel it ends in:
+        per exiting client its root-to-leaf path, then one more per sale channel of its (the
+        same path followed by the sales down to that channel)."""
         topo = topology(record)
+        if isinstance(record, store.ClientRecord):
+            base = _path_txs(topo, list(record.path))
+            paths = [(base, txid_of(record.path[-1].raw))]
+            return paths + [(base + sales, f) for sales, f in client_sale_paths(record)]
+        assert record.exit is not None
         by_node = {e.node: e for e in record.tree}
-        return [[by_node[n] for n in topo.client_path(c)] for c in record.exit.clients]
+        out = []
+        for c in record.exit.clients:
+            entries = [by_node[n] for n in topo.client_path(c)]
+            base = _path_txs(topo, entries)
+            out.append((base, txid_of(entries[-1].raw)))
+            out.extend((base + sales, f) for sales, f in lsp_sale_paths(record, c))
+        return out
 
     def drive(self, record: store.Record) -> None:
         exit_state = record.exit
         assert exit_state is not None
-        topo = topology(record)
         height = self._node.height
         confirmed = dict(record.confirmed)
         broadcast = dict(exit_state.broadcast)  # txid -> height of the first broadcast
@@ -379,8 +427,8 @@ class OnChain:
         funding = record.funding_txid or ""
         done_paths = 0
         sent: set[str] = set()
-        for entries in self._paths(record):
-            path = _path_txs(topo, entries)
+        paths = self._paths(record)
+        for path, channel_funding in paths:
             for action in exit_step(funding, path, view):
                 if isinstance(action, Broadcast) and action.txid not in sent:
                     sent.add(action.txid)
@@ -399,11 +447,12 @@ class OnChain:
                     log.info("exit: %s waits until block %d", action.txid[:16], action.height)
                 elif isinstance(action, Done):
                     done_paths += 1
-                    exit_state = self._close_channel(record, entries, exit_state)
+                    exit_state = self._close_channel(record, channel_funding, exit_state)
+        _warn_stale(record, height)
         exit_state = dataclasses.replace(
             exit_state,
             broadcast=tuple(sorted(broadcast.items())),
-            done=done_paths == len(exit_state.clients),
+            done=done_paths == len(paths),
         )
         self._records.update_chain(record.instance_id, exit=exit_state)
 
@@ -441,12 +490,11 @@ class OnChain:
         return None
 
     def _close_channel(
-        self, record: store.Record, entries: list[store.PathEntry], exit_state: store.ExitState
+        self, record: store.Record, funding_txid: str, exit_state: store.ExitState
     ) -> store.ExitState:
-        leaf_txid = txid_of(entries[-1].raw)
         for ch in self._channels().values():
             cid = ch.get("channel_id")
-            if ch.get("funding_txid") != leaf_txid or not cid or cid in exit_state.closed:
+            if ch.get("funding_txid") != funding_txid or not cid or cid in exit_state.closed:
                 continue
             if ch.get("state") not in (
                 "CHANNELD_NORMAL",
@@ -484,7 +532,8 @@ class OnChain:
             for c in policy.timeout_sweep_candidates(factory, outpoint, published)
             if f"{c.outpoint[0]}:{c.outpoint[1]}" not in swept
         ]
-        if todo:
+        stocks = [s for s in unsold_stocks(record, height) if f"{s.txid}:{s.vout}" not in swept]
+        if todo or stocks:
             lsp_key = self._node.lsp_key(record.instance_id)
             dest = address.decode(self._node.rpc.call("newaddr", {"addresstype": "p2tr"})["p2tr"])
             rate = max(self._node.fee_rate_kvb(), 1000)
@@ -496,6 +545,9 @@ class OnChain:
                     ).hex(),
                 )
                 for c in todo
+            ) + tuple(
+                (f"{s.txid}:{s.vout}", stock_sweep(factory, s, lsp_key, dest, rate).hex())
+                for s in stocks
             )
             updated = self._records.update_chain(record.instance_id, sweeps=(*record.sweeps, *new))
             assert isinstance(updated, store.LspRecord)

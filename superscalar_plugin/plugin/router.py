@@ -6,8 +6,11 @@ follows it must already see it. On the worker: the bLIP-56 handshake goes to `pe
 for a factory this node runs as LSP goes to `lsp` (which checks the sender is one of its
 clients), any other to `client` (which checks the sender is the factory's LSP). A message that
 breaks a ceremony aborts that factory, naming the peer; the worker stays alive. Once a factory
-is funded, its end is `winddown`'s (the LSP: keys, refusals) and `move`'s (a client: MOVE).
-May call: `peers`, `opens`, `lsp`, `client`, `winddown`, `move`, `records` (read only).
+is funded, its end is `winddown`'s (the LSP: keys, refusals) and `move`'s (a client: MOVE), and
+its liquidity sales are `sales`'/`payments`' (the LSP: BUY, sale steps from its clients) and
+`cosign`'s (a client: QUOTE, OFFER, SALE, sale steps from its LSP).
+May call: `peers`, `opens`, `lsp`, `client`, `winddown`, `move`, `sales`, `payments`, `cosign`,
+`records` (read only).
 """
 
 from __future__ import annotations
@@ -18,18 +21,22 @@ from collections.abc import Callable
 from ..engine import blip56, protocol, store
 from ..engine.errors import CeremonyError, MuSigError, WireError
 from .client import ClientRole
+from .cosign import Cosigner
 from .lsp import LspRole
 from .move import ClientMover
 from .opens import ChannelOpens
+from .payments import Payments
 from .peers import Peers
 from .ratelimit import LogLimiter
 from .records import Records
+from .sales import SalesRole
 from .winddown import WindDown
 
 log = logging.getLogger("superscalar")
 peer_log = LogLimiter(log)  # what a peer can trigger at will: once a minute per peer
 
 IN_FACTORY = bytes([protocol.PayloadType.CHANNEL_IN_FACTORY])
+SALE_TO_CLIENT = (protocol.Quote, protocol.Offer, protocol.SaleProposal, protocol.SaleStep)
 
 
 class Router:
@@ -41,6 +48,7 @@ class Router:
         client: ClientRole,
         submit: Callable[[Callable[[], None]], None],
         ends: tuple[Records, WindDown, ClientMover],
+        sales: tuple[SalesRole, Payments, Cosigner],
     ) -> None:
         self._peers = peers
         self._opens = opens
@@ -48,6 +56,7 @@ class Router:
         self._client = client
         self._submit = submit
         self._records, self._wind_down, self._mover = ends
+        self._sales, self._payments, self._cosign = sales
 
     def on_custommsg(self, peer: str, payload_hex: str) -> None:
         """From the custommsg hook (dispatch thread): filter by type and queue; never blocks."""
@@ -93,6 +102,8 @@ class Router:
             return
         instance = payload.instance_id.hex()
         try:
+            if self._sale(peer, instance, payload):
+                return
             if self._factory_end(peer, instance, payload):
                 return
             if self._lsp.runs(instance):
@@ -101,6 +112,34 @@ class Router:
                 self._client.on_payload(peer, instance, payload)
         except Exception as e:  # a hostile or broken peer, or our own bug: abort, stay alive
             self._abort(peer, instance, e)
+
+    def _sale(self, peer: str, instance: str, payload: protocol.Payload) -> bool:
+        """A liquidity sale's message: to the LSP's sales from one of its clients, to a client's
+        co-signer from anyone (it checks the sender is the LSP). True if handled (or dropped)."""
+        record = self._records.get(instance)
+        if isinstance(record, store.LspRecord) and record.state is store.LspState.FUNDED:
+            mine = isinstance(payload, protocol.Buy | protocol.SaleStep) or (
+                isinstance(payload, protocol.Text) and self._sales.running(instance)
+            )
+            if not mine:
+                return False
+            index = next((i for i, c in enumerate(record.clients) if c.node_id == peer), None)
+            if index is None:
+                peer_log.warning(peer, "dropped a sale message from %s: not a client", peer)
+            elif isinstance(payload, protocol.Buy):
+                self._payments.quote(record, index, payload)
+            else:
+                self._sales.on_payload(record, index, payload)
+            return True
+        if isinstance(payload, SALE_TO_CLIENT) or (
+            isinstance(payload, protocol.Text) and self._cosign.expects(instance)
+        ):
+            if isinstance(record, store.ClientRecord):
+                self._cosign.on_payload(record, peer, payload)
+            else:
+                peer_log.warning(peer, "dropped a sale message from %s: unknown factory", peer)
+            return True
+        return False
 
     def _factory_end(self, peer: str, instance: str, payload: protocol.Payload) -> bool:
         """A funded factory's end: MOVE to a client's mover; a client's KEY or refusal to the

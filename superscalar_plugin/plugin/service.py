@@ -14,6 +14,10 @@ This module only wires the roles together and is what `main` (pyln's handlers) c
     fundcheck.py a client's check of the confirmed funding output against what it signed
     winddown.py  LSP: a factory's end before T (migration, the ladder, close, keys, key-path spend)
     move.py      client: move our balance out, retire the old channel, hand over our key
+    sales.py     LSP: liquidity sales from a leaf's stock (or the on-chain fallback)
+    payments.py  LSP: quotes, and the buyer's HTLC held until the liquidity is delivered
+    cosign.py    client: co-sign our leaf's sales, accept our own
+    buyer.py     client: factory-buy (ask, check the quote, pay, report the channel)
     status.py    what factory-status / -list / -exit / -create answer
     records.py   the records in lightningd's datastore
     node.py      this node's id, height, keys and channels; runtime.py the worker; config.py
@@ -23,7 +27,9 @@ Threads. pyln-client runs one dispatch loop: a handler that waited for a peer, o
 
 - pyln's dispatch thread runs the hooks and notifications and answers at once: `htlc_verdict` and
   `invoice_params` (guards: lookups in a map swapped whole; an HTLC that arrives before start-up
-  built them waits for `ready`, bounded), `on_openchannel` and the
+  built them waits for `ready`, bounded), `on_htlc` (the hook is async: an HTLC that pays a sale's
+  quote is held, its request handed to the worker, which answers it once the sale is over; every
+  other HTLC is answered on the spot, so none queues behind a held one), `on_openchannel` and the
   `channel_in_factory` record (opens: a dictionary under its own lock), `on_disconnect` (peers),
   the height from `block_added` (node); everything else it only queues.
 - The worker thread (`runtime.Worker`) runs every queued job in order, start-up included: each
@@ -55,8 +61,10 @@ from typing import Any
 
 from ..engine import store
 from ..engine.tree import FactoryParams
+from .buyer import Buyer
 from .client import ClientRole
 from .config import MIN_CHANNEL_SAT, Config
+from .cosign import Cosigner
 from .fundcheck import FundingCheck
 from .guards import Guards
 from .lsp import LspRole
@@ -64,10 +72,12 @@ from .move import ClientMover
 from .node import Node
 from .onchain import OnChain
 from .opens import ChannelOpens
+from .payments import Payments
 from .peers import Peers
 from .records import Records
 from .router import Router
 from .runtime import Reply, Rpc, Worker, answer_now
+from .sales import SalesRole
 from .status import StatusView
 from .winddown import WindDown
 
@@ -98,6 +108,13 @@ class FactoryService:
         self.mover = ClientMover(
             self.node, self.records, self.peers, self.guards, self.worker.submit
         )
+        self.sales = SalesRole(self.node, self.records, self.peers, self.guards)
+        self.payments = Payments(self.node, self.records, self.peers, self.worker.submit)
+        self.payments.start_sale = self.sales.start
+        self.buyer = Buyer(self.node, self.records, self.peers, self.worker.submit)
+        self.cosign = Cosigner(
+            self.node, self.records, self.peers, self.opens, self.guards, self.buyer
+        )
         self.router = Router(
             self.peers,
             self.opens,
@@ -105,6 +122,7 @@ class FactoryService:
             self.client,
             self.worker.submit,
             (self.records, self.wind_down, self.mover),
+            (self.sales, self.payments, self.cosign),
         )
         self.onchain = OnChain(self.node, self.records)
         self.funding = FundingCheck(self.node, self.records, self.guards, self.worker.submit)
@@ -141,12 +159,14 @@ class FactoryService:
             try:
                 if isinstance(record, store.LspRecord):
                     self.lsp.resume(record)
+                    self.payments.resume(record)
                 else:
                     self.client.resume(record)
                     self.mover.resume(record)
             except Exception:  # one factory's trouble must not stop start-up for the others
                 log.exception("resuming factory %s failed", record.instance_id[:16])
         self.funding.recheck()
+        self.payments.refresh()
         self.guards.read_configs()
         self.guards.refresh()
         self.ready.set()
@@ -157,6 +177,10 @@ class FactoryService:
         now = time.monotonic()
         self.lsp.check_deadlines(now)
         self.client.check_deadlines(now)
+        self.sales.check_deadlines(now)
+        self.payments.check_deadlines(now)
+        self.cosign.check_deadlines(now)
+        self.buyer.check_deadlines(now)
 
     # --- RPC commands: queued, answered from the worker ---------------------------------------
 
@@ -187,6 +211,14 @@ class FactoryService:
 
         self.worker.submit(lambda: answer_now(reply, job, "factory-close failed"))
 
+    def sell(self, reply: Reply, instance: str, client: str, sold_sat: int) -> None:
+        """`factory-sell`: inbound liquidity for a client, given by the LSP."""
+        self.worker.submit(lambda: self.sales.sell(reply, instance, client, sold_sat))
+
+    def buy(self, reply: Reply, instance: str, sold_sat: int, max_fee_sat: int | None) -> None:
+        """`factory-buy`: ask our LSP for inbound liquidity and pay its price."""
+        self.worker.submit(lambda: self.buyer.buy(reply, instance, sold_sat, max_fee_sat))
+
     def exit(self, reply: Reply, instance: str, client: str | None) -> None:
         """`factory-exit`: start (or show) the unilateral exit of a factory we are in."""
 
@@ -214,6 +246,14 @@ class FactoryService:
             return {"result": "fail", "failure_message": TEMPORARY_NODE_FAILURE}
         return self.guards.htlc_verdict(htlc, onion)
 
+    def on_htlc(self, htlc: dict[str, Any], onion: dict[str, Any], request: Reply) -> None:
+        """The async `htlc_accepted` hook: the HTLC rules first; then an HTLC paying one of our
+        quotes is held (answered by the worker once its sale is over); any other is answered
+        here and now."""
+        verdict = self.htlc_verdict(htlc, onion)
+        if verdict.get("result") != "continue" or not self.payments.claim(htlc, onion, request):
+            request.set_result(verdict)
+
     def invoice_params(self, params: Any) -> Any | None:
         self.ready.wait(READY_WAIT)  # the largest EWT is known once start-up built the guards
         return self.guards.invoice_params(params)
@@ -239,5 +279,6 @@ class FactoryService:
         finally:
             self.worker.submit(lambda: self.lsp.on_block(height))
             self.worker.submit(lambda: self.wind_down.on_block(height))
+            self.worker.submit(lambda: self.sales.on_block(height))
             self.worker.submit(self.guards.refresh)
             self.worker.submit(lambda: self.records.prune(height))

@@ -10,7 +10,9 @@ from typing import Any
 
 from ..engine import store
 from ..engine.errors import InvalidParameter
+from ..engine.sale_store import SaleEntry
 from ..engine.tree import Topology
+from ..engine.tx import Tx
 from .lifecycle import client_view, factory_view
 from .node import Node
 from .records import Records, is_compromised, topology, txid_of
@@ -85,8 +87,22 @@ class StatusView:
                 ],
                 "onchain": per_client[i],
                 **client_view(c),
+                **sales_view(record, i, channels),
             }
             for i, c in enumerate(record.clients)
+        ]
+        view["stock"] = stock_view(record)
+        view["orders"] = [
+            {
+                "payment_hash": o.payment_hash,
+                "client": o.client,
+                "sold_sat": o.sold_sat,
+                "fee_sat": o.fee_sat,
+                "state": o.state.value,
+                "result": o.result,
+                "error": o.error,
+            }
+            for o in record.orders
         ]
         return view
 
@@ -100,6 +116,7 @@ class StatusView:
             "channel_sat": record.channel_sat,
             "funding_txid": record.funding_txid,
             "funding_confirmations": self._confirmations(record, record.funding_txid),
+            **own_sales_view(record, self._node.channels()),
             "exit_path": [
                 {
                     "node": e.node,
@@ -116,6 +133,83 @@ class StatusView:
     def _confirmations(self, record: store.Record, txid: str | None) -> int:
         height = dict(record.confirmed).get(txid or "")
         return 0 if height is None else max(0, self._node.height - height + 1)
+
+
+def sales_view(
+    record: store.LspRecord, client: int, channels: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """A client's channels beyond its factory channel, as the LSP sees them: one per sale of its
+    leaf's stock that it bought, and its on-chain fallback channel, if any."""
+    return {
+        "sales": [
+            {
+                "sale_txid": e.sale_txid,
+                "sold_sat": e.sold_sat,
+                "price_sat": e.price_sat,
+                "channel_id": e.channel_id,
+                "channel_state": channels.get(e.channel_id or "", {}).get("state"),
+                "complete": e.complete,
+                "acked_by": list(e.acked),
+            }
+            for e in record.sales
+            if e.buyer == client
+        ],
+        "onchain_channels": [
+            {
+                "channel_id": j.channel_id,
+                "sat": j.sat,
+                "reason": j.reason,
+                "channel_state": channels.get(j.channel_id, {}).get("state"),
+            }
+            for j in record.jit
+            if j.client == client
+        ],
+    }
+
+
+def stock_view(record: store.LspRecord) -> list[dict[str, Any]]:
+    """Per leaf: its sales and what is left of its stock (the latest change)."""
+    topo = topology(record)
+    out = []
+    for leaf in topo.leaves:
+        sales = [e for e in record.sales if e.leaf == leaf]
+        left = record.params.stock_sat
+        if sales:
+            tx = Tx.deserialize(bytes.fromhex(sales[-1].sale_tx))
+            left = tx.outputs[1].amount if len(tx.outputs) == 3 else 0
+        out.append({"leaf": leaf, "sales": len(sales), "stock_left_sat": left})
+    return out
+
+
+def own_sales_view(
+    record: store.ClientRecord, channels: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """A client's view of its leaf's sales: those it bought (with their channels and the exit
+    each adds), how many it co-signed, and its on-chain fallback channels."""
+    by_funding = {ch.get("funding_txid"): cid for cid, ch in channels.items()}
+    mine = []
+    chain_len = 0
+    for e in record.sales:
+        chain_len += 1
+        if e.buyer != record.client_index:
+            continue
+        txid = e.sale_txid
+        mine.append(
+            {
+                "sale_txid": txid,
+                "spends": f"{e.stock_txid}:{e.stock_vout}",  # the leaf's stock, or a change
+                "sold_sat": e.sold_sat,
+                "channel_id": by_funding.get(txid),
+                "channel_state": channels.get(by_funding.get(txid) or "", {}).get("state"),
+                "complete": e.complete,
+                "exit_sales": chain_len,  # sale txs its exit adds after the leaf
+            }
+        )
+    return {
+        "sales": mine,
+        "sales_cosigned": len(record.sales),
+        "onchain_channels": list(record.jit_channels),
+    }
 
 
 def _client_phase(record: store.ClientRecord, height: int, dying_blocks: int) -> str:
@@ -188,6 +282,15 @@ def exit_progress(record: store.Record, topo: Topology) -> dict[str, Any]:
             if parent_height is not None:
                 item["valid_from"] = parent_height + topo.relative_delay(e.node, e.state)
         txs.append(item)
+    buyers = {record.client_index} if isinstance(record, store.ClientRecord) else set(ex.clients)
+    for sale in exit_sales(record, buyers):
+        txid = sale.sale_txid
+        item = {"kind": "sale", "txid": txid, "spends": f"{sale.stock_txid}:{sale.stock_vout}"}
+        if txid in confirmed:
+            item["status"], item["height"] = "confirmed", confirmed[txid]
+        else:
+            item["status"] = "broadcast" if txid in sent else "waiting"
+        txs.append(item)
     return {
         "reason": ex.reason,
         "started_height": ex.started_height,
@@ -196,3 +299,20 @@ def exit_progress(record: store.Record, topo: Topology) -> dict[str, Any]:
         "channels_closed": list(ex.closed),
         "txs": txs,
     }
+
+
+def exit_sales(record: store.Record, buyers: set[int]) -> list[SaleEntry]:
+    """The sale txs an exit publishes after the leaves: per leaf, its signed sales down to the
+    last one bought by a client whose path is being published."""
+    out: list[SaleEntry] = []
+    leaves = dict.fromkeys(e.leaf for e in record.sales)
+    for leaf in leaves:
+        chain = [e for e in record.sales if e.leaf == leaf]
+        signed = []
+        for e in chain:
+            if not e.complete:
+                break
+            signed.append(e)
+        last = max((i for i, e in enumerate(signed) if e.buyer in buyers), default=-1)
+        out.extend(signed[: last + 1])
+    return out

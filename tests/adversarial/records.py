@@ -72,3 +72,39 @@ def lsp_record() -> store.LspRecord:
             for s in path
         ),
     )
+
+
+def sold_records() -> tuple[store.ClientRecord, store.LspRecord]:
+    """A client's record and the LSP's after one honest sale of the client's leaf's stock (two
+    chained sales for the client: it bought the second), with an order and an on-chain
+    fallback on the LSP's side."""
+    from superscalar_plugin.engine.sale import (
+        Sale,
+        SoldStock,
+        StockChain,
+        build_burn_tx,
+        build_sale_tx,
+        sign_sale_in_process,
+    )
+    from superscalar_plugin.engine.sale_store import JitChannel, Order, OrderState, merge_chain
+    from superscalar_plugin.engine.tx import Tx
+
+    p = participants(4)
+    f = p.factory
+    client = client_record()
+    leaf = client.path[-1]
+    chain = StockChain.of_leaf(f, leaf.node, Tx.deserialize(bytes.fromhex(leaf.raw)).txid)
+    for buyer, sold in ((0, 30_000), (1, 20_000)):
+        assert chain.latest is not None
+        sale = Sale(chain.latest, buyer, sold, b"\x00\x20" + bytes([buyer]) * 32, 2000)
+        unsigned = SoldStock(sale, build_sale_tx(f, sale), build_burn_tx(f, sale.stock))
+        chain = chain.record(sign_sale_in_process(f, unsigned, p.lsp_seckey, p.client_seckeys))
+    sales = merge_chain((), chain, bytes(32))
+    client = client.replace(sales=sales, jit_channels=("ef" * 32,))
+    lsp = lsp_record().replace(
+        orders=(
+            Order("11" * 32, "l", 0, 30_000, 1300, OrderState.DELIVERED, 100, "22" * 32, 10**9),
+        ),
+        jit=(JitChannel(1, "ef" * 32, 25_000, "co-signer offline"),),
+    )
+    return client, lsp

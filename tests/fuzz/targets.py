@@ -18,6 +18,9 @@ from superscalar_plugin.engine.ceremony import (
     Signer,
     SignerState,
 )
+from superscalar_plugin.engine.client_checks import ClientPolicy
+from superscalar_plugin.engine.sale import Sale, StockChain
+from superscalar_plugin.engine.sale_sign import SaleCoordinator, SaleCosigner
 from superscalar_plugin.engine.tree import FactoryParams
 from superscalar_plugin.engine.tx import Tx
 from superscalar_plugin.simulate import Participants, agreed_terms, make_factory
@@ -98,8 +101,49 @@ def protocol_seeds() -> list[bytes]:
             protocol.Ceremony(inst, wire_seeds()[1]),
             protocol.Stored(inst, bytes(32)),
             protocol.Funded(inst, "ab" * 32, 1),
+            protocol.Buy(inst, 50_000),
+            protocol.Quote(inst, 50_000, 1500, "lnbcrt15u1p" + "q" * 200),
+            protocol.Offer(inst, bytes(32), protocol.OfferKind.FACTORY, 50_000, 1500),
+            sale().proposal(),
+            protocol.SaleStep(inst, bytes(32), protocol.SaleStepKind.NONCES, bytes(132)),
+            protocol.SaleStep(inst, bytes(32), protocol.SaleStepKind.DONE, b""),
         )
     ]
+
+
+@cache
+def sale() -> SaleCoordinator:
+    """An honest sale of client 0's leaf's stock (the seed of the sale state-machine targets)."""
+    p = people()
+    f = p.factory
+    leaf = f.topology.leaf_of_client[0]
+    leaf_txid = f.transactions(OUTPOINT, dw.initial_states(f.topology), [leaf])[leaf].txid
+    chain = StockChain.of_leaf(f, leaf, leaf_txid)
+    assert chain.latest is not None
+    s = Sale(chain.latest, 0, 30_000, b"\x00\x20" + bytes(32), 2000)
+    return SaleCoordinator(f, chain, s, p.lsp_seckey, bytes(32), bytes(32))
+
+
+def fuzz_sale_cosigner(data: bytes) -> None:
+    """A co-signer (client 1) receives any payload as a sale proposal: refused or checked."""
+    p = people()
+    co = sale()
+    chain = StockChain.of_leaf(p.factory, co.sold.sale.stock.leaf, co.sold.sale.stock.txid)
+    proposal = protocol.decode(data)
+    if isinstance(proposal, protocol.SaleProposal):
+        SaleCosigner(p.factory, 1, p.client_seckeys[1], chain, proposal, ClientPolicy())
+
+
+def fuzz_sale_coordinator(data: bytes) -> None:
+    """The LSP, collecting a sale's nonces, receives any payload from client 1."""
+    p = people()
+    f = p.factory
+    base = sale()
+    chain = StockChain.of_leaf(f, base.sold.sale.stock.leaf, base.sold.sale.stock.txid)
+    co = SaleCoordinator(f, chain, base.sold.sale, p.lsp_seckey, bytes(32), bytes(32))
+    step = protocol.decode(data)
+    if isinstance(step, protocol.SaleStep):
+        co.receive(1, step)
 
 
 def blip56_seeds() -> list[bytes]:
@@ -110,9 +154,14 @@ def blip56_seeds() -> list[bytes]:
 
 
 def record_seeds() -> list[dict[str, Any]]:
-    from adversarial.records import client_record, lsp_record
+    from adversarial.records import client_record, lsp_record, sold_records
 
-    return [store.to_json(client_record()), store.to_json(lsp_record())]
+    sold = sold_records()
+    return [
+        store.to_json(client_record()),
+        store.to_json(lsp_record()),
+        *(store.to_json(r) for r in sold),
+    ]
 
 
 # --- targets over bytes ------------------------------------------------------------------------
@@ -243,6 +292,8 @@ BYTE_TARGETS: dict[str, tuple[Callable[[bytes], None], Callable[[], list[bytes]]
         lambda: [ceremony().nonces[0], *wire_seeds()],
     ),
     "Coordinator (psigs)": (fuzz_coordinator_psigs, lambda: [ceremony().psigs[0], *wire_seeds()]),
+    "SaleCosigner (proposal)": (fuzz_sale_cosigner, protocol_seeds),
+    "SaleCoordinator (nonces)": (fuzz_sale_coordinator, protocol_seeds),
 }
 
 
