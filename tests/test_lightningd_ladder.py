@@ -12,13 +12,11 @@ from typing import Any
 
 from real_node import (
     LADDER,
-    SMALL,
     connect_by_ip,
-    create_factory,
     fill,
     lsp_and_clients,
     mine_to,
-    normal,
+    open_factory,
     require_lightningd,
     status,
     to_us_msat,
@@ -35,9 +33,7 @@ def test_a_ladder_moves_every_client_and_closes_the_old_factory_by_key_path(
     node_factory: Any, bitcoind: Any
 ) -> None:
     lsp, clients = lsp_and_clients(node_factory, 4, LADDER)
-    old = create_factory(lsp, clients, **SMALL)
-    for c in clients:
-        wait_for(lambda c=c: normal(lsp, c) and normal(c, lsp))
+    old = open_factory(lsp, clients)
     bitcoind.generate_block(1)
     fill(lsp, clients, 40_000_000)
     held = {c.info["id"]: sum(to_us_msat(c, lsp).values()) for c in clients}
@@ -119,9 +115,7 @@ def test_a_client_away_for_the_whole_dying_period_exits_alone_and_gets_its_money
     node_factory: Any, bitcoind: Any
 ) -> None:
     lsp, clients = lsp_and_clients(node_factory, 2, LADDER)
-    old = create_factory(lsp, clients, **SMALL)
-    for c in clients:
-        wait_for(lambda c=c: normal(lsp, c) and normal(c, lsp))
+    old = open_factory(lsp, clients)
     bitcoind.generate_block(1)
     fill(lsp, clients, 100_000_000)
     away = clients[1]
@@ -147,9 +141,7 @@ def test_factory_close_moves_every_client_into_an_ordinary_channel_and_spends_by
 ) -> None:
     """An LSP that stops: no successor, each client moves into an ordinary on-chain channel."""
     lsp, clients = lsp_and_clients(node_factory, 2, LADDER)
-    old = create_factory(lsp, clients, **SMALL)
-    for c in clients:
-        wait_for(lambda c=c: normal(lsp, c) and normal(c, lsp))
+    old = open_factory(lsp, clients)
     bitcoind.generate_block(1)
     fill(lsp, clients, 40_000_000)
     held = {c.info["id"]: sum(to_us_msat(c, lsp).values()) for c in clients}
@@ -190,9 +182,7 @@ def test_with_some_keys_the_lsp_takes_the_handed_over_part_by_key_path(
     alone. The LSP publishes nothing it need not: it takes the root's output above leaf 0 by key
     path as soon as the root is on chain, and leaf 0 never goes on chain."""
     lsp, clients = lsp_and_clients(node_factory, 4, {**LADDER, "superscalar-ladder-every": 0})
-    old = create_factory(lsp, clients, **SMALL)
-    for c in clients:
-        wait_for(lambda c=c: normal(lsp, c) and normal(c, lsp))
+    old = open_factory(lsp, clients)
     bitcoind.generate_block(1)
     fill(lsp, clients, 40_000_000)
     leaf0 = status(clients[0], old["instance"])["exit_path"][-1]["txid"]

@@ -141,14 +141,20 @@ def htlc_failure(
     if not (too_soon or too_late):
         return None
     if final:
-        return (
-            INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS.to_bytes(2, "big")
-            + amount_msat.to_bytes(8, "big")
-            + blockheight.to_bytes(4, "big")
-        )
+        return unknown_payment_details(amount_msat, blockheight)
     if too_soon:
         return EXPIRY_TOO_SOON.to_bytes(2, "big") + (0).to_bytes(2, "big")  # empty channel_update
     return EXPIRY_TOO_FAR.to_bytes(2, "big")
+
+
+def unknown_payment_details(amount_msat: int, blockheight: int) -> bytes:
+    """BOLT 4 `incorrect_or_unknown_payment_details`: how a payee fails an HTLC it will not take,
+    saying no more (it resists probing)."""
+    return (
+        INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS.to_bytes(2, "big")
+        + amount_msat.to_bytes(8, "big")
+        + blockheight.to_bytes(4, "big")
+    )
 
 
 def invoice_cltv(

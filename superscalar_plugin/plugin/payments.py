@@ -72,9 +72,8 @@ def resolve(preimage: str) -> dict[str, Any]:
 
 
 def refuse(amount_msat: int, height: int) -> dict[str, Any]:
-    code = policy.INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS.to_bytes(2, "big")
-    body = amount_msat.to_bytes(8, "big") + height.to_bytes(4, "big")
-    return {"result": "fail", "failure_message": (code + body).hex()}
+    failure = policy.unknown_payment_details(amount_msat, height)
+    return {"result": "fail", "failure_message": failure.hex()}
 
 
 class Payments:

@@ -51,9 +51,9 @@ class Unroller:
         handed = {i for i, c in enumerate(record.clients) if c.handed_key}
         states = {n: e.state for n, e in by_node.items()}
         plan = handover.partial_unroll(factory, handed, states, published)
-        for node in sorted({s.node for s in plan.publish} | set(plan.due)):
-            self._publish(record, factory, node, height)
         txids = {n: txid_of(e.raw) for n, e in by_node.items()}
+        for node in sorted({s.node for s in plan.publish} | set(plan.due)):
+            self._publish(record, factory, by_node[node], txids, height)
         for output in plan.spend:
             if output.node is not None and output.node in published:
                 self._take(record, factory, output, txids, handed)
@@ -64,20 +64,23 @@ class Unroller:
             if txid_of(raw) not in confirmed:
                 self._send(raw, height)
 
-    def _publish(self, record: store.LspRecord, factory: Factory, node: int, height: int) -> None:
-        """Send `node`'s signed tx once its parent confirmed and its relative lock passed."""
-        entry = next(e for e in record.tree if e.node == node)
+    def _publish(
+        self,
+        record: store.LspRecord,
+        factory: Factory,
+        entry: store.PathEntry,
+        txids: dict[int, str],
+        height: int,
+    ) -> None:
+        """Send `entry`'s signed tx once its parent confirmed and its relative lock passed."""
         confirmed = dict(record.confirmed)
-        if txid_of(entry.raw) in confirmed:
+        if txids[entry.node] in confirmed:
             return
-        parent = factory.topology.nodes[node].parent
-        parent_txid = (
-            record.funding_txid
-            if parent is None
-            else next(txid_of(e.raw) for e in record.tree if e.node == parent)
-        )
+        parent = factory.topology.nodes[entry.node].parent
+        parent_txid = record.funding_txid if parent is None else txids.get(parent)
         since = confirmed.get(parent_txid or "")
-        if since is None or height < since + factory.topology.relative_delay(node, entry.state):
+        delay = factory.topology.relative_delay(entry.node, entry.state)
+        if since is None or height < since + delay:
             return
         self._send(entry.raw, height)
 
