@@ -82,6 +82,7 @@ def lsp_and_clients(
     n: int,
     lsp_options: dict[str, Any] | None = None,
     client_options: dict[str, Any] | None = None,
+    lsp_broken_log: str | None = None,
 ) -> tuple[Any, list[Any]]:
     """An LSP and `n` clients running the plugin, connected as an operator connects them (each
     options dict is laid over the defaults: e.g. `{"plugin": [PLUGIN, another]}`)."""
@@ -89,6 +90,7 @@ def lsp_and_clients(
     lsp = node_factory.get_node(
         options={"plugin": PLUGIN, "watchtime-blocks": 6, **(lsp_options or {})},
         may_reconnect=True,
+        broken_log=lsp_broken_log,
     )
     clients = node_factory.get_nodes(
         n,

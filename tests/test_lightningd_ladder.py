@@ -32,7 +32,13 @@ from pyln.testing.utils import wait_for  # noqa: E402
 def test_a_ladder_moves_every_client_and_closes_the_old_factory_by_key_path(
     node_factory: Any, bitcoind: Any
 ) -> None:
-    lsp, clients = lsp_and_clients(node_factory, 4, LADDER)
+    # The LSP restarts mid-migration. A move it was forwarding across the restart settles after
+    # it, and lightningd (not the plugin) then logs BROKEN "Unable to calculate fees collected":
+    # it keeps no onion payload of HTLCs loaded from its database (wallet.c), so it cannot book
+    # the forward's fee. The move itself completes; the test checks every balance.
+    lsp, clients = lsp_and_clients(
+        node_factory, 4, LADDER, lsp_broken_log=r"Unable to calculate fees collected"
+    )
     old = open_factory(lsp, clients)
     bitcoind.generate_block(1)
     fill(lsp, clients, 40_000_000)
