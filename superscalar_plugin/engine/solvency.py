@@ -1,0 +1,111 @@
+"""The client's solvency guard: what must hold before each irreversible step.
+
+One rule, stated once: after the step, every msat the client's own node shows as its own is
+enforceable by the client alone on chain (its own signed path from a confirmed funding down to
+an output paying its own channel script, or a confirmed ordinary channel), less a fee bound the
+operator set. Each irreversible step of every flow asks this module first:
+
+| step                | where                 | what must hold                                          |
+|---------------------|-----------------------|---------------------------------------------------------|
+| TREE_SIGNATURE      | creation (client)     | its leaf output is its own node's channel script, bound |
+| SALE_SIGNATURE      | sale (buyer)          | the sale pays its own node's new channel script, bound  |
+| SALE_SIGNATURE      | sale (co-signer)      | its own outputs untouched (`sale_checks`)               |
+| BURN_SIGNATURE      | sale (every signer)   | the burn spends only the stock it is paired with        |
+| MOVE_PAYMENT        | migration, close      | fee within the cap; the target enforceable (confirmed)  |
+| KEY_HANDOVER        | migration, close      | nothing of ours left in any channel of the factory      |
+| BURN_PUBLISH        | chain duties          | never a sale we hold complete                           |
+
+A step that fails is refused with `SolvencyRefused`, which names the step and the reason; the
+plugin logs it once per kind per peer and leaves the flow where it can be retried. The facts a
+check needs are gathered by the plugin from the client's own node; gathering fails closed: a fact
+that could not be read is a refusal, never "nothing there".
+
+Pure: no I/O. Each check is a small function over small immutable values.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+
+from .errors import UnsafeToSign
+
+
+class Step(enum.Enum):
+    TREE_SIGNATURE = "tree_signature"
+    SALE_SIGNATURE = "sale_signature"
+    BURN_SIGNATURE = "burn_signature"
+    MOVE_PAYMENT = "move_payment"
+    KEY_HANDOVER = "key_handover"
+    BURN_PUBLISH = "burn_publish"
+
+
+class SolvencyRefused(UnsafeToSign):
+    """The solvency guard refused an irreversible step; `step` and `kind` say which and why (the
+    plugin logs once per (peer, step, kind))."""
+
+    def __init__(self, step: Step, kind: str, detail: str) -> None:
+        self.step = step
+        self.kind = kind
+        super().__init__(f"{step.value} refused ({kind}): {detail}")
+
+
+# --- channel script binding ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BoundChannel:
+    """A channel as the client's own lightningd records it (its database, not a peer's word):
+    both funding keys, the funding outpoint and amount. The script is derived, never received."""
+
+    channel_id: str
+    local_funding_key: bytes  # 33-byte compressed
+    remote_funding_key: bytes
+    funding_txid: str  # display order (as listpeerchannels shows it)
+    funding_vout: int
+    funding_sat: int
+
+    def witness_script(self) -> bytes:
+        """BOLT 3: 2 <pubkey1> <pubkey2> 2 OP_CHECKMULTISIG, keys in lexicographic order."""
+        a, b = sorted((self.local_funding_key, self.remote_funding_key))
+        return b"\x52\x21" + a + b"\x21" + b + b"\x52\xae"
+
+    def script_pubkey(self) -> bytes:
+        """The P2WSH output that funds this channel."""
+        return b"\x00\x20" + hashlib.sha256(self.witness_script()).digest()
+
+
+def check_channel_bound(
+    step: Step,
+    bound: BoundChannel | None,
+    txid: str,
+    vout: int,
+    script_pubkey: bytes,
+    amount_sat: int,
+) -> None:
+    """Before signing a tx whose output `txid:vout` is to be our channel: our own node must hold a
+    channel funded exactly there, for exactly that amount, whose 2-of-2 is that output's script."""
+    if bound is None:
+        raise SolvencyRefused(
+            step, "channel_unbound", f"our node holds no channel funded at {txid}:{vout}"
+        )
+    if (bound.funding_txid, bound.funding_vout) != (txid, vout):
+        raise SolvencyRefused(
+            step,
+            "channel_outpoint",
+            f"our node's channel is funded at {bound.funding_txid}:{bound.funding_vout},"
+            f" not {txid}:{vout}",
+        )
+    if bound.funding_sat != amount_sat:
+        raise SolvencyRefused(
+            step,
+            "channel_amount",
+            f"our node's channel holds {bound.funding_sat} sat, the output {amount_sat} sat",
+        )
+    if bound.script_pubkey() != script_pubkey:
+        raise SolvencyRefused(
+            step,
+            "channel_script",
+            "the output is not the 2-of-2 of the funding keys our node recorded",
+        )
