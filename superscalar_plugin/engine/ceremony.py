@@ -25,8 +25,10 @@ from . import musig2, wire
 
 # What a client checks before it signs lives in its own module; re-exported here for callers.
 from .client_checks import (
+    ChannelBinder as ChannelBinder,
     ClientPolicy as ClientPolicy,
     ClientTerms as ClientTerms,
+    bind_leaf,
     check_agreed as check_agreed,
     check_header as check_header,
     check_path as check_path,
@@ -39,6 +41,7 @@ from .errors import (
     UnsafeToSign,
     WireError,
 )
+from .solvency import BoundChannel
 from .tree import (
     Factory,
     FactoryKeys,
@@ -191,6 +194,10 @@ class Signer:
     _pending: dict[int, UnsignedNodeTx] = field(default_factory=dict)
     _path: list[UnsignedNodeTx] = field(default_factory=list)
     _pending_states: dict[int, int] = field(default_factory=dict)
+    # Our node's record of our channel, read when the tree arrives (`bind_leaf`): no nonce for a
+    # tree whose leaf output is not that channel. `bound` keeps what was checked.
+    binder: ChannelBinder | None = None
+    bound: BoundChannel | None = None
     _update_terms: ClientTerms | None = None  # set by agree_update, consumed by one SIGN_REQUEST
     _pending_terms: ClientTerms | None = None
     _nonces: dict[int, tuple[musig2.SecretNonce, bytes]] = field(default_factory=dict, repr=False)
@@ -287,12 +294,17 @@ class Signer:
                 " an update it agreed to"
             )
         terms = update or self.terms
-        if self.policy.require_channel_script and terms.channel_script is None:
+        unbound = terms.channel_script is None and self.binder is None
+        if self.policy.require_channel_script and unbound:
             raise UnsafeToSign("our channel script is unknown and our policy requires it")
         keys = check_header(msg.header, self.pubkey, terms, self.policy)
         if self._header is not None and msg.header != self._header:
             raise UnsafeToSign("the factory changed under an existing signed path")
         path = check_path(keys, msg.header, msg.templates, terms, self.policy.exact_siblings)
+        if self.binder is not None:  # before any nonce: our node holds exactly that channel
+            terms, self.bound = bind_leaf(
+                keys, msg.header, msg.templates, path, terms, self.binder
+            )
         states = {t.node: t.state for t in msg.templates}
         to_sign = (
             self._changed_nodes(keys, path, states) if self.signed_path else {u.node for u in path}

@@ -8,11 +8,12 @@ Pure functions over the engine's values; the `Signer` (ceremony.py) calls them b
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import protocol, wire
 from .errors import InvalidParameter, UnsafeToSign
+from .solvency import BoundChannel, Step, check_bound_output
 from .taproot import DUST_P2TR, DUST_P2WSH, P2A_SCRIPT
 from .tree import (
     MAX_CLIENTS,
@@ -255,3 +256,30 @@ def _check_amounts(params: FactoryParams, t: wire.NodeTemplate, spent_amount: in
     fee = spent_amount - sum(a for a, _ in t.outputs)
     if fee != fee_for(vsize, params.fee_rate_kvb):
         raise UnsafeToSign(f"{where}: fee {fee} sat does not match the agreed fee rate")
+
+
+# The client's own node's record of the channel funded at (leaf txid, output): None if it holds
+# none there. Reading it is the plugin's (`plugin/nodedb.py`); a read that fails raises.
+ChannelBinder = Callable[[str, int], BoundChannel | None]
+
+
+def bind_leaf(
+    keys: FactoryKeys,
+    header: wire.FactoryHeader,
+    templates: Sequence[wire.NodeTemplate],
+    path: Sequence[UnsignedNodeTx],
+    terms: ClientTerms,
+    binder: ChannelBinder,
+) -> tuple[ClientTerms, BoundChannel]:
+    """Before any nonce for the tree: our own node must hold the channel funded at our output of
+    our leaf (`path[-1]`, rebuilt by `check_path`), for its amount, whose 2-of-2 of the keys our
+    node recorded is that output's script (`solvency.check_channel_bound`). The terms come back
+    with that exact script (`channel_script`), and the binding with them."""
+    leaf = path[-1]
+    vout = header.client_index - keys.topology.nodes[leaf.node].lo
+    bound = binder(leaf.txid, vout)
+    script = check_bound_output(Step.TREE_SIGNATURE, bound, leaf.txid, vout, templates[-1].outputs)
+    assert bound is not None  # check_bound_output refused otherwise
+    if terms.channel_script is not None and terms.channel_script != script:
+        raise UnsafeToSign("our channel output is not the script we agreed to")
+    return dataclasses.replace(terms, channel_script=script), bound

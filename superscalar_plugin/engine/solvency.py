@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import UnsafeToSign
@@ -109,3 +110,111 @@ def check_channel_bound(
             "channel_script",
             "the output is not the 2-of-2 of the funding keys our node recorded",
         )
+
+
+# --- the node's own record of a channel ---------------------------------------------------------
+#
+# Core Lightning writes a channel's funding keys to its own database before the fundee's
+# `funding_signed` goes back (table `channels`), and no RPC, hook or notification carries them.
+# The plugin reads that row (`plugin/nodedb.py`); what it means is decided here.
+
+
+@dataclass(frozen=True)
+class WalletDb:
+    """Where lightningd keeps its database: an SQLite file, or a PostgreSQL DSN."""
+
+    kind: str  # "sqlite3" or "postgres"
+    location: str  # an absolute file path (sqlite3) or the DSN (postgres)
+
+
+DEFAULT_DB_FILE = "lightningd.sqlite3"
+
+
+def wallet_db(wallet: str, lightning_dir: str, network: str) -> WalletDb:
+    """The database `listconfigs` `wallet` names. Empty means lightningd's default,
+    `<lightning-dir>/<network>/lightningd.sqlite3`; `lightning_dir` may already end in the network
+    (getinfo's does). `sqlite3://<path>[:<backup path>]`: a relative path is relative to the
+    network directory (lightningd runs there). `postgres://...`: the DSN as is."""
+    netdir = lightning_dir.rstrip("/")
+    if netdir.rsplit("/", 1)[-1] != network:
+        netdir = f"{netdir}/{network}"
+    if not wallet:
+        return WalletDb("sqlite3", f"{netdir}/{DEFAULT_DB_FILE}")
+    scheme, sep, rest = wallet.partition("://")
+    if not sep or not rest:
+        raise SolvencyRefused(
+            Step.TREE_SIGNATURE, "channel_db", f"wallet {wallet!r} is not <scheme>://<location>"
+        )
+    if scheme == "sqlite3":
+        path = rest.split(":", 1)[0]  # the main file; a `:backup` copy follows
+        if not path:
+            raise SolvencyRefused(Step.TREE_SIGNATURE, "channel_db", f"wallet {wallet!r}: no path")
+        return WalletDb("sqlite3", path if path.startswith("/") else f"{netdir}/{path}")
+    if scheme in ("postgres", "postgresql"):
+        return WalletDb("postgres", wallet)
+    raise SolvencyRefused(
+        Step.TREE_SIGNATURE, "channel_db", f"wallet {wallet!r}: unknown database {scheme!r}"
+    )
+
+
+def _blob(step: Step, name: str, value: object, length: int) -> bytes:
+    if isinstance(value, memoryview):
+        value = value.tobytes()
+    if not isinstance(value, bytes) or len(value) != length:
+        raise SolvencyRefused(
+            step, "channel_db", f"channels.{name} is not {length} bytes in our node's database"
+        )
+    return value
+
+
+def bound_from_row(
+    step: Step,
+    full_channel_id: object,
+    funding_pubkey_local: object,
+    fundingkey_remote: object,
+    funding_tx_id: object,
+    funding_tx_outnum: object,
+    funding_satoshi: object,
+) -> BoundChannel:
+    """A `channels` row of lightningd's database as a `BoundChannel`, each column checked (the
+    txid is stored byte-reversed, the internal order). A column that is not what it must be is a
+    refusal naming it: never a binding."""
+    keys = [
+        _blob(step, n, v, 33)
+        for n, v in (
+            ("funding_pubkey_local", funding_pubkey_local),
+            ("fundingkey_remote", fundingkey_remote),
+        )
+    ]
+    for name, key in zip(("funding_pubkey_local", "fundingkey_remote"), keys, strict=True):
+        if key[0] not in (2, 3):
+            raise SolvencyRefused(step, "channel_db", f"channels.{name} is not a compressed key")
+    txid = _blob(step, "funding_tx_id", funding_tx_id, 32)[::-1].hex()
+    if not isinstance(funding_tx_outnum, int) or not 0 <= funding_tx_outnum < 2**32:
+        raise SolvencyRefused(step, "channel_db", "channels.funding_tx_outnum is not an index")
+    if not isinstance(funding_satoshi, int) or not 0 < funding_satoshi <= 21_000_000 * 10**8:
+        raise SolvencyRefused(step, "channel_db", "channels.funding_satoshi is not an amount")
+    return BoundChannel(
+        _blob(step, "full_channel_id", full_channel_id, 32).hex(),
+        keys[0],
+        keys[1],
+        txid,
+        funding_tx_outnum,
+        funding_satoshi,
+    )
+
+
+def check_bound_output(
+    step: Step,
+    bound: BoundChannel | None,
+    txid: str,
+    vout: int,
+    outputs: Sequence[tuple[int, bytes]],
+) -> bytes:
+    """`check_channel_bound` on output `vout` of a tx we are about to sign: the exact script of our
+    channel there, which every later check may rely on."""
+    if not 0 <= vout < len(outputs):
+        raise SolvencyRefused(step, "channel_outpoint", f"{txid} has no output {vout}")
+    amount, script = outputs[vout]
+    check_channel_bound(step, bound, txid, vout, script, amount)
+    return script

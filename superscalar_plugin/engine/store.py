@@ -156,6 +156,10 @@ class ClientRecord:
     # the ordinary channels the LSP opened for us instead of a sale.
     sales: tuple[SaleEntry, ...] = ()
     jit_channels: tuple[str, ...] = ()
+    # The channel id of our leaf's channel, once our own node's database showed it funded at our
+    # leaf output with exactly that output's 2-of-2 (persisted before our first nonce). None: a
+    # record from before the check, or one signed trusting the LSP for the script.
+    channel_bound: str | None = None
 
     def replace(self, **changes: Any) -> ClientRecord:
         return dataclasses.replace(self, **changes)
@@ -365,6 +369,7 @@ def _client_record(data: dict[str, Any]) -> ClientRecord:
         moving_to=_hex(data, "moving_to", 32, optional=True),
         sales=sales_from(data),
         jit_channels=strings_from(data, "jit_channels", 32),
+        channel_bound=_hex(data, "channel_bound", 32, optional=True),
     )
 
 
@@ -471,6 +476,11 @@ def _validate_client(r: ClientRecord) -> None:
         f"{r.early_warning_time} is not the shape's {topo.ewt}",
     )
     _validate_entries("path", r.path, topo)
+    _expect(
+        r.channel_bound is None or r.state is not ClientState.ACCEPTED,
+        "channel_bound",
+        "set before the tree arrived",
+    )
     if r.path:
         nodes = [e.node for e in r.path]
         expected = topo.client_path(r.client_index)

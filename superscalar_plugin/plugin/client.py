@@ -10,12 +10,14 @@ expects), `guards.refresh`.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
 from ..engine import musig2, protocol, store
-from ..engine.ceremony import ClientPolicy, ClientTerms, Signer, SignerState
+from ..engine.ceremony import ChannelBinder, ClientPolicy, ClientTerms, Signer, SignerState
 from ..engine.errors import CeremonyError, InvalidParameter, MuSigError
+from ..engine.solvency import Step
 from ..engine.tree import Topology
 from .config import MIN_CHANNEL_SAT, Config
 from .guards import Guards
@@ -32,6 +34,7 @@ peer_log = LogLimiter(log)  # what a peer can trigger at will: once a minute per
 # Before our path is signed: the only states a message (or a timeout) may abort.
 IN_CEREMONY = (store.ClientState.ACCEPTED, store.ClientState.SIGNING)
 MAX_PENDING_PER_PEER = 4  # proposals of one LSP we are signing at once; more are refused
+CLOSE_WAIT = 60  # seconds a close of an unsigned factory's channel waits for the LSP to agree
 
 
 @dataclass
@@ -41,10 +44,15 @@ class ClientSession:
     deadline: float
 
 
-def refusal(peer: str, p: protocol.Propose, cfg: Config, height: int) -> str | None:
-    """Why this node will not join the proposed factory, or None to accept it."""
+def refusal(
+    peer: str, p: protocol.Propose, cfg: Config, height: int, unbindable: str | None = None
+) -> str | None:
+    """Why this node will not join the proposed factory, or None to accept it. `unbindable`: why
+    our node's database cannot give our channel's funding keys (`NodeDb.usable`)."""
     if "any" not in cfg.accept_from and peer not in cfg.accept_from:
         return "this node does not accept factories from you (superscalar-accept-from)"
+    if unbindable is not None and not cfg.trust_channel_script:
+        return f"this node cannot check its channel's script ({unbindable})"
     try:
         topo = Topology.build(p.n_clients, p.params)
         musig2.xonly(p.lsp_pubkey)
@@ -79,11 +87,41 @@ class ClientRole:
     def resume(self, record: store.ClientRecord) -> None:
         """After a restart a ceremony cannot resume (its nonces are gone): abort it."""
         if record.state in (store.ClientState.ACCEPTED, store.ClientState.SIGNING):
-            self._records.persist(
-                record.replace(
-                    state=store.ClientState.ABORTED, error="restarted before the factory was signed"
-                )
+            record = record.replace(
+                state=store.ClientState.ABORTED, error="restarted before the factory was signed"
             )
+            self._records.persist(record)
+            self._close_unsigned(record)
+
+    def _close_unsigned(self, record: store.ClientRecord) -> None:
+        """The LSP may have completed our channel before the creation aborted: it never held a
+        signed tree, so it takes no HTLC (guards) and we close it (in the background: a close
+        waits for the LSP). Ours is the one we bound, else an unbound one of this amount with
+        this LSP that no other creation in flight bound."""
+        self._guards.refresh()
+        others = {r.channel_bound for r in self._records.all() if isinstance(r, store.ClientRecord)}
+        cids = (
+            [record.channel_bound]
+            if record.channel_bound
+            else [
+                cid
+                for cid, ch in self._node.channels().items()
+                if cid in self._guards.unbound
+                and cid not in others
+                and ch.get("peer_id") == record.lsp_node_id
+                and int(str(ch.get("total_msat", 0)).removesuffix("msat"))
+                == record.channel_sat * 1000
+            ]
+        )
+        for cid in cids:
+            threading.Thread(target=self._close, args=(cid,), daemon=True).start()
+
+    def _close(self, channel_id: str) -> None:
+        try:
+            self._node.rpc.call("close", {"id": channel_id, "unilateraltimeout": CLOSE_WAIT})
+            log.info("closed channel %s of an unsigned factory", channel_id[:16])
+        except Exception as e:  # e.g. the LSP cancelled it first: nothing left to close
+            log.info("close of channel %s of an unsigned factory: %s", channel_id[:16], e)
 
     def check_deadlines(self, now: float) -> None:
         for cs in list(self._sessions.values()):
@@ -147,7 +185,7 @@ class ClientRole:
             for cs in self._sessions.values()
             if cs.record.lsp_node_id == peer and cs.record.state in IN_CEREMONY
         )
-        reason = refusal(peer, p, cfg, self._node.height)
+        reason = refusal(peer, p, cfg, self._node.height, self._node.db.usable())
         if reason is None and pending >= MAX_PENDING_PER_PEER:
             reason = f"{pending} of your proposals are already pending here"
         if reason is not None:
@@ -178,17 +216,31 @@ class ClientRole:
             seckey,
             ClientTerms.from_propose(p),
             ClientPolicy(max_ewt=cfg.max_ewt, max_fee_rate_kvb=cfg.max_fee_rate_kvb),
+            binder=self._binder(peer),
         )
         self._sessions[instance] = ClientSession(record, signer, self._deadline())
         self._records.persist(record)
         self._opens.accepted(instance, peer, p.channel_sat)
         self._peers.send(peer, protocol.Accept(p.instance_id, pub))
 
+    def _binder(self, lsp: str) -> ChannelBinder | None:
+        """Our node's own record of the channel the tree pays us (`nodedb`); None only when the
+        operator accepted trusting the LSP for it (`trust-channel-script`) and it cannot be read."""
+        db = self._node.db
+        if db.usable() is not None and self._node.config.trust_channel_script:
+            return None
+        return lambda txid, vout: db.bound_channel(Step.TREE_SIGNATURE, lsp, txid, vout)
+
     def _on_ceremony(self, cs: ClientSession, p: protocol.Ceremony) -> None:
         signed_before = cs.signer.state is SignerState.DONE  # a signer stays DONE for good
         reply = cs.signer.receive(p.message)
         if cs.record.state is store.ClientState.ACCEPTED:
             cs.record = cs.record.replace(state=store.ClientState.SIGNING)
+        bound = cs.signer.bound
+        if bound is not None and cs.record.channel_bound != bound.channel_id:
+            # Persisted before our nonces leave: this factory's channel is the one we checked.
+            cs.record = cs.record.replace(channel_bound=bound.channel_id)
+            self._records.persist(cs.record)
         cs.deadline = self._deadline()
         if cs.signer.state is SignerState.DONE and not signed_before:
             self._store_path(cs)
@@ -248,6 +300,7 @@ class ClientRole:
         self._sessions.pop(cs.record.instance_id, None)
         log.warning("factory %s aborted: %s", cs.record.instance_id[:16], reason)
         self._opens.forget(cs.record.instance_id)
+        self._close_unsigned(cs.record)
         if tell_lsp:
             abort = protocol.Text(
                 protocol.PayloadType.ABORT, bytes.fromhex(cs.record.instance_id), reason

@@ -40,6 +40,9 @@ class Config:
     sale_fee_base_sat: int = 1000
     sale_fee_ppm: int = 10_000
     max_buy_fee_ppm: int = 20_000
+    # A client whose node's database cannot be read for its channel's funding keys (PostgreSQL
+    # without psycopg2) joins only if the operator accepts trusting the LSP for that script.
+    trust_channel_script: bool = False
 
 
 BUY_MIN_FEE_CAP_SAT = 2000

@@ -134,14 +134,19 @@ def sign_and_send(rpc: Rpc, funding_psbt: str) -> str:
 
 
 def release(rpc: Rpc, record: store.LspRecord, opened: set[int]) -> None:
-    """Cancel the channels being opened and free the reserved inputs (best effort, logged)."""
+    """Cancel the channels being opened and free the reserved inputs (best effort, logged). A
+    channel already completed is closed by its id instead: a zero-conf channel is CHANNELD_NORMAL
+    at once, which `fundchannel_cancel` (by peer only) does not take."""
     signing = record.state in (store.LspState.SIGNING, store.LspState.COMPLETING)
+    completed = [c for c in record.clients if c.channel_id]
     for i, c in enumerate(record.clients):
-        if i in opened or signing:
+        if (i in opened or signing) and not c.channel_id:
             try:
                 rpc.call("fundchannel_cancel", {"id": c.node_id})
             except Exception as e:
                 log.info("fundchannel_cancel %s: %s", c.node_id, why(e))
+    if completed:
+        per_client(completed, lambda c: close_unfunded(rpc, c), "close", CLOSE_WAIT)
     if record.funding_psbt:
         try:
             rpc.call(
@@ -150,6 +155,18 @@ def release(rpc: Rpc, record: store.LspRecord, opened: set[int]) -> None:
             )
         except Exception as e:
             log.error("could not unreserve the funding inputs: %s", why(e))
+
+
+CLOSE_WAIT = 10  # seconds: after it lightningd closes alone (a commitment that can never confirm)
+
+
+def close_unfunded(rpc: Rpc, client: store.ClientEntry) -> None:
+    """Close a completed channel whose funding (a leaf or a sale) will never exist: the tree or
+    the sale was never signed. Nothing in it is anyone's on chain; closing stops its use."""
+    try:
+        rpc.call("close", {"id": client.channel_id, "unilateraltimeout": CLOSE_WAIT})
+    except Exception as e:
+        log.info("close %s: %s", client.channel_id, why(e))
 
 
 def open_ordinary(rpc: Rpc, client: store.ClientEntry) -> tuple[str, str]:

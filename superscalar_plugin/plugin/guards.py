@@ -43,8 +43,13 @@ class Guards:
         # The largest EWT of our live factories: invoices carry it as soon as we are in one,
         # whether or not lightningd lists its channel yet.
         self.invoice_ewt = 0
-        # Live factory channels lightningd did not list at the last refresh (just opening).
+        # Live factory channels lightningd did not list at the last refresh (just opening), and
+        # the channels an LSP may open to us at any moment (a creation or a sale in flight).
         self.unmapped = 0
+        self.expected: set[str] = set()  # sales in flight as buyer (cosign), by session
+        # Our zero-conf channels with an LSP of ours that no signed factory or complete sale of
+        # ours funds (a ceremony in flight or aborted): they take no HTLC at all.
+        self.unbound: set[str] = set()
         self.cltv_final = 18
         self.max_locktime = 2016
 
@@ -64,11 +69,18 @@ class Guards:
         guards: dict[str, policy.ChannelGuard] = {}
         channel_of: dict[str, str] = {}
         mapped = set()
-        if wanted or pinned:
+        lsps = {r.lsp_node_id for r in records if isinstance(r, store.ClientRecord)}
+        unbound: set[str] = set()
+        if wanted or pinned or lsps:
             for ch in self._node.channels().values():
                 cid = str(ch.get("channel_id", ""))
                 key = cid if cid in wanted else None
                 key = key or (ch.get("funding_txid") if ch.get("funding_txid") in wanted else None)
+                if key is None and _unbound(ch, lsps):
+                    unbound.add(cid)
+                    for scid in _scids(ch):
+                        channel_of[scid], guards[scid] = cid, NO_HTLC
+                    continue
                 if key is None and cid not in pinned:
                     continue
                 if key is not None:
@@ -79,14 +91,16 @@ class Guards:
                         guards[scid] = wanted[key]
         self.channel_of = channel_of  # before the guards: a guarded scid always has its id
         self.by_scid = guards  # one atomic swap; readers never see a half-built map
+        self.unbound = unbound
         self.invoice_ewt = max((g.early_warning_time for g in wanted.values()), default=0)
-        self.unmapped = len(set(wanted) - mapped)
+        in_ceremony = sum(1 for r in records if r.state in SIGNING_STATES)
+        self.unmapped = len(set(wanted) - mapped) + in_ceremony
 
     def htlc_verdict(self, htlc: dict[str, Any], onion: dict[str, Any]) -> dict[str, Any]:
         """The htlc_accepted hook: dictionary lookups and comparisons only, no RPC."""
         guards, height = self.by_scid, self._node.height
         incoming = guards.get(htlc.get("short_channel_id", ""))
-        if incoming is None and self.unmapped:
+        if incoming is None and (self.unmapped or self.expected):
             # A factory channel lightningd had not listed yet (it just opened): map it now
             # rather than let its first HTLCs through unchecked. Safe on this thread: lightningd
             # calls our rpc_command hook for `invoice` only, so this RPC cannot call back here.
@@ -102,7 +116,7 @@ class Guards:
             if fail is not None:
                 return {"result": "fail", "failure_message": fail.hex()}
         outgoing = guards.get(outgoing_scid) if outgoing_scid else None
-        if outgoing is None and outgoing_scid and self.unmapped:
+        if outgoing is None and outgoing_scid and (self.unmapped or self.expected):
             self.refresh()
             outgoing = self.by_scid.get(outgoing_scid)
         if outgoing is not None and "outgoing_cltv_value" in onion:
@@ -138,6 +152,19 @@ class Guards:
             requested, ewt, self.max_locktime, self._node.config.exit_margin
         )
         return named
+
+
+# Fails every HTLC (a timeout of 0): a channel that no signed factory of ours funds.
+NO_HTLC = policy.ChannelGuard(0, 0)
+SIGNING_STATES = (store.ClientState.ACCEPTED, store.ClientState.SIGNING)
+
+
+def _unbound(ch: dict[str, Any], lsps: set[str]) -> bool:
+    """A channel with one of our LSPs, on a funding that never confirmed, that is not the leaf of
+    a signed factory of ours nor a sale we hold (those are `wanted`): the LSP completed it for a
+    creation or a sale that is not signed (yet, or ever). Money in it could never reach the chain:
+    it takes no HTLC (README, "What a client checks")."""
+    return ch.get("peer_id") in lsps and not ch.get("short_channel_id")
 
 
 def _scids(ch: dict[str, Any]) -> list[str]:

@@ -5,11 +5,13 @@ coordinator with its secret nonces, never persisted). Worker thread only.
 May call: `funding` (lightningd's wallet and channels), `peers` (messages to clients), `records`,
 `guards.refresh` and `status` (the reply once funded).
 
-The order is DESIGN section 4: propose; every client accepts with its key; reserve inputs (done at
-the proposal, so the funding txid is fixed); per client `channel_in_factory` then
-`fundchannel_start`; build and sign the tree in two rounds; every client stores its path;
-`fundchannel_complete` per channel; only then sign and broadcast the funding. Any failure before
-the broadcast aborts: channels cancelled, inputs freed, clients told, the culprit named.
+The order: propose; every client accepts with its key; reserve inputs (done at the proposal, so
+the funding txid is fixed); per client `channel_in_factory` then `fundchannel_start`; build the
+tree; `fundchannel_complete` per channel with its unsigned leaf (so each client's own node holds
+its channel, whose funding keys it checks against its leaf output before any nonce: `nodedb`);
+sign the tree in two rounds; every client stores its path; only then sign and broadcast the
+funding. Any failure before the broadcast aborts: channels cancelled or closed, inputs freed,
+clients told, the culprit named.
 """
 
 from __future__ import annotations
@@ -381,12 +383,39 @@ class LspRole:
         states = dw.initial_states(factory.topology)
         s.coordinator = Coordinator(factory, lsp_key, (txid, vout), states)
         self._records.persist(r)
+        if not self._complete_channels(s, factory, s.coordinator):
+            return
         instance = bytes.fromhex(r.instance_id)
         for index, data in s.coordinator.start().items():
             self._peers.send(r.clients[index].node_id, protocol.Ceremony(instance, data))
 
+    def _complete_channels(self, s: LspSession, factory: Factory, coordinator: Coordinator) -> bool:
+        """`fundchannel_complete` for every client with its unsigned leaf (a leaf's txid does not
+        depend on witnesses) BEFORE the ceremony: a client gives no nonce until its own node holds
+        that channel (`nodedb`). False if one failed (the creation is then aborted)."""
+        leaves = {
+            c.node_id: coordinator.txs[factory.topology.leaf_of_client[i]]
+            for i, c in enumerate(s.record.clients)
+        }
+        results = funding.per_client(
+            s.record.clients,
+            lambda c: funding.complete_channel(self._node.rpc, c, leaves[c.node_id]),
+            "fundchannel_complete",
+            self._node.config.ceremony_timeout,
+        )
+        for i, x in enumerate(results):
+            if not isinstance(x, RpcFailed):
+                self._update_client(s, i, channel_id=x)  # a restart (or abort) closes it
+        failed = [x for x in results if isinstance(x, RpcFailed)]
+        if failed:
+            self._abort(s, str(failed[0]))
+            return False
+        s.mark("fundchannel_complete")
+        return True
+
     def _complete(self, s: LspSession) -> None:
-        """Every client stored its path: keep the signed tree, then `fundchannel_complete`."""
+        """Every client stored its path: keep the signed tree, then fund (every channel was
+        completed before the ceremony)."""
         coordinator, factory = s.coordinator, s.factory
         assert coordinator is not None and factory is not None
         tree = tuple(
@@ -402,24 +431,6 @@ class LspRole:
         s.mark("sign")
         s.record = s.record.replace(state=store.LspState.COMPLETING, tree=tree)
         self._records.persist(s.record)
-        leaves = {
-            c.node_id: coordinator.signed[factory.topology.leaf_of_client[i]].unsigned
-            for i, c in enumerate(s.record.clients)
-        }
-        results = funding.per_client(
-            s.record.clients,
-            lambda c: funding.complete_channel(self._node.rpc, c, leaves[c.node_id]),
-            "fundchannel_complete",
-            self._node.config.ceremony_timeout,
-        )
-        for i, x in enumerate(results):
-            if not isinstance(x, RpcFailed):
-                self._update_client(s, i, channel_id=x)  # a restart knows it exists
-        failed = [x for x in results if isinstance(x, RpcFailed)]
-        if failed:
-            self._abort(s, str(failed[0]))
-            return
-        s.mark("fundchannel_complete")
         self._broadcast_funding(s)
 
     def _broadcast_funding(self, s: LspSession, resumed: bool = False) -> None:

@@ -156,6 +156,13 @@ OPTIONS: list[tuple[str, Any, str, str]] = [
         " 2000 sat)",
         "int",
     ),
+    (
+        "superscalar-trust-channel-script",
+        False,
+        "Client: join factories even if this node's database cannot be read for our channel's"
+        " funding keys (PostgreSQL without psycopg2), trusting the LSP for our channel's script",
+        "bool",
+    ),
 ]
 for name, default, text, kind in OPTIONS:
     plugin.add_option(name, default, text, opt_type=kind, multi=name == "superscalar-accept-from")
@@ -218,6 +225,11 @@ def params_from(options: dict[str, Any], overrides: dict[str, Any]) -> FactoryPa
     return params
 
 
+def _flag(value: Any) -> bool:
+    """A bool option as lightningd passes it (a bool, or a string from a config file)."""
+    return value if isinstance(value, bool) else str(value).lower() in ("true", "1", "yes")
+
+
 def _options() -> dict[str, Any]:
     return {name: plugin.get_option(name) for name, *_ in OPTIONS}
 
@@ -259,6 +271,7 @@ def init(options: dict[str, Any], configuration: dict[str, Any], plugin: Plugin,
         sale_fee_base_sat=int(options["superscalar-sale-fee-base"]),
         sale_fee_ppm=int(options["superscalar-sale-fee-ppm"]),
         max_buy_fee_ppm=int(options["superscalar-max-buy-fee-ppm"]),
+        trust_channel_script=_flag(options["superscalar-trust-channel-script"]),
     )
     if min(config.sale_fee_base_sat, config.sale_fee_ppm, config.max_buy_fee_ppm) < 0:
         raise RpcException("bad superscalar option: sale fees cannot be negative")

@@ -133,9 +133,13 @@ class ClientMover:
             raise MoveRefused("target factory is not one of ours with this LSP")
         if new.state not in LIVE or is_compromised(new) or new.exit is not None:
             raise MoveRefused(f"target factory is {new.state.value}, not a live signed factory")
+        if new.channel_bound is None:  # signed without our node's own record of the channel
+            raise MoveRefused("target factory's channel script was never checked against our node")
         leaf = leaf_txid(new)
         for cid, ch in channels.items():
             if ch.get("funding_txid") == leaf and ch.get("peer_id") == record.lsp_node_id:
+                if cid != new.channel_bound:
+                    raise MoveRefused("our channel in the target factory is not the one we bound")
                 if ch.get("state") != "CHANNELD_NORMAL":
                     raise MoveRefused("our channel in the target factory is not open yet")
                 return cid

@@ -14,6 +14,7 @@ from typing import Any
 from ..engine import musig2
 from ..engine.errors import MuSigError
 from .config import Config
+from .nodedb import NodeDb
 from .runtime import Rpc
 
 
@@ -35,6 +36,7 @@ class Node:
         self.id = ""
         self._height = 0
         self._height_lock = threading.Lock()
+        self.db = NodeDb()  # where our lightningd's database is: located at start-up
 
     @property
     def height(self) -> int:

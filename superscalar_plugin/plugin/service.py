@@ -70,6 +70,7 @@ from .guards import Guards
 from .lsp import LspRole
 from .move import ClientMover
 from .node import Node
+from .nodedb import NodeDb
 from .onchain import OnChain
 from .opens import ChannelOpens
 from .payments import Payments
@@ -150,6 +151,7 @@ class FactoryService:
         info = self.node.rpc.call("getinfo")
         self.node.id = info["id"]
         self.node.raise_height(int(info["blockheight"]))
+        self.node.db = NodeDb.located(self.node.rpc)  # our channels' funding keys (nodedb)
         self.records.height = self.node.height
         records = self.records.load()
         # Every record is loaded: on-chain duties may run (queued blocks first), even if what

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
+from . import walletdb
 from .bitcoin import (
     CMutableTransaction,
     CMutableTxIn,
@@ -569,6 +570,8 @@ def rpc_listconfigs(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
         "large-channels": val("set", True),
         "experimental-dual-fund": val("set", False),
     }
+    if me.wallet_option:
+        configs["wallet"] = val("value_str", me.wallet_option, "cmdline")
     for name, value in me.config.items():
         kind = "value_msat" if name.endswith("-msat") else "value_int"
         configs[name] = val(
@@ -1009,6 +1012,10 @@ def _commit_open(
         )
         for node in (me, other):
             notes.extend(update_channels_locked(node))
+    # Both rows are written before fundchannel_complete returns (the fundee's before its
+    # funding_signed goes back): what a client reads for its channel's keys (walletdb).
+    walletdb.record_channel(other, remote)
+    walletdb.record_channel(me, ch)
     for node, topic, payload in notes:
         node.notify(topic, payload)
     return cid

@@ -130,6 +130,8 @@ class FakeNode:
         for _ in range(utxos):
             self.wallet.add_fake_utxo(utxo_sat, network.chain.height - 6)
         self.datastore = Datastore(self.base_dir / "datastore.json")
+        # What listconfigs `wallet` shows (None: not set, the default sqlite file; walletdb).
+        self.wallet_option: str | None = None
 
         # lightningd state (survives plugin restarts)
         self.up = False  # "lightningd" running (RPC socket served)

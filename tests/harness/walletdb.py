@@ -1,0 +1,77 @@
+"""The fake lightningd's database: the one fact of lightningd's `lightningd.sqlite3` the plugin
+reads (DESIGN 3.14). Each node writes, for every channel it commits (opener and fundee alike, the
+fundee before `fundchannel_complete` returns on the opener, as lightningd writes it before its
+`funding_signed` goes back), a `channels` row with the columns lightningd has, and a `peers` row;
+at the path its `listconfigs` says (`wallet` if set, else `<lightning-dir>/<network>/`).
+
+Tests may set `node.wallet_option` (what `listconfigs` `wallet` shows) before channels open.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .node import FakeNode
+    from .state import Channel
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS peers (
+  id INTEGER PRIMARY KEY, node_id BLOB UNIQUE, address TEXT, feature_bits BLOB
+);
+CREATE TABLE IF NOT EXISTS channels (
+  id INTEGER PRIMARY KEY, peer_id INTEGER REFERENCES peers(id) ON DELETE CASCADE,
+  short_channel_id TEXT, full_channel_id BLOB, channel_config_local INTEGER,
+  channel_config_remote INTEGER, state INTEGER, funder INTEGER, channel_flags INTEGER,
+  minimum_depth INTEGER, funding_tx_id BLOB, funding_tx_outnum INTEGER, funding_satoshi BIGINT,
+  our_funding_satoshi BIGINT, funding_pubkey_local BLOB, fundingkey_remote BLOB,
+  push_msatoshi BIGINT, msatoshi_local BIGINT, last_tx BLOB, alias_local BIGINT
+);
+"""
+
+
+def db_path(node: FakeNode) -> Path:
+    """Where lightningd keeps its database: `wallet` (sqlite3://<path>[:<backup>]) or the
+    default file in the network directory."""
+    wallet = node.wallet_option
+    if wallet and wallet.startswith("sqlite3://"):
+        path = wallet.removeprefix("sqlite3://").split(":", 1)[0]
+        return Path(path) if path.startswith("/") else node.lightning_dir / path
+    return node.lightning_dir / "lightningd.sqlite3"
+
+
+def record_channel(node: FakeNode, ch: Channel) -> None:
+    """Insert the channel's row (and its peer's) as lightningd does when it commits a channel."""
+    wallet = node.wallet_option
+    if wallet and not wallet.startswith("sqlite3://"):
+        return  # a PostgreSQL node: no file
+    assert ch.channel_id is not None and ch.funding_txid is not None
+    conn = sqlite3.connect(db_path(node), timeout=60)
+    try:
+        with conn:
+            conn.executescript(SCHEMA)
+            peer = bytes.fromhex(ch.peer_id)
+            conn.execute("INSERT OR IGNORE INTO peers (node_id) VALUES (?)", (peer,))
+            (peer_dbid,) = conn.execute(
+                "SELECT id FROM peers WHERE node_id = ?", (peer,)
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO channels (peer_id, full_channel_id, state, funder, funding_tx_id,"
+                " funding_tx_outnum, funding_satoshi, funding_pubkey_local, fundingkey_remote,"
+                " push_msatoshi) VALUES (?, ?, 2, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    peer_dbid,
+                    bytes.fromhex(ch.channel_id),
+                    0 if ch.opener == "local" else 1,
+                    bytes.fromhex(ch.funding_txid)[::-1],  # internal byte order
+                    ch.funding_outnum,
+                    ch.amount_sat,
+                    ch.our_funding_pubkey,
+                    ch.their_funding_pubkey,
+                    ch.push_msat,
+                ),
+            )
+    finally:
+        conn.close()
