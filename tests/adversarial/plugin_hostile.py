@@ -100,6 +100,9 @@ class HostileLsp:
             assert isinstance(accept, protocol.Accept)
             self.pubkeys[i] = accept.client_pubkey
 
+    def coordinator(self, factory: Factory, outpoint: tuple[str, int]) -> Coordinator:
+        return Coordinator(factory, self.lsp_key, outpoint, dw.initial_states(factory.topology))
+
     def factory(self, scripts: list[bytes] | None = None) -> Factory:
         """The factory on the channels' scripts (stand-in P2WSH scripts when None)."""
         n = len(self.clients)
@@ -110,8 +113,11 @@ class HostileLsp:
         return Factory.create(self.params, self.lsp_pub, slots, timeout)
 
     def sign(self, factory: Factory, outpoint: tuple[str, int]) -> Coordinator:
-        """Run the two-round ceremony with every client until each stored its path."""
-        coord = Coordinator(factory, self.lsp_key, outpoint, dw.initial_states(factory.topology))
+        """Complete every channel on its unsigned leaf (as the honest LSP does: a client gives no
+        nonce before its node holds its channel), then run the two-round ceremony with every
+        client until each stored its path."""
+        coord = self.coordinator(factory, outpoint)
+        complete_channels(self, coord)
         pending = coord.start()
         while True:
             for c, data in pending.items():
@@ -145,9 +151,13 @@ def open_channels(lsp: HostileLsp) -> list[bytes]:
     ]
 
 
-def complete_channels(lsp: HostileLsp, coord: Coordinator) -> None:
+def complete_channels(lsp: HostileLsp, coord: Coordinator) -> list[str]:
+    """fundchannel_complete with every client on its unsigned leaf: the channel ids."""
     rpc = _Rpc(lsp.node)
     topo = coord.factory.topology
-    for i, c in enumerate(lsp.clients):
-        leaf = coord.signed[topo.leaf_of_client[i]].unsigned
-        funding.complete_channel(rpc, store.ClientEntry(c.node_id, lsp.channel_sat), leaf)
+    return [
+        funding.complete_channel(
+            rpc, store.ClientEntry(c.node_id, lsp.channel_sat), coord.txs[topo.leaf_of_client[i]]
+        )
+        for i, c in enumerate(lsp.clients)
+    ]

@@ -23,7 +23,7 @@ from superscalar_plugin.engine.sale_sign import SaleCoordinator
 from superscalar_plugin.engine.tree import Factory, FactoryParams
 from superscalar_plugin.engine.tx import Tx, TxIn, TxOut
 
-from .plugin_hostile import HostileLsp, complete_channels, open_channels, pig, status, wait
+from .plugin_hostile import HostileLsp, open_channels, pig, status, wait
 from .test_plugin_attacks import _funding_tx
 from harness.bitcoin import b2lx
 from harness.network import SUPERSCALAR_PLUGIN, Network
@@ -76,7 +76,6 @@ def _funded(network_factory: Callable[..., Network]) -> Funded:
     tx = _funding_tx(factory.funding_amount, factory.funding_output.script_pubkey, seed=11)
     txid = b2lx(tx.GetTxid())
     coord = hostile.sign(factory, (txid, 0))
-    complete_channels(hostile, coord)
     for i in range(len(clients)):
         hostile.send(i, protocol.Funded(hostile.instance, txid, 0))
     net.broadcast(tx)

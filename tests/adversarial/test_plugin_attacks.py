@@ -18,7 +18,7 @@ from test_plugin_harness import _create, _setup
 
 from superscalar_plugin.engine import blip56, protocol
 
-from .plugin_hostile import HostileLsp, complete_channels, open_channels, pig, status, unpig, wait
+from .plugin_hostile import HostileLsp, open_channels, pig, status, unpig, wait
 from harness.bitcoin import (
     CMutableTransaction,
     CMutableTxIn,
@@ -201,8 +201,7 @@ def test_a_funding_output_other_than_signed_marks_the_factory_compromised(
         script = b"\x51\x20" + bytes(32)  # another taproot output of the same amount
     tx = _funding_tx(amount, script, seed=7)
     txid = b2lx(tx.GetTxid())
-    coord = hostile.sign(factory, (txid, 0))
-    complete_channels(hostile, coord)
+    hostile.sign(factory, (txid, 0))
     hostile.send(0, protocol.Funded(hostile.instance, txid, 0))
     wait(lambda: _state(client) == "funded", what="client funded")
     net.broadcast(tx)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyln.client import LightningRpc
 
-from . import lightningd_rpcs
+from . import lightningd_rpcs, walletdb
 from .bitcoin import (
     bits_to_features,
     features_or,
@@ -273,6 +273,7 @@ class FakeNode:
                 target=self._inbound_loop, name=f"{self.name}-connectd", daemon=True
             )
             self._inbound_thread.start()
+        walletdb.create(self)  # lightningd creates its database at start
         self.up = True
 
     def start(self) -> FakeNode:

@@ -42,6 +42,18 @@ def db_path(node: FakeNode) -> Path:
     return node.lightning_dir / "lightningd.sqlite3"
 
 
+def create(node: FakeNode) -> None:
+    """The database file with its tables, as lightningd creates it at its first start."""
+    if node.wallet_option and not node.wallet_option.startswith("sqlite3://"):
+        return
+    conn = sqlite3.connect(db_path(node), timeout=60)
+    try:
+        with conn:
+            conn.executescript(SCHEMA)
+    finally:
+        conn.close()
+
+
 def record_channel(node: FakeNode, ch: Channel) -> None:
     """Insert the channel's row (and its peer's) as lightningd does when it commits a channel."""
     wallet = node.wallet_option

@@ -1,0 +1,161 @@
+"""A hostile LSP lies about a client's channel script (issue 16, "the fundee's script").
+
+The client is the zero-conf fundee: only its own lightningd's database says which funding keys
+its channel has. Through the real plugin process (tests/harness, whose fake lightningd writes the
+`channels` row like lightningd), the LSP is played by the test (`HostileLsp`): it completes the
+channels, then sends a tree whose leaf pays the client's amount to a 2-of-2 the client's node does
+not hold (or sends the tree before completing, or the node's record has other keys). The client
+must refuse before any nonce or partial signature leaves, and its unsigned channel takes no HTLC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from superscalar_plugin.engine import musig2, protocol, wire
+
+from .plugin_hostile import HostileLsp, complete_channels, open_channels, status, wait
+from harness import walletdb
+from harness.network import SUPERSCALAR_PLUGIN, Network
+from harness.node import FakeNode
+
+
+def _other_2of2(seed: bytes) -> bytes:
+    """A P2WSH 2-of-2 of two keys that are not the client's channel keys (the LSP's, say)."""
+    a, b = sorted(
+        musig2.pubkey_from_secret(hashlib.sha256(seed + bytes([i])).digest()) for i in (1, 2)
+    )
+    witness = b"\x52\x21" + a + b"\x21" + b + b"\x52\xae"
+    return b"\x00\x20" + hashlib.sha256(witness).digest()
+
+
+def _htlc(scid: str, height: int) -> dict[str, Any]:
+    return {
+        "onion": {
+            "payload": "00",
+            "next_onion": "00" * 20,
+            "shared_secret": "11" * 32,
+            "forward_msat": 1_000_000,
+            "outgoing_cltv_value": height + 300,
+        },
+        "htlc": {
+            "short_channel_id": scid,
+            "id": 0,
+            "amount_msat": 1_000_000,
+            "cltv_expiry": height + 300,
+            "cltv_expiry_relative": 300,
+            "payment_hash": "22" * 32,
+        },
+    }
+
+
+def _setup(network_factory: Callable[..., Network]) -> tuple[Network, HostileLsp, list[FakeNode]]:
+    net = network_factory(plugin=SUPERSCALAR_PLUGIN, timeout=30)
+    lsp = net.add_node("lsp")
+    clients = [
+        net.add_node(f"client{i}", options={"superscalar-accept-from": lsp.node_id})
+        for i in range(2)
+    ]
+    for c in clients:
+        net.connect(lsp, c)
+    hostile = HostileLsp(net, lsp, clients)
+    hostile.propose_all()
+    return net, hostile, clients
+
+
+def _replies(hostile: HostileLsp, seconds: float = 3.0) -> dict[int, list[protocol.Payload]]:
+    """Everything the clients sent the LSP within `seconds`."""
+    out: dict[int, list[protocol.Payload]] = {}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            i, payload = hostile.inbox.get(timeout=0.1)
+        except Exception:
+            continue
+        out.setdefault(i, []).append(payload)
+    return out
+
+
+def _nonces_sent(payloads: list[protocol.Payload]) -> bool:
+    return any(
+        isinstance(p, protocol.Ceremony) and wire.decode(p.message).type is wire.MsgType.NONCES
+        for p in payloads
+    )
+
+
+@pytest.mark.parametrize("lie", ["other_2of2", "never_completed", "node_keys_differ"])
+def test_a_leaf_not_paying_the_clients_own_channel_gets_no_nonce(
+    network_factory: Callable[..., Network], lie: str
+) -> None:
+    net, hostile, clients = _setup(network_factory)
+    scripts = open_channels(hostile)
+    honest = hostile.factory(scripts)
+    outpoint = ("ab" * 32, 0)
+    victim = clients[0]
+    if lie == "never_completed":
+        tree = honest  # the tree is right, but no channel exists at its leaf
+    else:
+        complete_channels(hostile, hostile.coordinator(honest, outpoint))
+        # Before any tree: the completed channel is unsigned, it takes no HTLC.
+        [ch] = victim.rpc_call("listpeerchannels")["channels"]
+        verdict = victim.call_hook("htlc_accepted", _htlc(ch["alias"]["local"], net.blockheight))
+        assert verdict["result"] == "fail"
+        tree = honest
+        if lie == "other_2of2":  # the client's amount, to a 2-of-2 of keys it does not hold
+            tree = hostile.factory([_other_2of2(b"lsp"), *scripts[1:]])
+        else:  # the node recorded other funding keys than the leaf output's 2-of-2
+            db = walletdb.db_path(victim)
+            with sqlite3.connect(db) as conn:
+                conn.execute(
+                    "UPDATE channels SET fundingkey_remote = ?",
+                    (musig2.pubkey_from_secret(hashlib.sha256(b"other").digest()),),
+                )
+            conn.close()
+    coord = hostile.coordinator(tree, outpoint)
+    for c, data in coord.start().items():
+        hostile.send(c, protocol.Ceremony(hostile.instance, data))
+    replies = _replies(hostile)
+    assert not _nonces_sent(replies.get(0, [])), "the victim gave a nonce"
+    assert any(isinstance(p, protocol.Text) for p in replies.get(0, []))
+    wait(lambda: status(victim)[0]["state"] == "aborted", what="victim aborted")
+    error = str(status(victim)[0]["error"])
+    kind = {
+        "other_2of2": "channel_unbound",  # no channel of ours at the lying leaf's txid
+        "never_completed": "channel_unbound",
+        "node_keys_differ": "channel_script",
+    }[lie]
+    assert f"tree_signature refused ({kind})" in error, error
+    if lie != "never_completed":
+        # The channel the LSP completed takes no HTLC, and the client closes it.
+        def closed() -> bool:
+            [ch] = victim.rpc_call("listpeerchannels")["channels"]
+            return ch["state"] != "CHANNELD_NORMAL"
+
+        wait(closed, what="the unsigned channel closed")
+        [ch] = victim.rpc_call("listpeerchannels")["channels"]
+        verdict = victim.call_hook("htlc_accepted", _htlc(ch["alias"]["local"], net.blockheight))
+        assert verdict["result"] == "fail"
+
+
+def test_the_honest_tree_is_bound_and_signed(network_factory: Callable[..., Network]) -> None:
+    """The same LSP, honest: every client checks its leaf against its own node and signs; the
+    channel it checked is in its record (a migration target must have it)."""
+    _, hostile, clients = _setup(network_factory)
+    factory = hostile.factory(open_channels(hostile))
+    coord = hostile.sign(factory, ("cd" * 32, 0))
+    topo = factory.topology
+    for i, c in enumerate(clients):
+        [f] = status(c)
+        assert f["state"] == "ready"
+        [entry] = c.rpc_call("listdatastore", {"key": ["superscalar", "factories", f["instance"]]})[
+            "datastore"
+        ]
+        [ch] = c.rpc_call("listpeerchannels")["channels"]
+        assert ch["funding_txid"] == coord.txs[topo.leaf_of_client[i]].txid
+        assert f'"channel_bound": "{ch["channel_id"]}"' in entry["string"]
