@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from ..engine import protocol, store
 from ..engine.client_checks import ClientPolicy
 from ..engine.errors import CeremonyError, SuperscalarError, UnsafeSale
-from ..engine.sale import StockChain
+from ..engine.sale import CHANNEL_VOUT, StockChain
 from ..engine.sale_checks import Purchase
 from ..engine.sale_sign import SaleCosigner, attach_sale_sig
 from ..engine.sale_store import chain_of, merge_chain
+from ..engine.solvency import Step, check_channel_bound
 from ..engine.tree import FactoryKeys
 from .buyer import Buyer
 from .config import MIN_CHANNEL_SAT
@@ -136,6 +137,7 @@ class Cosigner:
         if cs.signer is not None:
             cs.signer.forget()
         self._opens.forget(cs.session.hex())
+        self._guards.expected.discard(cs.session.hex())
         return True
 
     def _deadline(self) -> float:
@@ -154,6 +156,7 @@ class Cosigner:
         self._sessions[instance] = CosignSession(offer.session, self._deadline(), offer=offer)
         if offer.kind is protocol.OfferKind.FACTORY:
             self._opens.accepted(offer.session.hex(), record.lsp_node_id, offer.sold_sat)
+            self._guards.expected.add(offer.session.hex())  # its channel may come at any time
         self._buyer.offered(instance, offer)
         step = protocol.SaleStep(
             offer.instance_id, offer.session, protocol.SaleStepKind.ACCEPT, b""
@@ -175,10 +178,26 @@ class Cosigner:
         policy = ClientPolicy(max_ewt=cfg.max_ewt, max_fee_rate_kvb=cfg.max_fee_rate_kvb)
         seckey = self._node.client_key(instance)
         signer = SaleCosigner(keys, me, seckey, chain, p, policy, purchase)
+        if purchase is not None:
+            self._bind_purchase(record, signer)
         if offer is None:
             self._forget(instance)  # a new sale replaces one the LSP gave up
         self._sessions[instance] = CosignSession(p.session, self._deadline(), offer, signer)
         self._peers.send(record.lsp_node_id, signer.nonces())
+
+    def _bind_purchase(self, record: store.ClientRecord, signer: SaleCosigner) -> None:
+        """Before any nonce for a sale to us: our own node holds the channel the LSP completed
+        on it, at the sale's channel output, and that output is the 2-of-2 of the funding keys
+        our node recorded, for the amount (`nodedb`). The co-signers' checks (`check_sale`) stay
+        as they are: their own outputs are untouched whatever the buyer's channel is."""
+        db = self._node.db
+        if db.usable() is not None and self._node.config.trust_channel_script:
+            return  # the operator accepted trusting the LSP for the script
+        sale, txid = signer.sold.sale, signer.sold.sale_tx.txid
+        bound = db.bound_channel(Step.SALE_SIGNATURE, record.lsp_node_id, txid, CHANNEL_VOUT)
+        check_channel_bound(
+            Step.SALE_SIGNATURE, bound, txid, CHANNEL_VOUT, sale.channel_script, sale.sold_sat
+        )
 
     def _on_step(self, record: store.ClientRecord, step: protocol.SaleStep) -> None:
         instance = record.instance_id
@@ -211,6 +230,7 @@ class Cosigner:
         cs = self._sessions.get(record.instance_id)
         if cs is not None and cs.session == step.session:
             del self._sessions[record.instance_id]
+            self._guards.expected.discard(step.session.hex())
         done = protocol.SaleStep(step.instance_id, step.session, protocol.SaleStepKind.DONE, b"")
         self._peers.send(record.lsp_node_id, done)
 

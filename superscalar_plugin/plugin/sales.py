@@ -10,12 +10,13 @@ ordinary on-chain channel when the leaf cannot sign.
    sale of the leaf's latest stock output into that script, with its burn, goes to every
    co-signer (SALE); two MuSig2 rounds, the burn's signature to everyone before anyone signs the
    sale (`engine.sale_sign.SaleCoordinator`).
-4. The sale's signature: persist the sale (our stock chain), `fundchannel_complete` with the
-   unsigned sale PSBT (the channel pays like a factory channel), persist its channel id, send
-   SALE_SIG, report the delivery. Co-signers ack (DONE); until each has, SALE_SIG goes again at
-   every block.
-Any failure before the sale's signature aborts: the open cancelled, every co-signer told, the
-caller told (a paid order's HTLC is then failed). The fallback: OFFER (on-chain) to the buyer, then
+   Before SALE, `fundchannel_complete` with the unsigned sale PSBT (a sale's txid does not depend
+   on its witness): the buyer gives no nonce until its own node holds that channel with the sale
+   output's exact 2-of-2 (`nodedb`), and no last signature is ever sent without the channel.
+4. The sale's signature: persist the sale (our stock chain) with its channel id, send SALE_SIG,
+   report the delivery. Co-signers ack (DONE); until each has, SALE_SIG goes again at every block.
+Any failure before the sale's signature aborts: the open cancelled (or the completed channel
+closed), every co-signer told, the caller told (a paid order's HTLC is then failed). The fallback: OFFER (on-chain) to the buyer, then
 `fundchannel` from the wallet; at most one such channel per client of a factory.
 
 Owns: the sales in flight (`SaleRun`: deadline, the coordinator with its secret nonces, never
@@ -71,6 +72,7 @@ class SaleRun:
     reason: str = ""  # why the on-chain fallback
     accepted: bool = False
     opened: bool = False  # fundchannel_start went out: cancel it on abort
+    channel_id: str | None = None  # fundchannel_complete returned (before SALE): close on abort
     coordinator: SaleCoordinator | None = None
 
 
@@ -277,6 +279,18 @@ class SalesRole:
         run.coordinator = SaleCoordinator(
             keys, chain, sale, lsp_key, bytes.fromhex(run.instance), run.session
         )
+        sold_tx = run.coordinator.sold.sale_tx
+        # The channel is completed on the unsigned sale BEFORE anyone signs: the buyer gives no
+        # nonce until its own node holds it (`nodedb`), and no last signature can leave without it.
+        [channel] = funding.per_client(
+            [buyer],
+            lambda c: funding.complete_channel(self._node.rpc, c, sold_tx),
+            "fundchannel_complete",
+            self._node.config.ceremony_timeout,
+        )
+        if isinstance(channel, RpcFailed):
+            raise CeremonyError(str(channel))
+        run.channel_id = channel
         proposal = run.coordinator.proposal()
         for c in run.coordinator.cosigners:
             self._peers.send(record.clients[c].node_id, proposal)
@@ -293,23 +307,11 @@ class SalesRole:
         sales = merge_chain(record.sales, chain, run.session, price_sat=run.price_sat)
         self._records.persist(record.replace(sales=sales))
         txid = signed.sale_tx.txid
-        buyer = store.ClientEntry(record.clients[run.client].node_id, run.sold_sat)
-        [channel] = funding.per_client(
-            [buyer],
-            lambda c: funding.complete_channel(self._node.rpc, c, signed.sale_tx),
-            "fundchannel_complete",
-            self._node.config.ceremony_timeout,
-        )
-        if not isinstance(channel, RpcFailed):
-            self._set_sale(run.instance, txid, channel_id=channel)
+        channel = run.channel_id
+        assert channel is not None  # completed before the sale was proposed
+        self._set_sale(run.instance, txid, channel_id=channel)
         self._send(run, outbox)  # persisted first: what the co-signers now hold, we hold
         self._guards.refresh()
-        if isinstance(channel, RpcFailed):
-            log.warning(
-                "factory %s: sale %s signed, channel not: %s", run.instance[:16], txid, channel
-            )
-            run.failed(channel)
-            return
         change = signed.change
         log.info("factory %s: sold %d sat in %s", run.instance[:16], run.sold_sat, txid)
         run.done(
@@ -389,7 +391,10 @@ class SalesRole:
         buyer = record.clients[run.client].node_id
         if run.coordinator is not None:
             run.coordinator.forget()
-        if run.opened and run.kind is protocol.OfferKind.FACTORY:
+        if run.channel_id is not None:  # completed on a sale never signed: close it
+            entry = store.ClientEntry(buyer, run.sold_sat, channel_id=run.channel_id)
+            funding.close_unfunded(self._node.rpc, entry)
+        elif run.opened and run.kind is protocol.OfferKind.FACTORY:
             funding.cancel(self._node.rpc, buyer)
         told = {run.client} | (
             set(run.coordinator.cosigners) if run.coordinator is not None else set()

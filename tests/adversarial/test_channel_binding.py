@@ -21,6 +21,7 @@ import pytest
 from superscalar_plugin.engine import musig2, protocol, wire
 
 from .plugin_hostile import HostileLsp, complete_channels, open_channels, status, wait
+from .test_hostile_sales import _completed, _coordinator, _funded, _offer
 from harness import walletdb
 from harness.network import SUPERSCALAR_PLUGIN, Network
 from harness.node import FakeNode
@@ -159,3 +160,34 @@ def test_the_honest_tree_is_bound_and_signed(network_factory: Callable[..., Netw
         [ch] = c.rpc_call("listpeerchannels")["channels"]
         assert ch["funding_txid"] == coord.txs[topo.leaf_of_client[i]].txid
         assert f'"channel_bound": "{ch["channel_id"]}"' in entry["string"]
+
+
+@pytest.mark.parametrize("lie", ["never_completed", "other_2of2"])
+def test_a_sale_not_paying_the_buyers_own_channel_gets_no_nonce_from_the_buyer(
+    network_factory: Callable[..., Network], lie: str
+) -> None:
+    """The buyer binds its sale channel like its leaf: a SALE whose channel output its node does
+    not hold (never completed, or another 2-of-2 while the completed channel is elsewhere) gets
+    no nonce from it; the co-signer, not the buyer, keeps its own checks and answers."""
+    f = _funded(network_factory)
+    session = bytes([4]) * 32
+    _offer(f, session)
+    if lie == "never_completed":
+        co = _coordinator(f, f.chain(), session)  # a P2WSH the buyer's node holds no channel for
+    else:
+        honest = _completed(f, f.chain(), session)  # the real channel, completed on this sale
+        co = _coordinator(f, f.chain(), session)  # ...but SALE pays another 2-of-2
+        assert co.sold.sale_tx.txid != honest.sold.sale_tx.txid
+    proposal = co.proposal()
+    for i in range(2):
+        f.lsp.send(i, proposal)
+    got: dict[int, protocol.Payload] = {}
+    for _ in range(2):
+        i, payload = f.lsp.expect(protocol.Payload)
+        got[i] = payload
+    refusal = got[0]
+    assert isinstance(refusal, protocol.Text), refusal
+    assert "sale_signature refused (channel_unbound)" in refusal.reason
+    nonce = got[1]
+    assert isinstance(nonce, protocol.SaleStep) and nonce.kind is protocol.SaleStepKind.NONCES
+    assert status(f.clients[0])[0]["sales"] == []

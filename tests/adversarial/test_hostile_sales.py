@@ -16,14 +16,15 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from superscalar_plugin.engine import protocol
+from superscalar_plugin.engine import protocol, store
 from superscalar_plugin.engine.ceremony import Coordinator
 from superscalar_plugin.engine.sale import Sale, StockChain, build_burn_tx
 from superscalar_plugin.engine.sale_sign import SaleCoordinator
 from superscalar_plugin.engine.tree import Factory, FactoryParams
 from superscalar_plugin.engine.tx import Tx, TxIn, TxOut
+from superscalar_plugin.plugin import funding
 
-from .plugin_hostile import HostileLsp, open_channels, pig, status, wait
+from .plugin_hostile import HostileLsp, _Rpc as LspRpc, open_channels, pig, status, wait
 from .test_plugin_attacks import _funding_tx
 from harness.bitcoin import b2lx
 from harness.network import SUPERSCALAR_PLUGIN, Network
@@ -100,6 +101,19 @@ def _coordinator(f: Funded, chain: StockChain, session: bytes) -> SaleCoordinato
     return SaleCoordinator(f.factory, chain, sale, f.lsp.lsp_key, f.lsp.instance, session)
 
 
+def _completed(f: Funded, chain: StockChain, session: bytes) -> SaleCoordinator:
+    """An honest LSP's sale: the buyer's channel opened, the sale built on its script, and the
+    channel completed on the unsigned sale before SALE (the buyer binds it before any nonce)."""
+    assert chain.latest is not None
+    rpc = LspRpc(f.lsp.node)
+    buyer = store.ClientEntry(f.clients[0].node_id, SOLD)
+    script = bytes.fromhex(funding.start_channel(rpc, buyer))
+    sale = Sale(chain.latest, 0, SOLD, script, f.factory.params.fee_rate_kvb)
+    co = SaleCoordinator(f.factory, chain, sale, f.lsp.lsp_key, f.lsp.instance, session)
+    funding.complete_channel(rpc, buyer, co.sold.sale_tx)
+    return co
+
+
 def _refused_by_both(f: Funded, proposal: protocol.SaleProposal, field: str) -> None:
     for i in range(2):
         f.lsp.send(i, proposal)
@@ -161,7 +175,7 @@ def test_a_stock_is_sold_once_and_a_stalled_sale_burns_it_at_the_timeout(
     # An honest sale, fully signed and acked.
     first = bytes([1]) * 32
     _offer(f, first)
-    co = _coordinator(f, origin, first)
+    co = _completed(f, origin, first)
     for i, step in _run_until_sale_psigs(f, co).items():
         f.lsp.send(i, step)
     for _ in range(2):
@@ -191,7 +205,7 @@ def test_a_stock_is_sold_once_and_a_stalled_sale_burns_it_at_the_timeout(
     # partial signature: it never sends SALE_SIG, never publishes it.
     third = bytes([3]) * 32
     _offer(f, third)
-    stalled = _coordinator(f, chain, third)
+    stalled = _completed(f, chain, third)
     _run_until_sale_psigs(f, stalled)
     assert [s["complete"] for s in status(f.clients[0])[0]["sales"]] == [True, False]
     burn = build_burn_tx(f.factory, stalled.sold.sale.stock).txid
@@ -249,7 +263,7 @@ def test_a_co_signer_restarting_mid_sale_keeps_its_promise_and_completes_it(
     f = _funded(network_factory)
     session = bytes([5]) * 32
     _offer(f, session)
-    co = _coordinator(f, f.chain(), session)
+    co = _completed(f, f.chain(), session)
     sale_sigs = _run_until_sale_psigs(f, co)
     f.clients[1].restart()
     f.net.connect(f.lsp.node, f.clients[1])
