@@ -11,16 +11,19 @@ must refuse before any nonce or partial signature leaves, and its unsigned chann
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from test_plugin_harness import _create
+from test_plugin_migration import _funded as _migration_funded, _status as _mstatus
 
 from superscalar_plugin.engine import musig2, protocol, wire
 
-from .plugin_hostile import HostileLsp, complete_channels, open_channels, status, wait
+from .plugin_hostile import HostileLsp, complete_channels, open_channels, pig, status, wait
 from .test_hostile_sales import _completed, _coordinator, _funded, _offer
 from harness import walletdb
 from harness.network import SUPERSCALAR_PLUGIN, Network
@@ -191,3 +194,27 @@ def test_a_sale_not_paying_the_buyers_own_channel_gets_no_nonce_from_the_buyer(
     nonce = got[1]
     assert isinstance(nonce, protocol.SaleStep) and nonce.kind is protocol.SaleStepKind.NONCES
     assert status(f.clients[0])[0]["sales"] == []
+
+
+def test_a_migration_target_whose_channel_was_never_bound_is_refused(
+    network_factory: Callable[..., Network],
+) -> None:
+    """A factory signed before the binding existed (its record has no `channel_bound`) is no
+    target for a move: the balance would go into a channel whose script nobody checked."""
+    net, lsp, clients, old = _migration_funded(network_factory, 2)
+    me = clients[0]
+    new = _create(lsp, clients)["instance"]
+    net.mine(1)
+    wait(lambda: _mstatus(me, new)["state"] == "funded", what="the successor funded")
+    key = ["superscalar", "factories", new]
+    [entry] = me.rpc_call("listdatastore", {"key": key})["datastore"]
+    record = json.loads(entry["string"])
+    assert record["channel_bound"]  # the honest creation bound it
+    older = {k: v for k, v in record.items() if k != "channel_bound"}  # as an older version wrote
+    me.rpc_call("datastore", {"key": key, "string": json.dumps(older), "mode": "must-replace"})
+    me.restart()
+    move = protocol.Move(bytes.fromhex(old), protocol.MoveTarget.FACTORY, bytes.fromhex(new))
+    lsp.rpc_call("sendcustommsg", {"node_id": me.node_id, "msg": pig(move)})
+    wait(lambda: bool(_mstatus(lsp, old)["clients"][0].get("refusal")), what="a refusal")
+    assert "never checked" in str(_mstatus(lsp, old)["clients"][0]["refusal"])
+    assert _mstatus(me, old)["moving_to"] is None
