@@ -245,3 +245,24 @@ def test_a_binder_that_fails_is_a_refusal() -> None:
     with pytest.raises(SolvencyRefused, match="channel_db"):
         signer.receive(request)
     assert signer.state is SignerState.FAILED and not signer._nonces
+
+
+# --- the record says the binding was checked -------------------------------------------------
+
+
+def test_channel_bound_is_stored_backward_compatible_and_checked() -> None:
+    from superscalar_plugin.engine import store
+    from superscalar_plugin.engine.errors import InvalidRecord, StoreError
+
+    from adversarial.records import client_record
+
+    bound = client_record().replace(channel_bound="cd" * 32)
+    assert store.from_json(store.to_json(bound)) == bound
+    older = store.to_json(bound)
+    del older["channel_bound"]  # a record written before the binding existed
+    assert store.from_json(older).channel_bound is None
+    with pytest.raises(StoreError, match="channel_bound"):
+        store.from_json({**store.to_json(bound), "channel_bound": "cd" * 31})
+    early = bound.replace(state=store.ClientState.ACCEPTED, header=None, path=(), funding_txid=None)
+    with pytest.raises(InvalidRecord, match="channel_bound"):
+        store.from_json(store.to_json(early))
