@@ -204,10 +204,11 @@ def test_fundchannel_complete_checks_the_psbt(network: Network) -> None:
     res = a.rpc_call("fundchannel_complete", {"id": b.node_id, "psbt": good})
     assert res["commitments_secured"] is True
     assert b.rpc_call("listpeerchannels")["channels"][0]["state"] == "CHANNELD_NORMAL"
-    # committed but never broadcast: the opener may still cancel it (factory abort path)
-    a.rpc_call("fundchannel_cancel", {"id": b.node_id})
-    assert a.rpc_call("listpeerchannels")["channels"] == []
-    assert b.rpc_call("listpeerchannels")["channels"] == []
+    # Committed and zero-conf, so CHANNELD_NORMAL at once: lightningd cancels only a channel
+    # AWAITING_LOCKIN (tests/test_lightningd_nodedb.py), so an abort must close it instead.
+    with pytest.raises(RpcCallError, match="No channels being opened or awaiting lock-in"):
+        a.rpc_call("fundchannel_cancel", {"id": b.node_id})
+    assert [c["state"] for c in b.rpc_call("listpeerchannels")["channels"]] == ["CHANNELD_NORMAL"]
 
 
 def test_datastore_survives_kill_and_restart(network: Network) -> None:

@@ -18,6 +18,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 from real_node import (
     PLUGIN,
     channel,
@@ -39,6 +40,7 @@ from superscalar_plugin.plugin.psbt import leaf_psbt
 
 require_lightningd()
 
+from pyln.client import RpcError  # noqa: E402
 from pyln.testing.fixtures import *  # noqa: E402, F403  (node_factory, bitcoind, ...)
 from pyln.testing.utils import wait_for  # noqa: E402
 
@@ -109,6 +111,10 @@ def test_the_fundee_reads_its_channels_funding_keys_from_its_own_database(
             channel(n, done["channel_id"])["state"] == "CHANNELD_NORMAL" for n in (opener, fundee)
         )
     )
+    # A zero-conf channel is CHANNELD_NORMAL at once, which fundchannel_cancel does not take
+    # (it cancels a channel AWAITING_LOCKIN only): an aborted creation closes it by id instead.
+    with pytest.raises(RpcError, match="No channels being opened or awaiting lock-in"):
+        opener.rpc.call("fundchannel_cancel", {"id": fundee.info["id"]})
 
 
 # The LSP's plugin, patched to lie: every channel is completed honestly on its leaf, then the tree

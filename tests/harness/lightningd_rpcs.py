@@ -1160,13 +1160,13 @@ def rpc_fundchannel_cancel(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
             del me.pending_opens[peer_id]
             other.pending_opens.pop(me.node_id, None)
             return {"cancelled": "Channel open canceled by RPC"}
+        # lightningd/channel_control.c: only a channel AWAITING_LOCKIN; a zero-conf channel is
+        # CHANNELD_NORMAL at once and cannot be cancelled (tests/test_lightningd_nodedb.py).
         for ch in me.channels:
-            if (
-                ch.peer_id != peer_id
-                or ch.opener != "local"
-                or ch.state not in ("CHANNELD_AWAITING_LOCKIN", "CHANNELD_NORMAL")
-            ):
+            if ch.peer_id != peer_id or ch.state != "CHANNELD_AWAITING_LOCKIN":
                 continue
+            if ch.opener != "local":
+                raise RpcFail(FUNDING_CANCEL_NOT_SAFE, "Cannot cancel a channel the peer opened")
             if ch.funding_txid in net.chain.txs:
                 raise RpcFail(
                     FUNDING_CANCEL_NOT_SAFE,
@@ -1176,7 +1176,10 @@ def rpc_fundchannel_cancel(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
             me.channels.remove(ch)
             other.channels = [c for c in other.channels if c.channel_id != ch.channel_id]
             return {"cancelled": "Cancelled channel: funding transaction not broadcast"}
-    raise RpcFail(FUNDING_NOTHING_TO_CANCEL, "No channel funding in progress.")
+    raise RpcFail(
+        FUNDING_NOTHING_TO_CANCEL,
+        f"No channels being opened or awaiting lock-in for peer_id {peer_id}",
+    )
 
 
 def rpc_disconnect(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
