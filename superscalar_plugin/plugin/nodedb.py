@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ from .runtime import Rpc, why
 log = logging.getLogger("superscalar")
 
 BUSY_TIMEOUT = 2.0  # seconds a read waits for lightningd's write lock (it waits up to 60 s)
+# A row not there yet is read again twice, a quarter second apart, before "no channel there".
+ABSENT_RETRIES, ABSENT_WAIT = 2, 0.25
 PG_TIMEOUT_MS = 2000
 
 QUERY = (
@@ -105,17 +108,21 @@ class NodeDb:
         if reason is not None or self.where is None:
             raise SolvencyRefused(step, "channel_db", reason or "unknown database")
         params = (bytes.fromhex(txid)[::-1], vout, bytes.fromhex(peer))
-        try:
-            if self.where.kind == "sqlite3":
-                rows = _sqlite_rows(self.where.location, params)
-            else:
-                rows = _postgres_rows(self.where.location, params)
-        except SolvencyRefused:
-            raise
-        except Exception as e:
-            raise SolvencyRefused(
-                step, "channel_db", f"cannot read our node's database: {why(e)}"
-            ) from e
+        rows: list[tuple[Any, ...]] = []
+        for attempt in range(ABSENT_RETRIES + 1):
+            if attempt:  # lightningd commits at the end of its loop's turn: a moment later
+                time.sleep(ABSENT_WAIT)
+            try:
+                if self.where.kind == "sqlite3":
+                    rows = _sqlite_rows(self.where.location, params)
+                else:
+                    rows = _postgres_rows(self.where.location, params)
+            except Exception as e:
+                raise SolvencyRefused(
+                    step, "channel_db", f"cannot read our node's database: {why(e)}"
+                ) from e
+            if rows:
+                break
         if len(rows) > 1:
             raise SolvencyRefused(
                 step, "channel_db", f"{len(rows)} channels funded at {txid}:{vout}"
