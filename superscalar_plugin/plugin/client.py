@@ -96,23 +96,28 @@ class ClientRole:
     def _close_unsigned(self, record: store.ClientRecord) -> None:
         """The LSP may have completed our channel before the creation aborted: it never held a
         signed tree, so it takes no HTLC (guards) and we close it (in the background: a close
-        waits for the LSP). Ours is the one we bound, else an unbound one of this amount with
-        this LSP that no other creation in flight bound."""
+        waits for the LSP). Ours is the one we bound; if the tree never arrived, the unbound ones
+        with this LSP of this amount, but only while nothing else with it is in flight (another
+        creation's or a sale's channel could be among them: the LSP closes those, and the guards
+        fail their HTLCs meanwhile)."""
         self._guards.refresh()
-        others = {r.channel_bound for r in self._records.all() if isinstance(r, store.ClientRecord)}
-        cids = (
-            [record.channel_bound]
-            if record.channel_bound
-            else [
+        if record.channel_bound:
+            cids = [record.channel_bound]
+        elif self._guards.expected or any(
+            cs.record.lsp_node_id == record.lsp_node_id and cs.record.state in IN_CEREMONY
+            for cs in self._sessions.values()
+            if cs.record.instance_id != record.instance_id
+        ):
+            cids = []
+        else:
+            cids = [
                 cid
                 for cid, ch in self._node.channels().items()
                 if cid in self._guards.unbound
-                and cid not in others
                 and ch.get("peer_id") == record.lsp_node_id
                 and int(str(ch.get("total_msat", 0)).removesuffix("msat"))
                 == record.channel_sat * 1000
             ]
-        )
         for cid in cids:
             threading.Thread(target=self._close, args=(cid,), daemon=True).start()
 
