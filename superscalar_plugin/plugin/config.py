@@ -40,6 +40,10 @@ class Config:
     sale_fee_base_sat: int = 1000
     sale_fee_ppm: int = 10_000
     max_buy_fee_ppm: int = 20_000
+    # Moves out of a factory (migration, close): the most the LSP may keep as its forwarding fee
+    # on one move, and the confirmations the target's funding needs before our balance moves.
+    max_move_fee_sat: int = 100
+    move_min_depth: int = 3
 
 
 BUY_MIN_FEE_CAP_SAT = 2000

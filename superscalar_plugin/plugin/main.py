@@ -156,6 +156,20 @@ OPTIONS: list[tuple[str, Any, str, str]] = [
         " 2000 sat)",
         "int",
     ),
+    (
+        "superscalar-max-move-fee-sat",
+        100,
+        "Client: the most (sat) the LSP may keep as its fee when we move our balance out of a"
+        " factory (migration or close); a dearer move is refused",
+        "int",
+    ),
+    (
+        "superscalar-move-min-depth",
+        3,
+        "Client: confirmations the target's funding (the successor factory's, or an ordinary"
+        " channel's) needs before our balance moves into it",
+        "int",
+    ),
 ]
 for name, default, text, kind in OPTIONS:
     plugin.add_option(name, default, text, opt_type=kind, multi=name == "superscalar-accept-from")
@@ -259,9 +273,16 @@ def init(options: dict[str, Any], configuration: dict[str, Any], plugin: Plugin,
         sale_fee_base_sat=int(options["superscalar-sale-fee-base"]),
         sale_fee_ppm=int(options["superscalar-sale-fee-ppm"]),
         max_buy_fee_ppm=int(options["superscalar-max-buy-fee-ppm"]),
+        max_move_fee_sat=int(options["superscalar-max-move-fee-sat"]),
+        move_min_depth=int(options["superscalar-move-min-depth"]),
     )
     if min(config.sale_fee_base_sat, config.sale_fee_ppm, config.max_buy_fee_ppm) < 0:
         raise RpcException("bad superscalar option: sale fees cannot be negative")
+    if config.max_move_fee_sat < 0 or config.move_min_depth < 1:
+        raise RpcException(
+            "bad superscalar option: superscalar-max-move-fee-sat must be >= 0 and"
+            " superscalar-move-min-depth >= 1"
+        )
     if config.ladder_every < 0 or config.dying_blocks < 1:
         raise RpcException(
             "bad superscalar option: superscalar-ladder-every must be >= 0 and"

@@ -37,7 +37,7 @@ from ..engine.tree import Topology
 from ..engine.tx import block_txids
 from . import address
 from .feebump import FeeBumper
-from .node import Node
+from .node import ChannelsUnavailable, Node
 from .onchain_sales import (
     burns_due,
     client_sale_paths,
@@ -159,6 +159,8 @@ class OnChain:
         for record in list(self._records.all()):
             try:
                 self._duties(record, height)
+            except ChannelsUnavailable as e:  # nothing concluded from it: again next block
+                log.warning("on-chain duties of factory %s wait: %s", record.instance_id[:16], e)
             except Exception:  # one factory's trouble must not stop the others
                 log.exception("on-chain duties of factory %s failed", record.instance_id[:16])
 
