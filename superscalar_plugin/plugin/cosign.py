@@ -172,7 +172,11 @@ class Cosigner:
             purchase = Purchase(offer.sold_sat)
         keys, chain = client_chain(record)
         cfg = self._node.config
-        policy = ClientPolicy(max_ewt=cfg.max_ewt, max_fee_rate_kvb=cfg.max_fee_rate_kvb)
+        policy = ClientPolicy(
+            max_ewt=cfg.max_ewt,
+            max_fee_rate_kvb=cfg.max_fee_rate_kvb,
+            min_fee_rate_kvb=cfg.min_fee_rate_kvb,
+        )
         seckey = self._node.client_key(instance)
         signer = SaleCosigner(keys, me, seckey, chain, p, policy, purchase)
         if offer is None:
