@@ -354,6 +354,21 @@ def test_a_fee_rate_above_the_limit_is_refused() -> None:
     _refused("fee_rate", f, chain, at_limit, policy=ClientPolicy(max_fee_rate_kvb=5000))
 
 
+def test_a_fee_rate_below_the_floor_is_refused_by_the_buyer_and_every_co_signer() -> None:
+    """`min-feerate` applies to sales as to the tree: a sale that may not confirm behind its
+    stock when fees rise is refused, naming the field; at the floor it is signed."""
+    _, f, _, chain = _setup()
+    sale = _sale(f, chain)
+    floor = ClientPolicy(min_fee_rate_kvb=sale.fee_rate_kvb + 1)
+    for me, purchase in ((OTHER, None), (BUYER, Purchase(sale.sold_sat))):
+        e = _refused("fee_rate", f, chain, sale, policy=floor, me=me, purchase=purchase)
+        assert "below our floor" in str(e)
+    at_floor = ClientPolicy(min_fee_rate_kvb=sale.fee_rate_kvb)
+    check_sale(
+        f, chain, sale, build_sale_tx(f, sale).tx, build_burn_tx(f, sale.stock).tx, OTHER, at_floor
+    )
+
+
 # --- each stock output is spent at most once ---------------------------------------------------
 
 
