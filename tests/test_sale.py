@@ -557,3 +557,19 @@ def test_an_invalid_final_signature_is_not_stored() -> None:
     with pytest.raises(CeremonyError):
         chain.with_signatures(f, sale.stock.outpoint, sale_sig=tampered)
     assert chain.sales[0].sale_sig is None
+
+
+def test_a_retried_sale_signed_again_changes_nothing_we_hold() -> None:
+    """A hostile LSP retrying a recorded sale with fresh nonces gets other valid signatures of
+    the same txs: the first ones are kept and the chain is the same value (nothing to write)."""
+    p, f, _, chain = _setup()
+    chain = _sell(p, chain)
+    sold = chain.sales[0]
+    again = sign_sale_in_process(
+        f, replace(sold, burn_sig=None, sale_sig=None), p.lsp_seckey, p.client_seckeys
+    )
+    assert again.sale_sig != sold.sale_sig  # fresh nonces: another valid signature
+    same = chain.with_signatures(
+        f, sold.sale.stock.outpoint, burn_sig=again.burn_sig, sale_sig=again.sale_sig
+    )
+    assert same is chain

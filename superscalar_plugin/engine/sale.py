@@ -340,11 +340,15 @@ class StockChain:
         for name, sig, utx in (("burn", burn_sig, sold.burn_tx), ("sale", sale_sig, sold.sale_tx)):
             if sig is not None and not musig2.schnorr_verify(sig, utx.sighash, agg):
                 raise CeremonyError(f"{name} tx {utx.txid}: the final signature is invalid")
+        # The first valid signature held is kept: a retried sale (fresh nonces, another valid
+        # signature of the same tx) changes nothing, so a peer cannot make us rewrite it at will.
         new = replace(
             sold,
-            burn_sig=burn_sig if burn_sig is not None else sold.burn_sig,
-            sale_sig=sale_sig if sale_sig is not None else sold.sale_sig,
+            burn_sig=sold.burn_sig if sold.burn_sig is not None else burn_sig,
+            sale_sig=sold.sale_sig if sold.sale_sig is not None else sale_sig,
         )
+        if new == sold:
+            return self
         return replace(self, sales=tuple(new if s is sold else s for s in self.sales))
 
 

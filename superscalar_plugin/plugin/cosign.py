@@ -223,7 +223,10 @@ class Cosigner:
     ) -> store.ClientRecord:
         latest = self._records.get(record.instance_id)
         assert isinstance(latest, store.ClientRecord)
-        latest = latest.replace(sales=merge_chain(latest.sales, chain, session))
+        sales = merge_chain(latest.sales, chain, session)
+        if sales == latest.sales:
+            return latest  # a retried sale we hold already: nothing to write
+        latest = latest.replace(sales=sales)
         self._records.persist(latest)
         self._guards.refresh()  # our new channel is guarded (no HTLC until fully signed)
         return latest
