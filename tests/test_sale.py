@@ -13,7 +13,12 @@ import pytest
 from superscalar_plugin.engine import dw, musig2
 from superscalar_plugin.engine.ceremony import SignedNodeTx, sign_in_process
 from superscalar_plugin.engine.client_checks import ClientPolicy
-from superscalar_plugin.engine.errors import CeremonyError, StockAlreadySold, UnsafeSale
+from superscalar_plugin.engine.errors import (
+    CeremonyError,
+    InvalidParameter,
+    StockAlreadySold,
+    UnsafeSale,
+)
 from superscalar_plugin.engine.exit import Broadcast, ChainView, PathTx, exit_step
 from superscalar_plugin.engine.sale import (
     BURN_SCRIPT,
@@ -573,3 +578,44 @@ def test_a_retried_sale_signed_again_changes_nothing_we_hold() -> None:
         f, sold.sale.stock.outpoint, burn_sig=again.burn_sig, sale_sig=again.sale_sig
     )
     assert same is chain
+
+
+def test_a_sale_whose_signature_never_left_is_dropped_and_the_stock_sold_again() -> None:
+    """An incomplete sale is recoverable: a co-signer whose sale partial signature never left
+    drops it (nobody can complete it without that signature), and the same stock output can be
+    sold to another buyer. A complete sale, or one not last, is never dropped."""
+    p, f, _, chain = _setup()
+    sale = _sale(f, chain)
+    checked = check_sale(
+        f, chain, sale, build_sale_tx(f, sale).tx, build_burn_tx(f, sale.stock).tx, OTHER, POLICY
+    )
+    burn = sign_sale_in_process(f, checked, p.lsp_seckey, p.client_seckeys).burn_sig
+    stalled = chain.record(checked).with_signatures(f, sale.stock.outpoint, burn_sig=burn)
+    other = replace(_sale(f, chain, buyer=OTHER), stock=sale.stock)
+    with pytest.raises(StockAlreadySold):  # recorded: the stock is spent for it
+        check_sale(
+            f,
+            stalled,
+            other,
+            build_sale_tx(f, other).tx,
+            build_burn_tx(f, other.stock).tx,
+            BUYER,
+            POLICY,
+        )
+    dropped = stalled.drop_unsent(sale.stock.outpoint)
+    assert dropped == chain
+    check_sale(
+        f,
+        dropped,
+        other,
+        build_sale_tx(f, other).tx,
+        build_burn_tx(f, other.stock).tx,
+        BUYER,
+        POLICY,
+        Purchase(other.sold_sat),
+    )
+    done = _sell(p, chain)
+    with pytest.raises(InvalidParameter, match="complete"):
+        done.drop_unsent(sale.stock.outpoint)
+    with pytest.raises(InvalidParameter, match="last sale"):
+        _sell(p, done).drop_unsent(sale.stock.outpoint)

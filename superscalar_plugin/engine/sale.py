@@ -324,6 +324,19 @@ class StockChain:
             raise UnsafeSale("stock", f"spends {sold.sale.stock}, the latest is {self.latest}")
         return replace(self, sales=(*self.sales, sold))
 
+    def drop_unsent(self, outpoint: tuple[str, int]) -> StockChain:
+        """Forget the recorded sale of `outpoint` whose sale partial signature of ours never left
+        (the caller knows it: the signature was refused or could not be sent, and the secret
+        nonce it needed is gone, never persisted). Such a sale can never complete (MuSig2 needs
+        every co-signer's partial signature), so its stock is unsold again and may be sold to
+        anyone. Only the last sale of the chain, and only while incomplete: once our partial
+        signature has left, the sale may complete at any time and the stock is spent for it."""
+        if not self.sales or self.sales[-1].sale.stock.outpoint != outpoint:
+            raise InvalidParameter(f"{outpoint[0]}:{outpoint[1]} is not the last sale's stock")
+        if self.sales[-1].sale_sig is not None:
+            raise InvalidParameter("the sale is complete: it cannot be dropped")
+        return replace(self, sales=self.sales[:-1])
+
     def with_signatures(
         self,
         keys: FactoryKeys,

@@ -155,6 +155,11 @@ def merge_chain(
     return tuple(out)
 
 
+def without_sale(entries: tuple[SaleEntry, ...], sale_txid: str) -> tuple[SaleEntry, ...]:
+    """`entries` less the sale `sale_txid` (one `StockChain.drop_unsent` allowed to drop)."""
+    return tuple(e for e in entries if e.sale_txid != sale_txid)
+
+
 # --- JSON -----------------------------------------------------------------------------------
 
 
