@@ -104,6 +104,14 @@ OPTIONS: list[tuple[str, Any, str, str]] = [
         "int",
     ),
     (
+        "superscalar-min-stock-delay",
+        144,
+        "Smallest stock delay (blocks) we accept as a client: after T, the LSP alone may take a"
+        " leaf's stock that many blocks after it confirmed, and our sales chained on it must"
+        " confirm before",
+        "int",
+    ),
+    (
         "superscalar-max-exit-fee-sat",
         50000,
         "Most our wallet pays (sat) in CPFP children to get one factory's exit confirmed",
@@ -262,6 +270,7 @@ def init(options: dict[str, Any], configuration: dict[str, Any], plugin: Plugin,
         max_ewt=int(options["superscalar-max-ewt"]),
         max_fee_rate_kvb=int(options["superscalar-max-feerate"]) * 1000,
         min_fee_rate_kvb=int(options["superscalar-min-feerate"]) * 1000,
+        min_stock_delay=int(options["superscalar-min-stock-delay"]),
         max_exit_fee_sat=int(options["superscalar-max-exit-fee-sat"]),
         fee_rate_kvb=params.fee_rate_kvb,
         params=params,
@@ -283,6 +292,8 @@ def init(options: dict[str, Any], configuration: dict[str, Any], plugin: Plugin,
             "bad superscalar option: superscalar-max-move-fee-sat must be >= 0 and"
             " superscalar-move-min-depth >= 1"
         )
+    if not 1 <= config.min_stock_delay < 0xFFFF:
+        raise RpcException("bad superscalar option: superscalar-min-stock-delay must be 1..65534")
     if config.ladder_every < 0 or config.dying_blocks < 1:
         raise RpcException(
             "bad superscalar option: superscalar-ladder-every must be >= 0 and"
