@@ -15,12 +15,26 @@ if TYPE_CHECKING:
     from .world import World
 
 LSP_SENDS = (
-    "Propose", "Ceremony", "Funded", "Move", "Offer", "SaleProposal", "Quote",
-    "SaleStep.AGG_NONCES", "SaleStep.BURN_SIG", "SaleStep.SALE_SIG",
+    "Propose",
+    "Ceremony",
+    "Funded",
+    "Move",
+    "Offer",
+    "SaleProposal",
+    "Quote",
+    "SaleStep.AGG_NONCES",
+    "SaleStep.BURN_SIG",
+    "SaleStep.SALE_SIG",
 )
 CO_SENDS = (
-    "Accept", "Ceremony", "Stored", "SaleStep.NONCES", "SaleStep.BURN_PSIG",
-    "SaleStep.SALE_PSIG", "SaleStep.DONE", "Key",
+    "Accept",
+    "Ceremony",
+    "Stored",
+    "SaleStep.NONCES",
+    "SaleStep.BURN_PSIG",
+    "SaleStep.SALE_PSIG",
+    "SaleStep.DONE",
+    "Key",
 )
 FEE_PPMS = (10_000, 1_000_000, 1_000_000_000)
 
@@ -113,11 +127,11 @@ class Restart:
 
 @dataclass(frozen=True)
 class DoubleSpend:
-    """The LSP double-spends (in the mempool) everything it broadcasts in the next step: a
-    successor's or a channel's funding is never confirmed."""
+    """The LSP double-spends (in the mempool) what it has broadcast when a block is next mined:
+    a factory's, a successor's or a channel's funding is never confirmed."""
 
     def describe(self) -> str:
-        return "lsp double-spends what it broadcasts in the next step"
+        return "lsp double-spends its next broadcast before it confirms"
 
     def apply(self, world: World) -> None:
         world.double_spend_next = True

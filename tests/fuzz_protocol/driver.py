@@ -10,14 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.network import SUPERSCALAR_PLUGIN, Network
-
 from . import actions, flows
 from .chainview import ChainView
 from .invariant import Violation, check
 from .world import World
+from harness.network import SUPERSCALAR_PLUGIN, Network
 
-CEREMONY_TIMEOUT = 3
+CEREMONY_TIMEOUT = 2
 SETTLE_SECONDS = 1.5  # how long a violation must persist to count (moves settle meanwhile)
 
 
@@ -128,12 +127,16 @@ def _play(world: World, step: Step) -> str:
 
 
 def run_seed(seed: int, base: Path) -> Result:
-    sched = schedule(seed)
+    return run_schedule(schedule(seed), base)
+
+
+def run_schedule(sched: Schedule, base: Path) -> Result:
+    seed = sched.seed
     result = Result(seed)
     start = time.monotonic()
     world = _network(base, sched)
-    result.trace.append(f"{sched.n_clients} clients" + (", c%d hostile" % (sched.n_clients - 1)
-                                                        if sched.with_co else ""))
+    co = f", c{sched.n_clients - 1} hostile" if sched.with_co else ""
+    result.trace.append(f"{sched.n_clients} clients{co}")
     seen: set[tuple[str, str]] = set()
     try:
         for i, step in enumerate(sched.steps, start=1):

@@ -12,11 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from harness.errors import RpcCallError
-from harness.node import FakeNode
-
 from .invariant import MOVE_FEE_CAP_MSAT
 from .world import World
+from harness.errors import RpcCallError
+from harness.node import FakeNode
 
 CHANNEL_SAT = 100_000
 PAY_MSAT = 30_000_000
@@ -113,16 +112,30 @@ def _channel_of(world: World, c: FakeNode) -> str | None:
 
 
 def _pay(lsp: FakeNode, c: FakeNode, alias: str) -> str | None:
-    inv, err = _call(c, "invoice", {"amount_msat": PAY_MSAT, "label": os.urandom(4).hex(),
-                                    "description": "fuzz"})
+    inv, err = _call(
+        c, "invoice", {"amount_msat": PAY_MSAT, "label": os.urandom(4).hex(), "description": "fuzz"}
+    )
     if err:
         return f"invoice failed: {err}"
     decoded = c.rpc_call("decode", {"string": inv["bolt11"]})
-    route = [{"id": c.node_id, "channel": alias, "amount_msat": PAY_MSAT,
-              "delay": int(decoded["min_final_cltv_expiry"]) + 3}]
-    _, err = _call(lsp, "sendpay", {"route": route, "payment_hash": inv["payment_hash"],
-                                    "payment_secret": inv["payment_secret"],
-                                    "amount_msat": PAY_MSAT})
+    route = [
+        {
+            "id": c.node_id,
+            "channel": alias,
+            "amount_msat": PAY_MSAT,
+            "delay": int(decoded["min_final_cltv_expiry"]) + 3,
+        }
+    ]
+    _, err = _call(
+        lsp,
+        "sendpay",
+        {
+            "route": route,
+            "payment_hash": inv["payment_hash"],
+            "payment_secret": inv["payment_secret"],
+            "amount_msat": PAY_MSAT,
+        },
+    )
     if err:
         return f"sendpay failed: {err}"
     _, err = _call(lsp, "waitsendpay", {"payment_hash": inv["payment_hash"], "timeout": 10})
@@ -140,8 +153,11 @@ class Sell:
         if world.instance is None:
             return "skipped"
         c = world.honest[self.client % len(world.honest)]
-        res, err = _call(world.lsp, "factory-sell",
-                         {"instance": world.instance, "client": c.node_id, "sat": SALE_SAT})
+        res, err = _call(
+            world.lsp,
+            "factory-sell",
+            {"instance": world.instance, "client": c.node_id, "sat": SALE_SAT},
+        )
         return f"sell failed: {err}" if err else f"sold ({res.get('kind')})"
 
 
@@ -157,14 +173,17 @@ class Buy:
             return "skipped"
         c = world.honest[self.client % len(world.honest)]
         world.ledgers[c.name].accepted_loss_msat += MAX_BUY_FEE_SAT * 1000
-        res, err = _call(c, "factory-buy", {"instance": world.instance, "sat": SALE_SAT,
-                                            "max_fee_sat": MAX_BUY_FEE_SAT})
+        res, err = _call(
+            c,
+            "factory-buy",
+            {"instance": world.instance, "sat": SALE_SAT, "max_fee_sat": MAX_BUY_FEE_SAT},
+        )
         return f"buy failed: {err}" if err else f"bought ({res.get('kind')})"
 
 
 def _wait_handover(world: World, old: str) -> bool:
-    """Mine up to 4 blocks, one at a time, until the LSP holds every key of `old`."""
-    for _ in range(4):
+    """Mine up to 6 blocks, one at a time, until the LSP holds every key of `old`."""
+    for _ in range(6):
         world.mine(1)
         if _wait(lambda: bool((status(world.lsp, old) or {}).get("handover_txid")), 1.5):
             return True

@@ -17,11 +17,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from .chainview import (
+    ChainView,
+    Output,
+    outpoints,
+    output_of,
+    p2wsh_2of2,
+    parse,
+    txid,
+    verify_inputs,
+)
 from harness.bitcoin import CScriptWitness, CTransaction
 from harness.node import FakeNode
 from harness.state import Channel
-
-from .chainview import ChainView, Output, outpoints, output_of, p2wsh_2of2, parse, txid, verify_inputs
 
 DUST_ALLOWANCE_MSAT = 1_000_000  # what a hand-over may leave behind, one allowance in all
 MOVE_FEE_CAP_MSAT = 100_000  # superscalar-max-move-fee-sat's default (100 sat) per move
@@ -91,8 +99,9 @@ def signed_txs(node: FakeNode) -> dict[str, CTransaction]:
     return out
 
 
-def _spent_output(op: tuple[str, int], txs: dict[str, CTransaction], view: ChainView,
-                  depth: int) -> tuple[Output | None, str | None]:
+def _spent_output(
+    op: tuple[str, int], txs: dict[str, CTransaction], view: ChainView, depth: int
+) -> tuple[Output | None, str | None]:
     if view.confirmed(op[0]):
         out = view.confirmed_output(op)
         return out, None if out else f"{op[0]}:{op[1]} has no such output"
@@ -151,8 +160,12 @@ def claims(node: FakeNode, view: ChainView) -> list[Claim]:
         chans = [ch for ch in node.channels if ch.state not in FORGOTTEN and own_msat(ch) > 0]
         shown = [(ch, own_msat(ch)) for ch in chans]
     return [
-        Claim(ch.channel_id or "?", f"{ch.funding_txid}:{ch.funding_outnum}", amt,
-              channel_problem(ch, txs, view))
+        Claim(
+            ch.channel_id or "?",
+            f"{ch.funding_txid}:{ch.funding_outnum}",
+            amt,
+            channel_problem(ch, txs, view),
+        )
         for ch, amt in shown
     ]
 
@@ -163,13 +176,20 @@ def check(node: FakeNode, ledger: Ledger, view: ChainView) -> list[Violation]:
     lost = sum(c.own_msat for c in bad)
     out = []
     if lost > DUST_ALLOWANCE_MSAT:
-        out.append(Violation(node.name, "UNENFORCEABLE",
-                             f"{lost} msat: " + "; ".join(c.describe() for c in bad)))
+        out.append(
+            Violation(
+                node.name, "UNENFORCEABLE", f"{lost} msat: " + "; ".join(c.describe() for c in bad)
+            )
+        )
     good = sum(c.own_msat for c in found if not c.problem)
     floor = ledger.owed_msat - ledger.accepted_loss_msat - DUST_ALLOWANCE_MSAT
     if good < floor:
-        out.append(Violation(node.name, "SHORTFALL",
-                             f"enforceable {good} msat < owed {ledger.owed_msat} less accepted "
-                             f"{ledger.accepted_loss_msat} and dust: " +
-                             "; ".join(c.describe() for c in found)))
+        out.append(
+            Violation(
+                node.name,
+                "SHORTFALL",
+                f"enforceable {good} msat < owed {ledger.owed_msat} less accepted "
+                f"{ledger.accepted_loss_msat} and dust: " + "; ".join(c.describe() for c in found),
+            )
+        )
     return out

@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 
 from superscalar_plugin.engine import protocol
 
+from .invariant import Ledger
 from adversarial.plugin_hostile import pig, unpig
 from harness.errors import RpcCallError
 from harness.network import Network
 from harness.node import FakeNode
-
-from .invariant import Ledger
 
 HISTORY = 200  # messages kept per sender for replays
 DOUBLE_SPEND_SCRIPT = b"\x00\x20" + hashlib.sha256(b"the lsp's own wallet").digest()
@@ -31,7 +30,7 @@ def label(payload: protocol.Payload | None) -> str:
     if isinstance(payload, protocol.SaleStep):
         return f"{name}.{payload.kind.name}"
     if isinstance(payload, protocol.Text):
-        return f"{name}.{payload.kind.name}"
+        return f"{name}.{payload.type.name}"
     return name
 
 
@@ -48,6 +47,7 @@ class World:
     history: dict[str, list[tuple[FakeNode, FakeNode, str]]] = field(default_factory=dict)
     stalled: list[str] = field(default_factory=list)
     double_spend_next: bool = False
+    fee_ppm: int | None = None  # the LSP's fee on every channel with a client, set before MOVEs
     notes: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -81,6 +81,8 @@ class World:
         if who is None:
             return msg_hex
         kind = label(unpig(msg_hex))
+        if who == "lsp" and kind == "Move" and self.fee_ppm is not None:
+            self.set_lsp_fee(self.fee_ppm)  # on the target too, which did not exist before
         with self.lock:
             self.history.setdefault(who, []).append((src, dst, msg_hex))
             del self.history[who][:-HISTORY]
@@ -116,7 +118,6 @@ class World:
         self._reconnect()
         for src, dst, msg in held:
             self._deliver(src, dst, msg)
-        self.double_spend_next = False
 
     # --- peers --------------------------------------------------------------------------------
 
@@ -140,6 +141,7 @@ class World:
         self.node(who).restart(reconnect=True)
 
     def set_lsp_fee(self, ppm: int) -> None:
+        self.fee_ppm = ppm
         for c in self.honest:
             try:
                 self.lsp.rpc_call("setchannel", {"id": c.node_id, "feeppm": ppm})
@@ -151,8 +153,10 @@ class World:
             return
         inst = bytes.fromhex(self.instance)
         me = self.node(who)
-        sends = [(c, protocol.Move(inst, protocol.MoveTarget.FACTORY, os.urandom(32)))
-                 for c in self.honest]
+        sends = [
+            (c, protocol.Move(inst, protocol.MoveTarget.FACTORY, os.urandom(32)))
+            for c in self.honest
+        ]
         sends.append((self.lsp, protocol.Key(inst, os.urandom(32))))
         for dst, payload in sends:
             if dst is not me:
@@ -163,8 +167,7 @@ class World:
             return
         target = self.clients[client % len(self.clients)]
         try:
-            self.lsp.rpc_call("factory-exit", {"instance": self.instance,
-                                               "client": target.node_id})
+            self.lsp.rpc_call("factory-exit", {"instance": self.instance, "client": target.node_id})
         except RpcCallError as e:
             self.note(f"factory-exit refused: {e.message}")
 
@@ -183,9 +186,10 @@ class World:
         for txid in mine:
             try:
                 chain.double_spend(txid, DOUBLE_SPEND_SCRIPT)
-                self.note(f"double-spent {txid}")
             except ValueError:
-                pass  # already gone with its parent
+                continue  # already gone with its parent
+            self.note(f"double-spent {txid}")
+            self.double_spend_next = False
 
     def reorg(self, depth: int) -> None:
         if self.net.chain.height > depth:

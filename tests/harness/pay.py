@@ -19,9 +19,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .errors import JSONRPC2_INVALID_PARAMS, RpcFail
+from .lightningd_rpcs import DUST_LIMIT_SAT
 from .payments import rpc_decode, rpc_sendpay, rpc_waitsendpay
 from .state import Channel, can_add_htlc, parse_msat, spendable_msat
-from .lightningd_rpcs import DUST_LIMIT_SAT
 
 if TYPE_CHECKING:
     from .node import FakeNode
@@ -53,9 +53,7 @@ def rpc_pay(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
             raise RpcFail(JSONRPC2_INVALID_PARAMS, "amount_msat: msatoshi parameter required")
         amount = parse_msat(p["amount_msat"], "amount_msat")
     elif "amount_msat" in p:
-        raise RpcFail(
-            JSONRPC2_INVALID_PARAMS, "amount_msat: msatoshi parameter unnecessary"
-        )
+        raise RpcFail(JSONRPC2_INVALID_PARAMS, "amount_msat: msatoshi parameter unnecessary")
     payee = str(inv["payee"])
     ch = _best_channel(me, payee, int(amount))
     if ch is None:
@@ -81,7 +79,8 @@ def rpc_pay(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     try:
         done = rpc_waitsendpay(me, {"payment_hash": inv["payment_hash"], "timeout": retry_for})
     except RpcFail as e:
-        raise RpcFail(PAY_STOPPED_RETRYING, f"Ran out of routes to try after 1 attempt: {e.message}")
+        msg = f"Ran out of routes to try after 1 attempt: {e.message}"
+        raise RpcFail(PAY_STOPPED_RETRYING, msg) from e
     return {
         "destination": payee,
         "payment_hash": inv["payment_hash"],
@@ -102,7 +101,9 @@ def _selected(me: FakeNode, sel: str) -> list[Channel]:
         and ch.state not in ("ONCHAIN", "CLOSED")
     ]
     if not chans:
-        raise RpcFail(JSONRPC2_INVALID_PARAMS, "id: Could not find any active channels of peer with that id")
+        raise RpcFail(
+            JSONRPC2_INVALID_PARAMS, "id: Could not find any active channels of peer with that id"
+        )
     return chans
 
 
