@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all setup demo test lint bench clean bitcoind
+.PHONY: all setup demo test lint bench clean bitcoind fuzz-protocol
 
 all: test
 
@@ -33,6 +33,10 @@ bitcoind: $(STAMP)
 
 test: $(STAMP) lint bitcoind
 	$(PY) -m pytest -q
+
+# The protocol fuzzer for longer: FUZZ_SECONDS (default 300) of seeds from FUZZ_START (1000).
+fuzz-protocol: $(STAMP)
+	$(PY) tests/fuzz_protocol/run.py
 
 bench: $(STAMP)
 	$(PY) bench/run.py

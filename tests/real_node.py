@@ -212,6 +212,17 @@ def mine_to(bitcoind: Any, nodes: list[Any], height: int) -> None:
         wait_for(lambda n=n: n.rpc.getinfo()["blockheight"] >= height)
 
 
+MOVE_DEPTH = 3  # superscalar-move-min-depth's default: a client moves only into a deeper target
+
+
+def migrate(lsp: Any, instance: str, bitcoind: Any, nodes: list[Any]) -> dict[str, Any]:
+    """`factory-migrate`, then the blocks that confirm the successor deep enough for its clients
+    to move (the LSP asks again at each)."""
+    new = dict(lsp.rpc.call("factory-migrate", {"instance": instance}))
+    mine_to(bitcoind, nodes, bitcoind.rpc.getblockcount() + MOVE_DEPTH)
+    return new
+
+
 def fill(lsp: Any, clients: list[Any], amount_msat: int) -> None:
     """Payments both ways over the factory channels: each client ends holding money."""
     from pyln.testing.utils import wait_for

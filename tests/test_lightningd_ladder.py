@@ -15,6 +15,7 @@ from real_node import (
     connect_by_ip,
     fill,
     lsp_and_clients,
+    migrate,
     mine_to,
     open_factory,
     require_lightningd,
@@ -194,7 +195,7 @@ def test_with_some_keys_the_lsp_takes_the_handed_over_part_by_key_path(
     leaf0 = status(clients[0], old["instance"])["exit_path"][-1]["txid"]
     clients[2].stop()
     clients[3].stop()
-    lsp.rpc.call("factory-migrate", {"instance": old["instance"]})
+    migrate(lsp, old["instance"], bitcoind, [lsp, clients[0], clients[1]])
 
     def handed() -> bool:
         s = status(lsp, old["instance"])

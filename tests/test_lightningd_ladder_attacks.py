@@ -27,6 +27,7 @@ from real_node import (
     fill,
     invoice,
     lsp_and_clients,
+    migrate,
     mine_to,
     normal,
     open_factory,
@@ -50,7 +51,11 @@ from pyln.testing.utils import wait_for  # noqa: E402
 BY_HAND = {**LADDER, "superscalar-ladder-every": 0}  # no successor but by factory-migrate
 FACTORY, CHANNEL = protocol.MoveTarget.FACTORY, protocol.MoveTarget.CHANNEL
 NOT_OURS = "target factory is not one of ours with this LSP"
-UNCONFIRMED = "target channel's funding is not confirmed, or it is not open"
+UNCHECKED = (
+    "move_payment refused (target_unchecked): the target channel is not one we can enforce"
+    " (its funding or our channel script is not checked)"
+)
+IN_FACTORY = "target channel lives in a factory; name the factory instead"
 NOT_THE_LSPS = "target channel is not a channel with this LSP"
 FLOOR_MSAT = 546_000  # lightningd's floor reserve, left in the retired channel (DESIGN 3.14)
 FEE_MSAT = 2_000  # the LSP's forwarding fee on the move (1 msat + 10 ppm on regtest)
@@ -143,11 +148,11 @@ def test_a_client_refuses_moves_it_cannot_follow_and_keeps_its_key(
     # (and, after the dropped MOVE, that the client had read it: one worker, in order).
     attacks = [
         (old, FACTORY, old, NOT_OURS),
-        (old, CHANNEL, zero_conf, UNCONFIRMED),
+        (old, CHANNEL, zero_conf, UNCHECKED),
         (old, FACTORY, os.urandom(32).hex(), NOT_OURS),
         (old, CHANNEL, foreign, NOT_THE_LSPS),
         (os.urandom(32).hex(), FACTORY, old, None),  # not its factory: dropped, no answer
-        (old, CHANNEL, mine, UNCONFIRMED),
+        (old, CHANNEL, mine, IN_FACTORY),
     ]
     for instance, kind, target, refusal in attacks:
         lsp.rpc.sendcustommsg(me.info["id"], _move(instance, kind, target))
@@ -165,21 +170,73 @@ def test_a_client_refuses_moves_it_cannot_follow_and_keeps_its_key(
     assert int(channel(me, mine)["to_us_msat"]) == before
     assert _moves(me) == []
     pay_both_ways(lsp, [me], 10_000_000)
-    # What a peer triggers at will is logged once a minute: one line for five refusals.
-    assert _lines(me, "refusing to move out of") == 1
+    # What a peer triggers at will is logged once a minute per kind: two kinds, five refusals.
+    assert _lines(me, "refusing to move out of") == 2
     assert _lines(me, "dropped MOVE from") == 1
     assert _lines(lsp, "did not move out of") == 1
     _no_logged_errors(lsp, me)
 
 
-def _held_migration(lsp: Any, me: Any, old: str) -> tuple[str, str, int]:
+def test_a_dear_fee_or_an_unconfirmed_successor_takes_nothing(
+    node_factory: Any, bitcoind: Any
+) -> None:
+    """The LSP migrates, keeps the successor's funding below the clients' move depth and then
+    sets a 10^9 ppm fee on the successor's channels. Below the depth the clients refuse to move
+    ("target_unconfirmed"); at it they refuse the fee ("fee_above_cap"), before any payment: no
+    move payment, no key, every balance where it was, and the old channels pay both ways."""
+    lsp, clients = lsp_and_clients(node_factory, 2, BY_HAND)
+    nodes = [lsp, *clients]
+    old = _open(bitcoind, lsp, clients)
+    fill(lsp, clients, 40_000_000)
+    before = {c.info["id"]: to_us_msat(c, lsp) for c in clients}
+    new = lsp.rpc.call("factory-migrate", {"instance": old})
+    mine_to(bitcoind, nodes, bitcoind.rpc.getblockcount() + 2)  # one short of the depth
+
+    def refusals(kind: str) -> bool:
+        return all(kind in (_entry(lsp, old, c).get("refusal") or "") for c in clients)
+
+    wait_for(lambda: refusals("target_unconfirmed"))
+    for c in new["clients"]:
+        lsp.rpc.setchannel(c["channel_id"], feeppm=10**9)
+    for c in clients:
+        wait_for(
+            lambda c=c: all(
+                (ch.get("updates") or {}).get("remote", {}).get("fee_proportional_millionths")
+                == 10**9
+                for ch in c.rpc.listpeerchannels(lsp.info["id"])["channels"]
+                if ch["channel_id"] in {x["channel_id"] for x in new["clients"]}
+            )
+        )
+    mine_to(bitcoind, nodes, bitcoind.rpc.getblockcount() + 1)
+    wait_for(lambda: refusals("fee_above_cap"))
+    mine_to(bitcoind, nodes, bitcoind.rpc.getblockcount() + 2)  # asked again: the same answer
+    time.sleep(2)
+    assert refusals("fee_above_cap")
+    lsp_view = status(lsp, old)
+    assert lsp_view["clients_inside"] == 2 and "handover_txid" not in lsp_view
+    for c in clients:
+        assert _moves(c) == []
+        assert status(c, old)["moving_to"] is None and status(c, old)["state"] == "funded"
+        assert to_us_msat(c, lsp) == {
+            **before[c.info["id"]],
+            **{
+                x["channel_id"]: FACTORY_PUSH_MSAT
+                for x in new["clients"]
+                if x["node_id"] == c.info["id"]
+            },
+        }
+    pay_both_ways(lsp, clients, 10_000_000)
+    _no_logged_errors(*nodes)
+
+
+def _held_migration(bitcoind: Any, lsp: Any, me: Any, old: str) -> tuple[str, str, int]:
     """Start a migration while the LSP holds every HTLC coming in over `me`'s old factory
     channel (FACTS_PLUGIN on the LSP): returns the old channel id, the new one, and what `me`
     held, once the move's payment is in flight."""
     old_cid = _entry(lsp, old, me)["channel_id"]
     held = sum(to_us_msat(me, lsp).values())
     steer(lsp, "hold", channel(lsp, old_cid)["alias"]["local"])
-    new = lsp.rpc.call("factory-migrate", {"instance": old})
+    new = migrate(lsp, old, bitcoind, [lsp, me])
     [new_cid] = [c["channel_id"] for c in new["clients"] if c["node_id"] == me.info["id"]]
     wait_for(lambda: len(channel(me, old_cid)["htlcs"]) == 1)
     return old_cid, new_cid, held
@@ -221,7 +278,7 @@ def test_an_lsp_holding_the_move_payment_gets_no_key_until_it_settles(
     )
     old = _open(bitcoind, lsp, [me])
     fill(lsp, [me], 40_000_000)
-    old_cid, new_cid, held = _held_migration(lsp, me, old)
+    old_cid, new_cid, held = _held_migration(bitcoind, lsp, me, old)
     assert status(me, old)["moving_to"] == new_cid
 
     def refused() -> bool:
@@ -379,7 +436,7 @@ def test_a_client_that_never_hands_over_leaves_the_lsp_the_rest_through_the_time
     old_cid = _entry(lsp, old, stuck)["channel_id"]
     _hold_incoming(lsp, stuck, old_cid, timeout - ewt - 3)  # as late as the HTLC rules allow
     held = {c.info["id"]: sum(to_us_msat(c, lsp).values()) for c in clients}
-    new = lsp.rpc.call("factory-migrate", {"instance": old})
+    new = migrate(lsp, old, bitcoind, nodes)
     assert sorted(c["node_id"] for c in new["clients"]) == sorted(held)
 
     wait_for(lambda: _entry(lsp, old, honest)["handed_over"])
@@ -420,7 +477,7 @@ def test_a_client_restarted_mid_move_finishes_it_without_losing_money(
     )
     old = _open(bitcoind, lsp, [me])
     fill(lsp, [me], 40_000_000)
-    old_cid, new_cid, held = _held_migration(lsp, me, old)
+    old_cid, new_cid, held = _held_migration(bitcoind, lsp, me, old)
     assert _entry(lsp, old, me)["handed_over"] is False
 
     me.restart()

@@ -17,6 +17,7 @@ from harness.network import Network
 from harness.node import FakeNode
 
 PAID_MSAT = 30_000_000
+MIN_DEPTH = 3  # superscalar-move-min-depth's default
 
 
 def _status(node: FakeNode, instance: str) -> dict[str, Any]:
@@ -73,6 +74,7 @@ def test_a_migration_moves_every_balance_and_spends_the_old_funding_by_key_path(
 ) -> None:
     net, lsp, clients, old = _funded(network_factory, 2)
     new = lsp.rpc_call("factory-migrate", {"instance": old}, timeout=60)["instance"]
+    net.mine(MIN_DEPTH)  # clients move only into a successor confirmed this deep
 
     def closing() -> bool:
         return bool(_status(lsp, old).get("handover_txid"))
@@ -144,3 +146,49 @@ def test_a_wrong_key_is_refused_and_the_factory_stays_open(
     assert view["state"] == "funded" and view["clients_inside"] == 2
     assert "handover_txid" not in view
     assert len([x for x in lsp.logs if "refused the key" in x.message]) == 1  # rate-limited
+
+
+def _untouched(lsp: FakeNode, me: FakeNode, old: str) -> None:
+    """Nothing moved out of `old`, no key left, and the old channel still works for `me`."""
+    mine = _status(me, old)
+    assert mine["state"] == "funded" and mine["moving_to"] is None
+    assert not any(c["handed_over"] for c in _status(lsp, old)["clients"])
+    leaf = mine["exit_path"][-1]["txid"]
+    assert int(_channel(me, lsp, leaf)["to_us_msat"]) >= PAID_MSAT
+
+
+def test_an_unconfirmed_successor_gets_no_balance_and_no_key(
+    network_factory: Callable[..., Network],
+) -> None:
+    """A hostile LSP asks clients to move into a successor whose funding it then never lets
+    confirm (or double-spends): below `move-min-depth` nothing moves and no key leaves."""
+    net, lsp, clients, old = _funded(network_factory, 2)
+    lsp.rpc_call("factory-migrate", {"instance": old}, timeout=60)
+    net.mine(MIN_DEPTH - 1)  # the LSP asks at every block
+    wait(
+        lambda: "target_unconfirmed" in (_status(lsp, old)["clients"][0].get("refusal") or ""),
+        what="the refusal",
+    )
+    for c in clients:
+        _untouched(lsp, c, old)
+
+
+def test_a_dear_fee_on_the_target_takes_nothing(
+    network_factory: Callable[..., Network],
+) -> None:
+    """A hostile LSP sets a 10^9 ppm fee on its successor's channels, then asks clients to move:
+    the move is refused before any payment, the old channel takes HTLCs again, no key leaves."""
+    net, lsp, clients, old = _funded(network_factory, 2)
+    new = lsp.rpc_call("factory-migrate", {"instance": old}, timeout=60)["instance"]
+    for c in _status(lsp, new)["clients"]:
+        lsp.rpc_call("setchannel", {"id": c["channel_id"], "feeppm": 10**9})
+    net.mine(MIN_DEPTH)
+    wait(
+        lambda: all(
+            "fee_above_cap" in (c.get("refusal") or "") for c in _status(lsp, old)["clients"]
+        ),
+        what="both refusals",
+    )
+    for c in clients:
+        _untouched(lsp, c, old)
+    _pay_into(lsp, clients[0], old, 1_000_000)  # the door reopened: it takes HTLCs again

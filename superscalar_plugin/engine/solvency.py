@@ -218,3 +218,156 @@ def check_bound_output(
     amount, script = outputs[vout]
     check_channel_bound(step, bound, txid, vout, script, amount)
     return script
+
+# --- moves and the key hand-over ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MoveTarget:
+    """Where a move would put our balance, as our own node and records show it. `funding_depth`
+    counts the confirmations of the output that makes it ours alone: the successor factory's
+    funding (whose signed path we hold and whose output we checked: `checked`), or an ordinary
+    channel's own funding (which our lightningd checked when it locked in)."""
+
+    channel_id: str
+    funding_depth: int
+    checked: bool
+    what: str  # "factory <instance>" or "channel", for the reason
+
+
+@dataclass(frozen=True)
+class HeldChannel:
+    """One channel of the factory we leave (its leaf channel or a sale channel), as our node
+    shows it now."""
+
+    channel_id: str
+    state: str
+    to_us_msat: int
+    htlcs: int
+
+
+def check_move_target(target: MoveTarget, min_depth: int) -> None:
+    """A balance may move only into something we can enforce alone: never a zero-conf successor
+    whose funding the LSP could still withhold or double-spend."""
+    if not target.checked:
+        raise SolvencyRefused(
+            Step.MOVE_PAYMENT,
+            "target_unchecked",
+            f"the target {target.what} is not one we can enforce (its funding or our channel"
+            " script is not checked)",
+        )
+    if target.funding_depth < min_depth:
+        raise SolvencyRefused(
+            Step.MOVE_PAYMENT,
+            "target_unconfirmed",
+            f"the target {target.what}'s funding has {target.funding_depth} confirmations;"
+            f" we move only after {min_depth}",
+        )
+
+
+def check_move_payment(
+    amount_msat: int, fee_msat: int, max_fee_msat: int, target: MoveTarget, min_depth: int
+) -> None:
+    """Before the move's payment leaves: the target is enforceable and the LSP's fee is within
+    the cap the operator set (an LSP raising its fee on the target must not skim the move)."""
+    check_move_target(target, min_depth)
+    if amount_msat <= 0:
+        raise SolvencyRefused(Step.MOVE_PAYMENT, "amount", f"nothing to move ({amount_msat} msat)")
+    if fee_msat > max_fee_msat:
+        raise SolvencyRefused(
+            Step.MOVE_PAYMENT,
+            "fee_above_cap",
+            f"the LSP's fee for moving {amount_msat} msat is {fee_msat} msat, above our cap of"
+            f" {max_fee_msat} msat (superscalar-max-move-fee-sat)",
+        )
+
+
+def check_move_arrived(sent_msat: int, received_msat: int, max_fee_msat: int) -> None:
+    """After the payment, before anything else: what arrived in the target is what we sent less
+    at most the capped fee."""
+    if received_msat <= 0 or sent_msat - received_msat > max_fee_msat:
+        raise SolvencyRefused(
+            Step.KEY_HANDOVER,
+            "move_short",
+            f"sent {sent_msat} msat, {received_msat} msat arrived (cap {max_fee_msat} msat)",
+        )
+
+
+def check_key_handover(
+    leaf: HeldChannel | None,
+    channels: tuple[HeldChannel, ...],
+    allowance_msat: int,
+    closing_states: tuple[str, ...],
+    target: MoveTarget | None,
+    min_depth: int,
+) -> None:
+    """Before our key of a factory leaves: with it the LSP can spend the factory's tree from
+    under every channel on it. So nothing of ours may remain in ANY channel of the factory (its
+    leaf channel and every sale channel): no HTLC in flight in either direction, the leaf
+    channel retiring, and at most one dust allowance in all (lightningd's floor reserve). And
+    where we moved to must still be ours alone."""
+    if leaf is not None and leaf.state not in closing_states:
+        raise SolvencyRefused(
+            Step.KEY_HANDOVER, "not_closing", f"the old channel is still {leaf.state}"
+        )
+    held = (*((leaf,) if leaf is not None else ()), *channels)
+    busy = [c.channel_id[:16] for c in held if c.htlcs]
+    if busy:
+        raise SolvencyRefused(
+            Step.KEY_HANDOVER, "htlcs", f"HTLCs in flight in channels {', '.join(busy)}"
+        )
+    left = sum(c.to_us_msat for c in held)
+    if left > allowance_msat:
+        raise SolvencyRefused(
+            Step.KEY_HANDOVER,
+            "balance_left",
+            f"{left} msat of ours are still in channels of this factory (allowance"
+            f" {allowance_msat} msat in all)",
+        )
+    if target is not None:
+        try:
+            check_move_target(target, min_depth)
+        except SolvencyRefused as e:
+            raise SolvencyRefused(Step.KEY_HANDOVER, e.kind, str(e)) from e
+
+
+# --- publishing a burn ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StockSpend:
+    """A sale of a leaf's stock as one co-signer holds it, and where the chain is: the facts
+    `check_burn_publish` decides on (gathered from the co-signer's own record and chain view)."""
+
+    sale_txid: str
+    we_are_buyer: bool
+    sale_complete: bool  # we hold the sale's final signature: we can publish the sale itself
+    burn_signed: bool  # we hold the burn's final signature
+    stock_on_chain: bool  # the stock output the sale (and its burn) spends is confirmed
+    sale_on_chain: bool
+
+
+def check_burn_publish(spend: StockSpend, height: int, timeout_height: int) -> None:
+    """A burn destroys the whole stock output, and with it any sale of it that has not confirmed.
+    It is published only to punish an LSP that stalls a sale it never completed for us: from T
+    on (final from block T+1, the tip at T), while the stock output is on chain and the sale is
+    not. Never a sale we hold complete (we publish that sale instead: harmless to us, and it
+    gives its buyer the channel), never our own purchase (the buyer wants the sale, not the
+    burn)."""
+    step = Step.BURN_PUBLISH
+    if spend.sale_complete:
+        raise SolvencyRefused(
+            step, "sale_complete", f"we hold sale {spend.sale_txid} complete: publish it instead"
+        )
+    if spend.we_are_buyer:
+        raise SolvencyRefused(step, "own_sale", f"sale {spend.sale_txid} is our own purchase")
+    if not spend.burn_signed:
+        raise SolvencyRefused(step, "burn_unsigned", "we do not hold the burn's signature")
+    if spend.sale_on_chain:
+        raise SolvencyRefused(step, "sale_on_chain", f"sale {spend.sale_txid} is on chain")
+    if not spend.stock_on_chain:
+        raise SolvencyRefused(step, "stock_off_chain", "the stock output is not on chain")
+    if height < timeout_height:
+        raise SolvencyRefused(
+            step, "before_timeout", f"the burn is final from block {timeout_height + 1} only"
+        )

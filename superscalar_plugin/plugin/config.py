@@ -24,6 +24,9 @@ class Config:
     max_ewt: int = 2016
     max_fee_rate_kvb: int = 50_000
     min_fee_rate_kvb: int = 2_000  # a client's floor: a cheaper tree may be stuck in a fee spike
+    # A client's floor on `stock_delay`: the blocks a sale has to confirm behind a stock output
+    # that confirmed near T before L alone may take that stock (engine `sale`).
+    min_stock_delay: int = 144
     max_exit_fee_sat: int = 50_000  # CPFP budget of one factory's exit
     fee_rate_kvb: int = 2_000
     params: FactoryParams = field(default_factory=FactoryParams)
@@ -43,6 +46,10 @@ class Config:
     # A client whose node's database cannot be read for its channel's funding keys (PostgreSQL
     # without psycopg2) joins only if the operator accepts trusting the LSP for that script.
     trust_channel_script: bool = False
+    # Moves out of a factory (migration, close): the most the LSP may keep as its forwarding fee
+    # on one move, and the confirmations the target's funding needs before our balance moves.
+    max_move_fee_sat: int = 100
+    move_min_depth: int = 3
 
 
 BUY_MIN_FEE_CAP_SAT = 2000

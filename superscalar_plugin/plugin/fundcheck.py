@@ -22,7 +22,7 @@ from ..engine import store
 from ..engine.errors import WireError
 from ..engine.tx import Tx, TxOut, block_txids
 from .guards import Guards
-from .node import Node
+from .node import ChannelsUnavailable, Node
 from .records import COMPROMISED, LIVE, Records, is_compromised, txid_of
 
 log = logging.getLogger("superscalar")
@@ -173,7 +173,12 @@ class FundingCheck:
         )
         self._guards.refresh()
         leaf = txid_of(record.path[-1].raw)
-        for ch in self._node.channels().values():
+        try:
+            channels = self._node.channels()
+        except ChannelsUnavailable as e:  # the guards already fail its HTLCs; closed at restart
+            log.warning("factory %s: cannot close its channel now: %s", instance[:16], e)
+            return
+        for ch in channels.values():
             cid = ch.get("channel_id")
             if ch.get("funding_txid") != leaf or not cid or ch.get("state") not in CLOSABLE:
                 continue

@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from ..engine import policy, store
-from .node import Node
+from .node import ChannelsUnavailable, Node
 from .records import LIVE, Records, is_compromised, topology, txid_of
 
 log = logging.getLogger("superscalar")
@@ -40,6 +40,7 @@ class Guards:
         self._records = records
         self.by_scid: dict[str, policy.ChannelGuard] = {}  # scid or alias -> rules
         self.channel_of: dict[str, str] = {}  # scid or alias -> channel id
+        self._funding_of: dict[str, str] = {}  # channel id -> funding txid, as last listed
         # The largest EWT of our live factories: invoices carry it as soon as we are in one,
         # whether or not lightningd lists its channel yet.
         self.invoice_ewt = 0
@@ -69,11 +70,23 @@ class Guards:
         guards: dict[str, policy.ChannelGuard] = {}
         channel_of: dict[str, str] = {}
         mapped = set()
+        self.invoice_ewt = max((g.early_warning_time for g in wanted.values()), default=0)
         lsps = {r.lsp_node_id for r in records if isinstance(r, store.ClientRecord)}
         unbound: set[str] = set()
         if wanted or pinned or lsps:
-            for ch in self._node.channels().values():
+            try:
+                listed = self._node.channels()
+            except ChannelsUnavailable as e:
+                # The channels we know keep their places with today's rules (a retiring
+                # factory's channel is closed at once, an unbound one takes no HTLC): no rule is
+                # dropped because lightningd could not answer. New channels are mapped at the
+                # next refresh.
+                log.warning("HTLC rules refreshed from the last channel list: %s", e)
+                self.by_scid = self._rules_from_last(wanted)
+                return
+            for ch in listed.values():
                 cid = str(ch.get("channel_id", ""))
+                self._funding_of[cid] = str(ch.get("funding_txid", ""))
                 key = cid if cid in wanted else None
                 key = key or (ch.get("funding_txid") if ch.get("funding_txid") in wanted else None)
                 if key is None and _unbound(ch, lsps):
@@ -92,9 +105,20 @@ class Guards:
         self.channel_of = channel_of  # before the guards: a guarded scid always has its id
         self.by_scid = guards  # one atomic swap; readers never see a half-built map
         self.unbound = unbound
-        self.invoice_ewt = max((g.early_warning_time for g in wanted.values()), default=0)
         in_ceremony = sum(1 for r in records if r.state in SIGNING_STATES)
         self.unmapped = len(set(wanted) - mapped) + in_ceremony
+
+    def _rules_from_last(
+        self, wanted: dict[str, policy.ChannelGuard]
+    ) -> dict[str, policy.ChannelGuard]:
+        rules = {}
+        for scid, cid in self.channel_of.items():
+            rule = wanted.get(cid) or wanted.get(self._funding_of.get(cid, ""))
+            if rule is None and cid in self.unbound:
+                rule = NO_HTLC
+            if rule is not None:
+                rules[scid] = rule
+        return rules
 
     def htlc_verdict(self, htlc: dict[str, Any], onion: dict[str, Any]) -> dict[str, Any]:
         """The htlc_accepted hook: dictionary lookups and comparisons only, no RPC."""

@@ -104,6 +104,14 @@ OPTIONS: list[tuple[str, Any, str, str]] = [
         "int",
     ),
     (
+        "superscalar-min-stock-delay",
+        144,
+        "Smallest stock delay (blocks) we accept as a client: after T, the LSP alone may take a"
+        " leaf's stock that many blocks after it confirmed, and our sales chained on it must"
+        " confirm before",
+        "int",
+    ),
+    (
         "superscalar-max-exit-fee-sat",
         50000,
         "Most our wallet pays (sat) in CPFP children to get one factory's exit confirmed",
@@ -162,6 +170,20 @@ OPTIONS: list[tuple[str, Any, str, str]] = [
         "Client: join factories even if this node's database cannot be read for our channel's"
         " funding keys (PostgreSQL without psycopg2), trusting the LSP for our channel's script",
         "bool",
+    ),
+    (
+        "superscalar-max-move-fee-sat",
+        100,
+        "Client: the most (sat) the LSP may keep as its fee when we move our balance out of a"
+        " factory (migration or close); a dearer move is refused",
+        "int",
+    ),
+    (
+        "superscalar-move-min-depth",
+        3,
+        "Client: confirmations the target's funding (the successor factory's, or an ordinary"
+        " channel's) needs before our balance moves into it",
+        "int",
     ),
 ]
 for name, default, text, kind in OPTIONS:
@@ -260,6 +282,7 @@ def init(options: dict[str, Any], configuration: dict[str, Any], plugin: Plugin,
         max_ewt=int(options["superscalar-max-ewt"]),
         max_fee_rate_kvb=int(options["superscalar-max-feerate"]) * 1000,
         min_fee_rate_kvb=int(options["superscalar-min-feerate"]) * 1000,
+        min_stock_delay=int(options["superscalar-min-stock-delay"]),
         max_exit_fee_sat=int(options["superscalar-max-exit-fee-sat"]),
         fee_rate_kvb=params.fee_rate_kvb,
         params=params,
@@ -272,9 +295,18 @@ def init(options: dict[str, Any], configuration: dict[str, Any], plugin: Plugin,
         sale_fee_ppm=int(options["superscalar-sale-fee-ppm"]),
         max_buy_fee_ppm=int(options["superscalar-max-buy-fee-ppm"]),
         trust_channel_script=_flag(options["superscalar-trust-channel-script"]),
+        max_move_fee_sat=int(options["superscalar-max-move-fee-sat"]),
+        move_min_depth=int(options["superscalar-move-min-depth"]),
     )
     if min(config.sale_fee_base_sat, config.sale_fee_ppm, config.max_buy_fee_ppm) < 0:
         raise RpcException("bad superscalar option: sale fees cannot be negative")
+    if config.max_move_fee_sat < 0 or config.move_min_depth < 1:
+        raise RpcException(
+            "bad superscalar option: superscalar-max-move-fee-sat must be >= 0 and"
+            " superscalar-move-min-depth >= 1"
+        )
+    if not 1 <= config.min_stock_delay < 0xFFFF:
+        raise RpcException("bad superscalar option: superscalar-min-stock-delay must be 1..65534")
     if config.ladder_every < 0 or config.dying_blocks < 1:
         raise RpcException(
             "bad superscalar option: superscalar-ladder-every must be >= 0 and"

@@ -31,8 +31,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..engine import protocol, store
+from ..engine import protocol, solvency, store
 from ..engine.errors import CeremonyError
+from ..engine.solvency import HeldChannel, MoveTarget, SolvencyRefused
 from .guards import Guards, msat
 from .node import Node
 from .peers import Peers
@@ -92,8 +93,13 @@ class ClientMover:
             return
         try:
             target = self._check_move(record, p)
-        except MoveRefused as e:
-            peer_log.warning(peer, "refusing to move out of %s: %s", record.instance_id[:16], e)
+        except (MoveRefused, SolvencyRefused) as e:
+            peer_log.warning(
+                f"{peer}:move:{getattr(e, 'kind', 'target')}",
+                "refusing to move out of %s: %s",
+                record.instance_id[:16],
+                e,
+            )
             self._tell(record, str(e))
             return
         if record.moving_to != target:
@@ -103,27 +109,37 @@ class ClientMover:
         self.start(record)
 
     def _check_move(self, record: store.ClientRecord, p: protocol.Move) -> str:
-        """The target channel's id, or MoveRefused naming what is wrong."""
+        """The target channel's id, or MoveRefused / SolvencyRefused naming what is wrong."""
         if record.state not in LIVE or is_compromised(record):
             state = "compromised" if is_compromised(record) else record.state.value
             raise MoveRefused(f"factory is {state}")
         if record.exit is not None:
             raise MoveRefused("factory is being exited unilaterally")
-        channels = self._node.channels()
-        if p.kind is protocol.MoveTarget.FACTORY:
-            return self._factory_target(record, p.target.hex(), channels)
-        ch = channels.get(p.target.hex())
+        kind = "factory" if p.kind is protocol.MoveTarget.FACTORY else "channel"
+        target = self.target_facts(record, kind, p.target.hex())
+        solvency.check_move_target(target, self._node.config.move_min_depth)
+        return target.channel_id
+
+    def target_facts(self, record: store.ClientRecord, kind: str, name: str) -> MoveTarget:
+        """What our own node and records show of a move's target (a factory instance, or a
+        channel id): MoveRefused if it is not a channel with this LSP at all."""
+        channels = self._node.channels()  # fails closed: ChannelsUnavailable
+        if kind == "factory":
+            return self._factory_target(record, name, channels)
+        ch = channels.get(name)
         if ch is None or ch.get("peer_id") != record.lsp_node_id:
             raise MoveRefused("target channel is not a channel with this LSP")
-        if not ch.get("short_channel_id") or ch.get("state") != "CHANNELD_NORMAL":
-            raise MoveRefused("target channel's funding is not confirmed, or it is not open")
         if ch.get("funding_txid") in self._factory_leaves():
             raise MoveRefused("target channel lives in a factory; name the factory instead")
-        return p.target.hex()
+        scid = ch.get("short_channel_id")
+        open_ = ch.get("state") == "CHANNELD_NORMAL" and bool(scid)
+        depth = self._node.height - int(str(scid).split("x")[0]) + 1 if open_ else 0
+        # lightningd checked the funding output against the channel when it locked in.
+        return MoveTarget(name, depth, open_, "channel")
 
     def _factory_target(
         self, record: store.ClientRecord, instance: str, channels: dict[str, dict[str, Any]]
-    ) -> str:
+    ) -> MoveTarget:
         new = self._records.get(instance)
         if (
             not isinstance(new, store.ClientRecord)
@@ -132,18 +148,25 @@ class ClientMover:
         ):
             raise MoveRefused("target factory is not one of ours with this LSP")
         if new.state not in LIVE or is_compromised(new) or new.exit is not None:
-            raise MoveRefused(f"target factory is {new.state.value}, not a live signed factory")
+            state = "compromised" if is_compromised(new) else new.state.value
+            raise MoveRefused(f"target factory is {state}, not a live signed factory")
         if new.channel_bound is None:  # signed without our node's own record of the channel
             raise MoveRefused("target factory's channel script was never checked against our node")
         leaf = leaf_txid(new)
-        for cid, ch in channels.items():
-            if ch.get("funding_txid") == leaf and ch.get("peer_id") == record.lsp_node_id:
-                if cid != new.channel_bound:
-                    raise MoveRefused("our channel in the target factory is not the one we bound")
-                if ch.get("state") != "CHANNELD_NORMAL":
-                    raise MoveRefused("our channel in the target factory is not open yet")
-                return cid
-        raise MoveRefused("our channel in the target factory is not open yet")
+        found = [
+            (cid, ch)
+            for cid, ch in channels.items()
+            if ch.get("funding_txid") == leaf and ch.get("peer_id") == record.lsp_node_id
+        ]
+        if not found or found[0][1].get("state") != "CHANNELD_NORMAL":
+            raise MoveRefused("our channel in the target factory is not open yet")
+        if found[0][0] != new.channel_bound:
+            raise MoveRefused("our channel in the target factory is not the one we bound")
+        confirmed = dict(new.confirmed).get(new.funding_txid or "")
+        depth = 0 if confirmed is None else self._node.height - confirmed + 1
+        # Confirmed and not marked compromised: the funding check (fundcheck) found the output
+        # our signed root spends, so our signed path from it down to our channel is ours alone.
+        return MoveTarget(found[0][0], depth, confirmed is not None, f"factory {instance[:16]}")
 
     def _factory_leaves(self) -> set[str]:
         return {
@@ -182,6 +205,13 @@ class ClientMover:
                 self._close(old)
             self._wait_closing(record)
             self._submit(lambda: self._hand_over(instance))
+        except SolvencyRefused as e:
+            # Refused before our payment left: the old channel goes back to normal use (its
+            # door reopens) and the LSP is told; a later MOVE is checked afresh.
+            reason = f"move refused: {e}"
+            peer_log.warning(f"{instance}:move:{e.kind}", "factory %s: %s", instance[:16], reason)
+            undo = e.step is solvency.Step.MOVE_PAYMENT  # nothing left yet
+            self._submit(lambda: self._undo_move(instance, reason, undo))
         except Exception as e:  # retried at the LSP's next MOVE (or our restart)
             reason = f"move failed: {why(e)}"
             log.warning("factory %s: %s", instance[:16], reason)
@@ -190,6 +220,14 @@ class ClientMover:
             with self._lock:
                 self._running.discard(instance)
 
+    def _undo_move(self, instance: str, reason: str, undo: bool) -> None:
+        record = self._records.get(instance)
+        if isinstance(record, store.ClientRecord) and record.state in LIVE and record.moving_to:
+            if undo:
+                self._records.persist(record.replace(moving_to=None))
+                self._guards.refresh()
+            self._tell(record, reason)
+
     def _old_channel(self, record: store.ClientRecord) -> dict[str, Any] | None:
         leaf = leaf_txid(record)
         for ch in self._node.channels().values():
@@ -197,8 +235,19 @@ class ClientMover:
                 return ch
         return None
 
+    def _moving_target(self, record: store.ClientRecord, cid: str) -> MoveTarget:
+        """The facts of the channel we are moving into, as of now (it may be a factory's)."""
+        ch = self._node.channels().get(cid)
+        if ch is None:
+            raise MoveRefused("the target channel is gone")
+        for r in self._records.all():
+            if isinstance(r, store.ClientRecord) and leaf_txid(r) == ch.get("funding_txid"):
+                return self.target_facts(record, "factory", r.instance_id)
+        return self.target_facts(record, "channel", cid)
+
     def _pay_across(self, record: store.ClientRecord, old: dict[str, Any], target: str) -> None:
-        """Our whole spendable balance in `old`, to ourselves across the LSP into `target`."""
+        """Our whole spendable balance in `old`, to ourselves across the LSP into `target`, once
+        the solvency guard agrees (the target ours alone, the LSP's fee within our cap)."""
         new = self._node.channels().get(target)
         if new is None or new.get("state") != "CHANNELD_NORMAL":
             raise MoveRefused("the target channel is not open")
@@ -214,6 +263,11 @@ class ClientMover:
         )
         if amount <= 0:
             return  # nothing of ours to move
+        fee = forward_fee_msat(amount, base, ppm)
+        cap = self._node.config.max_move_fee_sat * 1000
+        solvency.check_move_payment(
+            amount, fee, cap, self._moving_target(record, target), self._node.config.move_min_depth
+        )
         label = f"superscalar-move-{record.instance_id[:16]}-{os.urandom(4).hex()}"
         inv = self._node.rpc.call(
             "invoice",
@@ -226,7 +280,7 @@ class ClientMover:
             {
                 "id": record.lsp_node_id,
                 "channel": _scid(old, "local"),
-                "amount_msat": amount + forward_fee_msat(amount, base, ppm),
+                "amount_msat": amount + fee,
                 "delay": final + int(update.get("cltv_expiry_delta", 6)),
             },
             {
@@ -249,7 +303,15 @@ class ClientMover:
         self._node.rpc.call(
             "waitsendpay", {"payment_hash": inv["payment_hash"], "timeout": PAY_TIMEOUT}
         )
+        self._check_arrived(label, amount + fee, cap)
         log.info("factory %s: moved %d msat to %s", record.instance_id[:16], amount, target[:16])
+
+    def _check_arrived(self, label: str, sent_msat: int, cap_msat: int) -> None:
+        """Our own invoice says what reached the target: what we sent less at most the cap."""
+        invoices = self._node.rpc.call("listinvoices", {"label": label}).get("invoices", [])
+        paid = [i for i in invoices if i.get("status") == "paid"]
+        received = msat(paid[0].get("amount_received_msat", 0)) if paid else 0
+        solvency.check_move_arrived(sent_msat, received, cap_msat)
 
     def _close(self, old: dict[str, Any]) -> None:
         """Start the cooperative close and return: `close` waits for the LSP, and with
@@ -286,23 +348,14 @@ class ClientMover:
         record = self._records.get(instance)
         if not isinstance(record, store.ClientRecord) or record.state not in LIVE:
             return
-        old = self._old_channel(record)
-        left = 0 if old is None else msat(old.get("to_us_msat", 0))
-        if old is not None and old.get("state") not in SHUTTING:
-            self._tell(record, f"old channel is still {old.get('state')}: no key")
-            return
-        if old is not None and old.get("htlcs"):
-            self._tell(record, "old channel still has HTLCs in flight: no key")
-            return
-        if left > HANDOVER_DUST_MSAT:
-            self._tell(record, f"{left} msat of ours are still in the old channel: no key")
-            return
-        held = self._in_sale_channels(record)
-        if held:
-            # Our sale channels live on txs that spend the old tree: with our key the LSP could
-            # spend it from under them. Their balances are not moved (yet): we keep the key and
-            # leave through our own exit before T if it comes to that.
-            self._tell(record, f"{held} msat of ours are in sale channels of this factory: no key")
+        try:
+            self.check_handover(record)
+        except (SolvencyRefused, MoveRefused) as e:
+            kind = getattr(e, "kind", "target")
+            peer_log.warning(
+                f"{record.lsp_node_id}:key:{kind}", "factory %s: no key: %s", instance[:16], e
+            )
+            self._tell(record, f"no key: {e}")
             return
         record = record.replace(state=store.ClientState.HANDED_OVER)
         self._records.persist(record)  # before the key leaves: we never exit this factory again
@@ -310,14 +363,34 @@ class ClientMover:
         log.info("factory %s: balance moved out; handing our key to the LSP", instance[:16])
         self._send_key(record)
 
-    def _in_sale_channels(self, record: store.ClientRecord) -> int:
-        """What we hold in channels funded by sales of our leaf's stock (beyond dust each)."""
-        sales = {e.sale_txid for e in record.sales if e.buyer == record.client_index}
-        return sum(
-            msat(ch.get("to_us_msat", 0))
-            for ch in self._node.channels().values()
-            if ch.get("funding_txid") in sales
-            and msat(ch.get("to_us_msat", 0)) > HANDOVER_DUST_MSAT
+    def check_handover(self, record: store.ClientRecord) -> None:
+        """The solvency guard's KEY_HANDOVER, on what our node shows now (fails closed): every
+        channel of this factory (its leaf's and every sale's, whoever bought it) is counted,
+        with its HTLCs, against one dust allowance; the move's target must still be ours."""
+        channels = self._node.channels()
+        leaf = leaf_txid(record)
+        sales = {e.sale_txid for e in record.sales}
+        held = [
+            HeldChannel(
+                str(ch.get("channel_id", cid)),
+                str(ch.get("state", "")),
+                msat(ch.get("to_us_msat", 0)),
+                len(ch.get("htlcs") or ()),
+            )
+            for cid, ch in channels.items()
+            if ch.get("peer_id") == record.lsp_node_id
+            and (ch.get("funding_txid") == leaf or ch.get("funding_txid") in sales)
+        ]
+        old = self._old_channel(record)
+        old_id = str(old.get("channel_id")) if old is not None else None
+        target = self._moving_target(record, record.moving_to) if record.moving_to else None
+        solvency.check_key_handover(
+            next((c for c in held if c.channel_id == old_id), None),
+            tuple(c for c in held if c.channel_id != old_id),
+            HANDOVER_DUST_MSAT,
+            SHUTTING,
+            target,
+            self._node.config.move_min_depth,
         )
 
     def _send_key(self, record: store.ClientRecord) -> None:

@@ -12,10 +12,14 @@ import threading
 from typing import Any
 
 from ..engine import musig2
-from ..engine.errors import MuSigError
+from ..engine.errors import ChainError, MuSigError
 from .config import Config
 from .nodedb import NodeDb
 from .runtime import Rpc
+
+
+class ChannelsUnavailable(ChainError):
+    """lightningd could not list our channels (an RPC error): nothing may be concluded."""
 
 
 def node_seckey(secret: bytes) -> bytes:
@@ -57,12 +61,16 @@ class Node:
         return bytes.fromhex(self.rpc.call("makesecret", {"hex": label.hex()})["secret"])
 
     def channels(self) -> dict[str, dict[str, Any]]:
-        """lightningd's channels by channel id (empty if it cannot say)."""
+        """lightningd's channels by channel id. Fails closed: if lightningd cannot say, this
+        raises `ChannelsUnavailable`, never answers "no channels" (a caller deciding whether
+        money is left somewhere must not read an RPC error as "nothing there")."""
         try:
             chans = self.rpc.call("listpeerchannels").get("channels", [])
-        except Exception:
-            return {}
-        return {c["channel_id"]: c for c in chans if "channel_id" in c}
+        except Exception as e:
+            raise ChannelsUnavailable(f"listpeerchannels failed: {e}") from e
+        if not isinstance(chans, list):
+            raise ChannelsUnavailable("listpeerchannels answered without a channel list")
+        return {c["channel_id"]: c for c in chans if isinstance(c, dict) and "channel_id" in c}
 
     def fee_rate_kvb(self) -> int:
         """lightningd's estimate for an opening (sat/kvB), else 2000."""

@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable
 
 PERIOD = 60.0
-MAX_SOURCES = 4096  # oldest forgotten beyond this: the table itself stays bounded
+MAX_SOURCES = 4096
+WRITE_BURST = 8  # record writes one source may cause per period  # oldest forgotten beyond this: the table itself stays bounded
 
 
 class LogLimiter:
@@ -43,3 +44,33 @@ class LogLimiter:
             skipped = self._suppressed.pop(source, 0)
         suffix = f" ({skipped} more from {source[:16]} not shown)" if skipped else ""
         self.logger.warning(text + suffix, *args)
+
+
+class WriteLimiter:
+    """Record writes a peer's message can cause at will (a text it sends, kept for the operator):
+    at most `burst` per period per source, so no peer can make us rewrite a record endlessly,
+    while a few honest answers in a row (a client refusing several requests) are all kept."""
+
+    def __init__(
+        self,
+        period: float = PERIOD,
+        clock: Callable[[], float] = time.monotonic,
+        burst: int = WRITE_BURST,
+    ) -> None:
+        self.period = period
+        self.burst = burst
+        self._clock = clock
+        self._times: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, source: str) -> bool:
+        now = self._clock()
+        with self._lock:
+            recent = [t for t in self._times.get(source, ()) if now - t < self.period]
+            if len(recent) >= self.burst:
+                self._times[source] = recent
+                return False
+            if source not in self._times and len(self._times) >= MAX_SOURCES:
+                self._times.pop(min(self._times, key=lambda k: max(self._times[k], default=0)))
+            self._times[source] = [*recent, now]
+            return True

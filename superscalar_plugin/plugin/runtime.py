@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..engine.errors import CeremonyError, SuperscalarError
+from ..engine.errors import CeremonyError, ChainError, SuperscalarError
 
 log = logging.getLogger("superscalar")
 
@@ -94,6 +94,8 @@ class Worker:
     def _run_job(self, job: Callable[[], None]) -> None:
         try:
             job()
+        except ChainError as e:  # lightningd could not answer: nothing decided, tried again
+            log.warning("superscalar worker job waits: %s", e)
         except Exception:  # the worker must survive anything a peer or lightningd does
             if self.stopping.is_set():
                 log.debug("job interrupted by shutdown", exc_info=True)

@@ -14,7 +14,7 @@ from ..engine.sale_store import SaleEntry
 from ..engine.tree import Topology
 from ..engine.tx import Tx
 from .lifecycle import client_view, factory_view
-from .node import Node
+from .node import ChannelsUnavailable, Node
 from .records import Records, is_compromised, topology, txid_of
 
 
@@ -70,7 +70,7 @@ class StatusView:
             "amount_sat": record.funding_amount,
             "confirmations": self._confirmations(record, record.funding_txid),
         }
-        channels = self._node.channels()
+        channels = self._shown_channels()
         states = {e.node: e.state for e in record.tree}
         per_client, view["onchain"] = lsp_onchain_view(record, topo)
         view["clients"] = [
@@ -106,6 +106,13 @@ class StatusView:
         ]
         return view
 
+    def _shown_channels(self) -> dict[str, dict[str, Any]]:
+        """Channels for display only (no decision rests on it): unknown shows as none."""
+        try:
+            return self._node.channels()
+        except ChannelsUnavailable:
+            return {}
+
     def _client_view(self, record: store.ClientRecord, topo: Topology) -> dict[str, Any]:
         return {
             "role": "client",
@@ -116,7 +123,7 @@ class StatusView:
             "channel_sat": record.channel_sat,
             "funding_txid": record.funding_txid,
             "funding_confirmations": self._confirmations(record, record.funding_txid),
-            **own_sales_view(record, self._node.channels()),
+            **own_sales_view(record, self._shown_channels()),
             "exit_path": [
                 {
                     "node": e.node,

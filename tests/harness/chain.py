@@ -8,7 +8,14 @@ import hashlib
 import threading
 from dataclasses import dataclass, field
 
-from .bitcoin import CTransaction, b2lx
+from .bitcoin import (
+    CMutableTransaction,
+    CMutableTxIn,
+    CMutableTxOut,
+    CScript,
+    CTransaction,
+    b2lx,
+)
 
 
 @dataclass
@@ -121,6 +128,29 @@ class Chain:
             self.mempool = [t for t in [*orphaned, *self.mempool] if t not in gone]
             self.branches += 1
         return self.mine(depth + 1 if new_blocks is None else new_blocks)
+
+    def double_spend(self, txid: str, script: bytes) -> TxRecord:
+        """Replace the mempool tx `txid` (and its descendants) by a tx spending the same inputs
+        to one output of `script`, as its owner's RBF replacement would: the original is gone
+        for good, its inputs spent by the replacement. Raises ValueError if `txid` confirmed."""
+        with self.cond:
+            rec = self.txs.get(txid)
+            if rec is None or rec.height is not None:
+                raise ValueError(f"{txid} is not in the mempool")
+            gone = {txid}
+            for t in self.mempool:  # parents first
+                if any(b2lx(i.prevout.hash) in gone for i in self.txs[t].tx.vin):
+                    gone.add(t)
+            for t in gone:
+                for txin in self.txs.pop(t).tx.vin:
+                    self.spent.pop((b2lx(txin.prevout.hash), txin.prevout.n), None)
+            self.mempool = [t for t in self.mempool if t not in gone]
+            value = sum(o.nValue for o in rec.tx.vout) - 1000
+            repl = CMutableTransaction(
+                [CMutableTxIn(i.prevout, nSequence=0xFFFFFFFD) for i in rec.tx.vin],
+                [CMutableTxOut(max(value, 546), CScript(script))],
+            )
+            return self.broadcast(CTransaction.from_tx(repl), rec.broadcast_by)
 
     def confirmations(self, txid: str) -> int:
         with self.cond:
