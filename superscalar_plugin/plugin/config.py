@@ -53,3 +53,7 @@ class Config:
 
 
 BUY_MIN_FEE_CAP_SAT = 2000
+TRUST_CHANNEL_SCRIPT_HELP = (
+    "Client: join factories even if this node's database cannot be read for our channel's"
+    " funding keys (PostgreSQL without psycopg2), trusting the LSP for our channel's script"
+)

@@ -20,6 +20,7 @@ from ..engine.blip56 import FACTORY_MESSAGE_TYPE, FEATURE_BIT
 from ..engine.errors import InvalidParameter, SuperscalarError
 from ..engine.taproot import DUST_P2WSH
 from ..engine.tree import FactoryParams
+from .config import TRUST_CHANNEL_SCRIPT_HELP
 from .ratelimit import LogLimiter
 from .service import MIN_CHANNEL_SAT, Config, FactoryService
 
@@ -164,13 +165,7 @@ OPTIONS: list[tuple[str, Any, str, str]] = [
         " 2000 sat)",
         "int",
     ),
-    (
-        "superscalar-trust-channel-script",
-        False,
-        "Client: join factories even if this node's database cannot be read for our channel's"
-        " funding keys (PostgreSQL without psycopg2), trusting the LSP for our channel's script",
-        "bool",
-    ),
+    ("superscalar-trust-channel-script", False, TRUST_CHANNEL_SCRIPT_HELP, "bool"),
     (
         "superscalar-max-move-fee-sat",
         100,
@@ -247,11 +242,6 @@ def params_from(options: dict[str, Any], overrides: dict[str, Any]) -> FactoryPa
     return params
 
 
-def _flag(value: Any) -> bool:
-    """A bool option as lightningd passes it (a bool, or a string from a config file)."""
-    return value if isinstance(value, bool) else str(value).lower() in ("true", "1", "yes")
-
-
 def _options() -> dict[str, Any]:
     return {name: plugin.get_option(name) for name, *_ in OPTIONS}
 
@@ -294,7 +284,7 @@ def init(options: dict[str, Any], configuration: dict[str, Any], plugin: Plugin,
         sale_fee_base_sat=int(options["superscalar-sale-fee-base"]),
         sale_fee_ppm=int(options["superscalar-sale-fee-ppm"]),
         max_buy_fee_ppm=int(options["superscalar-max-buy-fee-ppm"]),
-        trust_channel_script=_flag(options["superscalar-trust-channel-script"]),
+        trust_channel_script=bool(options["superscalar-trust-channel-script"]),
         max_move_fee_sat=int(options["superscalar-max-move-fee-sat"]),
         move_min_depth=int(options["superscalar-move-min-depth"]),
     )
