@@ -254,7 +254,7 @@ def test_a_sale_a_co_signer_holds_complete_is_published_never_burnt(
     f = _funded(network_factory)
     session = bytes([4]) * 32
     _offer(f, session)
-    co = _coordinator(f, f.chain(), session)
+    co = _completed(f, f.chain(), session)
     sale_sigs = _run_until_sale_psigs(f, co)
     f.lsp.send(1, sale_sigs[1])
     _, done = f.lsp.expect(protocol.SaleStep)
