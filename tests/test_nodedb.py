@@ -266,3 +266,52 @@ def test_channel_bound_is_stored_backward_compatible_and_checked() -> None:
     early = bound.replace(state=store.ClientState.ACCEPTED, header=None, path=(), funding_txid=None)
     with pytest.raises(InvalidRecord, match="channel_bound"):
         store.from_json(store.to_json(early))
+
+
+def test_postgres_is_read_through_the_same_dsn_read_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With psycopg2 installed, the row comes from the DSN lightningd uses, in a read-only
+    autocommit session with short timeouts (a stand-in driver records what was asked)."""
+    seen: dict[str, object] = {}
+
+    class Cursor:
+        def __enter__(self) -> Cursor:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            pass
+
+        def execute(self, query: str, params: tuple[object, ...]) -> None:
+            seen["query"], seen["params"] = query, params
+
+        def fetchall(self) -> list[tuple[object, ...]]:
+            return [tuple(_row().values())]
+
+    class Conn:
+        autocommit = False
+
+        def cursor(self) -> Cursor:
+            seen["autocommit"] = self.autocommit
+            return Cursor()
+
+        def close(self) -> None:
+            seen["closed"] = True
+
+    class Driver:
+        @staticmethod
+        def connect(dsn: str, **kwargs: object) -> Conn:
+            seen["dsn"], seen["kwargs"] = dsn, kwargs
+            return Conn()
+
+        @staticmethod
+        def Binary(b: bytes) -> bytes:
+            return b
+
+    monkeypatch.setattr(nodedb, "postgres_driver", lambda: Driver)
+    db = nodedb.NodeDb(WalletDb("postgres", "postgres://u@h/db"))
+    assert db.usable() is None
+    bound = db.bound_channel(Step.TREE_SIGNATURE, PEER, TXID, 1)
+    assert bound is not None and bound.funding_txid == TXID
+    assert seen["dsn"] == "postgres://u@h/db" and seen["autocommit"] is True and seen["closed"]
+    assert "default_transaction_read_only=on" in str(seen["kwargs"])
+    assert "%s" in str(seen["query"]) and "?" not in str(seen["query"])
+    assert seen["params"] == (bytes.fromhex(TXID)[::-1], 1, bytes.fromhex(PEER))
