@@ -21,7 +21,7 @@ from ..engine.solvency import Step
 from ..engine.tree import Topology
 from .config import MIN_CHANNEL_SAT, Config
 from .guards import Guards
-from .node import Node
+from .node import ChannelsUnavailable, Node
 from .opens import ChannelOpens
 from .peers import Peers
 from .ratelimit import LogLimiter
@@ -116,9 +116,14 @@ class ClientRole:
         ):
             cids = []
         else:
+            try:
+                listed = self._node.channels()
+            except ChannelsUnavailable as e:  # the guards keep failing its HTLCs meanwhile
+                log.info("not closing factory %s's channel now: %s", record.instance_id[:16], e)
+                return
             cids = [
                 cid
-                for cid, ch in self._node.channels().items()
+                for cid, ch in listed.items()
                 if cid in self._guards.unbound
                 and ch.get("peer_id") == record.lsp_node_id
                 and int(str(ch.get("total_msat", 0)).removesuffix("msat"))
