@@ -35,7 +35,7 @@ from ..engine.exit import Broadcast, Bump, ChainView, Done, PathTx, WaitUntil, e
 from ..engine.sale import stock_sweep
 from ..engine.tree import Topology
 from ..engine.tx import block_txids
-from . import address
+from . import address, events
 from .feebump import FeeBumper
 from .node import ChannelsUnavailable, Node
 from .onchain_sales import (
@@ -275,6 +275,10 @@ class OnChain:
             if new:
                 confirmed = (*record.confirmed, *((t, height) for t in new))
                 self._records.update_chain(record.instance_id, confirmed=confirmed)
+                if record.funding_txid in new:
+                    events.factory_funded(
+                        record.instance_id, events.role_of(record), record.funding_txid, height
+                    )
         if self.funding_check is not None:  # the client's funding output check (fundcheck.py)
             self.funding_check(raw_block, in_order)
 
@@ -383,7 +387,11 @@ class OnChain:
                 added,
                 reason,
             )
-        return self._records.update_chain(record.instance_id, exit=state)
+        updated = self._records.update_chain(record.instance_id, exit=state)
+        events.client_exited(
+            record.instance_id, events.role_of(record), list(clients), reason, self._node.height
+        )
+        return updated
 
     def _paths(self, record: store.Record) -> list[tuple[list[PathTx], str]]:
         """Every path the exit publishes, each with the funding txid of the channel it ends in:
@@ -552,6 +560,8 @@ class OnChain:
                 for s in stocks
             )
             updated = self._records.update_chain(record.instance_id, sweeps=(*record.sweeps, *new))
+            for swept_at, sweep_hex in new:
+                events.sweep(record.instance_id, swept_at, txid_of(sweep_hex), height)
             assert isinstance(updated, store.LspRecord)
             record = updated
             log.warning(
