@@ -8,6 +8,7 @@ accepts feature bit 271 and custom message 32800 from plugins started with it.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import re
@@ -480,5 +481,14 @@ def on_shutdown(plugin: Plugin, **_: Any) -> None:
     sys.exit(0)
 
 
+def _describe_methods() -> None:
+    """Each factory-* command's docstring as its manifest description (Core Lightning >= 24.08
+    shows `usage`, which names every parameter, and keeps the rest in doc/schemas)."""
+    for method in plugin.methods.values():
+        if method.name.startswith("factory-") and not method.description:
+            method.description = inspect.cleandoc(method.func.__doc__ or "")
+
+
 def run() -> None:
+    _describe_methods()
     plugin.run()

@@ -47,10 +47,13 @@ from .onchain_sales import (
     stale_sales,
     unsold_stocks,
 )
+from .ratelimit import LogLimiter
 from .records import LIVE, Records, factory_of, topology, txid_of
+from .report import deferred_exit
 from .unroll import Unroller
 
 log = logging.getLogger("superscalar")
+uneconomic_log = LogLimiter(log)
 
 REBROADCAST_EVERY = 6  # blocks; a tx not confirmed by then is sent again
 MAX_CATCH_UP = 2016  # blocks scanned after a restart
@@ -323,8 +326,25 @@ class OnChain:
             return f"the factory times out at {record.timeout_height}: exit before it", None
         deadline = self._htlc_deadline(record)
         if deadline is not None and height + ewt + margin >= deadline[0]:
+            if isinstance(record, store.ClientRecord) and self._defer(record, height):
+                return None
             return f"an offered HTLC expires at {deadline[0]}: exit to enforce it", deadline[1]
         return None
+
+    def _defer(self, record: store.ClientRecord, height: int) -> bool:
+        """Our exit would cost more than we hold and a migration can still take us: wait for
+        it (the factory's timeout trigger, the last moment, is never deferred)."""
+        cost = deferred_exit(self._node, record, self._channels(), height)
+        if cost is not None:
+            uneconomic_log.warning(
+                record.instance_id,
+                "factory %s: no exit for an HTLC: it costs %d sat, we hold %d; the migration"
+                " takes us instead",
+                record.instance_id[:16],
+                cost.cost_sat,
+                cost.balance_sat,
+            )
+        return cost is not None
 
     def _htlc_deadline(self, record: store.Record) -> tuple[int, int | None] | None:
         """The earliest expiry of an HTLC we offered on one of this factory's channels, and (on

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..engine import store
 from ..engine.tx import Tx
-from .exitcost import exit_cost, last_move_height
+from .exitcost import ExitCost, can_migrate, defer_exit, exit_cost, last_move_height
 from .feebump import FIRST_GUESS_VSIZE
 from .guards import msat
 from .lifecycle import dying_from, pending
@@ -45,6 +45,22 @@ def exit_fee_rate_kvb(node: Node) -> tuple[int, str]:
         if rates.get(name):
             return int(rates[name]), name
     return int(rates.get("min_acceptable") or 1000), "min_acceptable"
+
+
+def deferred_exit(
+    node: Node, record: store.ClientRecord, channels: dict[str, dict[str, Any]], height: int
+) -> ExitCost | None:
+    """Client: the cost of the exit an HTLC deadline would start now, if it is to be held back
+    (it costs more than we hold, and a migration can still take us), else None."""
+    leaf = txid_of(record.path[-1].raw) if record.path else None
+    ours = sum(
+        msat(ch.get("to_us_msat", 0)) // 1000
+        for ch in channels.values()
+        if leaf is not None and ch.get("funding_txid") == leaf
+    )
+    cost = exit_cost(record, record.client_index, exit_fee_rate_kvb(node)[0], ours)
+    movable = can_migrate(record, height, node.config.exit_margin)
+    return cost if defer_exit(cost, movable) else None
 
 
 def _balances(node: Node) -> dict[str, tuple[int, int]]:

@@ -1307,10 +1307,12 @@ HANDLERS: dict[str, Handler] = {
 
 def _register_more() -> None:
     from .closing import CLOSING_HANDLERS
+    from .configs import CONFIG_HANDLERS
     from .payments import PAYMENT_HANDLERS
 
     HANDLERS.update(CLOSING_HANDLERS)
     HANDLERS.update(PAYMENT_HANDLERS)
+    HANDLERS.update(CONFIG_HANDLERS)
 
 
 _register_more()
