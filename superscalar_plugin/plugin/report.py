@@ -39,8 +39,8 @@ def exit_fee_rate_kvb(node: Node) -> tuple[int, str]:
     """lightningd's current estimate for a unilateral close (sat/kvB), and its name."""
     try:
         rates = node.rpc.call("feerates", {"style": "perkb"})["perkb"]
-    except Exception:
-        return node.fee_rate_kvb(), "opening"
+    except Exception:  # unknown: 0, so nothing is called uneconomic (or deferred) on a guess
+        return 0, "unknown"
     for name in ("unilateral_close", "urgent", "opening"):
         if rates.get(name):
             return int(rates[name]), name
@@ -52,11 +52,13 @@ def deferred_exit(
 ) -> ExitCost | None:
     """Client: the cost of the exit an HTLC deadline would start now, if it is to be held back
     (it costs more than we hold, and a migration can still take us), else None."""
-    leaf = txid_of(record.path[-1].raw) if record.path else None
+    if not record.path:
+        return None
+    leaf = txid_of(record.path[-1].raw)
     ours = sum(
         msat(ch.get("to_us_msat", 0)) // 1000
         for ch in channels.values()
-        if leaf is not None and ch.get("funding_txid") == leaf
+        if ch.get("funding_txid") == leaf
     )
     cost = exit_cost(record, record.client_index, exit_fee_rate_kvb(node)[0], ours)
     movable = can_migrate(record, height, node.config.exit_margin)
