@@ -8,6 +8,7 @@ plugin on the LSP subscribes to our custom notifications and logs what it receiv
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -33,7 +34,7 @@ TOPICS = ["superscalar_factory_created", "superscalar_factory_funded"]
 
 def make(topic):
     def handler(plugin, **kwargs):
-        plugin.log("heard " + topic + " " + json.dumps(kwargs.get("payload")))
+        plugin.log("heard " + topic + " " + json.dumps(kwargs, sort_keys=True))
     plugin.add_subscription(topic, handler)
 
 
@@ -116,7 +117,11 @@ def test_metrics_are_scraped_while_creating_and_a_second_plugin_hears_the_events
     as_json = lsp.rpc.call("factory-metrics")
     names = {m["name"] for m in as_json["metrics"]}
     assert "superscalar_factory_stock_sat" in names
-    lsp.daemon.wait_for_log(r"heard superscalar_factory_created .*" + instance)
+    line = lsp.daemon.wait_for_log(r"heard superscalar_factory_created .*" + instance)
+    heard = json.loads(line.split("heard superscalar_factory_created ", 1)[1])
+    body = heard["superscalar_factory_created"]
+    assert heard["origin"] == "superscalar" and body["instance"] == instance
+    assert body["funding_txid"] == created["funding"]["txid"] and "sign" in body["timings"]
     lsp.bitcoin.generate_block(1)
     lsp.daemon.wait_for_log(r"heard superscalar_factory_funded .*" + instance)
     report = lsp.rpc.call("factory-report")
