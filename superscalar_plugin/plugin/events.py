@@ -1,9 +1,10 @@
 """Events other plugins and an operator's tools can follow without polling: one function per
 event, called by the role where it happens, sent as a Core Lightning custom notification.
 
-Each topic is declared in the manifest (`TOPICS`); lightningd delivers it to subscribers as
-`{"origin": "superscalar", "payload": {"<topic>": {...fields}}}` (the payload is keyed by its
-topic, like lightningd's own notifications). In-process listeners (the metrics) see every event
+Each topic is declared in the manifest (`TOPICS`); we send `{"<topic>": {...fields}}` (keyed by
+its topic, like lightningd's own notifications) and a subscriber of lightningd v26 receives that
+with `origin: "superscalar"` (pyln-client: keyword arguments `<topic>` and `origin`; checked on a
+real node by tests/test_lightningd_operator.py). In-process listeners (the metrics) see every event
 too. Owns: the sink (set once by main.py to pyln's `notify`) and the listeners. No pyln here.
 An event never raises into the role that emitted it: a failing sink or listener is logged.
 """
