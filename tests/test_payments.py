@@ -4,16 +4,19 @@ replays after a restart get the same answer; every other HTLC is none of our bus
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from superscalar_plugin.engine import protocol, store
 from superscalar_plugin.engine.sale_store import OrderState
 from superscalar_plugin.plugin.config import Config
 from superscalar_plugin.plugin.node import Node
-from superscalar_plugin.plugin.payments import Payments
+from superscalar_plugin.plugin.payments import QUOTE_FINAL_CLTV, Payments
 from superscalar_plugin.plugin.peers import Peers
 from superscalar_plugin.plugin.records import Records
 
@@ -31,7 +34,13 @@ class FakeRpc:
         p = payload or {}
         if method == "invoice":
             digest = hashlib.sha256(bytes.fromhex(p["preimage"])).hexdigest()
-            return {"payment_hash": digest, "bolt11": f"lnbcrt-{digest[:8]}"}
+            assert p["cltv"] == QUOTE_FINAL_CLTV
+            secret = hashlib.sha256(b"secret" + bytes.fromhex(digest)).hexdigest()
+            return {
+                "payment_hash": digest,
+                "bolt11": f"lnbcrt-{digest[:8]}",
+                "payment_secret": secret,
+            }
         if method == "datastore":
             self.datastore["/".join(p["key"])] = p["string"]
             return {}
@@ -86,10 +95,25 @@ class Harness:
         assert isinstance(record, store.LspRecord)
         return record.orders
 
-    def htlc(self, payment_hash: str, amount_msat: int, final: bool = True) -> Answer:
+    def htlc(
+        self,
+        payment_hash: str,
+        amount_msat: int,
+        final: bool = True,
+        *,
+        total_msat: int | None = 1_500_000,
+        secret: str | None = None,
+        cltv: int = HEIGHT + QUOTE_FINAL_CLTV,
+    ) -> Answer:
+        """An HTLC as the hook gets it: by default one part of a 1,500,000-msat payment with
+        the order's payment_secret, leaving exactly the invoice's final CLTV."""
         answer = Answer()
+        order = next((o for o in self.orders() if o.payment_hash == payment_hash), None)
         onion: dict[str, Any] = {} if final else {"short_channel_id": "1x1x1"}
-        htlc = {"payment_hash": payment_hash, "amount_msat": amount_msat}
+        onion["payment_secret"] = secret or (order.payment_secret if order else "00" * 32)
+        if total_msat is not None:
+            onion["total_msat"] = total_msat
+        htlc = {"payment_hash": payment_hash, "amount_msat": amount_msat, "cltv_expiry": cltv}
         if not self.payments.claim(htlc, onion, answer):
             answer.set_result({"result": "continue"})
         return answer
@@ -161,3 +185,40 @@ def test_a_forward_with_a_quotes_hash_is_refused() -> None:
     ph = h.quote()
     assert h.htlc(ph, 1_500_000, final=False).result["result"] == "fail"  # type: ignore[index]
     assert h.sales == []
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"cltv": HEIGHT + QUOTE_FINAL_CLTV - 1}, "cltv_expiry"),  # too close to expiry
+        ({"secret": "ee" * 32}, "payment_secret"),  # not the invoice's: a probe or a stranger
+        ({"total_msat": None}, "total_msat"),  # a legacy payload without a total
+        ({"total_msat": 1_000}, "total_msat"),  # a total below the price: a cheap "payment"
+        ({"total_msat": 3_000_000}, "total_msat"),  # not what the invoice asked
+    ],
+)
+def test_a_quote_htlc_is_checked_like_an_invoice_payment(change: dict[str, Any], why: str) -> None:
+    """lightningd checks these for an invoice it settles; we settle the held HTLC ourselves, so
+    we check them: a bad one is failed at once, never held, and sells nothing."""
+    h = Harness()
+    ph = h.quote()
+    bad = h.htlc(ph, 1_500_000, **change)
+    h.run_jobs()
+    assert bad.result is not None and bad.result["result"] == "fail"
+    assert h.sales == [] and h.orders()[0].state is OrderState.QUOTED
+    good = h.htlc(ph, 1_500_000)  # the honest payment still goes through
+    h.run_jobs()
+    assert good.result is None and len(h.sales) == 1
+
+
+def test_an_order_written_before_the_checks_has_no_secret_and_holds_nothing() -> None:
+    h = Harness()
+    ph = h.quote()
+    record = h.records.get(h.instance)
+    assert isinstance(record, store.LspRecord)
+    old = tuple(dataclasses.replace(o, payment_secret=None) for o in record.orders)
+    h.records.persist(record.replace(orders=old))
+    h.payments.refresh()
+    answer = h.htlc(ph, 1_500_000, secret="aa" * 32)
+    h.run_jobs()
+    assert answer.result is not None and answer.result["result"] == "fail" and h.sales == []

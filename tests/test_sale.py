@@ -13,7 +13,12 @@ import pytest
 from superscalar_plugin.engine import dw, musig2
 from superscalar_plugin.engine.ceremony import SignedNodeTx, sign_in_process
 from superscalar_plugin.engine.client_checks import ClientPolicy
-from superscalar_plugin.engine.errors import CeremonyError, StockAlreadySold, UnsafeSale
+from superscalar_plugin.engine.errors import (
+    CeremonyError,
+    InvalidParameter,
+    StockAlreadySold,
+    UnsafeSale,
+)
 from superscalar_plugin.engine.exit import Broadcast, ChainView, PathTx, exit_step
 from superscalar_plugin.engine.sale import (
     BURN_SCRIPT,
@@ -354,6 +359,21 @@ def test_a_fee_rate_above_the_limit_is_refused() -> None:
     _refused("fee_rate", f, chain, at_limit, policy=ClientPolicy(max_fee_rate_kvb=5000))
 
 
+def test_a_fee_rate_below_the_floor_is_refused_by_the_buyer_and_every_co_signer() -> None:
+    """`min-feerate` applies to sales as to the tree: a sale that may not confirm behind its
+    stock when fees rise is refused, naming the field; at the floor it is signed."""
+    _, f, _, chain = _setup()
+    sale = _sale(f, chain)
+    floor = ClientPolicy(min_fee_rate_kvb=sale.fee_rate_kvb + 1)
+    for me, purchase in ((OTHER, None), (BUYER, Purchase(sale.sold_sat))):
+        e = _refused("fee_rate", f, chain, sale, policy=floor, me=me, purchase=purchase)
+        assert "below our floor" in str(e)
+    at_floor = ClientPolicy(min_fee_rate_kvb=sale.fee_rate_kvb)
+    check_sale(
+        f, chain, sale, build_sale_tx(f, sale).tx, build_burn_tx(f, sale.stock).tx, OTHER, at_floor
+    )
+
+
 # --- each stock output is spent at most once ---------------------------------------------------
 
 
@@ -542,3 +562,60 @@ def test_an_invalid_final_signature_is_not_stored() -> None:
     with pytest.raises(CeremonyError):
         chain.with_signatures(f, sale.stock.outpoint, sale_sig=tampered)
     assert chain.sales[0].sale_sig is None
+
+
+def test_a_retried_sale_signed_again_changes_nothing_we_hold() -> None:
+    """A hostile LSP retrying a recorded sale with fresh nonces gets other valid signatures of
+    the same txs: the first ones are kept and the chain is the same value (nothing to write)."""
+    p, f, _, chain = _setup()
+    chain = _sell(p, chain)
+    sold = chain.sales[0]
+    again = sign_sale_in_process(
+        f, replace(sold, burn_sig=None, sale_sig=None), p.lsp_seckey, p.client_seckeys
+    )
+    assert again.sale_sig != sold.sale_sig  # fresh nonces: another valid signature
+    same = chain.with_signatures(
+        f, sold.sale.stock.outpoint, burn_sig=again.burn_sig, sale_sig=again.sale_sig
+    )
+    assert same is chain
+
+
+def test_a_sale_whose_signature_never_left_is_dropped_and_the_stock_sold_again() -> None:
+    """An incomplete sale is recoverable: a co-signer whose sale partial signature never left
+    drops it (nobody can complete it without that signature), and the same stock output can be
+    sold to another buyer. A complete sale, or one not last, is never dropped."""
+    p, f, _, chain = _setup()
+    sale = _sale(f, chain)
+    checked = check_sale(
+        f, chain, sale, build_sale_tx(f, sale).tx, build_burn_tx(f, sale.stock).tx, OTHER, POLICY
+    )
+    burn = sign_sale_in_process(f, checked, p.lsp_seckey, p.client_seckeys).burn_sig
+    stalled = chain.record(checked).with_signatures(f, sale.stock.outpoint, burn_sig=burn)
+    other = replace(_sale(f, chain, buyer=OTHER), stock=sale.stock)
+    with pytest.raises(StockAlreadySold):  # recorded: the stock is spent for it
+        check_sale(
+            f,
+            stalled,
+            other,
+            build_sale_tx(f, other).tx,
+            build_burn_tx(f, other.stock).tx,
+            BUYER,
+            POLICY,
+        )
+    dropped = stalled.drop_unsent(sale.stock.outpoint)
+    assert dropped == chain
+    check_sale(
+        f,
+        dropped,
+        other,
+        build_sale_tx(f, other).tx,
+        build_burn_tx(f, other.stock).tx,
+        BUYER,
+        POLICY,
+        Purchase(other.sold_sat),
+    )
+    done = _sell(p, chain)
+    with pytest.raises(InvalidParameter, match="complete"):
+        done.drop_unsent(sale.stock.outpoint)
+    with pytest.raises(InvalidParameter, match="last sale"):
+        _sell(p, done).drop_unsent(sale.stock.outpoint)

@@ -2,7 +2,8 @@
 
 A published leaf's stock is sold twice in a chain; the burn tx of a stock output is final only
 from block T+1 (nLockTime T); a second sale of a sold stock output conflicts on chain, and no
-co-signer signs it. The stock output also has L's CSV leaf: the last test shows what it allows.
+co-signer signs it. The stock output also has a path for L alone: after T and `stock_delay` blocks
+after the stock output confirmed, never before (the last tests).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from superscalar_plugin.engine.ceremony import sign_in_process
 from superscalar_plugin.engine.client_checks import ClientPolicy
 from superscalar_plugin.engine.errors import StockAlreadySold
 from superscalar_plugin.engine.sale import (
-    CHANGE_VOUT,
     CHANNEL_VOUT,
     Sale,
     SoldStock,
@@ -26,6 +26,8 @@ from superscalar_plugin.engine.sale import (
     build_sale_tx,
     sign_sale_in_process,
     stock_script,
+    stock_sweep,
+    stock_sweep_valid_from,
 )
 from superscalar_plugin.engine.sale_checks import check_sale
 from superscalar_plugin.engine.taproot import taproot_sighash
@@ -37,11 +39,13 @@ pytest.importorskip("pbk", reason="py-bitcoinkernel is not installed (pip instal
 
 from superscalar_plugin.chain.kernel import COINBASE_MATURITY, KernelChain
 
-# Every DW layer in its last state (no relative delays) keeps the chain short; L's CSV leaf on
-# the stock matures 20 blocks after a stock output confirms.
+# Every DW layer in its last state (no relative delays) keeps the chain short; L's leaf on the
+# stock matures after T and 20 blocks after a stock output confirms.
 PARAMS = FactoryParams(states_per_layer=2, step_blocks=1, ewt_margin=0, stock_delay=20)
 NONFINAL = "bad-txns-nonfinal"  # Core's block-level reason for an unmet nLockTime or nSequence
 SPENT = "bad-txns-inputs-missingorspent"
+# OP_CHECKLOCKTIMEVERIFY or OP_CHECKSEQUENCEVERIFY unmet (the script ran: the tx itself was final)
+LOCK_FAILED = "script-verify-flag-failed (Locktime requirement not satisfied)"
 POLICY = ClientPolicy()
 
 
@@ -137,7 +141,7 @@ def test_the_burn_of_a_stalled_sale_is_invalid_until_T_and_burns_the_stock_after
     at_t = chain.mine([burn.raw()])  # would be block T: nLockTime T is final only from T+1
     assert not at_t.accepted and at_t.reason == NONFINAL
     chain.mine_empty(1)  # block T
-    # L's CSV leaf is not mature yet (it waits stock_delay after the stock output confirmed):
+    # L's leaf is not mature yet (it waits stock_delay after the stock output confirmed):
     # from T+1 to then, the burn is the only way the stock leaves without every co-signer.
     assert chain.height + 1 < change_height + PARAMS.stock_delay
     after = chain.mine([burn.raw()])
@@ -174,45 +178,103 @@ def test_a_second_sale_of_the_same_stock_conflicts_and_no_co_signer_signs_it(
     assert not late.accepted and late.reason == SPENT
 
 
-def _lsp_csv_sweep(f: Factory, stock: StockRef, lsp_seckey: bytes, dest: bytes) -> bytes:
-    """L alone takes a stock output through its CSV leaf (script path), `stock_delay` after it
-    confirmed."""
+def _lsp_sweep(
+    f: Factory, stock: StockRef, lsp_seckey: bytes, dest: bytes, *, locktime: int, sequence: int
+) -> bytes:
+    """L alone spends a stock output through its script path, with the given locks (the honest
+    sweep is `stock_sweep`: nLockTime T, nSequence stock_delay)."""
     node = f.topology.nodes[stock.leaf]
     out = f.stock_output(node.lo, node.hi)
     leaf = f.stock_leaf
     tx = Tx(
-        2,
-        (TxIn(stock.txid, stock.vout, f.params.stock_delay),),
-        (TxOut(stock.amount - 1000, dest),),
-        0,
+        2, (TxIn(stock.txid, stock.vout, sequence),), (TxOut(stock.amount - 1000, dest),), locktime
     )
     digest = taproot_sighash(tx, 0, [(stock.amount, out.script_pubkey)], leaf=leaf)
     sig = musig2.schnorr_sign(digest, lsp_seckey)
     return tx.with_witnesses([[sig, leaf.script, out.control_block(leaf)]]).serialize()
 
 
-def test_l_alone_takes_an_unconfirmed_sales_stock_stock_delay_after_it_confirmed(
+def test_l_alone_cannot_take_a_stock_before_T_however_long_it_has_been_on_chain(
     kernel_chain: KernelChain,
 ) -> None:
-    """What the stock's CSV leaf allows, as built today: L's script path matures `stock_delay`
-    blocks after the stock output confirmed, whatever T is. A sale that is not confirmed by then
-    can be raced by L taking the whole stock: the burn at T deters a stall only while T comes
-    first, so a buyer must confirm its sales within `stock_delay` of their parents."""
+    """The claw-back of issue 16: the LSP publishes a leaf, waits `stock_delay` blocks and takes
+    the stock with the unconfirmed sale chained on it. The stock's path for L alone now needs T:
+    with any nLockTime below T the script fails (CLTV), with nLockTime T the tx is not final
+    before block T+1; a complete sale stays publishable meanwhile."""
     chain = kernel_chain
-    timeout = COINBASE_MATURITY + 200  # far: the burn is no threat here
+    timeout = COINBASE_MATURITY + 2 * PARAMS.stock_delay + 10
     p, stock = _published_leaf(chain, timeout)
     f = p.factory
     leaf_height = chain.height
     stock = _sell(p, stock, buyer=0, sold=30_000)
     sale = stock.sales[0]
-    sweep = _lsp_csv_sweep(f, stock.origin, p.lsp_seckey, chain.wallet_script_pubkey)
+    dest = chain.wallet_script_pubkey
+    chain.mine_empty(timeout - 1 - chain.height)  # the next block is T: the delay is long past
+    assert chain.height >= leaf_height + PARAMS.stock_delay
+    for locktime in (0, timeout - 1):
+        sweep = _lsp_sweep(
+            f, stock.origin, p.lsp_seckey, dest, locktime=locktime, sequence=PARAMS.stock_delay
+        )
+        early = chain.mine([sweep])
+        assert not early.accepted and (early.reason or "").endswith(LOCK_FAILED), locktime
+    honest = stock_sweep(f, stock.origin, p.lsp_seckey, dest, 2000)
+    assert Tx.deserialize(honest).locktime == timeout
+    early = chain.mine([honest])
+    assert not early.accepted and early.reason == NONFINAL
+    # Before T only the co-signed key path spends the stock: the buyer's sale goes in whenever.
+    assert chain.mine([sale.signed_sale().raw()]).accepted
+    assert chain.utxo(sale.sale_tx.txid, CHANNEL_VOUT) == (
+        sale.sale.sold_sat,
+        sale.sale.channel_script,
+    )
+
+
+def test_l_alone_takes_an_unsold_stock_only_after_T_and_the_stock_delay(
+    kernel_chain: KernelChain,
+) -> None:
+    """A stock output that confirms just before T: L's sweep is not final at T+1 (BIP68: the
+    stock delay counts from the output's confirmation), nor with a shorter nSequence (CSV fails);
+    it goes in `stock_delay` blocks after the output confirmed."""
+    chain = kernel_chain
+    timeout = COINBASE_MATURITY + 12
+    p, stock = _published_leaf(chain, timeout)
+    f = p.factory
+    leaf_height = chain.height
+    assert leaf_height + PARAMS.stock_delay > timeout + 2  # the delay ends well after T
+    dest = chain.wallet_script_pubkey
+    honest = stock_sweep(f, stock.origin, p.lsp_seckey, dest, 2000)
+    assert stock_sweep_valid_from(f, leaf_height) == leaf_height + PARAMS.stock_delay
+    chain.mine_empty(timeout - chain.height)  # block T: the next block may hold nLockTime T
+    at_t1 = chain.mine([honest])
+    assert not at_t1.accepted and at_t1.reason == NONFINAL  # BIP68: the delay is not over
     chain.mine_empty(leaf_height + PARAMS.stock_delay - 2 - chain.height)
-    early = chain.mine([sweep])  # block leaf + stock_delay - 1
+    # Block leaf + stock_delay - 1: a sweep asking one block less is final, and its script fails.
+    short = _lsp_sweep(
+        f, stock.origin, p.lsp_seckey, dest, locktime=timeout, sequence=PARAMS.stock_delay - 1
+    )
+    bad = chain.mine([short])
+    assert not bad.accepted and (bad.reason or "").endswith(LOCK_FAILED)
+    early = chain.mine([honest])
     assert not early.accepted and early.reason == NONFINAL
     chain.mine_empty(1)
-    taken = chain.mine([sweep])  # block leaf + stock_delay
+    taken = chain.mine([honest])  # block leaf + stock_delay
     assert taken.accepted and taken.height == leaf_height + PARAMS.stock_delay
-    assert taken.height < timeout
-    late = chain.mine([sale.signed_sale().raw()])
-    assert not late.accepted and late.reason == SPENT
-    assert chain.utxo(sale.sale_tx.txid, CHANGE_VOUT) is None
+    assert chain.utxo(*stock.origin.outpoint) is None
+
+
+def test_l_alone_takes_a_long_confirmed_stock_from_T_plus_1(kernel_chain: KernelChain) -> None:
+    """A stock output on chain for longer than the delay: L's sweep is final from block T+1
+    (not at T), the same block from which the burn could go in."""
+    chain = kernel_chain
+    timeout = COINBASE_MATURITY + PARAMS.stock_delay + 8
+    p, stock = _published_leaf(chain, timeout)
+    f = p.factory
+    leaf_height = chain.height
+    assert stock_sweep_valid_from(f, leaf_height) == timeout + 1
+    honest = stock_sweep(f, stock.origin, p.lsp_seckey, chain.wallet_script_pubkey, 2000)
+    chain.mine_empty(timeout - 1 - chain.height)
+    at_t = chain.mine([honest])  # block T
+    assert not at_t.accepted and at_t.reason == NONFINAL
+    chain.mine_empty(1)  # block T
+    taken = chain.mine([honest])
+    assert taken.accepted and taken.height == timeout + 1

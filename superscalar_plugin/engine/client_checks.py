@@ -66,6 +66,10 @@ class ClientPolicy:
 
     max_ewt: int = 2016
     max_fee_rate_kvb: int = 50_000
+    # The floor on a sale's fee rate (`superscalar-min-feerate`; the tree's is checked when the
+    # factory is proposed): a cheaper sale may not confirm behind its stock when fees rise.
+    # 1000 sat/kvB is Core's minimum relay fee, below which no sale is built at all.
+    min_fee_rate_kvb: int = 1000
     max_clients: int = MAX_CLIENTS
     # Sign only if our channel's exact script is known (`ClientTerms.channel_script`).
     require_channel_script: bool = False
@@ -141,8 +145,8 @@ def check_path(
     every nSequence is the DW delay of its state; fees are exactly the agreed rate; every output
     is above dust; the last output is the agreed P2A anchor; the leaf pays our channel (its exact
     script when known) and amount, our leaf-mates' channels are standard P2WSH, and the stock
-    output is the leaf's aggregate with L's CSV leaf. Version and nLockTime are not taken from the
-    LSP: we build each tx ourselves (`build_node_tx`).
+    output is the leaf's aggregate with L's stock leaf (after T and the stock delay). Version and
+    nLockTime are not taken from the LSP: we build each tx ourselves (`build_node_tx`).
     """
     topo = keys.topology
     me = header.client_index

@@ -1,7 +1,7 @@
 """Liquidity sales from a leaf's stock (pseudo-Spilman, spec-notes 2.5, 3.6): the transactions.
 
 A leaf's stock output (`FactoryKeys.stock_output`: the leaf's clients and L by MuSig2 key path, or
-L alone `stock_delay` blocks after it confirmed) is sold by a *sale* tx that the leaf's clients and
+L alone after T and `stock_delay` blocks after it confirmed) is sold by a *sale* tx that the leaf's clients and
 L sign on that key path. Its outputs, in this order:
 
 - vout 0: the buyer's NEW channel: Core Lightning's funding output (P2WSH 2-of-2, script and amount
@@ -19,10 +19,26 @@ enforce by refusing (`sale_checks`) and remember (`StockChain`).
 With every sale the same co-signers sign a *burn* tx of the same stock output: nLockTime = T (the
 factory timeout), one 0-sat OP_RETURN output (padded to Core's 65-byte minimum non-witness size),
 fee = the whole stock, so an LSP that stalls a sale until T loses the stock to miners (S1 #16
-L967-1008). The stock's own script path lets L alone take it `stock_delay` blocks after it
-confirmed (a CSV leaf, not S1 #16's CLTV after T): the burn only bites while T comes first, so a
-buyer's exit must confirm each sale within `stock_delay` blocks of its parent.
+L967-1008).
 
+The stock's only path for L alone is `FactoryKeys.stock_leaf`:
+`<T> CLTV DROP <stock_delay> CSV DROP <L> CHECKSIG` (spec-notes 3.2 allows `L & CLTV` for the
+stock). Why both locks, and not a CSV alone or a CLTV alone:
+
+- *Nothing before T.* With a CSV alone (what this module built before) the LSP could publish the
+  path to any leaf whenever it liked and, `stock_delay` blocks later, take every sale chained on
+  that stock that had not confirmed, the buyers' channels in them. Before T a stock output now
+  leaves only by the key path, i.e. by a sale or a burn every co-signer signed: a complete sale
+  is never at risk before T, however long its buyer stays offline.
+- *And `stock_delay` blocks after the stock output confirmed.* With a CLTV alone, a stock output
+  that confirms just before T (a leaf another client put on chain late) could be taken in block
+  T+1, before the sales chained on it (published right behind it) confirm. The CSV keeps
+  `stock_delay` blocks (at least the clients' `min-stock-delay`) for them whenever the stock
+  confirmed.
+- *The burn still wins at T.* The burn (nLockTime T, final from block T+1 like L's path) pays the
+  whole stock as fee: L's path can outbid it only with money from outside the stock.
+
+The cost is four witness bytes on the LSP's sweep and a sweep that waits for T.
 The sale and burn txs are `UnsignedNodeTx`/`SignedNodeTx` values whose `node` is the leaf whose
 stock they spend, so the exit machinery (`exit.PathTx`) takes them as they are.
 """
@@ -112,7 +128,7 @@ def stock_script(keys: FactoryKeys, leaf: int) -> bytes:
 
 def stock_signing_keyagg(keys: FactoryKeys, leaf: int) -> musig2.KeyAggContext:
     """The aggregate that signs a spend of `leaf`'s stock: its clients and L, tweaked with the
-    stock output's taproot tweak (key path; the CSV leaf is committed to in the tweak)."""
+    stock output's taproot tweak (key path; L's stock leaf is committed to in the tweak)."""
     node = keys.topology.nodes[leaf]
     tweak = keys.stock_output(node.lo, node.hi).tweak
     return keys.keyagg(node.lo, node.hi).apply_tweak(tweak, is_xonly=True)
@@ -308,6 +324,19 @@ class StockChain:
             raise UnsafeSale("stock", f"spends {sold.sale.stock}, the latest is {self.latest}")
         return replace(self, sales=(*self.sales, sold))
 
+    def drop_unsent(self, outpoint: tuple[str, int]) -> StockChain:
+        """Forget the recorded sale of `outpoint` whose sale partial signature of ours never left
+        (the caller knows it: the signature was refused or could not be sent, and the secret
+        nonce it needed is gone, never persisted). Such a sale can never complete (MuSig2 needs
+        every co-signer's partial signature), so its stock is unsold again and may be sold to
+        anyone. Only the last sale of the chain, and only while incomplete: once our partial
+        signature has left, the sale may complete at any time and the stock is spent for it."""
+        if not self.sales or self.sales[-1].sale.stock.outpoint != outpoint:
+            raise InvalidParameter(f"{outpoint[0]}:{outpoint[1]} is not the last sale's stock")
+        if self.sales[-1].sale_sig is not None:
+            raise InvalidParameter("the sale is complete: it cannot be dropped")
+        return replace(self, sales=self.sales[:-1])
+
     def with_signatures(
         self,
         keys: FactoryKeys,
@@ -324,11 +353,15 @@ class StockChain:
         for name, sig, utx in (("burn", burn_sig, sold.burn_tx), ("sale", sale_sig, sold.sale_tx)):
             if sig is not None and not musig2.schnorr_verify(sig, utx.sighash, agg):
                 raise CeremonyError(f"{name} tx {utx.txid}: the final signature is invalid")
+        # The first valid signature held is kept: a retried sale (fresh nonces, another valid
+        # signature of the same tx) changes nothing, so a peer cannot make us rewrite it at will.
         new = replace(
             sold,
-            burn_sig=burn_sig if burn_sig is not None else sold.burn_sig,
-            sale_sig=sale_sig if sale_sig is not None else sold.sale_sig,
+            burn_sig=sold.burn_sig if sold.burn_sig is not None else burn_sig,
+            sale_sig=sold.sale_sig if sold.sale_sig is not None else sale_sig,
         )
+        if new == sold:
+            return self
         return replace(self, sales=tuple(new if s is sold else s for s in self.sales))
 
 
@@ -365,9 +398,9 @@ def stock_sweep(
     destination: bytes,
     fee_rate_kvb: int,
 ) -> bytes:
-    """L alone takes an unsold stock output through the stock's CSV leaf (script path): valid
-    `stock_delay` blocks after the output confirmed (nSequence = stock_delay). The LSP uses it only
-    for the latest stock of a chain, which no sale spends, after T."""
+    """L alone takes an unsold stock output through the stock's leaf (script path): nLockTime = T
+    and nSequence = stock_delay, so valid from block T+1 and `stock_delay` blocks after the output
+    confirmed. The LSP uses it only for the latest stock of a chain, which no sale spends."""
     if musig2.pubkey_from_secret(lsp_seckey) != keys.lsp_pubkey:
         raise InvalidParameter("the sweep key is not the factory's LSP key")
     node = keys.topology.nodes[stock.leaf]
@@ -383,11 +416,16 @@ def stock_sweep(
         TX_VERSION,
         (TxIn(stock.txid, stock.vout, keys.params.stock_delay),),
         (TxOut(stock.amount - fee, destination),),
-        0,
+        keys.timeout_height,
     )
     digest = taproot_sighash(tx, 0, [(stock.amount, output.script_pubkey)], leaf=leaf)
     sig = musig2.schnorr_sign(digest, lsp_seckey)
     return tx.with_witnesses([[sig, leaf.script, control]]).serialize()
+
+
+def stock_sweep_valid_from(keys: FactoryKeys, stock_confirmed_at: int) -> int:
+    """The first block that may hold L's sweep of a stock output confirmed at that height."""
+    return max(keys.timeout_height + 1, stock_confirmed_at + keys.params.stock_delay)
 
 
 # --- exits --------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ signature a co-signer checks, each refusal an `UnsafeSale` naming the field:
 - the sale itself (`check_sale_terms`): it is one of the stock's co-signers; the sale spends the
   stock output it knows as the latest (`StockChain.latest`), created by a sale it holds fully
   signed, and never sold before (`StockAlreadySold`); the buyer is one of the leaf's clients;
-  the fee rate is within its policy; the buyer checks the amount and channel it agreed to
+  the fee rate is within its policy (`max-feerate`, and the `min-feerate` floor); the buyer checks the amount and channel it agreed to
   (`Purchase`), the others that the new channel is a standard P2WSH;
 - the sale tx the LSP sent (`check_sale_tx`), against the one it builds itself: version,
   nLockTime 0, exactly one input, the stock output (so nothing else, no co-signer's channel, is
@@ -113,6 +113,12 @@ def check_sale_terms(
         raise UnsafeSale(
             "fee_rate",
             f"{sale.fee_rate_kvb} sat/kvB exceeds our limit of {policy.max_fee_rate_kvb}",
+        )
+    if sale.fee_rate_kvb < policy.min_fee_rate_kvb:
+        raise UnsafeSale(
+            "fee_rate",
+            f"{sale.fee_rate_kvb} sat/kvB is below our floor of {policy.min_fee_rate_kvb} sat/kvB:"
+            " the sale may not confirm behind its stock when fees rise",
         )
     if me is not None and me == sale.buyer:
         if purchase is None:

@@ -71,6 +71,10 @@ class Order:
     expires_at: int  # unix time the invoice expires: a later HTLC is failed, never held
     result: str | None = None  # "sale <txid>" or "onchain <channel id>"
     error: str | None = None
+    # The invoice's payment_secret and min_final_cltv_expiry: a held HTLC must carry the one and
+    # leave the other (None in orders written before they were checked: their HTLCs are failed).
+    payment_secret: str | None = None
+    min_final_cltv: int = 0
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,11 @@ def merge_chain(
     return tuple(out)
 
 
+def without_sale(entries: tuple[SaleEntry, ...], sale_txid: str) -> tuple[SaleEntry, ...]:
+    """`entries` less the sale `sale_txid` (one `StockChain.drop_unsent` allowed to drop)."""
+    return tuple(e for e in entries if e.sale_txid != sale_txid)
+
+
 # --- JSON -----------------------------------------------------------------------------------
 
 
@@ -214,6 +223,8 @@ def orders_from(data: dict[str, Any]) -> tuple[Order, ...]:
                 expires_at=get(e, "expires_at", int),
                 result=get(e, "result", str, optional=True),
                 error=get(e, "error", str, optional=True),
+                payment_secret=hexfield(e, "payment_secret", 32, optional=True),
+                min_final_cltv=get(e, "min_final_cltv", int, optional=True) or 0,
             )
         )
     return tuple(out)

@@ -221,3 +221,45 @@ def check_key_handover(
             check_move_target(target, min_depth)
         except SolvencyRefused as e:
             raise SolvencyRefused(Step.KEY_HANDOVER, e.kind, str(e)) from e
+
+
+# --- publishing a burn ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StockSpend:
+    """A sale of a leaf's stock as one co-signer holds it, and where the chain is: the facts
+    `check_burn_publish` decides on (gathered from the co-signer's own record and chain view)."""
+
+    sale_txid: str
+    we_are_buyer: bool
+    sale_complete: bool  # we hold the sale's final signature: we can publish the sale itself
+    burn_signed: bool  # we hold the burn's final signature
+    stock_on_chain: bool  # the stock output the sale (and its burn) spends is confirmed
+    sale_on_chain: bool
+
+
+def check_burn_publish(spend: StockSpend, height: int, timeout_height: int) -> None:
+    """A burn destroys the whole stock output, and with it any sale of it that has not confirmed.
+    It is published only to punish an LSP that stalls a sale it never completed for us: from T
+    on (final from block T+1, the tip at T), while the stock output is on chain and the sale is
+    not. Never a sale we hold complete (we publish that sale instead: harmless to us, and it
+    gives its buyer the channel), never our own purchase (the buyer wants the sale, not the
+    burn)."""
+    step = Step.BURN_PUBLISH
+    if spend.sale_complete:
+        raise SolvencyRefused(
+            step, "sale_complete", f"we hold sale {spend.sale_txid} complete: publish it instead"
+        )
+    if spend.we_are_buyer:
+        raise SolvencyRefused(step, "own_sale", f"sale {spend.sale_txid} is our own purchase")
+    if not spend.burn_signed:
+        raise SolvencyRefused(step, "burn_unsigned", "we do not hold the burn's signature")
+    if spend.sale_on_chain:
+        raise SolvencyRefused(step, "sale_on_chain", f"sale {spend.sale_txid} is on chain")
+    if not spend.stock_on_chain:
+        raise SolvencyRefused(step, "stock_off_chain", "the stock output is not on chain")
+    if height < timeout_height:
+        raise SolvencyRefused(
+            step, "before_timeout", f"the burn is final from block {timeout_height + 1} only"
+        )

@@ -114,12 +114,21 @@ def timeout_leaf_script(timeout_height: int, lsp_key: bytes) -> bytes:
     )
 
 
-def csv_leaf_script(delay: int, key: bytes) -> bytes:
-    """`<delay> OP_CHECKSEQUENCEVERIFY OP_DROP <key> OP_CHECKSIG`: key alone after a relative delay."""
+def stock_leaf_script(timeout_height: int, delay: int, lsp_key: bytes) -> bytes:
+    """`<T> OP_CHECKLOCKTIMEVERIFY OP_DROP <delay> OP_CHECKSEQUENCEVERIFY OP_DROP <L> OP_CHECKSIG`:
+    L alone, never before the factory's timeout T and never before `delay` blocks after the
+    stock output confirmed (both must hold: the spend needs nLockTime >= T and nSequence >= delay)."""
+    if not 0 < timeout_height < 500_000_000:
+        raise InvalidParameter(f"timeout {timeout_height} is not a block height")
     if not 0 < delay < 0xFFFF:
         raise InvalidParameter(f"relative delay {delay} out of range")
     return (
-        _push_int(delay) + bytes([OP_CHECKSEQUENCEVERIFY, OP_DROP, 32]) + key + bytes([OP_CHECKSIG])
+        _push_int(timeout_height)
+        + bytes([OP_CHECKLOCKTIMEVERIFY, OP_DROP])
+        + _push_int(delay)
+        + bytes([OP_CHECKSEQUENCEVERIFY, OP_DROP, 32])
+        + lsp_key
+        + bytes([OP_CHECKSIG])
     )
 
 

@@ -43,7 +43,7 @@ from .taproot import (
     P2A_SCRIPT,
     TapLeaf,
     TaprootOutput,
-    csv_leaf_script,
+    stock_leaf_script,
     taproot_sighash,
     timeout_leaf_script,
 )
@@ -355,7 +355,11 @@ class FactoryKeys:
 
     @cached_property
     def stock_leaf(self) -> TapLeaf:
-        return TapLeaf(csv_leaf_script(self.params.stock_delay, self.lsp_xonly))
+        """L alone after T and `stock_delay` blocks after the stock output confirmed (`sale`'s
+        docstring says why both)."""
+        return TapLeaf(
+            stock_leaf_script(self.timeout_height, self.params.stock_delay, self.lsp_xonly)
+        )
 
     def stock_output(self, lo: int, hi: int) -> TaprootOutput:
         return TaprootOutput(self.keyagg(lo, hi).xonly_pubkey, self.stock_leaf)

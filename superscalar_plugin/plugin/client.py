@@ -58,6 +58,12 @@ def refusal(peer: str, p: protocol.Propose, cfg: Config, height: int) -> str | N
         return f"fee rate {p.params.fee_rate_kvb} sat/kvB exceeds our limit"
     if p.params.fee_rate_kvb < cfg.min_fee_rate_kvb:  # superscalar-min-feerate
         return f"fee rate {p.params.fee_rate_kvb} sat/kvB is below our floor of {cfg.min_fee_rate_kvb} sat/kvB"
+    if p.params.stock_delay < cfg.min_stock_delay:  # superscalar-min-stock-delay
+        return (
+            f"stock delay {p.params.stock_delay} blocks is below our floor of"
+            f" {cfg.min_stock_delay}: the LSP could take an unconfirmed sale that soon after"
+            " its stock confirmed"
+        )
     if p.timeout_height <= height + 2 * topo.ewt:
         return f"timeout {p.timeout_height} leaves no time before the EWT"
     if p.channel_sat < MIN_CHANNEL_SAT:

@@ -24,6 +24,9 @@ class Config:
     max_ewt: int = 2016
     max_fee_rate_kvb: int = 50_000
     min_fee_rate_kvb: int = 2_000  # a client's floor: a cheaper tree may be stuck in a fee spike
+    # A client's floor on `stock_delay`: the blocks a sale has to confirm behind a stock output
+    # that confirmed near T before L alone may take that stock (engine `sale`).
+    min_stock_delay: int = 144
     max_exit_fee_sat: int = 50_000  # CPFP budget of one factory's exit
     fee_rate_kvb: int = 2_000
     params: FactoryParams = field(default_factory=FactoryParams)

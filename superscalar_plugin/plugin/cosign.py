@@ -14,6 +14,14 @@ ours, signed, not compromised, not exiting and not moving out.
 - Anything unsafe: REJECT to the LSP naming the field, and the sale in flight is forgotten; a sale
   we recorded stays (it is a promise), and our guards fail every HTLC into its channel until it is
   fully signed.
+- An incomplete sale, recoverable: if our sale partial signature never left (refused by our
+  checks, or the LSP unreachable when it was due), its secret nonce is forgotten and the sale is
+  dropped from our chain, so the stock can be sold again. Once our partial signature has left,
+  the sale may complete at any time (the LSP holds it and the others'), so the stock is spent for
+  it: we keep it and sign only that exact sale again (`check_stock` allows a retried ceremony of
+  the same sale with fresh nonces; the SALE_SIG completes it whenever it comes). A co-client that
+  withholds its partial signature after ours left can thus stall the leaf's sales, as it could by
+  refusing to sign at all; the LSP then opens on-chain channels (its fallback).
 
 Owns: the sales in flight (`CosignSession`: the SaleCosigner with its secret nonces, never
 persisted). Worker only. May call: `records`, `peers`, `opens`, `guards.refresh`, `buyer`.
@@ -31,7 +39,7 @@ from ..engine.errors import CeremonyError, SuperscalarError, UnsafeSale
 from ..engine.sale import StockChain
 from ..engine.sale_checks import Purchase
 from ..engine.sale_sign import SaleCosigner, attach_sale_sig
-from ..engine.sale_store import chain_of, merge_chain
+from ..engine.sale_store import chain_of, merge_chain, without_sale
 from ..engine.tree import FactoryKeys
 from .buyer import Buyer
 from .config import MIN_CHANNEL_SAT
@@ -172,7 +180,11 @@ class Cosigner:
             purchase = Purchase(offer.sold_sat)
         keys, chain = client_chain(record)
         cfg = self._node.config
-        policy = ClientPolicy(max_ewt=cfg.max_ewt, max_fee_rate_kvb=cfg.max_fee_rate_kvb)
+        policy = ClientPolicy(
+            max_ewt=cfg.max_ewt,
+            max_fee_rate_kvb=cfg.max_fee_rate_kvb,
+            min_fee_rate_kvb=cfg.min_fee_rate_kvb,
+        )
         seckey = self._node.client_key(instance)
         signer = SaleCosigner(keys, me, seckey, chain, p, policy, purchase)
         if offer is None:
@@ -192,7 +204,12 @@ class Cosigner:
             chain = cs.signer.on_burn_sig(step, chain)
             record = self._persist(record, chain, cs.session)  # before our sale signature
             _, stored = client_chain(record)
-            self._peers.send(record.lsp_node_id, cs.signer.sale_psig(stored))
+            try:
+                psig = cs.signer.sale_psig(stored)
+                self._peers.send(record.lsp_node_id, psig)
+            except (SuperscalarError, PeerUnreachable) as e:
+                self._drop_unsent(record, cs)  # our sale signature never left
+                raise CeremonyError(f"the sale was not signed: {e}") from e
         else:
             raise CeremonyError(f"unexpected {step.kind.name} from the LSP")
 
@@ -214,12 +231,38 @@ class Cosigner:
         done = protocol.SaleStep(step.instance_id, step.session, protocol.SaleStepKind.DONE, b"")
         self._peers.send(record.lsp_node_id, done)
 
+    def _drop_unsent(self, record: store.ClientRecord, cs: CosignSession) -> None:
+        """Our sale partial signature never left: its secret nonce is forgotten first (it was
+        never persisted), so the sale can never complete; then the sale is dropped from our
+        chain and its stock may be sold again (`StockChain.drop_unsent`)."""
+        assert cs.signer is not None
+        cs.signer.forget()
+        _, chain = client_chain(record)
+        sold = cs.signer.sold
+        try:
+            chain.drop_unsent(sold.sale.stock.outpoint)
+        except SuperscalarError as e:
+            log.warning("factory %s: sale kept: %s", record.instance_id[:16], e)
+            return
+        latest = self._records.get(record.instance_id)
+        assert isinstance(latest, store.ClientRecord)
+        self._records.persist(latest.replace(sales=without_sale(latest.sales, sold.sale_tx.txid)))
+        self._guards.refresh()
+        log.info(
+            "factory %s: sale %s dropped: our signature of it never left",
+            record.instance_id[:16],
+            sold.sale_tx.txid,
+        )
+
     def _persist(
         self, record: store.ClientRecord, chain: StockChain, session: bytes
     ) -> store.ClientRecord:
         latest = self._records.get(record.instance_id)
         assert isinstance(latest, store.ClientRecord)
-        latest = latest.replace(sales=merge_chain(latest.sales, chain, session))
+        sales = merge_chain(latest.sales, chain, session)
+        if sales == latest.sales:
+            return latest  # a retried sale we hold already: nothing to write
+        latest = latest.replace(sales=sales)
         self._records.persist(latest)
         self._guards.refresh()  # our new channel is guarded (no HTLC until fully signed)
         return latest

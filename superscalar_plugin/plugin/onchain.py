@@ -39,12 +39,11 @@ from . import address, events
 from .feebump import FeeBumper
 from .node import ChannelsUnavailable, Node
 from .onchain_sales import (
-    burns_due,
     client_sale_paths,
     lsp_sale_paths,
-    sale_exit_reason,
     sale_txids,
     stale_sales,
+    stock_duties,
     unsold_stocks,
 )
 from .ratelimit import LogLimiter
@@ -102,13 +101,14 @@ def _path_txs(topo: Topology, entries: list[store.PathEntry]) -> list[PathTx]:
 
 def _warn_stale(record: store.Record, height: int) -> None:
     confirmed = dict(record.confirmed)
-    for late in stale_sales(record, height, record.params.stock_delay):
+    for late in stale_sales(record, height):
         log.warning(
             "factory %s: sale %s is not confirmed %d blocks after its stock: the LSP may take"
-            " the stock %d blocks after it confirmed",
+            " the stock after T (%d) and %d blocks after it confirmed",
             record.instance_id[:16],
             late.sale_txid[:16],
             height - confirmed[late.stock_txid],
+            record.timeout_height,
             record.params.stock_delay,
         )
 
@@ -300,10 +300,10 @@ class OnChain:
             assert isinstance(latest, store.LspRecord)
             self._unroller.on_block(latest, height)
         if isinstance(record, store.ClientRecord):
-            for raw in burns_due(record, height):  # a sale stalled past T: burn its stock
-                log.warning(
-                    "factory %s: publishing a burn of a stalled sale", record.instance_id[:16]
-                )
+            for what, txid, raw in stock_duties(record, height):
+                # a complete sale: on chain for its buyer; a sale stalled past T: burn its stock
+                level = logging.WARNING if what == "burn" else logging.INFO
+                log.log(level, "factory %s: publishing %s %s", record.instance_id[:16], what, txid)
                 self._broadcast(raw)
         if isinstance(record, store.LspRecord) and height >= record.timeout_height:
             latest = self._records.get(record.instance_id)
@@ -315,8 +315,6 @@ class OnChain:
         Paths already being published trigger nothing: a client has only its own."""
         if isinstance(record, store.ClientRecord) and record.exit is not None:
             return None
-        if isinstance(record, store.ClientRecord) and (why := sale_exit_reason(record)):
-            return why, None
         ewt = topology(record).ewt + len(record.sales)  # a block of slack per sale on a path
         margin = self._node.config.exit_margin
         if (

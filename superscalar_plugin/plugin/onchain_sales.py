@@ -1,26 +1,34 @@
 """What liquidity sales add to the on-chain duties (`onchain`, chain thread): pure functions of a
 record and the chain's view, no RPC.
 
+The stock's path for L alone needs T and `stock_delay` blocks after the stock output confirmed
+(engine `sale`): before T a stock output leaves only by a sale or a burn every co-signer signed.
+
 - Exit paths: a buyer's unilateral exit publishes its root-to-leaf path and then, for each of its
   sale channels, the sales from the leaf's stock down to the one that made it (engine
-  `sale_chain_path`): sale txs carry no relative lock, so each goes out right behind its parent,
-  in the same block if the fee allows. They must: the stock's CSV leaf lets L alone take a stock
-  output `stock_delay` blocks after it confirmed, so each sale must confirm within `stock_delay`
-  blocks of the tx before it. A buyer whose leaf another client put on chain starts its exit at
-  once for that reason (`sale_exit_reason`), and the driver warns when half that delay is gone.
-- Burns (co-signer): from the factory's timeout T on (final in block T+1), a sale we signed that
+  `sale_chain_path`): sale txs carry no relative lock, so each goes out right behind its parent.
+  The exit of a client starts `ewt + one block per sale + exit-margin` blocks before T, so its
+  sales confirm before L's path opens (from T+1 at the earliest); the driver warns when a sale of
+  ours is still not on chain half the stock delay before L's path opens (`stale_sales`).
+- Sales on chain (`stock_duties`, every co-signer, the buyer too): a sale we hold complete whose
+  stock output is on chain is published as it is, at any time: it is harmless to us and gives
+  its buyer its channel; a leaf-mate's exit thus confirms our own sales without an exit of ours.
+- Burns (co-signer): from T on (final in block T+1), a sale we hold NOT complete, not ours, that
   never confirmed while the stock output it spends is on chain has its burn published: the whole
-  stock goes to miners, so an LSP that stalled a sale to claw its stock back gains nothing.
+  stock goes to miners, so an LSP that stalled a sale to claw its stock back gains nothing. The
+  solvency guard decides (`check_burn_publish`): never the burn of a complete sale, never the
+  buyer's.
 - Stock sweeps (LSP): after T, the latest stock output of each leaf's chain (unsold, spent by no
-  sale we signed) is taken through the stock's CSV leaf once it matured.
+  sale we signed) is taken through L's stock leaf once it is valid (`stock_sweep_valid_from`).
 """
 
 from __future__ import annotations
 
 from ..engine import store
 from ..engine.exit import PathTx
-from ..engine.sale import StockRef, sale_chain_path
+from ..engine.sale import StockRef, sale_chain_path, stock_sweep_valid_from
 from ..engine.sale_store import SaleEntry, chain_of, sold_of
+from ..engine.solvency import SolvencyRefused, StockSpend, check_burn_publish
 from ..engine.tree import FactoryKeys
 from .records import factory_of, txid_of
 
@@ -61,42 +69,42 @@ def sale_txids(record: store.Record) -> set[str]:
     return out
 
 
-def sale_exit_reason(record: store.ClientRecord) -> str | None:
-    """Our leaf is on chain (anyone's exit) and a sale of ours is not: it must confirm within
-    `stock_delay` of its parent, so our exit starts now."""
-    if not record.path or record.exit is not None:
-        return None
-    confirmed = dict(record.confirmed)
-    if txid_of(record.path[-1].raw) not in confirmed:
-        return None
-    mine = [e for e in record.sales if e.buyer == record.client_index and e.complete]
-    if any(e.sale_txid not in confirmed for e in mine):
-        return "our leaf is on chain: our sales must confirm within the stock's delay"
-    return None
-
-
-def burns_due(record: store.ClientRecord, height: int) -> list[bytes]:
-    """The signed burns to publish now: from T on, for each sale we signed whose stock output is
-    on chain while the sale is not."""
-    if height < record.timeout_height or not record.sales:
+def stock_duties(record: store.ClientRecord, height: int) -> list[tuple[str, str, bytes]]:
+    """(what, txid, raw) to publish now for the sales we co-signed: the sale itself when we hold
+    it complete and its stock output is on chain, else its burn when the solvency guard allows."""
+    if not record.sales:
         return []
     keys = _client_keys(record)
     if keys is None:
         return []
     confirmed = dict(record.confirmed)
-    out = []
+    out: list[tuple[str, str, bytes]] = []
     for e in record.sales:
-        if e.burn_sig is None or e.stock_txid not in confirmed or e.sale_txid in confirmed:
+        sold = sold_of(keys, e)
+        if e.complete and e.stock_txid in confirmed and e.sale_txid not in confirmed:
+            out.append(("sale", e.sale_txid, sold.signed_sale().raw()))
             continue
-        burn = sold_of(keys, e).signed_burn()
+        spend = StockSpend(
+            sale_txid=e.sale_txid,
+            we_are_buyer=e.buyer == record.client_index,
+            sale_complete=e.complete,
+            burn_signed=e.burn_sig is not None,
+            stock_on_chain=e.stock_txid in confirmed,
+            sale_on_chain=e.sale_txid in confirmed,
+        )
+        try:
+            check_burn_publish(spend, height, record.timeout_height)
+        except SolvencyRefused:
+            continue
+        burn = sold.signed_burn()
         if burn.txid not in confirmed:
-            out.append(burn.raw())
+            out.append(("burn", burn.txid, burn.raw()))
     return out
 
 
 def unsold_stocks(record: store.LspRecord, height: int) -> list[StockRef]:
-    """After T: per leaf, the latest stock output of its chain if it is on chain and its CSV leaf
-    has matured (`stock_delay` blocks after the tx that made it confirmed)."""
+    """After T: per leaf, the latest stock output of its chain if it is on chain and L's stock leaf
+    is valid in the next block (T+1 and `stock_delay` blocks after the tx that made it confirmed)."""
     if height < record.timeout_height or not record.tree:
         return []
     keys = factory_of(record)
@@ -109,19 +117,23 @@ def unsold_stocks(record: store.LspRecord, height: int) -> list[StockRef]:
         latest = chain_of(keys, leaf, txid_of(entry.raw), record.sales).latest
         if latest is None or latest.txid not in confirmed:
             continue
-        if height + 1 >= confirmed[latest.txid] + record.params.stock_delay:
+        if height + 1 >= stock_sweep_valid_from(keys, confirmed[latest.txid]):
             out.append(latest)
     return out
 
 
-def stale_sales(record: store.Record, height: int, stock_delay: int) -> list[SaleEntry]:
-    """Sales of ours whose stock output has been on chain for half the stock's delay without them
-    (the exit driver's warning)."""
+def stale_sales(record: store.Record, height: int) -> list[SaleEntry]:
+    """Sales of ours not on chain while their stock output is, half the stock's delay (or less)
+    before L's path on that stock opens (the exit driver's warning)."""
+    keys = factory_of(record) if isinstance(record, store.LspRecord) else _client_keys(record)
+    if keys is None:
+        return []
     confirmed = dict(record.confirmed)
+    half = record.params.stock_delay // 2
     return [
         e
         for e in record.sales
         if e.stock_txid in confirmed
         and e.sale_txid not in confirmed
-        and height - confirmed[e.stock_txid] >= stock_delay // 2
+        and height + half >= stock_sweep_valid_from(keys, confirmed[e.stock_txid])
     ]

@@ -6,7 +6,11 @@ delivered.
    the QUOTE leaves.
 2. The buyer pays. Its HTLC reaches the `htlc_accepted` hook (dispatch thread) after the HTLC rules
    (guards): an HTLC of a QUOTED order is held (its request kept unanswered) and the worker told;
-   every other HTLC is answered at once, so nothing queues behind a held one.
+   every other HTLC is answered at once, so nothing queues behind a held one. Held only if checked
+   as lightningd would check an invoice's (we resolve it ourselves, so lightningd does not): we are
+   its final hop, it leaves the invoice's min_final_cltv_expiry (`cltv_expiry >= height +
+   min_final_cltv`), its onion's `payment_secret` is the invoice's and its `total_msat` is the
+   price; anything else is failed as an unknown payment.
 3. Worker: once the held parts reach the price, the order is PAID (persisted) and the liquidity is
    made (`SalesRole.start`: a sale of the leaf's stock, or the on-chain fallback).
 4. Delivered: DELIVERED is persisted, then every held part is resolved with our preimage (settled
@@ -49,6 +53,7 @@ log = logging.getLogger("superscalar")
 INVOICE_EXPIRY = 600  # seconds a quote's invoice is valid
 EXPIRY_MARGIN = 60  # an HTLC arriving this close to the invoice's expiry is failed, not held
 MAX_OPEN_QUOTES = 4  # unpaid quotes of one client at once
+QUOTE_FINAL_CLTV = 18  # the quote invoice's min_final_cltv_expiry (Core Lightning's cltv-final)
 
 StartSale = Callable[
     [str, int, int, int, Callable[[dict[str, Any]], None], Callable[[Exception], None]], None
@@ -76,6 +81,31 @@ def refuse(amount_msat: int, height: int) -> dict[str, Any]:
     return {"result": "fail", "failure_message": failure.hex()}
 
 
+def held_htlc_refusal(
+    order: Order, htlc: dict[str, Any], onion: dict[str, Any], height: int
+) -> str | None:
+    """Why an HTLC for `order` must not be held (lightningd's own checks of an invoice payment,
+    which it does not make for an HTLC we resolve ourselves), or None."""
+    if onion.get("short_channel_id") is not None or onion.get("next_node_id") is not None:
+        return "not for us: it asks to be forwarded"
+    expiry = htlc.get("cltv_expiry")
+    if not isinstance(expiry, int) or expiry < height + order.min_final_cltv:
+        return (
+            f"cltv_expiry {expiry} leaves fewer than the invoice's {order.min_final_cltv} blocks"
+            f" above height {height}"
+        )
+    if order.payment_secret is None or onion.get("payment_secret") != order.payment_secret:
+        return "its payment_secret is not the invoice's"
+    total = onion.get("total_msat")
+    try:
+        total_msat = None if total is None else msat(total)
+    except ValueError:
+        total_msat = None
+    if total_msat != order.fee_sat * 1000:
+        return f"total_msat {total} is not the price {order.fee_sat * 1000}msat"
+    return None
+
+
 class Payments:
     def __init__(
         self,
@@ -89,7 +119,7 @@ class Payments:
         self._peers = peers
         self._submit = submit
         self._lock = threading.Lock()
-        self._orders: dict[str, tuple[str, OrderState, str]] = {}  # hash -> instance, state, key
+        self._orders: dict[str, tuple[str, Order]] = {}  # payment hash -> instance, order
         self._held: dict[str, list[_Held]] = {}
         self.start_sale: StartSale | None = None  # SalesRole.start, wired by the service
 
@@ -97,7 +127,7 @@ class Payments:
 
     def refresh(self) -> None:
         orders = {
-            o.payment_hash: (r.instance_id, o.state, o.preimage)
+            o.payment_hash: (r.instance_id, o)
             for r in self._records.all()
             if isinstance(r, store.LspRecord)
             for o in r.orders
@@ -170,6 +200,7 @@ class Payments:
                 "description": f"superscalar: {sold} sat of inbound liquidity",
                 "expiry": INVOICE_EXPIRY,
                 "preimage": preimage.hex(),
+                "cltv": QUOTE_FINAL_CLTV,
             },
         )
         order = Order(
@@ -182,6 +213,8 @@ class Payments:
             created_height=self._node.height,
             preimage=preimage.hex(),
             expires_at=int(time.time()) + INVOICE_EXPIRY,
+            payment_secret=str(inv["payment_secret"]),
+            min_final_cltv=QUOTE_FINAL_CLTV,
         )
         assert inv["payment_hash"] == order.payment_hash
         return order, str(inv["bolt11"])
@@ -207,13 +240,18 @@ class Payments:
         held for the worker. False: not ours, the caller answers it."""
         payment_hash = str(htlc.get("payment_hash", ""))
         amount = msat(htlc.get("amount_msat", 0))
+        height = self._node.height
         with self._lock:
-            order = self._orders.get(payment_hash)
-            if order is None:
+            entry = self._orders.get(payment_hash)
+            if entry is None:
                 return False
-            _, state, preimage = order
-            final = onion.get("short_channel_id") is None and onion.get("next_node_id") is None
-            hold = state in (OrderState.QUOTED, OrderState.PAID) and final
+            order = entry[1]
+            state = order.state
+            hold = state in (OrderState.QUOTED, OrderState.PAID)
+            bad = hold and held_htlc_refusal(order, htlc, onion, height)
+            if bad:
+                log.info("order %s: HTLC failed: %s", payment_hash[:16], bad)
+            hold = hold and not bad
             if hold:
                 self._held.setdefault(payment_hash, []).append(
                     _Held(request, amount, time.monotonic())
@@ -221,9 +259,9 @@ class Payments:
         if hold:
             self._submit(lambda: self._on_htlc(payment_hash))
         elif state is OrderState.DELIVERED:
-            request.set_result(resolve(preimage))
+            request.set_result(resolve(order.preimage))
         else:
-            request.set_result(refuse(amount, self._node.height))
+            request.set_result(refuse(amount, height))
         return True
 
     # --- 3. paid: make the liquidity (worker) --------------------------------------------------

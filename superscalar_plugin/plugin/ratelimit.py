@@ -65,3 +65,25 @@ class LogLimiter:
             skipped = self._suppressed.pop(source, 0)
         suffix = f" ({skipped} more from {source[:16]} not shown)" if skipped else ""
         self.logger.warning(text + suffix, *args)
+
+
+class WriteLimiter:
+    """Record writes a peer's message can cause at will (a text it sends, kept for the operator):
+    at most one per period per source, so no peer can make us rewrite a record endlessly."""
+
+    def __init__(self, period: float = PERIOD, clock: Callable[[], float] = time.monotonic) -> None:
+        self.period = period
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, source: str) -> bool:
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(source)
+            if last is not None and now - last < self.period:
+                return False
+            if len(self._last) >= MAX_SOURCES:
+                self._last.pop(min(self._last, key=self._last.__getitem__))
+            self._last[source] = now
+            return True

@@ -63,6 +63,14 @@ _TABLE: list[tuple[str, Any, str, str]] = [
         "int",
     ),
     (
+        "superscalar-min-stock-delay",
+        144,
+        "Smallest stock delay (blocks) we accept as a client: after T, the LSP alone may take a"
+        " leaf's stock that many blocks after it confirmed, and our sales chained on it must"
+        " confirm before",
+        "int",
+    ),
+    (
         "superscalar-max-exit-fee-sat",
         50000,
         "Most our wallet pays (sat) in CPFP children to get one factory's exit confirmed",
@@ -219,11 +227,15 @@ def config_from(options: dict[str, Any]) -> Config:
             "superscalar-min-feerate: above superscalar-max-feerate"
             f" ({min_rate // 1000} > {max_rate // 1000})"
         )
+    min_stock_delay = _int(options, "superscalar-min-stock-delay", 1)
+    if min_stock_delay >= 0xFFFF:
+        raise InvalidParameter("superscalar-min-stock-delay: must be 1..65534")
     return Config(
         accept_from=frozenset(accept),
         max_ewt=_int(options, "superscalar-max-ewt", 1),
         max_fee_rate_kvb=max_rate,
         min_fee_rate_kvb=min_rate,
+        min_stock_delay=min_stock_delay,
         max_exit_fee_sat=_int(options, "superscalar-max-exit-fee-sat", 0),
         fee_rate_kvb=params.fee_rate_kvb,
         params=params,

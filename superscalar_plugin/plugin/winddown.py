@@ -33,7 +33,7 @@ from .lifecycle import dying_from, last_move_height, pending
 from .lsp import LspRole
 from .node import Node
 from .peers import Peers
-from .ratelimit import LogLimiter
+from .ratelimit import LogLimiter, WriteLimiter
 from .records import Records, factory_of, txid_of
 from .runtime import PeerUnreachable, Reply, RpcFailed, fail, why
 
@@ -67,6 +67,7 @@ class WindDown:
         self._peers = peers
         self._lsp = lsp
         self._creating: set[str] = set()  # old factories whose successor is being created
+        self._refusal_writes = WriteLimiter()  # a client's REJECT texts: record writes bounded
 
     # --- RPCs ---------------------------------------------------------------------------------
 
@@ -284,7 +285,10 @@ class WindDown:
             self._on_key(record, index, p.secret)
         elif isinstance(p, protocol.Text):
             refusal = p.reason[:MAX_REFUSAL]
-            if record.clients[index].refusal != refusal:
+            changed = record.clients[index].refusal != refusal
+            # Written when it changes, at most once a minute per client and factory: endless
+            # texts only reach the (rate-limited) log.
+            if changed and self._refusal_writes.allow(f"{record.instance_id}/{index}"):
                 self._update_client(record, index, refusal=refusal)
             peer_log.warning(
                 peer, "client %s did not move out of %s: %s", peer, record.instance_id[:16], refusal

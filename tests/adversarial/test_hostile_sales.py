@@ -5,7 +5,9 @@ network) against two real clients sharing a leaf. Each attack must be refused by
 naming the field, before any nonce leaves: a sale that touches a co-signer's output or shrinks the
 change, a change output with another script, a second sale of a stock already sold. An LSP that
 stalls a sale after collecting its partial signatures loses the stock: once the leaf is on chain
-and the timeout passes, the co-signers publish the burn. A co-client cannot speak for the LSP.
+and the timeout passes, the co-signers publish the burn; a sale a co-signer holds complete is
+published instead, never burnt, and the buyer never burns its own. A co-client cannot speak for
+the LSP.
 """
 
 from __future__ import annotations
@@ -211,16 +213,15 @@ def test_a_stock_is_sold_once_and_a_stalled_sale_burns_it_at_the_timeout(
         if confirmed(leaf):
             break
     assert confirmed(leaf)
-    # The buyer sees its leaf on chain and exits at once by itself: the sale it holds signed
-    # must confirm within the stock's delay (it has no relative lock: right behind the leaf).
-    for _ in range(10):
+    # The leaf on chain, the first sale (complete in both co-signers' hands) is published as it
+    # is: the buyer's sale channel confirms with no exit of the buyer's (before T, the stock
+    # leaves only by a co-signed spend: nothing is at risk, nothing needs closing).
+    for _ in range(3):
         f.net.mine(1)
         time.sleep(0.3)
-    assert confirmed(co.sold.sale_tx.txid)
+    wait(lambda: confirmed(co.sold.sale_tx.txid), what="the complete sale confirmed")
     [view] = status(f.clients[0])
-    assert "our leaf is on chain" in view["exit"]["reason"]
-    sales = [t for t in view["exit"]["txs"] if t["kind"] == "sale"]
-    assert [(t["txid"], t["status"]) for t in sales] == [(co.sold.sale_tx.txid, "confirmed")]
+    assert view.get("exit") is None
     f.net.mine(f.timeout - 1 - f.net.blockheight)
     time.sleep(1.0)
     assert burn not in f.net.chain.txs  # not before T
@@ -228,6 +229,43 @@ def test_a_stock_is_sold_once_and_a_stalled_sale_burns_it_at_the_timeout(
     wait(lambda: burn in f.net.chain.txs, what="the burn published")
     f.net.mine(1)
     assert f.net.chain.txs[burn].height == f.timeout + 1
+
+
+def test_a_sale_a_co_signer_holds_complete_is_published_never_burnt(
+    network_factory: Callable[..., Network],
+) -> None:
+    """The LSP sends the sale's last signature to the co-signer only, not to the buyer, and lets
+    the leaf go on chain: the co-signer publishes the sale (the buyer's channel confirms); from
+    T nobody burns the stock: not the co-signer (it holds the sale complete), not the buyer (its
+    own purchase, incomplete in its hands)."""
+    f = _funded(network_factory)
+    session = bytes([4]) * 32
+    _offer(f, session)
+    co = _coordinator(f, f.chain(), session)
+    sale_sigs = _run_until_sale_psigs(f, co)
+    f.lsp.send(1, sale_sigs[1])
+    _, done = f.lsp.expect(protocol.SaleStep)
+    assert isinstance(done, protocol.SaleStep) and done.kind is protocol.SaleStepKind.DONE
+    assert [s["complete"] for s in status(f.clients[0])[0]["sales"]] == [False]
+    burn = build_burn_tx(f.factory, co.sold.sale.stock).txid
+    sale = co.sold.sale_tx.txid
+    f.clients[1].rpc_call("factory-exit", {"instance": f.lsp.instance.hex()})
+    leaf = f.coordinator.signed[f.leaf].txid
+
+    def confirmed(txid: str) -> bool:
+        record = f.net.chain.txs.get(txid)
+        return record is not None and record.height is not None
+
+    for _ in range(40):
+        f.net.mine(1)
+        time.sleep(0.3)
+        if confirmed(leaf) and confirmed(sale):
+            break
+    assert confirmed(sale)
+    assert status(f.clients[0])[0].get("exit") is None  # the buyer needed no exit for it
+    f.net.mine(f.timeout + 2 - f.net.blockheight)
+    time.sleep(1.5)
+    assert burn not in f.net.chain.txs
 
 
 def test_a_co_client_cannot_start_a_sale(network_factory: Callable[..., Network]) -> None:

@@ -1,0 +1,82 @@
+"""The guards of a sale that no hostile LSP can claw back (issue 16): when a co-signer may burn a
+stock (`solvency.check_burn_publish`), and the floor a client puts on the stock's delay before it
+joins (`client.refusal`)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from superscalar_plugin.engine import musig2, protocol
+from superscalar_plugin.engine.solvency import SolvencyRefused, Step, StockSpend, check_burn_publish
+from superscalar_plugin.engine.tree import FactoryParams, Topology
+from superscalar_plugin.plugin.client import refusal
+from superscalar_plugin.plugin.config import Config
+
+T = 1000
+STALLED = StockSpend(
+    sale_txid="ab" * 32,
+    we_are_buyer=False,
+    sale_complete=False,
+    burn_signed=True,
+    stock_on_chain=True,
+    sale_on_chain=False,
+)
+
+
+def test_a_stalled_sale_of_another_client_is_burnt_from_T() -> None:
+    check_burn_publish(STALLED, T, T)  # the tip at T: the burn goes into block T+1
+    check_burn_publish(STALLED, T + 50, T)
+
+
+@pytest.mark.parametrize(
+    ("change", "height", "kind"),
+    [
+        ({"sale_complete": True}, T, "sale_complete"),  # publish the sale, never its burn
+        ({"sale_complete": True, "we_are_buyer": True}, T, "sale_complete"),
+        ({"we_are_buyer": True}, T, "own_sale"),  # the buyer never burns its own purchase
+        ({"burn_signed": False}, T, "burn_unsigned"),
+        ({"sale_on_chain": True}, T, "sale_on_chain"),
+        ({"stock_on_chain": False}, T, "stock_off_chain"),
+        ({}, T - 1, "before_timeout"),
+    ],
+)
+def test_a_burn_is_refused_by_the_solvency_guard_naming_why(
+    change: dict[str, bool], height: int, kind: str
+) -> None:
+    with pytest.raises(SolvencyRefused) as e:
+        check_burn_publish(replace(STALLED, **change), height, T)
+    assert e.value.step is Step.BURN_PUBLISH and e.value.kind == kind
+    assert "burn_publish refused" in str(e.value)
+
+
+LSP_KEY = musig2.pubkey_from_secret(bytes([7]) * 32)
+LSP = LSP_KEY.hex()
+
+
+def _propose(stock_delay: int) -> protocol.Propose:
+    params = FactoryParams(stock_delay=stock_delay)
+    return protocol.Propose(
+        instance_id=bytes(32),
+        client_index=0,
+        n_clients=4,
+        params=params,
+        timeout_height=5000,
+        lsp_pubkey=LSP_KEY,
+        channel_sat=200_000,
+        early_warning_time=Topology.build(4, params).ewt,
+    )
+
+
+def test_a_client_refuses_a_stock_delay_below_its_floor() -> None:
+    """With a stock delay of 1 the LSP could take an unconfirmed sale one block after its stock
+    confirmed (after T): refused below `superscalar-min-stock-delay` (144 by default)."""
+    cfg = Config(accept_from=frozenset({LSP}))
+    assert cfg.min_stock_delay == 144
+    why = refusal(LSP, _propose(1), cfg, 100)
+    assert why is not None and "stock delay 1 blocks is below our floor of 144" in why
+    assert refusal(LSP, _propose(143), cfg, 100) is not None
+    assert refusal(LSP, _propose(144), cfg, 100) is None
+    stricter = replace(cfg, min_stock_delay=288)
+    assert refusal(LSP, _propose(144), stricter, 100) is not None
