@@ -967,42 +967,6 @@ def set_gossip(ch: Channel, me: FakeNode) -> None:
     ch.htlc_minimum_msat = int(me.config["htlc-minimum-msat"])
 
 
-SETCHANNEL_STATES = ("CHANNELD_NORMAL", "CHANNELD_AWAITING_LOCKIN", "DUALOPEND_AWAITING_LOCKIN")
-
-
-def rpc_setchannel(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
-    """setchannel: `id` is a channel id, scid, peer id or `all`; fees change at once (the
-    peer's `updates.remote` follows: gossip is instant here)."""
-    target = str(p["id"])
-    chosen = [
-        ch
-        for ch in me.channels
-        if ch.state in SETCHANNEL_STATES
-        and target in ("all", ch.channel_id, ch.peer_id, ch.scid, ch.alias_local)
-    ]
-    if not chosen:
-        raise RpcFail(JSONRPC2_INVALID_PARAMS, f"Could not find any active channels for {target}")
-    out = []
-    for ch in chosen:
-        if p.get("feebase") is not None:
-            ch.fee_base_msat = parse_msat(p["feebase"], "feebase")
-        if p.get("feeppm") is not None:
-            ch.fee_ppm = int(p["feeppm"])
-        out.append(
-            {
-                "peer_id": ch.peer_id,
-                "channel_id": ch.channel_id,
-                **({"short_channel_id": ch.scid} if ch.scid else {}),
-                "fee_base_msat": ch.fee_base_msat,
-                "fee_proportional_millionths": ch.fee_ppm,
-                "ignore_fee_limits": False,
-                "minimum_htlc_out_msat": ch.htlc_minimum_msat,
-                "maximum_htlc_out_msat": ch.htlc_maximum_msat(),
-            }
-        )
-    return {"channels": out}
-
-
 def rpc_fundchannel_start(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     return _open_channel(me, p)[3]
 
@@ -1301,18 +1265,19 @@ HANDLERS: dict[str, Handler] = {
     "getutxout": rpc_getutxout,
     "getrawblockbyheight": rpc_getrawblockbyheight,
     "fundchannel": rpc_fundchannel,
-    "setchannel": rpc_setchannel,
 }
 
 
 def _register_more() -> None:
     from .closing import CLOSING_HANDLERS
+    from .configs import CONFIG_HANDLERS
     from .pay import PAY_HANDLERS
     from .payments import PAYMENT_HANDLERS
 
     HANDLERS.update(CLOSING_HANDLERS)
     HANDLERS.update(PAYMENT_HANDLERS)
     HANDLERS.update(PAY_HANDLERS)
+    HANDLERS.update(CONFIG_HANDLERS)
 
 
 _register_more()
