@@ -1073,29 +1073,32 @@ def rpc_fundchannel(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     request = dict(p)
     feerate = parse_feerate(p.get("feerate", "opening"))
     minconf = int(p.get("minconf", 1))
-    if "utxos" in p:
-        candidates = []
-        for s in p["utxos"]:
-            txid, _, vout = str(s).partition(":")
-            u = me.wallet.utxos.get((txid, int(vout) if vout.isdigit() else -1))
-            if u is None or u.spent_by is not None:
-                raise RpcFail(JSONRPC2_INVALID_PARAMS, f"Unknown or spent UTXO {s}")
-            candidates.append(u)
-    else:
-        candidates = me.wallet.spendable(minconf)
-    # Select the inputs first (as multifundchannel does before fundchannel_start) so that an
-    # unaffordable amount fails before the peer hears of the channel.
-    built = me.wallet.build_psbt(
-        amount_sat=None if all_funds else parse_sat(p["amount"], "amount"),
-        feerate_perkw=feerate,
-        startweight=FUNDING_STARTWEIGHT,
-        candidates=candidates,
-        use_all_candidates=all_funds or "utxos" in p,
-        reserve=DEFAULT_RESERVE,
-        locktime=None,
-        min_witness_weight=0,
-        excess_as_change=not all_funds,
-    )
+    # Selection and reservation under the wallet's lock, as lightningd serializes them: two
+    # fundchannel calls at once (factory-close opens several) never pick the same coin.
+    with me.wallet.lock:
+        if "utxos" in p:
+            candidates = []
+            for s in p["utxos"]:
+                txid, _, vout = str(s).partition(":")
+                u = me.wallet.utxos.get((txid, int(vout) if vout.isdigit() else -1))
+                if u is None or u.spent_by is not None:
+                    raise RpcFail(JSONRPC2_INVALID_PARAMS, f"Unknown or spent UTXO {s}")
+                candidates.append(u)
+        else:
+            candidates = me.wallet.spendable(minconf)
+        # Select the inputs first (as multifundchannel does before fundchannel_start) so that an
+        # unaffordable amount fails before the peer hears of the channel.
+        built = me.wallet.build_psbt(
+            amount_sat=None if all_funds else parse_sat(p["amount"], "amount"),
+            feerate_perkw=feerate,
+            startweight=FUNDING_STARTWEIGHT,
+            candidates=candidates,
+            use_all_candidates=all_funds or "utxos" in p,
+            reserve=DEFAULT_RESERVE,
+            locktime=None,
+            min_witness_weight=0,
+            excess_as_change=not all_funds,
+        )
     funded = parse_psbt(built["psbt"])
     if all_funds:
         request["amount"] = int(built["excess_msat"]) // 1000
