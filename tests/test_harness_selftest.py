@@ -544,3 +544,32 @@ def test_sendrawtransaction_requires_allowhighfees_like_lightningd(network: Netw
         node.rpc_call("sendrawtransaction", {"tx": "00"})
     refused = node.rpc_call("sendrawtransaction", {"tx": "00", "allowhighfees": False})
     assert refused["success"] is False and "decode" in refused["errmsg"]
+
+
+def test_fundchannels_at_once_never_spend_the_same_coin(network: Network) -> None:
+    """lightningd serializes coin selection: several `fundchannel` calls at once (factory-close
+    opens up to eight) each take their own coins. The fake once let two take the same one."""
+    opener = network.add_node("opener")
+    peers = [network.add_node(f"peer{i}") for i in range(4)]
+    for p in peers:
+        network.connect(opener, p)
+    results: list[object] = []
+
+    def fund(p: FakeNode) -> None:
+        try:
+            results.append(opener.rpc_call("fundchannel", {"id": p.node_id, "amount": 200_000}))
+        except Exception as e:  # collected: the assertion below names it
+            results.append(e)
+
+    threads = [threading.Thread(target=fund, args=(p,)) for p in peers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(r, dict) for r in results), results
+    spent = [
+        (i.prevout.hash, i.prevout.n)
+        for r in results
+        for i in CMutableTransaction.deserialize(bytes.fromhex(r["tx"])).vin  # type: ignore[index]
+    ]
+    assert len(spent) == len(set(spent))

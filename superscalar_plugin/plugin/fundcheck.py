@@ -21,6 +21,7 @@ from collections.abc import Callable
 from ..engine import store
 from ..engine.errors import WireError
 from ..engine.tx import Tx, TxOut, block_txids
+from . import events
 from .guards import Guards
 from .node import ChannelsUnavailable, Node
 from .records import COMPROMISED, LIVE, Records, is_compromised, txid_of
@@ -165,6 +166,7 @@ class FundingCheck:
         if not isinstance(record, store.ClientRecord) or is_compromised(record):
             return
         self._records.persist(record.replace(error=COMPROMISED + problem))
+        events.compromise(instance, "client", problem)
         log.warning(
             "factory %s is COMPROMISED: %s. Its signed exit cannot spend the funding: the channel"
             " takes no more HTLCs and is being closed; funds already in it are at the LSP's mercy",

@@ -29,7 +29,7 @@ from ..engine import blip56, dw, musig2, protocol, store
 from ..engine.ceremony import Coordinator, CoordinatorState
 from ..engine.errors import CeremonyError, InvalidParameter
 from ..engine.tree import ClientSlot, Factory, FactoryParams, Topology
-from . import address, funding, psbt as psbtmod
+from . import address, events, funding, psbt as psbtmod
 from .guards import Guards
 from .node import Node
 from .peers import Peers
@@ -470,6 +470,7 @@ class LspRole:
         log.info("factory %s funded: %s", r.instance_id[:16], txid)
         self._guards.refresh()
         s.mark("fund")
+        events.factory_created(r.instance_id, [c.node_id for c in r.clients], txid, s.timings)
         if s.reply is not None:
             s.reply.set_result({**self._view.of(r), "timings": s.timings})
             s.reply = None

@@ -8,6 +8,7 @@ accepts feature bit 271 and custom message 32800 from plugins started with it.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import re
@@ -19,10 +20,10 @@ from pyln.client import Plugin, RpcException
 from ..engine.blip56 import FACTORY_MESSAGE_TYPE, FEATURE_BIT
 from ..engine.errors import InvalidParameter, SuperscalarError
 from ..engine.taproot import DUST_P2WSH
-from ..engine.tree import FactoryParams
-from .config import TRUST_CHANNEL_SCRIPT_HELP
+from . import events
 from .ratelimit import LogLimiter
-from .service import MIN_CHANNEL_SAT, Config, FactoryService
+from .service import MIN_CHANNEL_SAT, FactoryService
+from .settings import OPTIONS, changed, config_from, metrics_endpoint, params_from
 
 
 class _SturdyPlugin(Plugin):  # type: ignore[misc]
@@ -78,111 +79,31 @@ plugin = _SturdyPlugin(
 )
 service: FactoryService | None = None
 
-OPTIONS: list[tuple[str, Any, str, str]] = [
-    (
-        "superscalar-accept-from",
-        None,
-        "Node id of an LSP whose factories this node joins as a client (repeatable; 'any' for all)",
-        "string",
-    ),
-    (
-        "superscalar-max-ewt",
-        2016,
-        "Largest early warning time (blocks) we accept as a client",
-        "int",
-    ),
-    (
-        "superscalar-max-feerate",
-        50,
-        "Largest off-chain fee rate (sat/vB) we sign as a client",
-        "int",
-    ),
-    (
-        "superscalar-min-feerate",
-        2,
-        "Smallest off-chain fee rate (sat/vB) we sign as a client: a tree below it may not "
-        "get into a mempool when fees rise",
-        "int",
-    ),
-    (
-        "superscalar-min-stock-delay",
-        144,
-        "Smallest stock delay (blocks) we accept as a client: after T, the LSP alone may take a"
-        " leaf's stock that many blocks after it confirmed, and our sales chained on it must"
-        " confirm before",
-        "int",
-    ),
-    (
-        "superscalar-max-exit-fee-sat",
-        50000,
-        "Most our wallet pays (sat) in CPFP children to get one factory's exit confirmed",
-        "int",
-    ),
-    (
-        "superscalar-feerate",
-        2,
-        "Fee rate (sat/vB) every off-chain tx of our new factories pays",
-        "int",
-    ),
-    ("superscalar-clients-per-leaf", 2, "Clients per leaf in new factories", "int"),
-    ("superscalar-arity", "2", "Interior arity per level from the leaves up, e.g. 2,4,8", "string"),
-    ("superscalar-kickoff-only-top", 0, "Top levels without DW states in new factories", "int"),
-    ("superscalar-states-per-layer", 4, "DW states per layer (K) in new factories", "int"),
-    ("superscalar-step-blocks", 36, "DW step (S, blocks) in new factories", "int"),
-    ("superscalar-stock-sat", 100000, "LSP liquidity stock per leaf (sat)", "int"),
-    ("superscalar-lifetime-blocks", 4320, "Blocks from creation to the factory's timeout", "int"),
-    ("superscalar-ceremony-timeout", 60, "Seconds a creation waits for a silent client", "int"),
-    ("superscalar-exit-margin", 12, "Blocks added to the EWT before an exit starts", "int"),
-    (
-        "superscalar-ladder-every",
-        0,
-        "The ladder: blocks between successor factories for the clients of a dying factory"
-        " (0: migrate only with factory-migrate)",
-        "int",
-    ),
-    (
-        "superscalar-dying-blocks",
-        432,
-        "Blocks before a factory's timeout in which its clients move to a successor",
-        "int",
-    ),
-    (
-        "superscalar-sale-fee-base",
-        1000,
-        "LSP: the fixed part (sat) of the price of inbound liquidity bought with factory-buy",
-        "int",
-    ),
-    (
-        "superscalar-sale-fee-ppm",
-        10000,
-        "LSP: the proportional part (ppm of the amount) of the price of inbound liquidity",
-        "int",
-    ),
-    (
-        "superscalar-max-buy-fee-ppm",
-        20000,
-        "Client: the most factory-buy pays without max_fee_sat (ppm of the amount, at least"
-        " 2000 sat)",
-        "int",
-    ),
-    ("superscalar-trust-channel-script", False, TRUST_CHANNEL_SCRIPT_HELP, "bool"),
-    (
-        "superscalar-max-move-fee-sat",
-        100,
-        "Client: the most (sat) the LSP may keep as its fee when we move our balance out of a"
-        " factory (migration or close); a dearer move is refused",
-        "int",
-    ),
-    (
-        "superscalar-move-min-depth",
-        3,
-        "Client: confirmations the target's funding (the successor factory's, or an ordinary"
-        " channel's) needs before our balance moves into it",
-        "int",
-    ),
-]
-for name, default, text, kind in OPTIONS:
-    plugin.add_option(name, default, text, opt_type=kind, multi=name == "superscalar-accept-from")
+
+def _on_setconfig(p: Plugin, name: str, value: Any) -> None:
+    """`lightning-cli setconfig <name> <value>` for a dynamic option: checked as at start, then
+    the new configuration replaces the old whole. lightningd sends the value as a string; a bad
+    one raises, and pyln answers lightningd with the error (nothing changes, nothing saved)."""
+    try:
+        config = changed(_options(), name, value)
+    except SuperscalarError as e:
+        raise RpcException(f"{name}: {e}", e.rpc_code) from e
+    if service is not None:
+        service.reconfigure(config)
+    p.log(f"{name} set to {value} (setconfig)", level="info")
+
+for opt in OPTIONS:
+    plugin.add_option(
+        opt.name,
+        opt.default,
+        opt.description,
+        opt_type=opt.kind,
+        multi=opt.name == "superscalar-accept-from",
+        dynamic=opt.dynamic,
+        on_change=_on_setconfig if opt.dynamic else None,
+    )
+for topic in events.TOPICS:
+    plugin.add_notification_topic(topic)
 
 
 class _PluginLogHandler(logging.Handler):
@@ -210,40 +131,8 @@ def _route_logging() -> None:
         logger.propagate = False
 
 
-def _parse_arity(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in str(text).split(","))
-    except ValueError:
-        raise InvalidParameter(f"arity must be integers like 2,4,8, got {text!r}") from None
-
-
-def params_from(options: dict[str, Any], overrides: dict[str, Any]) -> FactoryParams:
-    def pick(key: str, option: str) -> Any:
-        value = overrides.get(key)
-        return options[option] if value is None else value
-
-    def integer(key: str, option: str) -> int:
-        value = pick(key, option)
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise InvalidParameter(f"{key}: expected an integer, got {value!r}") from None
-
-    params = FactoryParams(
-        clients_per_leaf=integer("clients_per_leaf", "superscalar-clients-per-leaf"),
-        arity=_parse_arity(pick("arity", "superscalar-arity")),
-        kickoff_only_top=integer("kickoff_only_top", "superscalar-kickoff-only-top"),
-        states_per_layer=integer("states_per_layer", "superscalar-states-per-layer"),
-        step_blocks=integer("step_blocks", "superscalar-step-blocks"),
-        fee_rate_kvb=integer("feerate", "superscalar-feerate") * 1000,
-        stock_sat=integer("stock_sat", "superscalar-stock-sat"),
-    )
-    params.validate()
-    return params
-
-
 def _options() -> dict[str, Any]:
-    return {name: plugin.get_option(name) for name, *_ in OPTIONS}
+    return {o.name: plugin.get_option(o.name) for o in OPTIONS}
 
 
 def _fail(e: SuperscalarError) -> RpcException:
@@ -260,50 +149,22 @@ def _service() -> FactoryService:
 def init(options: dict[str, Any], configuration: dict[str, Any], plugin: Plugin, **_: Any) -> None:
     global service
     _route_logging()
-    accept = options.get("superscalar-accept-from") or []
-    if isinstance(accept, str):
-        accept = [accept]
     try:
-        params = params_from(options, {})
+        config = config_from(options)
+        endpoint = metrics_endpoint(options)
     except SuperscalarError as e:
         raise RpcException(f"bad superscalar option: {e}") from e
-    config = Config(
-        accept_from=frozenset(accept),
-        max_ewt=int(options["superscalar-max-ewt"]),
-        max_fee_rate_kvb=int(options["superscalar-max-feerate"]) * 1000,
-        min_fee_rate_kvb=int(options["superscalar-min-feerate"]) * 1000,
-        min_stock_delay=int(options["superscalar-min-stock-delay"]),
-        max_exit_fee_sat=int(options["superscalar-max-exit-fee-sat"]),
-        fee_rate_kvb=params.fee_rate_kvb,
-        params=params,
-        lifetime_blocks=int(options["superscalar-lifetime-blocks"]),
-        ceremony_timeout=float(options["superscalar-ceremony-timeout"]),
-        exit_margin=int(options["superscalar-exit-margin"]),
-        ladder_every=int(options["superscalar-ladder-every"]),
-        dying_blocks=int(options["superscalar-dying-blocks"]),
-        sale_fee_base_sat=int(options["superscalar-sale-fee-base"]),
-        sale_fee_ppm=int(options["superscalar-sale-fee-ppm"]),
-        max_buy_fee_ppm=int(options["superscalar-max-buy-fee-ppm"]),
-        trust_channel_script=bool(options["superscalar-trust-channel-script"]),
-        max_move_fee_sat=int(options["superscalar-max-move-fee-sat"]),
-        move_min_depth=int(options["superscalar-move-min-depth"]),
-    )
-    if min(config.sale_fee_base_sat, config.sale_fee_ppm, config.max_buy_fee_ppm) < 0:
-        raise RpcException("bad superscalar option: sale fees cannot be negative")
-    if config.max_move_fee_sat < 0 or config.move_min_depth < 1:
-        raise RpcException(
-            "bad superscalar option: superscalar-max-move-fee-sat must be >= 0 and"
-            " superscalar-move-min-depth >= 1"
-        )
-    if not 1 <= config.min_stock_delay < 0xFFFF:
-        raise RpcException("bad superscalar option: superscalar-min-stock-delay must be 1..65534")
-    if config.ladder_every < 0 or config.dying_blocks < 1:
-        raise RpcException(
-            "bad superscalar option: superscalar-ladder-every must be >= 0 and"
-            " superscalar-dying-blocks >= 1"
-        )
+    events.set_sink(_notify)
     service = FactoryService(plugin.rpc, config)
     service.start()  # start-up RPCs run on the service's worker, never here
+    if endpoint is not None:
+        service.metrics.serve(*endpoint)
+
+
+def _notify(topic: str, fields: dict[str, Any]) -> None:
+    """An event as a custom notification: `{"<topic>": fields}` (lightningd wraps it for the
+    subscribers in `{"origin": ..., "payload": ...}`)."""
+    plugin.notify(topic, {topic: fields})
 
 
 @plugin.async_method("factory-create")
@@ -503,6 +364,31 @@ def factory_list(request: Any, **_: Any) -> None:
     svc.run_on_chain(request, summary)
 
 
+@plugin.async_method("factory-metrics")
+def factory_metrics(request: Any, **_: Any) -> None:
+    """The operator's figures (the same as the Prometheus endpoint of
+    superscalar-metrics-port): factories by role and phase, clients and sats inside, stock,
+    sales and their fees, on-chain fallbacks, exits in flight and their fees, sweeps, refusals
+    by reason, peers rate-limited, creation and migration timings. No parameters."""
+    svc = _service()
+    svc.run_on_chain(request, svc.metrics.as_json)
+
+
+@plugin.async_method("factory-report")
+def factory_report(request: Any, instance: str | None = None, **_: Any) -> None:
+    """What to act on for factory {instance} (every live factory when omitted): blocks to its
+    dying period and timeout, clients still inside, stock per leaf; per client what its
+    unilateral exit costs at the current fee estimate against its balance (flagged
+    uneconomic); the on-chain reserve the wallet needs to exit, bump and sweep everything."""
+    svc = _service()
+    try:
+        inst = None if instance is None else _parse_instance(instance)
+    except SuperscalarError as e:
+        request.set_exception(_fail(e))
+        return
+    svc.run_on_chain(request, lambda: svc.report(inst))
+
+
 @plugin.hook("custommsg", filters=[FACTORY_MESSAGE_TYPE])
 def on_custommsg(peer_id: str, payload: str, plugin: Plugin, **_: Any) -> dict[str, str]:
     if service is not None:
@@ -595,5 +481,14 @@ def on_shutdown(plugin: Plugin, **_: Any) -> None:
     sys.exit(0)
 
 
+def _describe_methods() -> None:
+    """Each factory-* command's docstring as its manifest description (Core Lightning >= 24.08
+    shows `usage`, which names every parameter, and keeps the rest in doc/schemas)."""
+    for method in plugin.methods.values():
+        if method.name.startswith("factory-") and not method.description:
+            method.description = inspect.cleandoc(method.func.__doc__ or "")
+
+
 def run() -> None:
+    _describe_methods()
     plugin.run()

@@ -35,7 +35,7 @@ from ..engine.exit import Broadcast, Bump, ChainView, Done, PathTx, WaitUntil, e
 from ..engine.sale import stock_sweep
 from ..engine.tree import Topology
 from ..engine.tx import block_txids
-from . import address
+from . import address, events
 from .feebump import FeeBumper
 from .node import ChannelsUnavailable, Node
 from .onchain_sales import (
@@ -46,10 +46,13 @@ from .onchain_sales import (
     stock_duties,
     unsold_stocks,
 )
+from .ratelimit import LogLimiter
 from .records import LIVE, Records, factory_of, topology, txid_of
+from .report import deferred_exit
 from .unroll import Unroller
 
 log = logging.getLogger("superscalar")
+uneconomic_log = LogLimiter(log)
 
 REBROADCAST_EVERY = 6  # blocks; a tx not confirmed by then is sent again
 MAX_CATCH_UP = 2016  # blocks scanned after a restart
@@ -275,6 +278,10 @@ class OnChain:
             if new:
                 confirmed = (*record.confirmed, *((t, height) for t in new))
                 self._records.update_chain(record.instance_id, confirmed=confirmed)
+                if record.funding_txid in new:
+                    events.factory_funded(
+                        record.instance_id, events.role_of(record), record.funding_txid, height
+                    )
         if self.funding_check is not None:  # the client's funding output check (fundcheck.py)
             self.funding_check(raw_block, in_order)
 
@@ -317,8 +324,25 @@ class OnChain:
             return f"the factory times out at {record.timeout_height}: exit before it", None
         deadline = self._htlc_deadline(record)
         if deadline is not None and height + ewt + margin >= deadline[0]:
+            if isinstance(record, store.ClientRecord) and self._defer(record, height):
+                return None
             return f"an offered HTLC expires at {deadline[0]}: exit to enforce it", deadline[1]
         return None
+
+    def _defer(self, record: store.ClientRecord, height: int) -> bool:
+        """Our exit would cost more than we hold and a migration can still take us: wait for
+        it (the factory's timeout trigger, the last moment, is never deferred)."""
+        cost = deferred_exit(self._node, record, self._channels(), height)
+        if cost is not None:
+            uneconomic_log.warning(
+                record.instance_id,
+                "factory %s: no exit for an HTLC: it costs %d sat, we hold %d; the migration"
+                " takes us instead",
+                record.instance_id[:16],
+                cost.cost_sat,
+                cost.balance_sat,
+            )
+        return cost is not None
 
     def _htlc_deadline(self, record: store.Record) -> tuple[int, int | None] | None:
         """The earliest expiry of an HTLC we offered on one of this factory's channels, and (on
@@ -381,7 +405,11 @@ class OnChain:
                 added,
                 reason,
             )
-        return self._records.update_chain(record.instance_id, exit=state)
+        updated = self._records.update_chain(record.instance_id, exit=state)
+        events.client_exited(
+            record.instance_id, events.role_of(record), list(clients), reason, self._node.height
+        )
+        return updated
 
     def _paths(self, record: store.Record) -> list[tuple[list[PathTx], str]]:
         """Every path the exit publishes, each with the funding txid of the channel it ends in:
@@ -550,6 +578,8 @@ class OnChain:
                 for s in stocks
             )
             updated = self._records.update_chain(record.instance_id, sweeps=(*record.sweeps, *new))
+            for swept_at, sweep_hex in new:
+                events.sweep(record.instance_id, swept_at, txid_of(sweep_hex), height)
             assert isinstance(updated, store.LspRecord)
             record = updated
             log.warning(

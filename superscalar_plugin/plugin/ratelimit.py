@@ -6,11 +6,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 PERIOD = 60.0
 MAX_SOURCES = 4096
 WRITE_BURST = 8  # record writes one source may cause per period  # oldest forgotten beyond this: the table itself stays bounded
+
+
+_ALL: weakref.WeakSet[LogLimiter] = weakref.WeakSet()
+
+
+def stats() -> tuple[int, int]:
+    """Over every limiter: (sources whose lines are being left out now, lines left out in all)."""
+    limiting = total = 0
+    for limiter in list(_ALL):
+        now, left_out = limiter.counts()
+        limiting += now
+        total += left_out
+    return limiting, total
 
 
 class LogLimiter:
@@ -26,6 +40,13 @@ class LogLimiter:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.suppressed_total = 0
+        _ALL.add(self)
+
+    def counts(self) -> tuple[int, int]:
+        """(sources with lines left out in their current period, lines left out in all)."""
+        with self._lock:
+            return len(self._suppressed), self.suppressed_total
 
     def warning(self, source: str, text: str, *args: object) -> None:
         """Log `text % args` at WARNING unless `source` logged within the period; the next
@@ -35,6 +56,7 @@ class LogLimiter:
             last = self._last.get(source)
             if last is not None and now - last < self.period:
                 self._suppressed[source] = self._suppressed.get(source, 0) + 1
+                self.suppressed_total += 1
                 return
             if len(self._last) >= MAX_SOURCES:
                 oldest = min(self._last, key=self._last.__getitem__)

@@ -40,7 +40,7 @@ from ..engine.sale import Sale, StockChain, max_sold_sat, stock_cosigners
 from ..engine.sale_sign import SaleCoordinator, SaleState
 from ..engine.sale_store import JitChannel, chain_of, merge_chain
 from ..engine.tree import FactoryKeys
-from . import funding
+from . import events, funding
 from .config import MIN_CHANNEL_SAT
 from .guards import Guards
 from .node import Node
@@ -314,6 +314,7 @@ class SalesRole:
         self._guards.refresh()
         change = signed.change
         log.info("factory %s: sold %d sat in %s", run.instance[:16], run.sold_sat, txid)
+        events.sale(run.instance, run.client, run.sold_sat, run.price_sat, "factory", txid)
         run.done(
             {
                 "kind": "factory",
@@ -368,6 +369,7 @@ class SalesRole:
             run.client,
             run.reason,
         )
+        events.sale(run.instance, run.client, run.sold_sat, run.price_sat, "onchain", channel_id)
         run.done(
             {
                 "kind": "onchain",

@@ -19,6 +19,10 @@ This module only wires the roles together and is what `main` (pyln's handlers) c
     cosign.py    client: co-sign our leaf's sales, accept our own
     buyer.py     client: factory-buy (ask, check the quote, pay, report the channel)
     status.py    what factory-status / -list / -exit / -create answer
+    report.py    factory-report: deadlines, exit costs against balances, the wallet's reserve
+    metrics.py   factory-metrics and the Prometheus endpoint (figures.py: records -> figures)
+    events.py    custom notifications (main.py declares the topics and sends them)
+    settings.py  the options, their checks, and which may change with `setconfig`
     records.py   the records in lightningd's datastore
     node.py      this node's id, height, keys and channels; runtime.py the worker; config.py
 
@@ -60,6 +64,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..engine import store
+from ..engine.errors import InvalidParameter
 from ..engine.tree import FactoryParams
 from .buyer import Buyer
 from .client import ClientRole
@@ -68,6 +73,7 @@ from .cosign import Cosigner
 from .fundcheck import FundingCheck
 from .guards import Guards
 from .lsp import LspRole
+from .metrics import Metrics
 from .move import ClientMover
 from .node import Node
 from .nodedb import NodeDb
@@ -76,6 +82,7 @@ from .opens import ChannelOpens
 from .payments import Payments
 from .peers import Peers
 from .records import Records
+from .report import Report
 from .router import Router
 from .runtime import Reply, Rpc, Worker, answer_now
 from .sales import SalesRole
@@ -92,7 +99,6 @@ TEMPORARY_NODE_FAILURE = "2002"  # BOLT 4: NODE|2
 
 class FactoryService:
     def __init__(self, rpc: Rpc, config: Config) -> None:
-        self.config = config
         self.node = Node(rpc, config)
         self.worker = Worker(tick=self._check_deadlines)
         self.chain = Worker(tick=lambda: None, name="superscalar-chain")
@@ -126,9 +132,21 @@ class FactoryService:
             (self.sales, self.payments, self.cosign),
         )
         self.onchain = OnChain(self.node, self.records)
+        self.metrics = Metrics(self.records, self.node)
+        self.reports = Report(self.node, self.records)
         self.funding = FundingCheck(self.node, self.records, self.guards, self.worker.submit)
         self.onchain.funding_check = self.funding.on_block
         self.ready = threading.Event()
+
+    @property
+    def config(self) -> Config:
+        return self.node.config
+
+    def reconfigure(self, config: Config) -> None:
+        """`setconfig`: the new configuration, checked whole by the caller, swapped in at once
+        (every role reads `node.config` when it acts: a job sees the old or the new, never a
+        mix)."""
+        self.node.config = config
 
     # --- lifecycle (worker) -------------------------------------------------------------------
 
@@ -138,11 +156,13 @@ class FactoryService:
         self.worker.submit(self._startup)
 
     def stop(self) -> None:
+        self.metrics.stop()
         self.chain.stop()
         self.worker.stop()
 
     def shutdown(self, timeout: float) -> None:
         """lightningd's `shutdown`: finish the jobs in hand, start no other."""
+        self.metrics.stop()
         self.chain.stopping.set()
         self.worker.shutdown(timeout)
         self.chain.shutdown(timeout)
@@ -201,6 +221,11 @@ class FactoryService:
 
     def status(self, instance: str | None) -> dict[str, Any]:
         return self.view.status(instance)
+
+    def report(self, instance: str | None) -> dict[str, Any]:
+        if instance is not None and self.records.get(instance) is None:
+            raise InvalidParameter(f"instance: no factory {instance}")
+        return self.reports.report(instance)
 
     def migrate(self, reply: Reply, instance: str, extra: list[str], extra_sat: int) -> None:
         self.worker.submit(lambda: self.wind_down.migrate(reply, instance, extra, extra_sat))

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..engine import handover, protocol, store
 from ..engine.errors import CeremonyError, HandoverError, InvalidParameter
-from . import address, funding
+from . import address, events, funding
 from .config import MIN_CHANNEL_SAT
 from .guards import Guards
 from .lifecycle import dying_from, last_move_height, pending
@@ -153,6 +153,7 @@ class WindDown:
                 reply.set_exception(exc)
 
         log.info("factory %s: creating a successor for %d client(s)", old[:16], len(clients))
+        events.migration_step(old, "successor_creating", self._node.height, clients=len(clients))
         self._lsp.create(_Successor(done, failed), clients, sats, self._node.config.params)
 
     def _successor_funded(self, old: str, new: str) -> None:
@@ -163,6 +164,7 @@ class WindDown:
         )
         self._records.persist(record)
         log.info("factory %s: successor %s funded; moving its clients", old[:16], new[:16])
+        events.migration_step(old, "successor_funded", self._node.height, successor=new)
         self._ask_moves(record)
 
     # --- asking clients to move ---------------------------------------------------------------
@@ -310,6 +312,13 @@ class WindDown:
             entry.node_id,
             len(pending(record)),
         )
+        events.migration_step(
+            record.instance_id,
+            "client_handed_over",
+            self._node.height,
+            client=entry.node_id,
+            clients_inside=len(pending(record)),
+        )
         if not pending(record):
             self._spend(record)
 
@@ -332,6 +341,7 @@ class WindDown:
             record.instance_id[:16],
             txid_of(raw.hex()),
         )
+        events.handover(record.instance_id, txid_of(raw.hex()), self._node.height)
         self._broadcast(raw.hex())
 
     def _broadcast(self, raw_hex: str) -> None:

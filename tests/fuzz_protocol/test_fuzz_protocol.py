@@ -19,7 +19,8 @@ UNCONFIRMED_SUCCESSOR = (
     "funding the LSP then double-spends, after handing over their keys of the old factory"
 )
 MOVE_FEE = "move fees not capped: 10^9 ppm on the successor's channels skims the migration"
-OPEN_HOLES: dict[int, str] = {1: UNCONFIRMED_SUCCESSOR, 26: MOVE_FEE}
+# Seeds 1 (UNCONFIRMED_SUCCESSOR) and 26 (MOVE_FEE) found those holes; both are closed now.
+OPEN_HOLES: dict[int, str] = {}
 
 
 def _param(seed: int) -> object:

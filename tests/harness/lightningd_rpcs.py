@@ -970,42 +970,6 @@ def set_gossip(ch: Channel, me: FakeNode) -> None:
     ch.htlc_minimum_msat = int(me.config["htlc-minimum-msat"])
 
 
-SETCHANNEL_STATES = ("CHANNELD_NORMAL", "CHANNELD_AWAITING_LOCKIN", "DUALOPEND_AWAITING_LOCKIN")
-
-
-def rpc_setchannel(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
-    """setchannel: `id` is a channel id, scid, peer id or `all`; fees change at once (the
-    peer's `updates.remote` follows: gossip is instant here)."""
-    target = str(p["id"])
-    chosen = [
-        ch
-        for ch in me.channels
-        if ch.state in SETCHANNEL_STATES
-        and target in ("all", ch.channel_id, ch.peer_id, ch.scid, ch.alias_local)
-    ]
-    if not chosen:
-        raise RpcFail(JSONRPC2_INVALID_PARAMS, f"Could not find any active channels for {target}")
-    out = []
-    for ch in chosen:
-        if p.get("feebase") is not None:
-            ch.fee_base_msat = parse_msat(p["feebase"], "feebase")
-        if p.get("feeppm") is not None:
-            ch.fee_ppm = int(p["feeppm"])
-        out.append(
-            {
-                "peer_id": ch.peer_id,
-                "channel_id": ch.channel_id,
-                **({"short_channel_id": ch.scid} if ch.scid else {}),
-                "fee_base_msat": ch.fee_base_msat,
-                "fee_proportional_millionths": ch.fee_ppm,
-                "ignore_fee_limits": False,
-                "minimum_htlc_out_msat": ch.htlc_minimum_msat,
-                "maximum_htlc_out_msat": ch.htlc_maximum_msat(),
-            }
-        )
-    return {"channels": out}
-
-
 def rpc_fundchannel_start(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     return _open_channel(me, p)[3]
 
@@ -1116,29 +1080,32 @@ def rpc_fundchannel(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     request = dict(p)
     feerate = parse_feerate(p.get("feerate", "opening"))
     minconf = int(p.get("minconf", 1))
-    if "utxos" in p:
-        candidates = []
-        for s in p["utxos"]:
-            txid, _, vout = str(s).partition(":")
-            u = me.wallet.utxos.get((txid, int(vout) if vout.isdigit() else -1))
-            if u is None or u.spent_by is not None:
-                raise RpcFail(JSONRPC2_INVALID_PARAMS, f"Unknown or spent UTXO {s}")
-            candidates.append(u)
-    else:
-        candidates = me.wallet.spendable(minconf)
-    # Select the inputs first (as multifundchannel does before fundchannel_start) so that an
-    # unaffordable amount fails before the peer hears of the channel.
-    built = me.wallet.build_psbt(
-        amount_sat=None if all_funds else parse_sat(p["amount"], "amount"),
-        feerate_perkw=feerate,
-        startweight=FUNDING_STARTWEIGHT,
-        candidates=candidates,
-        use_all_candidates=all_funds or "utxos" in p,
-        reserve=DEFAULT_RESERVE,
-        locktime=None,
-        min_witness_weight=0,
-        excess_as_change=not all_funds,
-    )
+    # Selection and reservation under the wallet's lock, as lightningd serializes them: two
+    # fundchannel calls at once (factory-close opens several) never pick the same coin.
+    with me.wallet.lock:
+        if "utxos" in p:
+            candidates = []
+            for s in p["utxos"]:
+                txid, _, vout = str(s).partition(":")
+                u = me.wallet.utxos.get((txid, int(vout) if vout.isdigit() else -1))
+                if u is None or u.spent_by is not None:
+                    raise RpcFail(JSONRPC2_INVALID_PARAMS, f"Unknown or spent UTXO {s}")
+                candidates.append(u)
+        else:
+            candidates = me.wallet.spendable(minconf)
+        # Select the inputs first (as multifundchannel does before fundchannel_start) so that an
+        # unaffordable amount fails before the peer hears of the channel.
+        built = me.wallet.build_psbt(
+            amount_sat=None if all_funds else parse_sat(p["amount"], "amount"),
+            feerate_perkw=feerate,
+            startweight=FUNDING_STARTWEIGHT,
+            candidates=candidates,
+            use_all_candidates=all_funds or "utxos" in p,
+            reserve=DEFAULT_RESERVE,
+            locktime=None,
+            min_witness_weight=0,
+            excess_as_change=not all_funds,
+        )
     funded = parse_psbt(built["psbt"])
     if all_funds:
         request["amount"] = int(built["excess_msat"]) // 1000
@@ -1311,18 +1278,19 @@ HANDLERS: dict[str, Handler] = {
     "getutxout": rpc_getutxout,
     "getrawblockbyheight": rpc_getrawblockbyheight,
     "fundchannel": rpc_fundchannel,
-    "setchannel": rpc_setchannel,
 }
 
 
 def _register_more() -> None:
     from .closing import CLOSING_HANDLERS
+    from .configs import CONFIG_HANDLERS
     from .pay import PAY_HANDLERS
     from .payments import PAYMENT_HANDLERS
 
     HANDLERS.update(CLOSING_HANDLERS)
     HANDLERS.update(PAYMENT_HANDLERS)
     HANDLERS.update(PAY_HANDLERS)
+    HANDLERS.update(CONFIG_HANDLERS)
 
 
 _register_more()
