@@ -129,6 +129,18 @@ def test_a_client_away_for_the_whole_dying_period_exits_alone_and_gets_its_money
     before = wallet_sat(away)
     away.stop()
     view = status(lsp, old["instance"])
+    # Into the dying period: the ladder's successor, then blocks one by one until it is deep
+    # enough for the client that is there to move (a successor still unconfirmed takes nothing).
+    mine_to(bitcoind, [lsp, clients[0]], view["dying_from_height"] + 1)
+    wait_for(lambda: bool(status(lsp, old["instance"])["successors"]))
+
+    def moved() -> bool:
+        if status(lsp, old["instance"])["clients"][0]["handed_over"]:
+            return True
+        mine_to(bitcoind, [lsp, clients[0]], bitcoind.rpc.getblockcount() + 1)
+        return False
+
+    wait_for(moved, timeout=180)
     mine_to(bitcoind, [lsp, clients[0]], view["last_move_height"] + 1)
     s = status(lsp, old["instance"])
     assert s["phase"] == "migrating" and s["clients_inside"] == 1

@@ -326,6 +326,7 @@ def test_neither_side_gets_the_others_money_when_a_purchase_fails(
     # 2. A pays, but the sale fails (its leaf-mate now refuses the factory's fee rate): the LSP
     # fails the held payment; A gets it back and no channel is left behind.
     b.daemon.opts["superscalar-max-feerate"] = 1
+    b.daemon.opts["superscalar-min-feerate"] = 1  # a floor above the cap is refused at start
     b.restart()
     _reconnect(lsp, clients)
     wait_for(lambda: normal(lsp, b) and normal(b, lsp))

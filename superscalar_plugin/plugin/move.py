@@ -79,6 +79,8 @@ class ClientMover:
         self._submit = submit
         self._running: set[str] = set()
         self._lock = threading.Lock()
+        # MOVEs refused for a target not yet deep enough: (the LSP, its MOVE), by instance.
+        self._waiting: dict[str, tuple[str, protocol.Move]] = {}
 
     # --- 1. the LSP asks (worker) --------------------------------------------------------------
 
@@ -91,22 +93,41 @@ class ClientMover:
         if record.state is store.ClientState.HANDED_OVER:
             self._send_key(record)  # the LSP missed it (a restart): the same key again
             return
+        self._waiting.pop(record.instance_id, None)
         try:
             target = self._check_move(record, p)
-        except (MoveRefused, SolvencyRefused) as e:
-            peer_log.warning(
-                f"{peer}:move:{getattr(e, 'kind', 'target')}",
-                "refusing to move out of %s: %s",
-                record.instance_id[:16],
-                e,
-            )
-            self._tell(record, str(e))
+        except SolvencyRefused as e:
+            if e.kind == "target_unconfirmed":
+                # Asked a block early (the LSP saw the block before us): asked again at each of
+                # our own blocks until the target is deep enough, not only at the LSP's.
+                self._waiting[record.instance_id] = (peer, p)
+            self._refuse(peer, record, e)
+            return
+        except MoveRefused as e:
+            self._refuse(peer, record, e)
             return
         if record.moving_to != target:
             record = record.replace(moving_to=target)
             self._records.persist(record)  # before anything moves: the guards close the door
             self._guards.refresh()
         self.start(record)
+
+    def _refuse(self, peer: str, record: store.ClientRecord, e: Exception) -> None:
+        kind = getattr(e, "kind", "target")
+        peer_log.warning(
+            f"{peer}:move:{kind}", "refusing to move out of %s: %s", record.instance_id[:16], e
+        )
+        self._tell(record, str(e))
+
+    def on_block(self) -> None:
+        """Worker, after our chain scan: MOVEs refused only because the target was not deep
+        enough yet are checked again."""
+        for instance, (peer, p) in list(self._waiting.items()):
+            record = self._records.get(instance)
+            if isinstance(record, store.ClientRecord):
+                self.on_move(peer, record, p)
+            else:
+                self._waiting.pop(instance, None)
 
     def _check_move(self, record: store.ClientRecord, p: protocol.Move) -> str:
         """The target channel's id, or MoveRefused / SolvencyRefused naming what is wrong."""

@@ -307,5 +307,6 @@ class FactoryService:
             self.worker.submit(lambda: self.lsp.on_block(height))
             self.worker.submit(lambda: self.wind_down.on_block(height))
             self.worker.submit(lambda: self.sales.on_block(height))
+            self.worker.submit(self.mover.on_block)
             self.worker.submit(self.guards.refresh)
             self.worker.submit(lambda: self.records.prune(height))
