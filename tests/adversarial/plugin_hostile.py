@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from superscalar_plugin.engine import blip56, dw, musig2, protocol, store
 from superscalar_plugin.engine.ceremony import Coordinator, CoordinatorState
@@ -16,6 +18,42 @@ from superscalar_plugin.plugin import funding
 
 from harness.network import Network
 from harness.node import FakeNode
+
+
+def lsp_with_clients(
+    network_factory: Callable[..., Network], plugin: list[str], timeout: float, n: int = 2
+) -> tuple[Network, FakeNode, list[FakeNode]]:
+    """A network, an LSP and `n` clients that accept its factories, each connected to it."""
+    net = network_factory(plugin=plugin, timeout=timeout)
+    lsp = net.add_node("lsp")
+    clients = [
+        net.add_node(f"client{i}", options={"superscalar-accept-from": lsp.node_id})
+        for i in range(n)
+    ]
+    for c in clients:
+        net.connect(lsp, c)
+    return net, lsp, clients
+
+
+def htlc_request(scid: str, height: int) -> dict[str, Any]:
+    """An htlc_accepted hook payload: 1,000 sat in over `scid`, expiring 300 blocks on."""
+    return {
+        "onion": {
+            "payload": "00",
+            "next_onion": "00" * 20,
+            "shared_secret": "11" * 32,
+            "forward_msat": 1_000_000,
+            "outgoing_cltv_value": height + 300,
+        },
+        "htlc": {
+            "short_channel_id": scid,
+            "id": 0,
+            "amount_msat": 1_000_000,
+            "cltv_expiry": height + 300,
+            "cltv_expiry_relative": 300,
+            "payment_hash": "22" * 32,
+        },
+    }
 
 
 def pig(payload: protocol.Payload) -> str:

@@ -15,7 +15,6 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from test_plugin_harness import _create
@@ -23,7 +22,16 @@ from test_plugin_migration import _funded as _migration_funded, _status as _msta
 
 from superscalar_plugin.engine import musig2, protocol, wire
 
-from .plugin_hostile import HostileLsp, complete_channels, open_channels, pig, status, wait
+from .plugin_hostile import (
+    HostileLsp,
+    complete_channels,
+    htlc_request,
+    lsp_with_clients,
+    open_channels,
+    pig,
+    status,
+    wait,
+)
 from .test_hostile_sales import _completed, _coordinator, _funded, _offer
 from harness import walletdb
 from harness.network import SUPERSCALAR_PLUGIN, Network
@@ -39,35 +47,8 @@ def _other_2of2(seed: bytes) -> bytes:
     return b"\x00\x20" + hashlib.sha256(witness).digest()
 
 
-def _htlc(scid: str, height: int) -> dict[str, Any]:
-    return {
-        "onion": {
-            "payload": "00",
-            "next_onion": "00" * 20,
-            "shared_secret": "11" * 32,
-            "forward_msat": 1_000_000,
-            "outgoing_cltv_value": height + 300,
-        },
-        "htlc": {
-            "short_channel_id": scid,
-            "id": 0,
-            "amount_msat": 1_000_000,
-            "cltv_expiry": height + 300,
-            "cltv_expiry_relative": 300,
-            "payment_hash": "22" * 32,
-        },
-    }
-
-
 def _setup(network_factory: Callable[..., Network]) -> tuple[Network, HostileLsp, list[FakeNode]]:
-    net = network_factory(plugin=SUPERSCALAR_PLUGIN, timeout=30)
-    lsp = net.add_node("lsp")
-    clients = [
-        net.add_node(f"client{i}", options={"superscalar-accept-from": lsp.node_id})
-        for i in range(2)
-    ]
-    for c in clients:
-        net.connect(lsp, c)
+    net, lsp, clients = lsp_with_clients(network_factory, SUPERSCALAR_PLUGIN, 30)
     hostile = HostileLsp(net, lsp, clients)
     hostile.propose_all()
     return net, hostile, clients
@@ -108,7 +89,9 @@ def test_a_leaf_not_paying_the_clients_own_channel_gets_no_nonce(
         complete_channels(hostile, hostile.coordinator(honest, outpoint))
         # Before any tree: the completed channel is unsigned, it takes no HTLC.
         [ch] = victim.rpc_call("listpeerchannels")["channels"]
-        verdict = victim.call_hook("htlc_accepted", _htlc(ch["alias"]["local"], net.blockheight))
+        verdict = victim.call_hook(
+            "htlc_accepted", htlc_request(ch["alias"]["local"], net.blockheight)
+        )
         assert verdict["result"] == "fail"
         tree = honest
         if lie == "other_2of2":  # the client's amount, to a 2-of-2 of keys it does not hold
@@ -143,7 +126,9 @@ def test_a_leaf_not_paying_the_clients_own_channel_gets_no_nonce(
 
         wait(closed, what="the unsigned channel closed")
         [ch] = victim.rpc_call("listpeerchannels")["channels"]
-        verdict = victim.call_hook("htlc_accepted", _htlc(ch["alias"]["local"], net.blockheight))
+        verdict = victim.call_hook(
+            "htlc_accepted", htlc_request(ch["alias"]["local"], net.blockheight)
+        )
         assert verdict["result"] == "fail"
 
 

@@ -26,7 +26,15 @@ from superscalar_plugin.engine.tree import Factory, FactoryParams
 from superscalar_plugin.engine.tx import Tx, TxIn, TxOut
 from superscalar_plugin.plugin import funding
 
-from .plugin_hostile import HostileLsp, _Rpc as LspRpc, open_channels, pig, status, wait
+from .plugin_hostile import (
+    HostileLsp,
+    _Rpc as LspRpc,
+    lsp_with_clients,
+    open_channels,
+    pig,
+    status,
+    wait,
+)
 from .test_plugin_attacks import _funding_tx
 from harness.bitcoin import b2lx
 from harness.network import SUPERSCALAR_PLUGIN, Network
@@ -64,14 +72,7 @@ class Funded:
 
 
 def _funded(network_factory: Callable[..., Network]) -> Funded:
-    net = network_factory(plugin=SUPERSCALAR_PLUGIN, timeout=60)
-    lsp = net.add_node("lsp")
-    clients = [
-        net.add_node(f"client{i}", options={"superscalar-accept-from": lsp.node_id})
-        for i in range(2)
-    ]
-    for c in clients:
-        net.connect(lsp, c)
+    net, lsp, clients = lsp_with_clients(network_factory, SUPERSCALAR_PLUGIN, 60)
     params = FactoryParams(states_per_layer=2, step_blocks=3)
     hostile = ShortLsp(net, lsp, clients, params=params)
     hostile.propose_all()

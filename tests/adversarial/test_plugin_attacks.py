@@ -18,7 +18,7 @@ from test_plugin_harness import _create, _setup
 
 from superscalar_plugin.engine import blip56, protocol
 
-from .plugin_hostile import HostileLsp, open_channels, pig, status, unpig, wait
+from .plugin_hostile import HostileLsp, htlc_request, open_channels, pig, status, unpig, wait
 from harness.bitcoin import (
     CMutableTransaction,
     CMutableTxIn,
@@ -220,23 +220,7 @@ def test_a_funding_output_other_than_signed_marks_the_factory_compromised(
     [ch] = client.rpc_call("listpeerchannels")["channels"]
     scid = ch["alias"]["local"]
     height = net.blockheight
-    htlc = {
-        "onion": {
-            "payload": "00",
-            "next_onion": "00" * 20,
-            "shared_secret": "11" * 32,
-            "forward_msat": 1_000_000,
-            "outgoing_cltv_value": height + 300,
-        },
-        "htlc": {
-            "short_channel_id": scid,
-            "id": 0,
-            "amount_msat": 1_000_000,
-            "cltv_expiry": height + 300,
-            "cltv_expiry_relative": 300,
-            "payment_hash": "22" * 32,
-        },
-    }
+    htlc = htlc_request(scid, height)
     assert client.call_hook("htlc_accepted", htlc)["result"] == "fail"
     net.mine(2)
     time.sleep(0.5)

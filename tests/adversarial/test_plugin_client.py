@@ -11,6 +11,7 @@ from test_plugin_harness import _create
 
 from superscalar_plugin.engine import blip56, protocol, wire
 
+from .plugin_hostile import lsp_with_clients
 from harness.network import SUPERSCALAR_PLUGIN as PLUGIN, Network
 from harness.node import FakeNode
 
@@ -23,14 +24,7 @@ def _ceremony(instance: str, message: bytes) -> str:
 def test_late_ceremony_messages_leave_a_funded_client_funded_with_its_path(
     network_factory: Callable[..., Network],
 ) -> None:
-    net = network_factory(plugin=PLUGIN, timeout=60)
-    lsp = net.add_node("lsp")
-    clients = [
-        net.add_node(f"client{i}", options={"superscalar-accept-from": lsp.node_id})
-        for i in range(2)
-    ]
-    for c in clients:
-        net.connect(lsp, c)
+    net, lsp, clients = lsp_with_clients(network_factory, PLUGIN, 60)
     requests: list[str] = []
 
     def keep_requests(src: FakeNode, dst: FakeNode, msg_hex: str) -> str | None:
