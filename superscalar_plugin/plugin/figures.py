@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from ..engine import store
 from ..engine.sale_store import OrderState
-from .lifecycle import pending, phase
-from .records import LIVE, is_compromised, txid_of
+from .lifecycle import client_phase, pending, phase
+from .records import is_compromised, txid_of
 from .status import stock_view
 
 GAUGE = "gauge"
@@ -60,16 +60,6 @@ def reason_label(text: str) -> str:
     return short[:60] or "unknown"
 
 
-def _client_phase(record: store.ClientRecord, height: int, dying_blocks: int) -> str:
-    if record.state is store.ClientState.HANDED_OVER:
-        return "handed_over"
-    if record.exit is not None:
-        return "exiting"
-    if record.state not in LIVE:
-        return str(record.state.value)
-    return "dying" if height >= record.timeout_height - dying_blocks else "active"
-
-
 def _phase(record: store.Record, height: int, dying_blocks: int) -> str:
     if is_compromised(record):
         return "compromised"
@@ -77,7 +67,7 @@ def _phase(record: store.Record, height: int, dying_blocks: int) -> str:
         if record.state is store.LspState.FUNDED or record.state is store.LspState.CLOSED:
             return phase(record, height, dying_blocks)
         return str(record.state.value)
-    return _client_phase(record, height, dying_blocks)
+    return client_phase(record, height, dying_blocks)
 
 
 def _factory_figures(records: list[store.Record], height: int, dying: int) -> list[Figure]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..engine import store
-from .records import topology, txid_of
+from .records import LIVE, topology, txid_of
 
 CLTV_DELTA_GUESS = 34  # blocks: a move's HTLC crosses the LSP (lightningd's default delta)
 # blocks of the move's final CLTV beyond the EWT: lightningd's cltv-final (18) and our slack
@@ -45,6 +45,19 @@ def phase(record: store.LspRecord, height: int, dying_blocks: int) -> str:
     if record.successors or record.wind_down is store.WindDown.MIGRATE:
         return "migrating"
     return "dying" if height >= dying_from(record, dying_blocks) else "active"
+
+
+def client_phase(record: store.ClientRecord, height: int, dying_blocks: int) -> str:
+    """A client's own phase of a factory, as factory-status and the metrics show it."""
+    if record.state is store.ClientState.HANDED_OVER:
+        return "handed_over"
+    if record.exit is not None:
+        return "exiting"
+    if record.state not in LIVE:
+        return str(record.state.value)
+    if record.moving_to is not None:
+        return "moving"
+    return "dying" if height >= record.timeout_height - dying_blocks else "active"
 
 
 def factory_view(

@@ -13,7 +13,7 @@ from ..engine.errors import InvalidParameter
 from ..engine.sale_store import SaleEntry
 from ..engine.tree import Topology
 from ..engine.tx import Tx
-from .lifecycle import client_view, factory_view
+from .lifecycle import client_phase, client_view, factory_view
 from .node import ChannelsUnavailable, Node
 from .records import Records, is_compromised, topology, txid_of
 
@@ -116,7 +116,7 @@ class StatusView:
     def _client_view(self, record: store.ClientRecord, topo: Topology) -> dict[str, Any]:
         return {
             "role": "client",
-            "phase": _client_phase(record, self._node.height, self._node.config.dying_blocks),
+            "phase": client_phase(record, self._node.height, self._node.config.dying_blocks),
             "moving_to": record.moving_to,
             "lsp": record.lsp_node_id,
             "index": record.client_index,
@@ -217,16 +217,6 @@ def own_sales_view(
         "sales_cosigned": len(record.sales),
         "onchain_channels": list(record.jit_channels),
     }
-
-
-def _client_phase(record: store.ClientRecord, height: int, dying_blocks: int) -> str:
-    if record.state is store.ClientState.HANDED_OVER:
-        return "handed_over"
-    if record.exit is not None:
-        return "exiting"
-    if record.moving_to is not None:
-        return "moving"
-    return "dying" if height >= record.timeout_height - dying_blocks else "active"
 
 
 def lsp_onchain_view(
