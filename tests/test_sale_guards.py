@@ -15,9 +15,10 @@ from superscalar_plugin.plugin.client import refusal
 from superscalar_plugin.plugin.config import Config
 
 T = 1000
+OPENS = T + 1  # the block from which the LSP's own path on the stock is valid
 STALLED = StockSpend(
     sale_txid="ab" * 32,
-    we_are_buyer=False,
+    we_are_buyer=True,
     sale_complete=False,
     burn_signed=True,
     stock_on_chain=True,
@@ -25,28 +26,38 @@ STALLED = StockSpend(
 )
 
 
-def test_a_stalled_sale_of_another_client_is_burnt_from_T() -> None:
-    check_burn_publish(STALLED, T, T)  # the tip at T: the burn goes into block T+1
-    check_burn_publish(STALLED, T + 50, T)
+def test_the_buyer_of_a_stalled_sale_burns_it_when_the_lsps_path_opens() -> None:
+    check_burn_publish(STALLED, OPENS - 1, OPENS)  # the tip one before: the burn goes in with it
+    check_burn_publish(STALLED, T + 50, OPENS)
+    check_burn_publish(STALLED, T + 200, T + 144)
+
+
+def test_no_burn_before_the_lsps_path_opens_however_long_after_T() -> None:
+    """A stock confirmed late: its L-only path opens `stock_delay` after it, well past T; until
+    then a complete sale held by an absent buyer may still confirm (red team, hole 2)."""
+    with pytest.raises(SolvencyRefused, match="before_lsp_path"):
+        check_burn_publish(STALLED, T + 100, T + 144)
 
 
 @pytest.mark.parametrize(
     ("change", "height", "kind"),
     [
         ({"sale_complete": True}, T, "sale_complete"),  # publish the sale, never its burn
-        ({"sale_complete": True, "we_are_buyer": True}, T, "sale_complete"),
-        ({"we_are_buyer": True}, T, "own_sale"),  # the buyer never burns its own purchase
+        ({"sale_complete": True, "we_are_buyer": False}, T, "sale_complete"),
+        # A co-signer never burns another client's sale: a buyer withholding its own signature
+        # would otherwise get honest clients to destroy the LSP's stock (red team, hole 1).
+        ({"we_are_buyer": False}, T, "not_our_purchase"),
         ({"burn_signed": False}, T, "burn_unsigned"),
         ({"sale_on_chain": True}, T, "sale_on_chain"),
         ({"stock_on_chain": False}, T, "stock_off_chain"),
-        ({}, T - 1, "before_timeout"),
+        ({}, OPENS - 2, "before_lsp_path"),
     ],
 )
 def test_a_burn_is_refused_by_the_solvency_guard_naming_why(
     change: dict[str, bool], height: int, kind: str
 ) -> None:
     with pytest.raises(SolvencyRefused) as e:
-        check_burn_publish(replace(STALLED, **change), height, T)
+        check_burn_publish(replace(STALLED, **change), height, OPENS)
     assert e.value.step is Step.BURN_PUBLISH and e.value.kind == kind
     assert "burn_publish refused" in str(e.value)
 

@@ -347,27 +347,37 @@ class StockSpend:
     sale_on_chain: bool
 
 
-def check_burn_publish(spend: StockSpend, height: int, timeout_height: int) -> None:
+def check_burn_publish(spend: StockSpend, height: int, lsp_path_from: int) -> None:
     """A burn destroys the whole stock output, and with it any sale of it that has not confirmed.
-    It is published only to punish an LSP that stalls a sale it never completed for us: from T
-    on (final from block T+1, the tip at T), while the stock output is on chain and the sale is
-    not. Never a sale we hold complete (we publish that sale instead: harmless to us, and it
-    gives its buyer the channel), never our own purchase (the buyer wants the sale, not the
-    burn)."""
+    Its one use: a buyer whose sale the LSP stalled (it took the buyer's part and withheld the
+    last signature) denies the LSP the stock it would otherwise take back through its own path.
+    So it is published
+    - only by that buyer: a co-signer has nothing at stake in another client's incomplete sale,
+      and burning it would let any buyer that withholds its own signature make honest clients
+      destroy the LSP's stock (the LSP's money; red-team finding);
+    - never for a sale we hold complete (we publish that sale instead);
+    - only when the LSP's own path on the stock opens at the next block (`lsp_path_from`: T+1
+      and `stock_delay` blocks after the stock confirmed): until then a complete sale, held by
+      its buyer, can still confirm, and no honest party burns a sale its buyer may hold complete
+      (red-team finding: a burn at T+1 took an absent buyer's funded sale channel)."""
     step = Step.BURN_PUBLISH
     if spend.sale_complete:
         raise SolvencyRefused(
             step, "sale_complete", f"we hold sale {spend.sale_txid} complete: publish it instead"
         )
-    if spend.we_are_buyer:
-        raise SolvencyRefused(step, "own_sale", f"sale {spend.sale_txid} is our own purchase")
+    if not spend.we_are_buyer:
+        raise SolvencyRefused(
+            step, "not_our_purchase", f"sale {spend.sale_txid} is another client's purchase"
+        )
     if not spend.burn_signed:
         raise SolvencyRefused(step, "burn_unsigned", "we do not hold the burn's signature")
     if spend.sale_on_chain:
         raise SolvencyRefused(step, "sale_on_chain", f"sale {spend.sale_txid} is on chain")
     if not spend.stock_on_chain:
         raise SolvencyRefused(step, "stock_off_chain", "the stock output is not on chain")
-    if height < timeout_height:
+    if height + 1 < lsp_path_from:
         raise SolvencyRefused(
-            step, "before_timeout", f"the burn is final from block {timeout_height + 1} only"
+            step,
+            "before_lsp_path",
+            f"the LSP's own path on the stock opens at block {lsp_path_from} only",
         )

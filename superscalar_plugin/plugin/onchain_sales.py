@@ -13,11 +13,13 @@ The stock's path for L alone needs T and `stock_delay` blocks after the stock ou
 - Sales on chain (`stock_duties`, every co-signer, the buyer too): a sale we hold complete whose
   stock output is on chain is published as it is, at any time: it is harmless to us and gives
   its buyer its channel; a leaf-mate's exit thus confirms our own sales without an exit of ours.
-- Burns (co-signer): from T on (final in block T+1), a sale we hold NOT complete, not ours, that
-  never confirmed while the stock output it spends is on chain has its burn published: the whole
-  stock goes to miners, so an LSP that stalled a sale to claw its stock back gains nothing. The
-  solvency guard decides (`check_burn_publish`): never the burn of a complete sale, never the
-  buyer's.
+- Burns (the buyer only): a sale of OUR purchase that we hold NOT complete (the LSP withheld its
+  last signature), that never confirmed while the stock output it spends is on chain, has its
+  burn published when L's own path on the stock opens at the next block: the whole stock goes to
+  miners, so an LSP that stalled our sale to take its stock back gains nothing. The solvency guard
+  decides (`check_burn_publish`): never the burn of a complete sale, never another client's sale
+  (a buyer withholding its own signature must not get honest co-signers to burn the LSP's
+  stock), never before L's path opens (a complete sale held by an absent buyer can still go in).
 - Stock sweeps (LSP): after T, the latest stock output of each leaf's chain (unsold, spent by no
   sale we signed) is taken through L's stock leaf once it is valid (`stock_sweep_valid_from`).
 """
@@ -92,8 +94,10 @@ def stock_duties(record: store.ClientRecord, height: int) -> list[tuple[str, str
             stock_on_chain=e.stock_txid in confirmed,
             sale_on_chain=e.sale_txid in confirmed,
         )
+        stock_at = confirmed.get(e.stock_txid)
+        opens = stock_sweep_valid_from(keys, stock_at) if stock_at is not None else height + 2
         try:
-            check_burn_publish(spend, height, record.timeout_height)
+            check_burn_publish(spend, height, opens)
         except SolvencyRefused:
             continue
         burn = sold.signed_burn()
