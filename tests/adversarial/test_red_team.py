@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fuzz_protocol import flows
-from fuzz_protocol.world import World
+from fuzz_protocol.world import World, label
+
+from adversarial.plugin_hostile import unpig
 from harness.chain import TxRecord
 from harness.network import SUPERSCALAR_PLUGIN, Network
 from harness.node import FakeNode
@@ -31,9 +32,7 @@ SHAPE = {
 def _world(base: Path, lifetime: int = LIFETIME) -> World:
     net = Network(base, plugin=SUPERSCALAR_PLUGIN, timeout=30)
     lsp = net.add_node("lsp", options={**SHAPE, "superscalar-lifetime-blocks": lifetime})
-    clients = net.add_nodes(
-        ["c0", "c1"], options={**SHAPE, "superscalar-accept-from": lsp.node_id}
-    )
+    clients = net.add_nodes(["c0", "c1"], options={**SHAPE, "superscalar-accept-from": lsp.node_id})
     for c in clients:
         net.connect(lsp, c)
     net.connect(clients[0], clients[1])
@@ -114,5 +113,63 @@ def test_a_buyer_withholding_its_sale_psig_cannot_burn_the_lsps_stock(tmp_path: 
         time.sleep(1.0)
         burns = _burns(world)
         assert not burns, f"the LSP's stock was burnt: {[b.txid for b in burns]}"
+    finally:
+        world.net.stop()
+
+
+def _lsp_alias_on(world: World, c: FakeNode, funding_txid: str) -> str:
+    chans = world.lsp.rpc_call("listpeerchannels", {"id": c.node_id})["channels"]
+    found = [ch for ch in chans if ch.get("funding_txid") == funding_txid and "alias" in ch]
+    assert found, chans
+    return str(found[0]["alias"]["local"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a co-signer burns a sale it does not hold complete from T+1, although the LSP's own"
+    " path on that stock opens only stock_delay blocks after it confirmed: an LSP that withheld"
+    " SALE_SIG from the co-signer gets a buyer's complete, paid-into sale channel burnt while the"
+    " buyer is offline around T",
+)
+def test_a_complete_sale_is_not_burnt_while_its_buyer_is_away(tmp_path: Path) -> None:
+    """Hostile LSP: it gives c0 a sale channel (factory-sell), sends the sale's last signature to
+    the buyer c0 only (never to the co-signer c1, however often it would resend), pays c0 into the
+    sale channel, then goes silent. c0 is away from before its exit until after T. c1's own exit
+    puts the leaf and the stock on chain before T; c1 holds the sale incomplete, not its own, so
+    from T+1 it publishes the burn: c0's complete sale channel, with c0's money in it, goes to
+    miners. The LSP's stock path would not open before `stock_delay` (144) blocks after the stock
+    confirmed, so nothing forced the burn at T+1: c0 had no chance to publish its sale."""
+    world = _world(tmp_path)
+    c0, c1 = world.clients
+    inner = world._intercept
+
+    def withhold_sale_sig(src: FakeNode, dst: FakeNode, msg: str) -> str | None:
+        if src is world.lsp and dst is c1 and label(unpig(msg)) == "SaleStep.SALE_SIG":
+            return None
+        return inner(src, dst, msg)
+
+    world.net.intercept = withhold_sale_sig
+    try:
+        inst = _funded(world)
+        res, err = flows._call(
+            world.lsp, "factory-sell", {"instance": inst, "client": c0.node_id, "sat": 40_000}
+        )
+        assert err is None and res["kind"] == "factory", (res, err)
+        sale_txid = str(res["sale_txid"])
+        flows._wait(lambda: [s["complete"] for s in _status(c0, inst)["sales"]] == [True], 10)
+        assert [s["complete"] for s in _status(c0, inst)["sales"]] == [True]
+        alias = _lsp_alias_on(world, c0, sale_txid)
+        assert flows._pay(world.lsp, c0, alias) is None  # c0 now owns 30,000 sat of it
+        timeout = int(_status(c1, inst)["timeout_height"])
+        world.lsp.stop()
+        c0.stop()
+        _mine_to(world, timeout + 4)
+        time.sleep(2.0)
+        world.net.mine(1)
+        time.sleep(1.0)
+        chain = world.net.chain
+        burns = _burns(world)
+        assert not burns, f"c0's complete sale was burnt: {[b.txid for b in burns]}"
+        assert sale_txid not in chain.txs or chain.txs[sale_txid].height is not None
     finally:
         world.net.stop()
