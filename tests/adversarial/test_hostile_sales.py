@@ -5,9 +5,9 @@ network) against two real clients sharing a leaf. Each attack must be refused by
 naming the field, before any nonce leaves: a sale that touches a co-signer's output or shrinks the
 change, a change output with another script, a second sale of a stock already sold. An LSP that
 stalls a sale after collecting its partial signatures loses the stock: once the leaf is on chain
-and the timeout passes, the co-signers publish the burn; a sale a co-signer holds complete is
-published instead, never burnt, and the buyer never burns its own. A co-client cannot speak for
-the LSP.
+and the LSP's own path on the stock opens, the buyer publishes the burn (a co-signer never burns
+another client's sale); a sale a co-signer holds complete is published instead, never burnt. A
+co-client cannot speak for the LSP.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def test_a_hostile_sale_is_refused_by_every_co_signer_before_any_nonce(
     _refused_by_both(f, replace(honest, sale_tx=tx.serialize(include_witness=False)), attack)
 
 
-def test_a_stock_is_sold_once_and_a_stalled_sale_burns_it_at_the_timeout(
+def test_a_stock_is_sold_once_and_its_buyer_burns_a_stalled_sale_when_the_lsps_path_opens(
     network_factory: Callable[..., Network],
 ) -> None:
     f = _funded(network_factory)
@@ -236,13 +236,19 @@ def test_a_stock_is_sold_once_and_a_stalled_sale_burns_it_at_the_timeout(
     wait(lambda: confirmed(co.sold.sale_tx.txid), what="the complete sale confirmed")
     [view] = status(f.clients[0])
     assert view.get("exit") is None
-    f.net.mine(f.timeout - 1 - f.net.blockheight)
+    # The stalled sale's buyer burns it, and only when the LSP's own path on the stock opens:
+    # T+1 and `stock_delay` blocks after that stock (the first sale's change) confirmed. Until
+    # then nobody burns: the co-signer never burns another client's sale.
+    stock_at = f.net.chain.txs[co.sold.sale_tx.txid].height
+    assert stock_at is not None
+    opens = max(f.timeout + 1, stock_at + f.factory.params.stock_delay)
+    f.net.mine(opens - 2 - f.net.blockheight)
     time.sleep(1.0)
-    assert burn not in f.net.chain.txs  # not before T
-    f.net.mine(1)  # the tip reaches T: the burn is final in the next block
+    assert burn not in f.net.chain.txs  # not before the LSP's path opens
+    f.net.mine(1)  # the tip one before: the burn goes into the block that opens the path
     wait(lambda: burn in f.net.chain.txs, what="the burn published")
     f.net.mine(1)
-    assert f.net.chain.txs[burn].height == f.timeout + 1
+    assert f.net.chain.txs[burn].height == opens
 
 
 def test_a_sale_a_co_signer_holds_complete_is_published_never_burnt(

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from fuzz_protocol import flows
 from fuzz_protocol.world import World, label
 
@@ -79,11 +78,6 @@ def _mine_to(world: World, height: int) -> None:
         time.sleep(0.25)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a buyer that withholds its sale partial signature pays nothing, and its honest"
-    " leaf-mate (whose partial signature left) burns the LSP's whole stock at T",
-)
 def test_a_buyer_withholding_its_sale_psig_cannot_burn_the_lsps_stock(tmp_path: Path) -> None:
     """Hostile co-client c1 buys liquidity (factory-buy), lets the burn be signed, then never
     sends its sale partial signature. The LSP aborts the sale and fails the payment back: c1 paid
@@ -124,13 +118,6 @@ def _lsp_alias_on(world: World, c: FakeNode, funding_txid: str) -> str:
     return str(found[0]["alias"]["local"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a co-signer burns a sale it does not hold complete from T+1, although the LSP's own"
-    " path on that stock opens only stock_delay blocks after it confirmed: an LSP that withheld"
-    " SALE_SIG from the co-signer gets a buyer's complete, paid-into sale channel burnt while the"
-    " buyer is offline around T",
-)
 def test_a_complete_sale_is_not_burnt_while_its_buyer_is_away(tmp_path: Path) -> None:
     """Hostile LSP: it gives c0 a sale channel (factory-sell), sends the sale's last signature to
     the buyer c0 only (never to the co-signer c1, however often it would resend), pays c0 into the
