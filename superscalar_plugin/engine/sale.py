@@ -67,8 +67,6 @@ from .tx import Tx, TxIn, TxOut
 CHANNEL_VOUT = 0
 CHANGE_VOUT = 1
 SALE_SEQUENCE = SEQUENCE_NO_RELATIVE_LOCK
-# Below final: nLockTime is enforced; no relative lock.
-BURN_SEQUENCE = SEQUENCE_NO_RELATIVE_LOCK
 OP_RETURN = 0x6A
 # Bitcoin Core's MIN_STANDARD_TX_NONWITNESS_SIZE: smaller txs are not relayed ("tx-size-small";
 # 64 bytes would collide with a merkle-tree inner node, CVE-2017-12842).
@@ -229,10 +227,22 @@ def build_sale_tx(keys: FactoryKeys, sale: Sale) -> UnsignedNodeTx:
     return _spend_of_stock(keys, sale.stock, SALE_SEQUENCE, sale_outputs(keys, sale), 0)
 
 
+def burn_sequence(keys: FactoryKeys) -> int:
+    """The burn's nSequence: a relative lock of `stock_delay` blocks (BIP68, version 2), the
+    same as L's own path on the stock. Consensus, not the signers' goodwill, then keeps every
+    holder of the signed burn (the LSP, any co-signer) from burning the stock before L's path
+    opens: until then a complete sale held by an absent buyer can still confirm (red-team
+    finding: a burn valid at T+1 took such a buyer's funded sale channel)."""
+    return keys.params.stock_delay
+
+
 def build_burn_tx(keys: FactoryKeys, stock: StockRef) -> UnsignedNodeTx:
-    """The unsigned burn tx of `stock`: nLockTime = T, one 0-sat OP_RETURN output, so its fee is
-    the whole stock; 65 bytes without witness."""
-    return _spend_of_stock(keys, stock, BURN_SEQUENCE, [(0, BURN_SCRIPT)], keys.timeout_height)
+    """The unsigned burn tx of `stock`: nLockTime = T and nSequence `stock_delay` (valid when
+    L's own stock path is, not before), one 0-sat OP_RETURN output, so its fee is the whole
+    stock; 65 bytes without witness."""
+    return _spend_of_stock(
+        keys, stock, burn_sequence(keys), [(0, BURN_SCRIPT)], keys.timeout_height
+    )
 
 
 def sale_change(sale: Sale, tx: Tx) -> StockRef | None:

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from .client_checks import ClientPolicy
 from .errors import InvalidParameter, StockAlreadySold, UnsafeSale
 from .sale import (
-    BURN_SEQUENCE,
     MIN_TX_NONWITNESS_SIZE,
     OP_RETURN,
     SALE_SEQUENCE,
@@ -37,6 +36,7 @@ from .sale import (
     StockRef,
     build_burn_tx,
     build_sale_tx,
+    burn_sequence,
     stock_cosigners,
     stock_script,
 )
@@ -185,7 +185,7 @@ def check_burn_tx(keys: FactoryKeys, stock: StockRef, tx: Tx) -> UnsignedNodeTx:
     ours = _expected(keys, "burn", stock)
     _expect("burn.version", tx.version, TX_VERSION)
     _expect("burn.locktime", tx.locktime, keys.timeout_height)
-    _check_single_input("burn.", tx, stock, BURN_SEQUENCE)
+    _check_single_input("burn.", tx, stock, burn_sequence(keys))
     if len(tx.outputs) != 1:
         raise UnsafeSale("burn.outputs", f"{len(tx.outputs)} outputs, expected one OP_RETURN")
     out = tx.outputs[0]
