@@ -122,7 +122,7 @@ def test_two_chained_sales_confirm_after_the_leaf_and_open_the_buyers_channels(
         assert not late.accepted and late.reason == SPENT
 
 
-def test_the_burn_of_a_stalled_sale_is_invalid_until_T_and_burns_the_stock_after(
+def test_the_burn_of_a_stalled_sale_waits_for_T_and_the_stock_delay_then_burns_the_stock(
     kernel_chain: KernelChain,
 ) -> None:
     chain = kernel_chain
@@ -141,11 +141,14 @@ def test_the_burn_of_a_stalled_sale_is_invalid_until_T_and_burns_the_stock_after
     at_t = chain.mine([burn.raw()])  # would be block T: nLockTime T is final only from T+1
     assert not at_t.accepted and at_t.reason == NONFINAL
     chain.mine_empty(1)  # block T
-    # L's leaf is not mature yet (it waits stock_delay after the stock output confirmed):
-    # from T+1 to then, the burn is the only way the stock leaves without every co-signer.
+    # From T+1 until L's own stock path opens (`stock_delay` after the stock output confirmed)
+    # the burn waits too (BIP68): a complete sale held by an absent buyer can still go in.
     assert chain.height + 1 < change_height + PARAMS.stock_delay
+    early = chain.mine([burn.raw()])
+    assert not early.accepted and "BIP68" in early.detail
+    chain.mine_empty(change_height + PARAMS.stock_delay - 1 - chain.height)
     after = chain.mine([burn.raw()])
-    assert after.accepted and after.height == timeout + 1
+    assert after.accepted and after.height == change_height + PARAMS.stock_delay
     assert chain.utxo(*stalled.sale.stock.outpoint) is None  # all of it went to the miner
     # The stalled sale can never confirm now, and the first buyer's channel stands.
     late = chain.mine([stalled.signed_sale().raw()])

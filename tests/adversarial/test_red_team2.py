@@ -1,8 +1,10 @@
 """Red-team attacks, second round (branch `red2`): a hostile LSP, or a hostile co-client, against
 the real plugin processes (tests/harness, the fuzz_protocol `World` for message filters).
 
-Each test asserts that the victim keeps its money; a test marked xfail(strict) is an attack that
-currently succeeds.
+Each test asserts that the victim keeps its money. Both attacks succeeded when found (the burn was
+valid from T+1 for whoever stored it signed); the burn now carries a relative lock of
+`stock_delay` (engine `sale.burn_sequence`), so consensus keeps it out until the LSP's own stock
+path opens and the absent buyer, back, publishes its sale.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from fuzz_protocol import flows
 from fuzz_protocol.chainview import output_of, verify_inputs
 from fuzz_protocol.invariant import RECORDS, _with_sig
@@ -89,18 +90,19 @@ def _signed_burns(node: FakeNode, kind: str) -> dict[str, tuple[CTransaction, tu
     return out
 
 
-def _no_relative_lock(tx: CTransaction) -> bool:
-    """BIP68: no input of `tx` waits any blocks after its parent (so the harness chain, which
-    enforces no lock, judges it as Bitcoin Core would once nLockTime is final)."""
-    return tx.nVersion < 2 or all(i.nSequence & (1 << 31) for i in tx.vin)
+def _bip68_final(tx: CTransaction, parent_height: int, height: int) -> bool:
+    """BIP68 as Bitcoin Core applies it (the harness chain enforces no lock): may `tx`, whose
+    one parent confirmed at `parent_height`, go into the block at `height`?"""
+    if tx.nVersion < 2:
+        return True
+    for i in tx.vin:
+        if i.nSequence & (1 << 31) or i.nSequence & (1 << 22):  # disabled, or time-based
+            continue
+        if height - parent_height < i.nSequence & 0xFFFF:
+            return False
+    return True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the burn is valid from T+1 (nLockTime T, no relative lock on the stock) and the LSP "
-    "stores it signed: a hostile LSP burns a complete sale whose buyer is away at T+1, long "
-    "before the stock_delay the design gives an absent buyer",
-)
 def test_the_lsp_cannot_burn_an_absent_buyers_complete_sale_at_t_plus_1(tmp_path: Path) -> None:
     """Hostile LSP. The last round's fix stopped honest co-signers from burning a complete sale
     whose buyer is away before the LSP's own stock path opens (T+1 and `stock_delay` = 144 blocks
@@ -156,8 +158,11 @@ def test_the_lsp_cannot_burn_an_absent_buyers_complete_sale_at_t_plus_1(tmp_path
         # script interpreter), and its nLockTime T is final in the next block T+1.
         assert verify_inputs(burn, [stock_out])
         assert burn.nLockTime <= timeout and chain.height >= timeout
-        assert _no_relative_lock(burn)
-        if spender is None:
+        # The defence: the burn waits `stock_delay` after the stock (BIP68), as the LSP's own
+        # path does, so no block may hold it now; a real node would refuse the broadcast.
+        final = _bip68_final(burn, stock_rec.height, chain.height + 1)
+        assert not final, "the burn is valid at T+1"
+        if spender is None and final:
             chain.broadcast(burn, by="lsp")  # the hostile LSP's move
         world.net.mine(1)
         time.sleep(0.5)
@@ -172,12 +177,6 @@ def test_the_lsp_cannot_burn_an_absent_buyers_complete_sale_at_t_plus_1(tmp_path
         world.net.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="every co-signer stores the burn signed, valid from T+1; the LSP never publishes a "
-    "complete sale itself: a hostile co-client burns an absent buyer's complete sale (and the "
-    "LSP's stock) at T+1 though the LSP is honest",
-)
 def test_a_co_client_cannot_burn_an_absent_buyers_complete_sale(tmp_path: Path) -> None:
     """Hostile co-client c1, honest LSP (online throughout). The LSP sells c0 a channel and pays
     30,000 sat into it; every co-signer gets the sale complete. c0 is away from before its exit
@@ -234,8 +233,9 @@ def test_a_co_client_cannot_burn_an_absent_buyers_complete_sale(tmp_path: Path) 
             spender = chain.spent.get(stock_op)
         assert verify_inputs(burn, [stock_out])
         assert burn.nLockTime <= timeout and chain.height >= timeout
-        assert _no_relative_lock(burn)
-        if spender is None:
+        final = _bip68_final(burn, stock_rec.height, chain.height + 1)
+        assert not final, "the burn is valid at T+1"
+        if spender is None and final:
             real_broadcast(burn, c1)  # the hostile co-client's move
         net.mine(1)
         time.sleep(0.5)
