@@ -35,7 +35,7 @@ import bitcoind_helpers as bh
 PARAMS = FactoryParams(states_per_layer=2, step_blocks=1, ewt_margin=0, stock_delay=50)
 
 
-def test_a_sale_relays_after_its_leaf_and_its_burn_from_T_padded_to_65_bytes(
+def test_a_sale_relays_after_its_leaf_and_its_burn_once_ls_path_opens_padded_to_65_bytes(
     bitcoind: BitcoindProcess,
 ) -> None:
     node = bitcoind
@@ -50,6 +50,7 @@ def test_a_sale_relays_after_its_leaf_and_its_burn_from_T_padded_to_65_bytes(
     for n in path:
         node.rpc.call("sendrawtransaction", signed[n].raw().hex())
     node.mine(1)
+    leaf_height = node.height()  # where the stock output confirmed
     stock = StockChain.of_leaf(f, path[-1], signed[path[-1]].txid)
     assert stock.latest is not None
     peer = musig2.pubkey_from_secret(seckey("sale-policy", "peer"))
@@ -79,6 +80,10 @@ def test_a_sale_relays_after_its_leaf_and_its_burn_from_T_padded_to_65_bytes(
     assert len(bare.unsigned.tx.serialize(include_witness=False)) == MIN_TX_NONWITNESS_SIZE - 4
     bh.mine_to(node, timeout)
     bh.refused(node, bare.raw(), "tx-size-small")
+    # Final by nLockTime, but it also waits `stock_delay` after the stock (BIP68), as L's path.
+    assert leaf_height + PARAMS.stock_delay > timeout + 1
+    bh.refused(node, burn.raw(), "non-BIP68-final")
+    bh.mine_to(node, leaf_height + PARAMS.stock_delay - 1)
     [ok] = bh.test_accept(node, [burn.raw()])
     assert ok["allowed"] is True, ok
     assert bh.sat(ok["fees"]["base"]) == sale.stock.amount  # the whole stock to the miner
