@@ -20,48 +20,9 @@ from fuzz_protocol.invariant import RECORDS, _with_sig
 from fuzz_protocol.world import World, label
 
 from adversarial.plugin_hostile import unpig
+from adversarial.test_red_team import _funded, _mine_to, _status, _world
 from harness.bitcoin import CTransaction, b2lx
-from harness.network import SUPERSCALAR_PLUGIN, Network
 from harness.node import FakeNode
-
-LIFETIME = 130
-SHAPE = {
-    "superscalar-ceremony-timeout": 4,
-    "superscalar-states-per-layer": 2,
-    "superscalar-step-blocks": 3,
-    "superscalar-dying-blocks": 10,
-}
-
-
-def _world(base: Path, lifetime: int = LIFETIME) -> World:
-    net = Network(base, plugin=SUPERSCALAR_PLUGIN, timeout=30)
-    lsp = net.add_node("lsp", options={**SHAPE, "superscalar-lifetime-blocks": lifetime})
-    clients = net.add_nodes(["c0", "c1"], options={**SHAPE, "superscalar-accept-from": lsp.node_id})
-    for c in clients:
-        net.connect(lsp, c)
-    net.connect(clients[0], clients[1])
-    return World(net, lsp, clients, clients[1])
-
-
-def _status(node: FakeNode, instance: str) -> dict[str, Any]:
-    view = flows.status(node, instance)
-    assert view is not None
-    return view
-
-
-def _funded(world: World) -> str:
-    out = flows.create(world)
-    assert out.startswith("created"), out
-    for _ in range(3):
-        flows.confirm(world)
-    assert world.instance is not None
-    return world.instance
-
-
-def _mine_to(world: World, height: int) -> None:
-    while world.net.chain.height < height:
-        world.net.mine(1)
-        time.sleep(0.25)
 
 
 def _lsp_alias_on(world: World, c: FakeNode, funding_txid: str) -> str:
