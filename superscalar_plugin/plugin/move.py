@@ -34,6 +34,8 @@ from typing import Any
 from ..engine import protocol, solvency, store
 from ..engine.errors import CeremonyError
 from ..engine.solvency import HeldChannel, MoveTarget, SolvencyRefused
+from ..engine.tx import block_txids
+from .fundcheck import funding_problem, tx_outputs
 from .guards import Guards, msat
 from .node import Node
 from .peers import Peers
@@ -184,10 +186,27 @@ class ClientMover:
         if found[0][0] != new.channel_bound:
             raise MoveRefused("our channel in the target factory is not the one we bound")
         confirmed = dict(new.confirmed).get(new.funding_txid or "")
-        depth = 0 if confirmed is None else self._node.height - confirmed + 1
-        # Confirmed and not marked compromised: the funding check (fundcheck) found the output
-        # our signed root spends, so our signed path from it down to our channel is ours alone.
-        return MoveTarget(found[0][0], depth, confirmed is not None, f"factory {instance[:16]}")
+        what = f"factory {instance[:16]}"
+        if confirmed is None:  # a refusal for depth ("target_unconfirmed"), asked again
+            return MoveTarget(found[0][0], 0, True, what)
+        # The funding output checked here and now, from the block our node holds (not from the
+        # worker's order of jobs): our signed path from it down to our channel is ours alone.
+        return MoveTarget(
+            found[0][0], self._node.height - confirmed + 1, self._funding_ok(new, confirmed), what
+        )
+
+    def _funding_ok(self, new: store.ClientRecord, height: int) -> bool:
+        """The successor's confirmed funding output is the one our signed root spends (fails
+        closed: a block lightningd cannot give is not checked)."""
+        try:
+            raw = bytes.fromhex(
+                self._node.rpc.call("getrawblockbyheight", {"height": height}).get("block") or ""
+            )
+            index = block_txids(raw).index(new.funding_txid or "")
+            return funding_problem(new, tx_outputs(raw, index)) is None
+        except Exception as e:
+            log.info("factory %s: funding not checked: %s", new.instance_id[:16], why(e))
+            return False
 
     def _factory_leaves(self) -> set[str]:
         return {
