@@ -118,6 +118,22 @@ def _lsp_alias_on(world: World, c: FakeNode, funding_txid: str) -> str:
     return str(found[0]["alias"]["local"])
 
 
+def sold_and_paid(world: World, inst: str) -> str:
+    """The LSP sells c0 a 40,000-sat sale channel (factory-sell), c0 holds it complete, and the
+    LSP pays 30,000 sat into it (c0's money now): the sale's txid."""
+    c0 = world.clients[0]
+    res, err = flows._call(
+        world.lsp, "factory-sell", {"instance": inst, "client": c0.node_id, "sat": 40_000}
+    )
+    assert err is None and res["kind"] == "factory", (res, err)
+    sale_txid = str(res["sale_txid"])
+    flows._wait(lambda: [s["complete"] for s in _status(c0, inst)["sales"]] == [True], 10)
+    assert [s["complete"] for s in _status(c0, inst)["sales"]] == [True]
+    alias = _lsp_alias_on(world, c0, sale_txid)
+    assert flows._pay(world.lsp, c0, alias) is None
+    return sale_txid
+
+
 def test_a_complete_sale_is_not_burnt_while_its_buyer_is_away(tmp_path: Path) -> None:
     """Hostile LSP: it gives c0 a sale channel (factory-sell), sends the sale's last signature to
     the buyer c0 only (never to the co-signer c1, however often it would resend), pays c0 into the
@@ -138,15 +154,7 @@ def test_a_complete_sale_is_not_burnt_while_its_buyer_is_away(tmp_path: Path) ->
     world.net.intercept = withhold_sale_sig
     try:
         inst = _funded(world)
-        res, err = flows._call(
-            world.lsp, "factory-sell", {"instance": inst, "client": c0.node_id, "sat": 40_000}
-        )
-        assert err is None and res["kind"] == "factory", (res, err)
-        sale_txid = str(res["sale_txid"])
-        flows._wait(lambda: [s["complete"] for s in _status(c0, inst)["sales"]] == [True], 10)
-        assert [s["complete"] for s in _status(c0, inst)["sales"]] == [True]
-        alias = _lsp_alias_on(world, c0, sale_txid)
-        assert flows._pay(world.lsp, c0, alias) is None  # c0 now owns 30,000 sat of it
+        sale_txid = sold_and_paid(world, inst)
         timeout = int(_status(c1, inst)["timeout_height"])
         world.lsp.stop()
         c0.stop()

@@ -17,19 +17,18 @@ from typing import Any
 from fuzz_protocol import flows
 from fuzz_protocol.chainview import output_of, verify_inputs
 from fuzz_protocol.invariant import RECORDS, _with_sig
-from fuzz_protocol.world import World, label
+from fuzz_protocol.world import label
 
 from adversarial.plugin_hostile import unpig
-from adversarial.test_red_team import _funded, _mine_to, _status, _world
+from adversarial.test_red_team import (
+    _funded,
+    _mine_to,
+    _status,
+    _world,
+    sold_and_paid,
+)
 from harness.bitcoin import CTransaction, b2lx
 from harness.node import FakeNode
-
-
-def _lsp_alias_on(world: World, c: FakeNode, funding_txid: str) -> str:
-    chans = world.lsp.rpc_call("listpeerchannels", {"id": c.node_id})["channels"]
-    found = [ch for ch in chans if ch.get("funding_txid") == funding_txid and "alias" in ch]
-    assert found, chans
-    return str(found[0]["alias"]["local"])
 
 
 def _records(node: FakeNode, kind: str) -> list[dict[str, Any]]:
@@ -91,15 +90,7 @@ def test_the_lsp_cannot_burn_an_absent_buyers_complete_sale_at_t_plus_1(tmp_path
     world.net.intercept = withhold_sale_sig
     try:
         inst = _funded(world)
-        res, err = flows._call(
-            world.lsp, "factory-sell", {"instance": inst, "client": c0.node_id, "sat": 40_000}
-        )
-        assert err is None and res["kind"] == "factory", (res, err)
-        sale_txid = str(res["sale_txid"])
-        flows._wait(lambda: [s["complete"] for s in _status(c0, inst)["sales"]] == [True], 10)
-        assert [s["complete"] for s in _status(c0, inst)["sales"]] == [True]
-        alias = _lsp_alias_on(world, c0, sale_txid)
-        assert flows._pay(world.lsp, c0, alias) is None  # c0 now owns 30,000 sat of it
+        sale_txid = sold_and_paid(world, inst)
         burns = _signed_burns(world.lsp, "lsp")
         assert sale_txid in burns, burns.keys()
         burn, stock_op = burns[sale_txid]
@@ -160,13 +151,8 @@ def test_a_co_client_cannot_burn_an_absent_buyers_complete_sale(tmp_path: Path) 
     net.broadcast = hostile_c1_broadcast  # type: ignore[method-assign]
     try:
         inst = _funded(world)
-        res, err = flows._call(
-            world.lsp, "factory-sell", {"instance": inst, "client": c0.node_id, "sat": 40_000}
-        )
-        assert err is None and res["kind"] == "factory", (res, err)
-        sale_txid = str(res["sale_txid"])
+        sale_txid = sold_and_paid(world, inst)  # c0 now owns 30,000 sat of it
         withheld.add(sale_txid)
-        flows._wait(lambda: [s["complete"] for s in _status(c0, inst)["sales"]] == [True], 10)
         flows._wait(
             lambda: (
                 [bool(e.get("sale_sig")) for r in _records(c1, "client") for e in r["sales"]]
@@ -174,14 +160,12 @@ def test_a_co_client_cannot_burn_an_absent_buyers_complete_sale(tmp_path: Path) 
             ),
             10,
         )  # the honest LSP sent c1 the sale's signature too: c1 could publish the sale
-        alias = _lsp_alias_on(world, c0, sale_txid)
-        assert flows._pay(world.lsp, c0, alias) is None  # c0 now owns 30,000 sat of it
         burns = _signed_burns(c1, "client")  # c1's own record: the burn, signed
         assert sale_txid in burns, burns.keys()
         burn, stock_op = burns[sale_txid]
         timeout = int(_status(c1, inst)["timeout_height"])
         c0.stop()  # away
-        res, err = flows._call(c1, "factory-exit", {"instance": inst})
+        _, err = flows._call(c1, "factory-exit", {"instance": inst})
         assert err is None, err
         _mine_to(world, timeout)
         time.sleep(2.0)
