@@ -168,10 +168,10 @@ def htlc_hook_latency() -> None:
     import random
 
     from superscalar_plugin.engine.policy import ChannelGuard
-    from superscalar_plugin.plugin.config import Config
-    from superscalar_plugin.plugin.guards import Guards
-    from superscalar_plugin.plugin.node import Node
-    from superscalar_plugin.plugin.records import Records
+    from superscalar_plugin.plugin.lightningd.config import Config
+    from superscalar_plugin.plugin.lightningd.guards import Guards
+    from superscalar_plugin.plugin.lightningd.node import Node
+    from superscalar_plugin.plugin.lightningd.records import Records
 
     class NoRpc:
         def call(self, method: str, payload: object = None) -> object:

@@ -17,7 +17,7 @@ import pytest
 
 from superscalar_plugin.engine.tree import UnsignedNodeTx
 from superscalar_plugin.engine.tx import Tx, TxIn, TxOut
-from superscalar_plugin.plugin.psbt import leaf_psbt
+from superscalar_plugin.plugin.lightningd.psbt import leaf_psbt
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = str(Path(sys.executable).parent / "superscalar")

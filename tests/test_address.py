@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from superscalar_plugin.engine.errors import InvalidParameter
-from superscalar_plugin.plugin import address
+from superscalar_plugin.plugin.lightningd import address
 
 VECTORS = json.loads(
     (Path(__file__).parent / "vectors/bip341/wallet-test-vectors.json").read_text()

@@ -12,8 +12,8 @@ from test_onchain_triggers import _lsp
 
 from superscalar_plugin.chain.bitcoind import BitcoindProcess
 from superscalar_plugin.engine import store
-from superscalar_plugin.plugin.onchain import OnChain
-from superscalar_plugin.plugin.records import Records
+from superscalar_plugin.plugin.lightningd.records import Records
+from superscalar_plugin.plugin.onchain.duties import OnChain
 
 
 class LightningdOverBitcoind:

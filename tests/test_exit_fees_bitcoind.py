@@ -17,10 +17,10 @@ from test_exit_bitcoind import PARAMS, _signed_factory
 from superscalar_plugin.chain.bitcoind import BitcoindProcess, BitcoindRPCError
 from superscalar_plugin.engine import store
 from superscalar_plugin.engine.tree import Topology
-from superscalar_plugin.plugin.config import Config
-from superscalar_plugin.plugin.node import Node
-from superscalar_plugin.plugin.onchain import OnChain
-from superscalar_plugin.plugin.records import Records
+from superscalar_plugin.plugin.lightningd.config import Config
+from superscalar_plugin.plugin.lightningd.node import Node
+from superscalar_plugin.plugin.lightningd.records import Records
+from superscalar_plugin.plugin.onchain.duties import OnChain
 
 import bitcoind_helpers as bh
 from bitcoind_fixture import NodeFactory

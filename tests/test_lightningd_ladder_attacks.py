@@ -42,7 +42,7 @@ from real_node import (
 )
 
 from superscalar_plugin.engine import protocol
-from superscalar_plugin.plugin.config import FACTORY_PUSH_MSAT
+from superscalar_plugin.plugin.lightningd.config import FACTORY_PUSH_MSAT
 
 require_lightningd()
 

@@ -35,8 +35,8 @@ from superscalar_plugin.engine import musig2
 from superscalar_plugin.engine.solvency import Step
 from superscalar_plugin.engine.tree import UnsignedNodeTx
 from superscalar_plugin.engine.tx import Tx, TxIn, TxOut
-from superscalar_plugin.plugin import nodedb
-from superscalar_plugin.plugin.psbt import leaf_psbt
+from superscalar_plugin.plugin.lightningd import nodedb
+from superscalar_plugin.plugin.lightningd.psbt import leaf_psbt
 
 require_lightningd()
 
@@ -125,7 +125,7 @@ import hashlib, logging
 from superscalar_plugin.engine import dw, wire
 from superscalar_plugin.engine.ceremony import Coordinator
 from superscalar_plugin.engine import protocol
-from superscalar_plugin.plugin import lsp as lspmod
+from superscalar_plugin.plugin.creation import lsp as lspmod
 from superscalar_plugin.plugin.main import run
 
 log = logging.getLogger("superscalar")

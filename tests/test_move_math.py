@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from superscalar_plugin.plugin.move import forward_fee_msat, movable_msat
+from superscalar_plugin.plugin.lifecycle.move import forward_fee_msat, movable_msat
 
 
 def test_the_forwarding_fee_follows_bolt7_rounded_up() -> None:

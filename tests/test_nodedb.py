@@ -1,5 +1,5 @@
 """Channel script binding without lightningd: where the database is (`solvency.wallet_db`), what a
-`channels` row means (`bound_from_row`), the read itself (`plugin/nodedb.py`, read-only, failing
+`channels` row means (`bound_from_row`), the read itself (`plugin/lightningd/nodedb.py`, read-only, failing
 closed), and the Signer giving no nonce until its leaf output is its own node's channel."""
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from superscalar_plugin.engine.solvency import (
     bound_from_row,
     wallet_db,
 )
-from superscalar_plugin.plugin import nodedb
-from superscalar_plugin.plugin.client import refusal
-from superscalar_plugin.plugin.config import Config
+from superscalar_plugin.plugin.creation.client import refusal
+from superscalar_plugin.plugin.lightningd import nodedb
+from superscalar_plugin.plugin.lightningd.config import Config
 from superscalar_plugin.simulate import agreed_terms
 
 from helpers import coordinator_for, participants

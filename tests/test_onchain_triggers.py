@@ -7,7 +7,7 @@ from typing import Any
 
 from superscalar_plugin.engine import store
 from superscalar_plugin.engine.tree import FactoryParams, Topology
-from superscalar_plugin.plugin.onchain import OnChain
+from superscalar_plugin.plugin.onchain.duties import OnChain
 
 PARAMS = FactoryParams(states_per_layer=2, step_blocks=3)
 EWT = Topology.build(2, PARAMS).ewt

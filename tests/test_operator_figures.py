@@ -15,10 +15,11 @@ from superscalar_plugin.engine.errors import InvalidParameter
 from superscalar_plugin.engine.sale_store import JitChannel, Order, OrderState
 from superscalar_plugin.engine.tree import FactoryParams, Topology
 from superscalar_plugin.engine.tx import Tx, TxIn, TxOut
-from superscalar_plugin.plugin import events, ratelimit, settings
-from superscalar_plugin.plugin.exitcost import ExitCost, can_migrate, defer_exit, exit_cost
-from superscalar_plugin.plugin.figures import Figure, figures, reason_label
-from superscalar_plugin.plugin.onchain import OnChain
+from superscalar_plugin.plugin.lightningd import ratelimit, settings
+from superscalar_plugin.plugin.onchain.duties import OnChain
+from superscalar_plugin.plugin.operator import events
+from superscalar_plugin.plugin.operator.exitcost import ExitCost, can_migrate, defer_exit, exit_cost
+from superscalar_plugin.plugin.operator.figures import Figure, figures, reason_label
 
 PARAMS = FactoryParams(states_per_layer=2, step_blocks=3)
 EWT = Topology.build(2, PARAMS).ewt

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from test_plugin_harness import SMALL, _create, _wait
 
-from superscalar_plugin.plugin import events
+from superscalar_plugin.plugin.operator import events
 
 from harness.errors import RpcCallError
 from harness.network import SUPERSCALAR_PLUGIN, Network

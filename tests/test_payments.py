@@ -14,11 +14,11 @@ import pytest
 
 from superscalar_plugin.engine import protocol, store
 from superscalar_plugin.engine.sale_store import OrderState
-from superscalar_plugin.plugin.config import Config
-from superscalar_plugin.plugin.node import Node
-from superscalar_plugin.plugin.payments import QUOTE_FINAL_CLTV, Payments
-from superscalar_plugin.plugin.peers import Peers
-from superscalar_plugin.plugin.records import Records
+from superscalar_plugin.plugin.lightningd.config import Config
+from superscalar_plugin.plugin.lightningd.node import Node
+from superscalar_plugin.plugin.lightningd.peers import Peers
+from superscalar_plugin.plugin.lightningd.records import Records
+from superscalar_plugin.plugin.sales.payments import QUOTE_FINAL_CLTV, Payments
 
 from adversarial.records import lsp_record
 

@@ -8,11 +8,11 @@ import json
 from typing import Any
 
 from superscalar_plugin.engine import protocol, store
-from superscalar_plugin.plugin.config import Config
-from superscalar_plugin.plugin.node import Node
-from superscalar_plugin.plugin.ratelimit import WRITE_BURST, WriteLimiter
-from superscalar_plugin.plugin.records import Records
-from superscalar_plugin.plugin.winddown import WindDown
+from superscalar_plugin.plugin.lifecycle.winddown import WindDown
+from superscalar_plugin.plugin.lightningd.config import Config
+from superscalar_plugin.plugin.lightningd.node import Node
+from superscalar_plugin.plugin.lightningd.ratelimit import WRITE_BURST, WriteLimiter
+from superscalar_plugin.plugin.lightningd.records import Records
 
 from adversarial.records import lsp_record
 

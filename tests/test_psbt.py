@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from superscalar_plugin.chain.btx import CTransaction
 from superscalar_plugin.engine import dw
-from superscalar_plugin.plugin import psbt
+from superscalar_plugin.plugin.lightningd import psbt
 
 from helpers import OUTPOINT, participants
 

@@ -8,8 +8,8 @@ import pytest
 
 from superscalar_plugin.engine.errors import WireError
 from superscalar_plugin.engine.tx import Tx
-from superscalar_plugin.plugin import psbt
-from superscalar_plugin.plugin.feebump import bitcoind_from_configs
+from superscalar_plugin.plugin.lightningd import psbt
+from superscalar_plugin.plugin.onchain.feebump import bitcoind_from_configs
 
 from harness.network import Network
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from superscalar_plugin.plugin.ratelimit import LogLimiter
+from superscalar_plugin.plugin.lightningd.ratelimit import LogLimiter
 
 
 def test_one_line_per_source_per_period(caplog: pytest.LogCaptureFixture) -> None:

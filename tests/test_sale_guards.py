@@ -11,8 +11,8 @@ import pytest
 from superscalar_plugin.engine import musig2, protocol
 from superscalar_plugin.engine.solvency import SolvencyRefused, Step, StockSpend, check_burn_publish
 from superscalar_plugin.engine.tree import FactoryParams, Topology
-from superscalar_plugin.plugin.client import refusal
-from superscalar_plugin.plugin.config import Config
+from superscalar_plugin.plugin.creation.client import refusal
+from superscalar_plugin.plugin.lightningd.config import Config
 
 T = 1000
 OPENS = T + 1  # the block from which the LSP's own path on the stock is valid

@@ -132,8 +132,8 @@ class _FailingRpc:
 
 
 def test_an_rpc_error_is_never_no_channels() -> None:
-    from superscalar_plugin.plugin.config import Config
-    from superscalar_plugin.plugin.node import ChannelsUnavailable, Node
+    from superscalar_plugin.plugin.lightningd.config import Config
+    from superscalar_plugin.plugin.lightningd.node import ChannelsUnavailable, Node
 
     node = Node(_FailingRpc(), Config())  # type: ignore[arg-type]
     with pytest.raises(ChannelsUnavailable, match="listpeerchannels failed"):

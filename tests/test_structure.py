@@ -73,7 +73,10 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_import_graph_is_read() -> None:
     graph = _graph()
     assert "superscalar_plugin.engine.musig2" in graph["superscalar_plugin.engine.ceremony"]
-    assert "superscalar_plugin.plugin.records" in graph["superscalar_plugin.plugin.onchain"]
+    assert (
+        "superscalar_plugin.plugin.lightningd.records"
+        in graph["superscalar_plugin.plugin.onchain.duties"]
+    )
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 

@@ -302,9 +302,7 @@ class Signer:
             raise UnsafeToSign("the factory changed under an existing signed path")
         path = check_path(keys, msg.header, msg.templates, terms, self.policy.exact_siblings)
         if self.binder is not None:  # before any nonce: our node holds exactly that channel
-            terms, self.bound = bind_leaf(
-                keys, msg.header, msg.templates, path, terms, self.binder
-            )
+            terms, self.bound = bind_leaf(keys, msg.header, msg.templates, path, terms, self.binder)
         states = {t.node: t.state for t in msg.templates}
         to_sign = (
             self._changed_nodes(keys, path, states) if self.signed_path else {u.node for u in path}

@@ -263,7 +263,7 @@ def _check_amounts(params: FactoryParams, t: wire.NodeTemplate, spent_amount: in
 
 
 # The client's own node's record of the channel funded at (leaf txid, output): None if it holds
-# none there. Reading it is the plugin's (`plugin/nodedb.py`); a read that fails raises.
+# none there. Reading it is the plugin's (`plugin/lightningd/nodedb.py`); a read that fails raises.
 ChannelBinder = Callable[[str, int], BoundChannel | None]
 
 

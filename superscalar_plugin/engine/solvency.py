@@ -116,7 +116,7 @@ def check_channel_bound(
 #
 # Core Lightning writes a channel's funding keys to its own database before the fundee's
 # `funding_signed` goes back (table `channels`), and no RPC, hook or notification carries them.
-# The plugin reads that row (`plugin/nodedb.py`); what it means is decided here.
+# The plugin reads that row (`plugin/lightningd/nodedb.py`); what it means is decided here.
 
 
 @dataclass(frozen=True)
@@ -218,6 +218,7 @@ def check_bound_output(
     amount, script = outputs[vout]
     check_channel_bound(step, bound, txid, vout, script, amount)
     return script
+
 
 # --- moves and the key hand-over ----------------------------------------------------------------
 

@@ -20,10 +20,10 @@ from pyln.client import Plugin, RpcException
 from ..engine.blip56 import FACTORY_MESSAGE_TYPE, FEATURE_BIT
 from ..engine.errors import InvalidParameter, SuperscalarError
 from ..engine.taproot import DUST_P2WSH
-from . import events
-from .ratelimit import LogLimiter
+from .lightningd.ratelimit import LogLimiter
+from .lightningd.settings import OPTIONS, changed, config_from, metrics_endpoint, params_from
+from .operator import events
 from .service import MIN_CHANNEL_SAT, FactoryService
-from .settings import OPTIONS, changed, config_from, metrics_endpoint, params_from
 
 
 class _SturdyPlugin(Plugin):  # type: ignore[misc]
@@ -91,6 +91,7 @@ def _on_setconfig(p: Plugin, name: str, value: Any) -> None:
     if service is not None:
         service.reconfigure(config)
     p.log(f"{name} set to {value} (setconfig)", level="info")
+
 
 for opt in OPTIONS:
     plugin.add_option(

@@ -66,28 +66,28 @@ from typing import Any
 from ..engine import store
 from ..engine.errors import InvalidParameter
 from ..engine.tree import FactoryParams
-from .buyer import Buyer
-from .client import ClientRole
-from .config import MIN_CHANNEL_SAT, Config
-from .cosign import Cosigner
-from .fundcheck import FundingCheck
-from .guards import Guards
-from .lsp import LspRole
-from .metrics import Metrics
-from .move import ClientMover
-from .node import Node
-from .nodedb import NodeDb
-from .onchain import OnChain
-from .opens import ChannelOpens
-from .payments import Payments
-from .peers import Peers
-from .records import Records
-from .report import Report
-from .router import Router
-from .runtime import Reply, Rpc, Worker, answer_now
-from .sales import SalesRole
-from .status import StatusView
-from .winddown import WindDown
+from .creation.client import ClientRole
+from .creation.fundcheck import FundingCheck
+from .creation.lsp import LspRole
+from .creation.opens import ChannelOpens
+from .lifecycle.move import ClientMover
+from .lifecycle.winddown import WindDown
+from .lightningd.config import MIN_CHANNEL_SAT, Config
+from .lightningd.guards import Guards
+from .lightningd.node import Node
+from .lightningd.nodedb import NodeDb
+from .lightningd.peers import Peers
+from .lightningd.records import Records
+from .lightningd.router import Router
+from .lightningd.runtime import Reply, Rpc, Worker, answer_now
+from .onchain.duties import OnChain
+from .operator.metrics import Metrics
+from .operator.report import Report
+from .operator.status import StatusView
+from .sales.buyer import Buyer
+from .sales.cosign import Cosigner
+from .sales.payments import Payments
+from .sales.seller import SalesRole
 
 __all__ = ["MIN_CHANNEL_SAT", "Config", "FactoryService"]
 

@@ -14,7 +14,7 @@ from typing import Any
 from superscalar_plugin.engine import blip56, dw, musig2, protocol, store
 from superscalar_plugin.engine.ceremony import Coordinator, CoordinatorState
 from superscalar_plugin.engine.tree import ClientSlot, Factory, FactoryParams, Topology
-from superscalar_plugin.plugin import funding
+from superscalar_plugin.plugin.creation import funding
 
 from harness.network import Network
 from harness.node import FakeNode

@@ -8,7 +8,7 @@ from superscalar_plugin.engine import store
 from superscalar_plugin.engine.errors import WireError
 from superscalar_plugin.engine.tree import FactoryParams
 from superscalar_plugin.engine.tx import Tx, TxIn, TxOut, block_txids
-from superscalar_plugin.plugin.fundcheck import funding_problem, tx_outputs
+from superscalar_plugin.plugin.creation.fundcheck import funding_problem, tx_outputs
 
 from harness.bitcoin import (
     CMutableTransaction,

@@ -24,7 +24,7 @@ from superscalar_plugin.engine.sale import Sale, StockChain, build_burn_tx
 from superscalar_plugin.engine.sale_sign import SaleCoordinator
 from superscalar_plugin.engine.tree import Factory, FactoryParams
 from superscalar_plugin.engine.tx import Tx, TxIn, TxOut
-from superscalar_plugin.plugin import funding
+from superscalar_plugin.plugin.creation import funding
 
 from .plugin_hostile import (
     HostileLsp,
