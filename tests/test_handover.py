@@ -48,6 +48,8 @@ BINARY = FactoryParams()  # clients_per_leaf=2, arity 2
 ONE_PER_LEAF = FactoryParams(clients_per_leaf=1)
 SPLIT_TOP = FactoryParams(kickoff_only_top=2)
 WIDE = FactoryParams(clients_per_leaf=2, arity=(4,))
+# Two leaves under one kickoff and no state over them: a tree signed before `state_over_leaves`.
+FLAT = FactoryParams(state_over_leaves=False)
 
 
 @cache
@@ -279,7 +281,8 @@ def published(plan: UnrollPlan) -> list[int]:
 
 def test_the_shapes_are_as_the_plans_below_assume() -> None:
     kinds = {
-        (4, BINARY): "KLL",
+        (4, BINARY): "KSKLL",
+        (4, FLAT): "KLL",
         (8, BINARY): "KSKLLKLL",
         (8, ONE_PER_LEAF): "KSKLLKLLSKLLKLL",
         (8, SPLIT_TOP): "PPLLPLL",
@@ -291,7 +294,9 @@ def test_the_shapes_are_as_the_plans_below_assume() -> None:
         assert "".join(letter[x.kind] for x in nodes) == expected, (n, params)
 
 
-@pytest.mark.parametrize(("n", "params"), [(4, BINARY), (8, BINARY), (8, SPLIT_TOP)])
+@pytest.mark.parametrize(
+    ("n", "params"), [(4, BINARY), (4, FLAT), (8, BINARY), (8, SPLIT_TOP)]
+)
 def test_every_key_handed_over_means_no_node_and_the_funding_output(
     n: int, params: FactoryParams
 ) -> None:
@@ -311,10 +316,16 @@ def test_no_key_or_too_few_under_any_output_means_nothing_to_do() -> None:
 def test_four_clients_one_leaf_handed() -> None:
     # 0 kickoff(0-3) -> 1 leaf(0-1), 2 leaf(2-3): take the kickoff's output to leaf 1; leaf 2's
     # latest state must still consume the other kickoff output.
-    plan = plan_of(4, BINARY, {0, 1})
+    plan = plan_of(4, FLAT, {0, 1})
     assert published(plan) == [0]
     assert spends(plan) == [(0, 0, range(0, 2))]
     assert plan.due == (2,)
+    # 0 K(0-3) -> 1 S(0-3) -> 2 K(0-3) -> 3 L(0,1), 4 L(2,3): the state over the leaves is
+    # published too (its delay waited out), then the same split at the lower kickoff.
+    plan = plan_of(4, BINARY, {0, 1})
+    assert published(plan) == [0, 1, 2]
+    assert spends(plan) == [(2, 0, range(0, 2))]
+    assert plan.due == (4,)
 
 
 def test_eight_clients_binary() -> None:
@@ -439,7 +450,15 @@ def oracle(f: Factory, handed: set[int]) -> tuple[list[int], list[tuple[int | No
 
 @pytest.mark.parametrize(
     ("n", "params"),
-    [(4, BINARY), (8, BINARY), (8, ONE_PER_LEAF), (8, SPLIT_TOP), (16, WIDE), (13, BINARY)],
+    [
+        (4, BINARY),
+        (4, FLAT),
+        (8, BINARY),
+        (8, ONE_PER_LEAF),
+        (8, SPLIT_TOP),
+        (16, WIDE),
+        (13, BINARY),
+    ],
 )
 def test_random_handovers_match_the_oracle(n: int, params: FactoryParams) -> None:
     f = people(n, params).factory

@@ -30,7 +30,10 @@ from superscalar_plugin.engine.tx import Tx
 from superscalar_plugin.simulate import Participants, make_factory
 
 # Small delays keep the chains short (kernel cost grows with chain length).
-PARAMS = FactoryParams(states_per_layer=3, step_blocks=3, ewt_margin=2, stock_delay=10)
+# Node numbers below are for two leaves under one kickoff (no state over them).
+PARAMS = FactoryParams(
+    states_per_layer=3, step_blocks=3, ewt_margin=2, stock_delay=10, state_over_leaves=False
+)
 TIMEOUT = 2000
 BAD_SIG = "script-verify-flag-failed (Invalid Schnorr signature)"
 RATE = 2000

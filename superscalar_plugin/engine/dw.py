@@ -8,6 +8,7 @@ subtree is re-signed (DESIGN.md section 1, "odometer").
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import FactoryExhausted, InvalidParameter
@@ -47,3 +48,53 @@ def advance_leaf(topo: Topology, states: States, leaf: int) -> Advance:
 def path_delays(topo: Topology, states: States, leaf: int) -> list[int]:
     """Relative delay of each tx on the root-to-leaf path in the given state."""
     return [topo.relative_delay(n, states[n]) for n in topo.path(leaf)]
+
+
+def covering_state(topo: Topology, states: States, leaves: Sequence[int]) -> int:
+    """The lowest state node above (or at) every one of `leaves` that can still move: the node a
+    DW update of those leaves bumps. Only the clients below it sign the update."""
+    if not leaves:
+        raise InvalidParameter("an update needs at least one leaf")
+    for leaf in leaves:
+        if not 0 <= leaf < len(topo.nodes) or topo.nodes[leaf].kind is not NodeKind.LEAF:
+            raise InvalidParameter(f"node {leaf} is not a leaf")
+    paths = [topo.path(leaf) for leaf in leaves]
+    common = [n for n in paths[0] if all(n in p for p in paths[1:])]
+    last = topo.params.states_per_layer - 1
+    for node in reversed(common):
+        if topo.nodes[node].kind.is_state and states[node] < last:
+            return node
+    movable = [n for n in common if topo.nodes[n].kind.is_state]
+    if not movable:
+        raise InvalidParameter(
+            f"no DW state node covers leaves {sorted(leaves)}: their stock cannot move between them"
+        )
+    raise FactoryExhausted(
+        f"every state above leaves {sorted(leaves)} is used: close or migrate the factory"
+    )
+
+
+def advance_node(topo: Topology, states: States, node: int) -> Advance:
+    """Bump state node `node` by one; every state node below it resets to 0 (its parent changed)."""
+    if not topo.nodes[node].kind.is_state:
+        raise InvalidParameter(f"node {node} is a {topo.nodes[node].kind.value}, not a state")
+    if states[node] >= topo.params.states_per_layer - 1:
+        raise FactoryExhausted(f"node {node} has used every state")
+    new = list(states)
+    new[node] += 1
+    subtree = topo.subtree(node)
+    for below in subtree[1:]:
+        new[below] = 0
+    return Advance(tuple(new), node, tuple(subtree))
+
+
+def updates_left(topo: Topology, states: States, leaf: int) -> int:
+    """How many more updates of `leaf` the odometer allows: the state digits on its path read as
+    one number counting down (the digit nearest the leaf moves first, a digit above moves when
+    the ones below are used up and they reset)."""
+    k = topo.params.states_per_layer
+    left = 0
+    for node in topo.path(leaf):
+        if topo.nodes[node].kind.is_state:
+            left = left * k + (k - 1 - states[node])
+    return left

@@ -35,6 +35,8 @@ class PayloadType(IntEnum):
     OFFER = 13  # LSP -> buyer: a sale (or an on-chain channel) is about to be made for you
     SALE = 14  # LSP -> each co-signer of a leaf's stock: the sale and burn txs to check and sign
     SALE_STEP = 15  # either way: one step of a sale's signing (nonces, signatures, acks)
+    UPDATE = 16  # LSP -> each client below a state node: a DW state update, its new channel
+    UPDATE_STEP = 17  # client -> LSP: ready (old channels frozen) or stored (new state kept)
 
 
 class SaleStepKind(IntEnum):
@@ -71,6 +73,14 @@ MAX_INVOICE_CHARS = 2000
 MAX_CHANNEL_SCRIPT = 80
 MAX_SALE_TX = 1000  # bytes of an unsigned sale or burn tx (a sale is about 150)
 MONEY_SAT = 21_000_000 * 100_000_000
+
+
+class UpdateStepKind(IntEnum):
+    READY = 1  # client -> LSP: our old channels take no HTLC and hold none; open the new one
+    STORED = 2  # client -> LSP: we verified and stored the new state's signed path
+
+
+MAX_UPDATE_CHANNELS = 64  # old channels one client may have in a leaf (its own and its sales)
 
 
 class MoveTarget(IntEnum):
@@ -135,6 +145,30 @@ class Move:
     instance_id: bytes  # the factory to leave
     kind: MoveTarget
     target: bytes  # a factory instance id or a channel id (32 bytes)
+
+
+@dataclass(frozen=True)
+class Update:
+    """A DW update of state node `node` into state `state` (its shorter relative lock): the
+    recipient's channels in this factory (`old_channels`, its leaf's and its sales') become one
+    new channel of `channel_sat` on its new leaf, opened with `push_msat` (what it holds in the
+    old ones) on its side; its leaf's stock becomes `leaf_stock`."""
+
+    instance_id: bytes
+    session: bytes  # the update's signing ceremony
+    node: int
+    state: int
+    channel_sat: int
+    push_msat: int
+    leaf_stock: int
+    old_channels: tuple[bytes, ...]  # 32-byte channel ids
+
+
+@dataclass(frozen=True)
+class UpdateStep:
+    instance_id: bytes
+    session: bytes
+    kind: UpdateStepKind
 
 
 @dataclass(frozen=True)
@@ -207,6 +241,8 @@ Payload = (
     | Offer
     | SaleProposal
     | SaleStep
+    | Update
+    | UpdateStep
 )
 
 
@@ -268,6 +304,26 @@ def encode(p: Payload) -> bytes:
         return bytes([PayloadType.MOVE]) + p.instance_id + bytes([p.kind]) + p.target
     if isinstance(p, Key):
         return bytes([PayloadType.KEY]) + p.instance_id + p.secret
+    if isinstance(p, Update):
+        return b"".join(
+            [
+                bytes([PayloadType.UPDATE]),
+                p.instance_id,
+                p.session,
+                struct.pack(
+                    ">HBQQQB",
+                    p.node,
+                    p.state,
+                    p.channel_sat,
+                    p.push_msat,
+                    p.leaf_stock,
+                    len(p.old_channels),
+                ),
+                *p.old_channels,
+            ]
+        )
+    if isinstance(p, UpdateStep):
+        return bytes([PayloadType.UPDATE_STEP]) + p.instance_id + p.session + bytes([p.kind])
     return (
         bytes([PayloadType.FUNDED])
         + p.instance_id
@@ -318,6 +374,14 @@ def decode(data: bytes) -> Payload:
         out = Key(instance, r.take(32))
     elif kind in SALE_PAYLOADS:
         out = _decode_sale(kind, instance, r)
+    elif kind is PayloadType.UPDATE:
+        out = _decode_update(instance, r)
+    elif kind is PayloadType.UPDATE_STEP:
+        session = r.take(32)
+        try:
+            out = UpdateStep(instance, session, UpdateStepKind(r.u8()))
+        except ValueError as e:
+            raise WireError("unknown update step") from e
     else:
         out = Funded(instance, r.take(32)[::-1].hex(), r.u32())
     r.end()
@@ -393,3 +457,19 @@ def _decode_proposal(instance: bytes, session: bytes, r: wire.Reader) -> SalePro
             raise WireError(f"{what} tx of {length} bytes")
         txs.append(r.take(length))
     return SaleProposal(instance, session, txid, vout, stock, buyer, sold, rate, script, *txs)
+
+
+def _decode_update(instance: bytes, r: wire.Reader) -> Update:
+    session, node, state = r.take(32), r.u16(), r.u8()
+    channel_sat = _amount(r, "update channel")
+    push_msat = r.u64()
+    if push_msat > channel_sat * 1000:
+        raise WireError(f"push of {push_msat} msat exceeds the {channel_sat}-sat channel")
+    leaf_stock = _amount(r, "leaf stock")
+    n = r.u8()
+    if not 1 <= n <= MAX_UPDATE_CHANNELS:
+        raise WireError(f"an update replaces 1..{MAX_UPDATE_CHANNELS} channels, not {n}")
+    old = tuple(r.take(32) for _ in range(n))
+    if len(set(old)) != n:
+        raise WireError("an update names the same old channel twice")
+    return Update(instance, session, node, state, channel_sat, push_msat, leaf_stock, old)

@@ -36,6 +36,10 @@ class FactoryParams:
     stock_delay: int = 144  # blocks after which L alone may take a leaf's stock
     ewt_margin: int = 36  # blocks added to the DW delays for confirmation slack
     max_ewt: int = MAX_EWT_BLOCKS
+    # A DW state over the leaves' kickoff when that kickoff is the only interior level (2 to
+    # `arity` leaves), so that stock can move between those leaves (`engine/update.py`). False in
+    # records and headers written before it existed: their trees are built as they were signed.
+    state_over_leaves: bool = True
 
     def validate(self) -> None:
         if not 1 <= self.clients_per_leaf <= 16:
@@ -46,8 +50,10 @@ class FactoryParams:
             raise InvalidShape(
                 f"arity must be a list of integers 2..64 (no arity-1 levels), got {list(self.arity)}"
             )
-        if self.kickoff_only_top < 0:
-            raise InvalidShape("kickoff_only_top cannot be negative")
+        if not 0 <= self.kickoff_only_top < 0x80:
+            raise InvalidShape(f"kickoff_only_top must be 0..127, got {self.kickoff_only_top}")
+        if not isinstance(self.state_over_leaves, bool):
+            raise InvalidShape("state_over_leaves must be true or false")
         if not 2 <= self.states_per_layer <= 64:
             raise InvalidShape(
                 f"states_per_layer must be 2..64 (one state cannot be updated), got"
@@ -107,6 +113,8 @@ def shape_cost(n_clients: int, params: FactoryParams) -> ShapeCost:
         level += 1
         if nodes > MAX_TREE_NODES:  # stop counting: already too costly
             break
+    if level == 1 and params.state_over_leaves and not params.kickoff_only_top:  # `Topology`
+        nodes, depth, keys = nodes + 1, depth + 1, keys + n_clients + 1
     # A state on top gets a single-output kickoff above it (counted generously).
     return ShapeCost(nodes + 1, depth + 1, keys + n_clients + 1)
 

@@ -245,7 +245,11 @@ def _exit(d: dict[str, Any]) -> ExitState | None:
 
 
 def _params(d: dict[str, Any]) -> FactoryParams:
-    raw = _get(d, "params", dict)
+    raw = dict(_get(d, "params", dict))
+    # Records written before `state_over_leaves` existed were signed on trees without it.
+    raw.setdefault("state_over_leaves", False)
+    if not isinstance(raw["state_over_leaves"], bool):
+        raise StoreError("params.state_over_leaves must be true or false")
     names = {f.name for f in dataclasses.fields(FactoryParams)}
     if set(raw) != names:
         raise StoreError(f"params fields differ: {sorted(set(raw) ^ names)}")
@@ -255,7 +259,9 @@ def _params(d: dict[str, Any]) -> FactoryParams:
         raise StoreError("params.arity must be a list of integers")
     values["arity"] = tuple(arity)
     for name, v in values.items():
-        if name != "arity" and (not isinstance(v, int) or isinstance(v, bool)):
+        if name not in ("arity", "state_over_leaves") and (
+            not isinstance(v, int) or isinstance(v, bool)
+        ):
             raise StoreError(f"params.{name} must be an integer")
     params = FactoryParams(**values)
     try:

@@ -113,6 +113,12 @@ class Topology:
             ]
             levels.append(groups)
             level += 1
+        if params.state_over_leaves and not params.kickoff_only_top and len(levels) == 1:
+            # One kickoff over all the leaves and no DW state above them: stock could never move
+            # between leaves (`dw.advance_covering`). A state over that kickoff makes the leaves
+            # updatable together, at one state layer more on every path.
+            groups = [_Group(NodeKind.STATE, groups, groups[0].lo, groups[0].hi)]
+            levels.append(groups)
         # The top `kickoff_only_top` interior levels become plain timeout-sig-tree nodes.
         for lv in levels[len(levels) - min(params.kickoff_only_top, len(levels)) :]:
             for g in lv:
@@ -405,6 +411,9 @@ class Factory(FactoryKeys):
     """The LSP's full view: keys plus every client's channel output, hence every amount."""
 
     channels: tuple[tuple[bytes, int], ...] = ()  # per client: (channel script, channel sat)
+    # Per leaf (in `topology.leaves` order), its stock in this layout; empty: `params.stock_sat`
+    # everywhere (a new factory). A DW update moves stock between leaves (`engine/update.py`).
+    stocks: tuple[int, ...] = ()
 
     @staticmethod
     def create(
@@ -425,6 +434,12 @@ class Factory(FactoryKeys):
         f.validate()
         return f
 
+    def stock_sat_of(self, leaf: int) -> int:
+        """`leaf`'s stock in this layout."""
+        if not self.stocks:
+            return self.params.stock_sat
+        return self.stocks[self.topology.leaves.index(leaf)]
+
     # amounts and outputs, bottom-up
 
     @cached_property
@@ -443,7 +458,7 @@ class Factory(FactoryKeys):
                 specs.append(
                     OutputSpec(
                         OutputKind.STOCK,
-                        self.params.stock_sat,
+                        self.stock_sat_of(node.index),
                         stock.script_pubkey,
                         taproot=stock,
                         key_range=(node.lo, node.hi),

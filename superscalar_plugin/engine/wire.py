@@ -83,7 +83,8 @@ def encode_params(p: FactoryParams) -> bytes:
             _u8(p.clients_per_leaf),
             _u8(len(p.arity)),
             bytes(p.arity),
-            _u8(p.kickoff_only_top),
+            # High bit: state_over_leaves (absent, i.e. 0, in headers signed before it).
+            _u8(p.kickoff_only_top | (0x80 if p.state_over_leaves else 0)),
             _u8(p.states_per_layer),
             _u16(p.step_blocks),
             _u32(p.fee_rate_kvb),
@@ -99,10 +100,12 @@ def encode_params(p: FactoryParams) -> bytes:
 def decode_params(r: Reader) -> FactoryParams:
     clients_per_leaf = r.u8()
     arity = tuple(r.take(r.u8()))
+    top = r.u8()
     p = FactoryParams(
         clients_per_leaf=clients_per_leaf,
         arity=arity,
-        kickoff_only_top=r.u8(),
+        kickoff_only_top=top & 0x7F,
+        state_over_leaves=bool(top & 0x80),
         states_per_layer=r.u8(),
         step_blocks=r.u16(),
         fee_rate_kvb=r.u32(),
