@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
@@ -32,6 +32,7 @@ from .client_checks import (
     check_agreed as check_agreed,
     check_header as check_header,
     check_path as check_path,
+    check_update_path,
 )
 from .errors import (
     AlreadySigned,
@@ -199,6 +200,10 @@ class Signer:
     binder: ChannelBinder | None = None
     bound: BoundChannel | None = None
     _update_terms: ClientTerms | None = None  # set by agree_update, consumed by one SIGN_REQUEST
+    # The update agreed: the state node it bumps, and the plugin's solvency check of our new
+    # channel (`solvency.check_update_signature`), run once it is bound, before any nonce.
+    _update_node: int | None = None
+    _update_check: Callable[[BoundChannel], None] | None = None
     _pending_terms: ClientTerms | None = None
     _nonces: dict[int, tuple[musig2.SecretNonce, bytes]] = field(default_factory=dict, repr=False)
 
@@ -244,15 +249,21 @@ class Signer:
         """Drop the ceremony in flight and its secret nonces (abort, restart)."""
         self._fail()
 
-    def agree_update(self, terms: ClientTerms) -> None:
+    def agree_update(
+        self,
+        terms: ClientTerms,
+        node: int | None = None,
+        check: Callable[[BoundChannel], None] | None = None,
+    ) -> None:
         """The client itself agreed to one DW update of its signed factory (never the LSP alone):
         the next SIGN_REQUEST may re-sign the changed nodes of our path, checked against `terms`,
-        which must name our channel's exact script."""
+        whose channel script must be known or bound by our own node (`binder`). `node`: the
+        state node the update must bump; `check`: run on our bound new channel before any nonce."""
         if self.state is not SignerState.DONE or not self.signed_path:
             raise CeremonyError(f"an update needs a signed factory, we are {self.state.value}")
-        if terms.channel_script is None:
+        if terms.channel_script is None and self.binder is None:
             raise UnsafeToSign("an update must check our channel's exact script: it is unknown")
-        self._update_terms = terms
+        self._update_terms, self._update_node, self._update_check = terms, node, check
 
     def receive(self, data: bytes) -> bytes | None:
         """Handle one message from the LSP; returns our reply, if any. Raises on anything unsafe
@@ -288,6 +299,8 @@ class Signer:
         if self.state in (SignerState.NONCES_SENT, SignerState.PSIGS_SENT):
             raise CeremonyError("a new ceremony started before the previous one ended")
         update, self._update_terms = self._update_terms, None  # one request per agreement
+        update_node, update_check = self._update_node, self._update_check
+        self._update_node = self._update_check = None
         if self.signed_path and update is None:
             raise AlreadySigned(
                 "we already signed this factory: a client signs once, and a later state only in"
@@ -301,12 +314,20 @@ class Signer:
         if self._header is not None and msg.header != self._header:
             raise UnsafeToSign("the factory changed under an existing signed path")
         path = check_path(keys, msg.header, msg.templates, terms, self.policy.exact_siblings)
+        bound = self.bound
         if self.binder is not None:  # before any nonce: our node holds exactly that channel
-            terms, self.bound = bind_leaf(keys, msg.header, msg.templates, path, terms, self.binder)
+            terms, bound = bind_leaf(keys, msg.header, msg.templates, path, terms, self.binder)
         states = {t.node: t.state for t in msg.templates}
         to_sign = (
-            self._changed_nodes(keys, path, states) if self.signed_path else {u.node for u in path}
+            self._changed_nodes(keys, path, states, update_node)
+            if self.signed_path
+            else {u.node for u in path}
         )
+        if update is not None and update_check is not None:
+            if bound is None:
+                raise UnsafeToSign("an update's new channel must be bound by our own node")
+            update_check(bound)  # the solvency guard: our money is ours in both states
+        self.bound = bound
         self._keys, self._header, self._session = keys, msg.header, msg.session
         self._path = path
         self._pending = {u.node: u for u in path if u.node in to_sign}
@@ -323,27 +344,14 @@ class Signer:
         return wire.NodeValues(wire.MsgType.NONCES, msg.session, values).encode()
 
     def _changed_nodes(
-        self, keys: FactoryKeys, path: list[UnsignedNodeTx], states: dict[int, int]
+        self,
+        keys: FactoryKeys,
+        path: list[UnsignedNodeTx],
+        states: dict[int, int],
+        expected: int | None = None,
     ) -> set[int]:
-        """Nodes to sign in an agreed update. The first changed tx must be a state node (a leaf or
-        an interior state) in a newer state, i.e. with a smaller delay, so that it always confirms
-        before the superseded one; a changed kickoff or split would race its old version."""
-        old = {s.node: s for s in self.signed_path}
-        changed = [u.node for u in path if old[u.node].txid != u.txid]
-        if not changed:
-            raise UnsafeToSign("nothing changed: refusing to sign the same path again")
-        first = changed[0]
-        kind = keys.topology.nodes[first].kind
-        if not kind.is_state:
-            raise UnsafeToSign(
-                f"node {first} is a {kind.value}, not a state node: an update must start at a"
-                " newer DW state"
-            )
-        if states[first] <= self.states[first]:
-            raise UnsafeToSign(
-                f"node {first}: state {states[first]} is not newer than {self.states[first]}"
-            )
-        return set(changed)
+        """Nodes to sign in an agreed update (`client_checks.check_update_path`)."""
+        return check_update_path(keys, self.signed_path, self.states, path, states, expected)
 
     def _on_agg_nonces(self, msg: wire.NodeValues) -> bytes:
         assert self._keys is not None

@@ -8,8 +8,9 @@ Pure functions over the engine's values; the `Signer` (ceremony.py) calls them b
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from . import protocol, wire
 from .errors import InvalidParameter, UnsafeToSign
@@ -46,6 +47,9 @@ class ClientTerms:
     client_index: int
     params: FactoryParams
     early_warning_time: int
+    # Our leaf's stock in the state being signed: None at creation (`params.stock_sat`), the
+    # amount an UPDATE names in a DW update (the LSP's money, moved between leaves).
+    leaf_stock: int | None = None
 
     @staticmethod
     def from_propose(p: protocol.Propose, channel_script: bytes | None = None) -> ClientTerms:
@@ -223,7 +227,8 @@ def _check_leaf_outputs(
                 f" P2WSH of at least {DUST_P2WSH} sat"
             )
     stock = keys.stock_output(node.lo, node.hi).script_pubkey
-    if t.outputs[-2] != (keys.params.stock_sat, stock):
+    stock_sat = keys.params.stock_sat if terms.leaf_stock is None else terms.leaf_stock
+    if t.outputs[-2] != (stock_sat, stock):
         raise UnsafeToSign(f"{where}: liquidity stock output is not the agreed one")
     return mine
 
@@ -262,6 +267,16 @@ def _check_amounts(params: FactoryParams, t: wire.NodeTemplate, spent_amount: in
         raise UnsafeToSign(f"{where}: fee {fee} sat does not match the agreed fee rate")
 
 
+class SignedPath(Protocol):
+    """A signed tx of our path as the ceremony keeps it (`ceremony.SignedNodeTx`)."""
+
+    @property
+    def node(self) -> int: ...
+
+    @property
+    def txid(self) -> str: ...
+
+
 # The client's own node's record of the channel funded at (leaf txid, output): None if it holds
 # none there. Reading it is the plugin's (`plugin/lightningd/nodedb.py`); a read that fails raises.
 ChannelBinder = Callable[[str, int], BoundChannel | None]
@@ -287,3 +302,42 @@ def bind_leaf(
     if terms.channel_script is not None and terms.channel_script != script:
         raise UnsafeToSign("our channel output is not the script we agreed to")
     return dataclasses.replace(terms, channel_script=script), bound
+
+
+def check_update_path(
+    keys: FactoryKeys,
+    signed: Sequence[SignedPath],
+    signed_states: Mapping[int, int],
+    path: Sequence[UnsignedNodeTx],
+    states: Mapping[int, int],
+    expected: int | None = None,
+) -> set[int]:
+    """The nodes of our path a DW update re-signs, or `UnsafeToSign`. The first changed tx must be
+    a state node (a leaf or an interior state) in a newer state, i.e. with a shorter relative
+    lock, so that it confirms before the superseded one whenever both wait on the same parent; a
+    changed kickoff or split would race its old version. Nothing above it changes (same txids),
+    and below it the odometer resets: every state node there is back at state 0. `expected`: the
+    state node the update said it moves."""
+    old = {s.node: s.txid for s in signed}
+    order = [u.node for u in path]
+    changed = [u.node for u in path if old.get(u.node) != u.txid]
+    if not changed:
+        raise UnsafeToSign("nothing changed: refusing to sign the same path again")
+    first = changed[0]
+    kind = keys.topology.nodes[first].kind
+    if not kind.is_state:
+        raise UnsafeToSign(
+            f"node {first} is a {kind.value}, not a state node: an update must start at a"
+            " newer DW state"
+        )
+    if expected is not None and first != expected:
+        raise UnsafeToSign(f"the update moves node {first}, we agreed to node {expected}")
+    if states[first] <= signed_states[first]:
+        raise UnsafeToSign(
+            f"node {first}: state {states[first]} is not newer than {signed_states[first]}"
+        )
+    below = order[order.index(first) + 1 :]
+    unreset = [n for n in below if keys.topology.nodes[n].kind.is_state and states[n] != 0]
+    if unreset:
+        raise UnsafeToSign(f"nodes {unreset} below the moved node are not back at state 0")
+    return set(changed)

@@ -14,6 +14,9 @@ operator set. Each irreversible step of every flow asks this module first:
 | MOVE_PAYMENT        | migration, close      | fee within the cap; the target enforceable (confirmed)  |
 | KEY_HANDOVER        | migration, close      | nothing of ours left in any channel of the factory      |
 | BURN_PUBLISH        | chain duties          | never a sale we hold complete                           |
+| UPDATE_SIGNATURE    | DW state update       | the new state newer (checked by `ceremony`); our new    |
+|                     | (client)              | channel bound and holding all we hold in the old ones,  |
+|                     |                       | which are frozen with no HTLC                           |
 
 A step that fails is refused with `SolvencyRefused`, which names the step and the reason; the
 plugin logs it once per kind per peer and leaves the flow where it can be retried. The facts a
@@ -40,6 +43,7 @@ class Step(enum.Enum):
     MOVE_PAYMENT = "move_payment"
     KEY_HANDOVER = "key_handover"
     BURN_PUBLISH = "burn_publish"
+    UPDATE_SIGNATURE = "update_signature"
 
 
 class SolvencyRefused(UnsafeToSign):
@@ -381,4 +385,40 @@ def check_burn_publish(spend: StockSpend, height: int, lsp_path_from: int) -> No
             step,
             "before_lsp_path",
             f"the LSP's own path on the stock opens at block {lsp_path_from} only",
+        )
+
+
+def check_update_signature(
+    old: Sequence[HeldChannel], new: HeldChannel | None, expected_old: int
+) -> None:
+    """Before our first nonce for a new DW state: from the moment it is fully signed, either the
+    old state or the new one may confirm (the newer one wins only if someone publishes it), so
+    what is ours must be ours in both. Our channels the update replaces (`old`, as our node
+    shows them, all `expected_old` of them) hold no HTLC (they are frozen: no new one can come),
+    and our new channel, bound to our new leaf output, already holds on our side at least their
+    sum (the LSP opened it with that pushed to us)."""
+    if len(old) != expected_old:
+        raise SolvencyRefused(
+            Step.UPDATE_SIGNATURE,
+            "old_channels",
+            f"our node shows {len(old)} of the {expected_old} channels the update replaces",
+        )
+    busy = [c.channel_id[:16] for c in old if c.htlcs]
+    if busy:
+        raise SolvencyRefused(Step.UPDATE_SIGNATURE, "htlcs", f"channels {busy} still carry HTLCs")
+    if new is None:
+        raise SolvencyRefused(
+            Step.UPDATE_SIGNATURE, "new_channel", "our node holds no channel at our new leaf output"
+        )
+    if new.htlcs:
+        raise SolvencyRefused(
+            Step.UPDATE_SIGNATURE, "htlcs", "our new channel carries HTLCs before it is signed"
+        )
+    held = sum(c.to_us_msat for c in old)
+    if new.to_us_msat < held:
+        raise SolvencyRefused(
+            Step.UPDATE_SIGNATURE,
+            "balance_short",
+            f"our new channel gives us {new.to_us_msat} msat; we hold {held} msat in the"
+            " channels it replaces",
         )
