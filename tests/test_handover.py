@@ -294,9 +294,7 @@ def test_the_shapes_are_as_the_plans_below_assume() -> None:
         assert "".join(letter[x.kind] for x in nodes) == expected, (n, params)
 
 
-@pytest.mark.parametrize(
-    ("n", "params"), [(4, BINARY), (4, FLAT), (8, BINARY), (8, SPLIT_TOP)]
-)
+@pytest.mark.parametrize(("n", "params"), [(4, BINARY), (4, FLAT), (8, BINARY), (8, SPLIT_TOP)])
 def test_every_key_handed_over_means_no_node_and_the_funding_output(
     n: int, params: FactoryParams
 ) -> None:

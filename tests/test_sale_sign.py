@@ -192,5 +192,6 @@ def test_sales_round_trip_through_records() -> None:
     chains = dict.fromkeys(stock_cosigners(f, leaf), origin)
     chains, lsp_chain = run_sale(p, chains, origin, _sale(p, origin))
     entries = merge_chain((), lsp_chain, b"\x01" * 32, channel_id="ab" * 32)
-    back = chain_of(f, leaf, origin.origin.txid, entries)
+    leaf_tx = f.transactions(OUTPOINT, dw.initial_states(f.topology), [leaf])[leaf]
+    back = chain_of(f, leaf, leaf_tx.tx.serialize(include_witness=False).hex(), entries)
     assert back.sales == lsp_chain.sales and entries[0].channel_id == "ab" * 32

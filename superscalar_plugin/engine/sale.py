@@ -106,12 +106,16 @@ class Sale:
     fee_rate_kvb: int
 
 
-def leaf_stock(keys: FactoryKeys, leaf: int, leaf_txid: str) -> StockRef:
-    """The stock output of leaf tx `leaf_txid` (after the leaf's channels, before its anchor)."""
+def leaf_stock(
+    keys: FactoryKeys, leaf: int, leaf_txid: str, stock_sat: int | None = None
+) -> StockRef:
+    """The stock output of leaf tx `leaf_txid` (after the leaf's channels, before its anchor):
+    `stock_sat`, or the factory's initial stock (a DW update moves stock between leaves)."""
     node = keys.topology.nodes[leaf]
     if node.kind is not NodeKind.LEAF:
         raise InvalidParameter(f"node {leaf} is not a leaf")
-    return StockRef(leaf, leaf_txid, node.hi - node.lo, keys.params.stock_sat)
+    amount = keys.params.stock_sat if stock_sat is None else stock_sat
+    return StockRef(leaf, leaf_txid, node.hi - node.lo, amount)
 
 
 def stock_cosigners(keys: FactoryKeys, leaf: int) -> range:
@@ -302,8 +306,10 @@ class StockChain:
     sales: tuple[SoldStock, ...] = ()
 
     @staticmethod
-    def of_leaf(keys: FactoryKeys, leaf: int, leaf_txid: str) -> StockChain:
-        return StockChain(leaf_stock(keys, leaf, leaf_txid))
+    def of_leaf(
+        keys: FactoryKeys, leaf: int, leaf_txid: str, stock_sat: int | None = None
+    ) -> StockChain:
+        return StockChain(leaf_stock(keys, leaf, leaf_txid, stock_sat))
 
     @property
     def leaf(self) -> int:

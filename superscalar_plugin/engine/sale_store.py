@@ -126,10 +126,13 @@ def entry_of(sold: SoldStock, session: bytes | str, **extra: Any) -> SaleEntry:
 
 
 def chain_of(
-    keys: FactoryKeys, leaf: int, leaf_txid: str, entries: tuple[SaleEntry, ...]
+    keys: FactoryKeys, leaf: int, leaf_raw: str, entries: tuple[SaleEntry, ...]
 ) -> StockChain:
-    """The leaf's stock chain as stored: the leaf tx's stock, then its recorded sales in order."""
-    chain = StockChain.of_leaf(keys, leaf, leaf_txid)
+    """The leaf's stock chain as stored: the stock output of the leaf tx (`leaf_raw`, hex; its
+    amount is the state's, which a DW update may have changed), then its recorded sales in
+    order."""
+    tx = Tx.deserialize(bytes.fromhex(leaf_raw))
+    chain = StockChain.of_leaf(keys, leaf, tx.txid, tx.outputs[-2].amount)
     return replace(chain, sales=tuple(sold_of(keys, e) for e in entries if e.leaf == leaf))
 
 

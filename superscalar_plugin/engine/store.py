@@ -29,6 +29,15 @@ from .sale_store import (
 from .taproot import DUST_P2WSH
 from .tree import MAX_CLIENTS, FactoryParams, Topology, check_shape
 from .tx import Tx
+from .update_store import (
+    ClientUpdate,
+    LspUpdate,
+    client_update_from,
+    lsp_update_from,
+    validate_client_update,
+    validate_lsp_update,
+    validate_stocks,
+)
 
 RECORD_VERSION = 1
 
@@ -127,6 +136,11 @@ class LspRecord:
     sales: tuple[SaleEntry, ...] = ()
     orders: tuple[Order, ...] = ()
     jit: tuple[JitChannel, ...] = ()
+    # DW updates: the stock per leaf in the current state (empty: `params.stock_sat` each), the
+    # update running, and the channels updates replaced (they take no HTLC, and are closed).
+    stocks: tuple[int, ...] = ()
+    update: LspUpdate | None = None
+    retired: tuple[str, ...] = ()
 
     def replace(self, **changes: Any) -> LspRecord:
         return dataclasses.replace(self, **changes)
@@ -160,6 +174,10 @@ class ClientRecord:
     # leaf output with exactly that output's 2-of-2 (persisted before our first nonce). None: a
     # record from before the check, or one signed trusting the LSP for the script.
     channel_bound: str | None = None
+    # A DW update we agreed to (our old channels frozen until it is stored or abandoned), and the
+    # channels updates replaced (closed; they take no HTLC).
+    update: ClientUpdate | None = None
+    retired: tuple[str, ...] = ()
 
     def replace(self, **changes: Any) -> ClientRecord:
         return dataclasses.replace(self, **changes)
@@ -337,6 +355,9 @@ def _lsp_record(data: dict[str, Any]) -> LspRecord:
         sales=sales_from(data),
         orders=orders_from(data),
         jit=jit_from(data),
+        stocks=tuple(_ints_list(data, "stocks")),
+        update=lsp_update_from(data),
+        retired=tuple(_strings(data, "retired", 32)),
     )
 
 
@@ -376,7 +397,18 @@ def _client_record(data: dict[str, Any]) -> ClientRecord:
         sales=sales_from(data),
         jit_channels=strings_from(data, "jit_channels", 32),
         channel_bound=_hex(data, "channel_bound", 32, optional=True),
+        update=client_update_from(data),
+        retired=tuple(_strings(data, "retired", 32)),
     )
+
+
+def _ints_list(data: dict[str, Any], key: str) -> list[int]:
+    values = data.get(key) or []
+    if not isinstance(values, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in values
+    ):
+        raise StoreError(f"record field {key!r} must be a list of integers")
+    return values
 
 
 # --- content: a record that parses must also make sense ------------------------------------------
@@ -496,6 +528,7 @@ def _validate_client(r: ClientRecord) -> None:
         leaf = r.path[-1].node
         _expect(all(e.leaf == leaf for e in r.sales), "sales", "a sale of another leaf's stock")
     validate_sales(r.sales, topo, r.n_clients)
+    validate_client_update(r.update, topo)
     if r.state in (ClientState.READY, ClientState.FUNDED, ClientState.HANDED_OVER):
         _expect(r.header is not None, "header", f"missing in a {r.state.value} record")
         _expect(bool(r.path), "path", f"missing in a {r.state.value} record")
@@ -519,6 +552,8 @@ def _validate_lsp(r: LspRecord) -> None:
         _expect(r.funding_amount > 0, "funding_amount", f"{r.funding_amount} is not positive")
     _validate_entries("tree", r.tree, topo)
     validate_sales(r.sales, topo, len(r.clients))
+    validate_stocks(r.stocks, topo)
+    validate_lsp_update(r.update, topo)
     n = len(r.clients)
     _expect(all(0 <= o.client < n for o in r.orders), "orders", "a client out of range")
     _expect(all(0 <= j.client < n for j in r.jit), "jit", "a client out of range")

@@ -10,6 +10,7 @@ Also the small questions every role asks of a record (its topology, whether it i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -53,9 +54,10 @@ def factory_of(record: store.LspRecord) -> Factory:
         )
         for c in record.clients
     ]
-    return Factory.create(
+    f = Factory.create(
         record.params, bytes.fromhex(record.lsp_pubkey), slots, record.timeout_height
     )
+    return dataclasses.replace(f, stocks=record.stocks) if record.stocks else f
 
 
 def txid_of(raw_hex: str) -> str:

@@ -47,7 +47,7 @@ def client_sale_paths(record: store.ClientRecord) -> list[tuple[list[PathTx], st
     if keys is None or not record.path or not record.sales:
         return []
     leaf = record.path[-1]
-    chain = chain_of(keys, leaf.node, txid_of(leaf.raw), record.sales)
+    chain = chain_of(keys, leaf.node, leaf.raw, record.sales)
     return [(e.path_txs(), e.txs[-1].txid) for e in sale_chain_path(chain, record.client_index)]
 
 
@@ -57,8 +57,8 @@ def lsp_sale_paths(record: store.LspRecord, client: int) -> list[tuple[list[Path
         return []
     keys = factory_of(record)
     leaf = keys.topology.leaf_of_client[client]
-    leaf_txid = next(txid_of(e.raw) for e in record.tree if e.node == leaf)
-    chain = chain_of(keys, leaf, leaf_txid, record.sales)
+    leaf_raw = next(e.raw for e in record.tree if e.node == leaf)
+    chain = chain_of(keys, leaf, leaf_raw, record.sales)
     return [(e.path_txs(), e.txs[-1].txid) for e in sale_chain_path(chain, client)]
 
 
@@ -118,7 +118,7 @@ def unsold_stocks(record: store.LspRecord, height: int) -> list[StockRef]:
         entry = next((e for e in record.tree if e.node == leaf), None)
         if entry is None:
             continue
-        latest = chain_of(keys, leaf, txid_of(entry.raw), record.sales).latest
+        latest = chain_of(keys, leaf, entry.raw, record.sales).latest
         if latest is None or latest.txid not in confirmed:
             continue
         if height + 1 >= stock_sweep_valid_from(keys, confirmed[latest.txid]):

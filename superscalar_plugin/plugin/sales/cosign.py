@@ -48,7 +48,7 @@ from ..lightningd.guards import Guards
 from ..lightningd.node import Node
 from ..lightningd.peers import Peers
 from ..lightningd.ratelimit import LogLimiter
-from ..lightningd.records import LIVE, Records, is_compromised, txid_of
+from ..lightningd.records import LIVE, Records, is_compromised
 from ..lightningd.runtime import PeerUnreachable
 from .buyer import Buyer
 
@@ -71,7 +71,7 @@ def client_chain(record: store.ClientRecord) -> tuple[FactoryKeys, StockChain]:
         raise CeremonyError("we hold no signed path in this factory")
     keys = header.factory_keys()
     leaf = record.path[-1]
-    return keys, chain_of(keys, leaf.node, txid_of(leaf.raw), record.sales)
+    return keys, chain_of(keys, leaf.node, leaf.raw, record.sales)
 
 
 class Cosigner:

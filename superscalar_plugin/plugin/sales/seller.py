@@ -83,7 +83,7 @@ def leaf_txid(record: store.LspRecord, leaf: int) -> str:
 
 def lsp_chain(record: store.LspRecord, keys: FactoryKeys, leaf: int) -> StockChain:
     """A leaf's stock chain as the LSP stored it."""
-    return chain_of(keys, leaf, leaf_txid(record, leaf), record.sales)
+    return chain_of(keys, leaf, next(e.raw for e in record.tree if e.node == leaf), record.sales)
 
 
 class SalesRole:
