@@ -61,6 +61,9 @@ class ClientUpdate:
     push_msat: int
     leaf_stock: int
     old_channels: tuple[str, ...]
+    # Our partial signatures of the new state left (persisted before they do): from then on the
+    # LSP may hold the new state, so the old channels stay frozen whatever it says next.
+    signed: bool = False
 
 
 def _channel_ids(d: dict[str, Any], key: str) -> tuple[str, ...]:
@@ -122,6 +125,7 @@ def client_update_from(data: dict[str, Any]) -> ClientUpdate | None:
         push_msat=get(u, "push_msat", int),
         leaf_stock=get(u, "leaf_stock", int),
         old_channels=_channel_ids(u, "old_channels"),
+        signed=bool(get(u, "signed", bool)) if "signed" in u else False,
     )
 
 

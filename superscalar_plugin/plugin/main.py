@@ -331,6 +331,27 @@ def factory_sell(request: Any, instance: str, client: str, sat: Any, **_: Any) -
     svc.sell(request, instance, client_id, sold)
 
 
+@plugin.async_method("factory-update")
+def factory_update(
+    request: Any, instance: str, client: Any = None, stock_sat: Any = None, **_: Any
+) -> None:
+    """LSP: a Decker-Wattenhofer state update of factory {instance}: the lowest state node above
+    {client}'s leaf that covers other leaves (every leaf without a client) moves to its next
+    state; its leaves' stock is shared out again ({stock_sat} for {client}'s leaf, the rest
+    evenly), each leaf's sales are folded into their buyers' channels, and every client below
+    the node gets a new channel of its new state with its balance. Only those clients sign.
+    Returns the factory's odometer, stocks and channels."""
+    svc = _service()
+    try:
+        instance = _parse_instance(instance)
+        client_id = None if client is None else _parse_clients([client])[0]
+        stock = None if stock_sat is None else _parse_amounts(stock_sat, 1)[0]
+    except SuperscalarError as e:
+        request.set_exception(_fail(e))
+        return
+    svc.update(request, instance, client_id, stock)
+
+
 @plugin.async_method("factory-buy")
 def factory_buy(request: Any, instance: str, sat: Any, max_fee_sat: Any = None, **_: Any) -> None:
     """Client: buy {sat} of inbound liquidity in factory {instance} from its LSP, paying its

@@ -88,6 +88,8 @@ from .sales.buyer import Buyer
 from .sales.cosign import Cosigner
 from .sales.payments import Payments
 from .sales.seller import SalesRole
+from .updates.client import UpdateClient
+from .updates.lsp import UpdateLsp
 
 __all__ = ["MIN_CHANNEL_SAT", "Config", "FactoryService"]
 
@@ -122,6 +124,10 @@ class FactoryService:
         self.cosign = Cosigner(
             self.node, self.records, self.peers, self.opens, self.guards, self.buyer
         )
+        self.update_lsp = UpdateLsp(self.node, self.records, self.peers, self.guards)
+        self.update_client = UpdateClient(
+            self.node, self.records, self.peers, self.guards, self.opens
+        )
         self.router = Router(
             self.peers,
             self.opens,
@@ -130,6 +136,7 @@ class FactoryService:
             self.worker.submit,
             (self.records, self.wind_down, self.mover),
             (self.sales, self.payments, self.cosign),
+            (self.update_lsp, self.update_client),
         )
         self.onchain = OnChain(self.node, self.records)
         self.metrics = Metrics(self.records, self.node)
@@ -182,9 +189,11 @@ class FactoryService:
                 if isinstance(record, store.LspRecord):
                     self.lsp.resume(record)
                     self.payments.resume(record)
+                    self.update_lsp.resume(record)
                 else:
                     self.client.resume(record)
                     self.mover.resume(record)
+                    self.update_client.resume(record)
             except Exception:  # one factory's trouble must not stop start-up for the others
                 log.exception("resuming factory %s failed", record.instance_id[:16])
         self.funding.recheck()
@@ -203,6 +212,7 @@ class FactoryService:
         self.payments.check_deadlines(now)
         self.cosign.check_deadlines(now)
         self.buyer.check_deadlines(now)
+        self.update_lsp.check_deadlines(now)
 
     # --- RPC commands: queued, answered from the worker ---------------------------------------
 
@@ -237,6 +247,12 @@ class FactoryService:
             return self.view.of(self.wind_down.close(instance))
 
         self.worker.submit(lambda: answer_now(reply, job, "factory-close failed"))
+
+    def update(
+        self, reply: Reply, instance: str, client: str | None, stock_sat: int | None
+    ) -> None:
+        """`factory-update`: a DW state update moving stock towards `client`'s leaf."""
+        self.worker.submit(lambda: self.update_lsp.update(reply, instance, client, stock_sat))
 
     def sell(self, reply: Reply, instance: str, client: str, sold_sat: int) -> None:
         """`factory-sell`: inbound liquidity for a client, given by the LSP."""

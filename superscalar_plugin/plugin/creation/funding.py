@@ -8,6 +8,7 @@ Every refusal raises `RpcFailed` with the message the LSP's abort reports.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TypeVar
@@ -79,19 +80,23 @@ def per_client(
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def start_channel(rpc: Rpc, client: store.ClientEntry) -> str:
-    """`fundchannel_start` with a client: the channel's funding script (hex)."""
+def start_channel(
+    rpc: Rpc, client: store.ClientEntry, amount: int | None = None, push_msat: int = 0
+) -> str:
+    """`fundchannel_start` with a client: the channel's funding script (hex). `amount` defaults
+    to the client's channel; `push_msat` (a DW update: what the client holds in the channels the
+    new one replaces) is given to the client on top of the one sat every factory channel gets."""
     try:
         res = rpc.call(
             "fundchannel_start",
             {
                 "id": client.node_id,
-                "amount": client.channel_sat,
+                "amount": client.channel_sat if amount is None else amount,
                 "announce": False,
                 "mindepth": 0,
                 # A fundee that never held funds forgets an unconfirmed channel after 2016
                 # blocks (DESIGN 3.6); one pushed sat keeps it for the factory's lifetime.
-                "push_msat": FACTORY_PUSH_MSAT,
+                "push_msat": max(FACTORY_PUSH_MSAT, push_msat),
                 "reserve": FACTORY_RESERVE_SAT,
                 "channel_type": list(FACTORY_CHANNEL_TYPE),
             },
@@ -167,6 +172,20 @@ def close_unfunded(rpc: Rpc, client: store.ClientEntry) -> None:
         rpc.call("close", {"id": client.channel_id, "unilateraltimeout": CLOSE_WAIT})
     except Exception as e:
         log.info("close %s: %s", client.channel_id, why(e))
+
+
+def close_retired(rpc: Rpc, channel_id: str) -> None:
+    """Start the cooperative close of a channel a DW update replaced, in the background (`close`
+    waits for the peer): its funding is an output of a superseded state that never goes on
+    chain, so never a commitment of it (`unilateraltimeout` 0: wait for the peer)."""
+
+    def close() -> None:
+        try:
+            rpc.call("close", {"id": channel_id, "unilateraltimeout": 0})
+        except Exception as e:
+            log.info("close %s: %s", channel_id[:16], why(e))
+
+    threading.Thread(target=close, name="superscalar-close", daemon=True).start()
 
 
 def open_ordinary(rpc: Rpc, client: store.ClientEntry) -> tuple[str, str]:

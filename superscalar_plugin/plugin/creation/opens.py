@@ -30,12 +30,15 @@ class ChannelOpens:
         self._slots: dict[str, tuple[str, int]] = {}  # instance -> (LSP, channel msat)
         self._expected: dict[tuple[str, int], str] = {}  # (peer, msat) -> instance
         self._refused: dict[tuple[str, int], str] = {}
+        self._push: dict[tuple[str, int], int] = {}  # (peer, msat) -> the push we agreed to
 
-    def accepted(self, instance: str, lsp: str, channel_sat: int) -> None:
-        """We accepted a slot: its open may reach us before the LSP's channel_in_factory."""
+    def accepted(self, instance: str, lsp: str, channel_sat: int, push_msat: int = 0) -> None:
+        """We accepted a slot: its open may reach us before the LSP's channel_in_factory. A DW
+        update's new channel comes with our balance pushed to us (`push_msat`)."""
         with self._lock:
             self._slots[instance] = (lsp, channel_sat * 1000)
             self._expected[(lsp, channel_sat * 1000)] = instance
+            self._push[(lsp, channel_sat * 1000)] = max(FACTORY_PUSH_MSAT, push_msat)
 
     def announced(self, peer: str, instance: str) -> None:
         """A peer's `channel_in_factory`: expect its open if the slot is ours, else refuse it."""
@@ -62,7 +65,8 @@ class ChannelOpens:
         with self._lock:
             instance = self._expected.pop((peer, funding_msat), None)
             refused = self._refused.pop((peer, 0), None)
-        if instance is not None and push_msat <= FACTORY_PUSH_MSAT:
+            allowed = self._push.pop((peer, funding_msat), FACTORY_PUSH_MSAT)
+        if instance is not None and push_msat <= allowed:
             log.info("accepting factory channel from %s (factory %s)", peer, instance[:16])
             return {"result": "continue", "mindepth": 0}
         if instance is not None or refused is not None:

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from ...engine import policy, store
+from ...engine.update_store import UpdateStage
 from .node import ChannelsUnavailable, Node
 from .records import LIVE, Records, is_compromised, topology, txid_of
 
@@ -217,7 +218,9 @@ def _guards_by_channel(records: list[store.Record]) -> dict[str, policy.ChannelG
         # A client's channel that is moving out (or moved, its key handed over) must take no
         # new money: the LSP may hold the old tree's keys.
         retiring = isinstance(r, store.ClientRecord) and (
-            r.moving_to is not None or r.state is store.ClientState.HANDED_OVER
+            r.moving_to is not None
+            or r.state is store.ClientState.HANDED_OVER
+            or r.update is not None  # frozen for a DW update
         )
         if r.state not in LIVE and not retiring:
             continue
@@ -233,7 +236,22 @@ def _guards_by_channel(records: list[store.Record]) -> dict[str, policy.ChannelG
         elif r.path:
             wanted[txid_of(r.path[-1].raw)] = guard
         wanted.update(_sale_guards(r, ewt, timeout))
+        if isinstance(r, store.LspRecord):
+            wanted.update(_update_frozen(r, ewt))
     return wanted
+
+
+def _update_frozen(r: store.LspRecord, ewt: int) -> dict[str, policy.ChannelGuard]:
+    """An LSP's channels a DW update replaces (frozen while it runs, retired after) and the new
+    ones it opens (until the new state is signed): no HTLC at all."""
+    frozen = policy.ChannelGuard(ewt, 0)
+    out = dict.fromkeys(r.retired, frozen)
+    if r.update is not None:
+        for c in r.update.clients:
+            out.update(dict.fromkeys(c.old_channels, frozen))
+            if c.channel_id and r.update.stage is not UpdateStage.SIGNED:
+                out[c.channel_id] = frozen
+    return out
 
 
 def _sale_guards(r: store.Record, ewt: int, timeout: int) -> dict[str, policy.ChannelGuard]:

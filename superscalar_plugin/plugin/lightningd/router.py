@@ -28,6 +28,8 @@ from ..lifecycle.winddown import WindDown
 from ..sales.cosign import Cosigner
 from ..sales.payments import Payments
 from ..sales.seller import SalesRole
+from ..updates.client import UpdateClient
+from ..updates.lsp import UpdateLsp
 from .peers import Peers
 from .ratelimit import LogLimiter
 from .records import Records
@@ -49,6 +51,7 @@ class Router:
         submit: Callable[[Callable[[], None]], None],
         ends: tuple[Records, WindDown, ClientMover],
         sales: tuple[SalesRole, Payments, Cosigner],
+        updates: tuple[UpdateLsp, UpdateClient],
     ) -> None:
         self._peers = peers
         self._opens = opens
@@ -57,6 +60,7 @@ class Router:
         self._submit = submit
         self._records, self._wind_down, self._mover = ends
         self._sales, self._payments, self._cosign = sales
+        self._update_lsp, self._update_client = updates
 
     def on_custommsg(self, peer: str, payload_hex: str) -> None:
         """From the custommsg hook (dispatch thread): filter by type and queue; never blocks."""
@@ -102,6 +106,8 @@ class Router:
             return
         instance = payload.instance_id.hex()
         try:
+            if self._update(peer, instance, payload):
+                return
             if self._sale(peer, instance, payload):
                 return
             if self._factory_end(peer, instance, payload):
@@ -112,6 +118,36 @@ class Router:
                 self._client.on_payload(peer, instance, payload)
         except Exception as e:  # a hostile or broken peer, or our own bug: abort, stay alive
             self._abort(peer, instance, e)
+
+    def _update(self, peer: str, instance: str, payload: protocol.Payload) -> bool:
+        """A DW state update's message: to the LSP's update from one of its clients, to a
+        client's updater from its LSP (each checks the sender). True if handled (or dropped)."""
+        record = self._records.get(instance)
+        if isinstance(record, store.LspRecord):
+            ours = isinstance(payload, protocol.UpdateStep) or (
+                self._update_lsp.running(instance)
+                and isinstance(payload, protocol.Ceremony | protocol.Text)
+            )
+            if ours:
+                self._update_lsp.on_payload(record, peer, payload)
+            return ours
+        if not isinstance(record, store.ClientRecord):
+            return False
+        if isinstance(payload, protocol.Update):
+            self._update_client.on_update(peer, record, payload)
+            return True
+        pending = record.update is not None or self._update_client.expects(instance)
+        if not pending or not isinstance(payload, protocol.Ceremony | protocol.Text):
+            return False
+        if peer != record.lsp_node_id:
+            peer_log.warning(peer, "dropped an update message from %s: not the LSP", peer)
+        elif isinstance(payload, protocol.Ceremony):
+            self._update_client.on_ceremony(record, payload)
+        elif payload.type is protocol.PayloadType.ABORT:
+            self._update_client.on_abort(record, payload.reason)
+        else:
+            return False
+        return True
 
     def _sale(self, peer: str, instance: str, payload: protocol.Payload) -> bool:
         """A liquidity sale's message: to the LSP's sales from one of its clients, to a client's

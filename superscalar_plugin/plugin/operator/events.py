@@ -28,6 +28,7 @@ MIGRATION_STEP = "superscalar_migration_step"
 HANDOVER = "superscalar_handover"
 SWEEP = "superscalar_sweep"
 COMPROMISE = "superscalar_compromise"
+STATE_UPDATE = "superscalar_state_update"
 TOPICS = (
     FACTORY_CREATED,
     FACTORY_FUNDED,
@@ -37,6 +38,7 @@ TOPICS = (
     HANDOVER,
     SWEEP,
     COMPROMISE,
+    STATE_UPDATE,
 )
 
 Sink = Callable[[str, dict[str, Any]], None]
@@ -149,6 +151,11 @@ def sweep(instance: str, outpoint: str, txid: str, height: int) -> None:
 def compromise(instance: str, role: str, why: str) -> None:
     """The funding on chain is not what the tree was signed against."""
     emit(COMPROMISE, {"instance": instance, "role": role, "reason": why})
+
+
+def factory_update(instance: str, step: str, node: int, clients: list[int]) -> None:
+    """LSP: a DW state update of `node` (`asked`, `signed`, `stored`, `abandoned`)."""
+    emit(STATE_UPDATE, {"instance": instance, "step": step, "node": node, "clients": clients})
 
 
 def role_of(record: store.Record) -> str:

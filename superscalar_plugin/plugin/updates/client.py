@@ -1,0 +1,320 @@
+"""A client's side of a DW state update: what it checks before it agrees, what it freezes, what
+it checks before it signs, and what it keeps.
+
+1. `on_update` (UPDATE from the factory's LSP): the factory is ours, live, not exiting or
+   moving; the state node is on our path and the state later than ours; the channels named are
+   exactly ours in this factory (our leaf's and the sales we bought there), the new capacity is
+   their sum, and the LSP's push at least what we hold in them now (none carrying an HTLC).
+   Persist the update (from now on the guards fail every HTLC of those channels), then READY.
+2. `on_ceremony`: our `Signer`, restored from the stored path, signs only the update we agreed
+   to (`agree_update`): the first changed node is that state node in a newer state, everything
+   below reset, our new leaf output our own node's new channel (bound from its database) of the
+   agreed capacity, and, before any nonce, the solvency guard's UPDATE_SIGNATURE on what our node
+   shows: the new channel holds on our side at least all the old ones hold, and they hold no
+   HTLC.
+3. The signatures: persist the new path as our factory's (channel, capacity, binding; the
+   folded sales dropped, the old channels retired), then STORED, then close the old channels.
+   A superseded state is harmless as long as we watch the chain: our exit publishes the newest
+   path, whose state node waits less than the old one (`onchain`).
+
+An ABORT before the signatures unfreezes the old channels. After a restart with an update
+pending, the old channels stay frozen until the LSP aborts (it does, when its own update was not
+signed) or the new state turns out to exist: our money is in both states meanwhile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from ...engine import protocol, solvency, store
+from ...engine.ceremony import ClientPolicy, ClientTerms, SignedNodeTx, Signer, SignerState
+from ...engine.errors import CeremonyError
+from ...engine.solvency import BoundChannel, HeldChannel, Step
+from ...engine.taproot import DUST_P2TR
+from ...engine.update_store import ClientUpdate
+from ..creation import funding
+from ..creation.opens import ChannelOpens
+from ..lightningd.guards import Guards, msat
+from ..lightningd.node import Node
+from ..lightningd.peers import Peers
+from ..lightningd.ratelimit import LogLimiter
+from ..lightningd.records import LIVE, Records, is_compromised, txid_of
+
+log = logging.getLogger("superscalar")
+peer_log = LogLimiter(log)
+
+
+class UpdateRefused(CeremonyError):
+    """An UPDATE we will not follow (told to the LSP as REJECT)."""
+
+
+def own_channels(record: store.ClientRecord, channels: dict[str, dict[str, Any]]) -> list[str]:
+    """Our channels in this factory, as our node lists them: our leaf's and our complete sales'."""
+    fundings = {txid_of(record.path[-1].raw)} if record.path else set()
+    fundings |= {e.sale_txid for e in record.sales if e.buyer == record.client_index and e.complete}
+    return sorted(
+        cid
+        for cid, ch in channels.items()
+        if ch.get("peer_id") == record.lsp_node_id and ch.get("funding_txid") in fundings
+    )
+
+
+def held(channels: dict[str, dict[str, Any]], cid: str) -> HeldChannel:
+    ch = channels.get(cid) or {}
+    return HeldChannel(
+        cid, str(ch.get("state", "")), msat(ch.get("to_us_msat", 0)), len(ch.get("htlcs") or ())
+    )
+
+
+class UpdateClient:
+    def __init__(
+        self, node: Node, records: Records, peers: Peers, guards: Guards, opens: ChannelOpens
+    ) -> None:
+        self._opens = opens
+        self._node = node
+        self._records = records
+        self._peers = peers
+        self._guards = guards
+        self._signers: dict[str, Signer] = {}
+
+    def expects(self, instance: str) -> bool:
+        return instance in self._signers
+
+    # --- 1. agree and freeze ---------------------------------------------------------------------
+
+    def on_update(self, peer: str, record: store.ClientRecord, p: protocol.Update) -> None:
+        if record.lsp_node_id != peer:
+            peer_log.warning(peer, "dropped UPDATE from %s: not the LSP", peer)
+            return
+        try:
+            self._check(record, p)
+            record = record.replace(
+                update=ClientUpdate(
+                    p.session.hex(),
+                    p.node,
+                    p.state,
+                    p.channel_sat,
+                    p.push_msat,
+                    p.leaf_stock,
+                    tuple(sorted(c.hex() for c in p.old_channels)),
+                    # a state we signed earlier may exist: keep the old channels frozen
+                    signed=record.update is not None and record.update.signed,
+                )
+            )
+            self._records.persist(record)  # before READY: our old channels are frozen
+            self._guards.refresh()
+            self._check_balances(record, p)
+            self._signers[record.instance_id] = self._signer(record)
+            self._opens.accepted(record.instance_id, peer, p.channel_sat, p.push_msat)
+        except (UpdateRefused, solvency.SolvencyRefused) as e:
+            self._refuse(record, str(e), p.session.hex())
+            return
+        self._send(
+            record, protocol.UpdateStep(p.instance_id, p.session, protocol.UpdateStepKind.READY)
+        )
+
+    def _check(self, record: store.ClientRecord, p: protocol.Update) -> None:
+        if record.state not in LIVE or is_compromised(record) or not record.path:
+            raise UpdateRefused("factory is not a live signed factory")
+        if record.state is not store.ClientState.FUNDED:
+            raise UpdateRefused("factory is not funded yet")
+        if record.exit is not None or record.moving_to is not None:
+            raise UpdateRefused("factory is being exited or left")
+        pending = record.update
+        if pending is not None and pending.session != p.session.hex() and not pending.signed:
+            raise UpdateRefused("another update is in flight")
+        states = {e.node: e.state for e in record.path}
+        if p.node not in states:
+            raise UpdateRefused(f"node {p.node} is not on our path")
+        if p.state <= states[p.node]:
+            raise UpdateRefused(f"node {p.node}: state {p.state} is not after our {states[p.node]}")
+        mine = own_channels(record, self._node.channels())
+        if sorted(c.hex() for c in p.old_channels) != mine:
+            raise UpdateRefused("the channels named are not exactly ours in this factory")
+        bought = sum(
+            e.sold_sat for e in record.sales if e.buyer == record.client_index and e.complete
+        )
+        if p.channel_sat != record.channel_sat + bought:
+            raise UpdateRefused(
+                f"new channel of {p.channel_sat} sat; ours add up to {record.channel_sat + bought}"
+            )
+        if p.leaf_stock < DUST_P2TR:
+            raise UpdateRefused(f"leaf stock {p.leaf_stock} sat is dust")
+
+    def _check_balances(self, record: store.ClientRecord, p: protocol.Update) -> None:
+        """What we hold now in the frozen channels: the push must cover it (checked again on the
+        new channel itself before we sign)."""
+        channels = self._node.channels()
+        old = [held(channels, c.hex()) for c in p.old_channels]
+        if any(c.htlcs for c in old):
+            raise UpdateRefused("our channels still carry HTLCs: try again")
+        ours = sum(c.to_us_msat for c in old)
+        if p.push_msat < ours:
+            raise solvency.SolvencyRefused(
+                Step.UPDATE_SIGNATURE,
+                "push_short",
+                f"the new channel would give us {p.push_msat} msat; we hold {ours} msat",
+            )
+
+    def _signer(self, record: store.ClientRecord) -> Signer:
+        """Our signer of this factory, restored from the stored path (re-verified), agreed to
+        this update only."""
+        header = record.signed_header()
+        assert header is not None and record.update is not None
+        u = record.update
+        terms = ClientTerms(
+            bytes.fromhex(record.lsp_pubkey),
+            record.timeout_height,
+            None,  # the new channel's script comes from our own node's database (bind)
+            u.channel_sat,
+            n_clients=record.n_clients,
+            client_index=record.client_index,
+            params=header.params,
+            early_warning_time=record.early_warning_time,
+            leaf_stock=u.leaf_stock,
+        )
+        path = [
+            SignedNodeTx.from_raw(
+                e.node, bytes.fromhex(e.raw), e.spent_amount, bytes.fromhex(e.spent_script)
+            )
+            for e in record.path
+        ]
+        cfg = self._node.config
+        policy = ClientPolicy(max_ewt=cfg.max_ewt, max_fee_rate_kvb=cfg.max_fee_rate_kvb)
+        seckey = self._node.client_key(record.instance_id)
+        signer = Signer.restore(
+            seckey, terms, policy, header, path, {e.node: e.state for e in record.path}
+        )
+        db, lsp = self._node.db, record.lsp_node_id
+        signer.binder = lambda txid, vout: db.bound_channel(Step.TREE_SIGNATURE, lsp, txid, vout)
+        signer.agree_update(terms, node=u.node, check=lambda b: self._solvent(record, b))
+        return signer
+
+    def _solvent(self, record: store.ClientRecord, bound: BoundChannel) -> None:
+        """The solvency guard before our first nonce, on what our node shows now."""
+        assert record.update is not None
+        channels = self._node.channels()
+        listed = [c for c in record.update.old_channels if c in channels]
+        new = held(channels, bound.channel_id) if bound.channel_id in channels else None
+        solvency.check_update_signature(
+            [held(channels, c) for c in listed], new, len(record.update.old_channels)
+        )
+
+    # --- 2. sign; 3. keep ------------------------------------------------------------------------
+
+    def on_ceremony(self, record: store.ClientRecord, p: protocol.Ceremony) -> None:
+        signer = self._signers.get(record.instance_id)
+        if signer is None or record.update is None:
+            return
+        try:
+            reply = signer.receive(p.message)
+        except Exception as e:
+            self._signers.pop(record.instance_id, None)
+            if not record.update.signed:  # no new state can exist without our signature
+                self._refuse(record, f"update refused: {e}", record.update.session)
+            raise
+        if signer.state is SignerState.DONE:
+            self._store(record, signer)
+            return
+        if signer.state is SignerState.PSIGS_SENT and not record.update.signed:
+            update = dataclasses.replace(record.update, signed=True)
+            self._records.persist(record.replace(update=update))  # before our signatures leave
+        if reply is not None:
+            self._send(record, protocol.Ceremony(p.instance_id, reply))
+
+    def _store(self, record: store.ClientRecord, signer: Signer) -> None:
+        update = record.update
+        assert update is not None and signer.bound is not None
+        path = tuple(
+            store.PathEntry(
+                s.node,
+                signer.states[s.node],
+                s.raw().hex(),
+                s.unsigned.spent_amount,
+                s.unsigned.spent_script.hex(),
+            )
+            for s in signer.signed_path
+        )
+        record = record.replace(
+            path=path,
+            channel_sat=update.channel_sat,
+            channel_bound=signer.bound.channel_id,
+            sales=(),  # the leaf changed: its sales are folded into the new channels
+            retired=(*record.retired, *update.old_channels),
+            update=None,
+        )
+        self._records.persist(record)  # the new state is ours before STORED leaves
+        self._signers.pop(record.instance_id, None)
+        self._guards.refresh()
+        log.info(
+            "factory %s: updated to state %d of node %d; new channel %s",
+            record.instance_id[:16],
+            update.state,
+            update.node,
+            signer.bound.channel_id[:16],
+        )
+        instance = bytes.fromhex(record.instance_id)
+        self._send(
+            record,
+            protocol.UpdateStep(
+                instance, bytes.fromhex(update.session), protocol.UpdateStepKind.STORED
+            ),
+        )
+        for cid in update.old_channels:
+            funding.close_retired(self._node.rpc, cid)
+
+    # --- abort, restart ----------------------------------------------------------------------------
+
+    def on_abort(self, record: store.ClientRecord, reason: str) -> None:
+        """The LSP abandoned the update. Before our signatures left, no new state can exist: our
+        old channels are ours again. After, the LSP may hold it whatever it says: they stay
+        frozen (our money is in both states) until a later update replaces them or we exit."""
+        signer = self._signers.pop(record.instance_id, None)
+        if signer is not None:
+            signer.forget()
+        if record.update is None:
+            return
+        if record.update.signed:
+            log.warning(
+                "factory %s: the LSP abandoned an update we signed (%s): our old channels stay"
+                " frozen until a later update or an exit",
+                record.instance_id[:16],
+                reason,
+            )
+            return
+        self._records.persist(record.replace(update=None))
+        self._guards.refresh()
+        log.warning("factory %s: update abandoned: %s", record.instance_id[:16], reason)
+
+    def resume(self, record: store.ClientRecord) -> None:
+        """After a restart the ceremony's nonces are gone: an update we had not signed is
+        dropped (and the LSP told); one we signed keeps our old channels frozen (`on_abort`)."""
+        if record.update is not None and not record.update.signed:
+            self._refuse(record, "restarted during the update", record.update.session)
+
+    def _refuse(self, record: store.ClientRecord, reason: str, session: str) -> None:
+        peer_log.warning(
+            f"{record.lsp_node_id}:update",
+            "refusing an update of %s: %s",
+            record.instance_id[:16],
+            reason,
+        )
+        latest = self._records.get(record.instance_id)
+        if (
+            isinstance(latest, store.ClientRecord)
+            and latest.update is not None
+            and latest.update.session == session
+            and not latest.update.signed
+        ):
+            self._records.persist(latest.replace(update=None))
+            self._guards.refresh()
+        instance = bytes.fromhex(record.instance_id)
+        self._send(record, protocol.Text(protocol.PayloadType.REJECT, instance, reason))
+
+    def _send(self, record: store.ClientRecord, p: protocol.Payload) -> None:
+        try:
+            self._peers.send(record.lsp_node_id, p)
+        except Exception as e:
+            log.info("could not send %s to the LSP: %s", type(p).__name__, e)

@@ -1,0 +1,492 @@
+"""The LSP's side of a DW state update (`factory-update`): move stock between leaves, fold the
+leaves' sales into their buyers' channels, and put every channel below the moved state node on a
+new channel of the new state.
+
+The order, each step persisted before the message that depends on it:
+
+1. `update` (RPC): plan it (`engine/update.py`): the lowest state node over the leaves involved,
+   the stock per leaf, each client's new capacity. Freeze every channel it replaces (the guards
+   fail their HTLCs), read each client's balance in them (none may carry an HTLC), persist the
+   update, send UPDATE to each client below the node (the others are not woken).
+2. READY from every client (its side frozen too, its balances checked): per client
+   `channel_in_factory` and `fundchannel_start` of the new capacity with its balance pushed to
+   it; build the new state; `fundchannel_complete` with each new leaf; the signing ceremony over
+   the node and everything below it.
+3. Every signature aggregated: the new state exists. Persist it as the factory's tree (channels,
+   stocks, odometer; the folded sales dropped, the old channels retired) BEFORE the final
+   signatures leave, then send them.
+4. STORED from every client: the update is over; the old channels are closed.
+
+An update that cannot finish before step 3 (a client offline, refusing, or slow past the
+ceremony timeout; a restart) is abandoned cleanly: clients told, new channels closed, old ones
+unfrozen. After step 3 it only waits for the clients' STORED.
+
+Owns: the updates in flight (`_Session`: plan, new factory, coordinator with its secret nonces,
+never persisted, reply, deadline). Worker thread only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ...engine import blip56, dw, protocol, store
+from ...engine.ceremony import Coordinator, CoordinatorState
+from ...engine.errors import CeremonyError, InvalidParameter
+from ...engine.tree import Factory
+from ...engine.update import UpdatePlan, plan_update, updated_factory
+from ...engine.update_store import LspUpdate, UpdateClient, UpdateStage
+from ..creation import funding
+from ..lightningd.guards import Guards, msat
+from ..lightningd.node import Node
+from ..lightningd.peers import Peers
+from ..lightningd.ratelimit import LogLimiter
+from ..lightningd.records import Records, factory_of, topology
+from ..lightningd.runtime import Reply, RpcFailed, rpc_exception, why
+from ..operator import events
+
+log = logging.getLogger("superscalar")
+peer_log = LogLimiter(log)
+
+
+@dataclass
+class _Session:
+    plan: UpdatePlan
+    deadline: float
+    reply: Reply | None = None
+    factory: Factory | None = None
+    coordinator: Coordinator | None = None
+
+
+def states_of(record: store.LspRecord) -> tuple[int, ...]:
+    """The odometer of the record's signed tree (a node's state as its tx was signed)."""
+    out = [0] * len(topology(record).nodes)
+    for e in record.tree:
+        out[e.node] = e.state
+    return tuple(out)
+
+
+def leaves_for(record: store.LspRecord, client: int | None) -> list[int]:
+    """The leaves an update involves: `client`'s leaf with every other leaf below the lowest state
+    node above it that covers more than one leaf (and can still move); without a client, every
+    leaf (a rebalance of the whole factory)."""
+    topo = topology(record)
+    if client is None:
+        return list(topo.leaves)
+    states = states_of(record)
+    last = record.params.states_per_layer - 1
+    for node in reversed(topo.path(topo.leaf_of_client[client])[:-1]):
+        below = [n for n in topo.subtree(node) if n in set(topo.leaves)]
+        if topo.nodes[node].kind.is_state and len(below) > 1 and states[node] < last:
+            return below
+    return [topo.leaf_of_client[client]]
+
+
+def folded_sales(record: store.LspRecord, clients: range) -> dict[int, int]:
+    """Per client, the capacity of the sales it bought (folded into its new channel); refuses
+    while a sale of these clients' leaves is not complete (its channel may still change)."""
+    out: dict[int, int] = {}
+    for e in record.sales:
+        if e.buyer in clients:
+            if not e.complete or not e.channel_id:
+                raise InvalidParameter(
+                    f"a sale to client {e.buyer} is not complete: update after it settles"
+                )
+            out[e.buyer] = out.get(e.buyer, 0) + e.sold_sat
+    return out
+
+
+class UpdateLsp:
+    def __init__(self, node: Node, records: Records, peers: Peers, guards: Guards) -> None:
+        self._node = node
+        self._records = records
+        self._peers = peers
+        self._guards = guards
+        self._sessions: dict[str, _Session] = {}
+
+    def running(self, instance: str) -> bool:
+        return instance in self._sessions
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self._node.config.ceremony_timeout
+
+    # --- 1. plan, freeze, ask ------------------------------------------------------------------
+
+    def update(
+        self, reply: Reply, instance: str, client: str | None, stock_sat: int | None
+    ) -> None:
+        try:
+            record, plan, frozen = self._prepare(instance, client, stock_sat)
+        except (InvalidParameter, CeremonyError) as e:
+            reply.set_exception(rpc_exception(e))
+            return
+        self._sessions[instance] = _Session(plan, self._deadline(), reply)
+        self._records.persist(record.replace(update=frozen))  # before any UPDATE leaves
+        self._guards.refresh()  # the old channels take no HTLC from now on
+        try:
+            pushes = self._balances(frozen)
+        except CeremonyError as e:
+            self._abandon(instance, str(e))
+            return
+        record = self._lsp_record(instance)
+        clients = tuple(dataclasses.replace(c, push_msat=pushes[c.client]) for c in frozen.clients)
+        record = record.replace(update=dataclasses.replace(frozen, clients=clients))
+        self._records.persist(record)
+        factory = factory_of(record)
+        for c in clients:
+            leaf = factory.topology.leaf_of_client[c.client]
+            self._send(
+                record.clients[c.client].node_id,
+                protocol.Update(
+                    bytes.fromhex(instance),
+                    bytes.fromhex(frozen.session),
+                    plan.node,
+                    plan.states[plan.node],
+                    c.channel_sat,
+                    c.push_msat,
+                    plan.stock_of(factory, leaf),
+                    tuple(bytes.fromhex(x) for x in c.old_channels),
+                ),
+            )
+        events.factory_update(instance, "asked", plan.node, list(plan.clients))
+
+    def _prepare(
+        self, instance: str, client: str | None, stock_sat: int | None
+    ) -> tuple[store.LspRecord, UpdatePlan, LspUpdate]:
+        record = self._records.get(instance)
+        if not isinstance(record, store.LspRecord):
+            raise InvalidParameter(f"instance: no factory {instance} of ours as LSP")
+        if record.state is not store.LspState.FUNDED or record.exit or record.wind_down:
+            raise InvalidParameter(f"factory {instance[:16]} is not a live funded factory")
+        if record.update is not None or instance in self._sessions:
+            raise InvalidParameter(f"factory {instance[:16]} is already being updated")
+        index = None
+        if client is not None:
+            index = next((i for i, c in enumerate(record.clients) if c.node_id == client), None)
+            if index is None:
+                raise InvalidParameter(f"client: {client} is not in factory {instance[:16]}")
+        leaves = leaves_for(record, index)
+        factory = factory_of(record)
+        states = states_of(record)
+        node = factory.topology.nodes[dw.covering_state(factory.topology, states, leaves)]
+        folded = folded_sales(record, range(node.lo, node.hi))
+        wanted = None
+        if stock_sat is not None:
+            if index is None:
+                raise InvalidParameter("stock_sat needs a client: whose leaf gets it")
+            wanted = {factory.topology.leaf_of_client[index]: stock_sat}
+        plan = plan_update(factory, states, leaves, folded, wanted)
+        clients = []
+        for c in plan.clients:
+            entry = record.clients[c]
+            if not entry.channel_id or entry.moved_to:
+                raise InvalidParameter(f"client {entry.node_id} has no live factory channel")
+            sales = tuple(e.channel_id for e in record.sales if e.buyer == c and e.channel_id)
+            clients.append(UpdateClient(c, (entry.channel_id, *sales), 0, plan.channel_sat[c]))
+        frozen = LspUpdate(
+            os.urandom(32).hex(),
+            plan.node,
+            plan.states,
+            plan.stocks,
+            tuple(clients),
+            UpdateStage.FREEZING,
+            self._node.height,
+        )
+        return record, plan, frozen
+
+    def _balances(self, update: LspUpdate) -> dict[int, int]:
+        """Each client's balance in the channels the update replaces, from our own node: what
+        its new channel pushes to it. A channel with an HTLC in flight cannot be read exactly."""
+        channels = self._node.channels()
+        out = {}
+        for c in update.clients:
+            total = 0
+            for cid in c.old_channels:
+                ch = channels.get(cid)
+                if ch is None:
+                    raise CeremonyError(f"channel {cid[:16]} of client {c.client} is not listed")
+                if ch.get("htlcs"):
+                    raise CeremonyError(
+                        f"channel {cid[:16]} of client {c.client} carries HTLCs: try again"
+                    )
+                total += msat(ch.get("total_msat", 0)) - msat(ch.get("to_us_msat", 0))
+            out[c.client] = total
+        return out
+
+    # --- 2. every client ready: open, complete, sign ---------------------------------------------
+
+    def on_payload(self, record: store.LspRecord, peer: str, p: protocol.Payload) -> None:
+        s = self._sessions.get(record.instance_id)
+        update = record.update
+        index = next((i for i, c in enumerate(record.clients) if c.node_id == peer), None)
+        if s is None or update is None or index is None:
+            peer_log.warning(peer, "dropped an update message from %s", peer)
+            return
+        if index not in s.plan.clients:
+            peer_log.warning(peer, "dropped an update message from %s: not in it", peer)
+            return
+        if isinstance(p, protocol.Text):
+            self._abandon(record.instance_id, f"client {peer} refused: {p.reason}")
+            return
+        session = update.session
+        if isinstance(p, protocol.UpdateStep) and p.session.hex() == session:
+            if p.kind is protocol.UpdateStepKind.READY and update.stage is UpdateStage.FREEZING:
+                self._on_ready(record, s, index)
+            elif p.kind is protocol.UpdateStepKind.STORED and update.stage is UpdateStage.SIGNED:
+                self._on_stored(record, s, index)
+            return
+        if isinstance(p, protocol.Ceremony) and s.coordinator is not None:
+            out = s.coordinator.receive(index, p.message)
+            if s.coordinator.state is CoordinatorState.DONE and out:
+                self._commit(record.instance_id, s)  # persisted before the signatures leave
+            s.deadline = self._deadline()
+            for c, data in out.items():
+                self._send(record.clients[c].node_id, protocol.Ceremony(p.instance_id, data))
+            return
+        raise CeremonyError(f"unexpected {type(p).__name__} during an update")
+
+    def _set_client(self, instance: str, index: int, **changes: Any) -> store.LspRecord:
+        record = self._lsp_record(instance)
+        assert record.update is not None
+        clients = tuple(
+            dataclasses.replace(c, **changes) if c.client == index else c
+            for c in record.update.clients
+        )
+        record = record.replace(update=dataclasses.replace(record.update, clients=clients))
+        self._records.persist(record)
+        return record
+
+    def _on_ready(self, record: store.LspRecord, s: _Session, index: int) -> None:
+        record = self._set_client(record.instance_id, index, ready=True)
+        s.deadline = self._deadline()
+        assert record.update is not None
+        if not all(c.ready for c in record.update.clients):
+            return
+        try:
+            self._open(record, s)
+        except (RpcFailed, InvalidParameter) as e:
+            self._abandon(record.instance_id, str(e))
+
+    def _open(self, record: store.LspRecord, s: _Session) -> None:
+        update = record.update
+        assert update is not None
+        instance = bytes.fromhex(record.instance_id)
+        ewt = topology(record).ewt
+        entries = [record.clients[c.client] for c in update.clients]
+        for e in entries:
+            record_in = blip56.ChannelInFactory(blip56.SUPERSCALAR_PROTOCOL_ID, instance, ewt)
+            self._send(e.node_id, protocol.InFactory(instance, record_in))
+        by_node = {record.clients[c.client].node_id: c for c in update.clients}
+        timeout = self._node.config.ceremony_timeout
+        scripts = funding.per_client(
+            entries,
+            lambda e: funding.start_channel(
+                self._node.rpc, e, by_node[e.node_id].channel_sat, by_node[e.node_id].push_msat
+            ),
+            "fundchannel_start",
+            timeout,
+        )
+        failed = [x for x in scripts if isinstance(x, RpcFailed)]
+        if failed:
+            raise failed[0]
+        script_of = {
+            c.client: bytes.fromhex(str(x)) for c, x in zip(update.clients, scripts, strict=True)
+        }
+        s.factory = updated_factory(factory_of(record), s.plan, script_of)
+        key = self._node.lsp_key(record.instance_id)
+        outpoint = (record.funding_txid or "", record.funding_vout or 0)
+        nodes = s.factory.topology.subtree(s.plan.node)
+        s.coordinator = Coordinator(s.factory, key, outpoint, s.plan.states, nodes)
+        leaves = {c: s.coordinator.txs[s.factory.topology.leaf_of_client[c]] for c in script_of}
+        ids = funding.per_client(
+            entries,
+            lambda e: funding.complete_channel(
+                self._node.rpc, e, leaves[by_node[e.node_id].client]
+            ),
+            "fundchannel_complete",
+            timeout,
+        )
+        for c, x in zip(update.clients, ids, strict=True):
+            if not isinstance(x, RpcFailed):
+                record = self._set_client(
+                    record.instance_id,
+                    c.client,
+                    channel_id=x,
+                    channel_script=script_of[c.client].hex(),
+                )
+        failed = [x for x in ids if isinstance(x, RpcFailed)]
+        if failed:
+            raise failed[0]
+        assert record.update is not None
+        record = record.replace(
+            update=dataclasses.replace(record.update, stage=UpdateStage.SIGNING)
+        )
+        self._records.persist(record)
+        for index, data in s.coordinator.start().items():
+            self._send(record.clients[index].node_id, protocol.Ceremony(instance, data))
+
+    # --- 3. the new state exists: keep it -------------------------------------------------------
+
+    def _commit(self, instance: str, s: _Session) -> None:
+        """The tree, channels, stocks and odometer of the new state; the folded sales dropped and
+        the channels they and the old leaves funded retired. Persisted before the final
+        signatures leave."""
+        record = self._lsp_record(instance)
+        update, coordinator = record.update, s.coordinator
+        assert update is not None and coordinator is not None and s.factory is not None
+        new_entries = {
+            n: store.PathEntry(
+                n,
+                coordinator.states[n],
+                t.raw().hex(),
+                t.unsigned.spent_amount,
+                t.unsigned.spent_script.hex(),
+            )
+            for n, t in coordinator.signed.items()
+        }
+        tree = tuple(new_entries.get(e.node, e) for e in record.tree)
+        clients = list(record.clients)
+        retired = list(record.retired)
+        for c in update.clients:
+            clients[c.client] = dataclasses.replace(
+                clients[c.client],
+                channel_sat=c.channel_sat,
+                channel_script=c.channel_script,
+                channel_id=c.channel_id,
+            )
+            retired.extend(c.old_channels)
+        record = record.replace(
+            tree=tree,
+            clients=tuple(clients),
+            stocks=s.plan.stocks,
+            sales=tuple(e for e in record.sales if e.leaf not in s.plan.leaves),
+            retired=tuple(retired),
+            update=dataclasses.replace(update, stage=UpdateStage.SIGNED),
+        )
+        self._records.persist(record)
+        self._guards.refresh()
+        events.factory_update(instance, "signed", s.plan.node, list(s.plan.clients))
+
+    def _on_stored(self, record: store.LspRecord, s: _Session, index: int) -> None:
+        record = self._set_client(record.instance_id, index, stored=True)
+        assert record.update is not None
+        if not all(c.stored for c in record.update.clients):
+            return
+        old = [cid for c in record.update.clients for cid in c.old_channels]
+        record = record.replace(update=None)
+        self._records.persist(record)
+        self._sessions.pop(record.instance_id, None)
+        log.info(
+            "factory %s: updated node %d; %d channels moved",
+            record.instance_id[:16],
+            s.plan.node,
+            len(s.plan.clients),
+        )
+        events.factory_update(record.instance_id, "stored", s.plan.node, list(s.plan.clients))
+        for cid in old:  # they can never confirm: no commitment fallback (unilateraltimeout 0)
+            funding.close_retired(self._node.rpc, cid)
+        if s.reply is not None:
+            s.reply.set_result(self.view(record))
+            s.reply = None
+
+    @staticmethod
+    def view(record: store.LspRecord) -> dict[str, Any]:
+        states = states_of(record)
+        factory = factory_of(record)
+        return {
+            "instance": record.instance_id,
+            "states": list(states),
+            "stocks": [
+                {"leaf": leaf, "stock_sat": factory.stock_sat_of(leaf)}
+                for leaf in factory.topology.leaves
+            ],
+            "channels": [
+                {"client": c.node_id, "channel_id": c.channel_id, "channel_sat": c.channel_sat}
+                for c in record.clients
+            ],
+        }
+
+    # --- deadlines and abandon ------------------------------------------------------------------
+
+    def check_deadlines(self, now: float) -> None:
+        for instance, s in list(self._sessions.items()):
+            if now <= s.deadline:
+                continue
+            record = self._lsp_record(instance)
+            if record.update is not None and record.update.stage is UpdateStage.SIGNED:
+                waiting = [c.client for c in record.update.clients if not c.stored]
+                log.warning(
+                    "factory %s: the new state is signed; clients %s have not stored it yet",
+                    instance[:16],
+                    waiting,
+                )
+                s.deadline = self._deadline()
+                continue
+            self._abandon(instance, "a client did not answer in time")
+
+    def resume(self, record: store.LspRecord) -> None:
+        """After a restart: an update whose state was not yet signed is abandoned (the nonces
+        are gone); a signed one only waited for STOREDs, which now never come: it is over."""
+        if record.update is None:
+            return
+        if record.update.stage is UpdateStage.SIGNED:
+            self._records.persist(record.replace(update=None))
+            return
+        self._sessions[record.instance_id] = _Session(plan_stub(record), time.monotonic())
+        self._abandon(record.instance_id, "the LSP restarted during the update")
+
+    def _abandon(self, instance: str, reason: str) -> None:
+        s = self._sessions.pop(instance, None)
+        record = self._lsp_record(instance)
+        update = record.update
+        if update is None or update.stage is UpdateStage.SIGNED:
+            return
+        log.warning("factory %s: update abandoned: %s", instance[:16], reason)
+        for c in update.clients:
+            node_id = record.clients[c.client].node_id
+            if c.channel_id:
+                funding.close_retired(self._node.rpc, c.channel_id)
+            elif update.stage is UpdateStage.SIGNING or c.ready:
+                funding.cancel(self._node.rpc, node_id)
+            self._send(
+                node_id, protocol.Text(protocol.PayloadType.ABORT, bytes.fromhex(instance), reason)
+            )
+        self._records.persist(record.replace(update=None))
+        self._guards.refresh()
+        events.factory_update(
+            instance, "abandoned", update.node, [c.client for c in update.clients]
+        )
+        if s is not None and s.reply is not None:
+            s.reply.set_exception(rpc_exception(CeremonyError(f"factory-update failed: {reason}")))
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _lsp_record(self, instance: str) -> store.LspRecord:
+        record = self._records.get(instance)
+        assert isinstance(record, store.LspRecord)
+        return record
+
+    def _send(self, node_id: str, p: protocol.Payload) -> None:
+        try:
+            self._peers.send(node_id, p)
+        except Exception as e:
+            log.info("could not send %s to %s: %s", type(p).__name__, node_id, why(e))
+
+
+def plan_stub(record: store.LspRecord) -> UpdatePlan:
+    """The plan of a stored update, enough to abandon it after a restart."""
+    assert record.update is not None
+    u = record.update
+    topo = topology(record)
+    return UpdatePlan(
+        u.node,
+        u.states,
+        tuple(c.client for c in u.clients),
+        tuple(n for n in topo.subtree(u.node) if n in set(topo.leaves)),
+        {c.client: c.channel_sat for c in u.clients},
+        u.stocks,
+    )
