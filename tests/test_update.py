@@ -25,7 +25,11 @@ from superscalar_plugin.engine.errors import (
 from superscalar_plugin.engine.solvency import BoundChannel, HeldChannel, SolvencyRefused
 from superscalar_plugin.engine.tree import Factory, FactoryParams, NodeKind
 from superscalar_plugin.engine.update import UpdatePlan, plan_update, updated_factory
+from superscalar_plugin.plugin.lightningd.records import txid_of
+from superscalar_plugin.plugin.updates.watch import superseded_race
 from superscalar_plugin.simulate import agreed_terms, channel_script, make_factory, seckey
+
+from adversarial.records import client_record
 
 PARAMS = FactoryParams(states_per_layer=3, step_blocks=3, ewt_margin=2, stock_delay=10)
 BIP68 = "bad-txns-nonfinal"
@@ -299,3 +303,23 @@ def test_the_newer_state_confirms_before_the_superseded_one(kernel_chain: Kernel
     assert leaf.accepted, (leaf.reason, leaf.detail)
     assert chain.utxo(new[3].txid, 0) == (new_f.channels[0][1], new_f.channels[0][0])
     assert chain.utxo(new[3].txid, 2)[0] == 150_000
+
+
+# --- the watch: a superseded state is harmless only if the newest confirms first ---------------
+
+
+def test_a_client_publishes_its_newest_path_once_an_updated_tree_goes_on_chain() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+
+    record = client_record()
+    root = txid_of(record.path[0].raw)
+    on_chain = record.replace(confirmed=((root, 100),))
+    assert superseded_race(on_chain) is None  # never updated: no older state to race
+    updated = on_chain.replace(
+        path=tuple(dataclasses.replace(e, state=1) if e.node == 1 else e for e in record.path)
+    )
+    assert superseded_race(updated) is not None and "node 0" in str(superseded_race(updated))
+    assert superseded_race(updated.replace(confirmed=())) is None  # nothing on chain yet

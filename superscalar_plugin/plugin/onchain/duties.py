@@ -41,6 +41,7 @@ from ..lightningd.ratelimit import LogLimiter
 from ..lightningd.records import LIVE, Records, factory_of, topology, txid_of
 from ..operator import events
 from ..operator.report import deferred_exit
+from ..updates.watch import superseded_race
 from .feebump import FeeBumper
 from .sales import (
     client_sale_paths,
@@ -318,6 +319,9 @@ class OnChain:
             return None
         ewt = topology(record).ewt + len(record.sales)  # a block of slack per sale on a path
         margin = self._node.config.exit_margin
+        superseded = superseded_race(record)
+        if superseded is not None:
+            return superseded, None
         if (
             isinstance(record, store.ClientRecord)
             and height + ewt + margin >= record.timeout_height
