@@ -124,3 +124,23 @@ def test_an_update_a_client_refuses_is_abandoned_cleanly(tmp_path: Path) -> None
         assert flows.Pay(3)(world) == "paid", c3.name
     finally:
         world.net.stop()
+
+
+def test_a_sale_short_of_stock_moves_stock_first_and_sells_from_the_factory(
+    tmp_path: Path,
+) -> None:
+    world = _world(tmp_path)
+    try:
+        inst = _funded(world)
+        c0 = world.clients[0]
+        assert _sell(world, inst, c0, 60_000)["kind"] == "factory"
+        flows._wait(lambda: [s["complete"] for s in _status(c0, inst)["sales"]] == [True], 10)
+        # 40,000 sat left in c0's leaf: not enough for 60,000; the other leaf has 100,000.
+        second = _sell(world, inst, c0, 60_000)
+        assert second["kind"] == "factory", second
+        assert [e["dw_state"] for e in _status(c0, inst)["exit_path"]][1] == 1
+        view = _status(c0, inst)
+        assert view["channel_sat"] == flows.CHANNEL_SAT + 60_000  # the first sale folded in
+        assert [s["sale_txid"] for s in view["sales"]] == [second["sale_txid"]]
+    finally:
+        world.net.stop()

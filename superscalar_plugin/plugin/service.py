@@ -120,6 +120,7 @@ class FactoryService:
         self.sales = SalesRole(self.node, self.records, self.peers, self.guards)
         self.payments = Payments(self.node, self.records, self.peers, self.worker.submit)
         self.payments.start_sale = self.sales.start
+        self.payments.refill_first = self.sales.refill_first
         self.buyer = Buyer(self.node, self.records, self.peers, self.worker.submit)
         self.cosign = Cosigner(
             self.node, self.records, self.peers, self.opens, self.guards, self.buyer
@@ -138,6 +139,7 @@ class FactoryService:
             (self.sales, self.payments, self.cosign),
             (self.update_lsp, self.update_client),
         )
+        self.sales.refill = self.update_lsp.refill
         self.onchain = OnChain(self.node, self.records)
         self.metrics = Metrics(self.records, self.node)
         self.reports = Report(self.node, self.records)

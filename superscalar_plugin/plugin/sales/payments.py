@@ -122,6 +122,8 @@ class Payments:
         self._orders: dict[str, tuple[str, Order]] = {}  # payment hash -> instance, order
         self._held: dict[str, list[_Held]] = {}
         self.start_sale: StartSale | None = None  # SalesRole.start, wired by the service
+        # SalesRole.refill_first (a DW update when the leaf's stock is short), wired likewise
+        self.refill_first: Callable[[str, int, int, Callable[[], None]], None] | None = None
 
     # --- the map the hook reads -----------------------------------------------------------------
 
@@ -153,7 +155,22 @@ class Payments:
         return cfg.sale_fee_base_sat + sold_sat * cfg.sale_fee_ppm // 1_000_000
 
     def quote(self, record: store.LspRecord, index: int, buy: protocol.Buy) -> None:
-        """A client's BUY: persist the order, then send the QUOTE (or a REJECT saying why)."""
+        """A client's BUY: if its leaf's stock is short, a DW update first (before the buyer
+        pays: an update needs its channels free of HTLCs); then the quote."""
+        if self.refill_first is None:
+            self._quote(record.instance_id, index, buy)
+            return
+        self.refill_first(
+            record.instance_id,
+            index,
+            buy.sold_sat,
+            lambda: self._quote(record.instance_id, index, buy),
+        )
+
+    def _quote(self, instance: str, index: int, buy: protocol.Buy) -> None:
+        """Persist the order, then send the QUOTE (or a REJECT saying why)."""
+        record = self._records.get(instance)
+        assert isinstance(record, store.LspRecord)
         peer = record.clients[index].node_id
         try:
             if record.state is not store.LspState.FUNDED or record.exit or record.wind_down:

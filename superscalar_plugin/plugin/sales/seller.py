@@ -77,6 +77,9 @@ class SaleRun:
     coordinator: SaleCoordinator | None = None
 
 
+REFILL_MARGIN_SAT = 10_000  # stock asked for beyond a sale's amount: its fee and anchor, and some
+
+
 def leaf_txid(record: store.LspRecord, leaf: int) -> str:
     return next(txid_of(e.raw) for e in record.tree if e.node == leaf)
 
@@ -87,6 +90,10 @@ def lsp_chain(record: store.LspRecord, keys: FactoryKeys, leaf: int) -> StockCha
 
 
 class SalesRole:
+    # A DW update that moves stock to a client's leaf (`updates.lsp.UpdateLsp.refill`), set by
+    # the service: (instance, client, stock wanted in its leaf, what to do after, ok or not).
+    refill: Callable[[str, int, int, Callable[[], None]], None] | None = None
+
     def __init__(self, node: Node, records: Records, peers: Peers, guards: Guards) -> None:
         self._node = node
         self._records = records
@@ -110,14 +117,37 @@ class SalesRole:
         if index is None:
             fail(reply, InvalidParameter(f"client: {client_id} is not in factory {instance}"), "")
             return
-        self.start(
-            instance,
-            index,
-            sold_sat,
-            0,
-            reply.set_result,
-            lambda e: fail(reply, e, "factory-sell failed"),
-        )
+
+        def sell_now() -> None:
+            self.start(
+                instance,
+                index,
+                sold_sat,
+                0,
+                reply.set_result,
+                lambda e: fail(reply, e, "factory-sell failed"),
+            )
+
+        self.refill_first(instance, index, sold_sat, sell_now)
+
+    def refill_first(self, instance: str, client: int, sold: int, then: Callable[[], None]) -> None:
+        """Before a sale (never while a buyer's payment is held: an update needs the channels
+        free of HTLCs): when the client's leaf cannot sell `sold` but a DW update can move stock
+        to it from a sibling leaf (`refill`, the update role), update first; then `then`, which
+        sells, or falls back on chain if the update could not be made."""
+        record = self._records.get(instance)
+        short = False
+        if isinstance(record, store.LspRecord) and self.refill is not None:
+            try:
+                reason = self._fallback_reason(record, client, sold)
+                short = reason is not None and "stock" in reason
+            except Exception as e:  # the sale itself will say what is wrong
+                log.info("factory %s: no refill: %s", instance[:16], e)
+        if short and self.refill is not None:
+            log.info("factory %s: leaf stock short for %d sat: updating first", instance[:16], sold)
+            self.refill(instance, client, sold + REFILL_MARGIN_SAT, then)
+        else:
+            then()
 
     def start(
         self, instance: str, client: int, sold: int, price: int, done: Done, failed: Failed

@@ -31,6 +31,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +154,17 @@ class UpdateLsp:
                 ),
             )
         events.factory_update(instance, "asked", plan.node, list(plan.clients))
+
+    def refill(self, instance: str, client: int, stock_sat: int, then: Callable[[], None]) -> None:
+        """An update that gives `client`'s leaf `stock_sat` of stock from its sibling leaves, then
+        `then()` however it ended (a sale's refill: the sale falls back on chain if it failed)."""
+        record = self._records.get(instance)
+        if not isinstance(record, store.LspRecord) or leaves_for(record, client) == [
+            topology(record).leaf_of_client[client]
+        ]:
+            then()  # no state node over this leaf and another: nothing to move
+            return
+        self.update(_Then(instance, then), instance, record.clients[client].node_id, stock_sat)
 
     def _prepare(
         self, instance: str, client: str | None, stock_sat: int | None
@@ -475,6 +487,21 @@ class UpdateLsp:
             self._peers.send(node_id, p)
         except Exception as e:
             log.info("could not send %s to %s: %s", type(p).__name__, node_id, why(e))
+
+
+class _Then:
+    """A `Reply` that runs `then` once the update is over, whatever its outcome (logged)."""
+
+    def __init__(self, instance: str, then: Callable[[], None]) -> None:
+        self._instance, self._then = instance, then
+
+    def set_result(self, result: Any) -> None:
+        log.info("factory %s: stock moved by a DW update", self._instance[:16])
+        self._then()
+
+    def set_exception(self, exc: Exception) -> None:
+        log.info("factory %s: no DW update: %s", self._instance[:16], exc)
+        self._then()
 
 
 def plan_stub(record: store.LspRecord) -> UpdatePlan:
