@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import click
 from .engine import dw
 from .engine.errors import InvalidParameter, InvalidShape, SuperscalarError
 from .engine.tree import FactoryParams, Topology, fee_for
+from .engine.update import update_costs
 
 P2WPKH_INPUT_VB = 68  # a funding input from a segwit v0 wallet, as an LSP's wallet typically has
 FUNDING_OVERHEAD_VB = 11 + 31  # tx overhead + one P2WPKH change output
@@ -185,6 +187,12 @@ def plan_factory(shape: Shape, fee_rate_kvb: int) -> dict[str, Any]:
         "offchain_fees_sat": tree_fees,
         "anchors_sat": anchors,
         "worst_exit": worst,
+        "updates": {
+            "leaf_updates_before_exhausted": dw.updates_left(
+                topo, dw.initial_states(topo), topo.leaves[0]
+            ),
+            "per_level": [dataclasses.asdict(c) for c in update_costs(topo)],
+        },
         "funding_vbytes": funding_vb,
         "funding_vbytes_per_client": round(funding_vb / shape.clients, 2),
         "funding_fee_per_client_sat": round(fee_for(funding_vb, fee_rate_kvb) / shape.clients, 2),
@@ -223,6 +231,18 @@ def print_plan(plan: dict[str, Any]) -> None:
         f"  on-chain funding per client: {plan['funding_vbytes_per_client']} vB"
         f" ({plan['funding_fee_per_client_sat']} sat)"
     )
+    u = plan["updates"]
+    click.echo(
+        f"  DW updates of a leaf before the root state is exhausted:"
+        f" {u['leaf_updates_before_exhausted']}"
+    )
+    for c in u["per_level"]:
+        click.echo(
+            f"    update of node {c['node']:>4} ({c['leaves']} leaves): wakes {c['clients']}"
+            f" clients, re-signs {c['transactions']} txs ({c['partial_signatures']} partial"
+            f" signatures), {c['messages']} messages, {c['channel_moves']} channel moves;"
+            f" {c['updates_before_reset']} before the level above moves"
+        )
 
 
 @click.group()

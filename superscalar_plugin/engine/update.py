@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from . import dw
 from .errors import InvalidAmount, InvalidParameter
 from .taproot import DUST_P2TR
-from .tree import Factory
+from .tree import Factory, NodeKind, Topology
 
 
 @dataclass(frozen=True)
@@ -130,3 +130,48 @@ def updated_factory(factory: Factory, plan: UpdatePlan, scripts: Mapping[int, by
             f"node {plan.node} would need {after} sat instead of the {before} sat it spends"
         )
     return new
+
+
+# Messages of one update per client below the node: UPDATE, READY, SIGN_REQUEST, NONCES,
+# AGG_NONCES, PARTIAL_SIGS, SIGNATURES, STORED.
+MESSAGES_PER_CLIENT = 8
+
+
+@dataclass(frozen=True)
+class UpdateCost:
+    """What an update of a state node costs: who is woken, what is exchanged and signed."""
+
+    node: int
+    clients: int  # clients below it: they sign, their channels move
+    leaves: int
+    transactions: int  # txs re-signed (the node and everything below it)
+    partial_signatures: int  # one per signer per re-signed tx (the LSP's included)
+    messages: int
+    channel_moves: int  # new channels opened (one per client below)
+    updates_before_reset: int  # its own states left from state 0
+
+
+def update_costs(topo: Topology) -> list[UpdateCost]:
+    """Per state level, from the leaves up, the cost of updating one of its nodes (the first)."""
+    out = []
+    seen_levels: set[int] = set()
+    for node in topo.state_nodes[::-1]:  # leaves first (they have the highest indices)
+        level = len(topo.path(node))
+        if level in seen_levels:
+            continue
+        seen_levels.add(level)
+        below = topo.subtree(node)
+        n = topo.nodes[node]
+        out.append(
+            UpdateCost(
+                node,
+                n.hi - n.lo,
+                sum(1 for x in below if topo.nodes[x].kind is NodeKind.LEAF),
+                len(below),
+                sum(topo.nodes[x].hi - topo.nodes[x].lo + 1 for x in below),
+                MESSAGES_PER_CLIENT * (n.hi - n.lo),
+                n.hi - n.lo,
+                topo.params.states_per_layer - 1,
+            )
+        )
+    return out

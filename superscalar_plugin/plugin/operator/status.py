@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...engine import store
+from ...engine import dw, store
 from ...engine.errors import InvalidParameter
 from ...engine.sale_store import SaleEntry
-from ...engine.tree import Topology
+from ...engine.tree import NodeKind, Topology
 from ...engine.tx import Tx
 from ..lifecycle.phase import client_phase, client_view, factory_view
 from ..lightningd.node import ChannelsUnavailable, Node
@@ -92,6 +92,13 @@ class StatusView:
             for i, c in enumerate(record.clients)
         ]
         view["stock"] = stock_view(record)
+        view["state_nodes"] = state_nodes_view(topo, states)
+        if record.update is not None:
+            view["update"] = {
+                "node": record.update.node,
+                "stage": record.update.stage.value,
+                "clients": [c.client for c in record.update.clients],
+            }
         view["orders"] = [
             {
                 "payment_hash": o.payment_hash,
@@ -124,6 +131,13 @@ class StatusView:
             "funding_txid": record.funding_txid,
             "funding_confirmations": self._confirmations(record, record.funding_txid),
             **own_sales_view(record, self._shown_channels()),
+            "updates_left": dw.updates_left(
+                topo,
+                tuple(_digits(record, len(topo.nodes))),
+                topo.leaf_of_client[record.client_index],
+            )
+            if record.path
+            else None,
             "exit_path": [
                 {
                     "node": e.node,
@@ -174,13 +188,39 @@ def sales_view(
     }
 
 
+def _digits(record: store.ClientRecord, n: int) -> list[int]:
+    states = {e.node: e.state for e in record.path}
+    return [states.get(i, 0) for i in range(n)]
+
+
+def state_nodes_view(topo: Topology, states: dict[int, int]) -> list[dict[str, Any]]:
+    """Each DW state node's odometer digit and how many more states it has; per leaf, how many
+    updates its path still allows (every digit above it counted)."""
+    digits = tuple(states.get(n, 0) for n in range(len(topo.nodes)))
+    return [
+        {
+            "node": n,
+            "kind": topo.nodes[n].kind.value,
+            "state": digits[n],
+            "states_left": topo.params.states_per_layer - 1 - digits[n],
+            **(
+                {"updates_left": dw.updates_left(topo, digits, n)}
+                if topo.nodes[n].kind is NodeKind.LEAF
+                else {}
+            ),
+        }
+        for n in topo.state_nodes
+    ]
+
+
 def stock_view(record: store.LspRecord) -> list[dict[str, Any]]:
     """Per leaf: its sales and what is left of its stock (the latest change)."""
     topo = topology(record)
+    stocks = dict(zip(topo.leaves, record.stocks, strict=True)) if record.stocks else {}
     out = []
     for leaf in topo.leaves:
         sales = [e for e in record.sales if e.leaf == leaf]
-        left = record.params.stock_sat
+        left = stocks.get(leaf, record.params.stock_sat)
         if sales:
             tx = Tx.deserialize(bytes.fromhex(sales[-1].sale_tx))
             left = tx.outputs[1].amount if len(tx.outputs) == 3 else 0
