@@ -125,7 +125,8 @@ def test_lsp_and_four_clients_create_a_factory(network_factory: Callable[..., Ne
         lambda: [c["channel_state"] for c in _status(lsp)[0]["clients"]] == ["CHANNELD_NORMAL"] * 4
     )
     assert not _reserved(lsp)
-    assert [c["dw_state"] for c in created["clients"]] == [[0]] * 4  # one DW layer, state 0
+    # two DW layers (the state over both leaves, the leaf), both in state 0
+    assert [c["dw_state"] for c in created["clients"]] == [[0, 0]] * 4
     for i, c in enumerate(clients):
         [mine] = _status(c)
         assert mine["instance"] == instance and mine["role"] == "client"

@@ -137,6 +137,7 @@ OTHER_VALUES = {
     "stock_delay": 100,
     "ewt_margin": 12,
     "max_ewt": 2000,
+    "state_over_leaves": False,
 }
 
 
