@@ -133,7 +133,7 @@ def test_lsp_and_four_clients_create_a_factory(network_factory: Callable[..., Ne
         assert mine["state"] == "funded" and mine["index"] == i
         assert mine["funding_txid"] == funding["txid"]
         assert mine["early_warning_time"] == created["early_warning_time"]
-        assert [e["kind"] for e in mine["exit_path"]] == ["kickoff", "leaf"]
+        assert [e["kind"] for e in mine["exit_path"]] == ["kickoff", "state", "kickoff", "leaf"]
         for e in mine["exit_path"]:  # fully signed transactions, ready to broadcast by hand
             tx = Tx.deserialize(bytes.fromhex(e["raw"]))
             assert tx.txid == e["txid"] and len(tx.witnesses[0][0]) == 64
