@@ -17,6 +17,9 @@ Real lightningd (when on PATH): factory-create's wall time and phases (bench/rea
 factory-migrate's wall time per client until the old factory is closed, and its key-path spend's
 vB beside the handover figures above (bench/real_migrate.py).
 
+State updates: one factory-update's factory-message bytes with 2 and 4 clients below the moved
+node, and its wall time on real lightningd nodes (bench/real_update.py).
+
 /floor: in-process signing over the libsecp256k1 floor of the same calls made directly
 (bench/libsecp_floor.py), in CPU time; target 1.3x at 127 clients (the C reference: 1.28x).
 """
@@ -389,6 +392,9 @@ def main() -> None:
     plugin_migrate()
     real_create()  # on real lightningd nodes when lightningd is on PATH, else says why not
     real_migrate()  # factory-migrate on real nodes: per-client time, the key-path spend's vB
+    from real_update import run as real_update
+
+    real_update()  # one DW state update: its bytes; on real nodes its wall time with 2 and 4
 
 
 if __name__ == "__main__":
