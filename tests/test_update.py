@@ -24,7 +24,12 @@ from superscalar_plugin.engine.errors import (
 )
 from superscalar_plugin.engine.solvency import BoundChannel, HeldChannel, SolvencyRefused
 from superscalar_plugin.engine.tree import Factory, FactoryParams, NodeKind
-from superscalar_plugin.engine.update import UpdatePlan, plan_update, updated_factory
+from superscalar_plugin.engine.update import (
+    UpdatePlan,
+    plan_update,
+    signing_phases,
+    updated_factory,
+)
 from superscalar_plugin.plugin.lightningd.records import txid_of
 from superscalar_plugin.plugin.updates.watch import superseded_race
 from superscalar_plugin.simulate import agreed_terms, channel_script, make_factory, seckey
@@ -157,8 +162,8 @@ def test_clients_below_the_node_sign_the_newer_state_and_nothing_above_changes()
     new = updated_factory(f, plan, new_scripts(f, plan))
     for c in plan.clients:
         signers[c].agree_update(update_terms(new, plan, c), node=plan.node)
-    nodes = f.topology.subtree(plan.node)
-    run_ceremony(Coordinator(new, lsp, FUNDING, plan.states, nodes), signers)
+    for nodes in signing_phases(new, plan.node):
+        run_ceremony(Coordinator(new, lsp, FUNDING, plan.states, nodes), signers)
     for c in plan.clients:
         path = signers[c].signed_path
         assert path[0].txid == old_paths[c][0]  # the root kickoff is the same tx
@@ -323,3 +328,36 @@ def test_a_client_publishes_its_newest_path_once_an_updated_tree_goes_on_chain()
     )
     assert superseded_race(updated) is not None and "node 0" in str(superseded_race(updated))
     assert superseded_race(updated.replace(confirmed=())) is None  # nothing on chain yet
+
+
+def test_the_moved_node_is_signed_only_once_everything_below_it_is_ours() -> None:
+    """Red-team hole 1: an LSP that completes the moved state node and withholds the rest would
+    hold the only new state (its shorter lock beats our old path) and strand us. So we sign
+    bottom-up: asked for the moved node first, we give nonces for the txs below it only; asked
+    for it later with other txs below, we refuse."""
+    from superscalar_plugin.engine import wire
+
+    f, sks, lsp = four()
+    signers = signed_signers(f, sks, lsp)
+    plan = plan_update(f, dw.initial_states(f.topology), [3, 4], {}, {3: 150_000})
+    new = updated_factory(f, plan, new_scripts(f, plan))
+    signers[0].agree_update(update_terms(new, plan, 0), node=plan.node)
+    moved_first = Coordinator(new, lsp, FUNDING, plan.states, [plan.node])
+    reply = signers[0].receive(moved_first.start()[0])
+    assert reply is not None
+    nonces = wire.decode(reply)
+    assert isinstance(nonces, wire.NodeValues)
+    assert {n for n, _ in nonces.values} == {2, 3}  # below the moved node 1, on our path
+    assert not signers[0].signing_moved_node
+    # The honest order, then a second request for the moved node over OTHER txs below it.
+    signers[0].forget()
+    for c in plan.clients:
+        signers[c].agree_update(update_terms(new, plan, c), node=plan.node)
+    below, moved = signing_phases(new, plan.node)
+    run_ceremony(Coordinator(new, lsp, FUNDING, plan.states, below), signers)
+    assert set(signers[0].below) == {2, 3} and signers[0].states[1] == 0  # nothing stored yet
+    # Our leaf-mate's new channel differs: our leaf (below the moved node) is another tx.
+    scripts = {**new_scripts(f, plan), 1: new_scripts(f, plan, tag="other")[1]}
+    other = updated_factory(f, plan, scripts)
+    with pytest.raises(UnsafeToSign, match="another state than we signed below"):
+        signers[0].receive(Coordinator(other, lsp, FUNDING, plan.states, moved).start()[0])

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
 
 from . import musig2, wire
@@ -42,46 +42,15 @@ from .errors import (
     UnsafeToSign,
     WireError,
 )
+from .signed import SignedNodeTx as SignedNodeTx, verify_final as _verify_final
 from .solvency import BoundChannel
 from .tree import (
     Factory,
     FactoryKeys,
     UnsignedNodeTx,
 )
-from .tx import Tx
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SignedNodeTx:
-    """A tree tx with its MuSig2 key-path signature."""
-
-    unsigned: UnsignedNodeTx
-    signature: bytes
-
-    @property
-    def node(self) -> int:
-        return self.unsigned.node
-
-    @property
-    def txid(self) -> str:
-        return self.unsigned.txid
-
-    def raw(self) -> bytes:
-        return self.unsigned.tx.with_witnesses([[self.signature]]).serialize()
-
-    @staticmethod
-    def from_raw(node: int, raw: bytes, spent_amount: int, spent_script: bytes) -> SignedNodeTx:
-        tx = Tx.deserialize(raw)
-        if len(tx.witnesses) != 1 or len(tx.witnesses[0]) != 1 or len(tx.witnesses[0][0]) != 64:
-            raise CeremonyError(f"node {node}: not a key-path signed tree transaction")
-        unsigned = UnsignedNodeTx(node, replace(tx, witnesses=()), spent_amount, spent_script)
-        return SignedNodeTx(unsigned, tx.witnesses[0][0])
-
-
-def _verify_final(utx: UnsignedNodeTx, keyagg: musig2.KeyAggContext, sig: bytes) -> bool:
-    return musig2.schnorr_verify(sig, utx.sighash, keyagg.xonly_pubkey)
 
 
 def _who(client: int | None) -> str:
@@ -170,6 +139,7 @@ class SignerState(Enum):
     IDLE = "idle"
     NONCES_SENT = "nonces_sent"
     PSIGS_SENT = "psigs_sent"
+    BELOW_SIGNED = "below_signed"  # an update's first phase: the txs below the moved node signed
     DONE = "done"
     FAILED = "failed"
 
@@ -204,6 +174,11 @@ class Signer:
     # channel (`solvency.check_update_signature`), run once it is bound, before any nonce.
     _update_node: int | None = None
     _update_check: Callable[[BoundChannel], None] | None = None
+    # An update is signed bottom-up, in two ceremonies: first every changed tx below the moved
+    # state node (`below`, final signatures in our hands, kept by the plugin), then the moved node
+    # itself. Whoever completes the moved node can then never strand us: below it we hold
+    # everything down to our new channel.
+    below: dict[int, SignedNodeTx] = field(default_factory=dict)
     _pending_terms: ClientTerms | None = None
     _nonces: dict[int, tuple[musig2.SecretNonce, bytes]] = field(default_factory=dict, repr=False)
 
@@ -248,6 +223,24 @@ class Signer:
     def forget(self) -> None:
         """Drop the ceremony in flight and its secret nonces (abort, restart)."""
         self._fail()
+        self._update_terms = self._update_node = self._update_check = None
+        self.below = {}
+
+    @property
+    def update_states(self) -> dict[int, int]:
+        """The DW state of each node of the update being signed."""
+        return dict(self._pending_states)
+
+    @property
+    def update_path(self) -> list[UnsignedNodeTx]:
+        """The path of the update being signed, unsigned, root first."""
+        return list(self._path)
+
+    @property
+    def signing_moved_node(self) -> bool:
+        """Whether the nodes we are signing now include an update's moved state node (the step
+        after which the LSP may hold the new state)."""
+        return self._update_node is not None and self._update_node in self._pending
 
     def agree_update(
         self,
@@ -298,9 +291,12 @@ class Signer:
     def _on_sign_request(self, msg: wire.SignRequest) -> bytes:
         if self.state in (SignerState.NONCES_SENT, SignerState.PSIGS_SENT):
             raise CeremonyError("a new ceremony started before the previous one ended")
-        update, self._update_terms = self._update_terms, None  # one request per agreement
-        update_node, update_check = self._update_node, self._update_check
-        self._update_node = self._update_check = None
+        # One agreement covers the update's two ceremonies; DONE or a failure ends it.
+        update, update_node, update_check = (
+            self._update_terms,
+            self._update_node,
+            self._update_check,
+        )
         if self.signed_path and update is None:
             raise AlreadySigned(
                 "we already signed this factory: a client signs once, and a later state only in"
@@ -319,7 +315,10 @@ class Signer:
             terms, bound = bind_leaf(keys, msg.header, msg.templates, path, terms, self.binder)
         states = {t.node: t.state for t in msg.templates}
         to_sign = (
-            self._changed_nodes(keys, path, states, update_node)
+            self._phase(
+                path,
+                check_update_path(keys, self.signed_path, self.states, path, states, update_node),
+            )
             if self.signed_path
             else {u.node for u in path}
         )
@@ -343,15 +342,19 @@ class Signer:
         values = tuple((n, pub) for n, (_, pub) in self._nonces.items())
         return wire.NodeValues(wire.MsgType.NONCES, msg.session, values).encode()
 
-    def _changed_nodes(
-        self,
-        keys: FactoryKeys,
-        path: list[UnsignedNodeTx],
-        states: dict[int, int],
-        expected: int | None = None,
-    ) -> set[int]:
-        """Nodes to sign in an agreed update (`client_checks.check_update_path`)."""
-        return check_update_path(keys, self.signed_path, self.states, path, states, expected)
+    def _phase(self, path: list[UnsignedNodeTx], changed: set[int]) -> set[int]:
+        """What this request of an update may sign: first every changed tx below the moved node;
+        the moved node only once we hold those fully signed, for exactly these txs."""
+        order = [u.node for u in path]
+        moved = min(changed, key=order.index)
+        self._update_node = moved
+        below = changed - {moved}
+        if below and not self.below:
+            return below
+        wanted = {u.node: u.txid for u in path if u.node in below}
+        if {n: s.txid for n, s in self.below.items()} != wanted:
+            raise UnsafeToSign("the moved node's request is for another state than we signed below")
+        return {moved}
 
     def _on_agg_nonces(self, msg: wire.NodeValues) -> bytes:
         assert self._keys is not None
@@ -371,17 +374,21 @@ class Signer:
         sigs = dict(msg.values)
         if set(sigs) != set(self._pending):
             raise CeremonyError("signatures do not cover exactly the nodes we signed")
+        signed = {}
+        for node, utx in self._pending.items():
+            if not _verify_final(utx, self._keys.signing_keyagg(node), sigs[node]):
+                raise CeremonyError(f"node {node}: the LSP's final signature is invalid")
+            signed[node] = SignedNodeTx(utx, sigs[node])
+        if self.signed_path and self._update_node not in signed:  # an update's first phase
+            self.below = signed
+            self._pending.clear()
+            self.state = SignerState.BELOW_SIGNED
+            return
         old = {s.node: s for s in self.signed_path}
-        new_path = []
-        for utx in self._path:
-            if utx.node in sigs:
-                sig = sigs[utx.node]
-                if not _verify_final(utx, self._keys.signing_keyagg(utx.node), sig):
-                    raise CeremonyError(f"node {utx.node}: the LSP's final signature is invalid")
-                new_path.append(SignedNodeTx(utx, sig))
-            else:
-                new_path.append(old[utx.node])
-        self.signed_path = new_path
+        mine = {**self.below, **signed}
+        self.signed_path = [mine.get(u.node) or old[u.node] for u in self._path]
+        self.below = {}
+        self._update_terms = self._update_node = self._update_check = None
         self.states = dict(self._pending_states)
         self.terms = self._pending_terms
         self._pending.clear()

@@ -37,6 +37,7 @@ class PayloadType(IntEnum):
     SALE_STEP = 15  # either way: one step of a sale's signing (nonces, signatures, acks)
     UPDATE = 16  # LSP -> each client below a state node: a DW state update, its new channel
     UPDATE_STEP = 17  # client -> LSP: ready (old channels frozen) or stored (new state kept)
+    UPDATE_SIG = 18  # LSP -> client: the moved node's final signature (again, until STORED)
 
 
 class SaleStepKind(IntEnum):
@@ -78,6 +79,7 @@ MONEY_SAT = 21_000_000 * 100_000_000
 class UpdateStepKind(IntEnum):
     READY = 1  # client -> LSP: our old channels take no HTLC and hold none; open the new one
     STORED = 2  # client -> LSP: we verified and stored the new state's signed path
+    BELOW_STORED = 3  # client -> LSP: we stored the signed txs below the moved node
 
 
 MAX_UPDATE_CHANNELS = 64  # old channels one client may have in a leaf (its own and its sales)
@@ -172,6 +174,14 @@ class UpdateStep:
 
 
 @dataclass(frozen=True)
+class UpdateSig:
+    instance_id: bytes
+    session: bytes
+    node: int  # the moved state node
+    signature: bytes  # its final BIP340 signature (64 bytes)
+
+
+@dataclass(frozen=True)
 class Key:
     instance_id: bytes
     secret: bytes  # the client's per-factory private key, handed over once its balance left
@@ -243,6 +253,7 @@ Payload = (
     | SaleStep
     | Update
     | UpdateStep
+    | UpdateSig
 )
 
 
@@ -322,6 +333,9 @@ def encode(p: Payload) -> bytes:
                 *p.old_channels,
             ]
         )
+    if isinstance(p, UpdateSig):
+        head = bytes([PayloadType.UPDATE_SIG]) + p.instance_id + p.session
+        return head + struct.pack(">H", p.node) + p.signature
     if isinstance(p, UpdateStep):
         return bytes([PayloadType.UPDATE_STEP]) + p.instance_id + p.session + bytes([p.kind])
     return (
@@ -376,6 +390,8 @@ def decode(data: bytes) -> Payload:
         out = _decode_sale(kind, instance, r)
     elif kind is PayloadType.UPDATE:
         out = _decode_update(instance, r)
+    elif kind is PayloadType.UPDATE_SIG:
+        out = UpdateSig(instance, r.take(32), r.u16(), r.take(64))
     elif kind is PayloadType.UPDATE_STEP:
         session = r.take(32)
         try:

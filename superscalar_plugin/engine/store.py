@@ -32,8 +32,10 @@ from .tx import Tx
 from .update_store import (
     ClientUpdate,
     LspUpdate,
+    PathEntry as PathEntry,
     client_update_from,
     lsp_update_from,
+    path_from as _path,
     validate_client_update,
     validate_lsp_update,
     validate_stocks,
@@ -83,15 +85,6 @@ class ClientEntry:
     moved_to: str | None = None
     handed_key: str | None = None
     refusal: str | None = None
-
-
-@dataclass(frozen=True)
-class PathEntry:
-    node: int
-    state: int
-    raw: str  # signed tx hex
-    spent_amount: int
-    spent_script: str
 
 
 @dataclass(frozen=True)
@@ -217,23 +210,6 @@ def to_json(record: Record) -> dict[str, Any]:
 
 
 # --- validation on load -------------------------------------------------------------------------
-
-
-def _path(d: dict[str, Any], key: str) -> tuple[PathEntry, ...]:
-    out = []
-    for e in _get(d, key, list):
-        if not isinstance(e, dict):
-            raise StoreError(f"{key} entry must be an object")
-        out.append(
-            PathEntry(
-                node=_get(e, "node", int),
-                state=_get(e, "state", int),
-                raw=_hex(e, "raw"),
-                spent_amount=_get(e, "spent_amount", int),
-                spent_script=_hex(e, "spent_script"),
-            )
-        )
-    return tuple(out)
 
 
 def _exit(d: dict[str, Any]) -> ExitState | None:

@@ -190,13 +190,18 @@ def dust_threshold(script_pubkey: bytes) -> int:
 
 
 def block_txids(raw_block: bytes) -> list[str]:
-    """The txids of a serialized block, in order (what a plugin gets from getrawblockbyheight).
+    """The txids of a serialized block, in order (what a plugin gets from getrawblockbyheight)."""
+    return [txid for txid, _ in block_txs(raw_block)]
+
+
+def block_txs(raw_block: bytes) -> list[tuple[str, bytes]]:
+    """Each transaction of a serialized block, in order: its txid and its whole serialization.
 
     Any transaction form is accepted here (coinbase scriptSigs, legacy inputs): only the bytes that
     make up each txid are located and hashed."""
     p = _Parser(raw_block)
     p.take(80)  # header
-    txids = []
+    txids: list[tuple[str, bytes]] = []
     for _ in range(p.varint()):
         start = p.pos
         p.take(4)
@@ -219,7 +224,7 @@ def block_txids(raw_block: bytes) -> list[str]:
                     p.take(p.varint())
         locktime = p.take(4)
         stripped = p.raw[start : start + 4] + p.raw[body_start:body_end] + locktime
-        txids.append(_sha256d(stripped)[::-1].hex())
+        txids.append((_sha256d(stripped)[::-1].hex(), p.raw[start : p.pos]))
     if p.pos != len(p.raw):
         raise WireError("trailing bytes after the block's transactions")
     return txids

@@ -175,3 +175,12 @@ def update_costs(topo: Topology) -> list[UpdateCost]:
             )
         )
     return out
+
+
+def signing_phases(factory: Factory, node: int) -> list[list[int]]:
+    """The nodes of an update's ceremonies, in order: every tx below the moved state node first
+    (their final signatures reach every client), then the moved node alone. Signed the other way,
+    an LSP that completes the moved node and withholds the rest would hold the only new state,
+    whose shorter lock beats every client's old path, and strand them until it sweeps at T."""
+    below = factory.topology.subtree(node)[1:]
+    return [below, [node]] if below else [[node]]

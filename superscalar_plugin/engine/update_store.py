@@ -18,9 +18,38 @@ from .taproot import DUST_P2TR
 from .tree import Topology
 
 
+@dataclass(frozen=True)
+class PathEntry:
+    """A signed tree tx as a record keeps it (a client's path, the LSP's tree, an update's)."""
+
+    node: int
+    state: int
+    raw: str  # signed tx hex (unsigned only for an update's moved node awaiting its signature)
+    spent_amount: int
+    spent_script: str
+
+
+def path_from(d: dict[str, Any], key: str) -> tuple[PathEntry, ...]:
+    out = []
+    for e in get(d, key, list):
+        if not isinstance(e, dict):
+            raise StoreError(f"{key} entry must be an object")
+        out.append(
+            PathEntry(
+                node=get(e, "node", int),
+                state=get(e, "state", int),
+                raw=hexfield(e, "raw"),
+                spent_amount=get(e, "spent_amount", int),
+                spent_script=hexfield(e, "spent_script"),
+            )
+        )
+    return tuple(out)
+
+
 class UpdateStage(StrEnum):
     FREEZING = "freezing"  # UPDATE sent; waiting for every client's READY
-    SIGNING = "signing"  # new channels opened and completed; the ceremony runs
+    SIGNING = "signing"  # new channels opened and completed; the nodes below the moved one
+    BELOW = "below"  # those signed, every client storing them; then the moved node itself
     SIGNED = "signed"  # every signature aggregated (the new state exists): waiting for STORED
 
 
@@ -33,6 +62,7 @@ class UpdateClient:
     push_msat: int  # the client's balance in them, frozen: pushed to it in the new channel
     channel_sat: int  # the new channel's capacity
     ready: bool = False
+    below_stored: bool = False
     channel_script: str | None = None
     channel_id: str | None = None
     stored: bool = False
@@ -61,9 +91,13 @@ class ClientUpdate:
     push_msat: int
     leaf_stock: int
     old_channels: tuple[str, ...]
-    # Our partial signatures of the new state left (persisted before they do): from then on the
+    # Our partial signature of the moved node left (persisted before it does): from then on the
     # LSP may hold the new state, so the old channels stay frozen whatever it says next.
     signed: bool = False
+    # Signed first (bottom-up): every tx of our new path below the moved node, fully signed, and
+    # the moved node's tx unsigned: if the LSP ever publishes the moved node, we publish these.
+    below: tuple[PathEntry, ...] = ()
+    moved: PathEntry | None = None
 
 
 def _channel_ids(d: dict[str, Any], key: str) -> tuple[str, ...]:
@@ -95,6 +129,7 @@ def lsp_update_from(data: dict[str, Any]) -> LspUpdate | None:
                 push_msat=get(c, "push_msat", int),
                 channel_sat=get(c, "channel_sat", int),
                 ready=bool(get(c, "ready", bool)),
+                below_stored=bool(c.get("below_stored", False)),
                 channel_script=hexfield(c, "channel_script", optional=True),
                 channel_id=hexfield(c, "channel_id", 32, optional=True),
                 stored=bool(get(c, "stored", bool)),
@@ -126,6 +161,8 @@ def client_update_from(data: dict[str, Any]) -> ClientUpdate | None:
         leaf_stock=get(u, "leaf_stock", int),
         old_channels=_channel_ids(u, "old_channels"),
         signed=bool(get(u, "signed", bool)) if "signed" in u else False,
+        below=path_from(u, "below") if "below" in u else (),
+        moved=path_from({"moved": [u["moved"]]}, "moved")[0] if u.get("moved") else None,
     )
 
 

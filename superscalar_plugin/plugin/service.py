@@ -326,5 +326,7 @@ class FactoryService:
             self.worker.submit(lambda: self.wind_down.on_block(height))
             self.worker.submit(lambda: self.sales.on_block(height))
             self.worker.submit(self.mover.on_block)
+            self.worker.submit(lambda: self.update_lsp.on_block(height))
+            self.worker.submit(self.update_client.on_block)
             self.worker.submit(self.guards.refresh)
             self.worker.submit(lambda: self.records.prune(height))

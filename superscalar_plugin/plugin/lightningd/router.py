@@ -136,6 +136,10 @@ class Router:
         if isinstance(payload, protocol.Update):
             self._update_client.on_update(peer, record, payload)
             return True
+        if isinstance(payload, protocol.UpdateSig):
+            if peer == record.lsp_node_id:
+                self._update_client.on_update_sig(record, payload)
+            return True
         pending = record.update is not None or self._update_client.expects(instance)
         if not pending or not isinstance(payload, protocol.Ceremony | protocol.Text):
             return False

@@ -41,7 +41,7 @@ from ..lightningd.ratelimit import LogLimiter
 from ..lightningd.records import LIVE, Records, factory_of, topology, txid_of
 from ..operator import events
 from ..operator.report import deferred_exit
-from ..updates.watch import superseded_race
+from ..updates.watch import superseded_race, update_txids
 from .feebump import FeeBumper
 from .sales import (
     client_sale_paths,
@@ -75,6 +75,7 @@ def watched_txids(record: store.Record) -> set[str]:
         if record.funding_txid:
             out.add(record.funding_txid)
         out.update(txid_of(e.raw) for e in record.path)
+        out.update(update_txids(record))
     out.update(sale_txids(record))
     return out
 

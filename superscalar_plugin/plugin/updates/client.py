@@ -31,8 +31,11 @@ from typing import Any
 from ...engine import protocol, solvency, store
 from ...engine.ceremony import ClientPolicy, ClientTerms, SignedNodeTx, Signer, SignerState
 from ...engine.errors import CeremonyError
+from ...engine.signed import verify_final
 from ...engine.solvency import BoundChannel, HeldChannel, Step
 from ...engine.taproot import DUST_P2TR
+from ...engine.tree import UnsignedNodeTx
+from ...engine.tx import Tx, block_txs
 from ...engine.update_store import ClientUpdate
 from ..creation import funding
 from ..creation.opens import ChannelOpens
@@ -44,6 +47,17 @@ from ..lightningd.records import LIVE, Records, is_compromised, txid_of
 
 log = logging.getLogger("superscalar")
 peer_log = LogLimiter(log)
+
+
+def entry_of(s: SignedNodeTx, state: int) -> store.PathEntry:
+    return store.PathEntry(
+        s.node, state, s.raw().hex(), s.unsigned.spent_amount, s.unsigned.spent_script.hex()
+    )
+
+
+def _unsigned(e: store.PathEntry) -> UnsignedNodeTx:
+    tx = Tx.deserialize(bytes.fromhex(e.raw))
+    return UnsignedNodeTx(e.node, tx, e.spent_amount, bytes.fromhex(e.spent_script))
 
 
 class UpdateRefused(CeremonyError):
@@ -215,32 +229,123 @@ class UpdateClient:
             if not record.update.signed:  # no new state can exist without our signature
                 self._refuse(record, f"update refused: {e}", record.update.session)
             raise
+        update = record.update
         if signer.state is SignerState.DONE:
-            self._store(record, signer)
+            entries = tuple(entry_of(s, signer.states[s.node]) for s in signer.signed_path)
+            self._store(record, entries, signer.bound.channel_id if signer.bound else None)
             return
-        if signer.state is SignerState.PSIGS_SENT and not record.update.signed:
-            update = dataclasses.replace(record.update, signed=True)
-            self._records.persist(record.replace(update=update))  # before our signatures leave
+        if signer.state is SignerState.BELOW_SIGNED and not update.below:
+            moved = [u for u in signer.update_path if u.node == update.node]
+            below = tuple(entry_of(s, signer.update_states[s.node]) for s in signer.below.values())
+            unsigned = moved[0]
+            update = dataclasses.replace(
+                update,
+                below=tuple(sorted(below, key=lambda e: e.node)),
+                moved=store.PathEntry(
+                    unsigned.node,
+                    update.state,
+                    unsigned.tx.serialize(include_witness=False).hex(),
+                    unsigned.spent_amount,
+                    unsigned.spent_script.hex(),
+                ),
+            )
+            self._records.persist(record.replace(update=update))  # before we ack them
+            step = protocol.UpdateStepKind.BELOW_STORED
+            self._send(
+                record, protocol.UpdateStep(p.instance_id, bytes.fromhex(update.session), step)
+            )
+            return
+        if (
+            signer.state is SignerState.PSIGS_SENT
+            and signer.signing_moved_node
+            and not update.signed
+        ):
+            update = dataclasses.replace(update, signed=True)
+            self._records.persist(record.replace(update=update))  # before our signature leaves
         if reply is not None:
             self._send(record, protocol.Ceremony(p.instance_id, reply))
 
-    def _store(self, record: store.ClientRecord, signer: Signer) -> None:
-        update = record.update
-        assert update is not None and signer.bound is not None
-        path = tuple(
-            store.PathEntry(
-                s.node,
-                signer.states[s.node],
-                s.raw().hex(),
-                s.unsigned.spent_amount,
-                s.unsigned.spent_script.hex(),
-            )
-            for s in signer.signed_path
+    def on_update_sig(self, record: store.ClientRecord, p: protocol.UpdateSig) -> None:
+        """The moved node's final signature, sent again until we store (after a lost message or a
+        restart): checked against the tx we kept, then our new path is complete."""
+        u = record.update
+        if u is None or not u.signed or u.moved is None or p.session.hex() != u.session:
+            return
+        moved = _unsigned(u.moved)
+        header = record.signed_header()
+        assert header is not None
+        if not verify_final(moved, header.factory_keys().signing_keyagg(u.node), p.signature):
+            raise CeremonyError(f"node {u.node}: the LSP's final signature is invalid")
+        signed = SignedNodeTx(moved, p.signature)
+        self._signers.pop(record.instance_id, None)
+        self._store(record, self._new_path(record, entry_of(signed, u.state)), None)
+
+    def adopt_from_chain(self, record: store.ClientRecord, raw_tx: bytes) -> None:
+        """The moved node's tx is on chain (the LSP published the state we signed without
+        sending us its signature): its witness completes our new path."""
+        u = record.update
+        assert u is not None and u.moved is not None
+        signed = SignedNodeTx.from_raw(
+            u.node, raw_tx, u.moved.spent_amount, bytes.fromhex(u.moved.spent_script)
         )
+        header = record.signed_header()
+        assert header is not None
+        if signed.txid != txid_of(u.moved.raw) or not verify_final(
+            signed.unsigned, header.factory_keys().signing_keyagg(u.node), signed.signature
+        ):
+            return
+        self._store(record, self._new_path(record, entry_of(signed, u.state)), None)
+
+    def on_block(self) -> None:
+        """Worker, after our chain scan: an update we signed whose moved node the chain shows
+        (published without its signature reaching us) is adopted from the block itself."""
+        for record in self._records.all():
+            if not isinstance(record, store.ClientRecord) or record.update is None:
+                continue
+            moved = record.update.moved
+            height = dict(record.confirmed).get(txid_of(moved.raw)) if moved else None
+            if moved is None or height is None:
+                continue
+            try:
+                raw = self._node.rpc.call("getrawblockbyheight", {"height": height})["block"]
+                found = dict(block_txs(bytes.fromhex(str(raw))))[txid_of(moved.raw)]
+                self.adopt_from_chain(record, found)
+            except Exception as e:  # asked again at the next block
+                log.warning(
+                    "factory %s: cannot adopt the moved node: %s", record.instance_id[:16], e
+                )
+
+    @staticmethod
+    def _new_path(
+        record: store.ClientRecord, moved: store.PathEntry
+    ) -> tuple[store.PathEntry, ...]:
+        u = record.update
+        assert u is not None
+        below = {e.node: e for e in u.below}
+        return tuple(moved if e.node == u.node else below.get(e.node, e) for e in record.path)
+
+    def _store(
+        self,
+        record: store.ClientRecord,
+        path: tuple[store.PathEntry, ...],
+        channel_id: str | None,
+    ) -> None:
+        update = record.update
+        assert update is not None
+        if channel_id is None:  # our new channel: the one our node holds at the new leaf
+            leaf = txid_of(path[-1].raw)
+            channel_id = next(
+                (
+                    cid
+                    for cid, ch in self._node.channels().items()
+                    if ch.get("funding_txid") == leaf and ch.get("peer_id") == record.lsp_node_id
+                ),
+                record.channel_bound,
+            )
         record = record.replace(
             path=path,
             channel_sat=update.channel_sat,
-            channel_bound=signer.bound.channel_id,
+            channel_bound=channel_id,
             sales=(),  # the leaf changed: its sales are folded into the new channels
             retired=(*record.retired, *update.old_channels),
             update=None,
@@ -249,19 +354,14 @@ class UpdateClient:
         self._signers.pop(record.instance_id, None)
         self._guards.refresh()
         log.info(
-            "factory %s: updated to state %d of node %d; new channel %s",
+            "factory %s: updated to state %d of node %d",
             record.instance_id[:16],
             update.state,
             update.node,
-            signer.bound.channel_id[:16],
         )
         instance = bytes.fromhex(record.instance_id)
-        self._send(
-            record,
-            protocol.UpdateStep(
-                instance, bytes.fromhex(update.session), protocol.UpdateStepKind.STORED
-            ),
-        )
+        step = protocol.UpdateStepKind.STORED
+        self._send(record, protocol.UpdateStep(instance, bytes.fromhex(update.session), step))
         for cid in update.old_channels:
             funding.close_retired(self._node.rpc, cid)
 

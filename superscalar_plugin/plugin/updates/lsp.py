@@ -32,14 +32,14 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...engine import blip56, dw, protocol, store
-from ...engine.ceremony import Coordinator, CoordinatorState
+from ...engine.ceremony import Coordinator, CoordinatorState, SignedNodeTx
 from ...engine.errors import CeremonyError, InvalidParameter
 from ...engine.tree import Factory
-from ...engine.update import UpdatePlan, plan_update, updated_factory
+from ...engine.update import UpdatePlan, plan_update, signing_phases, updated_factory
 from ...engine.update_store import LspUpdate, UpdateClient, UpdateStage
 from ..creation import funding
 from ..lightningd.guards import Guards, msat
@@ -61,6 +61,8 @@ class _Session:
     reply: Reply | None = None
     factory: Factory | None = None
     coordinator: Coordinator | None = None
+    phases: list[list[int]] = field(default_factory=list)  # `signing_phases`: below, then moved
+    signed: dict[int, SignedNodeTx] = field(default_factory=dict)
 
 
 def states_of(record: store.LspRecord) -> tuple[int, ...]:
@@ -235,31 +237,67 @@ class UpdateLsp:
         s = self._sessions.get(record.instance_id)
         update = record.update
         index = next((i for i, c in enumerate(record.clients) if c.node_id == peer), None)
-        if s is None or update is None or index is None:
+        if update is None or index is None or index not in [c.client for c in update.clients]:
             peer_log.warning(peer, "dropped an update message from %s", peer)
             return
-        if index not in s.plan.clients:
-            peer_log.warning(peer, "dropped an update message from %s: not in it", peer)
+        step = p.kind if isinstance(p, protocol.UpdateStep) else None
+        if isinstance(p, protocol.UpdateStep) and p.session.hex() != update.session:
+            return
+        if step is protocol.UpdateStepKind.STORED and update.stage is UpdateStage.SIGNED:
+            self._on_stored(record, s, index)  # also after our restart (no session)
+            return
+        if s is None:
+            peer_log.warning(peer, "dropped an update message from %s: none running", peer)
             return
         if isinstance(p, protocol.Text):
             self._abandon(record.instance_id, f"client {peer} refused: {p.reason}")
-            return
-        session = update.session
-        if isinstance(p, protocol.UpdateStep) and p.session.hex() == session:
-            if p.kind is protocol.UpdateStepKind.READY and update.stage is UpdateStage.FREEZING:
-                self._on_ready(record, s, index)
-            elif p.kind is protocol.UpdateStepKind.STORED and update.stage is UpdateStage.SIGNED:
-                self._on_stored(record, s, index)
-            return
-        if isinstance(p, protocol.Ceremony) and s.coordinator is not None:
-            out = s.coordinator.receive(index, p.message)
-            if s.coordinator.state is CoordinatorState.DONE and out:
+        elif step is protocol.UpdateStepKind.READY and update.stage is UpdateStage.FREEZING:
+            self._on_ready(record, s, index)
+        elif step is protocol.UpdateStepKind.BELOW_STORED and update.stage is UpdateStage.BELOW:
+            self._on_below_stored(record, s, index)
+        elif isinstance(p, protocol.Ceremony) and s.coordinator is not None:
+            self._on_ceremony(record, s, index, p)
+        elif step is None:
+            raise CeremonyError(f"unexpected {type(p).__name__} during an update")
+
+    def _on_ceremony(
+        self, record: store.LspRecord, s: _Session, index: int, p: protocol.Ceremony
+    ) -> None:
+        assert s.coordinator is not None
+        out = s.coordinator.receive(index, p.message)
+        s.deadline = self._deadline()
+        if s.coordinator.state is CoordinatorState.DONE and out:
+            s.signed.update(s.coordinator.signed)
+            if len(s.signed) == sum(len(ph) for ph in s.phases):
                 self._commit(record.instance_id, s)  # persisted before the signatures leave
-            s.deadline = self._deadline()
-            for c, data in out.items():
-                self._send(record.clients[c].node_id, protocol.Ceremony(p.instance_id, data))
-            return
-        raise CeremonyError(f"unexpected {type(p).__name__} during an update")
+            else:  # the txs below the moved node: every client stores them first
+                self._set_stage(record.instance_id, UpdateStage.BELOW)
+        for c, data in out.items():
+            self._send(record.clients[c].node_id, protocol.Ceremony(p.instance_id, data))
+
+    def _on_below_stored(self, record: store.LspRecord, s: _Session, index: int) -> None:
+        record = self._set_client(record.instance_id, index, below_stored=True)
+        s.deadline = self._deadline()
+        assert record.update is not None
+        if all(c.below_stored for c in record.update.clients):
+            self._set_stage(record.instance_id, UpdateStage.SIGNING)
+            self._start_phase(record, s, s.phases[-1])
+
+    def _set_stage(self, instance: str, stage: UpdateStage) -> store.LspRecord:
+        record = self._lsp_record(instance)
+        assert record.update is not None
+        record = record.replace(update=dataclasses.replace(record.update, stage=stage))
+        self._records.persist(record)
+        return record
+
+    def _start_phase(self, record: store.LspRecord, s: _Session, nodes: list[int]) -> None:
+        assert s.factory is not None
+        key = self._node.lsp_key(record.instance_id)
+        outpoint = (record.funding_txid or "", record.funding_vout or 0)
+        s.coordinator = Coordinator(s.factory, key, outpoint, s.plan.states, nodes)
+        instance = bytes.fromhex(record.instance_id)
+        for index, data in s.coordinator.start().items():
+            self._send(record.clients[index].node_id, protocol.Ceremony(instance, data))
 
     def _set_client(self, instance: str, index: int, **changes: Any) -> store.LspRecord:
         record = self._lsp_record(instance)
@@ -309,11 +347,9 @@ class UpdateLsp:
             c.client: bytes.fromhex(str(x)) for c, x in zip(update.clients, scripts, strict=True)
         }
         s.factory = updated_factory(factory_of(record), s.plan, script_of)
-        key = self._node.lsp_key(record.instance_id)
         outpoint = (record.funding_txid or "", record.funding_vout or 0)
-        nodes = s.factory.topology.subtree(s.plan.node)
-        s.coordinator = Coordinator(s.factory, key, outpoint, s.plan.states, nodes)
-        leaves = {c: s.coordinator.txs[s.factory.topology.leaf_of_client[c]] for c in script_of}
+        txs = s.factory.transactions(outpoint, s.plan.states, s.factory.topology.leaves)
+        leaves = {c: txs[s.factory.topology.leaf_of_client[c]] for c in script_of}
         ids = funding.per_client(
             entries,
             lambda e: funding.complete_channel(
@@ -333,13 +369,9 @@ class UpdateLsp:
         failed = [x for x in ids if isinstance(x, RpcFailed)]
         if failed:
             raise failed[0]
-        assert record.update is not None
-        record = record.replace(
-            update=dataclasses.replace(record.update, stage=UpdateStage.SIGNING)
-        )
-        self._records.persist(record)
-        for index, data in s.coordinator.start().items():
-            self._send(record.clients[index].node_id, protocol.Ceremony(instance, data))
+        record = self._set_stage(record.instance_id, UpdateStage.SIGNING)
+        s.phases = signing_phases(s.factory, s.plan.node)
+        self._start_phase(record, s, s.phases[0])
 
     # --- 3. the new state exists: keep it -------------------------------------------------------
 
@@ -348,17 +380,17 @@ class UpdateLsp:
         the channels they and the old leaves funded retired. Persisted before the final
         signatures leave."""
         record = self._lsp_record(instance)
-        update, coordinator = record.update, s.coordinator
-        assert update is not None and coordinator is not None and s.factory is not None
+        update = record.update
+        assert update is not None and s.factory is not None
         new_entries = {
             n: store.PathEntry(
                 n,
-                coordinator.states[n],
+                s.plan.states[n],
                 t.raw().hex(),
                 t.unsigned.spent_amount,
                 t.unsigned.spent_script.hex(),
             )
-            for n, t in coordinator.signed.items()
+            for n, t in s.signed.items()
         }
         tree = tuple(new_entries.get(e.node, e) for e in record.tree)
         clients = list(record.clients)
@@ -383,27 +415,50 @@ class UpdateLsp:
         self._guards.refresh()
         events.factory_update(instance, "signed", s.plan.node, list(s.plan.clients))
 
-    def _on_stored(self, record: store.LspRecord, s: _Session, index: int) -> None:
+    def _on_stored(self, record: store.LspRecord, s: _Session | None, index: int) -> None:
         record = self._set_client(record.instance_id, index, stored=True)
-        assert record.update is not None
-        if not all(c.stored for c in record.update.clients):
+        update = record.update
+        assert update is not None
+        if not all(c.stored for c in update.clients):
             return
-        old = [cid for c in record.update.clients for cid in c.old_channels]
+        old = [cid for c in update.clients for cid in c.old_channels]
         record = record.replace(update=None)
         self._records.persist(record)
         self._sessions.pop(record.instance_id, None)
-        log.info(
-            "factory %s: updated node %d; %d channels moved",
-            record.instance_id[:16],
-            s.plan.node,
-            len(s.plan.clients),
-        )
-        events.factory_update(record.instance_id, "stored", s.plan.node, list(s.plan.clients))
+        log.info("factory %s: updated node %d", record.instance_id[:16], update.node)
+        clients = [c.client for c in update.clients]
+        events.factory_update(record.instance_id, "stored", update.node, clients)
         for cid in old:  # they can never confirm: no commitment fallback (unilateraltimeout 0)
             funding.close_retired(self._node.rpc, cid)
-        if s.reply is not None:
+        if s is not None and s.reply is not None:
             s.reply.set_result(self.view(record))
             s.reply = None
+
+    def on_block(self, height: int) -> None:
+        """Worker, at every block: the moved node's final signature again to every client that
+        has not stored the new state (a lost message, a restart on either side)."""
+        for record in self._records.all():
+            if not isinstance(record, store.LspRecord) or record.update is None:
+                continue
+            update = record.update
+            if update.stage is not UpdateStage.SIGNED:
+                continue
+            entry = next(e for e in record.tree if e.node == update.node)
+            signed = SignedNodeTx.from_raw(
+                entry.node,
+                bytes.fromhex(entry.raw),
+                entry.spent_amount,
+                bytes.fromhex(entry.spent_script),
+            )
+            message = protocol.UpdateSig(
+                bytes.fromhex(record.instance_id),
+                bytes.fromhex(update.session),
+                update.node,
+                signed.signature,
+            )
+            for c in update.clients:
+                if not c.stored:
+                    self._send(record.clients[c.client].node_id, message)
 
     @staticmethod
     def view(record: store.LspRecord) -> dict[str, Any]:
@@ -442,11 +497,9 @@ class UpdateLsp:
 
     def resume(self, record: store.LspRecord) -> None:
         """After a restart: an update whose state was not yet signed is abandoned (the nonces
-        are gone); a signed one only waited for STOREDs, which now never come: it is over."""
-        if record.update is None:
-            return
-        if record.update.stage is UpdateStage.SIGNED:
-            self._records.persist(record.replace(update=None))
+        are gone); a signed one waits for the clients' STORED, its signature sent again at each
+        block (`on_block`)."""
+        if record.update is None or record.update.stage is UpdateStage.SIGNED:
             return
         self._sessions[record.instance_id] = _Session(plan_stub(record), time.monotonic())
         self._abandon(record.instance_id, "the LSP restarted during the update")

@@ -21,3 +21,12 @@ def superseded_race(record: store.Record) -> str | None:
     if not seen:
         return None
     return f"tree node {seen[-1]} is on chain after an update: our newest state must confirm first"
+
+
+def update_txids(record: store.ClientRecord) -> set[str]:
+    """The txs of an update we signed but do not hold complete (the moved node, everything below
+    it): watched, so that we adopt the new state if the LSP publishes it."""
+    u = record.update
+    if u is None:
+        return set()
+    return {txid_of(e.raw) for e in (*u.below, *([u.moved] if u.moved else []))}
