@@ -6,11 +6,8 @@ its own root-to-leaf path and rebuilds every one of them itself before signing (
 work and its messages grow with its path length, not with the number of clients.
 
 `sign_in_process` signs with every secret key in one process (tests, demo, benchmarks);
-`sign_together`, its core, makes one such signature (also the LSP's key-path spends with the
-keys clients handed over, `handover`).
-
-Secret nonces live only in memory, inside single-use `SecretNonce` objects; a ceremony that is
-interrupted restarts with fresh nonces.
+`sign_together`, its core, makes one such signature (also `handover`'s key-path spends).
+Secret nonces live only in memory, single-use; an interrupted ceremony restarts with fresh ones.
 """
 
 from __future__ import annotations
@@ -33,6 +30,7 @@ from .client_checks import (
     check_header as check_header,
     check_path as check_path,
     check_update_path,
+    update_phase,
 )
 from .errors import (
     AlreadySigned,
@@ -179,6 +177,9 @@ class Signer:
     # itself. Whoever completes the moved node can then never strand us: below it we hold
     # everything down to our new channel.
     below: dict[int, SignedNodeTx] = field(default_factory=dict)
+    # Per state node, the latest state whose moved-node signature we gave in an update that may
+    # never have completed (the LSP may hold it): a later update must move past it.
+    spent: dict[int, int] = field(default_factory=dict)
     _pending_terms: ClientTerms | None = None
     _nonces: dict[int, tuple[musig2.SecretNonce, bytes]] = field(default_factory=dict, repr=False)
 
@@ -278,7 +279,7 @@ class Signer:
                 return None
             raise CeremonyError(f"unexpected {msg.type.name} in state {self.state.value}")
         except (WireError, CeremonyError, MuSigError):
-            self._fail()
+            self.forget()  # a refused request also ends the update we agreed to
             raise
 
     def _fail(self) -> None:
@@ -318,6 +319,7 @@ class Signer:
             self._phase(
                 path,
                 check_update_path(keys, self.signed_path, self.states, path, states, update_node),
+                states,
             )
             if self.signed_path
             else {u.node for u in path}
@@ -342,24 +344,21 @@ class Signer:
         values = tuple((n, pub) for n, (_, pub) in self._nonces.items())
         return wire.NodeValues(wire.MsgType.NONCES, msg.session, values).encode()
 
-    def _phase(self, path: list[UnsignedNodeTx], changed: set[int]) -> set[int]:
-        """What this request of an update may sign: first every changed tx below the moved node;
-        the moved node only once we hold those fully signed, for exactly these txs."""
-        order = [u.node for u in path]
-        moved = min(changed, key=order.index)
-        self._update_node = moved
-        below = changed - {moved}
-        if below and not self.below:
-            return below
-        wanted = {u.node: u.txid for u in path if u.node in below}
-        if {n: s.txid for n, s in self.below.items()} != wanted:
-            raise UnsafeToSign("the moved node's request is for another state than we signed below")
-        return {moved}
+    def _phase(
+        self, path: list[UnsignedNodeTx], changed: set[int], states: dict[int, int]
+    ) -> set[int]:
+        """What this request of an update may sign (`client_checks.update_phase`)."""
+        held = {n: s.txid for n, s in self.below.items()}
+        self._update_node, nodes = update_phase(path, changed, states, held, self.spent)
+        return nodes
 
     def _on_agg_nonces(self, msg: wire.NodeValues) -> bytes:
         assert self._keys is not None
         if {n for n, _ in msg.values} != set(self._pending):
             raise CeremonyError("aggregate nonces do not cover exactly the nodes we are signing")
+        if self.signing_moved_node:  # the LSP may hold this state from now on
+            assert self._update_node is not None
+            self.spent[self._update_node] = self._pending_states[self._update_node]
         psigs = []
         for node, aggnonce in msg.values:
             utx = self._pending[node]

@@ -341,3 +341,29 @@ def check_update_path(
     if unreset:
         raise UnsafeToSign(f"nodes {unreset} below the moved node are not back at state 0")
     return set(changed)
+
+
+def update_phase(
+    path: Sequence[UnsignedNodeTx],
+    changed: set[int],
+    states: Mapping[int, int],
+    held_below: Mapping[int, str],
+    spent: Mapping[int, int],
+) -> tuple[int, set[int]]:
+    """The moved node of an update and what its request may sign now: first every changed tx
+    below the moved node; the moved node alone only once we hold those fully signed, for exactly
+    these txs (`held_below`: node -> txid). Never a state of it at or below one we already gave
+    its signature in an update that never completed (`spent`): the LSP may hold that one."""
+    order = [u.node for u in path]
+    moved = min(changed, key=order.index)
+    if states[moved] <= spent.get(moved, -1):
+        raise UnsafeToSign(
+            f"node {moved}: we already signed state {spent[moved]} in an update that never"
+            " completed; a later one must move past it"
+        )
+    below = changed - {moved}
+    if below and not held_below:
+        return moved, below
+    if dict(held_below) != {u.node: u.txid for u in path if u.node in below}:
+        raise UnsafeToSign("the moved node's request is for another state than we signed below")
+    return moved, {moved}

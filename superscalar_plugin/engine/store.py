@@ -171,6 +171,9 @@ class ClientRecord:
     # channels updates replaced (closed; they take no HTLC).
     update: ClientUpdate | None = None
     retired: tuple[str, ...] = ()
+    # Updates whose moved node we signed but never got back (a later update replaced them): the
+    # LSP may publish one, so we watch for them and would adopt one from the chain.
+    superseded: tuple[ClientUpdate, ...] = ()
 
     def replace(self, **changes: Any) -> ClientRecord:
         return dataclasses.replace(self, **changes)
@@ -375,6 +378,11 @@ def _client_record(data: dict[str, Any]) -> ClientRecord:
         channel_bound=_hex(data, "channel_bound", 32, optional=True),
         update=client_update_from(data),
         retired=tuple(_strings(data, "retired", 32)),
+        superseded=tuple(
+            u
+            for d in (data.get("superseded") or [])
+            if isinstance(d, dict) and (u := client_update_from({"update": d})) is not None
+        ),
     )
 
 
@@ -505,6 +513,8 @@ def _validate_client(r: ClientRecord) -> None:
         _expect(all(e.leaf == leaf for e in r.sales), "sales", "a sale of another leaf's stock")
     validate_sales(r.sales, topo, r.n_clients)
     validate_client_update(r.update, topo)
+    for u in r.superseded:
+        validate_client_update(u, topo)
     if r.state in (ClientState.READY, ClientState.FUNDED, ClientState.HANDED_OVER):
         _expect(r.header is not None, "header", f"missing in a {r.state.value} record")
         _expect(bool(r.path), "path", f"missing in a {r.state.value} record")

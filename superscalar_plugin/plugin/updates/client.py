@@ -60,6 +60,15 @@ def _unsigned(e: store.PathEntry) -> UnsignedNodeTx:
     return UnsignedNodeTx(e.node, tx, e.spent_amount, bytes.fromhex(e.spent_script))
 
 
+def unsigned_dropped(record: store.ClientRecord) -> store.ClientRecord:
+    """Our record without the update we had not signed: the old channels are ours again, unless
+    an earlier update we did sign may still be held by the LSP (it becomes the pending one, and
+    they stay frozen)."""
+    if record.superseded:
+        return record.replace(update=record.superseded[-1], superseded=record.superseded[:-1])
+    return record.replace(update=None)
+
+
 class UpdateRefused(CeremonyError):
     """An UPDATE we will not follow (told to the LSP as REJECT)."""
 
@@ -104,6 +113,10 @@ class UpdateClient:
             return
         try:
             self._check(record, p)
+            pending = record.update
+            if pending is not None and pending.signed and pending.session != p.session.hex():
+                # the LSP may hold that one: watched, and its state spent (`_signer`)
+                record = record.replace(superseded=(*record.superseded, pending))
             record = record.replace(
                 update=ClientUpdate(
                     p.session.hex(),
@@ -113,8 +126,6 @@ class UpdateClient:
                     p.push_msat,
                     p.leaf_stock,
                     tuple(sorted(c.hex() for c in p.old_channels)),
-                    # a state we signed earlier may exist: keep the old channels frozen
-                    signed=record.update is not None and record.update.signed,
                 )
             )
             self._records.persist(record)  # before READY: our old channels are frozen
@@ -204,6 +215,8 @@ class UpdateClient:
         db, lsp = self._node.db, record.lsp_node_id
         signer.binder = lambda txid, vout: db.bound_channel(Step.TREE_SIGNATURE, lsp, txid, vout)
         signer.agree_update(terms, node=u.node, check=lambda b: self._solvent(record, b))
+        for s in record.superseded:  # states the LSP may hold: a new one must move past them
+            signer.spent[s.node] = max(signer.spent.get(s.node, -1), s.state)
         return signer
 
     def _solvent(self, record: store.ClientRecord, bound: BoundChannel) -> None:
@@ -300,16 +313,23 @@ class UpdateClient:
         """Worker, after our chain scan: an update we signed whose moved node the chain shows
         (published without its signature reaching us) is adopted from the block itself."""
         for record in self._records.all():
-            if not isinstance(record, store.ClientRecord) or record.update is None:
+            if not isinstance(record, store.ClientRecord):
                 continue
-            moved = record.update.moved
-            height = dict(record.confirmed).get(txid_of(moved.raw)) if moved else None
-            if moved is None or height is None:
+            confirmed = dict(record.confirmed)
+            pending = [u for u in (record.update, *record.superseded) if u and u.moved]
+            found = [
+                (u, confirmed[txid_of(u.moved.raw)])
+                for u in pending
+                if u.moved and txid_of(u.moved.raw) in confirmed
+            ]
+            if not found:
                 continue
+            update, height = found[0]
+            assert update.moved is not None
             try:
                 raw = self._node.rpc.call("getrawblockbyheight", {"height": height})["block"]
-                found = dict(block_txs(bytes.fromhex(str(raw))))[txid_of(moved.raw)]
-                self.adopt_from_chain(record, found)
+                tx = dict(block_txs(bytes.fromhex(str(raw))))[txid_of(update.moved.raw)]
+                self.adopt_from_chain(record.replace(update=update), tx)
             except Exception as e:  # asked again at the next block
                 log.warning(
                     "factory %s: cannot adopt the moved node: %s", record.instance_id[:16], e
@@ -349,6 +369,7 @@ class UpdateClient:
             sales=(),  # the leaf changed: its sales are folded into the new channels
             retired=(*record.retired, *update.old_channels),
             update=None,
+            superseded=tuple(u for u in record.superseded if u.session != update.session),
         )
         self._records.persist(record)  # the new state is ours before STORED leaves
         self._signers.pop(record.instance_id, None)
@@ -384,7 +405,7 @@ class UpdateClient:
                 reason,
             )
             return
-        self._records.persist(record.replace(update=None))
+        self._records.persist(unsigned_dropped(record))
         self._guards.refresh()
         log.warning("factory %s: update abandoned: %s", record.instance_id[:16], reason)
 
@@ -408,7 +429,7 @@ class UpdateClient:
             and latest.update.session == session
             and not latest.update.signed
         ):
-            self._records.persist(latest.replace(update=None))
+            self._records.persist(unsigned_dropped(latest))
             self._guards.refresh()
         instance = bytes.fromhex(record.instance_id)
         self._send(record, protocol.Text(protocol.PayloadType.REJECT, instance, reason))

@@ -26,7 +26,8 @@ def superseded_race(record: store.Record) -> str | None:
 def update_txids(record: store.ClientRecord) -> set[str]:
     """The txs of an update we signed but do not hold complete (the moved node, everything below
     it): watched, so that we adopt the new state if the LSP publishes it."""
-    u = record.update
-    if u is None:
-        return set()
-    return {txid_of(e.raw) for e in (*u.below, *([u.moved] if u.moved else []))}
+    out = set()
+    for u in (record.update, *record.superseded):
+        if u is not None:
+            out |= {txid_of(e.raw) for e in (*u.below, *([u.moved] if u.moved else []))}
+    return out
