@@ -8,17 +8,25 @@ regression test of a check that held.
 Topology of `four()`: kickoff 0 -> DW state 1 -> kickoff 2 -> leaves 3 (clients 0, 1) and 4
 (clients 2, 3). An update of both leaves moves state node 1 to state 1.
 
-Holes found (failing tests, kept on purpose, not xfail):
+Holes found by this review, each fixed and kept here as a regression test:
 - final-signature withholding: one batched ceremony over the moved state node and everything
-  below it lets the LSP (the last aggregator) hold the new state while clients hold none of it,
-  then publish it (`test_lsp_withholding_final_signatures_cannot_strand_the_client`; the same
-  with a lost message and an LSP restart, no retransmission:
-  `test_final_signatures_lost_then_lsp_restart_leave_the_client_a_path`);
-- DW state reuse: a state the client sent partial signatures for is not treated as used, so a
-  later update re-signs the same state index with other outputs
+  below it let the LSP (the last aggregator) hold the new state while clients held none of it,
+  then publish it. Fixed by signing bottom-up (`update.signing_phases`): the client gives its
+  signature of the moved node only once it holds every tx below it fully signed, and adopts the
+  moved node from the block if the LSP publishes it
+  (`test_lsp_withholding_final_signatures_cannot_strand_the_client`); the LSP sends the moved
+  node's signature again at every block until STORED, across its restarts
+  (`test_final_signatures_lost_then_lsp_restart_leave_the_client_a_path`);
+- DW state reuse: a state the client sent its moved-node signature for was not treated as used.
+  Fixed: it is spent (`Signer.spent`, from the record's pending and superseded updates), a later
+  update must move past it
   (`test_same_state_index_resigned_after_a_withheld_update_is_refused`);
-- griefing: a co-client stalling after the nonce round freezes its co-clients' channels for good
-  (`test_a_co_client_stalling_after_the_nonces_does_not_freeze_honest_clients`).
+- griefing: a co-client stalling after the nonces froze its co-clients' channels. With the
+  bottom-up order a stall before the moved node's partial signatures leaves nothing that could
+  complete, and the others are unfrozen
+  (`test_a_co_client_stalling_after_the_nonces_does_not_freeze_honest_clients`); a stall after
+  them still keeps their old channels frozen (money safe in both states) until a later update or
+  their exit: README, "Moving stock between leaves".
 """
 
 from __future__ import annotations
@@ -42,7 +50,12 @@ from superscalar_plugin.engine.ceremony import (
 )
 from superscalar_plugin.engine.errors import AlreadySigned, CeremonyError, UnsafeToSign
 from superscalar_plugin.engine.tree import Factory, FactoryParams
-from superscalar_plugin.engine.update import UpdatePlan, plan_update, updated_factory
+from superscalar_plugin.engine.update import (
+    UpdatePlan,
+    plan_update,
+    signing_phases,
+    updated_factory,
+)
 from superscalar_plugin.simulate import agreed_terms, channel_script, make_factory, seckey
 
 PARAMS = FactoryParams(states_per_layer=3, step_blocks=3, ewt_margin=2, stock_delay=10)
@@ -87,7 +100,7 @@ def restored(signer: Signer, f: Factory, c: int) -> Signer:
     """What the plugin does on every UPDATE (`UpdateClient._signer`): a fresh Signer restored
     from the stored path and odometer (the path the client holds final signatures for)."""
     assert signer.header is not None
-    return Signer.restore(
+    fresh = Signer.restore(
         signer.seckey,
         agreed_terms(f, c),
         ClientPolicy(require_channel_script=True),
@@ -95,11 +108,11 @@ def restored(signer: Signer, f: Factory, c: int) -> Signer:
         list(signer.signed_path),
         dict(signer.states),
     )
+    fresh.spent = dict(signer.spent)  # persisted as the record's pending/superseded updates
+    return fresh
 
 
-def ceremony_withholding_signatures(
-    coordinator: Coordinator, signers: dict[int, Signer]
-) -> None:
+def ceremony_withholding_signatures(coordinator: Coordinator, signers: dict[int, Signer]) -> None:
     """A hostile LSP: nonces, aggregate nonces, partial signatures; every final signature
     aggregated on its side (`coordinator.signed`), and none sent to the clients. Then ABORT."""
     replies = {c: signers[c].receive(m) for c, m in coordinator.start().items()}
@@ -166,7 +179,9 @@ def test_lsp_withholding_final_signatures_cannot_strand_the_client(
     new = updated_factory(f, plan, new_scripts(f, plan))
     for c in plan.clients:
         signers[c].agree_update(update_terms(new, plan, c), node=plan.node)
-    coordinator = Coordinator(new, lsp, outpoint, plan.states, f.topology.subtree(plan.node))
+    below, moved = signing_phases(new, plan.node)
+    run_ceremony(Coordinator(new, lsp, outpoint, plan.states, below), signers)
+    coordinator = Coordinator(new, lsp, outpoint, plan.states, moved)
     ceremony_withholding_signatures(coordinator, signers)
     assert [s.txid for s in signers[0].signed_path] == [s.txid for s in old_path]
 
@@ -174,9 +189,11 @@ def test_lsp_withholding_final_signatures_cannot_strand_the_client(
     assert chain.mine([old_path[0].raw()]).accepted
     chain.mine_empty(PARAMS.state_delay(1) - 1)
     assert chain.mine([coordinator.signed[1].raw()]).accepted
-    # The client publishes everything it holds (the honest watch does exactly this).
-    failures = publish_path(chain, signers[0].signed_path, start=1)
-    leaf = signers[0].signed_path[-1]
+    # The client publishes what it holds below the moved node (signed first, bottom-up; the
+    # plugin adopts the moved node from the block and its exit publishes the rest).
+    mine = [signers[0].below[n] for n in sorted(signers[0].below)]
+    failures = publish_path(chain, mine)
+    leaf = mine[-1]
     assert not failures and chain.utxo(leaf.txid, 0) is not None, (
         "client 0 holds no path to its channel once the LSP published the state it withheld:"
         f" {failures}"
@@ -210,7 +227,9 @@ def test_same_state_index_resigned_after_a_withheld_update_is_refused(
     new_a = updated_factory(f, plan_a, new_scripts(f, plan_a, "A"))
     for c in plan_a.clients:
         signers[c].agree_update(update_terms(new_a, plan_a, c), node=plan_a.node)
-    coord_a = Coordinator(new_a, lsp, outpoint, plan_a.states, f.topology.subtree(1))
+    below, moved = signing_phases(new_a, plan_a.node)
+    run_ceremony(Coordinator(new_a, lsp, outpoint, plan_a.states, below), signers)
+    coord_a = Coordinator(new_a, lsp, outpoint, plan_a.states, moved)
     ceremony_withholding_signatures(coord_a, signers)
 
     # Update B: the same state 1, other channels and another stock split.
@@ -220,10 +239,10 @@ def test_same_state_index_resigned_after_a_withheld_update_is_refused(
     fresh = {c: restored(signers[c], f, c) for c in plan_b.clients}
     for c in plan_b.clients:
         fresh[c].agree_update(update_terms(new_b, plan_b, c), node=plan_b.node)
-    coord_b = Coordinator(new_b, lsp, outpoint, plan_b.states, f.topology.subtree(1))
     refused = False
     try:
-        run_ceremony(coord_b, fresh)
+        for nodes in signing_phases(new_b, plan_b.node):
+            run_ceremony(Coordinator(new_b, lsp, outpoint, plan_b.states, nodes), fresh)
     except (UnsafeToSign, CeremonyError):
         refused = True
     if refused:
@@ -277,9 +296,13 @@ def test_replayed_sign_requests_are_refused() -> None:
     # the update completes; its request replayed afterwards
     for c in plan.clients:
         signers[c].agree_update(update_terms(new, plan, c), node=plan.node)
-    coord = Coordinator(new, lsp, outpoint, plan.states, f.topology.subtree(1))
-    requests = coord.start()
-    run_ceremony(coord, signers)
+    phases = [
+        Coordinator(new, lsp, outpoint, plan.states, nodes)
+        for nodes in signing_phases(new, plan.node)
+    ]
+    requests = phases[-1].start()
+    for coord in phases:
+        run_ceremony(coord, signers)
     assert signers[0].states[1] == 1
     with pytest.raises(AlreadySigned):
         signers[0].receive(requests[0])
@@ -485,8 +508,11 @@ def test_forged_updates_are_refused_and_freeze_nothing(tmp_path: Path) -> None:
         world.net.stop()
 
 
-def _drop(world: World, src_name: str, msg_type: wire.MsgType) -> list[str]:
-    """Drop every ceremony message of `msg_type` that `src_name` sends (a stalling peer)."""
+def _drop(
+    world: World, src_name: str, msg_type: wire.MsgType, node: int | None = None
+) -> list[str]:
+    """Drop every ceremony message of `msg_type` that `src_name` sends (a stalling peer); with
+    `node`, only those carrying a value for that tree node."""
     dropped: list[str] = []
     inner = world.net.intercept
 
@@ -494,10 +520,12 @@ def _drop(world: World, src_name: str, msg_type: wire.MsgType) -> list[str]:
         p = unpig(msg_hex)
         if src.name == src_name and isinstance(p, protocol.Ceremony):
             try:
-                kind = wire.decode(p.message).type
+                msg = wire.decode(p.message)
+                kind = msg.type
+                nodes = {n for n, _ in msg.values} if isinstance(msg, wire.NodeValues) else set()
             except Exception:
-                kind = None
-            if kind is msg_type:
+                kind, nodes = None, set()
+            if kind is msg_type and (node is None or node in nodes):
                 dropped.append(dst.name)
                 return None
         return inner(src, dst, msg_hex) if inner is not None else msg_hex
@@ -538,7 +566,9 @@ def test_a_co_client_stalling_after_the_nonces_does_not_freeze_honest_clients(
         assert held >= before  # nothing taken...
         time.sleep(0.5)
         result = flows.Pay(0)(world)
-        assert result == "paid", f"c0's channel is still frozen after the abandoned update: {result}"
+        assert result == "paid", (
+            f"c0's channel is still frozen after the abandoned update: {result}"
+        )
     finally:
         world.net.stop()
 
@@ -595,7 +625,8 @@ def test_final_signatures_lost_then_lsp_restart_leave_the_client_a_path(tmp_path
     try:
         inst = _funded(world)
         c0 = world.clients[0]
-        dropped = _drop(world, "lsp", wire.MsgType.SIGNATURES)
+        # the moved node's final signature (the second phase) is lost on its way to c0
+        dropped = _drop(world, "lsp", wire.MsgType.SIGNATURES, node=1)
         inner_drop = world.net.intercept
 
         def only_to_c0(src: FakeNode, dst: FakeNode, msg_hex: str) -> str | None:
@@ -618,9 +649,9 @@ def test_final_signatures_lost_then_lsp_restart_leave_the_client_a_path(tmp_path
             15,
         )
         world.lsp.restart(reconnect=True)
-        flows._wait(
-            lambda: [e["dw_state"] for e in _status(c0, inst)["exit_path"]][1] == 1, 20
-        )
+        time.sleep(1.0)
+        world.mine(1)  # the LSP sends the moved node's signature again at each block
+        flows._wait(lambda: [e["dw_state"] for e in _status(c0, inst)["exit_path"]][1] == 1, 20)
         states = [e["dw_state"] for e in _status(c0, inst)["exit_path"]]
         assert states[1] == 1, (
             f"c0 never received the final signatures of the state the LSP now holds: {states}"
