@@ -230,25 +230,25 @@ def test_the_solvency_guard_runs_on_the_bound_channel_before_any_nonce() -> None
     plan = plan_update(f, dw.initial_states(f.topology), [3, 4], {}, {3: 150_000})
     new = updated_factory(f, plan, new_scripts(f, plan))
     leaf_tx = _lsp_update(f, new, plan, lsp).txs[3]
-    seen: list[BoundChannel] = []
+    seen: list[tuple[BoundChannel, bool]] = []
 
     def binder(txid: str, vout: int) -> BoundChannel:
         # a fake node database: the keys behind new_scripts' 2-of-2 for client 0
         key = musig2.pubkey_from_secret(seckey("new", "c0"))
         return BoundChannel("aa" * 32, key, f.lsp_pubkey, txid, vout, new.channels[0][1])
 
-    def refuse(bound: BoundChannel) -> None:
-        seen.append(bound)
-        old = (HeldChannel("bb" * 32, "CHANNELD_NORMAL", 5_000_000, 0),)
-        new_ch = HeldChannel(bound.channel_id, "CHANNELD_NORMAL", 4_999_999, 0)
+    def refuse(bound: BoundChannel, moved: bool) -> None:
+        seen.append((bound, moved))
+        old = (HeldChannel("bb" * 32, "CHANNELD_NORMAL", 5_000_000, 1),)
+        new_ch = HeldChannel(bound.channel_id, "CHANNELD_NORMAL", 1000, 0)
         solvency.check_update_signature(old, new_ch, 1)
 
     signers[0].binder = binder
     signers[0].agree_update(dataclasses.replace(update_terms(new, plan, 0), channel_script=None),
                             node=plan.node, check=refuse)  # fmt: skip
-    with pytest.raises(SolvencyRefused, match="balance_short"):
+    with pytest.raises(SolvencyRefused, match="htlcs"):
         signers[0].receive(_lsp_update(f, new, plan, lsp).start()[0])
-    assert seen and seen[0].funding_txid == leaf_tx.txid
+    assert seen and seen[0][0].funding_txid == leaf_tx.txid and seen[0][1] is False
     assert not signers[0]._nonces  # no nonce was made
 
 
@@ -257,16 +257,22 @@ def test_update_signature_guard() -> None:
         HeldChannel("aa" * 32, "CHANNELD_NORMAL", 3_000_000, 0),
         HeldChannel("bb" * 32, "CHANNELD_NORMAL", 2_000_000, 0),
     )
-    ok = HeldChannel("cc" * 32, "CHANNELD_NORMAL", 5_000_000, 0)
-    solvency.check_update_signature(old, ok, 2)
+    ok = HeldChannel("cc" * 32, "CHANNELD_NORMAL", 1_000, 0)
+    solvency.check_update_signature(old, ok, 2)  # the first ceremony: frozen, nothing in flight
     with pytest.raises(SolvencyRefused, match="old_channels"):
         solvency.check_update_signature(old[:1], ok, 2)
     with pytest.raises(SolvencyRefused, match="htlcs"):
         solvency.check_update_signature((dataclasses.replace(old[0], htlcs=1), old[1]), ok, 2)
-    with pytest.raises(SolvencyRefused, match="balance_short"):
-        solvency.check_update_signature(old, dataclasses.replace(ok, to_us_msat=4_999_999), 2)
     with pytest.raises(SolvencyRefused, match="new_channel"):
         solvency.check_update_signature(old, None, 2)
+    # The moved node: our payment to ourselves waits in the new channel, all of it but the fee.
+    busy = tuple(dataclasses.replace(c, htlcs=1) for c in old)
+    # (the new channel opened with 1,000 msat; one old channel's reserve floor is allowed)
+    solvency.check_update_signature(busy, ok, 2, 4_998_000 - 546_000, 5_000_000, 1_000)
+    with pytest.raises(SolvencyRefused, match="balance_short"):
+        solvency.check_update_signature(busy, ok, 2, 4_997_999 - 546_000, 5_000_000, 1_000)
+    with pytest.raises(SolvencyRefused, match="balance_short"):
+        solvency.check_update_signature(busy, ok, 2, 0, 5_000_000, 1_000)
 
 
 # --- consensus: the newer state confirms first ----------------------------------------------------

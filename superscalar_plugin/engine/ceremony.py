@@ -171,7 +171,7 @@ class Signer:
     # The update agreed: the state node it bumps, and the plugin's solvency check of our new
     # channel (`solvency.check_update_signature`), run once it is bound, before any nonce.
     _update_node: int | None = None
-    _update_check: Callable[[BoundChannel], None] | None = None
+    _update_check: Callable[[BoundChannel, bool], None] | None = None
     # An update is signed bottom-up, in two ceremonies: first every changed tx below the moved
     # state node (`below`, final signatures in our hands, kept by the plugin), then the moved node
     # itself. Whoever completes the moved node can then never strand us: below it we hold
@@ -247,7 +247,7 @@ class Signer:
         self,
         terms: ClientTerms,
         node: int | None = None,
-        check: Callable[[BoundChannel], None] | None = None,
+        check: Callable[[BoundChannel, bool], None] | None = None,
     ) -> None:
         """The client itself agreed to one DW update of its signed factory (never the LSP alone):
         the next SIGN_REQUEST may re-sign the changed nodes of our path, checked against `terms`,
@@ -327,7 +327,7 @@ class Signer:
         if update is not None and update_check is not None:
             if bound is None:
                 raise UnsafeToSign("an update's new channel must be bound by our own node")
-            update_check(bound)  # the solvency guard: our money is ours in both states
+            update_check(bound, self._update_node in to_sign)  # the solvency guard
         self.bound = bound
         self._keys, self._header, self._session = keys, msg.header, msg.session
         self._path = path

@@ -153,7 +153,7 @@ class Move:
 class Update:
     """A DW update of state node `node` into state `state` (its shorter relative lock): the
     recipient's channels in this factory (`old_channels`, its leaf's and its sales') become one
-    new channel of `channel_sat` on its new leaf, opened with `push_msat` (what it holds in the
+    new channel of `channel_sat` on its new leaf, opened with `move_msat` (what it holds in the
     old ones) on its side; its leaf's stock becomes `leaf_stock`."""
 
     instance_id: bytes
@@ -161,7 +161,7 @@ class Update:
     node: int
     state: int
     channel_sat: int
-    push_msat: int
+    move_msat: int
     leaf_stock: int
     old_channels: tuple[bytes, ...]  # 32-byte channel ids
 
@@ -326,7 +326,7 @@ def encode(p: Payload) -> bytes:
                     p.node,
                     p.state,
                     p.channel_sat,
-                    p.push_msat,
+                    p.move_msat,
                     p.leaf_stock,
                     len(p.old_channels),
                 ),
@@ -478,9 +478,9 @@ def _decode_proposal(instance: bytes, session: bytes, r: wire.Reader) -> SalePro
 def _decode_update(instance: bytes, r: wire.Reader) -> Update:
     session, node, state = r.take(32), r.u16(), r.u8()
     channel_sat = _amount(r, "update channel")
-    push_msat = r.u64()
-    if push_msat > channel_sat * 1000:
-        raise WireError(f"push of {push_msat} msat exceeds the {channel_sat}-sat channel")
+    move_msat = r.u64()
+    if move_msat > channel_sat * 1000:
+        raise WireError(f"push of {move_msat} msat exceeds the {channel_sat}-sat channel")
     leaf_stock = _amount(r, "leaf stock")
     n = r.u8()
     if not 1 <= n <= MAX_UPDATE_CHANNELS:
@@ -488,4 +488,4 @@ def _decode_update(instance: bytes, r: wire.Reader) -> Update:
     old = tuple(r.take(32) for _ in range(n))
     if len(set(old)) != n:
         raise WireError("an update names the same old channel twice")
-    return Update(instance, session, node, state, channel_sat, push_msat, leaf_stock, old)
+    return Update(instance, session, node, state, channel_sat, move_msat, leaf_stock, old)

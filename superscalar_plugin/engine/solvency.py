@@ -35,6 +35,9 @@ from dataclasses import dataclass
 
 from .errors import UnsafeToSign
 
+# lightningd keeps a factory client's reserve at the dust limit (a reserve of 0 is raised to it).
+RESERVE_FLOOR_MSAT = 546_000
+
 
 class Step(enum.Enum):
     TREE_SIGNATURE = "tree_signature"
@@ -389,36 +392,46 @@ def check_burn_publish(spend: StockSpend, height: int, lsp_path_from: int) -> No
 
 
 def check_update_signature(
-    old: Sequence[HeldChannel], new: HeldChannel | None, expected_old: int
+    old: Sequence[HeldChannel],
+    new: HeldChannel | None,
+    expected_old: int,
+    swap_in_msat: int | None = None,
+    held_msat: int = 0,
+    max_fee_msat: int = 0,
 ) -> None:
-    """Before our first nonce for a new DW state: from the moment it is fully signed, either the
-    old state or the new one may confirm (the newer one wins only if someone publishes it), so
-    what is ours must be ours in both. Our channels the update replaces (`old`, as our node
-    shows them, all `expected_old` of them) hold no HTLC (they are frozen: no new one can come),
-    and our new channel, bound to our new leaf output, already holds on our side at least their
-    sum (the LSP opened it with that pushed to us)."""
+    """Before our first nonce of each ceremony of a DW update. Our channels the update replaces
+    (`old`, as our node shows them, all `expected_old` of them) are frozen, and our node holds our
+    new channel, bound to our new leaf output. Before the moved state node (`swap_in_msat` given:
+    from then on either state may confirm) our balance must be in both: the HTLCs of our payment
+    to ourselves arriving in the new channel (held by our hook, settled only once we hold the new
+    state) carry at least what we held in the old ones (`held_msat`) less the LSP's forwarding
+    fee within our cap, while in the old state the same payment's HTLCs time out back to us."""
     if len(old) != expected_old:
         raise SolvencyRefused(
             Step.UPDATE_SIGNATURE,
             "old_channels",
             f"our node shows {len(old)} of the {expected_old} channels the update replaces",
         )
-    busy = [c.channel_id[:16] for c in old if c.htlcs]
-    if busy:
-        raise SolvencyRefused(Step.UPDATE_SIGNATURE, "htlcs", f"channels {busy} still carry HTLCs")
     if new is None:
         raise SolvencyRefused(
             Step.UPDATE_SIGNATURE, "new_channel", "our node holds no channel at our new leaf output"
         )
-    if new.htlcs:
-        raise SolvencyRefused(
-            Step.UPDATE_SIGNATURE, "htlcs", "our new channel carries HTLCs before it is signed"
-        )
-    held = sum(c.to_us_msat for c in old)
-    if new.to_us_msat < held:
+    if swap_in_msat is None:
+        busy = [c.channel_id[:16] for c in old if c.htlcs]
+        if busy:
+            raise SolvencyRefused(
+                Step.UPDATE_SIGNATURE, "htlcs", f"channels {busy} still carry HTLCs"
+            )
+        return
+    # Each old channel keeps its reserve floor, which no payment can move; the new channel's
+    # opening gives one back (`UPDATE_PUSH_MSAT`), the others' are lost (at most that each).
+    stuck = RESERVE_FLOOR_MSAT * max(0, len(old) - 1)
+    arrived = new.to_us_msat + swap_in_msat
+    if arrived < held_msat - max_fee_msat - stuck:
         raise SolvencyRefused(
             Step.UPDATE_SIGNATURE,
             "balance_short",
-            f"our new channel gives us {new.to_us_msat} msat; we hold {held} msat in the"
-            " channels it replaces",
+            f"{arrived} msat of ours is in or waits in the new channel; we held {held_msat} msat"
+            f" in the channels it replaces (fee cap {max_fee_msat} msat, {stuck} msat of"
+            " reserves)",
         )

@@ -174,6 +174,8 @@ class ClientRecord:
     # Updates whose moved node we signed but never got back (a later update replaced them): the
     # LSP may publish one, so we watch for them and would adopt one from the chain.
     superseded: tuple[ClientUpdate, ...] = ()
+    # Our swaps (payment hashes) to settle if lightningd replays their HTLCs: updates stored.
+    swaps_settled: tuple[str, ...] = ()
 
     def replace(self, **changes: Any) -> ClientRecord:
         return dataclasses.replace(self, **changes)
@@ -378,6 +380,7 @@ def _client_record(data: dict[str, Any]) -> ClientRecord:
         channel_bound=_hex(data, "channel_bound", 32, optional=True),
         update=client_update_from(data),
         retired=tuple(_strings(data, "retired", 32)),
+        swaps_settled=tuple(_strings(data, "swaps_settled", 32)),
         superseded=tuple(
             u
             for d in (data.get("superseded") or [])

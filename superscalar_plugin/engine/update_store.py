@@ -59,7 +59,7 @@ class UpdateClient:
 
     client: int
     old_channels: tuple[str, ...]  # the channels it replaces: the leaf's and the client's sales
-    push_msat: int  # the client's balance in them, frozen: pushed to it in the new channel
+    move_msat: int  # the client's balance in them, frozen: pushed to it in the new channel
     channel_sat: int  # the new channel's capacity
     ready: bool = False
     below_stored: bool = False
@@ -88,7 +88,7 @@ class ClientUpdate:
     node: int
     state: int
     channel_sat: int
-    push_msat: int
+    move_msat: int
     leaf_stock: int
     old_channels: tuple[str, ...]
     # Our partial signature of the moved node left (persisted before it does): from then on the
@@ -98,6 +98,11 @@ class ClientUpdate:
     # the moved node's tx unsigned: if the LSP ever publishes the moved node, we publish these.
     below: tuple[PathEntry, ...] = ()
     moved: PathEntry | None = None
+    # The balance crossing over (`plugin/updates/swap.py`): what we held in the old channels
+    # when they froze, our new channel, and our payment to ourselves (held until stored).
+    held_msat: int = 0
+    new_channel: str | None = None
+    swap_hashes: tuple[str, ...] = ()  # one payment to ourselves per old channel
 
 
 def _channel_ids(d: dict[str, Any], key: str) -> tuple[str, ...]:
@@ -126,7 +131,7 @@ def lsp_update_from(data: dict[str, Any]) -> LspUpdate | None:
             UpdateClient(
                 client=get(c, "client", int),
                 old_channels=_channel_ids(c, "old_channels"),
-                push_msat=get(c, "push_msat", int),
+                move_msat=get(c, "move_msat", int),
                 channel_sat=get(c, "channel_sat", int),
                 ready=bool(get(c, "ready", bool)),
                 below_stored=bool(c.get("below_stored", False)),
@@ -157,12 +162,15 @@ def client_update_from(data: dict[str, Any]) -> ClientUpdate | None:
         node=get(u, "node", int),
         state=get(u, "state", int),
         channel_sat=get(u, "channel_sat", int),
-        push_msat=get(u, "push_msat", int),
+        move_msat=get(u, "move_msat", int),
         leaf_stock=get(u, "leaf_stock", int),
         old_channels=_channel_ids(u, "old_channels"),
         signed=bool(get(u, "signed", bool)) if "signed" in u else False,
         below=path_from(u, "below") if "below" in u else (),
         moved=path_from({"moved": [u["moved"]]}, "moved")[0] if u.get("moved") else None,
+        held_msat=get(u, "held_msat", int) if "held_msat" in u else 0,
+        new_channel=hexfield(u, "new_channel", 32, optional=True),
+        swap_hashes=tuple(hexfield({"h": h}, "h", 32) for h in u.get("swap_hashes") or []),
     )
 
 
@@ -191,7 +199,7 @@ def validate_lsp_update(u: LspUpdate | None, topo: Topology) -> None:
     _expect(clients == list(range(below.lo, below.hi)), "update.clients", "not the clients below")
     for c in u.clients:
         _expect(1 <= len(c.old_channels) <= 64, "update.clients", "1..64 old channels each")
-        _expect(0 <= c.push_msat <= c.channel_sat * 1000, "update.clients", "push above capacity")
+        _expect(0 <= c.move_msat <= c.channel_sat * 1000, "update.clients", "push above capacity")
 
 
 def validate_client_update(u: ClientUpdate | None, topo: Topology) -> None:
@@ -200,6 +208,6 @@ def validate_client_update(u: ClientUpdate | None, topo: Topology) -> None:
     n = len(topo.nodes)
     _expect(0 <= u.node < n and topo.nodes[u.node].kind.is_state, "update.node", "not a state")
     _expect(0 < u.state < topo.params.states_per_layer, "update.state", "not a later state")
-    _expect(0 <= u.push_msat <= u.channel_sat * 1000, "update.push_msat", "above the capacity")
+    _expect(0 <= u.move_msat <= u.channel_sat * 1000, "update.move_msat", "above the capacity")
     _expect(u.leaf_stock >= DUST_P2TR, "update.leaf_stock", "below dust")
     _expect(1 <= len(u.old_channels) <= 64, "update.old_channels", "1..64 channels")

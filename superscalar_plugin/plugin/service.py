@@ -127,7 +127,7 @@ class FactoryService:
         )
         self.update_lsp = UpdateLsp(self.node, self.records, self.peers, self.guards)
         self.update_client = UpdateClient(
-            self.node, self.records, self.peers, self.guards, self.opens
+            self.node, self.records, self.peers, self.guards, self.opens, self.worker.submit
         )
         self.router = Router(
             self.peers,
@@ -295,6 +295,10 @@ class FactoryService:
         """The async `htlc_accepted` hook: the HTLC rules first; then an HTLC paying one of our
         quotes is held (answered by the worker once its sale is over); any other is answered
         here and now."""
+        if self.ready.wait(READY_WAIT) and self.update_client.swaps.hold(
+            self.records.all(), htlc, request
+        ):
+            return  # our own update's payment to ourselves: held until the new state is ours
         verdict = self.htlc_verdict(htlc, onion)
         if verdict.get("result") != "continue" or not self.payments.claim(htlc, onion, request):
             request.set_result(verdict)

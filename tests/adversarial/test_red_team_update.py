@@ -458,7 +458,7 @@ def test_forged_updates_are_refused_and_freeze_nothing(tmp_path: Path) -> None:
                 node=1,
                 state=1,
                 channel_sat=channel_sat,
-                push_msat=held,
+                move_msat=held,
                 leaf_stock=100_000,
                 old_channels=tuple(bytes.fromhex(c) for c in mine),
             )
@@ -472,7 +472,7 @@ def test_forged_updates_are_refused_and_freeze_nothing(tmp_path: Path) -> None:
                 old_channels=tuple(bytes.fromhex(c) for c in (*mine, *theirs))
             ),
             "smaller channel": update(channel_sat=channel_sat - 10_000),
-            "push below balance": update(push_msat=held - 1),
+            "push below balance": update(move_msat=held - 1),
             "state not newer": update(state=0),
             "node not on path": update(node=4),
             "dust stock": update(leaf_stock=10),

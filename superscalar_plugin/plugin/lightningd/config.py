@@ -8,6 +8,12 @@ from ...engine.tree import FactoryParams
 
 MIN_CHANNEL_SAT = 20_000  # a floor above Core Lightning's default min-capacity-sat (10,000)
 FACTORY_PUSH_MSAT = 1000
+# What a DW update's new channel pushes to its client: the reserve floor lightningd keeps a
+# client at (546 sat, the dust limit; README, "Core Lightning facts"), which no payment can move
+# out of the old channel. Never more: lightningd v26.06.6 aborts when a zero-conf channel's
+# funding confirms while its fundee holds less than it was pushed (`updates/swap.py`), and the
+# reserve keeps a client from ever holding less than this.
+UPDATE_PUSH_MSAT = 546_000
 # The reserve the LSP asks a client to keep in a factory channel: none, so a client can move its
 # whole balance into the next factory and hand over its key with nothing left behind.
 FACTORY_RESERVE_SAT = 0

@@ -52,6 +52,9 @@ class Guards:
         # Our zero-conf channels with an LSP of ours that no signed factory or complete sale of
         # ours funds (a ceremony in flight or aborted): they take no HTLC at all.
         self.unbound: set[str] = set()
+        # An LSP's DW update in flight: each client's old channel -> its new one. The client's
+        # payment to itself crosses between them while both are frozen (`updates/swap.py`).
+        self.swaps: dict[str, str] = {}
         self.cltv_final = 18
         self.max_locktime = 2016
 
@@ -103,6 +106,7 @@ class Guards:
                     channel_of[scid] = cid
                     if key is not None:
                         guards[scid] = wanted[key]
+        self.swaps = _swap_routes(records)
         self.channel_of = channel_of  # before the guards: a guarded scid always has its id
         self.by_scid = guards  # one atomic swap; readers never see a half-built map
         self.unbound = unbound
@@ -124,6 +128,10 @@ class Guards:
     def htlc_verdict(self, htlc: dict[str, Any], onion: dict[str, Any]) -> dict[str, Any]:
         """The htlc_accepted hook: dictionary lookups and comparisons only, no RPC."""
         guards, height = self.by_scid, self._node.height
+        outgoing_scid = onion.get("short_channel_id")
+        into = self.swaps.get(self.channel_of.get(htlc.get("short_channel_id", ""), ""))
+        if into is not None and into == self.channel_of.get(outgoing_scid or ""):
+            return {"result": "continue", "forward_to": into}  # a client's update swap
         incoming = guards.get(htlc.get("short_channel_id", ""))
         if incoming is None and (self.unmapped or self.expected):
             # A factory channel lightningd had not listed yet (it just opened): map it now
@@ -132,7 +140,6 @@ class Guards:
             self.refresh()
             guards = self.by_scid
             incoming = guards.get(htlc.get("short_channel_id", ""))
-        outgoing_scid = onion.get("short_channel_id")
         final = outgoing_scid is None and onion.get("next_node_id") is None
         if incoming is not None:
             fail = policy.htlc_failure(
@@ -239,6 +246,18 @@ def _guards_by_channel(records: list[store.Record]) -> dict[str, policy.ChannelG
         if isinstance(r, store.LspRecord):
             wanted.update(_update_frozen(r, ewt))
     return wanted
+
+
+def _swap_routes(records: list[store.Record]) -> dict[str, str]:
+    """Per old channel of a client in an LSP's update being signed, the client's new channel."""
+    out = {}
+    for r in records:
+        signing = (UpdateStage.BELOW, UpdateStage.SIGNING)
+        if isinstance(r, store.LspRecord) and r.update is not None and r.update.stage in signing:
+            for c in r.update.clients:
+                if c.channel_id:
+                    out.update(dict.fromkeys(c.old_channels, c.channel_id))
+    return out
 
 
 def _update_frozen(r: store.LspRecord, ewt: int) -> dict[str, policy.ChannelGuard]:

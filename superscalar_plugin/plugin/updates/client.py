@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from ...engine import protocol, solvency, store
@@ -39,11 +42,13 @@ from ...engine.tx import Tx, block_txs
 from ...engine.update_store import ClientUpdate
 from ..creation import funding
 from ..creation.opens import ChannelOpens
+from ..lightningd.config import UPDATE_PUSH_MSAT
 from ..lightningd.guards import Guards, msat
 from ..lightningd.node import Node
 from ..lightningd.peers import Peers
 from ..lightningd.ratelimit import LogLimiter
-from ..lightningd.records import LIVE, Records, is_compromised, txid_of
+from ..lightningd.records import LIVE, Records, is_compromised, topology, txid_of
+from .swap import SwapHolder, swap_parts
 
 log = logging.getLogger("superscalar")
 peer_log = LogLimiter(log)
@@ -67,6 +72,10 @@ def unsigned_dropped(record: store.ClientRecord) -> store.ClientRecord:
     if record.superseded:
         return record.replace(update=record.superseded[-1], superseded=record.superseded[:-1])
     return record.replace(update=None)
+
+
+SWAP_WAIT = 60.0  # seconds the new channel, then our payment into it, may take
+MAX_DELAY = 2000  # blocks: below lightningd's default max-locktime-blocks (2016)
 
 
 class UpdateRefused(CeremonyError):
@@ -93,9 +102,17 @@ def held(channels: dict[str, dict[str, Any]], cid: str) -> HeldChannel:
 
 class UpdateClient:
     def __init__(
-        self, node: Node, records: Records, peers: Peers, guards: Guards, opens: ChannelOpens
+        self,
+        node: Node,
+        records: Records,
+        peers: Peers,
+        guards: Guards,
+        opens: ChannelOpens,
+        submit: Callable[[Callable[[], None]], None],
     ) -> None:
         self._opens = opens
+        self._submit = submit
+        self.swaps = SwapHolder()
         self._node = node
         self._records = records
         self._peers = peers
@@ -123,16 +140,16 @@ class UpdateClient:
                     p.node,
                     p.state,
                     p.channel_sat,
-                    p.push_msat,
+                    p.move_msat,
                     p.leaf_stock,
                     tuple(sorted(c.hex() for c in p.old_channels)),
                 )
             )
             self._records.persist(record)  # before READY: our old channels are frozen
             self._guards.refresh()
-            self._check_balances(record, p)
+            record = self._check_balances(record, p)
             self._signers[record.instance_id] = self._signer(record)
-            self._opens.accepted(record.instance_id, peer, p.channel_sat, p.push_msat)
+            self._opens.accepted(record.instance_id, peer, p.channel_sat, UPDATE_PUSH_MSAT)
         except (UpdateRefused, solvency.SolvencyRefused) as e:
             self._refuse(record, str(e), p.session.hex())
             return
@@ -168,20 +185,24 @@ class UpdateClient:
         if p.leaf_stock < DUST_P2TR:
             raise UpdateRefused(f"leaf stock {p.leaf_stock} sat is dust")
 
-    def _check_balances(self, record: store.ClientRecord, p: protocol.Update) -> None:
-        """What we hold now in the frozen channels: the push must cover it (checked again on the
-        new channel itself before we sign)."""
+    def _check_balances(self, record: store.ClientRecord, p: protocol.Update) -> store.ClientRecord:
+        """What we hold now in the frozen channels (none may carry an HTLC): what must cross
+        into the new channel (`swap`). The LSP's figure must agree; ours is kept."""
         channels = self._node.channels()
         old = [held(channels, c.hex()) for c in p.old_channels]
         if any(c.htlcs for c in old):
             raise UpdateRefused("our channels still carry HTLCs: try again")
         ours = sum(c.to_us_msat for c in old)
-        if p.push_msat < ours:
+        if p.move_msat < ours:
             raise solvency.SolvencyRefused(
                 Step.UPDATE_SIGNATURE,
-                "push_short",
-                f"the new channel would give us {p.push_msat} msat; we hold {ours} msat",
+                "balance_short",
+                f"the update would move {p.move_msat} msat; we hold {ours} msat",
             )
+        assert record.update is not None
+        record = record.replace(update=dataclasses.replace(record.update, held_msat=ours))
+        self._records.persist(record)
+        return record
 
     def _signer(self, record: store.ClientRecord) -> Signer:
         """Our signer of this factory, restored from the stored path (re-verified), agreed to
@@ -214,19 +235,35 @@ class UpdateClient:
         )
         db, lsp = self._node.db, record.lsp_node_id
         signer.binder = lambda txid, vout: db.bound_channel(Step.TREE_SIGNATURE, lsp, txid, vout)
-        signer.agree_update(terms, node=u.node, check=lambda b: self._solvent(record, b))
+        signer.agree_update(terms, node=u.node, check=lambda b, m: self._solvent(record, b, m))
         for s in record.superseded:  # states the LSP may hold: a new one must move past them
             signer.spent[s.node] = max(signer.spent.get(s.node, -1), s.state)
         return signer
 
-    def _solvent(self, record: store.ClientRecord, bound: BoundChannel) -> None:
-        """The solvency guard before our first nonce, on what our node shows now."""
-        assert record.update is not None
+    def _solvent(self, record: store.ClientRecord, bound: BoundChannel, moved: bool) -> None:
+        """The solvency guard before our first nonce of each ceremony, on what our node shows
+        now; before the moved node, our payment to ourselves must wait in the new channel."""
+        latest = self._records.get(record.instance_id)
+        assert isinstance(latest, store.ClientRecord) and latest.update is not None
+        u = latest.update
         channels = self._node.channels()
-        listed = [c for c in record.update.old_channels if c in channels]
+        listed = [c for c in u.old_channels if c in channels]
         new = held(channels, bound.channel_id) if bound.channel_id in channels else None
+        waiting = None
+        if moved:
+            htlcs = (channels.get(bound.channel_id) or {}).get("htlcs") or []
+            waiting = sum(
+                msat(h.get("amount_msat", 0))
+                for h in htlcs
+                if h.get("direction") == "in" and h.get("payment_hash") in u.swap_hashes
+            )
         solvency.check_update_signature(
-            [held(channels, c) for c in listed], new, len(record.update.old_channels)
+            [held(channels, c) for c in listed],
+            new,
+            len(u.old_channels),
+            waiting,
+            u.held_msat,
+            self._node.config.max_move_fee_sat * 1000,
         )
 
     # --- 2. sign; 3. keep ------------------------------------------------------------------------
@@ -262,11 +299,12 @@ class UpdateClient:
                     unsigned.spent_script.hex(),
                 ),
             )
+            if signer.bound is not None:
+                update = dataclasses.replace(update, new_channel=signer.bound.channel_id)
             self._records.persist(record.replace(update=update))  # before we ack them
-            step = protocol.UpdateStepKind.BELOW_STORED
-            self._send(
-                record, protocol.UpdateStep(p.instance_id, bytes.fromhex(update.session), step)
-            )
+            threading.Thread(
+                target=self._swap, args=(record.instance_id,), name="superscalar-swap", daemon=True
+            ).start()
             return
         if (
             signer.state is SignerState.PSIGS_SENT
@@ -277,6 +315,102 @@ class UpdateClient:
             self._records.persist(record.replace(update=update))  # before our signature leaves
         if reply is not None:
             self._send(record, protocol.Ceremony(p.instance_id, reply))
+
+    def _swap(self, instance: str) -> None:
+        """Mover thread (each step waits on lightningd and the LSP): pay ourselves our balance
+        from the old channels into the new one, and wait until our hook holds it all; then say
+        BELOW_STORED. Before the moved node nothing can confirm: a failure refuses the update."""
+        record = self._records.get(instance)
+        assert isinstance(record, store.ClientRecord) and record.update is not None
+        session = record.update.session
+        try:
+            hashes, total = self._pay_to_new(record)
+            deadline = time.monotonic() + SWAP_WAIT
+            while self.swaps.held_msat(hashes) < total:
+                if time.monotonic() > deadline:
+                    raise UpdateRefused("our payment into the new channel did not arrive")
+                time.sleep(0.2)
+        except Exception as e:
+            reason = f"moving our balance failed: {e}"
+            self._submit(lambda: self._refuse_latest(instance, reason, session))
+            return
+        step = protocol.UpdateStepKind.BELOW_STORED
+        ack = protocol.UpdateStep(bytes.fromhex(instance), bytes.fromhex(session), step)
+        self._submit(lambda: self._send(record, ack))
+
+    def _pay_to_new(self, record: store.ClientRecord) -> tuple[tuple[str, ...], int]:
+        """One payment to ourselves per old channel with something to move (each its own
+        invoice, all held by our hook); their hashes and their total."""
+        u = record.update
+        assert u is not None and u.new_channel is not None
+        new = self._wait_fees(u.new_channel)
+        remote = new["updates"]["remote"]
+        base = msat(remote.get("fee_base_msat", 0))
+        ppm = int(remote.get("fee_proportional_millionths", 0))
+        channels = self._node.channels()
+        old = [channels[c] for c in u.old_channels if c in channels]
+        parts = swap_parts(old, msat(new.get("receivable_msat", 0)), base, ppm)
+        invoices = [
+            self._node.rpc.call(
+                "invoice",
+                {
+                    "amount_msat": part.amount_msat,
+                    "label": f"superscalar-update-{u.session[:16]}-{i}",
+                    "description": "superscalar: state update",
+                },
+            )
+            for i, part in enumerate(parts)
+        ]
+        hashes = tuple(str(inv["payment_hash"]) for inv in invoices)
+        latest = self._records.get(record.instance_id)
+        assert isinstance(latest, store.ClientRecord) and latest.update is not None
+        swap = dataclasses.replace(latest.update, swap_hashes=hashes)
+        self._records.persist(latest.replace(update=swap))  # our hook holds them from now on
+        final = min(2 * topology(record).ewt + self._node.config.exit_margin + 18, MAX_DELAY)
+        into = str(new.get("short_channel_id") or (new.get("alias") or {}).get("remote"))
+        delta = int(remote.get("cltv_expiry_delta", 6))
+        for part, inv in zip(parts, invoices, strict=True):
+            route = [
+                {
+                    "id": record.lsp_node_id,
+                    "channel": part.old_scid,
+                    "amount_msat": part.amount_msat + part.fee_msat,
+                    "delay": final + delta,
+                },
+                {
+                    "id": self._node.id,
+                    "channel": into,
+                    "amount_msat": part.amount_msat,
+                    "delay": final,
+                },
+            ]
+            self._node.rpc.call(
+                "sendpay",
+                {
+                    "route": route,
+                    "payment_hash": inv["payment_hash"],
+                    "payment_secret": inv["payment_secret"],
+                    "amount_msat": part.amount_msat,
+                },
+            )
+        return hashes, sum(x.amount_msat for x in parts)
+
+    def _wait_fees(self, channel_id: str) -> dict[str, Any]:
+        """Our new channel once it is normal and the LSP's fees on it are known."""
+        deadline = time.monotonic() + SWAP_WAIT
+        while True:
+            ch = self._node.channels().get(channel_id) or {}
+            if ch.get("state") == "CHANNELD_NORMAL" and (ch.get("updates") or {}).get("remote"):
+                return ch
+            if time.monotonic() > deadline:
+                raise UpdateRefused("the new channel is not open with the LSP's fees known")
+            time.sleep(0.3)
+
+    def _refuse_latest(self, instance: str, reason: str, session: str) -> None:
+        record = self._records.get(instance)
+        if isinstance(record, store.ClientRecord):
+            self._signers.pop(instance, None)
+            self._refuse(record, reason, session)
 
     def on_update_sig(self, record: store.ClientRecord, p: protocol.UpdateSig) -> None:
         """The moved node's final signature, sent again until we store (after a lost message or a
@@ -363,6 +497,7 @@ class UpdateClient:
                 record.channel_bound,
             )
         record = record.replace(
+            swaps_settled=(*record.swaps_settled, *update.swap_hashes)[-16:],
             path=path,
             channel_sat=update.channel_sat,
             channel_bound=channel_id,
@@ -372,6 +507,7 @@ class UpdateClient:
             superseded=tuple(u for u in record.superseded if u.session != update.session),
         )
         self._records.persist(record)  # the new state is ours before STORED leaves
+        self.swaps.settle(update.swap_hashes)  # our balance crosses into the new channel
         self._signers.pop(record.instance_id, None)
         self._guards.refresh()
         log.info(
@@ -406,6 +542,7 @@ class UpdateClient:
             )
             return
         self._records.persist(unsigned_dropped(record))
+        self.swaps.fail(record.update.swap_hashes)  # our HTLCs come back in the old channels
         self._guards.refresh()
         log.warning("factory %s: update abandoned: %s", record.instance_id[:16], reason)
 
@@ -430,6 +567,7 @@ class UpdateClient:
             and not latest.update.signed
         ):
             self._records.persist(unsigned_dropped(latest))
+            self.swaps.fail(latest.update.swap_hashes)
             self._guards.refresh()
         instance = bytes.fromhex(record.instance_id)
         self._send(record, protocol.Text(protocol.PayloadType.REJECT, instance, reason))

@@ -42,6 +42,7 @@ from ...engine.tree import Factory
 from ...engine.update import UpdatePlan, plan_update, signing_phases, updated_factory
 from ...engine.update_store import LspUpdate, UpdateClient, UpdateStage
 from ..creation import funding
+from ..lightningd.config import UPDATE_PUSH_MSAT
 from ..lightningd.guards import Guards, msat
 from ..lightningd.node import Node
 from ..lightningd.peers import Peers
@@ -136,7 +137,7 @@ class UpdateLsp:
             self._abandon(instance, str(e))
             return
         record = self._lsp_record(instance)
-        clients = tuple(dataclasses.replace(c, push_msat=pushes[c.client]) for c in frozen.clients)
+        clients = tuple(dataclasses.replace(c, move_msat=pushes[c.client]) for c in frozen.clients)
         record = record.replace(update=dataclasses.replace(frozen, clients=clients))
         self._records.persist(record)
         factory = factory_of(record)
@@ -150,7 +151,7 @@ class UpdateLsp:
                     plan.node,
                     plan.states[plan.node],
                     c.channel_sat,
-                    c.push_msat,
+                    c.move_msat,
                     plan.stock_of(factory, leaf),
                     tuple(bytes.fromhex(x) for x in c.old_channels),
                 ),
@@ -335,7 +336,7 @@ class UpdateLsp:
         scripts = funding.per_client(
             entries,
             lambda e: funding.start_channel(
-                self._node.rpc, e, by_node[e.node_id].channel_sat, by_node[e.node_id].push_msat
+                self._node.rpc, e, by_node[e.node_id].channel_sat, UPDATE_PUSH_MSAT
             ),
             "fundchannel_start",
             timeout,
