@@ -172,6 +172,7 @@ class Signer:
     # channel (`solvency.check_update_signature`), run once it is bound, before any nonce.
     _update_node: int | None = None
     _update_check: Callable[[BoundChannel, bool], None] | None = None
+    _update_state: int | None = None  # the state the moved node must be signed in
     # An update is signed bottom-up, in two ceremonies: first every changed tx below the moved
     # state node (`below`, final signatures in our hands, kept by the plugin), then the moved node
     # itself. Whoever completes the moved node can then never strand us: below it we hold
@@ -248,6 +249,7 @@ class Signer:
         terms: ClientTerms,
         node: int | None = None,
         check: Callable[[BoundChannel, bool], None] | None = None,
+        state: int | None = None,
     ) -> None:
         """The client itself agreed to one DW update of its signed factory (never the LSP alone):
         the next SIGN_REQUEST may re-sign the changed nodes of our path, checked against `terms`,
@@ -258,6 +260,7 @@ class Signer:
         if terms.channel_script is None and self.binder is None:
             raise UnsafeToSign("an update must check our channel's exact script: it is unknown")
         self._update_terms, self._update_node, self._update_check = terms, node, check
+        self._update_state = state
 
     def receive(self, data: bytes) -> bytes | None:
         """Handle one message from the LSP; returns our reply, if any. Raises on anything unsafe
@@ -349,7 +352,9 @@ class Signer:
     ) -> set[int]:
         """What this request of an update may sign (`client_checks.update_phase`)."""
         held = {n: s.txid for n, s in self.below.items()}
-        self._update_node, nodes = update_phase(path, changed, states, held, self.spent)
+        self._update_node, nodes = update_phase(
+            path, changed, states, held, self.spent, self._update_state
+        )
         return nodes
 
     def _on_agg_nonces(self, msg: wire.NodeValues) -> bytes:

@@ -349,6 +349,7 @@ def update_phase(
     states: Mapping[int, int],
     held_below: Mapping[int, str],
     spent: Mapping[int, int],
+    agreed_state: int | None = None,
 ) -> tuple[int, set[int]]:
     """The moved node of an update and what its request may sign now: first every changed tx
     below the moved node; the moved node alone only once we hold those fully signed, for exactly
@@ -356,6 +357,10 @@ def update_phase(
     its signature in an update that never completed (`spent`): the LSP may hold that one."""
     order = [u.node for u in path]
     moved = min(changed, key=order.index)
+    if agreed_state is not None and states[moved] != agreed_state:
+        raise UnsafeToSign(
+            f"node {moved}: the request is for state {states[moved]}, we agreed to {agreed_state}"
+        )
     if states[moved] <= spent.get(moved, -1):
         raise UnsafeToSign(
             f"node {moved}: we already signed state {spent[moved]} in an update that never"

@@ -32,7 +32,6 @@ Regressions (passing): phase mixing (`test_a_moved_node_request_for_other_txs_be
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -55,7 +54,6 @@ from superscalar_plugin.engine.update_store import ClientUpdate
 
 from adversarial.plugin_hostile import unpig
 from adversarial.test_red_team_update import (
-    PARAMS,
     _drop,
     _funded,
     _status,
@@ -63,7 +61,6 @@ from adversarial.test_red_team_update import (
     ceremony_withholding_signatures,
     four,
     new_scripts,
-    publish_path,
     signed_signers,
     update_terms,
 )
@@ -310,58 +307,12 @@ def test_the_state_a_client_counts_as_spent_is_the_one_it_signed(
     plan_a = plan_update(f, lied, [3, 4], {}, {3: 150_000})
     assert plan_a.states[1] == 2
     new_a = updated_factory(f, plan_a, new_scripts(f, plan_a, "A"))
-    for c in plan_a.clients:
-        signers[c].agree_update(update_terms(new_a, plan_a, c), node=1)
-    below, moved = signing_phases(new_a, 1)
-    run_ceremony(Coordinator(new_a, lsp, outpoint, plan_a.states, below), signers)
-    coord_a = Coordinator(new_a, lsp, outpoint, plan_a.states, moved)
-    ceremony_withholding_signatures(coord_a, signers)
-    assert signers[0].spent == {1: 2}  # in memory the signer knows; the record does not
-    a_below = dict(signers[0].below) or None
-    update_a = _client_update("aa" * 32, 1, new_a.channels[0][1], 150_000, signed=True)
-
-    # B at state 2 (newer than the stored path's 0 and than A's recorded 1: `_check` passes)
-    plan_b = plan_update(f, initial, [3, 4], {}, {3: 60_000})
-    plan_b = dataclasses.replace(plan_b, states=plan_a.states)
-    new_b = updated_factory(f, plan_b, new_scripts(f, plan_b, "B"))
-    from superscalar_plugin.plugin.updates.client import UpdateClient
-
-    fresh = {}
-    for c in plan_b.clients:
-        record = _client_record(
-            signers[c],
-            f,
-            c,
-            update=_client_update("bb" * 32, 2, new_b.channels[c][1], plan_b.stocks[0]),
-            superseded=(update_a,),
-        )
-        uc = UpdateClient(_StubNode(sks[c]), None, None, None, None)  # type: ignore[arg-type]
-        s = uc._signer(record)  # the plugin's own restoration, spent included
-        s.binder = None  # the exact script instead of lightningd's binding (not under test)
-        s.agree_update(update_terms(new_b, plan_b, c), node=1)
-        fresh[c] = s
-    assert fresh[0].spent == {1: 1}, fresh[0].spent
-    refused = False
-    try:
-        for nodes in signing_phases(new_b, 1):
-            run_ceremony(Coordinator(new_b, lsp, outpoint, plan_b.states, nodes), fresh)
-    except (UnsafeToSign, CeremonyError):
-        refused = True
-    if refused:
-        return
-    assert fresh[0].states[1] == 2 and fresh[0].signed_path[1].txid == coord_a.signed[1].txid
-    # The LSP publishes A's versions: kickoff 0, node 1 (the same tx), A's kickoff 2.
-    assert chain.mine([fresh[0].signed_path[0].raw()]).accepted
-    chain.mine_empty(PARAMS.state_delay(2))
-    assert chain.mine([coord_a.signed[1].raw()]).accepted
-    assert a_below is not None
-    assert chain.mine([a_below[2].raw()]).accepted
-    failures = publish_path(chain, fresh[0].signed_path, start=2)
-    pytest.fail(
-        "client 0 signed state 2 of node 1 twice (UPDATE A claimed state 1, its requests signed"
-        " state 2; the record counted 1 as spent). The LSP published A's kickoff 2 and client"
-        f" 0's stored path B cannot follow: {failures}"
-    )
+    for c in plan_a.clients:  # as the plugin agrees: to the node AND the state UPDATE named
+        signers[c].agree_update(update_terms(new_a, plan_a, c), node=1, state=1)
+    below = signing_phases(new_a, 1)[0]
+    with pytest.raises(UnsafeToSign, match="we agreed to 1"):  # fixed: refused at once
+        run_ceremony(Coordinator(new_a, lsp, outpoint, plan_a.states, below), signers)
+    assert signers[0].spent == {} and signers[0].states[1] == 0  # nothing was given
 
 
 # === 5. mixing the two ceremonies (regressions) =================================================

@@ -235,7 +235,9 @@ class UpdateClient:
         )
         db, lsp = self._node.db, record.lsp_node_id
         signer.binder = lambda txid, vout: db.bound_channel(Step.TREE_SIGNATURE, lsp, txid, vout)
-        signer.agree_update(terms, node=u.node, check=lambda b, m: self._solvent(record, b, m))
+        signer.agree_update(
+            terms, node=u.node, check=lambda b, m: self._solvent(record, b, m), state=u.state
+        )
         for s in record.superseded:  # states the LSP may hold: a new one must move past them
             signer.spent[s.node] = max(signer.spent.get(s.node, -1), s.state)
         return signer
