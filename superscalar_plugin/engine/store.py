@@ -34,6 +34,7 @@ from .update_store import (
     LspUpdate,
     PathEntry as PathEntry,
     client_update_from,
+    int_pairs,
     lsp_update_from,
     path_from as _path,
     validate_client_update,
@@ -134,6 +135,12 @@ class LspRecord:
     stocks: tuple[int, ...] = ()
     update: LspUpdate | None = None
     retired: tuple[str, ...] = ()
+    # (node, state) of a moved node whose ceremony started and never completed: clients may have
+    # signed it, so the next update of that node moves past it.
+    spent: tuple[tuple[int, int], ...] = ()
+    # ("<session>:<moved node>", client) of a signed update that client never acknowledged: the
+    # moved node's signature is sent again at each block (the update itself is over).
+    unacked: tuple[tuple[str, int], ...] = ()
 
     def replace(self, **changes: Any) -> LspRecord:
         return dataclasses.replace(self, **changes)
@@ -339,6 +346,8 @@ def _lsp_record(data: dict[str, Any]) -> LspRecord:
         stocks=tuple(_ints_list(data, "stocks")),
         update=lsp_update_from(data),
         retired=tuple(_strings(data, "retired", 32)),
+        spent=int_pairs(data, "spent"),
+        unacked=_pairs(data, "unacked", int) if "unacked" in data else (),
     )
 
 

@@ -117,6 +117,20 @@ def _ints(d: dict[str, Any], key: str) -> tuple[int, ...]:
     return tuple(values)
 
 
+def int_pairs(d: dict[str, Any], key: str) -> tuple[tuple[int, int], ...]:
+    """A list of [int, int] pairs (absent: empty, as in records written before)."""
+    values = d.get(key) or []
+    ok = isinstance(values, list) and all(
+        isinstance(v, list)
+        and len(v) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+        for v in values
+    )
+    if not ok:
+        raise StoreError(f"{key} must be a list of [integer, integer] pairs")
+    return tuple((v[0], v[1]) for v in values)
+
+
 def lsp_update_from(data: dict[str, Any]) -> LspUpdate | None:
     u = data.get("update")
     if u is None:

@@ -157,7 +157,14 @@ class Payments:
     def quote(self, record: store.LspRecord, index: int, buy: protocol.Buy) -> None:
         """A client's BUY: if its leaf's stock is short, a DW update first (before the buyer
         pays: an update needs its channels free of HTLCs); then the quote."""
-        if self.refill_first is None:
+        quotable = (
+            record.state is store.LspState.FUNDED
+            and not record.exit
+            and not record.wind_down
+            and buy.sold_sat >= MIN_CHANNEL_SAT
+            and not any(o.client == index and o.state is OrderState.QUOTED for o in record.orders)
+        )
+        if self.refill_first is None or not quotable:  # `_quote` says why not, if not
             self._quote(record.instance_id, index, buy)
             return
         self.refill_first(

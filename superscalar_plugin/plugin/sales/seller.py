@@ -77,6 +77,7 @@ class SaleRun:
     coordinator: SaleCoordinator | None = None
 
 
+REFILL_EVERY = 144  # blocks between two refills (DW updates) a client's purchases may cause
 REFILL_MARGIN_SAT = 10_000  # stock asked for beyond a sale's amount: its fee and anchor, and some
 
 
@@ -95,6 +96,7 @@ class SalesRole:
     refill: Callable[[str, int, int, Callable[[], None]], None] | None = None
 
     def __init__(self, node: Node, records: Records, peers: Peers, guards: Guards) -> None:
+        self._refilled: dict[tuple[str, int], int] = {}  # (factory, client) -> height
         self._node = node
         self._records = records
         self._peers = peers
@@ -137,13 +139,18 @@ class SalesRole:
         sells, or falls back on chain if the update could not be made."""
         record = self._records.get(instance)
         short = False
-        if isinstance(record, store.LspRecord) and self.refill is not None:
+        last = self._refilled.get((instance, client))
+        recent = last is not None and self._node.height < last + REFILL_EVERY
+        if isinstance(record, store.LspRecord) and self.refill is not None and not recent:
             try:
                 reason = self._fallback_reason(record, client, sold)
                 short = reason is not None and "stock" in reason
             except Exception as e:  # the sale itself will say what is wrong
                 log.info("factory %s: no refill: %s", instance[:16], e)
         if short and self.refill is not None:
+            # One refill per client per REFILL_EVERY blocks: a buyer that never pays cannot wake
+            # its co-clients again and again, nor spend the factory's DW states.
+            self._refilled[(instance, client)] = self._node.height
             log.info("factory %s: leaf stock short for %d sat: updating first", instance[:16], sold)
             self.refill(instance, client, sold + REFILL_MARGIN_SAT, then)
         else:

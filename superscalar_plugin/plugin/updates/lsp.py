@@ -37,7 +37,7 @@ from typing import Any
 
 from ...engine import blip56, dw, protocol, store
 from ...engine.ceremony import Coordinator, CoordinatorState, SignedNodeTx
-from ...engine.errors import CeremonyError, InvalidParameter
+from ...engine.errors import CeremonyError, InvalidParameter, SuperscalarError
 from ...engine.tree import Factory
 from ...engine.update import UpdatePlan, plan_update, signing_phases, updated_factory
 from ...engine.update_store import LspUpdate, UpdateClient, UpdateStage
@@ -50,8 +50,18 @@ from ..lightningd.ratelimit import LogLimiter
 from ..lightningd.records import Records, factory_of, topology
 from ..lightningd.runtime import Reply, RpcFailed, rpc_exception, why
 from ..operator import events
+from .plan import (
+    Then,
+    folded_sales,
+    leaves_for,
+    plan_stub,
+    planning_states,
+    states_of,
+    with_tree_above,
+)
 
 log = logging.getLogger("superscalar")
+ACK_BLOCKS = 6  # blocks a signed update waits for every client's STORED before it is finished
 peer_log = LogLimiter(log)
 
 
@@ -64,44 +74,6 @@ class _Session:
     coordinator: Coordinator | None = None
     phases: list[list[int]] = field(default_factory=list)  # `signing_phases`: below, then moved
     signed: dict[int, SignedNodeTx] = field(default_factory=dict)
-
-
-def states_of(record: store.LspRecord) -> tuple[int, ...]:
-    """The odometer of the record's signed tree (a node's state as its tx was signed)."""
-    out = [0] * len(topology(record).nodes)
-    for e in record.tree:
-        out[e.node] = e.state
-    return tuple(out)
-
-
-def leaves_for(record: store.LspRecord, client: int | None) -> list[int]:
-    """The leaves an update involves: `client`'s leaf with every other leaf below the lowest state
-    node above it that covers more than one leaf (and can still move); without a client, every
-    leaf (a rebalance of the whole factory)."""
-    topo = topology(record)
-    if client is None:
-        return list(topo.leaves)
-    states = states_of(record)
-    last = record.params.states_per_layer - 1
-    for node in reversed(topo.path(topo.leaf_of_client[client])[:-1]):
-        below = [n for n in topo.subtree(node) if n in set(topo.leaves)]
-        if topo.nodes[node].kind.is_state and len(below) > 1 and states[node] < last:
-            return below
-    return [topo.leaf_of_client[client]]
-
-
-def folded_sales(record: store.LspRecord, clients: range) -> dict[int, int]:
-    """Per client, the capacity of the sales it bought (folded into its new channel); refuses
-    while a sale of these clients' leaves is not complete (its channel may still change)."""
-    out: dict[int, int] = {}
-    for e in record.sales:
-        if e.buyer in clients:
-            if not e.complete or not e.channel_id:
-                raise InvalidParameter(
-                    f"a sale to client {e.buyer} is not complete: update after it settles"
-                )
-            out[e.buyer] = out.get(e.buyer, 0) + e.sold_sat
-    return out
 
 
 class UpdateLsp:
@@ -125,7 +97,7 @@ class UpdateLsp:
     ) -> None:
         try:
             record, plan, frozen = self._prepare(instance, client, stock_sat)
-        except (InvalidParameter, CeremonyError) as e:
+        except SuperscalarError as e:  # a plan that cannot be made (exhausted, dust, ...)
             reply.set_exception(rpc_exception(e))
             return
         self._sessions[instance] = _Session(plan, self._deadline(), reply)
@@ -167,7 +139,7 @@ class UpdateLsp:
         ]:
             then()  # no state node over this leaf and another: nothing to move
             return
-        self.update(_Then(instance, then), instance, record.clients[client].node_id, stock_sat)
+        self.update(Then(instance, then), instance, record.clients[client].node_id, stock_sat)
 
     def _prepare(
         self, instance: str, client: str | None, stock_sat: int | None
@@ -186,7 +158,7 @@ class UpdateLsp:
                 raise InvalidParameter(f"client: {client} is not in factory {instance[:16]}")
         leaves = leaves_for(record, index)
         factory = factory_of(record)
-        states = states_of(record)
+        states = planning_states(record)
         node = factory.topology.nodes[dw.covering_state(factory.topology, states, leaves)]
         folded = folded_sales(record, range(node.lo, node.hi))
         wanted = None
@@ -194,7 +166,7 @@ class UpdateLsp:
             if index is None:
                 raise InvalidParameter("stock_sat needs a client: whose leaf gets it")
             wanted = {factory.topology.leaf_of_client[index]: stock_sat}
-        plan = plan_update(factory, states, leaves, folded, wanted)
+        plan = with_tree_above(record, plan_update(factory, states, leaves, folded, wanted))
         clients = []
         for c in plan.clients:
             entry = record.clients[c]
@@ -238,6 +210,13 @@ class UpdateLsp:
         s = self._sessions.get(record.instance_id)
         update = record.update
         index = next((i for i, c in enumerate(record.clients) if c.node_id == peer), None)
+        if isinstance(p, protocol.UpdateStep) and p.kind is protocol.UpdateStepKind.STORED:
+            late = [x for x in record.unacked if x[1] == index and x[0].startswith(p.session.hex())]
+            if late:  # an update we finished without this client's STORED: now it has it
+                self._records.persist(
+                    record.replace(unacked=tuple(x for x in record.unacked if x not in late))
+                )
+                return
         if update is None or index is None or index not in [c.client for c in update.clients]:
             peer_log.warning(peer, "dropped an update message from %s", peer)
             return
@@ -296,6 +275,11 @@ class UpdateLsp:
         key = self._node.lsp_key(record.instance_id)
         outpoint = (record.funding_txid or "", record.funding_vout or 0)
         s.coordinator = Coordinator(s.factory, key, outpoint, s.plan.states, nodes)
+        moved = (s.plan.node, s.plan.states[s.plan.node])
+        if nodes == [s.plan.node] and moved not in record.spent:
+            # clients may sign it from now on: a later update of this node moves past it
+            record = record.replace(spent=(*record.spent, moved))
+            self._records.persist(record)
         instance = bytes.fromhex(record.instance_id)
         for index, data in s.coordinator.start().items():
             self._send(record.clients[index].node_id, protocol.Ceremony(instance, data))
@@ -411,10 +395,16 @@ class UpdateLsp:
             sales=tuple(e for e in record.sales if e.leaf not in s.plan.leaves),
             retired=tuple(retired),
             update=dataclasses.replace(update, stage=UpdateStage.SIGNED),
+            # the tree now holds a newer state at the moved node and new txs below it
+            spent=tuple(x for x in record.spent if x[0] not in new_entries),
+            unacked=tuple(x for x in record.unacked if x[1] not in s.plan.clients),
         )
         self._records.persist(record)
         self._guards.refresh()
         events.factory_update(instance, "signed", s.plan.node, list(s.plan.clients))
+        if s.reply is not None:  # the new state exists: the clients' STOREDs are housekeeping
+            s.reply.set_result(self.view(record))
+            s.reply = None
 
     def _on_stored(self, record: store.LspRecord, s: _Session | None, index: int) -> None:
         record = self._set_client(record.instance_id, index, stored=True)
@@ -437,29 +427,51 @@ class UpdateLsp:
 
     def on_block(self, height: int) -> None:
         """Worker, at every block: the moved node's final signature again to every client that
-        has not stored the new state (a lost message, a restart on either side)."""
+        has not stored the new state (a lost message, a restart on either side). A signed
+        update still missing STOREDs `ACK_BLOCKS` after it began is finished anyway (a client
+        cannot hold the factory's next updates hostage); its stragglers keep getting it."""
         for record in self._records.all():
-            if not isinstance(record, store.LspRecord) or record.update is None:
+            if not isinstance(record, store.LspRecord):
                 continue
             update = record.update
-            if update.stage is not UpdateStage.SIGNED:
-                continue
-            entry = next(e for e in record.tree if e.node == update.node)
-            signed = SignedNodeTx.from_raw(
-                entry.node,
-                bytes.fromhex(entry.raw),
-                entry.spent_amount,
-                bytes.fromhex(entry.spent_script),
-            )
-            message = protocol.UpdateSig(
-                bytes.fromhex(record.instance_id),
-                bytes.fromhex(update.session),
-                update.node,
-                signed.signature,
-            )
-            for c in update.clients:
-                if not c.stored:
-                    self._send(record.clients[c.client].node_id, message)
+            if update is not None and update.stage is UpdateStage.SIGNED:
+                if height >= update.started_height + ACK_BLOCKS:
+                    record = self._finish_unacked(record)
+                else:
+                    for c in update.clients:
+                        if not c.stored:
+                            self._resend(record, c.client, update.session, update.node)
+            for key, client in record.unacked:
+                session, node = key.split(":")
+                self._resend(record, client, session, int(node))
+
+    def _resend(self, record: store.LspRecord, client: int, session: str, node: int) -> None:
+        entry = next(e for e in record.tree if e.node == node)
+        signed = SignedNodeTx.from_raw(
+            node, bytes.fromhex(entry.raw), entry.spent_amount, bytes.fromhex(entry.spent_script)
+        )
+        message = protocol.UpdateSig(
+            bytes.fromhex(record.instance_id), bytes.fromhex(session), node, signed.signature
+        )
+        self._send(record.clients[client].node_id, message)
+
+    def _finish_unacked(self, record: store.LspRecord) -> store.LspRecord:
+        update = record.update
+        assert update is not None
+        late = [
+            (f"{update.session}:{update.node}", c.client) for c in update.clients if not c.stored
+        ]
+        log.warning(
+            "factory %s: update of node %d finished without STORED from clients %s",
+            record.instance_id[:16],
+            update.node,
+            [c for _, c in late],
+        )
+        self._records.persist(record.replace(unacked=(*record.unacked, *late)))
+        for _, client in late:  # as if stored: the last one finishes the update
+            latest = self._lsp_record(record.instance_id)
+            self._on_stored(latest, self._sessions.get(record.instance_id), client)
+        return self._lsp_record(record.instance_id)
 
     @staticmethod
     def view(record: store.LspRecord) -> dict[str, Any]:
@@ -494,7 +506,9 @@ class UpdateLsp:
                 )
                 s.deadline = self._deadline()
                 continue
-            self._abandon(instance, "a client did not answer in time")
+            silent = s.coordinator.waiting_for if s.coordinator is not None else []
+            ids = [record.clients[c].node_id for c in silent]
+            self._abandon(instance, f"clients {ids or 'below the node'} did not answer in time")
 
     def resume(self, record: store.LspRecord) -> None:
         """After a restart: an update whose state was not yet signed is abandoned (the nonces
@@ -541,33 +555,3 @@ class UpdateLsp:
             self._peers.send(node_id, p)
         except Exception as e:
             log.info("could not send %s to %s: %s", type(p).__name__, node_id, why(e))
-
-
-class _Then:
-    """A `Reply` that runs `then` once the update is over, whatever its outcome (logged)."""
-
-    def __init__(self, instance: str, then: Callable[[], None]) -> None:
-        self._instance, self._then = instance, then
-
-    def set_result(self, result: Any) -> None:
-        log.info("factory %s: stock moved by a DW update", self._instance[:16])
-        self._then()
-
-    def set_exception(self, exc: Exception) -> None:
-        log.info("factory %s: no DW update: %s", self._instance[:16], exc)
-        self._then()
-
-
-def plan_stub(record: store.LspRecord) -> UpdatePlan:
-    """The plan of a stored update, enough to abandon it after a restart."""
-    assert record.update is not None
-    u = record.update
-    topo = topology(record)
-    return UpdatePlan(
-        u.node,
-        u.states,
-        tuple(c.client for c in u.clients),
-        tuple(n for n in topo.subtree(u.node) if n in set(topo.leaves)),
-        {c.client: c.channel_sat for c in u.clients},
-        u.stocks,
-    )
