@@ -138,7 +138,7 @@ class SalesRole:
         to it from a sibling leaf (`refill`, the update role), update first; then `then`, which
         sells, or falls back on chain if the update could not be made."""
         record = self._records.get(instance)
-        short = False
+        short, reason = False, None
         last = self._refilled.get((instance, client))
         recent = last is not None and self._node.height < last + REFILL_EVERY
         if isinstance(record, store.LspRecord) and self.refill is not None and not recent:
@@ -151,7 +151,7 @@ class SalesRole:
             # One refill per client per REFILL_EVERY blocks: a buyer that never pays cannot wake
             # its co-clients again and again, nor spend the factory's DW states.
             self._refilled[(instance, client)] = self._node.height
-            log.info("factory %s: leaf stock short for %d sat: updating first", instance[:16], sold)
+            log.info("factory %s: %s (for %d sat): updating first", instance[:16], reason, sold)
             self.refill(instance, client, sold + REFILL_MARGIN_SAT, then)
         else:
             then()

@@ -48,7 +48,7 @@ from ..lightningd.node import Node
 from ..lightningd.peers import Peers
 from ..lightningd.ratelimit import LogLimiter
 from ..lightningd.records import LIVE, Records, is_compromised, topology, txid_of
-from .swap import SwapHolder, swap_parts
+from .swap import SwapHolder, swap_parts, wait_fees, wait_settled
 
 log = logging.getLogger("superscalar")
 peer_log = LogLimiter(log)
@@ -345,7 +345,7 @@ class UpdateClient:
         invoice, all held by our hook); their hashes and their total."""
         u = record.update
         assert u is not None and u.new_channel is not None
-        new = self._wait_fees(u.new_channel)
+        new = wait_fees(self._node, u.new_channel, SWAP_WAIT)
         remote = new["updates"]["remote"]
         base = msat(remote.get("fee_base_msat", 0))
         ppm = int(remote.get("fee_proportional_millionths", 0))
@@ -396,17 +396,6 @@ class UpdateClient:
                 },
             )
         return hashes, sum(x.amount_msat for x in parts)
-
-    def _wait_fees(self, channel_id: str) -> dict[str, Any]:
-        """Our new channel once it is normal and the LSP's fees on it are known."""
-        deadline = time.monotonic() + SWAP_WAIT
-        while True:
-            ch = self._node.channels().get(channel_id) or {}
-            if ch.get("state") == "CHANNELD_NORMAL" and (ch.get("updates") or {}).get("remote"):
-                return ch
-            if time.monotonic() > deadline:
-                raise UpdateRefused("the new channel is not open with the LSP's fees known")
-            time.sleep(0.3)
 
     def _refuse_latest(self, instance: str, reason: str, session: str) -> None:
         record = self._records.get(instance)
@@ -518,10 +507,31 @@ class UpdateClient:
             update.state,
             update.node,
         )
-        instance = bytes.fromhex(record.instance_id)
-        step = protocol.UpdateStepKind.STORED
-        self._send(record, protocol.UpdateStep(instance, bytes.fromhex(update.session), step))
-        for cid in update.old_channels:
+        stored = protocol.UpdateStep(
+            bytes.fromhex(record.instance_id),
+            bytes.fromhex(update.session),
+            protocol.UpdateStepKind.STORED,
+        )
+        threading.Thread(
+            target=self._settled_then_stored,
+            args=(record, stored, channel_id, update.old_channels),
+            name="superscalar-settle",
+            daemon=True,
+        ).start()
+
+    def _settled_then_stored(
+        self,
+        record: store.ClientRecord,
+        stored: protocol.UpdateStep,
+        channel_id: str | None,
+        old: tuple[str, ...],
+    ) -> None:
+        """Our payment to ourselves settles (the balance is spendable in the new channel) before
+        STORED: what the LSP does next (a sale's quote) may need it. Then the old channels close."""
+        if channel_id:
+            wait_settled(self._node, channel_id, SWAP_WAIT)
+        self._submit(lambda: self._send(record, stored))
+        for cid in old:
             funding.close_retired(self._node.rpc, cid)
 
     # --- abort, restart ----------------------------------------------------------------------------

@@ -402,7 +402,9 @@ class UpdateLsp:
         self._records.persist(record)
         self._guards.refresh()
         events.factory_update(instance, "signed", s.plan.node, list(s.plan.clients))
-        if s.reply is not None:  # the new state exists: the clients' STOREDs are housekeeping
+        if s.reply is not None and not isinstance(s.reply, Then):
+            # the new state exists: `factory-update` answers (a sale's refill waits for every
+            # STORED: its buyer's balance must be spendable in its new channel first)
             s.reply.set_result(self.view(record))
             s.reply = None
 

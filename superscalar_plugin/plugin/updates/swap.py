@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from ...engine import store
+from ...engine.errors import CeremonyError
 from ..lifecycle.move import forward_fee_msat, movable_msat
 from ..lightningd.guards import msat
+from ..lightningd.node import Node
 from ..lightningd.runtime import Reply
 
 log = logging.getLogger("superscalar")
@@ -106,3 +109,27 @@ class SwapHolder:
             request.set_result(result)
         if held:
             log.info("swap %s: %d HTLCs %s", payment_hash[:16], len(held), result["result"])
+
+
+def wait_fees(node: Node, channel_id: str, patience: float) -> dict[str, Any]:
+    """Our new channel once it is normal and the LSP's fees on it are known."""
+    deadline = time.monotonic() + patience
+    while True:
+        ch = node.channels().get(channel_id) or {}
+        if ch.get("state") == "CHANNELD_NORMAL" and (ch.get("updates") or {}).get("remote"):
+            return ch
+        if time.monotonic() > deadline:
+            raise CeremonyError("the new channel is not open with the LSP's fees known")
+        time.sleep(0.3)
+
+
+def wait_settled(node: Node, channel_id: str, patience: float) -> None:
+    """Until our new channel carries no HTLC (our payments to ourselves settled), or patience."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        try:
+            if not (node.channels().get(channel_id) or {}).get("htlcs"):
+                return
+        except Exception:  # listed again shortly
+            pass
+        time.sleep(0.2)
