@@ -253,7 +253,9 @@ def measure(base: Path, retired: int, n_clients: int) -> list[dict[str, Any]]:
             per = (stage - made) // n_clients
             t = time.perf_counter()
             threads = [
-                threading.Thread(target=retire, args=(lsp, c, per + (i < (stage - made) % n_clients)))
+                threading.Thread(
+                    target=retire, args=(lsp, c, per + (i < (stage - made) % n_clients))
+                )
                 for i, c in enumerate(clients)
             ]
             for th in threads:

@@ -120,7 +120,9 @@ def test_a_fundee_forgets_only_channels_it_never_had_a_stake_in(
     wait_for(lambda: stakeless_old not in _listed(client))
     assert _listed(client) == {stakeless_new: "CLOSINGD_COMPLETE", retired: "CLOSINGD_COMPLETE"}
     assert _closed(client) == {}
-    assert client.daemon.is_in_log(r"Forgetting channel: It has been \d+ blocks without the funding")
+    assert client.daemon.is_in_log(
+        r"Forgetting channel: It has been \d+ blocks without the funding"
+    )
     _mine(bitcoind, (lsp, client), 3)
     assert set(_listed(lsp)) == {stakeless_old, stakeless_new, retired}
     assert set(_listed(client)) == {stakeless_new, retired}
