@@ -17,6 +17,11 @@ money in it, and it was closed cooperatively after the move (DESIGN 3.1-3.3; the
   stops watching the funding output, so a withheld factory channel would let a client make the
   LSP forget a live channel and later publish a revoked commitment unpunished. The plugin never
   sets it. The fundee keeps its side as CLOSINGD_COMPLETE either way;
+- a close may name another funding output (`wrong_funding`, with the experimental option
+  `experimental-shutdown-wrong-funding` on both nodes), which would let the closing transaction
+  spend an output that exists; but the fundee accepts it only from the opener, without
+  dual-funding, and for a channel never used (no commitment after the first): never a factory
+  channel after its move (and a used channel's close that names one never completes);
 - `dev-forget-channel` and `dev-max-funding-unconfirmed-blocks` are developer-only.
 
 pyln-testing runs every node with --developer; only the control case below uses a developer
@@ -28,7 +33,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from real_node import channel, facts_plugin, open_unbroadcast_channel, require_lightningd
+from real_node import (
+    channel,
+    direct_route,
+    facts_plugin,
+    invoice,
+    open_unbroadcast_channel,
+    require_lightningd,
+    send_route,
+    settle,
+)
 
 require_lightningd()
 
@@ -39,9 +53,16 @@ SAT = 300_000
 STOCK_FUNDING_TIMEOUT = 2016  # blocks: BOLT #2's "SHOULD forget", lightningd's default
 
 
-def _pair(node_factory: Any, tmp_path: Path, client_options: dict[str, Any] | None = None) -> Any:
+def _pair(
+    node_factory: Any,
+    tmp_path: Path,
+    client_options: dict[str, Any] | None = None,
+    lsp_options: dict[str, Any] | None = None,
+) -> Any:
     plugin = facts_plugin(tmp_path)
-    lsp = node_factory.get_node(options={"plugin": plugin}, may_reconnect=True)
+    lsp = node_factory.get_node(
+        options={"plugin": plugin, **(lsp_options or {})}, may_reconnect=True
+    )
     client = node_factory.get_node(
         options={"plugin": plugin, **(client_options or {})}, may_reconnect=True
     )
@@ -159,3 +180,28 @@ def test_withhold_makes_the_opener_forget_on_close_and_on_its_peers_error_alike(
     _mine(bitcoind, (lsp, client), 3)
     assert closed not in _listed(lsp)
     assert channel(client, closed)["state"] == "CLOSINGD_COMPLETE"
+
+
+def test_a_used_channel_cannot_be_closed_on_another_funding_output(
+    node_factory: Any, bitcoind: Any, executor: Any, tmp_path: Path
+) -> None:
+    """With `experimental-shutdown-wrong-funding` on both nodes, L (the opener) asks to close a
+    channel on another outpoint (`close ... wrong_funding`), one that exists on chain: C refuses
+    it (a warning) for a channel that carried a payment, as every retired channel did (the
+    move). On reconnection L's closingd still signs closing transactions over that outpoint and
+    C's over the real funding: each refuses the other's signature and the close never
+    completes (CLOSINGD_SIGEXCHANGE, negotiating again at each reconnection)."""
+    both = {"experimental-shutdown-wrong-funding": None}
+    lsp, client = _pair(node_factory, tmp_path, both, both)
+    elsewhere = bitcoind.rpc.getblock(bitcoind.rpc.getbestblockhash())["tx"][0]
+    used = open_unbroadcast_channel(lsp, client, SAT)
+    inv = invoice(client, 10_000_000)
+    assert send_route(lsp, direct_route(lsp, client, used, inv), inv)["status"] == "complete"
+    settle(lsp, client)
+    executor.submit(lsp.rpc.call, "close", {"id": used, "wrong_funding": f"{elsewhere}:0"})
+    client.daemon.wait_for_log(r"No shutdown wrong_funding for used channels")
+    lsp.daemon.wait_for_log(rf"Setting wrong_funding_txid to {elsewhere}:0")
+    client.daemon.wait_for_log(r"Bad closing_signed signature")
+    for node in (lsp, client):
+        assert channel(node, used)["state"] == "CLOSINGD_SIGEXCHANGE"
+        assert not node.daemon.is_in_log(r"Broadcasting txid")
