@@ -116,7 +116,7 @@ def retire(lsp: Any, client: Any, count: int) -> None:
     """`count` retired channels from `lsp` to `client`: open on a never-broadcast output, close."""
     from superscalar_plugin.engine.tree import UnsignedNodeTx
     from superscalar_plugin.engine.tx import Tx, TxIn, TxOut
-    from superscalar_plugin.plugin.psbt import leaf_psbt
+    from superscalar_plugin.plugin.lightningd.psbt import leaf_psbt
 
     l_rpc, peer = _rpc(lsp), _rpc(client).getinfo()["id"]
     for _ in range(count):
@@ -157,8 +157,8 @@ def _states(rpc: Any) -> dict[str, int]:
 
 
 def listpeerchannels_figures(lsp: Any) -> dict[str, float]:
-    from superscalar_plugin.plugin.config import Config
-    from superscalar_plugin.plugin.node import Node
+    from superscalar_plugin.plugin.lightningd.config import Config
+    from superscalar_plugin.plugin.lightningd.node import Node
 
     rpc = _rpc(lsp)
     best = plugin_best = float("inf")

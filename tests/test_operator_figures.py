@@ -250,8 +250,8 @@ def test_retired_channels_are_closed_ones_whose_funding_never_confirmed() -> Non
     funding never confirmed: lightningd keeps it for good); a confirmed channel that is closing,
     a live one and a forgotten one do not count. `from_factories`: the LSP's by channel id, a
     client's by its leaf's txid."""
-    from superscalar_plugin.plugin.records import txid_of
-    from superscalar_plugin.plugin.report import retired_channels
+    from superscalar_plugin.plugin.lightningd.records import txid_of
+    from superscalar_plugin.plugin.operator.report import retired_channels
 
     lsp, client = _lsp(), _client()
     leaf = txid_of(client.path[-1].raw)
@@ -266,3 +266,6 @@ def test_retired_channels_are_closed_ones_whose_funding_never_confirmed() -> Non
     assert retired_channels(channels, [lsp, client]) == {"count": 3, "from_factories": 2}
     assert retired_channels(channels, []) == {"count": 3, "from_factories": 0}
     assert retired_channels({}, [lsp]) == {"count": 0, "from_factories": 0}
+    # A channel a DW update replaced (its id in the record's `retired`) is ours too.
+    updated = dataclasses.replace(lsp, retired=("y",))
+    assert retired_channels(channels, [updated, client]) == {"count": 3, "from_factories": 3}

@@ -70,12 +70,14 @@ def retired_channels(
 ) -> dict[str, int]:
     """The channels lightningd keeps for good: closed cooperatively (CLOSINGD_COMPLETE) on a
     funding output that never confirmed (no short_channel_id), as every migration leaves one per
-    client on both nodes. Core Lightning v26.06.6 has no stock way to forget them (README,
-    "Retired channels"); each costs its closing transaction sent again (refused) after every
-    block and every 30-60 s, and its entry in listpeerchannels. `from_factories`: those on a
-    factory's leaf or sale that our records name."""
+    client on both nodes (and every DW update one per client below its node). Core Lightning
+    v26.06.6 has no stock way to forget them (README, "Retired channels"); each costs its closing
+    transaction sent again (refused) after every block and every 30-60 s, and its entry in
+    listpeerchannels. `from_factories`: those our records name (a factory's leaf or sale, or a
+    channel an update replaced)."""
     ours: set[str] = set()
     for r in records:
+        ours.update(r.retired)
         if isinstance(r, store.LspRecord):
             ours.update(c.channel_id for c in r.clients if c.channel_id)
             ours.update(e.channel_id for e in r.sales if e.channel_id)
