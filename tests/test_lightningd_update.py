@@ -13,6 +13,7 @@ exits with its balance.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any
@@ -160,10 +161,9 @@ def test_stock_moves_between_leaves_and_the_newer_state_confirms_first(
     bitcoind.rpc.sendrawtransaction(root["raw"])
     bitcoind.generate_block(1)
     for _ in range(old_state["relative_delay"] + 2):
-        try:
+        # non-BIP68-final, then its input is spent by the newer state
+        with contextlib.suppress(Exception):
             bitcoind.rpc.sendrawtransaction(old_state["raw"])
-        except Exception:
-            pass  # non-BIP68-final, then its input is spent by the newer state
         bitcoind.generate_block(1)
         time.sleep(1)
     new_state = _status(a, instance)["exit_path"][1]["txid"]
