@@ -15,7 +15,9 @@ all handed over their keys, beside every client's unilateral exit (bench/handove
 
 Real lightningd (when on PATH): factory-create's wall time and phases (bench/real_create.py);
 factory-migrate's wall time per client until the old factory is closed, and its key-path spend's
-vB beside the handover figures above (bench/real_migrate.py).
+vB beside the handover figures above (bench/real_migrate.py); what the channels every migration
+retires cost lightningd, up to 768 (64 clients, 12 monthly ladders: bench/real_retired.py;
+`--retired` alone).
 
 State updates: one factory-update's factory-message bytes with 2 and 4 clients below the moved
 node, and its wall time on real lightningd nodes (bench/real_update.py).
@@ -346,6 +348,11 @@ def main() -> None:
     if len(sys.argv) == 2 and sys.argv[1] == "--sales":
         sales_wire()
         return
+    if len(sys.argv) == 2 and sys.argv[1] == "--retired":
+        from real_retired import run as real_retired
+
+        real_retired()
+        return
     if len(sys.argv) == 4 and sys.argv[1] == "--one":
         print(json.dumps(one(int(sys.argv[2]), sys.argv[3])))
         return
@@ -395,6 +402,9 @@ def main() -> None:
     from real_update import run as real_update
 
     real_update()  # one DW state update: its bytes; on real nodes its wall time with 2 and 4
+    from real_retired import run as real_retired
+
+    real_retired()  # the retired channels a year of ladders leaves, on a real lightningd
 
 
 if __name__ == "__main__":

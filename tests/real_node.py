@@ -296,11 +296,14 @@ def channel(node: Any, channel_id: str) -> dict[str, Any]:
     return chan
 
 
-def open_unbroadcast_channel(opener: Any, peer: Any, amount_sat: int, **start: Any) -> str:
+def open_unbroadcast_channel(
+    opener: Any, peer: Any, amount_sat: int, withhold: bool = False, **start: Any
+) -> str:
     """A zero-conf, unannounced anchor channel from `opener` to `peer` (whose `openchannel` hook
     answers mindepth 0) on an output of a transaction that is never broadcast: the funding is an
     UNSIGNED PSBT paying `fundchannel_start`'s scriptpubkey, its input (an outpoint that does not
-    exist) carrying `witness_utxo`. Returns the channel id once both sides are CHANNELD_NORMAL."""
+    exist) carrying `witness_utxo`. `withhold` is `fundchannel_complete`'s (the plugin never sets
+    it). Returns the channel id once both sides are CHANNELD_NORMAL."""
     from pyln.testing.utils import wait_for
 
     params = {
@@ -317,7 +320,9 @@ def open_unbroadcast_channel(opener: Any, peer: Any, amount_sat: int, **start: A
     parent_script = bytes.fromhex("5120") + os.urandom(32)  # a P2TR output that never existed
     psbt = leaf_psbt(UnsignedNodeTx(0, tx, amount_sat + 1_000, parent_script))
     # Not pyln-client's `fundchannel_complete` wrapper: it sends withhold=true (DESIGN 3.4).
-    done = opener.rpc.call("fundchannel_complete", {"id": peer.info["id"], "psbt": psbt})
+    done = opener.rpc.call(
+        "fundchannel_complete", {"id": peer.info["id"], "psbt": psbt, "withhold": withhold}
+    )
     channel_id: str = done["channel_id"]
     wait_for(
         lambda: all(channel(n, channel_id)["state"] == "CHANNELD_NORMAL" for n in (opener, peer))

@@ -107,6 +107,17 @@ def test_a_ladder_moves_every_client_and_closes_the_old_factory_by_key_path(
             if cid != live[0]
         )
     fill(lsp, clients, 10_000_000)
+    # What the migration leaves for good (README, "Retired channels"): one CLOSINGD_COMPLETE
+    # channel per client on the LSP and one on each client, counted by factory-report.
+    wait_for(
+        lambda: lsp.rpc.call("factory-report")["retired_channels"]
+        == {"count": 4, "from_factories": 4}
+    )
+    for c in clients:
+        wait_for(
+            lambda c=c: c.rpc.call("factory-report")["retired_channels"]
+            == {"count": 1, "from_factories": 1}
+        )
     for n in [lsp, *clients]:
         assert not n.daemon.is_in_log(r"superscalar.*(Traceback|internal error)")
 

@@ -243,3 +243,29 @@ def test_rate_limited_sources_are_counted() -> None:
     limiter.warning("peer1", "x")
     assert limiter.counts() == (1, 2)
     assert ratelimit.stats()[1] - before[1] == 2
+
+
+def test_retired_channels_are_closed_ones_whose_funding_never_confirmed() -> None:
+    """factory-report's `retired_channels`: CLOSINGD_COMPLETE without a short_channel_id (the
+    funding never confirmed: lightningd keeps it for good); a confirmed channel that is closing,
+    a live one and a forgotten one do not count. `from_factories`: the LSP's by channel id, a
+    client's by its leaf's txid."""
+    from superscalar_plugin.plugin.lightningd.records import txid_of
+    from superscalar_plugin.plugin.operator.report import retired_channels
+
+    lsp, client = _lsp(), _client()
+    leaf = txid_of(client.path[-1].raw)
+    channels = {
+        "c0": {"state": "CLOSINGD_COMPLETE", "funding_txid": "ee" * 32},  # the LSP's, retired
+        "c1": {"state": "CHANNELD_NORMAL", "funding_txid": "ee" * 32},  # the LSP's, live
+        "x": {"state": "CLOSINGD_COMPLETE", "funding_txid": leaf},  # the client's, retired
+        "y": {"state": "CLOSINGD_COMPLETE", "funding_txid": "dd" * 32},  # not a factory's
+        "z": {"state": "CLOSINGD_COMPLETE", "short_channel_id": "101x1x0"},  # will confirm
+        "w": {"state": "ONCHAIN", "funding_txid": leaf},
+    }
+    assert retired_channels(channels, [lsp, client]) == {"count": 3, "from_factories": 2}
+    assert retired_channels(channels, []) == {"count": 3, "from_factories": 0}
+    assert retired_channels({}, [lsp]) == {"count": 0, "from_factories": 0}
+    # A channel a DW update replaced (its id in the record's `retired`) is ours too.
+    updated = dataclasses.replace(lsp, retired=("y",))
+    assert retired_channels(channels, [updated, client]) == {"count": 3, "from_factories": 3}

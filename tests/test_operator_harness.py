@@ -178,6 +178,7 @@ def test_report_shows_deadlines_exit_costs_and_the_reserve_as_fees_rise(
     assert c0["exit_vbytes"] > 100 and c0["exit_txs"] == 2  # kickoff + leaf
     assert c0["exit_cost_sat"] == -(-c0["exit_vbytes"] * report["feerate_perkb"] // 1000)
     assert report["reserve"]["needed_sat"] > 0 and report["reserve"]["wallet_sat"] > 0
+    assert report["retired_channels"] == {"count": 0, "from_factories": 0}
     # The client sees its own exit cost against its own balance.
     [mine] = clients[0].rpc_call("factory-report")["factories"]
     assert mine["role"] == "client" and mine["exit_vbytes"] == c0["exit_vbytes"]

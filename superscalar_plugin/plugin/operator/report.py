@@ -5,7 +5,7 @@ stock left per leaf. Per client: what its unilateral exit would cost now (the vb
 and its sales x the node's current fee estimate) against its balance, flagged `uneconomic` when
 the exit costs more than the client holds. For the node: the on-chain reserve the LSP's wallet
 would need to publish, bump and sweep everything at the current fee rate, against what its
-wallet holds (`listfunds`).
+wallet holds (`listfunds`), and the retired channels lightningd keeps (`retired_channels`).
 
 An uneconomic client is never pushed into an exit by our own triggers while a migration can
 still take it (`exitcost.defer_exit`): an HTLC deadline on its channel waits for the move. At
@@ -65,12 +65,43 @@ def deferred_exit(
     return cost if defer_exit(cost, movable) else None
 
 
-def _balances(node: Node) -> dict[str, tuple[int, int]]:
-    """channel id -> (ours, theirs) in sat; empty when lightningd cannot say (display only)."""
+def retired_channels(
+    channels: dict[str, dict[str, Any]], records: list[store.Record]
+) -> dict[str, int]:
+    """The channels lightningd keeps for good: closed cooperatively (CLOSINGD_COMPLETE) on a
+    funding output that never confirmed (no short_channel_id), as every migration leaves one per
+    client on both nodes (and every DW update one per client below its node). Core Lightning
+    v26.06.6 has no stock way to forget them (README, "Retired channels"); each costs its closing
+    transaction sent again (refused) after every block and every 30-60 s, and its entry in
+    listpeerchannels. `from_factories`: those our records name (a factory's leaf or sale, or a
+    channel an update replaced)."""
+    ours: set[str] = set()
+    for r in records:
+        ours.update(r.retired)
+        if isinstance(r, store.LspRecord):
+            ours.update(c.channel_id for c in r.clients if c.channel_id)
+            ours.update(e.channel_id for e in r.sales if e.channel_id)
+        elif r.path:
+            ours.add(txid_of(r.path[-1].raw))
+            ours.update(e.sale_txid for e in r.sales if e.buyer == r.client_index)
+    stuck = [
+        (cid, ch)
+        for cid, ch in channels.items()
+        if ch.get("state") == "CLOSINGD_COMPLETE" and not ch.get("short_channel_id")
+    ]
+    mine = sum(1 for cid, ch in stuck if cid in ours or ch.get("funding_txid") in ours)
+    return {"count": len(stuck), "from_factories": mine}
+
+
+def _channels(node: Node) -> dict[str, dict[str, Any]]:
     try:
-        chans = node.channels()
-    except ChannelsUnavailable:
+        return node.channels()
+    except ChannelsUnavailable:  # display only: shown as none
         return {}
+
+
+def _balances(chans: dict[str, dict[str, Any]]) -> dict[str, tuple[int, int]]:
+    """channel id -> (ours, theirs) in sat; empty when lightningd cannot say (display only)."""
     out = {}
     for cid, ch in chans.items():
         ours = msat(ch.get("to_us_msat", 0)) // 1000
@@ -85,7 +116,8 @@ class Report:
 
     def report(self, instance: str | None) -> dict[str, Any]:
         rate, source = exit_fee_rate_kvb(self._node)
-        balances = _balances(self._node)
+        channels = _channels(self._node)
+        balances = _balances(channels)
         records = [
             r
             for r in self._records.all()
@@ -102,6 +134,7 @@ class Report:
             "feerate_perkb": rate,
             "feerate_source": source,
             "factories": factories,
+            "retired_channels": retired_channels(channels, self._records.all()),
         }
         lsps = [r for r in records if isinstance(r, store.LspRecord)]
         if lsps:
