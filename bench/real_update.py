@@ -1,8 +1,9 @@
 """One Decker-Wattenhofer state update (`factory-update`): its wall time on real lightningd nodes
 with 2 and 4 clients below the moved state node (the LSP + 2 or 4 client nodes, loopback; median
 of a few updates in a row), and the bytes of factory messages it exchanges (computed in-process
-from the same encoders the plugin uses: UPDATE, READY, the ceremony, STORED, each in its bLIP-56
-envelope; lightningd's own channel-opening messages come on top).
+from the same encoders the plugin uses: UPDATE, READY, both ceremonies (below the moved node, then
+it), BELOW_STORED, STORED, each in its bLIP-56 envelope; lightningd's own channel-opening messages
+and the clients' payments to themselves come on top).
 
 Runs the real-node part when `lightningd` is on PATH with the project's bitcoind (see
 `real_create`), else says why.
@@ -39,7 +40,7 @@ def update_bytes(n_clients: int) -> int:
     from superscalar_plugin.engine import dw, protocol
     from superscalar_plugin.engine.ceremony import Coordinator, Signer, run_ceremony
     from superscalar_plugin.engine.tree import FactoryParams
-    from superscalar_plugin.engine.update import plan_update, updated_factory
+    from superscalar_plugin.engine.update import plan_update, signing_phases, updated_factory
     from superscalar_plugin.simulate import agreed_terms, make_factory
 
     p = make_factory(n_clients, FactoryParams(), timeout_height=10_000)
@@ -49,9 +50,6 @@ def update_bytes(n_clients: int) -> int:
     run_ceremony(Coordinator(f, p.lsp_seckey, ("11" * 32, 0), states), signers)
     plan = plan_update(f, states, list(f.topology.leaves), {})
     new = updated_factory(f, plan, {c: f.channels[c][0] for c in plan.clients})
-    coordinator = Coordinator(
-        new, p.lsp_seckey, ("11" * 32, 0), plan.states, f.topology.subtree(plan.node)
-    )
     total = 0
     instance, session = b"\x01" * 32, b"\x02" * 32
     for c in plan.clients:
@@ -61,16 +59,18 @@ def update_bytes(n_clients: int) -> int:
         steps = [protocol.UpdateStep(instance, session, k) for k in protocol.UpdateStepKind]
         total += sum(len(protocol.encode(m)) + ENVELOPE for m in (update, *steps))
         signers[c].agree_update(_terms(new, plan, c), node=plan.node)
-    outbox = coordinator.start()
-    while outbox:
-        nxt: dict[int, bytes] = {}
-        for c, data in outbox.items():
-            total += len(data) + 33 + ENVELOPE  # + the CEREMONY payload's type and instance
-            reply = signers[c].receive(data)
-            if reply is not None:
-                total += len(reply) + 33 + ENVELOPE
-                nxt.update(coordinator.receive(c, reply))
-        outbox = nxt
+    for nodes in signing_phases(new, plan.node):  # bottom-up: below the moved node, then it
+        coordinator = Coordinator(new, p.lsp_seckey, ("11" * 32, 0), plan.states, nodes)
+        outbox = coordinator.start()
+        while outbox:
+            nxt: dict[int, bytes] = {}
+            for c, data in outbox.items():
+                total += len(data) + 33 + ENVELOPE  # + the CEREMONY payload's type and instance
+                reply = signers[c].receive(data)
+                if reply is not None:
+                    total += len(reply) + 33 + ENVELOPE
+                    nxt.update(coordinator.receive(c, reply))
+            outbox = nxt
     return total
 
 
