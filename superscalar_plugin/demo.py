@@ -17,6 +17,7 @@ from .engine.ceremony import Coordinator, SignedNodeTx, Signer, run_ceremony
 from .engine.errors import ChainError
 from .engine.tree import Factory, FactoryParams, NodeKind
 from .engine.tx import Tx
+from .engine.update import signing_phases
 from .simulate import Participants, agreed_terms, make_factory
 
 if TYPE_CHECKING:
@@ -176,18 +177,22 @@ def _advance(demo: _Demo, advances: int) -> int:
     _step(f"3. Advance client {EXITING}'s leaf {advances} times (DW odometer)")
     for i in range(advances):
         adv = dw.advance_leaf(topo, demo.states, leaf)
-        co = Coordinator(f, demo.people.lsp_seckey, demo.outpoint, adv.states, adv.resigned)
-        for c in co.clients:  # every client of the subtree agrees to this update itself
-            demo.signers[c].agree_update(demo.signers[c].terms)
-        run_ceremony(co, {c: demo.signers[c] for c in co.clients})
+        clients = f.signers(adv.bumped)
+        for c in clients:  # every client of the subtree agrees to this update itself
+            demo.signers[c].agree_update(demo.signers[c].terms, node=adv.bumped)
+        signed: dict[int, SignedNodeTx] = {}
+        for nodes in signing_phases(f, adv.bumped):  # bottom-up: below the bumped node, then it
+            co = Coordinator(f, demo.people.lsp_seckey, demo.outpoint, adv.states, nodes)
+            run_ceremony(co, {c: demo.signers[c] for c in co.clients})
+            signed.update(co.signed)
         demo.states, demo.bumped = adv.states, adv.bumped
-        demo.history.append({**demo.history[-1], **co.signed})
+        demo.history.append({**demo.history[-1], **signed})
         digits = "/".join(
             str(demo.states[n]) for n in topo.path(leaf) if topo.nodes[n].kind.is_state
         )
         click.echo(
             f"update {i + 1}: bumped {topo.nodes[adv.bumped].kind.value} #{adv.bumped},"
-            f" re-signed {len(adv.resigned)} txs with {len(co.clients)} clients; odometer {digits}"
+            f" re-signed {len(adv.resigned)} txs with {len(clients)} clients; odometer {digits}"
         )
     for line in draw_tree(f, demo.states, topo.path(leaf)):
         click.echo("  " + line)

@@ -167,16 +167,14 @@ class Signer:
     # tree whose leaf output is not that channel. `bound` keeps what was checked.
     binder: ChannelBinder | None = None
     bound: BoundChannel | None = None
-    _update_terms: ClientTerms | None = None  # set by agree_update, consumed by one SIGN_REQUEST
-    # The update agreed: the state node it bumps, and the plugin's solvency check of our new
-    # channel (`solvency.check_update_signature`), run once it is bound, before any nonce.
+    # The update agreed (`agree_update`): terms, the node it moves and its state, the solvency
+    # check of our bound new channel (`solvency.check_update_signature`) before any nonce.
+    _update_terms: ClientTerms | None = None
     _update_node: int | None = None
     _update_check: Callable[[BoundChannel, bool], None] | None = None
-    _update_state: int | None = None  # the state the moved node must be signed in
-    # An update is signed bottom-up, in two ceremonies: first every changed tx below the moved
-    # state node (`below`, final signatures in our hands, kept by the plugin), then the moved node
-    # itself. Whoever completes the moved node can then never strand us: below it we hold
-    # everything down to our new channel.
+    _update_state: int | None = None
+    # Signed bottom-up: first every changed tx below the moved node (`below`, final signatures
+    # ours), then the moved node: whoever completes it cannot strand us.
     below: dict[int, SignedNodeTx] = field(default_factory=dict)
     # Per state node, the latest state whose moved-node signature we gave in an update that may
     # never have completed (the LSP may hold it): a later update must move past it.
@@ -240,8 +238,7 @@ class Signer:
 
     @property
     def signing_moved_node(self) -> bool:
-        """Whether the nodes we are signing now include an update's moved state node (the step
-        after which the LSP may hold the new state)."""
+        """Whether we are signing an update's moved node (then the LSP may hold the new state)."""
         return self._update_node is not None and self._update_node in self._pending
 
     def agree_update(
@@ -251,10 +248,9 @@ class Signer:
         check: Callable[[BoundChannel, bool], None] | None = None,
         state: int | None = None,
     ) -> None:
-        """The client itself agreed to one DW update of its signed factory (never the LSP alone):
-        the next SIGN_REQUEST may re-sign the changed nodes of our path, checked against `terms`,
-        whose channel script must be known or bound by our own node (`binder`). `node`: the
-        state node the update must bump; `check`: run on our bound new channel before any nonce."""
+        """The client itself agreed to one DW update (never the LSP alone): its requests may
+        re-sign our path's changed nodes, checked against `terms` (script known or `binder`),
+        moving `node` into `state`; `check` runs on our bound new channel before any nonce."""
         if self.state is not SignerState.DONE or not self.signed_path:
             raise CeremonyError(f"an update needs a signed factory, we are {self.state.value}")
         if terms.channel_script is None and self.binder is None:
