@@ -110,13 +110,16 @@ def test_a_ladder_moves_every_client_and_closes_the_old_factory_by_key_path(
     # What the migration leaves for good (README, "Retired channels"): one CLOSINGD_COMPLETE
     # channel per client on the LSP and one on each client, counted by factory-report.
     wait_for(
-        lambda: lsp.rpc.call("factory-report")["retired_channels"]
-        == {"count": 4, "from_factories": 4}
+        lambda: (
+            lsp.rpc.call("factory-report")["retired_channels"] == {"count": 4, "from_factories": 4}
+        )
     )
     for c in clients:
         wait_for(
-            lambda c=c: c.rpc.call("factory-report")["retired_channels"]
-            == {"count": 1, "from_factories": 1}
+            lambda c=c: (
+                c.rpc.call("factory-report")["retired_channels"]
+                == {"count": 1, "from_factories": 1}
+            )
         )
     for n in [lsp, *clients]:
         assert not n.daemon.is_in_log(r"superscalar.*(Traceback|internal error)")
@@ -209,8 +212,9 @@ def test_with_some_keys_the_lsp_takes_the_handed_over_part_by_key_path(
     node_factory: Any, bitcoind: Any
 ) -> None:
     """Clients 0 and 1 (one leaf) move out and hand over; 2 and 3 stay away and then 2 exits
-    alone. The LSP publishes nothing it need not: it takes the root's output above leaf 0 by key
-    path as soon as the root is on chain, and leaf 0 never goes on chain."""
+    alone. The LSP publishes nothing it need not: it takes the output above leaf 0 (the lower
+    kickoff's: kickoff, state over both leaves, kickoff, leaves) by key path as soon as that
+    kickoff is on chain, and leaf 0 never goes on chain."""
     lsp, clients = lsp_and_clients(node_factory, 4, {**LADDER, "superscalar-ladder-every": 0})
     old = open_factory(lsp, clients)
     bitcoind.generate_block(1)
@@ -239,9 +243,10 @@ def test_with_some_keys_the_lsp_takes_the_handed_over_part_by_key_path(
 
     wait_for(taken, timeout=600)
     s = status(lsp, old["instance"])
-    root = status(clients[1], old["instance"])["exit_path"][0]["txid"]
+    path = status(clients[1], old["instance"])["exit_path"]
+    assert [e["kind"] for e in path] == ["kickoff", "state", "kickoff", "leaf"]
     [sweep] = [sw for sw in s["sweeps"] if sw["confirmed"]]
-    assert sweep["outpoint"] == f"{root}:0"  # the root's output above leaf 0
+    assert sweep["outpoint"] == f"{path[2]['txid']}:0"  # the kickoff's output above leaf 0
     spend = bitcoind.rpc.getrawtransaction(sweep["txid"], True)
     assert len(spend["vin"][0]["txinwitness"]) == 1  # key path
     assert bitcoind.rpc.getblockcount() < s["timeout_height"]

@@ -131,13 +131,17 @@ class StatusView:
             "funding_txid": record.funding_txid,
             "funding_confirmations": self._confirmations(record, record.funding_txid),
             **own_sales_view(record, self._shown_channels()),
-            "updates_left": dw.updates_left(
-                topo,
-                tuple(_digits(record, len(topo.nodes))),
-                topo.leaf_of_client[record.client_index],
-            )
-            if record.path
-            else None,
+            **(
+                {
+                    "updates_left": dw.updates_left(
+                        topo,
+                        tuple(_digits(record, len(topo.nodes))),
+                        topo.leaf_of_client[record.client_index],
+                    )
+                }
+                if record.path
+                else {}
+            ),
             "exit_path": [
                 {
                     "node": e.node,
