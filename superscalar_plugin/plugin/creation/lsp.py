@@ -35,7 +35,7 @@ from ..lightningd.node import Node
 from ..lightningd.peers import Peers
 from ..lightningd.ratelimit import LogLimiter
 from ..lightningd.records import Records
-from ..lightningd.runtime import PeerUnreachable, Reply, RpcFailed, fail, rpc_exception, why
+from ..lightningd.runtime import Reply, RpcFailed, fail, rpc_exception, why
 from ..operator import events
 from ..operator.status import StatusView
 from . import funding
@@ -56,9 +56,13 @@ class LspSession:
     factory: Factory | None = None
     coordinator: Coordinator | None = None
     opened: set[int] = field(default_factory=set)
+    index_of: dict[str, int] = field(default_factory=dict)  # client node id -> its index
     # Where the creation's time goes (seconds per phase), returned with factory-create.
     timings: dict[str, float] = field(default_factory=dict)
     last_mark: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.index_of = {c.node_id: i for i, c in enumerate(self.record.clients)}
 
     def mark(self, phase: str) -> None:
         now = time.monotonic()
@@ -229,22 +233,21 @@ class LspRole:
         instance = bytes.fromhex(r.instance_id)
         ewt = Topology.build(len(r.clients), r.params).ewt
         lsp_pub = bytes.fromhex(r.lsp_pubkey)
-        for i, entry in enumerate(r.clients):
-            propose = protocol.Propose(
-                instance,
-                i,
-                len(r.clients),
-                r.params,
-                r.timeout_height,
-                lsp_pub,
-                entry.channel_sat,
-                ewt,
+        n = len(r.clients)
+        proposals = [
+            (
+                c.node_id,
+                protocol.Propose(
+                    instance, i, n, r.params, r.timeout_height, lsp_pub, c.channel_sat, ewt
+                ),
             )
-            try:
-                self._peers.send(entry.node_id, propose)
-            except PeerUnreachable as e:
-                self._abort(s, f"client {entry.node_id}: {e}")
-                return
+            for i, c in enumerate(r.clients)
+        ]
+        unreachable = self._peers.send_all(proposals)
+        if unreachable:
+            peer, e = unreachable[0]
+            self._abort(s, f"client {peer}: {e}")
+            return
         log.info("factory %s: proposed to %d clients", r.instance_id[:16], len(r.clients))
 
     def _deadline(self) -> float:
@@ -255,7 +258,7 @@ class LspRole:
     def on_payload(self, instance: str, peer: str, p: protocol.Payload) -> None:
         s = self._sessions[instance]
         r = s.record
-        index = next((i for i, c in enumerate(r.clients) if c.node_id == peer), None)
+        index = s.index_of.get(peer)
         if index is None:
             # Only participants may disturb a factory: a stranger's message is dropped, not fatal.
             peer_log.warning(
@@ -272,10 +275,7 @@ class LspRole:
             self._on_accept(s, index, p)
         elif isinstance(p, protocol.Ceremony) and r.state is store.LspState.SIGNING:
             assert s.coordinator is not None
-            for c, data in s.coordinator.receive(index, p.message).items():
-                self._peers.send(
-                    r.clients[c].node_id, protocol.Ceremony(bytes.fromhex(r.instance_id), data)
-                )
+            self._send_ceremony(s, s.coordinator.receive(index, p.message))
         elif isinstance(p, protocol.Stored) and r.state is store.LspState.SIGNING:
             self._on_stored(s, index, p)
         else:
@@ -290,7 +290,9 @@ class LspRole:
             raise CeremonyError("its factory key is the LSP's own key")
         if any(c.pubkey == key for c in s.record.clients):
             raise CeremonyError("its factory key is already another client's")
-        self._update_client(s, index, pubkey=p.client_pubkey.hex())
+        # In memory: nothing sent depends on it before the OPENING record (every key) is
+        # persisted, and a restart before that aborts (the keys are not needed to clean up).
+        self._update_client(s, index, pubkey=key)
         if all(c.pubkey for c in s.record.clients):
             self._open_channels(s)
 
@@ -298,16 +300,28 @@ class LspRole:
         assert s.coordinator is not None
         if s.coordinator.state is not CoordinatorState.DONE or p.session != s.coordinator.session:
             raise CeremonyError("STORED before the ceremony finished")
+        # In memory: a restart while SIGNING aborts whatever was stored; the COMPLETING record
+        # (every client stored, the tree) is persisted before the funding is signed and sent.
         self._update_client(s, index, stored=True)
         if all(c.stored for c in s.record.clients):
             self._complete(s)
 
     def _update_client(self, s: LspSession, index: int, **changes: Any) -> None:
-        """Change one client's entry and persist (a restart then knows it)."""
+        """Change one client's entry in memory; the caller persists at the phase's end (one
+        record write per phase, not per client: a write is O(clients), so per client O(n^2))."""
         clients = list(s.record.clients)
         clients[index] = dataclasses.replace(clients[index], **changes)
         s.record = s.record.replace(clients=tuple(clients))
-        self._records.persist(s.record)
+
+    def _send_ceremony(self, s: LspSession, out: dict[int, bytes]) -> None:
+        """Ceremony messages to clients (by index), all at once."""
+        instance = bytes.fromhex(s.record.instance_id)
+        clients = s.record.clients
+        unreachable = self._peers.send_all(
+            [(clients[c].node_id, protocol.Ceremony(instance, data)) for c, data in out.items()]
+        )
+        if unreachable:
+            raise unreachable[0][1]
 
     # --- channels, signing, completion, funding -----------------------------------------------
 
@@ -343,8 +357,12 @@ class LspRole:
         instance = bytes.fromhex(r.instance_id)
         ewt = Topology.build(len(r.clients), r.params).ewt  # no keys needed: no second probe
         in_factory = blip56.ChannelInFactory(blip56.SUPERSCALAR_PROTOCOL_ID, instance, ewt)
-        for c in r.clients:  # each before its client's open_channel, on the same connection
-            self._peers.send(c.node_id, protocol.InFactory(instance, in_factory))
+        # Each before its client's open_channel, on the same connection.
+        unreachable = self._peers.send_all(
+            [(c.node_id, protocol.InFactory(instance, in_factory)) for c in r.clients]
+        )
+        if unreachable:
+            raise RpcFailed(f"client {unreachable[0][0]}: {unreachable[0][1]}")
         results = funding.per_client(
             r.clients,
             lambda c: funding.start_channel(self._node.rpc, c),
@@ -387,9 +405,7 @@ class LspRole:
         self._records.persist(r)
         if not self._complete_channels(s, factory, s.coordinator):
             return
-        instance = bytes.fromhex(r.instance_id)
-        for index, data in s.coordinator.start().items():
-            self._peers.send(r.clients[index].node_id, protocol.Ceremony(instance, data))
+        self._send_ceremony(s, s.coordinator.start())
 
     def _complete_channels(self, s: LspSession, factory: Factory, coordinator: Coordinator) -> bool:
         """`fundchannel_complete` for every client with its unsigned leaf (a leaf's txid does not
@@ -408,6 +424,7 @@ class LspRole:
         for i, x in enumerate(results):
             if not isinstance(x, RpcFailed):
                 self._update_client(s, i, channel_id=x)  # a restart (or abort) closes it
+        self._records.persist(s.record)  # every channel id, before any SIGN_REQUEST leaves
         failed = [x for x in results if isinstance(x, RpcFailed)]
         if failed:
             self._abort(s, str(failed[0]))
@@ -464,11 +481,9 @@ class LspRole:
         self._records.persist(r)
         txid = r.funding_txid or ""
         funded = protocol.Funded(bytes.fromhex(r.instance_id), txid, r.funding_vout or 0)
-        for c in r.clients:
-            try:
-                self._peers.send(c.node_id, funded)
-            except Exception as e:  # a client offline now learns it from the chain later
-                log.info("could not tell %s about the funding: %s", c.node_id, why(e))
+        # A client offline now learns it from the chain later.
+        for peer, e in self._peers.send_all([(c.node_id, funded) for c in r.clients]):
+            log.info("could not tell %s about the funding: %s", peer, why(e))
         log.info("factory %s funded: %s", r.instance_id[:16], txid)
         self._guards.refresh()
         s.mark("fund")
@@ -493,13 +508,13 @@ class LspRole:
         if s.coordinator is not None:
             s.coordinator.abort(reason)
         ids = [c.node_id for c in r.clients]
-        for c in r.clients:
-            told = reason_for(c.node_id, reason, ids)
-            abort = protocol.Text(protocol.PayloadType.ABORT, bytes.fromhex(r.instance_id), told)
-            try:
-                self._peers.send(c.node_id, abort)
-            except Exception as e:
-                log.info("could not tell %s about the abort: %s", c.node_id, why(e))
+        instance = bytes.fromhex(r.instance_id)
+        aborts = [
+            (c, protocol.Text(protocol.PayloadType.ABORT, instance, reason_for(c, reason, ids)))
+            for c in ids
+        ]
+        for peer, e in self._peers.send_all(aborts):
+            log.info("could not tell %s about the abort: %s", peer, why(e))
         if s.reply is not None:
             s.reply.set_exception(
                 rpc_exception(CeremonyError(f"factory creation failed: {reason}"))
