@@ -139,13 +139,14 @@ def create(
 
 
 @contextlib.contextmanager
-def profiled(pid: int, out: Path | None) -> Iterator[None]:
-    """py-spy (sampling, every thread, idle included) on `pid` while the block runs."""
+def profiled(pid: int, out: Path | None, idle: bool = True) -> Iterator[None]:
+    """py-spy (sampling, every thread, idle included or not) on `pid` while the block runs."""
     if out is None:
         yield
         return
     spy = ROOT / ".venv" / "bin" / "py-spy"
-    cmd = [str(spy), "record", "--pid", str(pid), "--rate", "250", "--idle", "--threads"]
+    cmd = [str(spy), "record", "--pid", str(pid), "--rate", "250", "--threads"]
+    cmd += ["--idle"] if idle else []
     cmd += ["--format", "raw", "--output", str(out), "--nonblocking"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)  # py-spy attaches
@@ -162,8 +163,10 @@ def measure(n_clients: int, base: Path, profile: Path | None = None) -> dict[str
         del ids  # every node answers: started
         lsp_plugin = plugin_pid(lsp.proc.pid)
         out = None if profile is None else profile / f"lsp-{n_clients}.txt"
+        out_client = None if profile is None else profile / f"client0-cpu-{n_clients}.txt"
         before = cpu_by_kind(lsp.proc.pid, [c.proc.pid for c in clients])
-        with profiled(lsp_plugin, out):
+        client0 = plugin_pid(clients[0].proc.pid)
+        with profiled(lsp_plugin, out), profiled(client0, out_client, idle=False):
             result, wall = create(lsp, clients)
         after = cpu_by_kind(lsp.proc.pid, [c.proc.pid for c in clients])
         cpu = {k: round(after[k] - before.get(k, 0.0), 2) for k in after}
@@ -187,12 +190,13 @@ plugin.run()
 """
 
 
-def floor(n_clients: int, base: Path, parallel: int = 8) -> dict[str, Any]:
+def floor(n_clients: int, base: Path, parallel: Sequence[int] = (8,)) -> list[dict[str, float]]:
     """lightningd's own floor: the same `fundchannel_start` and `fundchannel_complete` calls the
     creation makes (the same zero-conf channel type, push and reserve, `parallel` at once), with
     no superscalar plugin on any node: each client runs only a 5-line plugin accepting zero-conf
     opens, and every channel is completed with a PSBT paying its script from a made-up input
-    (never broadcast). Wall seconds per phase."""
+    (never broadcast). Wall seconds per phase, one round (a new channel with every client) per
+    value of `parallel`, on the same nodes."""
     from superscalar_plugin.engine.store import ClientEntry
     from superscalar_plugin.engine.tree import UnsignedNodeTx
     from superscalar_plugin.engine.tx import Tx, TxIn, TxOut
@@ -219,21 +223,44 @@ def floor(n_clients: int, base: Path, parallel: int = 8) -> dict[str, Any]:
         def complete(i: int, node_id: str, script: str) -> None:
             tx = Tx(
                 2,
-                (TxIn(hashlib.sha256(b"%d" % i).hexdigest(), 1, 0xFFFFFFFD),),
+                (TxIn(hashlib.sha256(b"%d" % i).hexdigest(), 1 + len(rounds), 0xFFFFFFFD),),
                 (TxOut(200_000, bytes.fromhex(script)),),
                 0,
             )
             utx = UnsignedNodeTx(0, tx, 201_000, b"\x51\x20" + bytes(32))
             rpc.call("fundchannel_complete", {"id": node_id, "psbt": leaf_psbt(utx)})
 
-        with ThreadPoolExecutor(parallel) as pool:
-            t = time.perf_counter()
-            scripts = list(pool.map(start, ids))
-            t_start = time.perf_counter() - t
-            t = time.perf_counter()
-            list(pool.map(complete, range(len(ids)), ids, scripts))
-            t_complete = time.perf_counter() - t
-        return {"fundchannel_start": t_start, "fundchannel_complete": t_complete}
+        rounds: list[dict[str, float]] = []
+        tracer = None
+        if os.environ.get("BENCH_STRACE"):  # where the LSP's lightningd waits (syscalls)
+            tracer = subprocess.Popen(
+                [
+                    "strace",
+                    "-f",
+                    "-c",
+                    "-w",
+                    "-o",
+                    os.environ["BENCH_STRACE"],
+                    "-p",
+                    str(lsp.proc.pid),
+                ]
+            )
+            time.sleep(1)
+        for p in parallel:
+            with ThreadPoolExecutor(p) as pool:
+                t = time.perf_counter()
+                scripts = list(pool.map(start, ids))
+                t_start = time.perf_counter() - t
+                t = time.perf_counter()
+                list(pool.map(complete, range(len(ids)), ids, scripts))
+                t_complete = time.perf_counter() - t
+            rounds.append(
+                {"parallel": p, "fundchannel_start": t_start, "fundchannel_complete": t_complete}
+            )
+        if tracer is not None:
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait()
+        return rounds
 
 
 def _line(r: dict[str, Any]) -> str:
@@ -282,7 +309,9 @@ def main() -> None:
     ap.add_argument(
         "--dir", type=Path, help="run the nodes in DIR (kept: logs) instead of a temp dir"
     )
-    ap.add_argument("--parallel", type=int, default=8, help="--floor: calls in flight")
+    ap.add_argument(
+        "--parallel", default="8", help="--floor: calls in flight, one round per value: 8,32,8"
+    )
     args = ap.parse_args()
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
@@ -291,13 +320,16 @@ def main() -> None:
         if reason is not None:
             raise SystemExit(reason)
         for n in args.sizes or SIZES:
+            parallel = [int(x) for x in args.parallel.split(",")]
             with tempfile.TemporaryDirectory(prefix="superscalar-floor-") as tmp:
-                f = floor(n, Path(tmp), args.parallel)
-            print(
-                f"  floor {n:3d} clients, {args.parallel} at once: "
-                + ", ".join(f"{k} {v:.2f} s" for k, v in f.items()),
-                flush=True,
-            )
+                rounds = floor(n, Path(tmp), parallel)
+            for f in rounds:
+                print(
+                    f"  floor {n:3d} clients, {f['parallel']:3.0f} at once: fundchannel_start"
+                    f" {f['fundchannel_start']:.2f} s, fundchannel_complete"
+                    f" {f['fundchannel_complete']:.2f} s",
+                    flush=True,
+                )
         return
     run(args.sizes or None, args.profile, args.dir)
 

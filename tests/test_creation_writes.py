@@ -69,9 +69,11 @@ def test_creation_writes_per_phase_and_before_what_depends_on_them(
     ]
     requests = [(i, peer) for i, peer, p in sent if _is_sign_request(p)]
     assert len(requests) == N_CLIENTS
-    for i, _ in requests:  # every channel id is stored before any client is asked to sign
+    ids = [c.node_id for c in clients]
+    for i, peer in requests:  # a client's channel id is stored before it is asked to sign
         record = last_write_before(i)
-        assert record["state"] == "signing" and all(c["channel_id"] for c in record["clients"])
+        assert record["state"] == "signing"
+        assert record["clients"][ids.index(peer)]["channel_id"]
     [broadcast] = [i for i, c in enumerate(calls) if c["method"] == "sendpsbt"]
     record = last_write_before(broadcast)  # the signed tree is stored before the funding leaves
     assert record["state"] == "completing" and record["tree"]
@@ -104,3 +106,34 @@ def test_send_all_tries_every_peer_and_names_each_failure() -> None:
     assert sorted(rpc.sent) == sorted(set(peers) - {"p3", "p7"})
     with pytest.raises(ValueError):  # one peer's two messages would race each other
         Peers(rpc).send_all([("p1", text), ("p1", text)])
+
+
+def test_per_client_hands_over_results_in_batches_while_others_run() -> None:
+    import threading
+
+    from superscalar_plugin.engine.store import ClientEntry
+    from superscalar_plugin.plugin.creation import funding
+    from superscalar_plugin.plugin.lightningd.runtime import RpcFailed
+
+    clients = [ClientEntry(f"c{i}", 100_000) for i in range(40)]
+    hang = threading.Event()
+
+    def call(c: ClientEntry) -> str:
+        i = int(c.node_id[1:])
+        if i == 39:
+            hang.wait(5)  # still out when the others are done: no batch waits for it
+        if i == 7:
+            raise RpcFailed("refused")
+        time.sleep(0.002 * (i % 5))
+        return f"id{i}"
+
+    batches: list[dict[int, Any]] = []
+    results = funding.per_client(clients, call, "x", 0.5, batches.append, 16)
+    hang.set()
+    sizes = [len(b) for b in batches]
+    assert sizes[:2] == [16, 16] and sum(sizes) == 39  # the hung one never came
+    assert sorted(i for b in batches for i in b) == list(range(39))
+    assert all(b[i] == f"id{i}" for b in batches for i in b if i != 7)
+    assert isinstance(results[7], RpcFailed) and isinstance(results[39], RpcFailed)
+    assert "did not return within" in str(results[39])
+    assert results[:7] == [f"id{i}" for i in range(7)]

@@ -31,11 +31,11 @@ from ...engine.errors import CeremonyError, InvalidParameter
 from ...engine.tree import ClientSlot, Factory, FactoryParams, Topology
 from ..lightningd import address, psbt as psbtmod
 from ..lightningd.guards import Guards
-from ..lightningd.node import Node
+from ..lightningd.node import ChannelsUnavailable, Node
 from ..lightningd.peers import Peers
 from ..lightningd.ratelimit import LogLimiter
 from ..lightningd.records import Records
-from ..lightningd.runtime import Reply, RpcFailed, fail, rpc_exception, why
+from ..lightningd.runtime import PeerUnreachable, Reply, RpcFailed, fail, rpc_exception, why
 from ..operator import events
 from ..operator.status import StatusView
 from . import funding
@@ -43,6 +43,8 @@ from . import funding
 log = logging.getLogger("superscalar")
 peer_log = LogLimiter(log)  # what a peer can trigger at will: once a minute per peer
 
+# Record writes while the channels complete (each write is the whole record: O(n) each).
+COMPLETE_WRITES = 8
 COMPLETING_PATIENCE = 144  # blocks after creation to wait for a funding sent before a restart
 
 
@@ -403,34 +405,46 @@ class LspRole:
         states = dw.initial_states(factory.topology)
         s.coordinator = Coordinator(factory, lsp_key, (txid, vout), states)
         self._records.persist(r)
-        if not self._complete_channels(s, factory, s.coordinator):
-            return
-        self._send_ceremony(s, s.coordinator.start())
+        self._complete_channels(s, factory, s.coordinator)
 
-    def _complete_channels(self, s: LspSession, factory: Factory, coordinator: Coordinator) -> bool:
+    def _complete_channels(self, s: LspSession, factory: Factory, coordinator: Coordinator) -> None:
         """`fundchannel_complete` for every client with its unsigned leaf (a leaf's txid does not
-        depend on witnesses) BEFORE the ceremony: a client gives no nonce until its own node holds
-        that channel (`nodedb`). False if one failed (the creation is then aborted)."""
+        depend on witnesses) BEFORE its part of the ceremony: a client gives no nonce until its
+        own node holds that channel (`nodedb`). Each batch of completed channels is persisted
+        (their ids: a restart or an abort closes them), then those clients get their
+        SIGN_REQUEST while the other channels complete. One failure aborts the creation."""
         leaves = {
             c.node_id: coordinator.txs[factory.topology.leaf_of_client[i]]
             for i, c in enumerate(s.record.clients)
         }
+        requests = coordinator.start()
+        unreachable: list[Exception] = []
+
+        def on_batch(done: dict[int, str | RpcFailed]) -> None:
+            for i, x in done.items():
+                if not isinstance(x, RpcFailed):
+                    self._update_client(s, i, channel_id=x)
+            self._records.persist(s.record)  # before any SIGN_REQUEST that depends on it
+            if unreachable or any(isinstance(x, RpcFailed) for x in done.values()):
+                return  # the creation aborts: no client is asked to sign any more
+            try:
+                self._send_ceremony(s, {i: requests[i] for i in done})
+            except PeerUnreachable as e:
+                unreachable.append(e)
+
         results = funding.per_client(
             s.record.clients,
             lambda c: funding.complete_channel(self._node.rpc, c, leaves[c.node_id]),
             "fundchannel_complete",
             self._node.config.ceremony_timeout,
+            on_batch,
+            max(funding.PARALLEL_PEERS, -(-len(s.record.clients) // COMPLETE_WRITES)),
         )
-        for i, x in enumerate(results):
-            if not isinstance(x, RpcFailed):
-                self._update_client(s, i, channel_id=x)  # a restart (or abort) closes it
-        self._records.persist(s.record)  # every channel id, before any SIGN_REQUEST leaves
-        failed = [x for x in results if isinstance(x, RpcFailed)]
+        failed = [x for x in results if isinstance(x, RpcFailed)] + unreachable
         if failed:
             self._abort(s, str(failed[0]))
-            return False
+            return
         s.mark("fundchannel_complete")
-        return True
 
     def _complete(self, s: LspSession) -> None:
         """Every client stored its path: keep the signed tree, then fund (every channel was
@@ -485,11 +499,15 @@ class LspRole:
         for peer, e in self._peers.send_all([(c.node_id, funded) for c in r.clients]):
             log.info("could not tell %s about the funding: %s", peer, why(e))
         log.info("factory %s funded: %s", r.instance_id[:16], txid)
-        self._guards.refresh()
+        try:  # one listing for the guards and the reply (O(channels) each)
+            listed: dict[str, dict[str, Any]] | None = self._node.channels()
+        except ChannelsUnavailable:
+            listed = None  # the guards keep their rules; the reply shows no channel state
+        self._guards.refresh(listed)
         s.mark("fund")
         events.factory_created(r.instance_id, [c.node_id for c in r.clients], txid, s.timings)
         if s.reply is not None:
-            s.reply.set_result({**self._view.of(r), "timings": s.timings})
+            s.reply.set_result({**self._view.of(r, listed or {}), "timings": s.timings})
             s.reply = None
 
     # --- abort --------------------------------------------------------------------------------
