@@ -2,7 +2,8 @@
 (the phases the LSP reports in the command's `timings`), the CPU each kind of process spent during
 it, and the plugin's resident memory on the LSP and on a client node.
 
-`make bench` runs 4, 16 and 64 clients (and 128 with `SUPERSCALAR_BENCH_128=1`). By hand:
+`make bench` runs 4, 16 and 64 clients (and 128 with `SUPERSCALAR_BENCH_128=1`; lightningd's
+own floor for the same channel calls beside 64 and up with `SUPERSCALAR_BENCH_FLOOR=1`). By hand:
 
     .venv/bin/python bench/real_create.py 32 64            # sizes
     .venv/bin/python bench/real_create.py 32 --profile DIR  # py-spy of the LSP's plugin
@@ -42,7 +43,8 @@ SIZES = (4, 16, 64)
 LARGE = 128  # added with SUPERSCALAR_BENCH_128=1 (129 nodes: minutes of set-up)
 TARGETS_S = {64: 4.0, 128: 8.0}  # issue 17, on a 2-core machine
 CLIENT_RSS_TARGET_MB = 60.0
-START_BATCH = 16  # lightningd nodes started at once
+START_BATCH = 16
+FLOOR_FROM = 64  # SUPERSCALAR_BENCH_FLOOR=1: lightningd's floor beside these sizes  # lightningd nodes started at once
 
 
 def _bitcoind_on_path() -> bool:
@@ -297,8 +299,24 @@ def run(
             with tempfile.TemporaryDirectory(prefix="superscalar-bench-") as tmp:
                 r = measure(n, Path(tmp), profile)
         print(_line(r), flush=True)
+        if os.environ.get("SUPERSCALAR_BENCH_FLOOR") and n >= FLOOR_FROM:
+            with tempfile.TemporaryDirectory(prefix="superscalar-floor-") as tmp:
+                [f] = floor(n, Path(tmp))
+            r["floor"] = f
+            print(_floor_line(r), flush=True)
         out.append(r)
     return out
+
+
+def _floor_line(r: dict[str, Any]) -> str:
+    f, t = r["floor"], r["timings"]
+    return (
+        f"      lightningd's floor (same calls, no plugin; separate nodes, {f['parallel']} at"
+        f" once): fundchannel_start {f['fundchannel_start']:.2f} s"
+        f" (creation {t.get('fundchannel_start', 0) / f['fundchannel_start']:.2f}x),"
+        f" fundchannel_complete {f['fundchannel_complete']:.2f} s"
+        f" (creation {t.get('fundchannel_complete', 0) / f['fundchannel_complete']:.2f}x)"
+    )
 
 
 def main() -> None:
