@@ -22,6 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +46,8 @@ peer_log = LogLimiter(log)  # what a peer can trigger at will: once a minute per
 
 # Record writes while the channels complete (each write is the whole record: O(n) each).
 COMPLETE_WRITES = 8
-COMPLETING_PATIENCE = 144  # blocks after creation to wait for a funding sent before a restart
+COMPLETING_PATIENCE = 144
+ABORT_WAIT = 10.0  # seconds an abort waits for the fundchannel_start calls in flight  # blocks after creation to wait for a funding sent before a restart
 
 
 @dataclass
@@ -59,6 +61,9 @@ class LspSession:
     coordinator: Coordinator | None = None
     opened: set[int] = field(default_factory=set)
     index_of: dict[str, int] = field(default_factory=dict)  # client node id -> its index
+    scripts: dict[int, str] = field(default_factory=dict)  # started channels' funding scripts
+    pool: ThreadPoolExecutor | None = None  # the fundchannel_start calls in flight
+    starts: list[Future[None]] = field(default_factory=list)
     # Where the creation's time goes (seconds per phase), returned with factory-create.
     timings: dict[str, float] = field(default_factory=dict)
     last_mark: float = field(default_factory=time.monotonic)
@@ -158,6 +163,9 @@ class LspRole:
         if r.state is store.LspState.PROPOSING:
             waiting = [c.node_id for c in r.clients if c.pubkey is None]
             step = "accept the proposal"
+        elif r.state is store.LspState.OPENING:
+            waiting = [c.node_id for i, c in enumerate(r.clients) if i not in s.scripts]
+            step = "answer fundchannel_start"
         elif r.state is store.LspState.SIGNING and s.coordinator is not None:
             if s.coordinator.state is CoordinatorState.DONE:
                 waiting = [c.node_id for c in r.clients if not c.stored]
@@ -295,8 +303,12 @@ class LspRole:
         # In memory: nothing sent depends on it before the OPENING record (every key) is
         # persisted, and a restart before that aborts (the keys are not needed to clean up).
         self._update_client(s, index, pubkey=key)
+        self._start_channel(s, index)
         if all(c.pubkey for c in s.record.clients):
-            self._open_channels(s)
+            s.mark("propose_accept")
+            s.record = s.record.replace(state=store.LspState.OPENING)
+            self._records.persist(s.record)
+            self._open_channels(s)  # now, if every channel is started already
 
     def _on_stored(self, s: LspSession, index: int, p: protocol.Stored) -> None:
         assert s.coordinator is not None
@@ -327,18 +339,55 @@ class LspRole:
 
     # --- channels, signing, completion, funding -----------------------------------------------
 
+    def _start_channel(self, s: LspSession, index: int) -> None:
+        """A client accepted: `channel_in_factory`, then its `fundchannel_start` in the
+        background (PARALLEL_PEERS at once) while the others still decide; the result comes
+        back to the worker (`_on_started`)."""
+        r = s.record
+        c = r.clients[index]
+        instance = bytes.fromhex(r.instance_id)
+        ewt = Topology.build(len(r.clients), r.params).ewt  # no keys needed: no second probe
+        in_factory = blip56.ChannelInFactory(blip56.SUPERSCALAR_PROTOCOL_ID, instance, ewt)
+        # Before its client's open_channel, on the same connection.
+        self._peers.send(c.node_id, protocol.InFactory(instance, in_factory))
+        s.opened.add(index)  # a late or failed open is cancelled too on abort
+        if s.pool is None:
+            s.pool = ThreadPoolExecutor(max_workers=funding.PARALLEL_PEERS)
+
+        def start() -> None:
+            try:
+                result: str | RpcFailed = funding.start_channel(self._node.rpc, c)
+            except Exception as e:  # our bug: the creation aborts, naming it
+                result = RpcFailed(f"client {c.node_id}: fundchannel_start: internal error {e!r}")
+            self._submit(lambda: self._on_started(s, index, result))
+
+        s.starts.append(s.pool.submit(start))
+
+    def _on_started(self, s: LspSession, index: int, result: str | RpcFailed) -> None:
+        node_id = s.record.clients[index].node_id
+        if self._sessions.get(s.record.instance_id) is not s or s.record.state not in (
+            store.LspState.PROPOSING,
+            store.LspState.OPENING,
+        ):
+            if not isinstance(result, RpcFailed):  # an open the abort could not cancel yet
+                funding.cancel(self._node.rpc, node_id)
+            return
+        if isinstance(result, RpcFailed):
+            self._abort(s, str(result))
+            return
+        s.scripts[index] = result
+        s.deadline = self._deadline()  # progress
+        self._open_channels(s)
+
     def _open_channels(self, s: LspSession) -> None:
-        """Every client accepted: open its channel, build the tree on the channels' scripts,
-        add the funding output and start the signing ceremony."""
-        s.mark("propose_accept")
-        s.record = s.record.replace(state=store.LspState.OPENING)
-        self._records.persist(s.record)
-        try:
-            scripts = self._start_channels(s)
-        except RpcFailed as e:
-            self._abort(s, str(e))
+        """Once every client accepted and every channel is started: build the tree on the
+        channels' scripts, add the funding output and start the signing ceremony."""
+        if s.record.state is not store.LspState.OPENING or len(s.scripts) < len(s.record.clients):
             return
         s.mark("fundchannel_start")
+        if s.pool is not None:
+            s.pool.shutdown(wait=False)
+        scripts = [s.scripts[i] for i in range(len(s.record.clients))]
         factory = self._factory_on(s.record, scripts)
         if factory.funding_amount != s.record.funding_amount:
             self._abort(s, "channel scripts changed the funding amount (non-P2WSH channel?)")
@@ -352,30 +401,6 @@ class LspRole:
             self._abort(s, str(e))
             return
         self._start_signing(s, factory, scripts, funding_psbt, vout)
-
-    def _start_channels(self, s: LspSession) -> list[str]:
-        """Per client: `channel_in_factory`, then `fundchannel_start`; the channels' scripts."""
-        r = s.record
-        instance = bytes.fromhex(r.instance_id)
-        ewt = Topology.build(len(r.clients), r.params).ewt  # no keys needed: no second probe
-        in_factory = blip56.ChannelInFactory(blip56.SUPERSCALAR_PROTOCOL_ID, instance, ewt)
-        # Each before its client's open_channel, on the same connection.
-        unreachable = self._peers.send_all(
-            [(c.node_id, protocol.InFactory(instance, in_factory)) for c in r.clients]
-        )
-        if unreachable:
-            raise RpcFailed(f"client {unreachable[0][0]}: {unreachable[0][1]}")
-        results = funding.per_client(
-            r.clients,
-            lambda c: funding.start_channel(self._node.rpc, c),
-            "fundchannel_start",
-            self._node.config.ceremony_timeout,
-        )
-        s.opened.update(range(len(results)))  # a late or failed open is cancelled too on abort
-        failed = [x for x in results if isinstance(x, RpcFailed)]
-        if failed:
-            raise failed[0]
-        return [x for x in results if isinstance(x, str)]
 
     def _factory_on(self, r: store.LspRecord, scripts: list[str]) -> Factory:
         slots = [
@@ -519,6 +544,9 @@ class LspRole:
         r = s.record
         if r.state in (store.LspState.FUNDED, store.LspState.ABORTED):
             return
+        if s.pool is not None:  # the opens in flight first, so they are cancelled below
+            s.pool.shutdown(wait=False, cancel_futures=True)
+            wait(s.starts, timeout=min(ABORT_WAIT, self._node.config.ceremony_timeout))
         funding.release(self._node.rpc, r, s.opened)
         s.record = r.replace(state=store.LspState.ABORTED, error=reason)
         self._records.persist(s.record)
