@@ -348,15 +348,17 @@ class LspRole:
         instance = bytes.fromhex(r.instance_id)
         ewt = Topology.build(len(r.clients), r.params).ewt  # no keys needed: no second probe
         in_factory = blip56.ChannelInFactory(blip56.SUPERSCALAR_PROTOCOL_ID, instance, ewt)
-        # Before its client's open_channel, on the same connection.
-        self._peers.send(c.node_id, protocol.InFactory(instance, in_factory))
         s.opened.add(index)  # a late or failed open is cancelled too on abort
         if s.pool is None:
             s.pool = ThreadPoolExecutor(max_workers=funding.PARALLEL_PEERS)
 
         def start() -> None:
             try:
+                # Before its client's open_channel, on the same connection.
+                self._peers.send(c.node_id, protocol.InFactory(instance, in_factory))
                 result: str | RpcFailed = funding.start_channel(self._node.rpc, c)
+            except PeerUnreachable as e:
+                result = RpcFailed(f"client {c.node_id}: {e}")
             except Exception as e:  # our bug: the creation aborts, naming it
                 result = RpcFailed(f"client {c.node_id}: fundchannel_start: internal error {e!r}")
             self._submit(lambda: self._on_started(s, index, result))
