@@ -103,7 +103,7 @@ def stack(
                 node.launch()
                 nodes.append(node)
             for node in batch:
-                node.wait_started()
+                _wait_started(node)
         bitcoind.wallet.call("sendtoaddress", lsp.cli("newaddr", "bech32")["bech32"], 1)
         bitcoind.mine(6)
         with ThreadPoolExecutor(8) as pool:
@@ -119,6 +119,24 @@ def stack(
         for node in reversed(nodes):
             node.stop()
         bitcoind.stop()
+
+
+def _wait_started(node: Any) -> None:
+    """A node up; once more on another port if its port was taken meanwhile (other nodes of the
+    machine pick free ports too)."""
+    from superscalar_plugin.chain.bitcoind import free_port
+
+    try:
+        node.wait_started()
+    except SystemExit:
+        if node.proc is None or node.proc.poll() is None:
+            raise
+        node.port = free_port()
+        node.options = [
+            f"--addr=127.0.0.1:{node.port}" if o.startswith("--addr=") else o for o in node.options
+        ]
+        node.launch()
+        node.wait_started()
 
 
 def create(
