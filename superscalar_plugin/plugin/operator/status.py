@@ -68,18 +68,7 @@ class StatusView:
             "role": "lsp",
             **factory_view(record, self._node.height, cfg.dying_blocks, cfg.exit_margin),
         }
-        if record.sweeps:
-            confirmed = dict(record.confirmed)
-            view["sweeps"] = [
-                {"outpoint": o, "txid": txid_of(raw), "confirmed": txid_of(raw) in confirmed}
-                for o, raw in record.sweeps
-            ]
-        view["funding"] = {
-            "txid": record.funding_txid,
-            "vout": record.funding_vout,
-            "amount_sat": record.funding_amount,
-            "confirmations": self._confirmations(record, record.funding_txid),
-        }
+        view.update(self._funding_view(record))
         channels = self._shown_channels() if channels is None else channels
         states = {e.node: e.state for e in record.tree}
         per_client, view["onchain"] = lsp_onchain_view(record, topo)
@@ -121,6 +110,22 @@ class StatusView:
             }
             for o in record.orders
         ]
+        return view
+
+    def _funding_view(self, record: store.LspRecord) -> dict[str, Any]:
+        view: dict[str, Any] = {}
+        if record.sweeps:
+            confirmed = dict(record.confirmed)
+            view["sweeps"] = [
+                {"outpoint": o, "txid": txid_of(raw), "confirmed": txid_of(raw) in confirmed}
+                for o, raw in record.sweeps
+            ]
+        view["funding"] = {
+            "txid": record.funding_txid,
+            "vout": record.funding_vout,
+            "amount_sat": record.funding_amount,
+            "confirmations": self._confirmations(record, record.funding_txid),
+        }
         return view
 
     def _shown_channels(self) -> dict[str, dict[str, Any]]:
