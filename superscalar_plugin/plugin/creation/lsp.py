@@ -165,7 +165,9 @@ class LspRole:
             step = "accept the proposal"
         elif r.state is store.LspState.OPENING:
             waiting = [c.node_id for i, c in enumerate(r.clients) if i not in s.scripts]
-            step = "answer fundchannel_start"
+            timeout = self._node.config.ceremony_timeout
+            who = ", ".join(waiting) if waiting else "a peer"
+            return f"client {who}: fundchannel_start did not return within {timeout:g} s"
         elif r.state is store.LspState.SIGNING and s.coordinator is not None:
             if s.coordinator.state is CoordinatorState.DONE:
                 waiting = [c.node_id for c in r.clients if not c.stored]
