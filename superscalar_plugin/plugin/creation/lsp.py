@@ -44,8 +44,6 @@ from . import funding
 log = logging.getLogger("superscalar")
 peer_log = LogLimiter(log)  # what a peer can trigger at will: once a minute per peer
 
-# Record writes while the channels complete (each write is the whole record: O(n) each).
-COMPLETE_WRITES = 8
 COMPLETING_PATIENCE = 144
 ABORT_WAIT = 10.0  # seconds an abort waits for the fundchannel_start calls in flight  # blocks after creation to wait for a funding sent before a restart
 
@@ -439,9 +437,9 @@ class LspRole:
     def _complete_channels(self, s: LspSession, factory: Factory, coordinator: Coordinator) -> None:
         """`fundchannel_complete` for every client with its unsigned leaf (a leaf's txid does not
         depend on witnesses) BEFORE its part of the ceremony: a client gives no nonce until its
-        own node holds that channel (`nodedb`). Each batch of completed channels is persisted
-        (their ids: a restart or an abort closes them), then those clients get their
-        SIGN_REQUEST while the other channels complete. One failure aborts the creation."""
+        own node holds that channel (`nodedb`). The completed channels' ids are persisted in one
+        write (a restart or an abort closes them), then their clients get their SIGN_REQUEST.
+        One failure aborts the creation."""
         leaves = {
             c.node_id: coordinator.txs[factory.topology.leaf_of_client[i]]
             for i, c in enumerate(s.record.clients)
@@ -467,7 +465,9 @@ class LspRole:
             "fundchannel_complete",
             self._node.config.ceremony_timeout,
             on_batch,
-            max(funding.PARALLEL_PEERS, -(-len(s.record.clients) // COMPLETE_WRITES)),
+            # One batch: SIGN_REQUESTs sent while channels still complete slowed lightningd's
+            # completes more than they saved (64 clients: 4.5-4.9 s against 3.6-4.2 s).
+            len(s.record.clients),
         )
         failed = [x for x in results if isinstance(x, RpcFailed)] + unreachable
         if failed:
