@@ -13,7 +13,9 @@ with 2 and 4 co-signers: through the harness (bench/sale_wire.py) and on real li
 Handover (`--handover` alone): on-chain vB of the LSP's key-path spend of a factory whose clients
 all handed over their keys, beside every client's unilateral exit (bench/handover_size.py).
 
-Real lightningd (when on PATH): factory-create's wall time and phases (bench/real_create.py);
+Real lightningd (when on PATH): factory-create at 4, 16, 64 clients (128 with
+SUPERSCALAR_BENCH_128=1): wall time, phases, CPU per process kind, plugin RSS on the LSP and a
+client, lightningd floor with SUPERSCALAR_BENCH_FLOOR=1 (bench/real_create.py);
 factory-migrate's wall time per client until the old factory is closed, and its key-path spend's
 vB beside the handover figures above (bench/real_migrate.py); what the channels every migration
 retires cost lightningd, up to 768 (64 clients, 12 monthly ladders: bench/real_retired.py;

@@ -55,6 +55,11 @@ class Node:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        self.launch()
+        self.wait_started()
+
+    def launch(self) -> None:
+        """Start lightningd without waiting for it (`wait_started` waits): many nodes at once."""
         # Its own session: a Ctrl-C in the terminal reaches this script only, which then stops
         # each node with `stop` (a SIGINT straight to lightningd kills it mid-flight, and its
         # plugins then complain about the lost RPC socket).
@@ -64,6 +69,9 @@ class Node:
             stderr=(self.dir / "stderr").open("wb"),
             start_new_session=True,
         )
+
+    def wait_started(self) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if (self.dir / "regtest" / "lightning-rpc").exists():

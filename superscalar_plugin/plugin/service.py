@@ -146,6 +146,8 @@ class FactoryService:
         self.funding = FundingCheck(self.node, self.records, self.guards, self.worker.submit)
         self.onchain.funding_check = self.funding.on_block
         self.ready = threading.Event()
+        self._refresh_lock = threading.Lock()
+        self._refresh_queued = False  # a channel change's guards refresh waits on the worker
 
     @property
     def config(self) -> Config:
@@ -314,7 +316,19 @@ class FactoryService:
         self.peers.disconnected(peer)
 
     def on_channel_change(self) -> None:
-        self.worker.submit(self.guards.refresh)
+        """Dispatch thread. One refresh queued at a time: a creation changes 3 states per
+        channel, and each refresh lists every channel (O(n) each, O(n^2) a creation); one that
+        starts after the last change sees it."""
+        with self._refresh_lock:
+            if self._refresh_queued:
+                return
+            self._refresh_queued = True
+        self.worker.submit(self._refresh_guards)
+
+    def _refresh_guards(self) -> None:
+        with self._refresh_lock:
+            self._refresh_queued = False
+        self.guards.refresh()
 
     def on_block(self, height: int) -> None:
         self.node.raise_height(height)

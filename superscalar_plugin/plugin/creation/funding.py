@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import TypeVar
 
 from ...engine import store
@@ -53,12 +53,17 @@ def per_client(
     call: Callable[[store.ClientEntry], T],
     what: str,
     timeout: float,
+    on_batch: Callable[[dict[int, T | RpcFailed]], None] | None = None,
+    batch: int = 1,
 ) -> list[T | RpcFailed]:
     """`call` for every client, up to PARALLEL_PEERS at once: each is a round trip to a different
     peer through lightningd, independent of the others (pyln's RPC opens a connection per call).
     Results in the clients' order; a refusal is returned in its place, not raised, and so is a
     client whose round trip has not returned after `timeout` seconds (a peer that never answers
-    must not hold the LSP's worker: its call is left behind, and the abort cancels it)."""
+    must not hold the LSP's worker: its call is left behind, and the abort cancels it).
+
+    `on_batch`, on the caller's thread, gets the results by client index as they come, at least
+    `batch` at a time (the last batch may be smaller), while the other calls are in flight."""
 
     def one(c: store.ClientEntry) -> T | RpcFailed:
         try:
@@ -69,7 +74,7 @@ def per_client(
     pool = ThreadPoolExecutor(max_workers=max(1, min(PARALLEL_PEERS, len(clients))))
     try:
         futures = [pool.submit(one, c) for c in clients]
-        wait(futures, timeout=timeout)
+        _collect(futures, timeout, on_batch, batch)
         return [
             f.result()
             if f.done()
@@ -78,6 +83,27 @@ def per_client(
         ]
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _collect(
+    futures: list[Future[T | RpcFailed]],
+    timeout: float,
+    on_batch: Callable[[dict[int, T | RpcFailed]], None] | None,
+    batch: int,
+) -> None:
+    """Wait for `futures` up to `timeout` seconds, handing finished results to `on_batch`."""
+    index = {f: i for i, f in enumerate(futures)}
+    done: dict[int, T | RpcFailed] = {}
+    try:
+        for f in as_completed(futures, timeout=timeout):
+            done[index[f]] = f.result()
+            if on_batch is not None and len(done) >= batch:
+                on_batch(done)
+                done = {}
+    except TimeoutError:
+        pass  # the caller names the clients still out
+    if on_batch is not None and done:
+        on_batch(done)
 
 
 def start_channel(

@@ -22,6 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,7 @@ from ...engine.errors import CeremonyError, InvalidParameter
 from ...engine.tree import ClientSlot, Factory, FactoryParams, Topology
 from ..lightningd import address, psbt as psbtmod
 from ..lightningd.guards import Guards
-from ..lightningd.node import Node
+from ..lightningd.node import ChannelsUnavailable, Node
 from ..lightningd.peers import Peers
 from ..lightningd.ratelimit import LogLimiter
 from ..lightningd.records import Records
@@ -43,7 +44,8 @@ from . import funding
 log = logging.getLogger("superscalar")
 peer_log = LogLimiter(log)  # what a peer can trigger at will: once a minute per peer
 
-COMPLETING_PATIENCE = 144  # blocks after creation to wait for a funding sent before a restart
+COMPLETING_PATIENCE = 144
+ABORT_WAIT = 10.0  # seconds an abort waits for the fundchannel_start calls in flight  # blocks after creation to wait for a funding sent before a restart
 
 
 @dataclass
@@ -56,9 +58,16 @@ class LspSession:
     factory: Factory | None = None
     coordinator: Coordinator | None = None
     opened: set[int] = field(default_factory=set)
+    index_of: dict[str, int] = field(default_factory=dict)  # client node id -> its index
+    scripts: dict[int, str] = field(default_factory=dict)  # started channels' funding scripts
+    pool: ThreadPoolExecutor | None = None  # the fundchannel_start calls in flight
+    starts: list[Future[None]] = field(default_factory=list)
     # Where the creation's time goes (seconds per phase), returned with factory-create.
     timings: dict[str, float] = field(default_factory=dict)
     last_mark: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.index_of = {c.node_id: i for i, c in enumerate(self.record.clients)}
 
     def mark(self, phase: str) -> None:
         now = time.monotonic()
@@ -152,6 +161,11 @@ class LspRole:
         if r.state is store.LspState.PROPOSING:
             waiting = [c.node_id for c in r.clients if c.pubkey is None]
             step = "accept the proposal"
+        elif r.state is store.LspState.OPENING:
+            waiting = [c.node_id for i, c in enumerate(r.clients) if i not in s.scripts]
+            timeout = self._node.config.ceremony_timeout
+            who = ", ".join(waiting) if waiting else "a peer"
+            return f"client {who}: fundchannel_start did not return within {timeout:g} s"
         elif r.state is store.LspState.SIGNING and s.coordinator is not None:
             if s.coordinator.state is CoordinatorState.DONE:
                 waiting = [c.node_id for c in r.clients if not c.stored]
@@ -229,22 +243,21 @@ class LspRole:
         instance = bytes.fromhex(r.instance_id)
         ewt = Topology.build(len(r.clients), r.params).ewt
         lsp_pub = bytes.fromhex(r.lsp_pubkey)
-        for i, entry in enumerate(r.clients):
-            propose = protocol.Propose(
-                instance,
-                i,
-                len(r.clients),
-                r.params,
-                r.timeout_height,
-                lsp_pub,
-                entry.channel_sat,
-                ewt,
+        n = len(r.clients)
+        proposals = [
+            (
+                c.node_id,
+                protocol.Propose(
+                    instance, i, n, r.params, r.timeout_height, lsp_pub, c.channel_sat, ewt
+                ),
             )
-            try:
-                self._peers.send(entry.node_id, propose)
-            except PeerUnreachable as e:
-                self._abort(s, f"client {entry.node_id}: {e}")
-                return
+            for i, c in enumerate(r.clients)
+        ]
+        unreachable = self._peers.send_all(proposals)
+        if unreachable:
+            peer, e = unreachable[0]
+            self._abort(s, f"client {peer}: {e}")
+            return
         log.info("factory %s: proposed to %d clients", r.instance_id[:16], len(r.clients))
 
     def _deadline(self) -> float:
@@ -255,7 +268,7 @@ class LspRole:
     def on_payload(self, instance: str, peer: str, p: protocol.Payload) -> None:
         s = self._sessions[instance]
         r = s.record
-        index = next((i for i, c in enumerate(r.clients) if c.node_id == peer), None)
+        index = s.index_of.get(peer)
         if index is None:
             # Only participants may disturb a factory: a stranger's message is dropped, not fatal.
             peer_log.warning(
@@ -272,10 +285,7 @@ class LspRole:
             self._on_accept(s, index, p)
         elif isinstance(p, protocol.Ceremony) and r.state is store.LspState.SIGNING:
             assert s.coordinator is not None
-            for c, data in s.coordinator.receive(index, p.message).items():
-                self._peers.send(
-                    r.clients[c].node_id, protocol.Ceremony(bytes.fromhex(r.instance_id), data)
-                )
+            self._send_ceremony(s, s.coordinator.receive(index, p.message))
         elif isinstance(p, protocol.Stored) and r.state is store.LspState.SIGNING:
             self._on_stored(s, index, p)
         else:
@@ -290,39 +300,96 @@ class LspRole:
             raise CeremonyError("its factory key is the LSP's own key")
         if any(c.pubkey == key for c in s.record.clients):
             raise CeremonyError("its factory key is already another client's")
-        self._update_client(s, index, pubkey=p.client_pubkey.hex())
+        # In memory: nothing sent depends on it before the OPENING record (every key) is
+        # persisted, and a restart before that aborts (the keys are not needed to clean up).
+        self._update_client(s, index, pubkey=key)
+        self._start_channel(s, index)
         if all(c.pubkey for c in s.record.clients):
-            self._open_channels(s)
+            s.mark("propose_accept")
+            s.record = s.record.replace(state=store.LspState.OPENING)
+            self._records.persist(s.record)
+            self._open_channels(s)  # now, if every channel is started already
 
     def _on_stored(self, s: LspSession, index: int, p: protocol.Stored) -> None:
         assert s.coordinator is not None
         if s.coordinator.state is not CoordinatorState.DONE or p.session != s.coordinator.session:
             raise CeremonyError("STORED before the ceremony finished")
+        # In memory: a restart while SIGNING aborts whatever was stored; the COMPLETING record
+        # (every client stored, the tree) is persisted before the funding is signed and sent.
         self._update_client(s, index, stored=True)
         if all(c.stored for c in s.record.clients):
             self._complete(s)
 
     def _update_client(self, s: LspSession, index: int, **changes: Any) -> None:
-        """Change one client's entry and persist (a restart then knows it)."""
+        """Change one client's entry in memory; the caller persists at the phase's end (one
+        record write per phase, not per client: a write is O(clients), so per client O(n^2))."""
         clients = list(s.record.clients)
         clients[index] = dataclasses.replace(clients[index], **changes)
         s.record = s.record.replace(clients=tuple(clients))
-        self._records.persist(s.record)
+
+    def _send_ceremony(self, s: LspSession, out: dict[int, bytes]) -> None:
+        """Ceremony messages to clients (by index), all at once."""
+        instance = bytes.fromhex(s.record.instance_id)
+        clients = s.record.clients
+        unreachable = self._peers.send_all(
+            [(clients[c].node_id, protocol.Ceremony(instance, data)) for c, data in out.items()]
+        )
+        if unreachable:
+            raise unreachable[0][1]
 
     # --- channels, signing, completion, funding -----------------------------------------------
 
+    def _start_channel(self, s: LspSession, index: int) -> None:
+        """A client accepted: `channel_in_factory`, then its `fundchannel_start` in the
+        background (PARALLEL_PEERS at once) while the others still decide; the result comes
+        back to the worker (`_on_started`)."""
+        r = s.record
+        c = r.clients[index]
+        instance = bytes.fromhex(r.instance_id)
+        ewt = Topology.build(len(r.clients), r.params).ewt  # no keys needed: no second probe
+        in_factory = blip56.ChannelInFactory(blip56.SUPERSCALAR_PROTOCOL_ID, instance, ewt)
+        s.opened.add(index)  # a late or failed open is cancelled too on abort
+        if s.pool is None:
+            s.pool = ThreadPoolExecutor(max_workers=funding.PARALLEL_PEERS)
+
+        def start() -> None:
+            try:
+                # Before its client's open_channel, on the same connection.
+                self._peers.send(c.node_id, protocol.InFactory(instance, in_factory))
+                result: str | RpcFailed = funding.start_channel(self._node.rpc, c)
+            except PeerUnreachable as e:
+                result = RpcFailed(f"client {c.node_id}: {e}")
+            except Exception as e:  # our bug: the creation aborts, naming it
+                result = RpcFailed(f"client {c.node_id}: fundchannel_start: internal error {e!r}")
+            self._submit(lambda: self._on_started(s, index, result))
+
+        s.starts.append(s.pool.submit(start))
+
+    def _on_started(self, s: LspSession, index: int, result: str | RpcFailed) -> None:
+        node_id = s.record.clients[index].node_id
+        if self._sessions.get(s.record.instance_id) is not s or s.record.state not in (
+            store.LspState.PROPOSING,
+            store.LspState.OPENING,
+        ):
+            if not isinstance(result, RpcFailed):  # an open the abort could not cancel yet
+                funding.cancel(self._node.rpc, node_id)
+            return
+        if isinstance(result, RpcFailed):
+            self._abort(s, str(result))
+            return
+        s.scripts[index] = result
+        s.deadline = self._deadline()  # progress
+        self._open_channels(s)
+
     def _open_channels(self, s: LspSession) -> None:
-        """Every client accepted: open its channel, build the tree on the channels' scripts,
-        add the funding output and start the signing ceremony."""
-        s.mark("propose_accept")
-        s.record = s.record.replace(state=store.LspState.OPENING)
-        self._records.persist(s.record)
-        try:
-            scripts = self._start_channels(s)
-        except RpcFailed as e:
-            self._abort(s, str(e))
+        """Once every client accepted and every channel is started: build the tree on the
+        channels' scripts, add the funding output and start the signing ceremony."""
+        if s.record.state is not store.LspState.OPENING or len(s.scripts) < len(s.record.clients):
             return
         s.mark("fundchannel_start")
+        if s.pool is not None:
+            s.pool.shutdown(wait=False)
+        scripts = [s.scripts[i] for i in range(len(s.record.clients))]
         factory = self._factory_on(s.record, scripts)
         if factory.funding_amount != s.record.funding_amount:
             self._abort(s, "channel scripts changed the funding amount (non-P2WSH channel?)")
@@ -336,26 +403,6 @@ class LspRole:
             self._abort(s, str(e))
             return
         self._start_signing(s, factory, scripts, funding_psbt, vout)
-
-    def _start_channels(self, s: LspSession) -> list[str]:
-        """Per client: `channel_in_factory`, then `fundchannel_start`; the channels' scripts."""
-        r = s.record
-        instance = bytes.fromhex(r.instance_id)
-        ewt = Topology.build(len(r.clients), r.params).ewt  # no keys needed: no second probe
-        in_factory = blip56.ChannelInFactory(blip56.SUPERSCALAR_PROTOCOL_ID, instance, ewt)
-        for c in r.clients:  # each before its client's open_channel, on the same connection
-            self._peers.send(c.node_id, protocol.InFactory(instance, in_factory))
-        results = funding.per_client(
-            r.clients,
-            lambda c: funding.start_channel(self._node.rpc, c),
-            "fundchannel_start",
-            self._node.config.ceremony_timeout,
-        )
-        s.opened.update(range(len(results)))  # a late or failed open is cancelled too on abort
-        failed = [x for x in results if isinstance(x, RpcFailed)]
-        if failed:
-            raise failed[0]
-        return [x for x in results if isinstance(x, str)]
 
     def _factory_on(self, r: store.LspRecord, scripts: list[str]) -> Factory:
         slots = [
@@ -385,35 +432,48 @@ class LspRole:
         states = dw.initial_states(factory.topology)
         s.coordinator = Coordinator(factory, lsp_key, (txid, vout), states)
         self._records.persist(r)
-        if not self._complete_channels(s, factory, s.coordinator):
-            return
-        instance = bytes.fromhex(r.instance_id)
-        for index, data in s.coordinator.start().items():
-            self._peers.send(r.clients[index].node_id, protocol.Ceremony(instance, data))
+        self._complete_channels(s, factory, s.coordinator)
 
-    def _complete_channels(self, s: LspSession, factory: Factory, coordinator: Coordinator) -> bool:
+    def _complete_channels(self, s: LspSession, factory: Factory, coordinator: Coordinator) -> None:
         """`fundchannel_complete` for every client with its unsigned leaf (a leaf's txid does not
-        depend on witnesses) BEFORE the ceremony: a client gives no nonce until its own node holds
-        that channel (`nodedb`). False if one failed (the creation is then aborted)."""
+        depend on witnesses) BEFORE its part of the ceremony: a client gives no nonce until its
+        own node holds that channel (`nodedb`). The completed channels' ids are persisted in one
+        write (a restart or an abort closes them), then their clients get their SIGN_REQUEST.
+        One failure aborts the creation."""
         leaves = {
             c.node_id: coordinator.txs[factory.topology.leaf_of_client[i]]
             for i, c in enumerate(s.record.clients)
         }
+        requests = coordinator.start()
+        unreachable: list[Exception] = []
+
+        def on_batch(done: dict[int, str | RpcFailed]) -> None:
+            for i, x in done.items():
+                if not isinstance(x, RpcFailed):
+                    self._update_client(s, i, channel_id=x)
+            self._records.persist(s.record)  # before any SIGN_REQUEST that depends on it
+            if unreachable or any(isinstance(x, RpcFailed) for x in done.values()):
+                return  # the creation aborts: no client is asked to sign any more
+            try:
+                self._send_ceremony(s, {i: requests[i] for i in done})
+            except PeerUnreachable as e:
+                unreachable.append(e)
+
         results = funding.per_client(
             s.record.clients,
             lambda c: funding.complete_channel(self._node.rpc, c, leaves[c.node_id]),
             "fundchannel_complete",
             self._node.config.ceremony_timeout,
+            on_batch,
+            # One batch: SIGN_REQUESTs sent while channels still complete slowed lightningd's
+            # completes more than they saved (64 clients: 4.5-4.9 s against 3.6-4.2 s).
+            len(s.record.clients),
         )
-        for i, x in enumerate(results):
-            if not isinstance(x, RpcFailed):
-                self._update_client(s, i, channel_id=x)  # a restart (or abort) closes it
-        failed = [x for x in results if isinstance(x, RpcFailed)]
+        failed = [x for x in results if isinstance(x, RpcFailed)] + unreachable
         if failed:
             self._abort(s, str(failed[0]))
-            return False
+            return
         s.mark("fundchannel_complete")
-        return True
 
     def _complete(self, s: LspSession) -> None:
         """Every client stored its path: keep the signed tree, then fund (every channel was
@@ -464,17 +524,19 @@ class LspRole:
         self._records.persist(r)
         txid = r.funding_txid or ""
         funded = protocol.Funded(bytes.fromhex(r.instance_id), txid, r.funding_vout or 0)
-        for c in r.clients:
-            try:
-                self._peers.send(c.node_id, funded)
-            except Exception as e:  # a client offline now learns it from the chain later
-                log.info("could not tell %s about the funding: %s", c.node_id, why(e))
+        # A client offline now learns it from the chain later.
+        for peer, e in self._peers.send_all([(c.node_id, funded) for c in r.clients]):
+            log.info("could not tell %s about the funding: %s", peer, why(e))
         log.info("factory %s funded: %s", r.instance_id[:16], txid)
-        self._guards.refresh()
+        try:  # one listing for the guards and the reply (O(channels) each)
+            listed: dict[str, dict[str, Any]] | None = self._node.channels()
+        except ChannelsUnavailable:
+            listed = None  # the guards keep their rules; the reply shows no channel state
+        self._guards.refresh(listed)
         s.mark("fund")
         events.factory_created(r.instance_id, [c.node_id for c in r.clients], txid, s.timings)
         if s.reply is not None:
-            s.reply.set_result({**self._view.of(r), "timings": s.timings})
+            s.reply.set_result({**self._view.of(r, listed or {}), "timings": s.timings})
             s.reply = None
 
     # --- abort --------------------------------------------------------------------------------
@@ -486,6 +548,9 @@ class LspRole:
         r = s.record
         if r.state in (store.LspState.FUNDED, store.LspState.ABORTED):
             return
+        if s.pool is not None:  # the opens in flight first, so they are cancelled below
+            s.pool.shutdown(wait=False, cancel_futures=True)
+            wait(s.starts, timeout=min(ABORT_WAIT, self._node.config.ceremony_timeout))
         funding.release(self._node.rpc, r, s.opened)
         s.record = r.replace(state=store.LspState.ABORTED, error=reason)
         self._records.persist(s.record)
@@ -493,13 +558,13 @@ class LspRole:
         if s.coordinator is not None:
             s.coordinator.abort(reason)
         ids = [c.node_id for c in r.clients]
-        for c in r.clients:
-            told = reason_for(c.node_id, reason, ids)
-            abort = protocol.Text(protocol.PayloadType.ABORT, bytes.fromhex(r.instance_id), told)
-            try:
-                self._peers.send(c.node_id, abort)
-            except Exception as e:
-                log.info("could not tell %s about the abort: %s", c.node_id, why(e))
+        instance = bytes.fromhex(r.instance_id)
+        aborts = [
+            (c, protocol.Text(protocol.PayloadType.ABORT, instance, reason_for(c, reason, ids)))
+            for c in ids
+        ]
+        for peer, e in self._peers.send_all(aborts):
+            log.info("could not tell %s about the abort: %s", peer, why(e))
         if s.reply is not None:
             s.reply.set_exception(
                 rpc_exception(CeremonyError(f"factory creation failed: {reason}"))

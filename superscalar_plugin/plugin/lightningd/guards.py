@@ -66,8 +66,9 @@ class Guards:
         except Exception as e:
             log.info("listconfigs unavailable (%s); using cltv-final 18, max locktime 2016", e)
 
-    def refresh(self) -> None:
-        """Map every factory channel's scid and alias to its rules (worker, off the hot path)."""
+    def refresh(self, listed: dict[str, dict[str, Any]] | None = None) -> None:
+        """Map every factory channel's scid and alias to its rules (worker, off the hot path).
+        `listed`: lightningd's channels as `Node.channels` just gave them (one listing a job)."""
         records = self._records.all()
         wanted = _guards_by_channel(records)
         pinned = _move_targets(records)
@@ -79,7 +80,7 @@ class Guards:
         unbound: set[str] = set()
         if wanted or pinned or lsps:
             try:
-                listed = self._node.channels()
+                listed = self._node.channels() if listed is None else listed
             except ChannelsUnavailable as e:
                 # The channels we know keep their places with today's rules (a retiring
                 # factory's channel is closed at once, an unbound one takes no HTLC): no rule is

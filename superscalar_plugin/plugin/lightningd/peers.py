@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from ...engine import blip56, protocol
 from .runtime import PeerUnreachable, Rpc, why
 
 log = logging.getLogger("superscalar")
+
+SEND_PARALLEL = 8  # sendcustommsg calls in flight at once in `send_all`
 
 
 def has_factory_feature(features_hex: str) -> bool:
@@ -33,6 +37,29 @@ class Peers:
     def send(self, peer: str, payload: protocol.Payload) -> None:
         body = protocol.encode(payload)
         self._send_raw(peer, blip56.Piggyback(blip56.SUPERSCALAR_PROTOCOL_ID, body).encode())
+
+    def send_all(
+        self, messages: Sequence[tuple[str, protocol.Payload]]
+    ) -> list[tuple[str, PeerUnreachable]]:
+        """Send each message to its peer, several calls in flight at once (each is a round trip
+        through lightningd; one peer's messages keep their order only across calls, so a peer
+        appears at most once here). Every message is tried; the failures, in order."""
+        if len({peer for peer, _ in messages}) != len(messages):
+            raise ValueError("send_all: a peer appears twice")
+
+        def one(item: tuple[str, protocol.Payload]) -> PeerUnreachable | None:
+            try:
+                self.send(*item)
+            except PeerUnreachable as e:
+                return e
+            return None
+
+        if len(messages) <= 1:
+            results = [one(m) for m in messages]
+        else:
+            with ThreadPoolExecutor(min(SEND_PARALLEL, len(messages))) as pool:
+                results = list(pool.map(one, messages))
+        return [(m[0], e) for m, e in zip(messages, results, strict=True) if e is not None]
 
     def _send_raw(self, peer: str, msg: bytes) -> None:
         try:

@@ -6,6 +6,8 @@ May call: lightningd's `listpeerchannels`.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any
 
 from ...engine import dw, store
@@ -31,14 +33,17 @@ class StatusView:
             return {"factories": [self.of(record)]}
         return {"factories": [self.of(r) for r in self._records.all()]}
 
-    def of(self, record: store.Record) -> dict[str, Any]:
+    def of(
+        self, record: store.Record, channels: dict[str, dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """`channels`: lightningd's channels when the caller just listed them."""
         topo = topology(record)
         base: dict[str, Any] = {
             "instance": record.instance_id,
             "state": record.state.value,
             "early_warning_time": topo.ewt,
             "timeout_height": record.timeout_height,
-            "params": store.to_json(record)["params"],
+            "params": json.loads(json.dumps(dataclasses.asdict(record.params))),
         }
         if record.error:
             base["error"] = record.error
@@ -47,30 +52,24 @@ class StatusView:
         if record.exit is not None:
             base["exit"] = exit_progress(record, topo)
         if isinstance(record, store.LspRecord):
-            base.update(self._lsp_view(record, topo))
+            base.update(self._lsp_view(record, topo, channels))
         else:
             base.update(self._client_view(record, topo))
         return base
 
-    def _lsp_view(self, record: store.LspRecord, topo: Topology) -> dict[str, Any]:
+    def _lsp_view(
+        self,
+        record: store.LspRecord,
+        topo: Topology,
+        channels: dict[str, dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
         cfg = self._node.config
         view: dict[str, Any] = {
             "role": "lsp",
             **factory_view(record, self._node.height, cfg.dying_blocks, cfg.exit_margin),
         }
-        if record.sweeps:
-            confirmed = dict(record.confirmed)
-            view["sweeps"] = [
-                {"outpoint": o, "txid": txid_of(raw), "confirmed": txid_of(raw) in confirmed}
-                for o, raw in record.sweeps
-            ]
-        view["funding"] = {
-            "txid": record.funding_txid,
-            "vout": record.funding_vout,
-            "amount_sat": record.funding_amount,
-            "confirmations": self._confirmations(record, record.funding_txid),
-        }
-        channels = self._shown_channels()
+        view.update(self._funding_view(record))
+        channels = self._shown_channels() if channels is None else channels
         states = {e.node: e.state for e in record.tree}
         per_client, view["onchain"] = lsp_onchain_view(record, topo)
         view["clients"] = [
@@ -111,6 +110,22 @@ class StatusView:
             }
             for o in record.orders
         ]
+        return view
+
+    def _funding_view(self, record: store.LspRecord) -> dict[str, Any]:
+        view: dict[str, Any] = {}
+        if record.sweeps:
+            confirmed = dict(record.confirmed)
+            view["sweeps"] = [
+                {"outpoint": o, "txid": txid_of(raw), "confirmed": txid_of(raw) in confirmed}
+                for o, raw in record.sweeps
+            ]
+        view["funding"] = {
+            "txid": record.funding_txid,
+            "vout": record.funding_vout,
+            "amount_sat": record.funding_amount,
+            "confirmations": self._confirmations(record, record.funding_txid),
+        }
         return view
 
     def _shown_channels(self) -> dict[str, dict[str, Any]]:
