@@ -138,17 +138,18 @@ def other_2of2():
     return b"\\x00\\x20" + hashlib.sha256(witness).digest()
 
 def lying_complete(self, s, factory, coordinator):
-    if not honest_complete(self, s, factory, coordinator):
-        return False
+    # The channels complete on the honest leaves; the SIGN_REQUESTs (sent as each completes)
+    # describe a tree whose leaf pays client 0 into another 2-of-2.
     scripts = [c.channel_script for c in s.record.clients]
     scripts[0] = other_2of2().hex()
     lie = self._factory_on(s.record, scripts)
     key = self._node.lsp_key(s.record.instance_id)
     outpoint = (s.record.funding_txid, s.record.funding_vout)
-    s.factory = lie
-    s.coordinator = Coordinator(lie, key, outpoint, dw.initial_states(lie.topology))
+    liar = Coordinator(lie, key, outpoint, dw.initial_states(lie.topology))
+    coordinator.start = liar.start
+    s.factory, s.coordinator = lie, liar
     log.info("LIE: client 0's leaf pays another 2-of-2")
-    return True
+    return honest_complete(self, s, factory, coordinator)
 
 def spying_payload(self, instance, peer, p):
     if isinstance(p, protocol.Ceremony):
