@@ -367,3 +367,38 @@ def test_the_moved_node_is_signed_only_once_everything_below_it_is_ours() -> Non
     other = updated_factory(f, plan, scripts)
     with pytest.raises(UnsafeToSign, match="another state than we signed below"):
         signers[0].receive(Coordinator(other, lsp, FUNDING, plan.states, moved).start()[0])
+
+
+def test_the_swap_hook_holds_pending_and_superseded_swaps_and_settles_replays() -> None:
+    """The htlc_accepted hook answers from sets built off the hot path: a pending swap (also of
+    an update we signed and that a later one superseded: the LSP may still hold its state) is
+    held, a settled one replayed after a restart continues, any other HTLC is not ours."""
+    from superscalar_plugin.engine.update_store import ClientUpdate
+    from superscalar_plugin.plugin.updates.swap import SwapHolder
+
+    class Req:
+        def __init__(self) -> None:
+            self.result: dict[str, str] | None = None
+
+        def set_result(self, r: dict[str, str]) -> None:
+            self.result = r
+
+        def set_exception(self, e: Exception) -> None:
+            raise AssertionError(e)
+
+    def upd(h: str) -> ClientUpdate:
+        return ClientUpdate("cc" * 32, 1, 1, 100_000, 0, 100_000, ("dd" * 32,), swap_hashes=(h,))
+
+    record = client_record().replace(
+        update=upd("11" * 32), superseded=(upd("22" * 32),), swaps_settled=("33" * 32,)
+    )
+    swaps = SwapHolder()
+    swaps.track([record])
+    held, old, done, other = Req(), Req(), Req(), Req()
+    assert swaps.hold({"payment_hash": "11" * 32, "amount_msat": 5}, held) and not held.result
+    assert swaps.hold({"payment_hash": "22" * 32, "amount_msat": 5}, old) and not old.result
+    assert swaps.hold({"payment_hash": "33" * 32}, done) and done.result == {"result": "continue"}
+    assert not swaps.hold({"payment_hash": "44" * 32}, other)
+    assert swaps.held_msat(("11" * 32, "22" * 32)) == 10
+    swaps.fail(("11" * 32,))
+    assert held.result is not None and held.result["result"] == "fail"

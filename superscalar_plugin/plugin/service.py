@@ -200,6 +200,7 @@ class FactoryService:
                     self.update_client.resume(record)
             except Exception:  # one factory's trouble must not stop start-up for the others
                 log.exception("resuming factory %s failed", record.instance_id[:16])
+        self.update_client.swaps.track(records)  # our swaps' HTLCs, replayed at start
         self.funding.recheck()
         self.payments.refresh()
         self.guards.read_configs()
@@ -297,9 +298,7 @@ class FactoryService:
         """The async `htlc_accepted` hook: the HTLC rules first; then an HTLC paying one of our
         quotes is held (answered by the worker once its sale is over); any other is answered
         here and now."""
-        if self.ready.wait(READY_WAIT) and self.update_client.swaps.hold(
-            self.records.all(), htlc, request
-        ):
+        if self.ready.wait(READY_WAIT) and self.update_client.swaps.hold(htlc, request):
             return  # our own update's payment to ourselves: held until the new state is ours
         verdict = self.htlc_verdict(htlc, onion)
         if verdict.get("result") != "continue" or not self.payments.claim(htlc, onion, request):

@@ -368,6 +368,7 @@ class UpdateClient:
         assert isinstance(latest, store.ClientRecord) and latest.update is not None
         swap = dataclasses.replace(latest.update, swap_hashes=hashes)
         self._records.persist(latest.replace(update=swap))  # our hook holds them from now on
+        self.swaps.track(self._records.all())
         final = min(2 * topology(record).ewt + self._node.config.exit_margin + 18, MAX_DELAY)
         into = str(new.get("short_channel_id") or (new.get("alias") or {}).get("remote"))
         delta = int(remote.get("cltv_expiry_delta", 6))
@@ -498,6 +499,7 @@ class UpdateClient:
             superseded=tuple(u for u in record.superseded if u.session != update.session),
         )
         self._records.persist(record)  # the new state is ours before STORED leaves
+        self.swaps.track(self._records.all())
         self.swaps.settle(update.swap_hashes)  # our balance crosses into the new channel
         self._signers.pop(record.instance_id, None)
         self._guards.refresh()
@@ -554,6 +556,7 @@ class UpdateClient:
             )
             return
         self._records.persist(unsigned_dropped(record))
+        self.swaps.track(self._records.all())
         self.swaps.fail(record.update.swap_hashes)  # our HTLCs come back in the old channels
         self._guards.refresh()
         log.warning("factory %s: update abandoned: %s", record.instance_id[:16], reason)
@@ -579,6 +582,7 @@ class UpdateClient:
             and not latest.update.signed
         ):
             self._records.persist(unsigned_dropped(latest))
+            self.swaps.track(self._records.all())
             self.swaps.fail(latest.update.swap_hashes)
             self._guards.refresh()
         instance = bytes.fromhex(record.instance_id)

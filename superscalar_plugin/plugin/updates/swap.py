@@ -68,25 +68,37 @@ class SwapHolder:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._held: dict[str, list[tuple[Reply, int]]] = {}
+        self._pending: set[str] = set()
+        self._settled: set[str] = set()
 
-    def hold(self, records: list[store.Record], htlc: dict[str, Any], request: Reply) -> bool:
-        """The hook: an HTLC of one of our swaps is held (pending update), or answered at once
-        (settled: a replay after our restart; dropped: failed). False: not a swap of ours."""
-        payment_hash = str(htlc.get("payment_hash", ""))
+    def track(self, records: list[store.Record]) -> None:
+        """Which payment hashes are ours, from the records (off the hot path, after each change):
+        pending (an update, or a superseded one we signed, still unresolved) or settled."""
+        pending: set[str] = set()
+        settled: set[str] = set()
         for r in records:
-            if not isinstance(r, store.ClientRecord):
-                continue
-            u = r.update
-            if u is not None and payment_hash in u.swap_hashes:
-                with self._lock:
-                    self._held.setdefault(payment_hash, []).append(
-                        (request, msat(htlc.get("amount_msat", 0)))
-                    )
+            if isinstance(r, store.ClientRecord):
+                for u in (r.update, *r.superseded):
+                    if u is not None:
+                        pending.update(u.swap_hashes)
+                settled.update(r.swaps_settled)
+        with self._lock:
+            self._pending, self._settled = pending, settled
+
+    def hold(self, htlc: dict[str, Any], request: Reply) -> bool:
+        """The hook (set lookups only): an HTLC of one of our swaps is held (pending update), or
+        answered at once (settled: a replay after our restart). False: not a swap of ours."""
+        payment_hash = str(htlc.get("payment_hash", ""))
+        with self._lock:
+            if payment_hash in self._pending:
+                self._held.setdefault(payment_hash, []).append(
+                    (request, msat(htlc.get("amount_msat", 0)))
+                )
                 return True
-            if payment_hash in r.swaps_settled:
-                request.set_result({"result": "continue"})
-                return True
-        return False
+            settled = payment_hash in self._settled
+        if settled:
+            request.set_result({"result": "continue"})
+        return settled
 
     def held_msat(self, hashes: tuple[str, ...]) -> int:
         with self._lock:
