@@ -423,3 +423,34 @@ def max_movable(spendable_msat: int, update: dict[str, Any]) -> int:
     while amount + 1 + forwarding_fee(update, amount + 1) <= spendable_msat:
         amount += 1
     return amount
+
+
+def buy(node: Any, instance: str, sat: int) -> dict[str, Any]:
+    """factory-buy, retried while the LSP has not heard our greeting yet (after a restart)."""
+    from pyln.testing.utils import wait_for
+
+    result: dict[str, Any] = {}
+
+    def attempt() -> bool:
+        nonlocal result
+        try:
+            result = node.rpc.call("factory-buy", {"instance": instance, "sat": sat})
+            return True
+        except Exception as e:
+            if "not greeted" in str(e) or "offline" in str(e):
+                return False
+            raise
+
+    wait_for(attempt, timeout=120)
+    return result
+
+
+def mine_until(bitcoind: Any, done: Any, timeout: int = 400) -> None:
+    """A block at a time until `done()` (pyln's wait_for backs off to 5 s between tries)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "not reached in time"
+        bitcoind.generate_block(1)
+        time.sleep(0.5)

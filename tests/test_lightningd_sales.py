@@ -13,15 +13,16 @@ stock. Nodes restart between the steps and lose nothing.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import pytest
 from real_node import (
     PLUGIN,
+    buy,
     connect_by_ip,
     create_factory,
     hop,
+    mine_until,
     no_htlcs,
     normal,
     require_lightningd,
@@ -77,24 +78,6 @@ def _pay(payer: Any, payee: Any, amount_msat: int) -> None:
     wait_for(lambda: no_htlcs(payer) and no_htlcs(payee))
 
 
-def _buy(node: Any, instance: str, sat: int) -> dict[str, Any]:
-    """factory-buy, retried while the LSP has not heard our greeting yet (after a restart)."""
-    result: dict[str, Any] = {}
-
-    def attempt() -> bool:
-        nonlocal result
-        try:
-            result = node.rpc.call("factory-buy", {"instance": instance, "sat": sat})
-            return True
-        except Exception as e:
-            if "not greeted" in str(e) or "offline" in str(e):
-                return False
-            raise
-
-    wait_for(attempt, timeout=120)
-    return result
-
-
 def test_factory_sell_gives_a_client_a_new_channel_from_its_leafs_stock(
     node_factory: Any, bitcoind: Any
 ) -> None:
@@ -133,15 +116,6 @@ def _to_us(node: Any, peer: Any) -> dict[str, int]:
     }
 
 
-def _mine_until(bitcoind: Any, done: Any, timeout: int = 300) -> None:
-    """A block at a time until `done()` (pyln's wait_for backs off to 5 s between tries)."""
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "not reached in time"
-        bitcoind.generate_block(1)
-        time.sleep(0.5)
-
-
 def test_a_client_buys_twice_receives_across_its_channels_falls_back_on_chain_and_exits(
     node_factory: Any, bitcoind: Any
 ) -> None:
@@ -156,7 +130,7 @@ def test_a_client_buys_twice_receives_across_its_channels_falls_back_on_chain_an
     spent_before = sum(_to_us(a, lsp).values())
 
     # First purchase: a sale of the leaf's stock, paid only once delivered.
-    first = _buy(a, instance, FIRST)
+    first = buy(a, instance, FIRST)
     assert first["kind"] == "factory", first
     assert first["fee_sat"] == 1000 + FIRST // 100
     wait_for(lambda: no_htlcs(a) and no_htlcs(lsp))
@@ -177,7 +151,7 @@ def test_a_client_buys_twice_receives_across_its_channels_falls_back_on_chain_an
     wait_for(lambda: _channel_normal(a, first["channel_id"]))
 
     # Second purchase: chained on the first sale's change.
-    second = _buy(a, instance, SECOND)
+    second = buy(a, instance, SECOND)
     assert second["kind"] == "factory", second
     mine = _status(a, instance)["sales"]
     assert [s["sale_txid"] for s in mine] == [first["sale_txid"], second["sale_txid"]]
@@ -209,7 +183,7 @@ def test_a_client_buys_twice_receives_across_its_channels_falls_back_on_chain_an
             )
         )
     )
-    third = _buy(a, instance, 30_000)
+    third = buy(a, instance, 30_000)
     assert third["kind"] == "onchain", third
     [jit] = _status(lsp, instance)["clients"][0]["onchain_channels"]
     assert jit["channel_id"] == third["channel_id"] and "offline" in jit["reason"]
@@ -232,11 +206,11 @@ def test_a_client_buys_twice_receives_across_its_channels_falls_back_on_chain_an
     inside[factory_channel] = _to_us(a, lsp)[factory_channel]
     before = wallet_sat(a)
     a.rpc.call("factory-exit", {"instance": instance})
-    _mine_until(bitcoind, lambda: _status(a, instance)["exit"]["done"])
+    mine_until(bitcoind, lambda: _status(a, instance)["exit"]["done"])
     for txid in (first["sale_txid"], second["sale_txid"]):
         assert bitcoind.rpc.getrawtransaction(txid, True)["confirmations"] > 0
     expected = sum(inside.values()) // 1000
-    _mine_until(bitcoind, lambda: wallet_sat(a) - before >= expected - 3 * 2_000)
+    mine_until(bitcoind, lambda: wallet_sat(a) - before >= expected - 3 * 2_000)
 
     # After the timeout the LSP takes what is left of the stock (the second sale's change).
     timeout = created["timeout_height"]
@@ -247,7 +221,7 @@ def test_a_client_buys_twice_receives_across_its_channels_falls_back_on_chain_an
         return any(s["outpoint"] == change and s["confirmed"] for s in view.get("sweeps", []))
 
     bitcoind.generate_block(max(0, timeout - bitcoind.rpc.getblockcount()))
-    _mine_until(bitcoind, swept)
+    mine_until(bitcoind, swept)
     for n in (lsp, a):
         assert not n.daemon.is_in_log(r"superscalar.*(Traceback|internal error)")
 
@@ -331,7 +305,7 @@ def test_neither_side_gets_the_others_money_when_a_purchase_fails(
     _reconnect(lsp, clients)
     wait_for(lambda: normal(lsp, b) and normal(b, lsp))
     with pytest.raises(RpcError, match="nothing delivered, nothing paid"):
-        _buy(a, instance, FIRST)
+        buy(a, instance, FIRST)
     wait_for(lambda: no_htlcs(a) and no_htlcs(lsp))
     failed = _status(lsp, instance)["orders"][-1]
     assert failed["state"] == "failed" and "fee_rate" in failed["error"]

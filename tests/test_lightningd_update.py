@@ -20,8 +20,10 @@ from typing import Any
 
 from real_node import (
     PLUGIN,
+    buy,
     connect_by_ip,
     create_factory,
+    mine_until,
     no_htlcs,
     normal,
     require_lightningd,
@@ -30,7 +32,6 @@ from real_node import (
 
 require_lightningd()
 
-from pyln.client import RpcError  # noqa: E402
 from pyln.testing.fixtures import *  # noqa: E402, F403  (node_factory, bitcoind, ...)
 from pyln.testing.utils import wait_for  # noqa: E402
 
@@ -79,31 +80,6 @@ def _held(node: Any, peer: Any) -> int:
     )
 
 
-def _buy(node: Any, instance: str, sat: int) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-
-    def attempt() -> bool:
-        nonlocal result
-        try:
-            result = node.rpc.call("factory-buy", {"instance": instance, "sat": sat})
-            return True
-        except RpcError as e:
-            if "not greeted" in str(e) or "offline" in str(e):
-                return False
-            raise
-
-    wait_for(attempt, timeout=120)
-    return result
-
-
-def _mine_until(bitcoind: Any, done: Any, timeout: int = 400) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "not reached in time"
-        bitcoind.generate_block(1)
-        time.sleep(0.5)
-
-
 def _all_normal(lsp: Any, clients: list[Any]) -> None:
     for c in clients:
         wait_for(lambda c=c: normal(lsp, c) and normal(c, lsp))
@@ -122,14 +98,14 @@ def test_stock_moves_between_leaves_and_the_newer_state_confirms_first(
         _pay(lsp, c, 30_000_000)
         _pay(c, lsp, 5_000_000)
 
-    first = _buy(a, instance, BUY)
+    first = buy(a, instance, BUY)
     assert first["kind"] == "factory", first
     # 40,000 sat of stock left in A's leaf: the next purchase needs the other leaf's.
     old_path = {c.info["id"]: _status(c, instance)["exit_path"] for c in clients}
     assert [e["dw_state"] for e in old_path[a.info["id"]]] == [0, 0, 0, 0]
     held = {c.info["id"]: _held(c, lsp) for c in clients}
 
-    second = _buy(a, instance, BUY)
+    second = buy(a, instance, BUY)
     assert second["kind"] == "factory", second  # from the factory, not on chain
     view = _status(a, instance)
     assert [e["dw_state"] for e in view["exit_path"]][1] == 1
@@ -176,10 +152,10 @@ def test_stock_moves_between_leaves_and_the_newer_state_confirms_first(
 
     # Every client exits with its balance.
     before = {c.info["id"]: wallet_sat(c) for c in clients}
-    _mine_until(bitcoind, lambda: all(_status(c, instance)["exit"]["done"] for c in clients))
+    mine_until(bitcoind, lambda: all(_status(c, instance)["exit"]["done"] for c in clients))
     for c in clients:
         expected = owed[c.info["id"]] // 1000
-        _mine_until(
+        mine_until(
             bitcoind, lambda c=c, e=expected: wallet_sat(c) - before[c.info["id"]] >= e - 4 * 2_000
         )
     for n in (lsp, *clients):
