@@ -1,30 +1,12 @@
 """The factory service of one node: LSP of the factories it creates, client of those it joins.
 
-This module only wires the roles together and is what `main` (pyln's handlers) calls. The roles:
-
-    lsp.py       LSP side of creation: propose, open channels, sign, complete, fund, abort
-    funding.py   the LSP's wallet and channel RPCs for that, each failure named
-    client.py    client side: consider a proposal, sign, store the path, learn of the funding
-    opens.py     the `openchannel` decision for factory channels
-    router.py    messages in: parse, find the factory's role, check the sender, dispatch
-    peers.py     bLIP-56 handshake and messages out
-    guards.py    hot path: HTLC rules and the invoice CLTV, dictionary lookups only
-    onchain.py   each block: scan, exits (trigger, publish, CPFP, close), the LSP's sweeps
-    unroll.py    LSP: a tree partly on chain (what is due, handed-over outputs by key path)
-    fundcheck.py a client's check of the confirmed funding output against what it signed
-    winddown.py  LSP: a factory's end before T (migration, the ladder, close, keys, key-path spend)
-    move.py      client: move our balance out, retire the old channel, hand over our key
-    sales.py     LSP: liquidity sales from a leaf's stock (or the on-chain fallback)
-    payments.py  LSP: quotes, and the buyer's HTLC held until the liquidity is delivered
-    cosign.py    client: co-sign our leaf's sales, accept our own
-    buyer.py     client: factory-buy (ask, check the quote, pay, report the channel)
-    status.py    what factory-status / -list / -exit / -create answer
-    report.py    factory-report: deadlines, exit costs against balances, the wallet's reserve
-    metrics.py   factory-metrics and the Prometheus endpoint (figures.py: records -> figures)
-    events.py    custom notifications (main.py declares the topics and sends them)
-    settings.py  the options, their checks, and which may change with `setconfig`
-    records.py   the records in lightningd's datastore
-    node.py      this node's id, height, keys and channels; runtime.py the worker; config.py
+This module only wires the roles together and is what `main` (pyln's handlers) calls. The roles
+live in rooms (README, "Developing"): `creation/` (the LSP's ceremony, the client's checks, the
+openchannel decision, the funding check), `sales/` (seller, payments, co-signers, buyer),
+`updates/` (DW state updates: LSP, client, the balance swap, the chain watch), `lifecycle/`
+(migration, close, moves and hand-over), `onchain/` (each block's duties, unroll, fee bumps, sale
+chains), `operator/` (status, report, metrics, events) and `lightningd/` (node glue: RPC, records,
+options, peers, message routing, the HTLC guards).
 
 Threads. pyln-client runs one dispatch loop: a handler that waited for a peer, or for lightningd
 (which may call back into this plugin through the `rpc_command` hook), would deadlock it. So:
