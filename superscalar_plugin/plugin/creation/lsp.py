@@ -59,6 +59,7 @@ class LspSession:
     coordinator: Coordinator | None = None
     opened: set[int] = field(default_factory=set)
     index_of: dict[str, int] = field(default_factory=dict)  # client node id -> its index
+    ewt: int = 0  # the shape's early warning time (computed once: a topology is O(clients))
     scripts: dict[int, str] = field(default_factory=dict)  # started channels' funding scripts
     pool: ThreadPoolExecutor | None = None  # the fundchannel_start calls in flight
     starts: list[Future[None]] = field(default_factory=list)
@@ -68,6 +69,7 @@ class LspSession:
 
     def __post_init__(self) -> None:
         self.index_of = {c.node_id: i for i, c in enumerate(self.record.clients)}
+        self.ewt = Topology.build(len(self.record.clients), self.record.params).ewt
 
     def mark(self, phase: str) -> None:
         now = time.monotonic()
@@ -241,7 +243,7 @@ class LspRole:
         self._sessions[r.instance_id] = s
         self._records.persist(r)
         instance = bytes.fromhex(r.instance_id)
-        ewt = Topology.build(len(r.clients), r.params).ewt
+        ewt = s.ewt
         lsp_pub = bytes.fromhex(r.lsp_pubkey)
         n = len(r.clients)
         proposals = [
@@ -346,8 +348,7 @@ class LspRole:
         r = s.record
         c = r.clients[index]
         instance = bytes.fromhex(r.instance_id)
-        ewt = Topology.build(len(r.clients), r.params).ewt  # no keys needed: no second probe
-        in_factory = blip56.ChannelInFactory(blip56.SUPERSCALAR_PROTOCOL_ID, instance, ewt)
+        in_factory = blip56.ChannelInFactory(blip56.SUPERSCALAR_PROTOCOL_ID, instance, s.ewt)
         s.opened.add(index)  # a late or failed open is cancelled too on abort
         if s.pool is None:
             s.pool = ThreadPoolExecutor(max_workers=funding.PARALLEL_PEERS)
