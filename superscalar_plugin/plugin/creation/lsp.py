@@ -519,21 +519,25 @@ class LspRole:
         self._funded(s.record.replace(funding_txid=txid))
 
     def _funded(self, record: store.LspRecord) -> None:
-        """The funding is out: persist, tell the clients, answer factory-create."""
+        """The funding is out: persist, tell the clients while the new channels get their
+        guards, then answer factory-create (every client told by then)."""
         s = self._sessions.setdefault(record.instance_id, LspSession(record, None, 0.0))
         s.record = r = record.replace(state=store.LspState.FUNDED)
         self._records.persist(r)
         txid = r.funding_txid or ""
         funded = protocol.Funded(bytes.fromhex(r.instance_id), txid, r.funding_vout or 0)
-        # A client offline now learns it from the chain later.
-        for peer, e in self._peers.send_all([(c.node_id, funded) for c in r.clients]):
-            log.info("could not tell %s about the funding: %s", peer, why(e))
-        log.info("factory %s funded: %s", r.instance_id[:16], txid)
-        try:  # one listing for the guards and the reply (O(channels) each)
-            listed: dict[str, dict[str, Any]] | None = self._node.channels()
-        except ChannelsUnavailable:
-            listed = None  # the guards keep their rules; the reply shows no channel state
-        self._guards.refresh(listed)
+        # A client offline now learns it from the chain later. Sent beside the listing below
+        # (both wait on lightningd, 128 clients: about 0.2 s and 0.3 s).
+        with ThreadPoolExecutor(1) as tell:
+            told = tell.submit(self._peers.send_all, [(c.node_id, funded) for c in r.clients])
+            log.info("factory %s funded: %s", r.instance_id[:16], txid)
+            try:  # one listing for the guards and the reply (O(channels) each)
+                listed: dict[str, dict[str, Any]] | None = self._node.channels()
+            except ChannelsUnavailable:
+                listed = None  # the guards keep their rules; the reply shows no channel state
+            self._guards.refresh(listed)  # before the reply: the operator may use the channels
+            for peer, e in told.result():
+                log.info("could not tell %s about the funding: %s", peer, why(e))
         s.mark("fund")
         events.factory_created(r.instance_id, [c.node_id for c in r.clients], txid, s.timings)
         if s.reply is not None:
