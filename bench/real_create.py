@@ -104,7 +104,7 @@ def stack(
                 node.launch()
                 nodes.append(node)
             for node in batch:
-                _wait_started(node)
+                wait_started(node)
         bitcoind.wallet.call("sendtoaddress", lsp.cli("newaddr", "bech32")["bech32"], 1)
         bitcoind.mine(6)
         with ThreadPoolExecutor(8) as pool:
@@ -142,7 +142,7 @@ def settle(lsp: Any, clients: list[Any]) -> None:
         before = after
 
 
-def _wait_started(node: Any) -> None:
+def wait_started(node: Any) -> None:
     """A node up; once more on another port if its port was taken meanwhile (other nodes of the
     machine pick free ports too)."""
     from superscalar_plugin.chain.bitcoind import free_port
@@ -161,15 +161,18 @@ def _wait_started(node: Any) -> None:
 
 
 def create(
-    lsp: Any, clients: list[Any], channel_sat: int = 200_000
+    lsp: Any, clients: list[Any], channel_sat: int = 200_000, **shape: int
 ) -> tuple[dict[str, Any], float]:
-    """`factory-create` with every client: its result and the wall time it took."""
+    """`factory-create` with every client (and `shape`'s optional parameters, such as
+    `clients_per_leaf` or `stock_sat`): its result and the wall time it took."""
     ids = [c.cli("getinfo")["id"] for c in clients]
+    args = [f"clients={json.dumps(ids)}", f"channel_sat={channel_sat}"]
+    args += [f"{k}={v}" for k, v in shape.items()]
     deadline = time.monotonic() + 60
     while True:
         t0 = time.perf_counter()
         try:
-            result = lsp.cli("factory-create", json.dumps(ids), str(channel_sat))
+            result = lsp.cli("-k", "factory-create", *args)
         except subprocess.CalledProcessError as e:
             # the bLIP-56 handshake follows the connection by a moment
             if "has not announced" not in e.stdout or time.monotonic() > deadline:

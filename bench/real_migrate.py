@@ -4,8 +4,10 @@
 A factory is created (states_per_layer 2, step 3 blocks, a 300-block life: the LSP's options),
 the LSP pays every client 50,000 sat, a block is mined, then `factory-migrate <instance>` is
 timed until the old factory's `factory-status` shows `closed` (the key-path spend of its funding
-output confirmed). No block is mined until every client handed over its key; from then on one
-every 0.5 s, and every node polls bitcoind each second (lightningd's default is 30 s).
+output confirmed). From the moment the command returned (the successor funded) a block is
+mined every 0.5 s: a client moves only into a successor whose funding is 3 blocks deep (its
+`superscalar-move-min-depth`), and every node polls bitcoind each second (lightningd's default
+is 30 s).
 Phases seen from the old factory's status: `successors` non-empty (the successor funded; its
 creation's own `timings` come with the command's result), every client `handed_over`
 (balances moved, old channels closing, keys in), `closed`. The key-path spend's vsize is read
@@ -47,12 +49,12 @@ NODE_OPTIONS = ("--developer", "--dev-bitcoind-poll=1")
 CHANNEL_SAT = 200_000
 PAY_MSAT = 50_000_000  # what the LSP pays each client before the migration
 POLL_S = 0.2  # how often the old factory's status is read
-MINE_EVERY_S = 0.5  # a block this often once every key is in
+MINE_EVERY_S = 0.5  # a block this often once the command returned
 TIMEOUT_S = 300.0
 LOG_ALARM = re.compile(r"(UNUSUAL|BROKEN).*plugin-superscalar")
 
 
-def _wait(done: Any, what: str, timeout: float = 60.0) -> None:
+def wait(done: Any, what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not done():
         if time.monotonic() > deadline:
@@ -60,11 +62,11 @@ def _wait(done: Any, what: str, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def _status(node: Any, instance: str) -> dict[str, Any]:
+def status(node: Any, instance: str) -> dict[str, Any]:
     return dict(node.cli("factory-status", instance)["factories"][0])
 
 
-def _normal(node: Any, peer_id: str) -> bool:
+def normal(node: Any, peer_id: str) -> bool:
     chans = node.cli("listpeerchannels", peer_id)["channels"]
     return any(c["state"] == "CHANNELD_NORMAL" for c in chans)
 
@@ -73,57 +75,77 @@ def _no_htlcs(node: Any) -> bool:
     return all(not c.get("htlcs") for c in node.cli("listpeerchannels")["channels"])
 
 
-def _give_balances(lsp: Any, clients: list[Any]) -> None:
+def give_balances(lsp: Any, clients: list[Any]) -> None:
     """Every factory channel open on both sides, then the LSP pays each client PAY_MSAT."""
     lsp_id = lsp.cli("getinfo")["id"]
     for c in clients:
         cid = c.cli("getinfo")["id"]
-        _wait(lambda c=c, cid=cid: _normal(lsp, cid) and _normal(c, lsp_id), "channels open")
+        wait(lambda c=c, cid=cid: normal(lsp, cid) and normal(c, lsp_id), "channels open")
         label = f"bench-{os.urandom(4).hex()}"
         bolt11 = c.cli("invoice", str(PAY_MSAT), label, "bench")["bolt11"]
         paid = lsp.cli("--notifications=none", "pay", bolt11)  # only the JSON result
         if paid.get("status") != "complete":
             raise SystemExit(f"paying {cid} failed: {paid}")
     for n in [lsp, *clients]:
-        _wait(lambda n=n: _no_htlcs(n), "no HTLC in flight")
+        wait(lambda n=n: _no_htlcs(n), "no HTLC in flight")
 
 
-def _mine_and_sync(bitcoind: Any, lsp: Any, clients: list[Any]) -> None:
+def mine_and_sync(bitcoind: Any, lsp: Any, clients: list[Any]) -> None:
     """One block, seen by every node; the LSP's change is then a confirmed, spendable coin."""
     bitcoind.mine(1)
     height = bitcoind.height()
     for n in [lsp, *clients]:
-        _wait(lambda n=n: n.cli("getinfo")["blockheight"] >= height, f"{n.name} at {height}")
+        wait(lambda n=n: n.cli("getinfo")["blockheight"] >= height, f"{n.name} at {height}")
 
     def spendable() -> bool:
         outs = lsp.cli("listfunds")["outputs"]
         return any(o["status"] == "confirmed" and not o.get("reserved") for o in outs)
 
-    _wait(spendable, "the LSP's confirmed change")
+    wait(spendable, "the LSP's confirmed change")
 
 
-def _call_migrate(lsp: Any, instance: str, box: dict[str, Any]) -> None:
+def _call(lsp: Any, command: str, instance: str, box: dict[str, Any]) -> None:
     t = time.perf_counter()
     try:
-        box["result"] = lsp.cli("factory-migrate", instance)
+        box["result"] = lsp.cli(command, instance)
     except subprocess.CalledProcessError as e:
         box["error"] = e.stdout or e.stderr
     box["returned_s"] = time.perf_counter() - t
 
 
-def _migrate(bitcoind: Any, lsp: Any, instance: str) -> dict[str, Any]:
-    """Time `factory-migrate` until the old factory is closed; the phases as they show."""
+def _targets_normal(lsp: Any, s: dict[str, Any]) -> bool:
+    """Every client's target channel (`moved_to`) is in CHANNELD_NORMAL on the LSP."""
+    states = {c["channel_id"]: c["state"] for c in lsp.cli("listpeerchannels")["channels"]}
+    return all(
+        c["handed_over"] or states.get(c.get("moved_to", "")) == "CHANNELD_NORMAL"
+        for c in s["clients"]
+    )
+
+
+def wind_down(
+    bitcoind: Any, lsp: Any, instance: str, command: str = "factory-migrate"
+) -> dict[str, Any]:
+    """Time `command instance` (`factory-migrate` or `factory-close`) until the factory's status
+    is `closed`; the phases as they show (seconds from the command): `successor_s` (a successor
+    funded), `targets_s` (every client has a channel to move into), `targets_normal_s` (all of
+    them usable), `first_key_s`, `keys_s` (every key in), `closed_s`. From the moment the
+    command returned, a block every MINE_EVERY_S: what a client moves into must be confirmed
+    (a successor's funding 3 deep, a close's channel locked in)."""
     box: dict[str, Any] = {}
-    thread = threading.Thread(target=_call_migrate, args=(lsp, instance, box), daemon=True)
+    thread = threading.Thread(target=_call, args=(lsp, command, instance, box), daemon=True)
     t0 = time.perf_counter()
     thread.start()
     marks: dict[str, float] = {}
     mined_at, blocks = -MINE_EVERY_S, 0
     while True:
-        s = _status(lsp, instance)
+        s = status(lsp, instance)
         now = time.perf_counter() - t0
         if s["successors"]:
             marks.setdefault("successor_s", now)
+        if all(c["handed_over"] or c.get("moved_to") for c in s["clients"]):
+            marks.setdefault("targets_s", now)
+        if "targets_s" in marks and "targets_normal_s" not in marks and _targets_normal(lsp, s):
+            marks["targets_normal_s"] = now
         if any(c["handed_over"] for c in s["clients"]):
             marks.setdefault("first_key_s", now)
         if all(c["handed_over"] for c in s["clients"]):
@@ -132,10 +154,12 @@ def _migrate(bitcoind: Any, lsp: Any, instance: str) -> dict[str, Any]:
             marks["closed_s"] = now
             break
         if "error" in box:
-            raise SystemExit(f"factory-migrate failed: {box['error']}")
+            raise SystemExit(f"{command} failed: {box['error']}")
+        if "recovery" in s:  # past the last move height: what is left exits on its own
+            raise SystemExit(f"{command} at {now:.0f} s: {s['recovery']}: {json.dumps(s)}")
         if now > TIMEOUT_S:
-            raise SystemExit(f"migration not done in {TIMEOUT_S:g} s: {json.dumps(s)}")
-        if "keys_s" in marks and now - mined_at >= MINE_EVERY_S:
+            raise SystemExit(f"{command} not done in {TIMEOUT_S:g} s: {json.dumps(s)}")
+        if "returned_s" in box and now - mined_at >= MINE_EVERY_S:
             bitcoind.mine(1)
             mined_at, blocks = now, blocks + 1
         time.sleep(POLL_S)
@@ -145,13 +169,13 @@ def _migrate(bitcoind: Any, lsp: Any, instance: str) -> dict[str, Any]:
         **marks,
         "returned_s": box.get("returned_s"),
         "blocks": blocks,
-        "successor_timings": result.get("timings", {}),
+        "timings": result.get("timings", {}),
         "handover_txid": s["handover_txid"],
         "funding_txid": s["funding"]["txid"],
     }
 
 
-def _keypath_vbytes(bitcoind: Any, txid: str, funding_txid: str) -> int:
+def keypath_vbytes(bitcoind: Any, txid: str, funding_txid: str) -> int:
     tx = bitcoind.rpc.call("getrawtransaction", txid, True)
     [vin] = tx["vin"]
     assert vin["txid"] == funding_txid and len(vin["txinwitness"]) == 1, "not a key-path spend"
@@ -168,14 +192,24 @@ def log_alarms(base: Path) -> list[str]:
     return out
 
 
+def alarm_kinds(alarms: list[str]) -> list[tuple[int, str]]:
+    """The plugin's UNUSUAL/BROKEN lines counted by kind (node, time and ids left out), each
+    with its first line."""
+    kinds: dict[str, list[str]] = {}
+    for line in alarms:
+        text = line.split("plugin-superscalar: ", 1)[-1]
+        kinds.setdefault(re.sub(r"[0-9a-f]{16,}", "<id>", text), []).append(line)
+    return [(len(lines), lines[0]) for lines in kinds.values()]
+
+
 def measure(n_clients: int, base: Path) -> dict[str, Any]:
     with stack(n_clients, base, LSP_OPTIONS, True, NODE_OPTIONS) as (bitcoind, lsp, clients):
         created, _ = create(lsp, clients, CHANNEL_SAT)
         instance = created["instance"]
-        _give_balances(lsp, clients)
-        _mine_and_sync(bitcoind, lsp, clients)
-        r = _migrate(bitcoind, lsp, instance)
-        r["keypath_vb"] = _keypath_vbytes(bitcoind, r["handover_txid"], r["funding_txid"])
+        give_balances(lsp, clients)
+        mine_and_sync(bitcoind, lsp, clients)
+        r = wind_down(bitcoind, lsp, instance)
+        r["keypath_vb"] = keypath_vbytes(bitcoind, r["handover_txid"], r["funding_txid"])
     return {"clients": n_clients, **r, "alarms": log_alarms(base)}
 
 
@@ -211,7 +245,7 @@ def run(keep: Path | None = None) -> list[dict[str, Any]]:
     print(
         "\nfactory-migrate on real lightningd v26.06.6 (LSP + N clients holding 50,000 sat each;"
         "\nstates_per_layer 2, step 3, 300-block life): from the command to the old factory"
-        "\n`closed`; no block mined until every key is in, then one every 0.5 s (nodes poll"
+        "\n`closed`; from the command's return a block every 0.5 s (nodes poll"
         "\nbitcoind each second: --dev-bitcoind-poll=1)"
     )
     print(HEADER)
@@ -221,10 +255,10 @@ def run(keep: Path | None = None) -> list[dict[str, Any]]:
             base = keep / f"migrate-{n}" if keep else Path(tmp)
             r = measure(n, base)
         print(_row(r, _engine(n)))
-        phases = ", ".join(f"{k} {v:.2f} s" for k, v in r["successor_timings"].items())
+        phases = ", ".join(f"{k} {v:.2f} s" for k, v in r["timings"].items())
         print(f"{'':>9}successor creation ({phases}); command returned {r['returned_s']:.2f} s")
-        for line in r["alarms"]:
-            print(f"{'':>9}log: {line}")
+        for count, line in alarm_kinds(r["alarms"]):
+            print(f"{'':>9}log, {count} line(s) like: {line}")
         sys.stdout.flush()
         out.append(r)
     return out

@@ -6,9 +6,7 @@ Runs when `lightningd` is on PATH with the project's bitcoind (see `real_create`
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "contrib" / "regtest"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from real_create import skip_reason  # noqa: E402
+from real_create import create, skip_reason  # noqa: E402
 
 SALES = 5
 
@@ -48,23 +46,9 @@ def measure(cosigners: int, base: Path) -> list[float]:
             ids.append(node.cli("getinfo")["id"])
             lsp.cli("connect", ids[-1], "127.0.0.1", str(node.port))
         lsp.wait_for_funds()
-        args = [
-            "-k",
-            "factory-create",
-            f"clients={json.dumps(ids)}",
-            "channel_sat=100000",
-            f"clients_per_leaf={cosigners}",
-            "stock_sat=1000000",
-        ]
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                created = lsp.cli(*args)
-                break
-            except subprocess.CalledProcessError as e:
-                if "has not announced" not in e.stdout or time.monotonic() > deadline:
-                    raise SystemExit(f"factory-create failed: {e.stdout}") from e
-                time.sleep(0.2)
+        created, _ = create(
+            lsp, nodes[1:], 100_000, clients_per_leaf=cosigners, stock_sat=1_000_000
+        )
         walls = []
         for _ in range(SALES):
             t = time.perf_counter()

@@ -19,7 +19,10 @@ client, lightningd floor with SUPERSCALAR_BENCH_FLOOR=1 (bench/real_create.py);
 factory-migrate's wall time per client until the old factory is closed, and its key-path spend's
 vB beside the handover figures above (bench/real_migrate.py); what the channels every migration
 retires cost lightningd, up to 768 (64 clients, 12 monthly ladders: bench/real_retired.py;
-`--retired` alone).
+`--retired` alone); the whole life of a 64-client factory, each step with its phases: create,
+one sale from a leaf's stock, a payment routed through the LSP with its plugin against the same
+without (target 1.05x), factory-migrate, factory-close of the successor (bench/real_life.py;
+`--life [N]` alone, N clients).
 
 State updates: one factory-update's factory-message bytes with 2 and 4 clients below the moved
 node, and its wall time on real lightningd nodes (bench/real_update.py).
@@ -355,6 +358,11 @@ def main() -> None:
 
         real_retired()
         return
+    if len(sys.argv) in (2, 3) and sys.argv[1] == "--life":
+        from real_life import SIZE, run as real_life
+
+        real_life(int(sys.argv[2]) if len(sys.argv) == 3 else SIZE)
+        return
     if len(sys.argv) == 4 and sys.argv[1] == "--one":
         print(json.dumps(one(int(sys.argv[2]), sys.argv[3])))
         return
@@ -407,6 +415,9 @@ def main() -> None:
     from real_retired import run as real_retired
 
     real_retired()  # the retired channels a year of ladders leaves, on a real lightningd
+    from real_life import run as real_life
+
+    real_life()  # a 64-client factory's whole life on real nodes, and a routed payment's cost
 
 
 if __name__ == "__main__":

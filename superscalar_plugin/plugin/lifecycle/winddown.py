@@ -247,14 +247,16 @@ class WindDown:
 
     def _opened_before(self, record: store.LspRecord, todo: list[int]) -> dict[int, str]:
         """Ordinary channels we opened to these clients already (an earlier open that returned
-        after its timeout): adopted rather than opened twice."""
-        factory_channels = {
-            c.channel_id
-            for r in self._records.all()
-            if isinstance(r, store.LspRecord)
-            for c in r.clients
-            if c.channel_id
-        }
+        after its timeout): adopted rather than opened twice. A channel inside a factory (a
+        client's, a sale's, one an update retired) is never one: its funding is a tree
+        transaction, so it never gets the short channel id a move target needs (a sale's
+        channel, adopted, left its buyer waiting for a MOVE until its last move height)."""
+        factory_channels: set[str] = set()
+        for r in self._records.all():
+            if isinstance(r, store.LspRecord):
+                factory_channels.update(c.channel_id for c in r.clients if c.channel_id)
+                factory_channels.update(e.channel_id for e in r.sales if e.channel_id)
+                factory_channels.update(r.retired)
         found: dict[int, str] = {}
         for cid, ch in self._node.channels().items():
             if (
