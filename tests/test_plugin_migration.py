@@ -5,6 +5,7 @@ flows on a real lightningd are in tests/test_lightningd_ladder*.py."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -163,8 +164,14 @@ def test_an_unconfirmed_successor_gets_no_balance_and_no_key(
     """A hostile LSP asks clients to move into a successor whose funding it then never lets
     confirm (or double-spends): below `move-min-depth` nothing moves and no key leaves."""
     net, lsp, clients, old = _funded(network_factory, 2)
-    lsp.rpc_call("factory-migrate", {"instance": old}, timeout=60)
-    net.mine(MIN_DEPTH - 1)  # the LSP asks at every block
+    new = lsp.rpc_call("factory-migrate", {"instance": old}, timeout=60)["instance"]
+    net.mine(MIN_DEPTH - 1)
+    time.sleep(1.0)  # an honest LSP asks only at MIN_DEPTH: no refusal (and no log of one) yet
+    assert not any(c.get("refusal") for c in _status(lsp, old)["clients"])
+    # The hostile one asks now.
+    move = protocol.Move(bytes.fromhex(old), protocol.MoveTarget.FACTORY, bytes.fromhex(new))
+    for c in clients:
+        lsp.rpc_call("sendcustommsg", {"node_id": c.node_id, "msg": pig(move)})
     wait(
         lambda: "target_unconfirmed" in (_status(lsp, old)["clients"][0].get("refusal") or ""),
         what="the refusal",

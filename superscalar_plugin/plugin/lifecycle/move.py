@@ -116,8 +116,14 @@ class ClientMover:
 
     def _refuse(self, peer: str, record: store.ClientRecord, e: Exception) -> None:
         kind = getattr(e, "kind", "target")
-        peer_log.warning(
-            f"{peer}:move:{kind}", "refusing to move out of %s: %s", record.instance_id[:16], e
+        # Not deep enough yet is a wait, not a fault (asked again at each of our blocks).
+        level = logging.INFO if kind == "target_unconfirmed" else logging.WARNING
+        peer_log.log(
+            level,
+            f"{peer}:move:{kind}",
+            "refusing to move out of %s: %s",
+            record.instance_id[:16],
+            e,
         )
         self._tell(record, str(e))
 

@@ -42,6 +42,7 @@ from .phase import dying_from, last_move_height, pending
 log = logging.getLogger("superscalar")
 peer_log = LogLimiter(log)
 
+MOVE_ASK_DEPTH = 3  # clients' default superscalar-move-min-depth
 MAX_REFUSAL = 200  # characters of a client's refusal kept in the record
 
 
@@ -129,6 +130,18 @@ class WindDown:
                 out.append(r)
         return out
 
+    def _deep_enough(self, successor: store.LspRecord) -> bool:
+        """A client moves into a successor only once its funding is `move-min-depth` deep (3 by
+        default, the client's own option): asked before, every client refuses, and both sides log
+        it. Asked from then on (a client of a higher setting refuses and checks again itself at
+        each of its blocks)."""
+        height = dict(successor.confirmed).get(successor.funding_txid or "")
+        return height is not None and self._node.height - height + 1 >= MOVE_ASK_DEPTH
+
+    def _depth(self, scid: str) -> bool:
+        """A channel's funding (by its short channel id) is MOVE_ASK_DEPTH deep."""
+        return self._node.height - int(scid.split("x")[0]) + 1 >= MOVE_ASK_DEPTH
+
     def _create_successor(
         self,
         record: store.LspRecord,
@@ -197,6 +210,7 @@ class WindDown:
         where = {
             c.node_id: (s.instance_id, c.channel_id)
             for s in self._successors(record)
+            if self._deep_enough(s)
             for c in s.clients
             if c.channel_id
         }
@@ -207,7 +221,8 @@ class WindDown:
                 out[i] = (protocol.MoveTarget.FACTORY, instance, cid or "")
             elif c.moved_to and record.wind_down is store.WindDown.CLOSE:
                 ch = channels.get(c.moved_to, {})
-                if ch.get("short_channel_id") and ch.get("state") == "CHANNELD_NORMAL":
+                scid = str(ch.get("short_channel_id") or "")
+                if scid and ch.get("state") == "CHANNELD_NORMAL" and self._depth(scid):
                     out[i] = (protocol.MoveTarget.CHANNEL, c.moved_to, c.moved_to)
         return out
 

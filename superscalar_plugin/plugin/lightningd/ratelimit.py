@@ -51,6 +51,10 @@ class LogLimiter:
     def warning(self, source: str, text: str, *args: object) -> None:
         """Log `text % args` at WARNING unless `source` logged within the period; the next
         line says how many were left out."""
+        self.log(logging.WARNING, source, text, *args)
+
+    def log(self, level: int, source: str, text: str, *args: object) -> None:
+        """As `warning`, at `level`."""
         now = self._clock()
         with self._lock:
             last = self._last.get(source)
@@ -65,7 +69,7 @@ class LogLimiter:
             self._last[source] = now
             skipped = self._suppressed.pop(source, 0)
         suffix = f" ({skipped} more from {source[:16]} not shown)" if skipped else ""
-        self.logger.warning(text + suffix, *args)
+        self.logger.log(level, text + suffix, *args)
 
 
 class WriteLimiter:
