@@ -186,23 +186,21 @@ class WindDown:
 
     def _ask_moves(self, record: store.LspRecord) -> None:
         """MOVE to every client still inside whose target is ready (again each block: a client
-        that was offline, or restarted, is asked again)."""
+        that was offline, or restarted, is asked again). The new targets are kept in one record
+        write and pinned in the guards by one refresh, before any MOVE leaves (a write and a
+        refresh are O(clients) and O(channels): once per client they took 0.3 s each at 64)."""
         targets = self._targets(record)
+        asks = [(i, targets[i]) for i in pending(record) if i in targets]
+        fresh = {i: t[2] for i, t in asks if record.clients[i].moved_to != t[2]}
+        if fresh:
+            record = self._update_clients(record, {i: {"moved_to": c} for i, c in fresh.items()})
+            self._guards.refresh()  # forwards into them pinned before any client pays
         instance = bytes.fromhex(record.instance_id)
-        for i in pending(record):
-            target = targets.get(i)
-            if target is None:
-                continue
-            kind, ident, channel = target
-            if record.clients[i].moved_to != channel:
-                record = self._update_client(record, i, moved_to=channel)
-                self._guards.refresh()  # forwards into it pinned before the client pays
-            try:
-                self._peers.send(
-                    record.clients[i].node_id, protocol.Move(instance, kind, bytes.fromhex(ident))
-                )
-            except PeerUnreachable:
-                continue  # offline: asked again at the next block
+        moves = [
+            (record.clients[i].node_id, protocol.Move(instance, kind, bytes.fromhex(ident)))
+            for i, (kind, ident, _) in asks
+        ]
+        self._peers.send_all(moves)  # a client offline now is asked again at the next block
 
     def _targets(self, record: store.LspRecord) -> dict[int, tuple[protocol.MoveTarget, str, str]]:
         """Per client: (kind, what the MOVE names, the target channel id)."""
@@ -233,9 +231,10 @@ class WindDown:
         todo = [i for i in pending(record) if not record.clients[i].moved_to]
         if not todo:
             return record
-        for i, cid in self._opened_before(record, todo).items():
-            record = self._update_client(record, i, moved_to=cid)  # an open that came late
-            todo.remove(i)
+        adopted = self._opened_before(record, todo)  # opens that came late
+        if adopted:
+            record = self._update_clients(record, {i: {"moved_to": c} for i, c in adopted.items()})
+            todo = [i for i in todo if i not in adopted]
 
         def open_one(c: store.ClientEntry) -> str:
             amount = max(c.channel_sat, MIN_CHANNEL_SAT)
@@ -253,12 +252,13 @@ class WindDown:
             "fundchannel",
             self._node.config.ceremony_timeout,
         )
+        opened: dict[int, dict[str, Any]] = {}
         for i, result in zip(todo, results, strict=True):
             if isinstance(result, RpcFailed):
                 log.info("factory %s: %s", record.instance_id[:16], result)
             else:
-                record = self._update_client(record, i, moved_to=result)
-        return record
+                opened[i] = {"moved_to": result}
+        return self._update_clients(record, opened) if opened else record
 
     def _opened_before(self, record: store.LspRecord, todo: list[int]) -> dict[int, str]:
         """Ordinary channels we opened to these clients already (an earlier open that returned
@@ -287,8 +287,15 @@ class WindDown:
         return found
 
     def _update_client(self, record: store.LspRecord, i: int, **changes: Any) -> store.LspRecord:
+        return self._update_clients(record, {i: changes})
+
+    def _update_clients(
+        self, record: store.LspRecord, changes: dict[int, dict[str, Any]]
+    ) -> store.LspRecord:
+        """Several clients' entries changed, in one record write."""
         clients = list(record.clients)
-        clients[i] = dataclasses.replace(clients[i], **changes)
+        for i, change in changes.items():
+            clients[i] = dataclasses.replace(clients[i], **change)
         record = record.replace(clients=tuple(clients))
         self._records.persist(record)
         return record
