@@ -65,7 +65,7 @@ from real_migrate import (
 SIZE = 64
 SHAPE = {"clients_per_leaf": 2, "stock_sat": 100_000}  # 32 leaves of 100,000 sat at 64 clients
 SOLD_SAT = 50_000
-ROUNDS = 60  # payments through each router
+ROUNDS = 100  # payments through each router
 WARM_UP = 3  # payments through each router before the rounds, not counted
 PAYMENT_MSAT = 1_000_000
 PATH_CHANNEL_SAT = 1_000_000  # each channel of A->LSP->B and A->LSP0->B
