@@ -238,7 +238,7 @@ class ClientRole:
         self._records.persist(record)
         # A ceremony in flight: an HTLC on a channel the guards have not mapped yet (the LSP may
         # complete ours at any moment) makes the hook map it first, not wait for our worker.
-        self._guards.refresh()
+        self._guards.ceremony_started()
         self._opens.accepted(instance, peer, p.channel_sat)
         self._peers.send(peer, protocol.Accept(p.instance_id, pub))
 

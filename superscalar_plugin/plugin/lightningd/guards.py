@@ -126,6 +126,12 @@ class Guards:
                 rules[scid] = rule
         return rules
 
+    def ceremony_started(self) -> None:
+        """A ceremony of ours began (its record persisted): until the next refresh counts it, an
+        HTLC on a channel not mapped yet makes the hook map it first. What a refresh would do
+        for it, without listing every channel (one listing per client on a creation's path)."""
+        self.unmapped += 1
+
     def htlc_verdict(self, htlc: dict[str, Any], onion: dict[str, Any]) -> dict[str, Any]:
         """The htlc_accepted hook: dictionary lookups and comparisons only, no RPC."""
         guards, height = self.by_scid, self._node.height
