@@ -254,7 +254,12 @@ plugin.run()
 """
 
 
-def floor(n_clients: int, base: Path, parallel: Sequence[int] = (8,)) -> list[dict[str, float]]:
+def floor(
+    n_clients: int,
+    base: Path,
+    parallel: Sequence[int] = (8,),
+    node_options: Sequence[str] = (),
+) -> list[dict[str, float]]:
     """lightningd's own floor: the same `fundchannel_start` and `fundchannel_complete` calls the
     creation makes (the same zero-conf channel type, push and reserve, `parallel` at once), with
     no superscalar plugin on any node: each client runs only a 5-line plugin accepting zero-conf
@@ -271,7 +276,8 @@ def floor(n_clients: int, base: Path, parallel: Sequence[int] = (8,)) -> list[di
     zeroconf = base / "zeroconf.py"
     zeroconf.write_text(f"#!{sys.executable}\n{ZEROCONF_PLUGIN}")
     zeroconf.chmod(0o755)
-    with stack(n_clients, base, node_options=[f"--plugin={zeroconf}"], plugin=False) as (
+    options = [f"--plugin={zeroconf}", *node_options]
+    with stack(n_clients, base, node_options=options, plugin=False) as (
         _,
         lsp,
         clients,
@@ -390,10 +396,11 @@ def run(
             print(_line(r_pyln), flush=True)
             out.append(r_pyln)
         if os.environ.get("SUPERSCALAR_BENCH_FLOOR") and n >= FLOOR_FROM:
-            with tempfile.TemporaryDirectory(prefix="superscalar-floor-") as tmp:
-                [f] = floor(n, Path(tmp))
-            r["floor"] = f
-            print(_floor_line(r), flush=True)
+            for measured in (r, r_pyln) if n in PYLN_SIZES else (r,):
+                with tempfile.TemporaryDirectory(prefix="superscalar-floor-") as tmp:
+                    [f] = floor(n, Path(tmp), node_options=PYLN_OPTIONS if measured["as"] else ())
+                measured["floor"] = f
+                print(_floor_line(measured), flush=True)
         out.append(r)
     return out
 
@@ -401,7 +408,8 @@ def run(
 def _floor_line(r: dict[str, Any]) -> str:
     f, t = r["floor"], r["timings"]
     return (
-        f"      lightningd's floor (same calls, no plugin; separate nodes, {f['parallel']} at"
+        f"      lightningd's floor{' (nodes as pyln-testing runs them)' if r['as'] else ''}"
+        f" (same calls, no plugin; separate nodes, {f['parallel']} at"
         f" once): fundchannel_start {f['fundchannel_start']:.2f} s"
         f" (creation {t.get('fundchannel_start', 0) / f['fundchannel_start']:.2f}x),"
         f" fundchannel_complete {f['fundchannel_complete']:.2f} s"
@@ -427,6 +435,7 @@ def main() -> None:
     ap.add_argument(
         "--parallel", default="8", help="--floor: calls in flight, one round per value: 8,32,8"
     )
+    ap.add_argument("--pyln", action="store_true", help="--floor: nodes as pyln-testing runs them")
     args = ap.parse_args()
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
@@ -437,7 +446,7 @@ def main() -> None:
         for n in args.sizes or SIZES:
             parallel = [int(x) for x in args.parallel.split(",")]
             with tempfile.TemporaryDirectory(prefix="superscalar-floor-") as tmp:
-                rounds = floor(n, Path(tmp), parallel)
+                rounds = floor(n, Path(tmp), parallel, PYLN_OPTIONS if args.pyln else ())
             for f in rounds:
                 print(
                     f"  floor {n:3d} clients, {f['parallel']:3.0f} at once: fundchannel_start"
