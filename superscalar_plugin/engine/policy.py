@@ -130,13 +130,16 @@ def htlc_failure(
     guard: ChannelGuard,
     amount_msat: int,
     final: bool,
+    margin: int = 0,
 ) -> bytes | None:
-    """None to let the HTLC through, else the BOLT 4 failure message to fail it with.
+    """None to let the HTLC through, else the BOLT 4 failure message to fail it with. `margin`:
+    blocks more that an HTLC we offer needs (our exit starts when one we offered comes within
+    the EWT plus that margin of its expiry: one offered inside it would start it at once).
 
     bLIP-56: an HTLC on a factory channel needs cltv_expiry >= blockheight + EWT + 1 (there must be
     time to publish the tree before it expires), and it must expire no later than the factory's
     timeout minus the EWT (the seed's `blocks_early`)."""
-    too_soon = cltv_expiry < blockheight + guard.early_warning_time + 1
+    too_soon = cltv_expiry < blockheight + guard.early_warning_time + margin + 1
     too_late = cltv_expiry > guard.last_expiry
     if not (too_soon or too_late):
         return None

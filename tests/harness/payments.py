@@ -568,6 +568,25 @@ def rpc_listinvoices(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
     return {"invoices": out}
 
 
+def rpc_delinvoice(me: FakeNode, p: dict[str, Any]) -> dict[str, Any]:
+    """lightningd's delinvoice: by label, only in the status named (905, 906 as in its schema);
+    an HTLC for a deleted invoice then finds no invoice and fails."""
+    label, status = str(p["label"]), str(p["status"])
+    with me.book.lock:
+        inv = next((i for i in me.book.invoices if i.label == label), None)
+        if inv is None:
+            raise RpcFail(905, "Unknown invoice")
+        current = inv.current_status()
+        if current != status:
+            raise RpcFail(
+                906,
+                f"Invoice status is {current} not {status}",
+                {"current_status": current, "expected_status": status},
+            )
+        me.book.invoices.remove(inv)
+    return inv.json()
+
+
 # -- sendpay, waitsendpay, listsendpays --------------------------------------------------------
 @dataclass
 class Fulfilled:
@@ -1321,6 +1340,7 @@ PAYMENT_HANDLERS = {
     "invoice": rpc_invoice,
     "decode": rpc_decode,
     "listinvoices": rpc_listinvoices,
+    "delinvoice": rpc_delinvoice,
     "sendpay": rpc_sendpay,
     "waitsendpay": rpc_waitsendpay,
     "listsendpays": rpc_listsendpays,

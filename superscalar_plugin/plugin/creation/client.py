@@ -109,10 +109,19 @@ class ClientRole:
         self._guards.refresh()
         if record.channel_bound:
             cids = [record.channel_bound]
-        elif self._guards.expected or any(
-            cs.record.lsp_node_id == record.lsp_node_id and cs.record.state in IN_CEREMONY
-            for cs in self._sessions.values()
-            if cs.record.instance_id != record.instance_id
+        elif (
+            self._guards.expected
+            or any(
+                cs.record.lsp_node_id == record.lsp_node_id and cs.record.state in IN_CEREMONY
+                for cs in self._sessions.values()
+                if cs.record.instance_id != record.instance_id
+            )
+            or any(  # a DW update's new channel is unbound until the update is stored
+                isinstance(r, store.ClientRecord)
+                and r.lsp_node_id == record.lsp_node_id
+                and r.update is not None
+                for r in self._records.all()
+            )
         ):
             cids = []
         else:

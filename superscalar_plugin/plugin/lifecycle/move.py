@@ -50,6 +50,7 @@ peer_log = LogLimiter(log)
 # of 0 to the dust limit (546 sat; README, "Core Lightning facts"), which no payment can move:
 # we allow that and a little rounding. Anything more is money, and we keep the key.
 HANDOVER_DUST_MSAT = 1_000_000
+MOVE_LABEL = "superscalar-move-"  # our move invoices' labels: this, the instance (16), a nonce
 PAY_TIMEOUT = 60  # seconds waitsendpay waits for the circular payment
 CLOSE_WAIT = 60.0  # seconds we watch the old channel reach a closing state
 RETIRED = ("CLOSINGD_SIGEXCHANGE", "CLOSINGD_COMPLETE", "FUNDING_SPEND_SEEN", "ONCHAIN")
@@ -222,8 +223,14 @@ class ClientMover:
         }
 
     def resume(self, record: store.ClientRecord) -> None:
-        """After a restart: a move that was asked for goes on (each step checks the channels)."""
+        """After a restart: a move that was asked for goes on (each step checks the channels).
+        Its unpaid invoices go first, before our hook answers any HTLC (start-up holds them):
+        the channel each may arrive on was known to the hook only before the restart."""
         if record.moving_to and record.state in LIVE:
+            try:
+                self._drop_unpaid_moves(record)
+            except Exception as e:  # the move's own attempt drops them again before paying
+                log.warning("factory %s: move invoices not checked: %s", record.instance_id[:16], e)
             self.start(record)
 
     def start(self, record: store.ClientRecord) -> None:
@@ -248,6 +255,12 @@ class ClientMover:
                 # (README, "Core Lightning facts"): none may arrive (the guards), so wait out
                 # the others.
                 self._wait(lambda: not (self._old_channel(record) or {}).get("htlcs"), "no HTLC")
+                left = msat((self._old_channel(record) or {}).get("to_us_msat", 0))
+                if left > HANDOVER_DUST_MSAT:  # a target too small: closing would strand it
+                    raise MoveRefused(
+                        f"{left} msat of ours are still in the old channel (the target took"
+                        " less): it stays open, and we keep our key"
+                    )
                 self._close(old)
             self._wait_closing(record)
             self._submit(lambda: self._hand_over(instance))
@@ -314,11 +327,14 @@ class ClientMover:
         solvency.check_move_payment(
             amount, fee, cap, self._moving_target(record, target), self._node.config.move_min_depth
         )
-        label = f"superscalar-move-{record.instance_id[:16]}-{os.urandom(4).hex()}"
+        self._drop_unpaid_moves(record)  # an earlier attempt's, unguarded since a restart
+        label = f"{MOVE_LABEL}{record.instance_id[:16]}-{os.urandom(4).hex()}"
         inv = self._node.rpc.call(
             "invoice",
             {"amount_msat": amount, "label": label, "description": "superscalar: factory move"},
         )
+        # Our hook takes it on the target channel only (before anything is sent).
+        self._guards.expect_move(inv["payment_hash"], new)
         decoded = self._node.rpc.call("decode", {"string": inv["bolt11"]})
         # sendpay's delays are relative: lightningd adds the height (+1) itself.
         final = int(decoded.get("min_final_cltv_expiry", 18)) + EXTRA_CLTV
@@ -346,11 +362,27 @@ class ClientMover:
                 "label": label,
             },
         )
-        self._node.rpc.call(
-            "waitsendpay", {"payment_hash": inv["payment_hash"], "timeout": PAY_TIMEOUT}
-        )
+        try:
+            self._node.rpc.call(
+                "waitsendpay", {"payment_hash": inv["payment_hash"], "timeout": PAY_TIMEOUT}
+            )
+        finally:
+            self._drop_unpaid_moves(record)  # never paid later, where nothing guards it
+            self._guards.forget_move(inv["payment_hash"])
         self._check_arrived(label, amount + fee, cap)
         log.info("factory %s: moved %d msat to %s", record.instance_id[:16], amount, target[:16])
+
+    def _drop_unpaid_moves(self, record: store.ClientRecord) -> None:
+        """Delete this factory's unpaid move invoices: only a payment our hook guards (its target
+        channel known) may ever pay one."""
+        prefix = f"{MOVE_LABEL}{record.instance_id[:16]}-"
+        for inv in self._node.rpc.call("listinvoices").get("invoices", []):
+            label = str(inv.get("label", ""))
+            if label.startswith(prefix) and inv.get("status") == "unpaid":
+                try:
+                    self._node.rpc.call("delinvoice", {"label": label, "status": "unpaid"})
+                except Exception as e:  # paid or expired meanwhile: nothing to drop
+                    log.info("move invoice %s not deleted: %s", label, why(e))
 
     def _check_arrived(self, label: str, sent_msat: int, cap_msat: int) -> None:
         """Our own invoice says what reached the target: what we sent less at most the cap."""

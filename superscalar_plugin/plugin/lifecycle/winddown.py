@@ -272,6 +272,7 @@ class WindDown:
                 factory_channels.update(c.channel_id for c in r.clients if c.channel_id)
                 factory_channels.update(e.channel_id for e in r.sales if e.channel_id)
                 factory_channels.update(r.retired)
+                factory_channels.update(j.channel_id for j in r.jit)  # bought: the buyer's
                 if r.update is not None:  # an update's new channels, on its unsigned leaves
                     factory_channels.update(c.channel_id for c in r.update.clients if c.channel_id)
         found: dict[int, str] = {}

@@ -55,6 +55,10 @@ class Guards:
         # An LSP's DW update in flight: each client's old channel -> its new one. The client's
         # payment to itself crosses between them while both are frozen (`updates/swap.py`).
         self.swaps: dict[str, str] = {}
+        # Our move payments to ourselves in flight: payment hash -> the ids (scid, aliases) of
+        # the target channel, the only one it may arrive on (an LSP could forward it into any
+        # other channel of ours, e.g. one of a factory that never confirms).
+        self.moves: dict[str, frozenset[str]] = {}
         self.cltv_final = 18
         self.max_locktime = 2016
 
@@ -77,6 +81,15 @@ class Guards:
         mapped = set()
         self.invoice_ewt = max((g.early_warning_time for g in wanted.values()), default=0)
         lsps = {r.lsp_node_id for r in records if isinstance(r, store.ClientRecord)}
+        # As LSP: the clients of a creation not funded yet. Their new zero-conf channels carry no
+        # HTLC until the factory is funded (its guards then apply): money forwarded into a tree
+        # that is not signed yet could never be enforced.
+        lsps |= {
+            c.node_id
+            for r in records
+            if isinstance(r, store.LspRecord) and r.state in CREATING
+            for c in r.clients
+        }
         unbound: set[str] = set()
         if wanted or pinned or lsps:
             try:
@@ -132,9 +145,27 @@ class Guards:
         for it, without listing every channel (one listing per client on a creation's path)."""
         self.unmapped += 1
 
+    def expect_move(self, payment_hash: str, target: dict[str, Any]) -> None:
+        """Our move payment `payment_hash` may arrive only on the channel `target` (as listed)."""
+        self.moves[payment_hash] = frozenset(_scids(target))
+
+    def forget_move(self, payment_hash: str) -> None:
+        self.moves.pop(payment_hash, None)
+
     def htlc_verdict(self, htlc: dict[str, Any], onion: dict[str, Any]) -> dict[str, Any]:
         """The htlc_accepted hook: dictionary lookups and comparisons only, no RPC."""
         guards, height = self.by_scid, self._node.height
+        target = self.moves.get(str(htlc.get("payment_hash", "")))
+        if target is not None and htlc.get("short_channel_id") not in target:
+            log.warning(
+                "failing our move payment: it came in on %s, not on its target channel",
+                htlc.get("short_channel_id"),
+            )
+            amount = msat(htlc.get("amount_msat", 0))
+            return {
+                "result": "fail",
+                "failure_message": policy.unknown_payment_details(amount, height).hex(),
+            }
         outgoing_scid = onion.get("short_channel_id")
         into = self.swaps.get(self.channel_of.get(htlc.get("short_channel_id", ""), ""))
         if into is not None and into == self.channel_of.get(outgoing_scid or ""):
@@ -165,6 +196,7 @@ class Guards:
                 outgoing,
                 msat(onion.get("forward_msat", 0)),
                 final=False,
+                margin=self._node.config.exit_margin,  # it would start our exit at once
             )
             if fail is not None:
                 return {"result": "fail", "failure_message": fail.hex()}
@@ -196,6 +228,12 @@ class Guards:
 # Fails every HTLC (a timeout of 0): a channel that no signed factory of ours funds.
 NO_HTLC = policy.ChannelGuard(0, 0)
 SIGNING_STATES = (store.ClientState.ACCEPTED, store.ClientState.SIGNING)
+CREATING = (
+    store.LspState.PROPOSING,
+    store.LspState.OPENING,
+    store.LspState.SIGNING,
+    store.LspState.COMPLETING,
+)
 
 
 def _unbound(ch: dict[str, Any], lsps: set[str]) -> bool:
