@@ -327,6 +327,20 @@ class ClientMover:
         solvency.check_move_payment(
             amount, fee, cap, self._moving_target(record, target), self._node.config.move_min_depth
         )
+        self._send_to_target(record, old, new, (amount, fee, cap))
+        log.info("factory %s: moved %d msat to %s", record.instance_id[:16], amount, target[:16])
+
+    def _send_to_target(
+        self,
+        record: store.ClientRecord,
+        old: dict[str, Any],
+        new: dict[str, Any],
+        amounts: tuple[int, int, int],
+    ) -> None:
+        """Pay ourselves `amount` (plus the LSP's `fee`) over old -> LSP -> new, taken by our
+        hook on `new` only; what arrived is checked against the `cap`."""
+        amount, fee, cap = amounts
+        update = (new.get("updates") or {}).get("remote") or {}
         self._drop_unpaid_moves(record)  # an earlier attempt's, unguarded since a restart
         label = f"{MOVE_LABEL}{record.instance_id[:16]}-{os.urandom(4).hex()}"
         inv = self._node.rpc.call(
@@ -370,7 +384,6 @@ class ClientMover:
             self._drop_unpaid_moves(record)  # never paid later, where nothing guards it
             self._guards.forget_move(inv["payment_hash"])
         self._check_arrived(label, amount + fee, cap)
-        log.info("factory %s: moved %d msat to %s", record.instance_id[:16], amount, target[:16])
 
     def _drop_unpaid_moves(self, record: store.ClientRecord) -> None:
         """Delete this factory's unpaid move invoices: only a payment our hook guards (its target
