@@ -230,6 +230,8 @@ def fill(lsp: Any, clients: list[Any], amount_msat: int) -> None:
     for c in clients:
         inv = c.rpc.invoice(amount_msat, f"in-{os.urandom(4).hex()}", "in")["bolt11"]
         assert lsp.rpc.pay(inv)["status"] == "complete"
+        # `pay` returns with the preimage; the client can spend it once the commitments settle.
+        wait_for(lambda c=c: no_htlcs(c) and no_htlcs(lsp))
         back = lsp.rpc.invoice(amount_msat // 4, f"out-{os.urandom(4).hex()}", "out")["bolt11"]
         assert c.rpc.pay(back)["status"] == "complete"
     for n in [lsp, *clients]:

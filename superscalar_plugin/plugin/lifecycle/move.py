@@ -224,13 +224,14 @@ class ClientMover:
 
     def resume(self, record: store.ClientRecord) -> None:
         """After a restart: a move that was asked for goes on (each step checks the channels).
-        Its unpaid invoices go first, before our hook answers any HTLC (start-up holds them):
-        the channel each may arrive on was known to the hook only before the restart."""
+        First, before our hook answers any HTLC (start-up holds them), its unpaid invoices are
+        guarded again: a payment in flight across the restart is taken on the target only."""
         if record.moving_to and record.state in LIVE:
             try:
+                self._guard_unpaid_moves(record)
+            except Exception as e:  # cannot tell the target: no payment may settle them
+                log.warning("factory %s: move invoices dropped: %s", record.instance_id[:16], e)
                 self._drop_unpaid_moves(record)
-            except Exception as e:  # the move's own attempt drops them again before paying
-                log.warning("factory %s: move invoices not checked: %s", record.instance_id[:16], e)
             self.start(record)
 
     def start(self, record: store.ClientRecord) -> None:
@@ -341,13 +342,13 @@ class ClientMover:
         hook on `new` only; what arrived is checked against the `cap`."""
         amount, fee, cap = amounts
         update = (new.get("updates") or {}).get("remote") or {}
-        self._drop_unpaid_moves(record)  # an earlier attempt's, unguarded since a restart
         label = f"{MOVE_LABEL}{record.instance_id[:16]}-{os.urandom(4).hex()}"
         inv = self._node.rpc.call(
             "invoice",
             {"amount_msat": amount, "label": label, "description": "superscalar: factory move"},
         )
-        # Our hook takes it on the target channel only (before anything is sent).
+        # Our hook takes it on the target channel only (before anything is sent; kept while
+        # the invoice is unpaid, even after our wait gives up: the LSP may still forward it).
         self._guards.expect_move(inv["payment_hash"], new)
         decoded = self._node.rpc.call("decode", {"string": inv["bolt11"]})
         # sendpay's delays are relative: lightningd adds the height (+1) itself.
@@ -376,26 +377,40 @@ class ClientMover:
                 "label": label,
             },
         )
-        try:
-            self._node.rpc.call(
-                "waitsendpay", {"payment_hash": inv["payment_hash"], "timeout": PAY_TIMEOUT}
-            )
-        finally:
-            self._drop_unpaid_moves(record)  # never paid later, where nothing guards it
-            self._guards.forget_move(inv["payment_hash"])
+        self._node.rpc.call(
+            "waitsendpay", {"payment_hash": inv["payment_hash"], "timeout": PAY_TIMEOUT}
+        )
         self._check_arrived(label, amount + fee, cap)
+
+    def _unpaid_moves(self, record: store.ClientRecord) -> list[dict[str, Any]]:
+        prefix = f"{MOVE_LABEL}{record.instance_id[:16]}-"
+        return [
+            inv
+            for inv in self._node.rpc.call("listinvoices").get("invoices", [])
+            if str(inv.get("label", "")).startswith(prefix) and inv.get("status") == "unpaid"
+        ]
+
+    def _guard_unpaid_moves(self, record: store.ClientRecord) -> None:
+        """Our hook takes this factory's unpaid move payments on the move's target only (on none
+        if the target is gone)."""
+        target = self._node.channels().get(record.moving_to or "", {})
+        for inv in self._unpaid_moves(record):
+            self._guards.expect_move(str(inv["payment_hash"]), target)
 
     def _drop_unpaid_moves(self, record: store.ClientRecord) -> None:
         """Delete this factory's unpaid move invoices: only a payment our hook guards (its target
         channel known) may ever pay one."""
-        prefix = f"{MOVE_LABEL}{record.instance_id[:16]}-"
-        for inv in self._node.rpc.call("listinvoices").get("invoices", []):
+        try:
+            unpaid = self._unpaid_moves(record)
+        except Exception as e:
+            log.warning("factory %s: move invoices unknown: %s", record.instance_id[:16], e)
+            return
+        for inv in unpaid:
             label = str(inv.get("label", ""))
-            if label.startswith(prefix) and inv.get("status") == "unpaid":
-                try:
-                    self._node.rpc.call("delinvoice", {"label": label, "status": "unpaid"})
-                except Exception as e:  # paid or expired meanwhile: nothing to drop
-                    log.info("move invoice %s not deleted: %s", label, why(e))
+            try:
+                self._node.rpc.call("delinvoice", {"label": label, "status": "unpaid"})
+            except Exception as e:  # paid or expired meanwhile: nothing to drop
+                log.info("move invoice %s not deleted: %s", label, why(e))
 
     def _check_arrived(self, label: str, sent_msat: int, cap_msat: int) -> None:
         """Our own invoice says what reached the target: what we sent less at most the cap."""

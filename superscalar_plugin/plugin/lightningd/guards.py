@@ -149,9 +149,6 @@ class Guards:
         """Our move payment `payment_hash` may arrive only on the channel `target` (as listed)."""
         self.moves[payment_hash] = frozenset(_scids(target))
 
-    def forget_move(self, payment_hash: str) -> None:
-        self.moves.pop(payment_hash, None)
-
     def htlc_verdict(self, htlc: dict[str, Any], onion: dict[str, Any]) -> dict[str, Any]:
         """The htlc_accepted hook: dictionary lookups and comparisons only, no RPC."""
         guards, height = self.by_scid, self._node.height
