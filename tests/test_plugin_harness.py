@@ -386,10 +386,15 @@ def test_htlc_rules_on_factory_channels_and_ordinary_channels_untouched(
     assert soon["result"] == "fail" and soon["failure_message"].startswith("100e")
     late = verdict(_htlc(factory_scid, timeout - ewt + 1, outgoing=ordinary))
     assert late == {"result": "fail", "failure_message": "0015"}
-    # Forwarded into a factory channel: the outgoing cltv must respect the same window.
-    into = verdict(_htlc(ordinary, height + 600, outgoing=factory_scid, out_cltv=height + ewt))
-    assert into["result"] == "fail" and into["failure_message"].startswith("100e")
-    ok = verdict(_htlc(ordinary, height + 600, outgoing=factory_scid, out_cltv=height + ewt + 1))
+    # Forwarded into a factory channel: the outgoing cltv must respect the same window, and
+    # more: the LSP offers no HTLC inside its own exit trigger (the EWT plus `exit-margin`, 12).
+    margin = 12
+    for out in (height + ewt, height + ewt + margin):
+        into = verdict(_htlc(ordinary, height + 600, outgoing=factory_scid, out_cltv=out))
+        assert into["result"] == "fail" and into["failure_message"].startswith("100e")
+    ok = verdict(
+        _htlc(ordinary, height + 600, outgoing=factory_scid, out_cltv=height + ewt + margin + 1)
+    )
     assert ok["result"] == "continue"
     # Ordinary channels are never touched, whatever the cltv.
     for cltv in (height + 1, height + 10_000):
