@@ -266,7 +266,12 @@ class FactoryService:
         self.router.on_custommsg(peer, payload_hex)
 
     def on_openchannel(self, peer: str, funding_msat: int, push_msat: int) -> dict[str, Any]:
-        return self.opens.decide(peer, funding_msat, push_msat)
+        decision = self.opens.decide(peer, funding_msat, push_msat)
+        if decision.get("mindepth") == 0:
+            # A factory slot's zero-conf channel opens now: until a refresh maps it, the hook
+            # maps an HTLC on a channel it does not know on the spot (it takes none unbound).
+            self.guards.ceremony_started()
+        return decision
 
     def htlc_verdict(self, htlc: dict[str, Any], onion: dict[str, Any]) -> dict[str, Any]:
         """Until start-up has built the guards, an HTLC (lightningd replays them at start) is

@@ -140,9 +140,10 @@ class Guards:
         return rules
 
     def ceremony_started(self) -> None:
-        """A ceremony of ours began (its record persisted): until the next refresh counts it, an
-        HTLC on a channel not mapped yet makes the hook map it first. What a refresh would do
-        for it, without listing every channel (one listing per client on a creation's path)."""
+        """A ceremony of ours began (its record persisted), or a factory slot's channel is being
+        opened to us: until the next refresh counts it, an HTLC on a channel not mapped yet makes
+        the hook map it first. What a refresh would do for it, without listing every channel
+        (one listing per client on a creation's path)."""
         self.unmapped += 1
 
     def expect_move(self, payment_hash: str, target: dict[str, Any]) -> None:
