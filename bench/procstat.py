@@ -72,3 +72,11 @@ def cpu_by_kind(lsp_pid: int, client_pids: Sequence[int]) -> dict[str, float]:
             kind = "plugin" if "superscalar" in _cmdline(pid) else "subdaemons"
             out[f"{roots[ppid]}_{kind}"] += cpu
     return {k: round(v, 2) for k, v in out.items()}
+
+
+def box_busy() -> float:
+    """CPU seconds the whole machine has spent busy so far (every core, every process: what
+    the nodes' bitcoind polling takes too)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / TICK

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "contrib" / "regtest"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from procstat import cpu_by_kind, plugin_pid, rss_mb  # noqa: E402
+from procstat import box_busy, cpu_by_kind, plugin_pid, rss_mb  # noqa: E402
 
 SIZES = (4, 16, 64)
 LARGE = 128  # added with SUPERSCALAR_BENCH_128=1 (129 nodes: minutes of set-up)
@@ -229,10 +229,13 @@ def measure(
         out_client = None if profile is None else profile / f"client0-cpu-{n_clients}.txt"
         before = cpu_by_kind(lsp.proc.pid, [c.proc.pid for c in clients])
         client0 = plugin_pid(clients[0].proc.pid)
+        busy = box_busy()
         with profiled(lsp_plugin, out), profiled(client0, out_client, idle=False):
             result, wall = create(lsp, clients)
+        busy = box_busy() - busy
         after = cpu_by_kind(lsp.proc.pid, [c.proc.pid for c in clients])
         cpu = {k: round(after[k] - before.get(k, 0.0), 2) for k in after}
+        cpu["machine"] = round(busy, 2)
         return {
             "clients": n_clients,
             "as": "pyln-testing" if node_options else "",
@@ -316,7 +319,10 @@ def floor(
                 ]
             )
             time.sleep(1)
+        pids = [c.proc.pid for c in clients]
         for p in parallel:
+            before = cpu_by_kind(lsp.proc.pid, pids)
+            busy = box_busy()
             with ThreadPoolExecutor(p) as pool:
                 t = time.perf_counter()
                 scripts = list(pool.map(start, ids))
@@ -327,12 +333,15 @@ def floor(
             t = time.perf_counter()
             _wait_normal(rpc, (len(rounds) + 1) * len(ids))
             t_lockin = time.perf_counter() - t
+            after = cpu_by_kind(lsp.proc.pid, pids)
+            after["machine"] = box_busy() - busy
             rounds.append(
                 {
                     "parallel": p,
                     "fundchannel_start": t_start,
                     "fundchannel_complete": t_complete,
                     "lockin": t_lockin,
+                    **{f"cpu_{k}": round(after[k] - before.get(k, 0.0), 2) for k in after},
                 }
             )
         if tracer is not None:
@@ -416,8 +425,13 @@ def _floor_line(r: dict[str, Any]) -> str:
         f" (creation {t.get('fundchannel_complete', 0) / f['fundchannel_complete']:.2f}x),"
         f" then every channel CHANNELD_NORMAL {f['lockin']:.2f} s;\n"
         f"      all three {_floor_total(f):.2f} s: the whole creation took"
-        f" {r['wall_s'] / _floor_total(f):.2f}x lightningd's own opens"
+        f" {r['wall_s'] / _floor_total(f):.2f}x lightningd's own opens\n"
+        f"      the floor's CPU (s): {_cpu_of(f)}"
     )
+
+
+def _cpu_of(f: dict[str, Any]) -> str:
+    return ", ".join(f"{k[4:]} {v:.2f}" for k, v in f.items() if k.startswith("cpu_"))
 
 
 def _floor_total(f: dict[str, float]) -> float:

@@ -213,12 +213,19 @@ def topology_of(record: Record) -> Topology:
 
 
 def to_json(record: Record) -> dict[str, Any]:
-    data = dataclasses.asdict(record)
-    data["params"]["arity"] = list(record.params.arity)
+    """The record as stored: JSON values only (tuples become lists, enums their values)."""
+    # json walks the values itself (`dataclasses.asdict` deep-copies every field first: most of
+    # a client's record write at creation).
+    data: dict[str, Any] = json.loads(json.dumps(record, default=_fields))
     data["version"] = RECORD_VERSION
     data["kind"] = "lsp" if isinstance(record, LspRecord) else "client"
-    normalized: dict[str, Any] = json.loads(json.dumps(data))  # tuples -> lists, as stored
-    return normalized
+    return data
+
+
+def _fields(value: object) -> dict[str, Any]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    raise TypeError(f"{type(value).__name__} is not a record field")
 
 
 # --- validation on load -------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from . import musig2
 from .errors import InvalidAmount, InvalidParameter, InvalidShape
@@ -94,6 +94,15 @@ class Topology:
 
     @staticmethod
     def build(n_clients: int, params: FactoryParams) -> Topology:
+        """The shape of `n_clients` under `params` (an immutable value, so built once per shape
+        and shared: a client rebuilds it for each message and each guard refresh, O(n) each)."""
+        try:
+            return _built(n_clients, params)
+        except TypeError:  # an unhashable field: built uncached, where `validate` names it
+            return Topology._build(n_clients, params)
+
+    @staticmethod
+    def _build(n_clients: int, params: FactoryParams) -> Topology:
         check_shape(n_clients, params)
         # Bottom-up grouping: each group is (kind, [child groups], lo, hi).
         groups: list[_Group] = [
@@ -185,6 +194,11 @@ class Topology:
     def total_states(self) -> int:
         """How many times the deepest leaf can be updated, counting the initial state."""
         return int(self.params.states_per_layer**self.max_state_layers)
+
+
+@lru_cache(maxsize=64)
+def _built(n_clients: int, params: FactoryParams) -> Topology:
+    return Topology._build(n_clients, params)
 
 
 @dataclass

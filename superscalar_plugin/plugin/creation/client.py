@@ -287,8 +287,9 @@ class ClientRole:
         assert isinstance(latest, store.ClientRecord)
         cs.record = latest.replace(state=store.ClientState.FUNDED)
         self._records.persist(cs.record)
-        del self._sessions[cs.record.instance_id]  # nothing more to hear from the LSP
-        self._guards.refresh()
+        # Nothing more to hear from the LSP. No guard changes: READY and FUNDED carry the same
+        # rules (a channel change refreshes them anyway).
+        del self._sessions[cs.record.instance_id]
 
     def _store_path(self, cs: ClientSession) -> None:
         header = cs.signer.header
