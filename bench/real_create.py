@@ -466,7 +466,7 @@ def main() -> None:
                     f"  floor {n:3d} clients, {f['parallel']:3.0f} at once: fundchannel_start"
                     f" {f['fundchannel_start']:.2f} s, fundchannel_complete"
                     f" {f['fundchannel_complete']:.2f} s, lock-in {f['lockin']:.2f} s"
-                    f" (total {_floor_total(f):.2f} s)",
+                    f" (total {_floor_total(f):.2f} s); CPU (s): {_cpu_of(f)}",
                     flush=True,
                 )
         return

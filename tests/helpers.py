@@ -20,7 +20,11 @@ def signers_for(p: Participants) -> dict[int, Signer]:
 
 
 def coordinator_for(
-    p: Participants, states: dw.States | None = None, nodes: tuple[int, ...] | None = None
+    p: Participants,
+    states: dw.States | None = None,
+    nodes: tuple[int, ...] | None = None,
+    client_nonces: dict[int, dict[int, bytes]] | None = None,
 ) -> Coordinator:
     f = p.factory
-    return Coordinator(f, p.lsp_seckey, OUTPOINT, states or dw.initial_states(f.topology), nodes)
+    states = states or dw.initial_states(f.topology)
+    return Coordinator(f, p.lsp_seckey, OUTPOINT, states, nodes, client_nonces=client_nonces)

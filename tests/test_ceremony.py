@@ -167,9 +167,18 @@ HEADER_TAMPERS = {
 }
 
 
-def _refused(tamper_templates=None, tamper_header=None) -> None:  # type: ignore[no-untyped-def]
+def _precommitted(p):  # type: ignore[no-untyped-def]
+    """A creation's signers, each having given its nonces with its ACCEPT, and the LSP's
+    coordinator holding them."""
+    signers = signers_for(p)
+    topo = p.factory.topology
+    given = {c: dict(s.precommit(topo.client_path(c))) for c, s in signers.items()}
+    return coordinator_for(p, client_nonces=given), signers
+
+
+def _refused(tamper_templates=None, tamper_header=None, precommit=False) -> None:  # type: ignore[no-untyped-def]
     p = participants(8)
-    co, signers = coordinator_for(p), signers_for(p)
+    co, signers = _precommitted(p) if precommit else (coordinator_for(p), signers_for(p))
     req = wire.decode(co.start()[0])
     assert isinstance(req, wire.SignRequest)
     templates, header = list(req.templates), req.header
@@ -178,20 +187,107 @@ def _refused(tamper_templates=None, tamper_header=None) -> None:  # type: ignore
     if tamper_header:
         header = tamper_header(header)
     assert (tuple(templates), header) != (req.templates, req.header)
-    bad = wire.SignRequest(req.session, header, tuple(templates)).encode()
+    bad = wire.SignRequest(req.session, header, tuple(templates), req.aggnonces).encode()
     with pytest.raises(UnsafeToSign):
         signers[0].receive(bad)
     assert signers[0].state is SignerState.FAILED and not signers[0].signed_path
+    if precommit:  # its ACCEPT's nonces went with the refusal: the honest request gets none
+        with pytest.raises(CeremonyError, match="never gave"):
+            signers[0].receive(co.start()[0])
 
 
+@pytest.mark.parametrize("precommit", [False, True], ids=["nonces-after", "nonces-with-accept"])
 @pytest.mark.parametrize("tamper", TAMPERS, ids=lambda f: f.__name__.strip("_"))
-def test_a_client_refuses_tampered_transactions(tamper) -> None:  # type: ignore[no-untyped-def]
-    _refused(tamper_templates=tamper)
+def test_a_client_refuses_tampered_transactions(tamper, precommit: bool) -> None:  # type: ignore[no-untyped-def]
+    _refused(tamper_templates=tamper, precommit=precommit)
 
 
+@pytest.mark.parametrize("precommit", [False, True], ids=["nonces-after", "nonces-with-accept"])
 @pytest.mark.parametrize("what", sorted(HEADER_TAMPERS))
-def test_a_client_refuses_terms_it_did_not_agree_to(what: str) -> None:
-    _refused(tamper_header=HEADER_TAMPERS[what])
+def test_a_client_refuses_terms_it_did_not_agree_to(what: str, precommit: bool) -> None:
+    _refused(tamper_header=HEADER_TAMPERS[what], precommit=precommit)
+
+
+def test_a_creation_signs_with_the_nonces_of_the_accepts_in_one_round_trip() -> None:
+    p = participants(16)
+    f = p.factory
+    co, signers = _precommitted(p)
+    requests = co.start()
+    assert co.state is CoordinatorState.COLLECTING_PSIGS
+    replies = {c: signers[c].receive(r) for c, r in requests.items()}
+    for c, r in replies.items():  # the request is answered with partial signatures at once
+        assert r is not None and wire.decode(r).type is wire.MsgType.PARTIAL_SIGS  # type: ignore[union-attr]
+        assert signers[c].state is SignerState.PSIGS_SENT
+    finals: dict[int, bytes] = {}
+    for c, r in replies.items():
+        assert r is not None
+        finals.update(co.receive(c, r))
+    assert co.state is CoordinatorState.DONE and len(co.signed) == len(f.topology.nodes)
+    for c, data in finals.items():
+        assert signers[c].receive(data) is None and signers[c].state is SignerState.DONE
+        assert [s.node for s in signers[c].signed_path] == f.topology.client_path(c)
+    local = sign_in_process(
+        f, OUTPOINT, dw.initial_states(f.topology), p.lsp_seckey, p.client_seckeys
+    )
+    assert {n: s.txid for n, s in local.items()} == {n: s.txid for n, s in co.signed.items()}
+
+
+def test_nonces_given_with_an_accept_sign_one_request_only() -> None:
+    """A hostile LSP asks twice (two trees, or the same tree twice) for signatures under the
+    nonces of one ACCEPT: two partial signatures with one nonce would give away the key."""
+    p = participants(4)
+    co, signers = _precommitted(p)
+    first = co.start()[0]
+    assert signers[0].receive(first) is not None
+    for again in (first, co.start()[0]):
+        with pytest.raises(CeremonyError):
+            signers[0].receive(again)
+    assert signers[0]._nonces == {}
+
+
+def test_a_precommitted_client_needs_the_aggregates_and_no_one_else_gets_them() -> None:
+    p = participants(4)
+    co, signers = _precommitted(p)
+    req = wire.decode(co.start()[0])
+    assert isinstance(req, wire.SignRequest) and req.aggnonces
+    bare = wire.SignRequest(req.session, req.header, req.templates).encode()
+    with pytest.raises(CeremonyError, match="aggregate nonces"):
+        signers[0].receive(bare)
+    assert signers[0]._nonces == {} and signers[0].state is SignerState.FAILED
+    # Aggregates for a signer that gave no nonce: refused, nothing signed.
+    fresh = signers_for(p)[0]
+    with pytest.raises(CeremonyError, match="never gave"):
+        fresh.receive(req.encode())
+    # Aggregates for other nodes than the request signs.
+    _, signers = _precommitted(p)
+    shifted = tuple((n + 1, v) for n, v in req.aggnonces)
+    with pytest.raises(CeremonyError):
+        signers[0].receive(
+            wire.SignRequest(req.session, req.header, req.templates, shifted).encode()
+        )
+    assert signers[0]._nonces == {}
+
+
+def test_nonces_are_committed_once_and_for_the_path_only() -> None:
+    p = participants(4)
+    signer = signers_for(p)[0]
+    path = p.factory.topology.client_path(0)
+    signer.precommit(path)
+    with pytest.raises(CeremonyError, match="committed once"):
+        signer.precommit(path)
+    # Nonces for a shorter path than the request signs: refused before any signature.
+    short = signers_for(p)
+    given = {c: dict(s.precommit(p.factory.topology.client_path(c))) for c, s in short.items()}
+    co = coordinator_for(p, client_nonces=given)
+    liar = signers_for(p)[0]
+    liar.precommit(path[:-1])
+    with pytest.raises(CeremonyError, match="other nodes"):
+        liar.receive(co.start()[0])
+    # The LSP refuses nonces for the wrong nodes or a client without any, naming it.
+    with pytest.raises(CeremonyError, match="client 1: nonces for the wrong nodes"):
+        coordinator_for(p, client_nonces={**given, 1: {0: given[1][0]}})
+    with pytest.raises(CeremonyError, match="client 3: no nonces"):
+        coordinator_for(p, client_nonces={c: v for c, v in given.items() if c != 3})
 
 
 def test_secret_nonces_are_single_use_and_never_serialized() -> None:

@@ -222,7 +222,9 @@ def test_sigkill_mid_ceremony_then_restart_is_consistent_and_never_reuses_nonces
     held: list[str] = []
 
     def hold_nonces(src: FakeNode, dst: FakeNode, msg_hex: str) -> str | None:
-        if _ceremony_type(_piggyback(msg_hex)) is wire.MsgType.NONCES:
+        # A creation's nonces come with the ACCEPTs: the partial signatures are the round
+        # the LSP waits for when it dies.
+        if _ceremony_type(_piggyback(msg_hex)) is wire.MsgType.PARTIAL_SIGS:
             held.append(msg_hex)
             return None
         return msg_hex
@@ -246,7 +248,7 @@ def test_sigkill_mid_ceremony_then_restart_is_consistent_and_never_reuses_nonces
     deadline = time.monotonic() + 20
     while len(held) < len(clients) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert len(held) == len(clients), "the ceremony never reached the nonce round"
+    assert len(held) == len(clients), "the ceremony never reached the signature round"
     lsp.kill()
     t.join(30)
     assert "error" in outcome
@@ -260,7 +262,7 @@ def test_sigkill_mid_ceremony_then_restart_is_consistent_and_never_reuses_nonces
     assert not _reserved(lsp)
     for c in clients:
         c.wait_for_log("LSP aborted")
-    # Replaying the old nonce messages to the restarted LSP is refused (no ceremony in memory).
+    # Replaying the old signature messages to the restarted LSP is refused (no ceremony).
     for msg in held:
         lsp.deliver_custommsg(clients[0], msg)
     # A fresh factory with the same clients works: new instance, fresh nonces.
@@ -536,13 +538,13 @@ def test_a_client_killed_mid_ceremony_is_named_and_restarts_aborted(
     net, lsp, clients = _setup(network_factory, timeout=3)
     victim = clients[1]
 
-    def kill_on_nonces(src: FakeNode, dst: FakeNode, msg_hex: str) -> str | None:
-        if src is victim and _ceremony_type(_piggyback(msg_hex)) is wire.MsgType.NONCES:
-            victim.kill()  # dies right after sending its nonces, which never arrive
+    def kill_on_signatures(src: FakeNode, dst: FakeNode, msg_hex: str) -> str | None:
+        if src is victim and _ceremony_type(_piggyback(msg_hex)) is wire.MsgType.PARTIAL_SIGS:
+            victim.kill()  # dies right after sending its partial signatures, which never arrive
             return None
         return msg_hex
 
-    net.intercept = kill_on_nonces
+    net.intercept = kill_on_signatures
     with pytest.raises(RpcCallError) as info:
         _create(lsp, clients)
     assert victim.node_id in str(info.value)

@@ -19,7 +19,13 @@ def _messages() -> list[bytes]:
     req = co.start()[0]
     nonces = signers[0].receive(req)
     assert nonces is not None
-    return [req, nonces, wire.Abort(co.session, "bye").encode()]
+    # A creation's request: the aggregate nonces of the nonces given with the ACCEPTs.
+    fresh = signers_for(p)
+    topo = p.factory.topology
+    given = {c: dict(s.precommit(topo.client_path(c))) for c, s in fresh.items()}
+    precommitted = coordinator_for(p, client_nonces=given).start()[0]
+    assert wire.decode(precommitted).aggnonces  # type: ignore[union-attr]
+    return [req, nonces, precommitted, wire.Abort(co.session, "bye").encode()]
 
 
 def test_round_trip() -> None:
@@ -32,7 +38,8 @@ def test_truncation_trailing_bytes_and_unknown_types_are_rejected() -> None:
         for cut in (1, 10, len(data) // 2, len(data) - 1):
             with pytest.raises(WireError):
                 wire.decode(data[:cut])
-        with pytest.raises(WireError, match="trailing"):
+        # A request's trailing bytes start its optional aggregate nonces: truncated.
+        with pytest.raises(WireError, match=r"trailing|truncated"):
             wire.decode(data + b"\x00")
     with pytest.raises(WireError, match="unknown message type"):
         wire.decode(b"\x63" + bytes(40))

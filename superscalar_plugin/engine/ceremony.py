@@ -5,6 +5,12 @@ bytes (`wire`): message in, state updated, messages out. A client receives and s
 its own root-to-leaf path and rebuilds every one of them itself before signing (`check_path`), so its
 work and its messages grow with its path length, not with the number of clients.
 
+At a creation the nonce round comes first, with the proposal: a client's ACCEPT carries its public
+nonces for the nodes of its path (the proposed shape fixes them; `Signer.precommit`), and the
+SIGN_REQUEST carries the aggregates (`Coordinator(client_nonces=...)`), so the client answers it
+with its partial signatures after its checks: one round trip fewer, nothing signed earlier. An
+update or a sale collects its nonces after the request.
+
 `sign_in_process` signs with every secret key in one process (tests, demo, benchmarks);
 `sign_together`, its core, makes one such signature (also `handover`'s key-path spends).
 Secret nonces live only in memory, single-use; an interrupted ceremony restarts with fresh ones.
@@ -181,6 +187,8 @@ class Signer:
     spent: dict[int, int] = field(default_factory=dict)
     _pending_terms: ClientTerms | None = None
     _nonces: dict[int, tuple[musig2.SecretNonce, bytes]] = field(default_factory=dict, repr=False)
+    # Our nonces went out with our ACCEPT (`precommit`): the SIGN_REQUEST brings the aggregates.
+    _precommitted: bool = False
 
     def __post_init__(self) -> None:
         self.pubkey = musig2.pubkey_from_secret(self.seckey)
@@ -219,6 +227,19 @@ class Signer:
         signer.signed_path, signer.states = list(path), dict(states)
         signer.state = SignerState.DONE
         return signer
+
+    def precommit(self, nodes: Sequence[int]) -> tuple[tuple[int, bytes], ...]:
+        """Fresh nonces for a creation's `nodes` (our path in the proposed shape), before any
+        transaction exists: BIP327 nonces need no message, only fresh randomness. Each is used
+        for at most one partial signature, after every check of the SIGN_REQUEST, or forgotten.
+        Returns the public nonces for our ACCEPT."""
+        if self.state is not SignerState.IDLE or self.signed_path or self._nonces:
+            raise CeremonyError(
+                f"nonces are committed once, before signing (we are {self.state.value})"
+            )
+        self._nonces = {n: musig2.nonce_gen(self.pubkey, seckey=self.seckey) for n in nodes}
+        self._precommitted = True
+        return tuple((n, pub) for n, (_, pub) in self._nonces.items())
 
     def forget(self) -> None:
         """Drop the ceremony in flight and its secret nonces (abort, restart)."""
@@ -284,6 +305,7 @@ class Signer:
     def _fail(self) -> None:
         """Forget what is in flight. A signed path stays, and with it the DONE state."""
         self._nonces.clear()
+        self._precommitted = False
         self._pending.clear()
         self._pending_terms = None
         self.state = SignerState.DONE if self.signed_path else SignerState.FAILED
@@ -333,6 +355,10 @@ class Signer:
         self._pending = {u.node: u for u in path if u.node in to_sign}
         self._pending_states = states
         self._pending_terms = terms
+        if self._precommitted:  # a creation: our nonces went with our ACCEPT
+            return self._sign_precommitted(msg)
+        if msg.aggnonces:
+            raise CeremonyError("aggregate nonces of nonces we never gave")
         self._nonces = {
             n: musig2.nonce_gen(
                 self.pubkey, seckey=self.seckey, keyagg=keys.signing_keyagg(n), msg=u.sighash
@@ -342,6 +368,19 @@ class Signer:
         self.state = SignerState.NONCES_SENT
         values = tuple((n, pub) for n, (_, pub) in self._nonces.items())
         return wire.NodeValues(wire.MsgType.NONCES, msg.session, values).encode()
+
+    def _sign_precommitted(self, msg: wire.SignRequest) -> bytes:
+        """Every check of the request passed: sign with the nonces of our ACCEPT, once. They
+        must be exactly for the nodes the request has us sign."""
+        self._precommitted = False  # whatever happens now, these nonces serve no other request
+        if set(self._nonces) != set(self._pending):
+            raise CeremonyError("the request signs other nodes than our nonces were given for")
+        if not msg.aggnonces:
+            raise CeremonyError("a creation's request must carry the aggregate nonces")
+        self.state = SignerState.NONCES_SENT
+        return self._on_agg_nonces(
+            wire.NodeValues(wire.MsgType.AGG_NONCES, msg.session, msg.aggnonces)
+        )
 
     def _phase(
         self, path: list[UnsignedNodeTx], changed: set[int], states: dict[int, int]
@@ -416,7 +455,10 @@ class Coordinator:
         states: Sequence[int],
         nodes: Sequence[int] | None = None,
         session: bytes | None = None,
+        client_nonces: Mapping[int, Mapping[int, bytes]] | None = None,
     ) -> None:
+        """`client_nonces`: a creation's, each client's public nonces from its ACCEPT (by node
+        of its path); `start` then sends the aggregate nonces with the requests."""
         self.factory = factory
         self.lsp_seckey = lsp_seckey
         self.funding_outpoint = funding_outpoint
@@ -446,6 +488,16 @@ class Coordinator:
         self._psigs: dict[int, dict[int, bytes]] = {}
         self._sessions: dict[int, musig2.Session] = {}
         self.signed: dict[int, SignedNodeTx] = {}
+        self.precommitted = client_nonces is not None
+        for c, values in (client_nonces or {}).items():
+            if c not in self.client_nodes:
+                raise CeremonyError(f"client {c} is not part of this ceremony")
+            if set(values) != set(self.client_nodes[c]):
+                raise CeremonyError(f"client {c}: nonces for the wrong nodes")
+            self._pubnonces[c] = dict(values)
+        if self.precommitted and set(self._pubnonces) != set(self.clients):
+            missing = sorted(set(self.clients) - set(self._pubnonces))
+            raise CeremonyError(f"client {missing[0]}: no nonces")
 
     def header_for(self, client: int) -> wire.FactoryHeader:
         f = self.factory
@@ -461,7 +513,9 @@ class Coordinator:
         )
 
     def start(self) -> dict[int, bytes]:
-        """The SIGN_REQUEST for every client taking part."""
+        """The SIGN_REQUEST for every client taking part (a creation's with the aggregate
+        nonces: every nonce is known, the partial signatures are collected next)."""
+        aggnonces = self._aggregate_nonces() if self.precommitted else {}
         out = {}
         for c in self.clients:
             templates = tuple(
@@ -473,7 +527,8 @@ class Coordinator:
                 )
                 for n in self.factory.topology.client_path(c)
             )
-            out[c] = wire.SignRequest(self.session, self.header_for(c), templates).encode()
+            mine = tuple((n, aggnonces[n]) for n in self.client_nodes[c]) if aggnonces else ()
+            out[c] = wire.SignRequest(self.session, self.header_for(c), templates, mine).encode()
         return out
 
     @property
@@ -510,7 +565,15 @@ class Coordinator:
             if client in self._pubnonces:
                 raise CeremonyError(f"client {client}: nonces sent twice")
             self._pubnonces[client] = values
-            return self._aggregate_nonces() if not self.waiting_for else {}
+            if self.waiting_for:
+                return {}
+            aggnonces = self._aggregate_nonces()
+            return {
+                c: wire.NodeValues(
+                    wire.MsgType.AGG_NONCES, self.session, tuple((n, aggnonces[n]) for n in nodes)
+                ).encode()
+                for c, nodes in self.client_nodes.items()
+            }
         if (
             msg.type is wire.MsgType.PARTIAL_SIGS
             and self.state is CoordinatorState.COLLECTING_PSIGS
@@ -522,6 +585,7 @@ class Coordinator:
         raise CeremonyError(f"client {client}: unexpected {msg.type.name} in {self.state.value}")
 
     def _aggregate_nonces(self) -> dict[int, bytes]:
+        """Every node's aggregate nonce (and signing session); blames a client's invalid nonce."""
         aggnonces = {}
         for n in self.nodes:
             pubs = [self._pubnonces[c][n] for c in self.factory.signers(n)]
@@ -539,12 +603,7 @@ class Coordinator:
                 aggnonces[n], self.txs[n].sighash, self._keyaggs[n]
             )
         self.state = CoordinatorState.COLLECTING_PSIGS
-        return {
-            c: wire.NodeValues(
-                wire.MsgType.AGG_NONCES, self.session, tuple((n, aggnonces[n]) for n in nodes)
-            ).encode()
-            for c, nodes in self.client_nodes.items()
-        }
+        return aggnonces
 
     def _aggregate_signatures(self) -> dict[int, bytes]:
         f = self.factory

@@ -106,6 +106,10 @@ class Propose:
 class Accept:
     instance_id: bytes
     client_pubkey: bytes
+    # MuSig2 public nonces, one per node of the client's path (the proposal fixes the shape, so
+    # the path is known): the LSP sends the aggregate nonces with the SIGN_REQUEST, a round
+    # trip fewer. They commit to nothing; the client signs only after its checks.
+    nonces: tuple[tuple[int, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -301,7 +305,8 @@ def encode(p: Payload) -> bytes:
         )
         return bytes([PayloadType.PROPOSE]) + p.instance_id + body
     if isinstance(p, Accept):
-        return bytes([PayloadType.ACCEPT]) + p.instance_id + p.client_pubkey
+        nonces = wire.encode_nonces(p.nonces, "nonce") if p.nonces else b""
+        return bytes([PayloadType.ACCEPT]) + p.instance_id + p.client_pubkey + nonces
     if isinstance(p, Text):
         text = p.reason.encode()[:1000]
         return bytes([p.type]) + p.instance_id + struct.pack(">H", len(text)) + text
@@ -366,7 +371,8 @@ def decode(data: bytes) -> Payload:
         wire.check_shape_on_wire(n, params)  # before anyone builds anything from it
         out = Propose(instance, index, n, params, timeout, lsp, channel_sat, ewt)
     elif kind is PayloadType.ACCEPT:
-        out = Accept(instance, r.take(33))
+        key = r.take(33)
+        out = Accept(instance, key, wire.decode_nonces(r, "nonce") if r.pos < len(data) else ())
     elif kind in (PayloadType.REJECT, PayloadType.ABORT):
         try:
             out = Text(kind, instance, r.take(r.u16()).decode())

@@ -226,6 +226,10 @@ class SignRequest:
     session: bytes  # 32-byte ceremony id
     header: FactoryHeader
     templates: tuple[NodeTemplate, ...]  # root-most first
+    # A creation's request also carries the aggregate nonces of the nodes the client signs: its
+    # own nonces came with its ACCEPT, so it answers with partial signatures at once. Empty for
+    # a ceremony whose nonces are collected after the request (updates, sales).
+    aggnonces: tuple[tuple[int, bytes], ...] = ()
 
     def encode(self) -> bytes:
         body = [
@@ -235,7 +239,32 @@ class SignRequest:
             _u16(len(self.templates)),
         ]
         body += [t.encode() for t in self.templates]
+        if self.aggnonces:
+            body.append(encode_nonces(self.aggnonces, "aggregate nonce"))
         return b"".join(body)
+
+
+NONCE_SIZE = 66
+
+
+def encode_nonces(values: tuple[tuple[int, bytes], ...], what: str) -> bytes:
+    """(node, 66-byte nonce) pairs: a count, then each node and its nonce."""
+    parts = [_u16(len(values))]
+    for node, value in values:
+        if len(value) != NONCE_SIZE:
+            raise WireError(f"{what} for node {node} has the wrong size")
+        parts += [_u16(node), value]
+    return b"".join(parts)
+
+
+def decode_nonces(r: Reader, what: str) -> tuple[tuple[int, bytes], ...]:
+    count = r.u16()
+    if not 1 <= count <= MAX_NODES_PER_MESSAGE:
+        raise WireError(f"{what} count {count} out of range")
+    values = tuple((r.u16(), r.take(NONCE_SIZE)) for _ in range(count))
+    if len({n for n, _ in values}) != len(values):
+        raise WireError(f"{what}s: a node appears twice")
+    return values
 
 
 @dataclass(frozen=True)
@@ -290,7 +319,9 @@ def decode(data: bytes) -> Message:
         count = r.u16()
         if not 1 <= count <= MAX_NODES_PER_MESSAGE:
             raise WireError(f"template count {count} out of range")
-        msg = SignRequest(session, header, tuple(NodeTemplate.decode(r) for _ in range(count)))
+        templates = tuple(NodeTemplate.decode(r) for _ in range(count))
+        aggnonces = decode_nonces(r, "aggregate nonce") if r.pos < len(data) else ()
+        msg = SignRequest(session, header, templates, aggnonces)
     elif kind is MsgType.ABORT:
         try:
             reason = r.take(r.u16()).decode()

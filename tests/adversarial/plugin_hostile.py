@@ -96,6 +96,7 @@ class HostileLsp:
     inbox: queue.Queue[tuple[int, protocol.Payload]] = field(default_factory=queue.Queue)
     lsp_key: bytes = field(default_factory=lambda: hashlib.sha256(b"hostile lsp").digest())
     pubkeys: dict[int, bytes] = field(default_factory=dict)
+    nonces: dict[int, dict[int, bytes]] = field(default_factory=dict)  # each ACCEPT's
 
     def __post_init__(self) -> None:
         index = {c.name: i for i, c in enumerate(self.clients)}
@@ -137,9 +138,18 @@ class HostileLsp:
             i, accept = self.expect(protocol.Accept)
             assert isinstance(accept, protocol.Accept)
             self.pubkeys[i] = accept.client_pubkey
+            self.nonces[i] = dict(accept.nonces)
 
     def coordinator(self, factory: Factory, outpoint: tuple[str, int]) -> Coordinator:
-        return Coordinator(factory, self.lsp_key, outpoint, dw.initial_states(factory.topology))
+        """The ceremony as the honest LSP runs it: the requests carry the aggregates of the
+        nonces the clients gave with their ACCEPTs."""
+        return Coordinator(
+            factory,
+            self.lsp_key,
+            outpoint,
+            dw.initial_states(factory.topology),
+            client_nonces=self.nonces,
+        )
 
     def factory(self, scripts: list[bytes] | None = None) -> Factory:
         """The factory on the channels' scripts (stand-in P2WSH scripts when None)."""
@@ -151,9 +161,9 @@ class HostileLsp:
         return Factory.create(self.params, self.lsp_pub, slots, timeout)
 
     def sign(self, factory: Factory, outpoint: tuple[str, int]) -> Coordinator:
-        """Complete every channel on its unsigned leaf (as the honest LSP does: a client gives no
-        nonce before its node holds its channel), then run the two-round ceremony with every
-        client until each stored its path."""
+        """Complete every channel on its unsigned leaf (as the honest LSP does: a client signs
+        nothing before its node holds its channel), then run the ceremony with every client
+        until each stored its path."""
         coord = self.coordinator(factory, outpoint)
         complete_channels(self, coord)
         pending = coord.start()

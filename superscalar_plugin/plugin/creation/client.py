@@ -243,13 +243,18 @@ class ClientRole:
             ClientPolicy(max_ewt=cfg.max_ewt, max_fee_rate_kvb=cfg.max_fee_rate_kvb),
             binder=self._binder(peer),
         )
+        # Our nonces for our path in the proposed shape (in memory only, used once): the LSP
+        # aggregates them into its SIGN_REQUEST, which we answer with partial signatures once
+        # every check of it passed.
+        path = Topology.build(p.n_clients, p.params).client_path(p.client_index)
+        nonces = signer.precommit(path)
         self._sessions[instance] = ClientSession(record, signer, self._deadline())
         self._records.persist(record)
         # A ceremony in flight: an HTLC on a channel the guards have not mapped yet (the LSP may
         # complete ours at any moment) makes the hook map it first, not wait for our worker.
         self._guards.ceremony_started()
         self._opens.accepted(instance, peer, p.channel_sat)
-        self._peers.send(peer, protocol.Accept(p.instance_id, pub))
+        self._peers.send(peer, protocol.Accept(p.instance_id, pub, nonces))
 
     def _binder(self, lsp: str) -> ChannelBinder | None:
         """Our node's own record of the channel the tree pays us (`nodedb`); None only when the
@@ -266,7 +271,7 @@ class ClientRole:
             cs.record = cs.record.replace(state=store.ClientState.SIGNING)
         bound = cs.signer.bound
         if bound is not None and cs.record.channel_bound != bound.channel_id:
-            # Persisted before our nonces leave: this factory's channel is the one we checked.
+            # Persisted before our signatures leave: this factory's channel is the one we checked.
             cs.record = cs.record.replace(channel_bound=bound.channel_id)
             self._records.persist(cs.record)
         cs.deadline = self._deadline()

@@ -5,12 +5,13 @@ coordinator with its secret nonces, never persisted). Worker thread only.
 May call: `funding` (lightningd's wallet and channels), `peers` (messages to clients), `records`,
 `guards.refresh` and `status` (the reply once funded).
 
-The order: propose; every client accepts with its key; reserve inputs (done at the proposal, so
-the funding txid is fixed); per client `channel_in_factory` then `fundchannel_start`; build the
-tree; `fundchannel_complete` per channel with its unsigned leaf (so each client's own node holds
-its channel, whose funding keys it checks against its leaf output before any nonce: `nodedb`);
-sign the tree in two rounds; every client stores its path; only then sign and broadcast the
-funding. Any failure before the broadcast aborts: channels cancelled or closed, inputs freed,
+The order: propose; every client accepts with its key and its public nonces for its path's
+nodes; reserve inputs (done at the proposal, so the funding txid is fixed); per client
+`channel_in_factory` then `fundchannel_start`; build the tree; `fundchannel_complete` per channel
+with its unsigned leaf (so each client's own node holds its channel, whose funding keys it checks
+against its leaf output before it signs: `nodedb`); the SIGN_REQUESTs carry the aggregate nonces,
+each client answers with its partial signatures, the final signatures go back; every client
+stores its path; only then sign and broadcast the funding. Any failure before the broadcast aborts: channels cancelled or closed, inputs freed,
 clients told, the culprit named.
 """
 
@@ -28,7 +29,7 @@ from typing import Any
 
 from ...engine import blip56, dw, musig2, protocol, store
 from ...engine.ceremony import Coordinator, CoordinatorState
-from ...engine.errors import CeremonyError, InvalidParameter
+from ...engine.errors import CeremonyError, InvalidParameter, MuSigError
 from ...engine.tree import ClientSlot, Factory, FactoryParams, Topology
 from ..lightningd import address, psbt as psbtmod
 from ..lightningd.guards import Guards
@@ -60,6 +61,8 @@ class LspSession:
     opened: set[int] = field(default_factory=set)
     index_of: dict[str, int] = field(default_factory=dict)  # client node id -> its index
     ewt: int = 0  # the shape's early warning time (computed once: a topology is O(clients))
+    topology: Topology | None = None
+    nonces: dict[int, dict[int, bytes]] = field(default_factory=dict)  # each ACCEPT's, by node
     scripts: dict[int, str] = field(default_factory=dict)  # started channels' funding scripts
     pool: ThreadPoolExecutor | None = None  # the fundchannel_start calls in flight
     starts: list[Future[None]] = field(default_factory=list)
@@ -69,7 +72,8 @@ class LspSession:
 
     def __post_init__(self) -> None:
         self.index_of = {c.node_id: i for i, c in enumerate(self.record.clients)}
-        self.ewt = Topology.build(len(self.record.clients), self.record.params).ewt
+        self.topology = Topology.build(len(self.record.clients), self.record.params)
+        self.ewt = self.topology.ewt
 
     def mark(self, phase: str) -> None:
         now = time.monotonic()
@@ -302,6 +306,7 @@ class LspRole:
             raise CeremonyError("its factory key is the LSP's own key")
         if any(c.pubkey == key for c in s.record.clients):
             raise CeremonyError("its factory key is already another client's")
+        s.nonces[index] = self._accepted_nonces(s, index, p)
         # In memory: nothing sent depends on it before the OPENING record (every key) is
         # persisted, and a restart before that aborts (the keys are not needed to clean up).
         self._update_client(s, index, pubkey=key)
@@ -311,6 +316,25 @@ class LspRole:
             s.record = s.record.replace(state=store.LspState.OPENING)
             self._records.persist(s.record)
             self._open_channels(s)  # now, if every channel is started already
+
+    @staticmethod
+    def _accepted_nonces(s: LspSession, index: int, p: protocol.Accept) -> dict[int, bytes]:
+        """The ACCEPT's public nonces: exactly one valid nonce per node of the client's path
+        (checked now, so a bad one aborts before any channel is opened, naming its client)."""
+        assert s.topology is not None
+        nonces = dict(p.nonces)
+        if not nonces:
+            raise CeremonyError(
+                "its ACCEPT has no nonces (an older superscalar: both sides need this version)"
+            )
+        if set(nonces) != set(s.topology.client_path(index)):
+            raise CeremonyError("its nonces are not for the nodes of its path")
+        for node, nonce in nonces.items():
+            try:
+                musig2.nonce_agg([nonce])  # parses both points
+            except MuSigError as e:
+                raise CeremonyError(f"its nonce for node {node} is invalid: {e}") from e
+        return nonces
 
     def _on_stored(self, s: LspSession, index: int, p: protocol.Stored) -> None:
         assert s.coordinator is not None
@@ -431,13 +455,13 @@ class LspRole:
         s.factory = factory
         lsp_key = self._node.lsp_key(r.instance_id)
         states = dw.initial_states(factory.topology)
-        s.coordinator = Coordinator(factory, lsp_key, (txid, vout), states)
+        s.coordinator = Coordinator(factory, lsp_key, (txid, vout), states, client_nonces=s.nonces)
         self._records.persist(r)
         self._complete_channels(s, factory, s.coordinator)
 
     def _complete_channels(self, s: LspSession, factory: Factory, coordinator: Coordinator) -> None:
         """`fundchannel_complete` for every client with its unsigned leaf (a leaf's txid does not
-        depend on witnesses) BEFORE its part of the ceremony: a client gives no nonce until its
+        depend on witnesses) BEFORE its part of the ceremony: a client signs nothing until its
         own node holds that channel (`nodedb`). The completed channels' ids are persisted in one
         write (a restart or an abort closes them), then their clients get their SIGN_REQUEST.
         One failure aborts the creation."""
