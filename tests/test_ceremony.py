@@ -18,6 +18,7 @@ from superscalar_plugin.engine.ceremony import (
     sign_in_process,
 )
 from superscalar_plugin.engine.errors import (
+    AlreadySigned,
     CeremonyError,
     InvalidPartialSignature,
     NonceReuseError,
@@ -403,3 +404,23 @@ def test_an_update_is_agreed_only_by_a_signed_client_that_knows_its_script() -> 
     run_ceremony(coordinator_for(p), signers)
     with pytest.raises(UnsafeToSign, match="exact script"):
         signers[0].agree_update(replace(signers[0].terms, channel_script=None))
+
+
+def test_a_creation_is_signed_once_even_after_an_abort_and_at_its_initial_states_only() -> None:
+    """Red team round 6: the LSP aborts after the partial signatures (it holds that tree) and
+    asks again for another tree of the same factory, or asks at later DW states (no delays,
+    superseding every update): nothing signed."""
+    p = participants(4, FactoryParams(states_per_layer=4))
+    co, signers = _precommitted(p)
+    assert signers[0].receive(co.start()[0]) is not None  # partial signatures: the LSP holds them
+    assert signers[0].receive(wire.Abort(co.session, "again").encode()) is None
+    again = coordinator_for(p)  # the same factory, fresh two-round ceremony
+    with pytest.raises(AlreadySigned):
+        signers[0].receive(again.start()[0])
+    topo = p.factory.topology
+    last = tuple(3 if n.kind.is_state else 0 for n in topo.nodes)
+    _, fresh = _precommitted(p)
+    later = coordinator_for(p, states=last).start()[0]
+    with pytest.raises(UnsafeToSign, match="a creation signs the initial states"):
+        fresh[0].receive(later)
+    assert not fresh[0].signed_path and fresh[0]._nonces == {}

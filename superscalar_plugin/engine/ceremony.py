@@ -19,7 +19,6 @@ Secret nonces live only in memory, single-use; an interrupted ceremony restarts 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -38,10 +37,14 @@ from .client_checks import (
     check_update_path,
     update_phase,
 )
+from .coordinator import (
+    Coordinator as Coordinator,
+    CoordinatorState as CoordinatorState,
+    blame,
+)
 from .errors import (
     AlreadySigned,
     CeremonyError,
-    InvalidPartialSignature,
     MuSigError,
     UnsafeToSign,
     WireError,
@@ -55,23 +58,6 @@ from .tree import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def _who(client: int | None) -> str:
-    return "lsp" if client is None else f"client {client}"
-
-
-def _blame(
-    what: str,
-    session: musig2.Session,
-    psigs: Mapping[int | None, bytes],
-    pubnonces: Mapping[int | None, bytes],
-    pubkeys: Mapping[int | None, bytes],
-) -> InvalidPartialSignature:
-    for who, psig in psigs.items():
-        if not musig2.partial_sig_verify(psig, pubnonces[who], pubkeys[who], session):
-            return InvalidPartialSignature(_who(who), what)
-    return InvalidPartialSignature("unknown", f"{what}: aggregate invalid")
 
 
 # --- all participants in one process ----------------------------------------------------------
@@ -126,7 +112,7 @@ def sign_together(
     }
     sig = musig2.partial_sig_agg(list(psigs.values()), session)
     if not musig2.schnorr_verify(sig, msg, keyagg.xonly_pubkey):
-        raise _blame(
+        raise blame(
             what,
             session,
             psigs,
@@ -189,6 +175,9 @@ class Signer:
     _nonces: dict[int, tuple[musig2.SecretNonce, bytes]] = field(default_factory=dict, repr=False)
     # Our nonces went out with our ACCEPT (`precommit`): the SIGN_REQUEST brings the aggregates.
     _precommitted: bool = False
+    # We gave partial signatures for this factory's creation: whatever happened to that
+    # ceremony since (an abort, a refusal), the LSP may hold that tree, so we sign no other.
+    _creation_signed: bool = False
 
     def __post_init__(self) -> None:
         self.pubkey = musig2.pubkey_from_secret(self.seckey)
@@ -319,11 +308,7 @@ class Signer:
             self._update_node,
             self._update_check,
         )
-        if self.signed_path and update is None:
-            raise AlreadySigned(
-                "we already signed this factory: a client signs once, and a later state only in"
-                " an update it agreed to"
-            )
+        self._refuse_another_tree(msg, update is not None)
         terms = update or self.terms
         unbound = terms.channel_script is None and self.binder is None
         if self.policy.require_channel_script and unbound:
@@ -369,6 +354,23 @@ class Signer:
         values = tuple((n, pub) for n, (_, pub) in self._nonces.items())
         return wire.NodeValues(wire.MsgType.NONCES, msg.session, values).encode()
 
+    def _refuse_another_tree(self, msg: wire.SignRequest, agreed_update: bool) -> None:
+        """A factory is signed once, at creation, and at its initial DW states: a later state's
+        shorter delays would beat every update we ever sign. Once our partial signatures for a
+        creation left, the LSP may hold that tree whatever it says next (an ABORT included), so
+        no other tree of it is signed. Later states only in an update we agreed to."""
+        if (self.signed_path or self._creation_signed) and not agreed_update:
+            raise AlreadySigned(
+                "we already signed this factory: a client signs once, and a later state only in"
+                " an update it agreed to"
+            )
+        if not self.signed_path:
+            for t in msg.templates:
+                if t.state != 0:
+                    raise UnsafeToSign(
+                        f"a creation signs the initial states: node {t.node} is at {t.state}"
+                    )
+
     def _sign_precommitted(self, msg: wire.SignRequest) -> bytes:
         """Every check of the request passed: sign with the nonces of our ACCEPT, once. They
         must be exactly for the nodes the request has us sign."""
@@ -399,6 +401,8 @@ class Signer:
         if self.signing_moved_node:  # the LSP may hold this state from now on
             assert self._update_node is not None
             self.spent[self._update_node] = self._pending_states[self._update_node]
+        if not self.signed_path:  # the LSP may hold this creation's tree from now on
+            self._creation_signed = True
         psigs = []
         for node, aggnonce in msg.values:
             utx = self._pending[node]
@@ -433,209 +437,6 @@ class Signer:
         self._pending.clear()
         self._pending_terms = None
         self.state = SignerState.DONE
-
-
-# --- the LSP (coordinator) --------------------------------------------------------------------
-
-
-class CoordinatorState(Enum):
-    COLLECTING_NONCES = "collecting_nonces"
-    COLLECTING_PSIGS = "collecting_psigs"
-    DONE = "done"
-
-
-class Coordinator:
-    """The LSP's side of one ceremony: sign `nodes` of `factory` in `states` with every client."""
-
-    def __init__(
-        self,
-        factory: Factory,
-        lsp_seckey: bytes,
-        funding_outpoint: tuple[str, int],
-        states: Sequence[int],
-        nodes: Sequence[int] | None = None,
-        session: bytes | None = None,
-        client_nonces: Mapping[int, Mapping[int, bytes]] | None = None,
-    ) -> None:
-        """`client_nonces`: a creation's, each client's public nonces from its ACCEPT (by node
-        of its path); `start` then sends the aggregate nonces with the requests."""
-        self.factory = factory
-        self.lsp_seckey = lsp_seckey
-        self.funding_outpoint = funding_outpoint
-        self.states = tuple(states)
-        self.session = session or os.urandom(32)
-        topo = factory.topology
-        self.nodes = sorted(set(range(len(topo.nodes)) if nodes is None else nodes))
-        self.txs = factory.transactions(funding_outpoint, self.states)
-        self.clients = sorted({c for n in self.nodes for c in factory.signers(n)})
-        # Nodes each client signs: the requested ones on its path.
-        wanted = set(self.nodes)
-        self.client_nodes = {
-            c: [n for n in topo.client_path(c) if n in wanted] for c in self.clients
-        }
-        self.state = CoordinatorState.COLLECTING_NONCES
-        self._keyaggs = {n: factory.signing_keyagg(n) for n in self.nodes}
-        self._lsp_nonces = {
-            n: musig2.nonce_gen(
-                factory.lsp_pubkey,
-                seckey=lsp_seckey,
-                keyagg=self._keyaggs[n],
-                msg=self.txs[n].sighash,
-            )
-            for n in self.nodes
-        }
-        self._pubnonces: dict[int, dict[int, bytes]] = {}
-        self._psigs: dict[int, dict[int, bytes]] = {}
-        self._sessions: dict[int, musig2.Session] = {}
-        self.signed: dict[int, SignedNodeTx] = {}
-        self.precommitted = client_nonces is not None
-        for c, values in (client_nonces or {}).items():
-            if c not in self.client_nodes:
-                raise CeremonyError(f"client {c} is not part of this ceremony")
-            if set(values) != set(self.client_nodes[c]):
-                raise CeremonyError(f"client {c}: nonces for the wrong nodes")
-            self._pubnonces[c] = dict(values)
-        if self.precommitted and set(self._pubnonces) != set(self.clients):
-            missing = sorted(set(self.clients) - set(self._pubnonces))
-            raise CeremonyError(f"client {missing[0]}: no nonces")
-
-    def header_for(self, client: int) -> wire.FactoryHeader:
-        f = self.factory
-        return wire.FactoryHeader(
-            f.params,
-            f.timeout_height,
-            f.lsp_pubkey,
-            f.client_pubkeys,
-            client,
-            self.funding_outpoint[0],
-            self.funding_outpoint[1],
-            f.funding_amount,
-        )
-
-    def start(self) -> dict[int, bytes]:
-        """The SIGN_REQUEST for every client taking part (a creation's with the aggregate
-        nonces: every nonce is known, the partial signatures are collected next)."""
-        aggnonces = self._aggregate_nonces() if self.precommitted else {}
-        out = {}
-        for c in self.clients:
-            templates = tuple(
-                wire.NodeTemplate(
-                    n,
-                    self.states[n],
-                    self.factory.nsequence(n, self.states[n]),
-                    tuple((o.amount, o.script_pubkey) for o in self.factory.outputs[n]),
-                )
-                for n in self.factory.topology.client_path(c)
-            )
-            mine = tuple((n, aggnonces[n]) for n in self.client_nodes[c]) if aggnonces else ()
-            out[c] = wire.SignRequest(self.session, self.header_for(c), templates, mine).encode()
-        return out
-
-    @property
-    def waiting_for(self) -> list[int]:
-        """Clients we still need a message from in the current round."""
-        got = self._pubnonces if self.state is CoordinatorState.COLLECTING_NONCES else self._psigs
-        if self.state is CoordinatorState.DONE:
-            return []
-        return [c for c in self.clients if c not in got]
-
-    def abort(self, reason: str) -> dict[int, bytes]:
-        self._lsp_nonces.clear()
-        return {c: wire.Abort(self.session, reason).encode() for c in self.clients}
-
-    def receive(self, client: int, data: bytes) -> dict[int, bytes]:
-        """Handle one client's message; returns the messages to send when a round completes.
-
-        Raises `CeremonyError`/`WireError` naming the client on anything malformed or unexpected,
-        and `InvalidPartialSignature` naming the culprit."""
-        if client not in self.client_nodes:
-            raise CeremonyError(f"client {client} is not part of this ceremony")
-        try:
-            msg = wire.decode(data)
-        except WireError as e:
-            raise WireError(f"client {client}: {e}") from e
-        if isinstance(msg, wire.Abort):
-            raise CeremonyError(f"client {client} aborted: {msg.reason}")
-        if not isinstance(msg, wire.NodeValues) or msg.session != self.session:
-            raise CeremonyError(f"client {client}: unexpected message")
-        values = dict(msg.values)
-        if set(values) != set(self.client_nodes[client]):
-            raise CeremonyError(f"client {client}: values for the wrong nodes")
-        if msg.type is wire.MsgType.NONCES and self.state is CoordinatorState.COLLECTING_NONCES:
-            if client in self._pubnonces:
-                raise CeremonyError(f"client {client}: nonces sent twice")
-            self._pubnonces[client] = values
-            if self.waiting_for:
-                return {}
-            aggnonces = self._aggregate_nonces()
-            return {
-                c: wire.NodeValues(
-                    wire.MsgType.AGG_NONCES, self.session, tuple((n, aggnonces[n]) for n in nodes)
-                ).encode()
-                for c, nodes in self.client_nodes.items()
-            }
-        if (
-            msg.type is wire.MsgType.PARTIAL_SIGS
-            and self.state is CoordinatorState.COLLECTING_PSIGS
-        ):
-            if client in self._psigs:
-                raise CeremonyError(f"client {client}: partial signatures sent twice")
-            self._psigs[client] = values
-            return self._aggregate_signatures() if not self.waiting_for else {}
-        raise CeremonyError(f"client {client}: unexpected {msg.type.name} in {self.state.value}")
-
-    def _aggregate_nonces(self) -> dict[int, bytes]:
-        """Every node's aggregate nonce (and signing session); blames a client's invalid nonce."""
-        aggnonces = {}
-        for n in self.nodes:
-            pubs = [self._pubnonces[c][n] for c in self.factory.signers(n)]
-            pubs.append(self._lsp_nonces[n][1])
-            try:
-                aggnonces[n] = musig2.nonce_agg(pubs)
-            except MuSigError:
-                for c in self.factory.signers(n):  # find whose nonce is invalid
-                    try:
-                        musig2.nonce_agg([self._pubnonces[c][n]])
-                    except MuSigError as e:
-                        raise CeremonyError(f"client {c}: invalid nonce for node {n}") from e
-                raise
-            self._sessions[n] = musig2.Session.create(
-                aggnonces[n], self.txs[n].sighash, self._keyaggs[n]
-            )
-        self.state = CoordinatorState.COLLECTING_PSIGS
-        return aggnonces
-
-    def _aggregate_signatures(self) -> dict[int, bytes]:
-        f = self.factory
-        for n in self.nodes:
-            session = self._sessions[n]
-            secnonce, lsp_pubnonce = self._lsp_nonces.pop(n)
-            psigs: dict[int | None, bytes] = {c: self._psigs[c][n] for c in f.signers(n)}
-            psigs[None] = musig2.partial_sign(secnonce, self.lsp_seckey, session)
-            try:
-                sig = musig2.partial_sig_agg(list(psigs.values()), session)
-                ok = _verify_final(self.txs[n], self._keyaggs[n], sig)
-            except MuSigError:
-                ok = False
-            if not ok:
-                pubnonces: dict[int | None, bytes] = {
-                    c: self._pubnonces[c][n] for c in f.signers(n)
-                }
-                pubnonces[None] = lsp_pubnonce
-                pubkeys: dict[int | None, bytes] = {c: f.client_pubkeys[c] for c in f.signers(n)}
-                pubkeys[None] = f.lsp_pubkey
-                self._lsp_nonces.clear()
-                raise _blame(f"node {n}", session, psigs, pubnonces, pubkeys)
-            self.signed[n] = SignedNodeTx(self.txs[n], sig)
-        self.state = CoordinatorState.DONE
-        return {
-            c: wire.NodeValues(
-                wire.MsgType.SIGNATURES,
-                self.session,
-                tuple((n, self.signed[n].signature) for n in nodes),
-            ).encode()
-            for c, nodes in self.client_nodes.items()
-        }
 
 
 def run_ceremony(coordinator: Coordinator, signers: Mapping[int, Signer]) -> dict[str, int]:

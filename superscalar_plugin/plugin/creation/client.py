@@ -267,6 +267,9 @@ class ClientRole:
     def _on_ceremony(self, cs: ClientSession, p: protocol.Ceremony) -> None:
         signed_before = cs.signer.state is SignerState.DONE  # a signer stays DONE for good
         reply = cs.signer.receive(p.message)
+        if cs.signer.state is SignerState.FAILED:  # the LSP's ceremony-level ABORT: it is over
+            self._abort(cs, "the LSP aborted the signing ceremony", tell_lsp=False)
+            return
         if cs.record.state is store.ClientState.ACCEPTED:
             cs.record = cs.record.replace(state=store.ClientState.SIGNING)
         bound = cs.signer.bound

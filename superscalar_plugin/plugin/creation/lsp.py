@@ -18,7 +18,6 @@ clients told, the culprit named.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import time
@@ -29,7 +28,7 @@ from typing import Any
 
 from ...engine import blip56, dw, musig2, protocol, store
 from ...engine.ceremony import Coordinator, CoordinatorState
-from ...engine.errors import CeremonyError, InvalidParameter, MuSigError
+from ...engine.errors import CeremonyError, InvalidParameter, InvalidPartialSignature
 from ...engine.tree import ClientSlot, Factory, FactoryParams, Topology
 from ..lightningd import address, psbt as psbtmod
 from ..lightningd.guards import Guards
@@ -41,6 +40,7 @@ from ..lightningd.runtime import PeerUnreachable, Reply, RpcFailed, fail, rpc_ex
 from ..operator import events
 from ..operator.status import StatusView
 from . import funding
+from .lsp_checks import accepted_nonces, culprit, probe_factory, reason_for
 
 log = logging.getLogger("superscalar")
 peer_log = LogLimiter(log)  # what a peer can trigger at will: once a minute per peer
@@ -79,28 +79,6 @@ class LspSession:
         now = time.monotonic()
         self.timings[phase] = round(now - self.last_mark, 3)
         self.last_mark = now
-
-
-def probe_factory(
-    params: FactoryParams, lsp_pub: bytes, channel_sat: list[int], timeout: int
-) -> Factory:
-    """A factory with stand-in keys and P2WSH scripts: amounts depend only on script sizes."""
-    slots = []
-    for i, sat in enumerate(channel_sat):
-        pk = musig2.pubkey_from_secret(hashlib.sha256(b"probe%d" % i).digest())
-        slots.append(ClientSlot(pk, b"\x00\x20" + bytes(32), sat))
-    return Factory.create(params, lsp_pub, slots, timeout)
-
-
-GENERIC_ABORT = "the LSP aborted the factory's creation"
-
-
-def reason_for(client: str, reason: str, clients: list[str]) -> str:
-    """What one client is told of an abort: the reason when it names no other client and no
-    internal detail of ours, else a generic one (a co-client's id or words are not its business)."""
-    if "internal error" in reason or any(c != client and c in reason for c in clients):
-        return GENERIC_ABORT
-    return reason
 
 
 class LspRole:
@@ -291,7 +269,12 @@ class LspRole:
             self._on_accept(s, index, p)
         elif isinstance(p, protocol.Ceremony) and r.state is store.LspState.SIGNING:
             assert s.coordinator is not None
-            self._send_ceremony(s, s.coordinator.receive(index, p.message))
+            try:
+                out = s.coordinator.receive(index, p.message)
+            except InvalidPartialSignature as e:  # found when the last one came: name its signer
+                self._abort(s, f"client {culprit(s.record.clients, e.signer, peer)}: {e}")
+                return
+            self._send_ceremony(s, out)
         elif isinstance(p, protocol.Stored) and r.state is store.LspState.SIGNING:
             self._on_stored(s, index, p)
         else:
@@ -306,7 +289,8 @@ class LspRole:
             raise CeremonyError("its factory key is the LSP's own key")
         if any(c.pubkey == key for c in s.record.clients):
             raise CeremonyError("its factory key is already another client's")
-        s.nonces[index] = self._accepted_nonces(s, index, p)
+        assert s.topology is not None
+        s.nonces[index] = accepted_nonces(s.topology, index, p)
         # In memory: nothing sent depends on it before the OPENING record (every key) is
         # persisted, and a restart before that aborts (the keys are not needed to clean up).
         self._update_client(s, index, pubkey=key)
@@ -316,25 +300,6 @@ class LspRole:
             s.record = s.record.replace(state=store.LspState.OPENING)
             self._records.persist(s.record)
             self._open_channels(s)  # now, if every channel is started already
-
-    @staticmethod
-    def _accepted_nonces(s: LspSession, index: int, p: protocol.Accept) -> dict[int, bytes]:
-        """The ACCEPT's public nonces: exactly one valid nonce per node of the client's path
-        (checked now, so a bad one aborts before any channel is opened, naming its client)."""
-        assert s.topology is not None
-        nonces = dict(p.nonces)
-        if not nonces:
-            raise CeremonyError(
-                "its ACCEPT has no nonces (an older superscalar: both sides need this version)"
-            )
-        if set(nonces) != set(s.topology.client_path(index)):
-            raise CeremonyError("its nonces are not for the nodes of its path")
-        for node, nonce in nonces.items():
-            try:
-                musig2.nonce_agg([nonce])  # parses both points
-            except MuSigError as e:
-                raise CeremonyError(f"its nonce for node {node} is invalid: {e}") from e
-        return nonces
 
     def _on_stored(self, s: LspSession, index: int, p: protocol.Stored) -> None:
         assert s.coordinator is not None
