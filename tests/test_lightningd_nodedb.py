@@ -5,7 +5,7 @@ Facts pinned: where `listconfigs`/`getinfo` say the database is; that the fundee
 (funding keys, byte-reversed funding txid, output, amount, channel id) is there as soon as the
 opener's `fundchannel_complete` returns; that the 2-of-2 of its two keys, as P2WSH, is exactly the
 funding script `fundchannel_start` returned. Then the defence: an LSP whose plugin is patched to
-send a tree paying a client's channel amount to another 2-of-2 gets no nonce from that client and
+send a tree paying a client's channel amount to another 2-of-2 gets no signature from that client and
 the creation aborts; the honest creation and a sale still pass, each bound. Runs whenever
 `lightningd` is on PATH.
 """
@@ -145,7 +145,8 @@ def lying_complete(self, s, factory, coordinator):
     lie = self._factory_on(s.record, scripts)
     key = self._node.lsp_key(s.record.instance_id)
     outpoint = (s.record.funding_txid, s.record.funding_vout)
-    liar = Coordinator(lie, key, outpoint, dw.initial_states(lie.topology))
+    states = dw.initial_states(lie.topology)
+    liar = Coordinator(lie, key, outpoint, states, client_nonces=s.nonces)
     coordinator.start = liar.start
     s.factory, s.coordinator = lie, liar
     log.info("LIE: client 0's leaf pays another 2-of-2")
@@ -177,7 +178,9 @@ def test_a_leaf_paying_another_2of2_gets_no_nonce_and_the_creation_aborts(
         message = str(e)
     assert victim.info["id"] in message and "tree_signature refused" in message, message
     assert lsp.daemon.is_in_log("LIE: client 0's leaf pays another 2-of-2")
-    # The victim gave no nonce (nothing signed); its factory is aborted, naming the check.
+    # The victim signed nothing (its nonces went with its ACCEPT and commit to nothing); its
+    # factory is aborted, naming the check.
+    assert not lsp.daemon.is_in_log(f"LIE-RECV {victim.info['id']} PARTIAL_SIGS")
     assert not lsp.daemon.is_in_log(f"LIE-RECV {victim.info['id']} NONCES")
     [view] = victim.rpc.call("factory-status")["factories"]
     assert view["state"] == "aborted" and "channel_unbound" in view["error"], view
