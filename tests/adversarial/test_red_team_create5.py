@@ -209,15 +209,6 @@ def _ladder_network(
     return net, lsp, clients
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "HOLE (griefing): the ladder proposes every successor to every connected client still"
-        " inside, and one refusal aborts it: a co-client that refuses every successor keeps every"
-        " other client from migrating, so each must exit unilaterally (its exit fees; the LSP's"
-        " tree published instead of one key-path spend)"
-    ),
-)
 def test_a_co_client_refusing_every_successor_does_not_stop_the_ladder(
     network_factory: Callable[..., Network],
 ) -> None:
@@ -264,6 +255,20 @@ def test_a_co_client_refusing_every_successor_does_not_stop_the_ladder(
         f"no client moved after {_failures(lsp)} failed successors (last move height"
         f" {last_move}, now {net.blockheight})"
     )
+
+
+def test_only_the_clients_an_abort_blames_are_left_out_of_the_next_successor() -> None:
+    """A griefer's own REJECT text naming an honest co-client does not get that client left out:
+    only the node ids the LSP's reason starts with are culprits."""
+    from superscalar_plugin.plugin.lifecycle.winddown import culprits
+
+    g, h, k = "02" + "aa" * 32, "03" + "bb" * 32, "02" + "cc" * 32
+    assert culprits(f"factory creation failed: client {g} refused: blame {h}") == {g}
+    assert culprits(f"client {g}: invalid partial signature from client 1") == {g}
+    assert culprits(f"timed out: client {g}, {k} did not accept the proposal within 60s") == {g, k}
+    assert culprits(f"factory creation failed: timed out: client {h} did not store") == {h}
+    assert culprits("factory creation failed: sendpsbt refused: insufficient fee") == set()
+    assert culprits(f"internal error: client {g}") == set()
 
 
 def _failures(lsp: FakeNode) -> int:

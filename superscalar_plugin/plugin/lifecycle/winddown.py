@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,10 @@ class WindDown:
         self._peers = peers
         self._lsp = lsp
         self._creating: set[str] = set()  # old factories whose successor is being created
+        # Per old factory, the clients a failed successor's abort named (a refusal, silence, a
+        # bad message): the ladder's next attempt goes without them, the one after with them
+        # again. A co-client refusing every successor then stalls nobody else.
+        self._left_out: dict[str, set[str]] = {}
         self._refusal_writes = WriteLimiter()  # a client's REJECT texts: record writes bounded
 
     # --- RPCs ---------------------------------------------------------------------------------
@@ -164,6 +169,8 @@ class WindDown:
         def failed(exc: Exception) -> None:
             self._creating.discard(old)
             log.warning("factory %s: successor not created: %s", old[:16], exc)
+            named = culprits(str(getattr(exc, "message", exc)))
+            self._left_out[old] = {c for c in clients if c in named}
             if reply is not None:
                 reply.set_exception(exc)
 
@@ -410,6 +417,14 @@ class WindDown:
             self._ask_moves(record)
         if self._ladder_due(record, height):
             movers = self._movers(record)
+            left_out = self._left_out.pop(record.instance_id, set())
+            if left_out:
+                movers = [i for i in movers if record.clients[i].node_id not in left_out]
+                log.info(
+                    "factory %s: this successor leaves out %s (the last one's abort named them)",
+                    record.instance_id[:16],
+                    ", ".join(sorted(left_out)),
+                )
             if movers:
                 self._create_successor(record, movers, [], MIN_CHANNEL_SAT, None)
 
@@ -430,3 +445,17 @@ class WindDown:
             default=None,
         )
         return last is None or height >= last + cfg.ladder_every
+
+
+# The start of a creation's abort reason names its culprits ("client <id>: ...", "client <id>
+# refused: ...", "timed out: client <id>, <id> did not ..."); a client's own words come after,
+# so they cannot name anyone else.
+_CULPRITS = re.compile(
+    r"^(?:factory creation failed: )?(?:timed out: )?client ([0-9a-f]{66}(?:, [0-9a-f]{66})*)"
+)
+
+
+def culprits(reason: str) -> set[str]:
+    """The node ids a creation's abort reason blames (none for the LSP's own failures)."""
+    m = _CULPRITS.match(reason)
+    return set(m.group(1).split(", ")) if m else set()
