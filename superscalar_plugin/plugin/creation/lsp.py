@@ -274,7 +274,10 @@ class LspRole:
             except InvalidPartialSignature as e:  # found when the last one came: name its signer
                 self._abort(s, f"client {culprit(s.record.clients, e.signer, peer)}: {e}")
                 return
-            self._send_ceremony(s, out)
+            try:
+                self._send_ceremony(s, out)
+            except PeerUnreachable as e:  # the client that hung up, not the one that answered
+                self._abort(s, str(e))
         elif isinstance(p, protocol.Stored) and r.state is store.LspState.SIGNING:
             self._on_stored(s, index, p)
         else:
@@ -325,8 +328,9 @@ class LspRole:
         unreachable = self._peers.send_all(
             [(clients[c].node_id, protocol.Ceremony(instance, data)) for c, data in out.items()]
         )
-        if unreachable:
-            raise unreachable[0][1]
+        if unreachable:  # named first: a ladder's next successor goes without it
+            peer, e = unreachable[0]
+            raise PeerUnreachable(f"client {peer}: {e}") from e
 
     # --- channels, signing, completion, funding -----------------------------------------------
 
