@@ -246,7 +246,11 @@ def _held_migration(bitcoind: Any, lsp: Any, me: Any, old: str) -> tuple[str, st
     steer(lsp, "hold", channel(lsp, old_cid)["alias"]["local"])
     new = migrate(lsp, old, bitcoind, [lsp, me])
     [new_cid] = [c["channel_id"] for c in new["clients"] if c["node_id"] == me.info["id"]]
-    wait_for(lambda: len(channel(me, old_cid)["htlcs"]) == 1)
+    # Committed on both sides (the LSP's hook holds it from then on): an HTLC only offered dies
+    # with the client's channeld at a restart ("Outgoing subdaemon died"), and its move fails.
+    wait_for(
+        lambda: [h["state"] for h in channel(me, old_cid)["htlcs"]] == ["SENT_ADD_ACK_REVOCATION"]
+    )
     return old_cid, new_cid, held
 
 
