@@ -216,3 +216,34 @@ def test_a_co_clients_refusal_text_cannot_name_others() -> None:
     assert culprits(f"factory creation failed: client {g}: client 1 aborted: client {h}") == {g}
     assert culprits(f"client {g} refused: \nclient {h}: x") == {g}
     assert culprits(f" client {h}: leading space") == set()
+
+
+# --- 5. a slow complete does not get every client named by the deadline ----------------------
+
+
+def test_a_co_client_slow_to_complete_gets_nobody_named_by_the_deadline(
+    network_factory: Callable[..., Network],
+) -> None:
+    """Round 7's suspected case: the griefer answers funding_created late, but inside the
+    complete's own timeout, so the completes end after the session deadline set at the last
+    start. The worker's next tick must not abort naming every client (all of them would be left
+    out of the ladder's next successor): the SIGN_REQUESTs going out are progress."""
+    timeout = 4
+    _net, lsp, clients = _setup(network_factory, 3, timeout=timeout)
+    griefer = clients[2]
+
+    def slow_output(me: FakeNode, p: dict[str, Any]) -> Any:
+        time.sleep(0.5 * timeout)  # the LSP's own wallet step, between the starts and completes
+        return HANDLERS["addpsbtoutput"](me, p)
+
+    def slow_complete(me: FakeNode, p: dict[str, Any]) -> Any:
+        if p.get("id") == griefer.node_id:
+            time.sleep(0.7 * timeout)  # inside the complete's timeout, past the session's
+        return HANDLERS["fundchannel_complete"](me, p)
+
+    lsp.overrides["addpsbtoutput"] = slow_output
+    lsp.overrides["fundchannel_complete"] = slow_complete
+    worker, result = _create_in_background(lsp, clients)
+    worker.join(60)
+    assert result and not isinstance(result[0], Exception), f"aborted: {result}"
+    assert result[0]["state"] == "funded"

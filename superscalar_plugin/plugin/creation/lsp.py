@@ -468,6 +468,9 @@ class LspRole:
         if failed:
             self._abort(s, str(failed[0]))
             return
+        # Progress: every client now has its request and the full timeout to answer it (a
+        # deadline from the last start would name every client once slow completes ate it).
+        s.deadline = self._deadline()
         s.mark("fundchannel_complete")
 
     def _complete(self, s: LspSession) -> None:
