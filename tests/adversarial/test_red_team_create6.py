@@ -107,6 +107,14 @@ def test_an_abort_after_partial_signatures_lets_the_lsp_keep_a_later_state() -> 
     )
 
 
+def _creation(p, given: dict[int, dict[int, bytes]]) -> Coordinator:  # type: ignore[no-untyped-def]
+    """The LSP's coordinator of `p`'s creation, at its initial states, with the ACCEPTs' nonces."""
+    f = p.factory
+    return Coordinator(
+        f, p.lsp_seckey, OUTPOINT, dw.initial_states(f.topology), client_nonces=given
+    )
+
+
 # --- 2. engine: precommitted nonces sign at most one request, whatever comes after -------------
 
 
@@ -114,13 +122,7 @@ def test_precommitted_nonces_never_sign_again_after_an_abort_or_in_an_update() -
     p = participants(4)
     signers = honest_signers(p)
     given = _precommitted(p, signers)
-    co = Coordinator(
-        p.factory,
-        p.lsp_seckey,
-        OUTPOINT,
-        dw.initial_states(p.factory.topology),
-        client_nonces=given,
-    )
+    co = _creation(p, given)
     first = co.start()[0]
     assert wire.decode(signers[0].receive(first) or b"").type is wire.MsgType.PARTIAL_SIGS  # type: ignore[union-attr]
     signers[0].receive(wire.Abort(co.session, "again").encode())
@@ -166,13 +168,7 @@ def test_a_co_clients_bad_partial_signature_is_blamed_on_it_not_the_last_to_answ
     p = participants(4)
     signers = honest_signers(p)
     given = _precommitted(p, signers)
-    co = Coordinator(
-        p.factory,
-        p.lsp_seckey,
-        OUTPOINT,
-        dw.initial_states(p.factory.topology),
-        client_nonces=given,
-    )
+    co = _creation(p, given)
     replies = {c: signers[c].receive(r) for c, r in co.start().items()}
     bad = wire.decode(replies[2] or b"")
     assert isinstance(bad, wire.NodeValues)
