@@ -269,12 +269,6 @@ def floor(
     opens, and every channel is completed with a PSBT paying its script from a made-up input
     (never broadcast). Wall seconds per phase, one round (a new channel with every client) per
     value of `parallel`, on the same nodes."""
-    from superscalar_plugin.engine.store import ClientEntry
-    from superscalar_plugin.engine.tree import UnsignedNodeTx
-    from superscalar_plugin.engine.tx import Tx, TxIn, TxOut
-    from superscalar_plugin.plugin.creation.funding import start_channel
-    from superscalar_plugin.plugin.lightningd.psbt import leaf_psbt
-
     base.mkdir(parents=True, exist_ok=True)
     zeroconf = base / "zeroconf.py"
     zeroconf.write_text(f"#!{sys.executable}\n{ZEROCONF_PLUGIN}")
@@ -289,21 +283,6 @@ def floor(
         from pyln.client import LightningRpc
 
         rpc = LightningRpc(str(lsp.dir / "regtest" / "lightning-rpc"))
-
-        def start(node_id: str) -> str:
-            return start_channel(rpc, ClientEntry(node_id, 200_000))
-
-        def complete(i: int, node_id: str, script: str) -> None:
-            tx = Tx(
-                2,
-                (TxIn(hashlib.sha256(b"%d" % i).hexdigest(), 1 + len(rounds), 0xFFFFFFFD),),
-                (TxOut(200_000, bytes.fromhex(script)),),
-                0,
-            )
-            utx = UnsignedNodeTx(0, tx, 201_000, b"\x51\x20" + bytes(32))
-            rpc.call("fundchannel_complete", {"id": node_id, "psbt": leaf_psbt(utx)})
-
-        rounds: list[dict[str, float]] = []
         tracer = None
         if os.environ.get("BENCH_STRACE"):  # where the LSP's lightningd waits (syscalls)
             tracer = subprocess.Popen(
@@ -320,34 +299,62 @@ def floor(
             )
             time.sleep(1)
         pids = [c.proc.pid for c in clients]
+        rounds: list[dict[str, float]] = []
         for p in parallel:
-            before = cpu_by_kind(lsp.proc.pid, pids)
-            busy = box_busy()
-            with ThreadPoolExecutor(p) as pool:
-                t = time.perf_counter()
-                scripts = list(pool.map(start, ids))
-                t_start = time.perf_counter() - t
-                t = time.perf_counter()
-                list(pool.map(complete, range(len(ids)), ids, scripts))
-                t_complete = time.perf_counter() - t
-            t = time.perf_counter()
-            _wait_normal(rpc, (len(rounds) + 1) * len(ids))
-            t_lockin = time.perf_counter() - t
-            after = cpu_by_kind(lsp.proc.pid, pids)
-            after["machine"] = box_busy() - busy
-            rounds.append(
-                {
-                    "parallel": p,
-                    "fundchannel_start": t_start,
-                    "fundchannel_complete": t_complete,
-                    "lockin": t_lockin,
-                    **{f"cpu_{k}": round(after[k] - before.get(k, 0.0), 2) for k in after},
-                }
-            )
+            rounds.append(floor_round(rpc, ids, p, len(rounds), lsp.proc.pid, pids))
         if tracer is not None:
             tracer.send_signal(signal.SIGINT)
             tracer.wait()
         return rounds
+
+
+def floor_round(
+    rpc: Any, ids: list[str], parallel: int, done: int, lsp_pid: int, client_pids: list[int]
+) -> dict[str, float]:
+    """One round of lightningd's floor on running nodes: a new zero-conf channel from the LSP
+    (`rpc`) to every client in `ids`, `parallel` calls at once, until every channel is
+    CHANNELD_NORMAL; `done` rounds came before on the same nodes. Seconds per phase and the
+    CPU of each kind of process (`cpu_by_kind` of the given lightningd pids)."""
+    from superscalar_plugin.engine.store import ClientEntry
+    from superscalar_plugin.engine.tree import UnsignedNodeTx
+    from superscalar_plugin.engine.tx import Tx, TxIn, TxOut
+    from superscalar_plugin.plugin.creation.funding import start_channel
+    from superscalar_plugin.plugin.lightningd.psbt import leaf_psbt
+
+    def start(node_id: str) -> str:
+        return start_channel(rpc, ClientEntry(node_id, 200_000))
+
+    def complete(i: int, node_id: str, script: str) -> None:
+        tx = Tx(
+            2,
+            (TxIn(hashlib.sha256(b"%d" % i).hexdigest(), 1 + done, 0xFFFFFFFD),),
+            (TxOut(200_000, bytes.fromhex(script)),),
+            0,
+        )
+        utx = UnsignedNodeTx(0, tx, 201_000, b"\x51\x20" + bytes(32))
+        rpc.call("fundchannel_complete", {"id": node_id, "psbt": leaf_psbt(utx)})
+
+    before = cpu_by_kind(lsp_pid, client_pids)
+    busy = box_busy()
+    with ThreadPoolExecutor(parallel) as pool:
+        t = time.perf_counter()
+        scripts = list(pool.map(start, ids))
+        t_start = time.perf_counter() - t
+        t = time.perf_counter()
+        list(pool.map(complete, range(len(ids)), ids, scripts))
+        t_complete = time.perf_counter() - t
+    t = time.perf_counter()
+    _wait_normal(rpc, (done + 1) * len(ids))
+    t_lockin = time.perf_counter() - t
+    after = cpu_by_kind(lsp_pid, client_pids)
+    after["machine"] = box_busy() - busy
+    return {
+        "parallel": parallel,
+        "fundchannel_start": t_start,
+        "fundchannel_complete": t_complete,
+        "lockin": t_lockin,
+        **{f"cpu_{k}": round(after[k] - before.get(k, 0.0), 2) for k in after},
+    }
 
 
 def _wait_normal(rpc: Any, expected: int, timeout: float = 120.0) -> None:

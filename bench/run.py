@@ -22,7 +22,9 @@ retires cost lightningd, up to 768 (64 clients, 12 monthly ladders: bench/real_r
 `--retired` alone); the whole life of a 64-client factory, each step with its phases: create,
 one sale from a leaf's stock, a payment routed through the LSP with its plugin against the same
 without (target 1.05x), factory-migrate, factory-close of the successor (bench/real_life.py;
-`--life [N]` alone, N clients).
+`--life [N]` alone, N clients); factory-create at 64 clients on nodes pyln-testing starts itself
+(its bitcoind proxy, its logging), beside lightningd's own opens on such nodes
+(bench/pyln_create.py; `--pyln [N]` alone).
 
 State updates: one factory-update's factory-message bytes with 2 and 4 clients below the moved
 node, and its wall time on real lightningd nodes (bench/real_update.py).
@@ -363,6 +365,11 @@ def main() -> None:
 
         real_life(int(sys.argv[2]) if len(sys.argv) == 3 else SIZE)
         return
+    if len(sys.argv) in (2, 3) and sys.argv[1] == "--pyln":
+        from pyln_create import SIZE as PYLN_SIZE, run as pyln_create
+
+        pyln_create(int(sys.argv[2]) if len(sys.argv) == 3 else PYLN_SIZE)
+        return
     if len(sys.argv) == 4 and sys.argv[1] == "--one":
         print(json.dumps(one(int(sys.argv[2]), sys.argv[3])))
         return
@@ -408,6 +415,9 @@ def main() -> None:
 
     plugin_migrate()
     real_create()  # on real lightningd nodes when lightningd is on PATH, else says why not
+    from pyln_create import run as pyln_create
+
+    pyln_create()  # the same with the nodes pyln-testing starts, beside lightningd's floor there
     real_migrate()  # factory-migrate on real nodes: per-client time, the key-path spend's vB
     from real_update import run as real_update
 
