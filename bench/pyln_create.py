@@ -139,6 +139,11 @@ def run(n: int = SIZE) -> None:
     lines = [ln.removeprefix(MARK) for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
     for line in lines:
         print(f"  {line}", flush=True)
+    walls = {ln.split(":")[0]: float(ln.split(" s")[0].split()[-1]) for ln in lines}
+    for i in (1, 2):
+        created, floor = walls.get(f"creation {i}"), walls.get(f"floor {i}")
+        if created and floor:
+            print(f"  creation {i} / floor {i}: {created / floor:.2f}x (issue 17's aim: 1.2x)")
     if proc.returncode != 0:
         print(f"  failed (pytest exit {proc.returncode}):\n{proc.stdout[-3000:]}")
 
