@@ -209,15 +209,24 @@ def _ladder_network(
     return net, lsp, clients
 
 
-def test_a_co_client_refusing_every_successor_does_not_stop_the_ladder(
+def _funded_ladder(
     network_factory: Callable[..., Network],
-) -> None:
+) -> tuple[Network, FakeNode, list[FakeNode], str]:
+    """A funded factory of 3 clients on `_ladder_network`, each paid into: (net, LSP, clients,
+    its instance)."""
     net, lsp, clients = _ladder_network(network_factory, 3)
     f1 = _create(lsp, clients)["instance"]
     net.mine(1)
     for c in clients:
         wait(lambda c=c: _status(c, f1)["state"] == "funded", what="funded")
         _pay_into(lsp, c, f1, PAID_MSAT)
+    return net, lsp, clients, f1
+
+
+def test_a_co_client_refusing_every_successor_does_not_stop_the_ladder(
+    network_factory: Callable[..., Network],
+) -> None:
+    net, lsp, clients, f1 = _funded_ladder(network_factory)
     griefer = clients[2]
     from adversarial.plugin_hostile import unpig
 

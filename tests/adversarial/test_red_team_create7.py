@@ -21,13 +21,13 @@ from collections.abc import Callable
 from typing import Any
 
 from test_plugin_harness import _create, _setup
-from test_plugin_migration import MIN_DEPTH, PAID_MSAT, _pay_into, _status
+from test_plugin_migration import MIN_DEPTH, _status
 
 from superscalar_plugin.engine import protocol, wire
 from superscalar_plugin.plugin.lifecycle.winddown import culprits
 
 from adversarial.plugin_hostile import pig, unpig, wait
-from adversarial.test_red_team_create5 import _failures, _ladder_network
+from adversarial.test_red_team_create5 import _failures, _funded_ladder
 from harness.errors import RpcCallError
 from harness.lightningd_rpcs import HANDLERS
 from harness.network import Network
@@ -143,12 +143,7 @@ def test_a_co_client_hanging_up_after_its_partial_signatures_frames_no_honest_cl
 def test_a_co_client_hanging_up_on_every_successor_does_not_stop_the_ladder(
     network_factory: Callable[..., Network],
 ) -> None:
-    net, lsp, clients = _ladder_network(network_factory, 3)
-    f1 = _create(lsp, clients)["instance"]
-    net.mine(1)
-    for c in clients:
-        wait(lambda c=c: _status(c, f1)["state"] == "funded", what="funded")
-        _pay_into(lsp, c, f1, PAID_MSAT)
+    net, lsp, clients, f1 = _funded_ladder(network_factory)
     griefer = clients[2]
     hung_up = _hang_up_after_funding_signed(net, lsp, griefer, back_after=0.1)
     view = _status(lsp, f1)
