@@ -50,11 +50,7 @@ if "pytest" in sys.modules:  # collected by `run`'s pytest, not imported by benc
 def _settle(lsp: Any, clients: list[Any]) -> None:
     from real_create import settle
 
-    class _Pid:  # real_create.settle reads `.proc.pid` of each node
-        def __init__(self, node: Any) -> None:
-            self.proc = node.daemon.proc
-
-    settle(_Pid(lsp), [_Pid(c) for c in clients])
+    settle(lsp.daemon.proc.pid, [c.daemon.proc.pid for c in clients])
 
 
 def _create(lsp: Any, ids: list[str]) -> tuple[dict[str, Any], float]:

@@ -125,7 +125,7 @@ def stack(
                 )
             )
         lsp.wait_for_funds()
-        settle(lsp, clients)
+        settle(lsp.proc.pid, [c.proc.pid for c in clients])
         yield bitcoind, lsp, clients
     finally:
         for node in reversed(nodes):
@@ -137,19 +137,19 @@ SETTLED_CPU = 0.1  # CPU-seconds per second, every node together: the stack is i
 SETTLE_MAX_S = 30.0
 
 
-def settle(lsp: Any, clients: list[Any]) -> None:
+def settle(lsp_pid: int, pids: list[int]) -> None:
     """Wait (at most SETTLE_MAX_S) until the nodes have finished starting up: a lightningd just
     started and connected still exchanges its first messages and runs its plugins' start-up
     for a while, and a measurement started then varies 2x between runs at 128 nodes. Settled:
     the nodes' CPU is under SETTLED_CPU, or (nodes that poll bitcoind each second never go
-    quiet) it stopped falling over the last seconds."""
-    pids = [c.proc.pid for c in clients]
+    quiet) it stopped falling over the last seconds. `lsp_pid`, `pids`: the lightningd processes
+    of the LSP and of the clients."""
     deadline = time.monotonic() + SETTLE_MAX_S
     rates: list[float] = []
-    before = sum(cpu_by_kind(lsp.proc.pid, pids).values())
+    before = sum(cpu_by_kind(lsp_pid, pids).values())
     while time.monotonic() < deadline:
         time.sleep(1.0)
-        after = sum(cpu_by_kind(lsp.proc.pid, pids).values())
+        after = sum(cpu_by_kind(lsp_pid, pids).values())
         rates.append(after - before)
         before = after
         if rates[-1] < SETTLED_CPU or (len(rates) >= 5 and rates[-1] >= 0.9 * min(rates[-4:-1])):
