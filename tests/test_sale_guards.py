@@ -9,10 +9,12 @@ from dataclasses import replace
 import pytest
 
 from superscalar_plugin.engine import musig2, protocol
+from superscalar_plugin.engine.sale_store import Payment
 from superscalar_plugin.engine.solvency import SolvencyRefused, Step, StockSpend, check_burn_publish
 from superscalar_plugin.engine.tree import FactoryParams, Topology
 from superscalar_plugin.plugin.creation.client import refusal
 from superscalar_plugin.plugin.lightningd.config import Config
+from superscalar_plugin.plugin.lightningd.node import Node
 
 T = 1000
 OPENS = T + 1  # the block from which the LSP's own path on the stock is valid
@@ -48,6 +50,9 @@ def test_no_burn_before_the_lsps_path_opens_however_long_after_T() -> None:
         # would otherwise get honest clients to destroy the LSP's stock (red team, hole 1).
         ({"we_are_buyer": False}, T, "not_our_purchase"),
         ({"burn_signed": False}, T, "burn_unsigned"),
+        # A purchase that cost us nothing (a gift, or our payment failed back: a co-client's
+        # stall) is never burnt: it would only destroy the LSP's stock (red team, round 8).
+        ({"paid": False}, T, "nothing_paid"),
         ({"sale_on_chain": True}, T, "sale_on_chain"),
         ({"stock_on_chain": False}, T, "stock_off_chain"),
         ({}, OPENS - 2, "before_lsp_path"),
@@ -91,3 +96,36 @@ def test_a_client_refuses_a_stock_delay_below_its_floor() -> None:
     assert refusal(LSP, _propose(144), cfg, 100) is None
     stricter = replace(cfg, min_stock_delay=288)
     assert refusal(LSP, _propose(144), stricter, 100) is not None
+
+
+class _Pays:
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+
+    def call(self, method: str, payload: dict[str, object] | None = None) -> object:
+        assert method == "listsendpays" and payload == {"payment_hash": "ab" * 32}
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+@pytest.mark.parametrize(
+    ("statuses", "seen"),
+    [
+        (["failed", "complete"], Payment.PAID),  # a part settled: the LSP has our money
+        (["failed", "pending"], Payment.PENDING),
+        (["failed", "failed"], Payment.FAILED),  # every part failed back: we paid nothing
+        (["failed", "weird"], Payment.PENDING),  # a status we do not know: not "failed"
+        ([], None),  # none listed (autoclean may delete a settled one): nothing concluded
+    ],
+)
+def test_a_buyer_reads_what_it_paid_from_its_own_node(
+    statuses: list[str], seen: Payment | None
+) -> None:
+    pays = {"payments": [{"status": s} for s in statuses]}
+    assert Node(_Pays(pays), Config()).payment("ab" * 32) is seen  # type: ignore[arg-type]
+
+
+def test_a_buyer_concludes_nothing_when_its_node_cannot_say() -> None:
+    for answer in (RuntimeError("rpc down"), {"payments": "x"}):
+        assert Node(_Pays(answer), Config()).payment("ab" * 32) is None  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from superscalar_plugin.engine import store
+from superscalar_plugin.engine import sale_store, store
 from superscalar_plugin.engine.errors import InvalidRecord, StoreError
 
 from adversarial.records import client_record, lsp_record, sold_records
@@ -65,4 +65,40 @@ def test_malformed_sale_json_is_refused() -> None:
     data = store.to_json(client)
     data["sales"] = {"not": "a list"}
     with pytest.raises(StoreError):
+        store.from_json(data)
+
+
+def test_a_buyers_payment_and_the_lsps_sent_burns_round_trip() -> None:
+    client, lsp = sold_records()
+    paid = dataclasses.replace(
+        client.sales[0], payment=sale_store.Payment.FAILED, payment_hash="ab" * 32
+    )
+    client = client.replace(sales=(paid, *client.sales[1:]))
+    lsp = lsp.replace(burn_sent=(client.sales[0].stock_txid,))
+    assert _round_trip(client) == client and _round_trip(lsp) == lsp
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("payment", "maybe", "'payment': 'maybe' is not one of"),
+        ("payment", 1, "'payment' must be str"),
+        ("payment_hash", "abcd", "'payment_hash' must be 32 bytes"),
+    ],
+)
+def test_a_bad_payment_of_a_sale_is_refused_naming_it(
+    key: str, value: object, message: str
+) -> None:
+    client, _ = sold_records()
+    data = store.to_json(client)
+    data["sales"][0][key] = value
+    with pytest.raises(StoreError, match=message):
+        store.from_json(data)
+
+
+def test_a_bad_sent_burn_of_the_lsp_is_refused_naming_it() -> None:
+    _, lsp = sold_records()
+    data = store.to_json(lsp)
+    data["burn_sent"] = ["00"]
+    with pytest.raises(StoreError, match="'burn_sent'"):
         store.from_json(data)

@@ -23,6 +23,16 @@ from .tree import FactoryKeys, NodeKind, Topology, UnsignedNodeTx
 from .tx import Tx
 
 
+class Payment(StrEnum):
+    """What the buyer paid for its own purchase, as its own node shows it: it may burn the stock
+    of a purchase it paid for and does not hold signed, never of one it paid nothing for."""
+
+    GIFT = "gift"  # price 0: nothing to pay
+    PENDING = "pending"  # our payment is in flight (or its end was not seen: ask our node)
+    PAID = "paid"  # settled: the LSP has our money
+    FAILED = "failed"  # failed back, every part: we paid nothing
+
+
 @dataclass(frozen=True)
 class SaleEntry:
     session: str  # the sale's session id (SALE_STEP messages name it)
@@ -41,6 +51,10 @@ class SaleEntry:
     channel_id: str | None = None  # the sale's channel (LSP: from fundchannel_complete)
     acked: tuple[int, ...] = ()  # LSP: co-signers that stored the signed sale
     price_sat: int = 0  # LSP: what the buyer paid for it
+    # Buyer, its own purchase: how it paid (None: another client's sale, or a record written
+    # before payments were recorded) and the payment's hash.
+    payment: Payment | None = None
+    payment_hash: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -201,9 +215,23 @@ def sales_from(data: dict[str, Any]) -> tuple[SaleEntry, ...]:
             channel_id=hexfield(e, "channel_id", 32, optional=True),
             acked=_ints(e, "acked"),
             price_sat=get(e, "price_sat", int, optional=True) or 0,
+            payment=_payment(e),
+            payment_hash=hexfield(e, "payment_hash", 32, optional=True),
         )
         for e in _objects(data, "sales")
     )
+
+
+def _payment(e: dict[str, Any]) -> Payment | None:
+    value = get(e, "payment", str, optional=True)
+    if value is None:
+        return None
+    try:
+        return Payment(value)
+    except ValueError as err:
+        raise StoreError(
+            f"record field 'payment': {value!r} is not one of {list(Payment)}"
+        ) from err
 
 
 def orders_from(data: dict[str, Any]) -> tuple[Order, ...]:

@@ -353,6 +353,9 @@ class StockSpend:
     burn_signed: bool  # we hold the burn's final signature
     stock_on_chain: bool  # the stock output the sale (and its burn) spends is confirmed
     sale_on_chain: bool
+    # Our node shows we paid for it, or may yet (in flight, or not known): False for a gift or a
+    # payment failed back, which cost us nothing.
+    paid: bool = True
 
 
 def check_burn_publish(spend: StockSpend, height: int, lsp_path_from: int) -> None:
@@ -363,6 +366,9 @@ def check_burn_publish(spend: StockSpend, height: int, lsp_path_from: int) -> No
     - only by that buyer: a co-signer has nothing at stake in another client's incomplete sale,
       and burning it would let any buyer that withholds its own signature make honest clients
       destroy the LSP's stock (the LSP's money; red-team finding);
+    - only for a purchase we paid for: a sale can also stall on a co-client withholding its
+      signature, and the LSP then fails our payment back; burning a purchase that cost us nothing
+      would destroy the LSP's stock for a co-client's stall (red-team finding, round 8);
     - never for a sale we hold complete (we publish that sale instead);
     - only when the LSP's own path on the stock opens at the next block (`lsp_path_from`: T+1
       and `stock_delay` blocks after the stock confirmed): until then a complete sale, held by
@@ -376,6 +382,12 @@ def check_burn_publish(spend: StockSpend, height: int, lsp_path_from: int) -> No
     if not spend.we_are_buyer:
         raise SolvencyRefused(
             step, "not_our_purchase", f"sale {spend.sale_txid} is another client's purchase"
+        )
+    if not spend.paid:
+        raise SolvencyRefused(
+            step,
+            "nothing_paid",
+            f"we paid nothing for sale {spend.sale_txid} (a gift, or our payment failed back)",
         )
     if not spend.burn_signed:
         raise SolvencyRefused(step, "burn_unsigned", "we do not hold the burn's signature")

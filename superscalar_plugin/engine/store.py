@@ -141,6 +141,11 @@ class LspRecord:
     # ("<session>:<moved node>", client) of a signed update that client never acknowledged: the
     # moved node's signature is sent again at each block (the update itself is over).
     unacked: tuple[tuple[str, int], ...] = ()
+    # Stock outputs (by the txid that made them) whose sale's burn signature we sent (persisted
+    # first): its co-signers keep that sale as a promise and sign no other sale of that stock.
+    # Once it completes the chain moves past it; if it never does, that leaf sells through the
+    # on-chain fallback from then on.
+    burn_sent: tuple[str, ...] = ()
 
     def replace(self, **changes: Any) -> LspRecord:
         return dataclasses.replace(self, **changes)
@@ -355,6 +360,7 @@ def _lsp_record(data: dict[str, Any]) -> LspRecord:
         retired=tuple(_strings(data, "retired", 32)),
         spent=int_pairs(data, "spent"),
         unacked=_pairs(data, "unacked", int) if "unacked" in data else (),
+        burn_sent=tuple(_strings(data, "burn_sent", 32)),
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from ...engine import musig2
 from ...engine.errors import ChainError, MuSigError
+from ...engine.sale_store import Payment
 from .config import Config
 from .nodedb import NodeDb
 from .runtime import Rpc
@@ -71,6 +72,26 @@ class Node:
         if not isinstance(chans, list):
             raise ChannelsUnavailable("listpeerchannels answered without a channel list")
         return {c["channel_id"]: c for c in chans if isinstance(c, dict) and "channel_id" in c}
+
+    def payment(self, payment_hash: str) -> Payment | None:
+        """What our node shows of our payment `payment_hash` (`listsendpays`): PAID if a part
+        settled, PENDING while one is in flight, FAILED only if every part failed back; None if
+        lightningd cannot say or lists none (an operator's autoclean may have deleted a settled
+        one: nothing may be concluded)."""
+        try:
+            pays = self.rpc.call("listsendpays", {"payment_hash": payment_hash}).get("payments")
+        except Exception:
+            return None
+        if not isinstance(pays, list):
+            return None
+        statuses = {p.get("status") for p in pays if isinstance(p, dict)}
+        if not statuses:
+            return None
+        if "complete" in statuses:
+            return Payment.PAID
+        if "pending" in statuses or statuses - {"failed"}:
+            return Payment.PENDING
+        return Payment.FAILED
 
     def fee_rate_kvb(self) -> int:
         """lightningd's estimate for an opening (sat/kvB), else 2000."""

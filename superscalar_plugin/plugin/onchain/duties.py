@@ -303,7 +303,7 @@ class OnChain:
             assert isinstance(latest, store.LspRecord)
             self._unroller.on_block(latest, height)
         if isinstance(record, store.ClientRecord):
-            for what, txid, raw in stock_duties(record, height):
+            for what, txid, raw in stock_duties(record, height, self._node.payment):
                 # a complete sale: on chain for its buyer; a sale stalled past T: burn its stock
                 level = logging.WARNING if what == "burn" else logging.INFO
                 log.log(level, "factory %s: publishing %s %s", record.instance_id[:16], what, txid)

@@ -1,5 +1,6 @@
 """What liquidity sales add to the on-chain duties (`onchain`, chain thread): pure functions of a
-record and the chain's view, no RPC.
+record and the chain's view (and, for a purchase whose payment's end we did not see, of what our
+node says of it), no RPC of their own.
 
 The stock's path for L alone needs T and `stock_delay` blocks after the stock output confirmed
 (engine `sale`): before T a stock output leaves only by a sale or a burn every co-signer signed.
@@ -17,7 +18,8 @@ The stock's path for L alone needs T and `stock_delay` blocks after the stock ou
   last signature), that never confirmed while the stock output it spends is on chain, has its
   burn published when L's own path on the stock opens at the next block: the whole stock goes to
   miners, so an LSP that stalled our sale to take its stock back gains nothing. The solvency guard
-  decides (`check_burn_publish`): never the burn of a complete sale, never another client's sale
+  decides (`check_burn_publish`): never the burn of a complete sale, never of a purchase we paid
+  nothing for (a gift, or our payment failed back: a co-client's stall), never another client's sale
   (a buyer withholding its own signature must not get honest co-signers to burn the LSP's
   stock), never before L's path opens (a complete sale held by an absent buyer can still go in).
 - Stock sweeps (LSP): after T, the latest stock output of each leaf's chain (unsold, spent by no
@@ -26,10 +28,12 @@ The stock's path for L alone needs T and `stock_delay` blocks after the stock ou
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ...engine import store
 from ...engine.exit import PathTx
 from ...engine.sale import StockRef, sale_chain_path, stock_sweep_valid_from
-from ...engine.sale_store import SaleEntry, chain_of, sold_of
+from ...engine.sale_store import Payment, SaleEntry, chain_of, sold_of
 from ...engine.solvency import SolvencyRefused, StockSpend, check_burn_publish
 from ...engine.tree import FactoryKeys
 from ..lightningd.records import factory_of, txid_of
@@ -71,9 +75,15 @@ def sale_txids(record: store.Record) -> set[str]:
     return out
 
 
-def stock_duties(record: store.ClientRecord, height: int) -> list[tuple[str, str, bytes]]:
+PaymentOf = Callable[[str], Payment | None]  # our node's view of a payment, by its hash
+
+
+def stock_duties(
+    record: store.ClientRecord, height: int, payment_of: PaymentOf | None = None
+) -> list[tuple[str, str, bytes]]:
     """(what, txid, raw) to publish now for the sales we co-signed: the sale itself when we hold
-    it complete and its stock output is on chain, else its burn when the solvency guard allows."""
+    it complete and its stock output is on chain, else its burn when the solvency guard allows.
+    `payment_of`: asked about a purchase of ours whose payment's end we did not record."""
     if not record.sales:
         return []
     keys = _client_keys(record)
@@ -93,6 +103,11 @@ def stock_duties(record: store.ClientRecord, height: int) -> list[tuple[str, str
             burn_signed=e.burn_sig is not None,
             stock_on_chain=e.stock_txid in confirmed,
             sale_on_chain=e.sale_txid in confirmed,
+            # asked (an RPC, for a payment in flight) only where a burn could follow
+            paid=e.complete
+            or e.buyer != record.client_index
+            or e.stock_txid not in confirmed
+            or _paid(e, payment_of),
         )
         stock_at = confirmed.get(e.stock_txid)
         opens = stock_sweep_valid_from(keys, stock_at) if stock_at is not None else height + 2
@@ -104,6 +119,16 @@ def stock_duties(record: store.ClientRecord, height: int) -> list[tuple[str, str
         if burn.txid not in confirmed:
             out.append(("burn", burn.txid, burn.raw()))
     return out
+
+
+def _paid(e: SaleEntry, payment_of: PaymentOf | None) -> bool:
+    """We paid for this purchase, or may have: only a gift and a payment every part of which
+    failed back cost us nothing. A payment still in flight, or one our node no longer knows
+    (an operator's autoclean), counts as paid: a stalled sale we paid for must stay punishable."""
+    payment = e.payment
+    if payment is Payment.PENDING and e.payment_hash and payment_of is not None:
+        payment = payment_of(e.payment_hash) or payment
+    return payment not in (Payment.GIFT, Payment.FAILED)
 
 
 def unsold_stocks(record: store.LspRecord, height: int) -> list[StockRef]:

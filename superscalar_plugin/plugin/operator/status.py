@@ -268,6 +268,9 @@ def own_sales_view(
                 "channel_id": by_funding.get(txid),
                 "channel_state": channels.get(by_funding.get(txid) or "", {}).get("state"),
                 "complete": e.complete,
+                # what we paid for it: "gift", "pending", "paid" or "failed" (failed back: we
+                # paid nothing, and never burn it); null in records from before it was kept
+                "payment": e.payment,
                 "exit_sales": chain_len,  # sale txs its exit adds after the leaf
             }
         )

@@ -17,6 +17,7 @@ May call: `peers`, `records`, lightningd's `decode`, `pay`, `listpeerchannels`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -26,6 +27,7 @@ from typing import Any
 
 from ...engine import protocol, store
 from ...engine.errors import CeremonyError, InvalidParameter
+from ...engine.sale_store import Payment
 from ..lightningd.config import BUY_MIN_FEE_CAP_SAT, MIN_CHANNEL_SAT
 from ..lightningd.guards import msat
 from ..lightningd.node import Node
@@ -170,19 +172,51 @@ class Buyer:
 
     # --- paying (its own thread), then the answer (worker) -------------------------------------
 
+    def payment_hash(self, instance: str) -> str | None:
+        buy = self._buys.get(instance)
+        return None if buy is None else buy.payment_hash
+
     def _pay(self, instance: str, bolt11: str) -> None:
+        buy = self._buys.get(instance)
+        payment_hash = None if buy is None else buy.payment_hash
         try:
             res = self._node.rpc.call("pay", {"bolt11": bolt11, "retry_for": PAY_RETRY_FOR})
             if res.get("status") != "complete":
                 raise CeremonyError(f"payment {res.get('status')}")
         except Exception as e:
             reason = f"payment failed, nothing delivered, nothing paid: {why(e)}"
-            self._submit(lambda: self._end(instance, CeremonyError(reason)))
+            # Only what our node shows: FAILED if every part failed back, else still in flight.
+            seen = self._node.payment(payment_hash) if payment_hash else None
+
+            def failed() -> None:
+                if payment_hash and seen is Payment.FAILED:
+                    self._record_payment(instance, payment_hash, Payment.FAILED)
+                self._end(instance, CeremonyError(reason))
+
+            self._submit(failed)
             return
+        if payment_hash:
+            self._submit(lambda: self._record_payment(instance, payment_hash, Payment.PAID))
         deadline = time.monotonic() + DELIVERY_WAIT
         while time.monotonic() < deadline and self._delivery(instance) is None:
             time.sleep(0.2)
         self._submit(lambda: self._delivered(instance))
+
+    def _record_payment(self, instance: str, payment_hash: str, payment: Payment) -> None:
+        """The end of our payment, on the purchase it paid for (recorded at its burn's
+        signature): a purchase that cost us nothing is never burnt (`check_burn_publish`)."""
+        record = self._records.get(instance)
+        if not isinstance(record, store.ClientRecord):
+            return
+        sales = tuple(
+            dataclasses.replace(e, payment=payment)
+            if e.payment_hash == payment_hash and e.buyer == record.client_index
+            else e
+            for e in record.sales
+        )
+        if sales != record.sales:
+            self._records.persist(record.replace(sales=sales))
+            log.info("factory %s: our payment %s: %s", instance[:16], payment_hash, payment)
 
     def _delivery(self, instance: str) -> dict[str, Any] | None:
         """What we hold of the liquidity we paid for: the sale fully signed, or the new on-chain

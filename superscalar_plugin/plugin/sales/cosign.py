@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from ...engine import protocol, store
 from ...engine.client_checks import ClientPolicy
@@ -39,7 +40,7 @@ from ...engine.errors import CeremonyError, SuperscalarError, UnsafeSale
 from ...engine.sale import CHANNEL_VOUT, StockChain
 from ...engine.sale_checks import Purchase
 from ...engine.sale_sign import SaleCosigner, attach_sale_sig
-from ...engine.sale_store import chain_of, merge_chain, without_sale
+from ...engine.sale_store import Payment, chain_of, merge_chain, without_sale
 from ...engine.solvency import Step, check_channel_bound
 from ...engine.tree import FactoryKeys
 from ..creation.opens import ChannelOpens
@@ -62,6 +63,7 @@ class CosignSession:
     deadline: float
     offer: protocol.Offer | None = None  # set when we are the buyer
     signer: SaleCosigner | None = None
+    payment_hash: str | None = None  # our payment for it (a priced purchase of ours)
 
 
 def client_chain(record: store.ClientRecord) -> tuple[FactoryKeys, StockChain]:
@@ -161,7 +163,12 @@ class Cosigner:
         if offer.sold_sat < MIN_CHANNEL_SAT:
             raise UnsafeSale("offer", f"{offer.sold_sat} sat is below {MIN_CHANNEL_SAT}")
         self._forget(instance)
-        self._sessions[instance] = CosignSession(offer.session, self._deadline(), offer=offer)
+        self._sessions[instance] = CosignSession(
+            offer.session,
+            self._deadline(),
+            offer=offer,
+            payment_hash=self._buyer.payment_hash(instance) if paid else None,
+        )
         if offer.kind is protocol.OfferKind.FACTORY:
             self._opens.accepted(offer.session.hex(), record.lsp_node_id, offer.sold_sat)
             self._guards.expected.add(offer.session.hex())  # its channel may come at any time
@@ -194,7 +201,10 @@ class Cosigner:
             self._bind_purchase(record, signer)
         if offer is None:
             self._forget(instance)  # a new sale replaces one the LSP gave up
-        self._sessions[instance] = CosignSession(p.session, self._deadline(), offer, signer)
+        payment_hash = cs.payment_hash if cs is not None and offer is not None else None
+        self._sessions[instance] = CosignSession(
+            p.session, self._deadline(), offer, signer, payment_hash
+        )
         self._peers.send(record.lsp_node_id, signer.nonces())
 
     def _bind_purchase(self, record: store.ClientRecord, signer: SaleCosigner) -> None:
@@ -221,7 +231,9 @@ class Cosigner:
         elif step.kind is protocol.SaleStepKind.BURN_SIG:
             _, chain = client_chain(record)
             chain = cs.signer.on_burn_sig(step, chain)
-            record = self._persist(record, chain, cs.session)  # before our sale signature
+            # before our sale signature; our own purchase with how we pay for it (its burn is
+            # never published for a purchase that cost us nothing)
+            record = self._persist(record, chain, cs.session, **self._payment_terms(cs))
             _, stored = client_chain(record)
             try:
                 psig = cs.signer.sale_psig(stored)
@@ -274,12 +286,20 @@ class Cosigner:
             sold.sale_tx.txid,
         )
 
+    @staticmethod
+    def _payment_terms(cs: CosignSession) -> dict[str, Any]:
+        if cs.offer is None:  # another client's sale
+            return {}
+        if cs.offer.fee_sat == 0:
+            return {"payment": Payment.GIFT}
+        return {"payment": Payment.PENDING, "payment_hash": cs.payment_hash}
+
     def _persist(
-        self, record: store.ClientRecord, chain: StockChain, session: bytes
+        self, record: store.ClientRecord, chain: StockChain, session: bytes, **extra: Any
     ) -> store.ClientRecord:
         latest = self._records.get(record.instance_id)
         assert isinstance(latest, store.ClientRecord)
-        sales = merge_chain(latest.sales, chain, session)
+        sales = merge_chain(latest.sales, chain, session, **extra)
         if sales == latest.sales:
             return latest  # a retried sale we hold already: nothing to write
         latest = latest.replace(sales=sales)

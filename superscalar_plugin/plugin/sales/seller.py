@@ -227,6 +227,9 @@ class SalesRole:
             return "the leaf's stock is sold out"
         if chain.sales and not chain.sales[-1].complete:
             return "the leaf's last sale is not complete"
+        if chain.latest.txid in record.burn_sent:
+            # Its co-signers hold that sale and sign no other of this stock: it stalled.
+            return "a sale on this leaf stalled after its burn was signed"
         confirmed = dict(record.confirmed)
         if any(t in confirmed for t in (chain.origin.txid, *(s.sale_tx.txid for s in chain.sales))):
             return "the leaf is on chain"
@@ -275,11 +278,23 @@ class SalesRole:
             return
         if run.coordinator is None:
             raise CeremonyError(f"unexpected {p.kind.name} before the sale was proposed")
+        before = run.coordinator.state
         outbox = run.coordinator.receive(index, p)
         if run.coordinator.state is SaleState.DONE:
             self._complete(run, outbox)
             return
+        if before is not SaleState.SALE_PSIGS and run.coordinator.state is SaleState.SALE_PSIGS:
+            self._burn_sent(run.instance, run.coordinator.sold.sale.stock.txid)  # before BURN_SIG
         self._send(run, outbox)
+
+    def _burn_sent(self, instance: str, stock_txid: str) -> None:
+        """Before the burn's signature goes out: from then on co-signers hold this sale and sign
+        no other of its stock, so if it never completes (a co-signer withholding its sale
+        signature, a restart) the leaf's later sales are on-chain channels (`_fallback_reason`)."""
+        record = self._records.get(instance)
+        assert isinstance(record, store.LspRecord)
+        if stock_txid not in record.burn_sent:
+            self._records.persist(record.replace(burn_sent=(*record.burn_sent, stock_txid)))
 
     def _send(self, run: SaleRun, outbox: dict[int, protocol.SaleStep]) -> None:
         record = self._records.get(run.instance)
