@@ -158,6 +158,8 @@ def test_a_client_buys_twice_receives_across_its_channels_falls_back_on_chain_an
     assert mine[1]["spends"] == f"{first['sale_txid']}:1"
     assert all(s["complete"] and s["channel_state"] == "CHANNELD_NORMAL" for s in mine)
     assert [s["exit_sales"] for s in mine] == [1, 2]
+    # what A's own node shows it paid for each (kept across the restarts): burnable if stalled
+    assert [s["payment"] for s in mine] == ["paid", "paid"]
     assert _status(b, instance)["sales_cosigned"] == 2
     stock = _status(lsp, instance)["stock"][0]
     assert stock["sales"] == 2 and stock["stock_left_sat"] < 200_000 - FIRST - SECOND
