@@ -11,10 +11,11 @@ import dataclasses
 from pathlib import Path
 
 from fuzz_protocol import flows
+from fuzz_protocol.world import World
 
 from superscalar_plugin.engine import store
 from superscalar_plugin.engine.sale import stock_sweep_valid_from
-from superscalar_plugin.engine.sale_store import Payment
+from superscalar_plugin.engine.sale_store import Payment, SaleEntry
 from superscalar_plugin.plugin.onchain.sales import stock_duties
 
 from adversarial.test_red_team import _funded, _pay, _status, _world
@@ -26,6 +27,28 @@ def _client_record(node: object, instance: str) -> store.ClientRecord:
     rec = store.from_json(raw)
     assert isinstance(rec, store.ClientRecord)
     return rec
+
+
+def _at_the_end(rec: store.ClientRecord, sale: SaleEntry) -> tuple[store.ClientRecord, int]:
+    """`rec` at the factory's end: the leaf (the stock) confirmed before T through the clients'
+    exits; and the block from which the LSP's own path on that stock is valid."""
+    keys = rec.signed_header().factory_keys()  # type: ignore[union-attr]
+    leaf_at = rec.timeout_height - 5
+    ended = dataclasses.replace(rec, confirmed=((sale.stock_txid, leaf_at),))
+    return ended, stock_sweep_valid_from(keys, leaf_at)
+
+
+def _stalled_by_the_co_client(world: World) -> str:
+    """c0 buys 20,000 sat and pays; its leaf-mate `co` drops its sale partial signature."""
+    inst = _funded(world)
+    _pay(world, world.clients[0])  # outbound liquidity to pay the price
+    world.arm_filter("co", "SaleStep.SALE_PSIG", hold=False)
+    res, err = flows._call(
+        world.clients[0], "factory-buy", {"instance": inst, "sat": 20_000, "max_fee_sat": 2_000}
+    )
+    world.end_step()
+    assert err is not None, res  # the purchase failed: the LSP aborted, c0 paid nothing
+    return inst
 
 
 # --- 1. a co-client's stall makes the honest buyer burn the LSP's stock ---------------------------
@@ -43,24 +66,12 @@ def test_a_co_clients_stall_does_not_make_the_honest_buyer_burn_the_lsps_stock(
     path opens, c0's plugin burns the stock. The attacker pays nothing."""
     world = _world(tmp_path)
     try:
-        inst = _funded(world)
-        c0, _co = world.clients
-        _pay(world, c0)  # outbound liquidity to pay the price
-        world.arm_filter("co", "SaleStep.SALE_PSIG", hold=False)
-        res, err = flows._call(
-            c0, "factory-buy", {"instance": inst, "sat": 20_000, "max_fee_sat": 2_000}
-        )
-        world.end_step()
-        assert err is not None, res  # the purchase failed: the LSP aborted, c0 paid nothing
+        c0 = world.clients[0]
+        inst = _stalled_by_the_co_client(world)
         rec = _client_record(c0, inst)
         mine = [e for e in rec.sales if e.buyer == rec.client_index]
         assert len(mine) == 1 and mine[0].burn_sig and not mine[0].sale_sig, rec.sales
-        sale = mine[0]
-        # The factory's end: the leaf (the stock) confirms before T through the clients' exits.
-        keys = rec.signed_header().factory_keys()  # type: ignore[union-attr]
-        leaf_at = rec.timeout_height - 5
-        opens = stock_sweep_valid_from(keys, leaf_at)
-        ended = dataclasses.replace(rec, confirmed=((sale.stock_txid, leaf_at),))
+        ended, opens = _at_the_end(rec, mine[0])
         published = stock_duties(ended, opens - 1)
         assert not [w for w, _, _ in published if w == "burn"], (
             "the honest buyer burns the LSP's stock after a co-client's stall"
@@ -78,15 +89,8 @@ def test_a_co_clients_stall_does_not_lock_the_leafs_sales(tmp_path: Path) -> Non
     channel instead, and the stalled sale's buyer does not burn the stock (it paid nothing)."""
     world = _world(tmp_path)
     try:
-        inst = _funded(world)
-        c0, _co = world.clients
-        _pay(world, c0)
-        world.arm_filter("co", "SaleStep.SALE_PSIG", hold=False)
-        _, err = flows._call(
-            c0, "factory-buy", {"instance": inst, "sat": 20_000, "max_fee_sat": 2_000}
-        )
-        world.end_step()
-        assert err is not None
+        c0 = world.clients[0]
+        inst = _stalled_by_the_co_client(world)
         [lsp_rec] = [r for r in _records(world.lsp, "lsp") if r.get("instance_id") == inst]
         assert lsp_rec.get("burn_sent"), "the LSP did not record the burn it sent"
         res, err = flows._call(
@@ -123,10 +127,7 @@ def test_an_lsp_that_takes_the_price_and_withholds_the_sale_still_loses_its_stoc
         rec = _client_record(c0, inst)
         [sale] = [e for e in rec.sales if e.buyer == rec.client_index]
         assert sale.burn_sig and not sale.sale_sig, sale
-        keys = rec.signed_header().factory_keys()  # type: ignore[union-attr]
-        leaf_at = rec.timeout_height - 5
-        opens = stock_sweep_valid_from(keys, leaf_at)
-        ended = dataclasses.replace(rec, confirmed=((sale.stock_txid, leaf_at),))
+        ended, opens = _at_the_end(rec, sale)
         assert not stock_duties(ended, opens - 2)  # never before the LSP's path opens
         assert [w for w, _, _ in stock_duties(ended, opens - 1)] == ["burn"]
     finally:
