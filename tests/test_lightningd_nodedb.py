@@ -32,9 +32,11 @@ from real_node import (
 )
 
 from superscalar_plugin.engine import musig2
-from superscalar_plugin.engine.solvency import Step
+from superscalar_plugin.engine.solvency import SolvencyRefused, Step, check_channel_bound
+from superscalar_plugin.engine.store import ClientEntry
 from superscalar_plugin.engine.tree import UnsignedNodeTx
 from superscalar_plugin.engine.tx import Tx, TxIn, TxOut
+from superscalar_plugin.plugin.creation import funding
 from superscalar_plugin.plugin.lightningd import nodedb
 from superscalar_plugin.plugin.lightningd.psbt import leaf_psbt
 
@@ -89,6 +91,7 @@ def test_the_fundee_reads_its_channels_funding_keys_from_its_own_database(
     assert bound.channel_id == done["channel_id"]
     assert (bound.funding_txid, bound.funding_vout, bound.funding_sat) == (tx.txid, 0, AMOUNT)
     assert bound.script_pubkey() == script  # P2WSH(2-of-2 of the two keys) = the funding script
+    assert bound.state in (2, 3)  # CHANNELD_AWAITING_LOCKIN or CHANNELD_NORMAL: open
     # The txid is stored byte-reversed (internal order); the row names the peer; another peer,
     # another output: no channel there.
     conn = sqlite3.connect(f"{Path(where.location).as_uri()}?mode=ro", uri=True)
@@ -115,6 +118,18 @@ def test_the_fundee_reads_its_channels_funding_keys_from_its_own_database(
     # (it cancels a channel AWAITING_LOCKIN only): an aborted creation closes it by id instead.
     with pytest.raises(RpcError, match="No channels being opened or awaiting lock-in"):
         opener.rpc.call("fundchannel_cancel", {"id": fundee.info["id"]})
+    again = db.bound_channel(Step.TREE_SIGNATURE, opener.info["id"], tx.txid, 0)
+    assert again is not None and again.state == 3  # CHANNELD_NORMAL, in the fundee's database
+    # Closed as an aborted sale's channel is (`close_unfunded`): the fundee's row leaves the open
+    # states, and nothing is signed into that channel again (round 9: a stalled sale retried).
+    funding.close_unfunded(
+        opener.rpc, ClientEntry(fundee.info["id"], AMOUNT, channel_id=done["channel_id"])
+    )
+    wait_for(lambda: channel(fundee, done["channel_id"])["state"] != "CHANNELD_NORMAL")
+    closed = db.bound_channel(Step.TREE_SIGNATURE, opener.info["id"], tx.txid, 0)
+    assert closed is not None and closed.state not in (2, 3), closed
+    with pytest.raises(SolvencyRefused, match="channel_state"):
+        check_channel_bound(Step.SALE_SIGNATURE, closed, tx.txid, 0, script, AMOUNT)
 
 
 # The LSP's plugin, patched to lie: every channel is completed honestly on its leaf, then the tree

@@ -72,6 +72,7 @@ def _row(**changes: object) -> dict[str, object]:
         "funding_tx_id": bytes.fromhex(TXID)[::-1],
         "funding_tx_outnum": 1,
         "funding_satoshi": 200_000,
+        "state": 3,  # CHANNELD_NORMAL
     }
     row.update(changes)
     return row
@@ -93,6 +94,7 @@ def test_a_row_is_a_binding_with_the_txid_in_display_order() -> None:
         ("full_channel_id", "not bytes"),
         ("funding_tx_outnum", -1),
         ("funding_satoshi", 0),
+        ("state", "3"),
     ],
 )
 def test_a_row_that_is_not_what_it_must_be_is_refused_naming_the_column(
@@ -111,14 +113,14 @@ def _db(path: Path, rows: list[dict[str, object]], peer: str = PEER) -> WalletDb
         "CREATE TABLE peers (id INTEGER PRIMARY KEY, node_id BLOB);"
         "CREATE TABLE channels (id INTEGER PRIMARY KEY, peer_id INTEGER, full_channel_id BLOB,"
         " funding_pubkey_local BLOB, fundingkey_remote BLOB, funding_tx_id BLOB,"
-        " funding_tx_outnum INTEGER, funding_satoshi BIGINT);"
+        " funding_tx_outnum INTEGER, funding_satoshi BIGINT, state INTEGER);"
     )
     conn.execute("INSERT INTO peers (id, node_id) VALUES (1, ?)", (bytes.fromhex(peer),))
     for r in rows:
         conn.execute(
             "INSERT INTO channels (peer_id, full_channel_id, funding_pubkey_local,"
-            " fundingkey_remote, funding_tx_id, funding_tx_outnum, funding_satoshi)"
-            " VALUES (1, ?, ?, ?, ?, ?, ?)",
+            " fundingkey_remote, funding_tx_id, funding_tx_outnum, funding_satoshi, state)"
+            " VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
             tuple(r.values()),
         )
     conn.commit()

@@ -77,6 +77,11 @@ def test_a_channel_output_is_signed_only_when_bound_exactly() -> None:
     assert _kind(check(b, sat=49_999)) == "channel_amount"
     other = _bound(remote_funding_key=_key(b"lsp's other key")).script_pubkey()
     assert _kind(check(b, script=other)) == "channel_script"
+    # A channel our node already closes (e.g. a stalled sale's, closed by the LSP then) takes no
+    # signature: money signed into it could never be used (red team, round 9).
+    solvency.check_channel_bound(Step.TREE_SIGNATURE, _bound(state=2), TXID, 1, spk, 50_000)
+    for closing in (4, 5, 6, 7, 8, 9, 10, 13, 99):
+        assert _kind(check(_bound(state=closing))) == "channel_state", closing
 
 
 def test_a_move_pays_only_a_capped_fee_into_a_confirmed_target() -> None:

@@ -73,6 +73,7 @@ class BoundChannel:
     funding_txid: str  # display order (as listpeerchannels shows it)
     funding_vout: int
     funding_sat: int
+    state: int = 3  # lightningd's `channels.state` (enum channel_state): 3 CHANNELD_NORMAL
 
     def witness_script(self) -> bytes:
         """BOLT 3: 2 <pubkey1> <pubkey2> 2 OP_CHECKMULTISIG, keys in lexicographic order."""
@@ -117,6 +118,36 @@ def check_channel_bound(
             "channel_script",
             "the output is not the 2-of-2 of the funding keys our node recorded",
         )
+    if bound.state not in OPEN_STATES:
+        # e.g. the channel of a sale that stalled, closed by the LSP then: money signed into it
+        # could never be used (red-team finding, round 9)
+        raise SolvencyRefused(
+            step,
+            "channel_state",
+            f"our node's channel {bound.channel_id} is {CHANNEL_STATES.get(bound.state, bound.state)},"
+            " not open",
+        )
+
+
+# lightningd's `enum channel_state` (lightningd/channel_state.h; stored in `channels.state`, never
+# renumbered): a channel we may still sign money into is awaiting lock-in or normal.
+CHANNEL_STATES = {
+    1: "DUALOPEND_OPEN_INIT",
+    2: "CHANNELD_AWAITING_LOCKIN",
+    3: "CHANNELD_NORMAL",
+    4: "CHANNELD_SHUTTING_DOWN",
+    5: "CLOSINGD_SIGEXCHANGE",
+    6: "CLOSINGD_COMPLETE",
+    7: "AWAITING_UNILATERAL",
+    8: "FUNDING_SPEND_SEEN",
+    9: "ONCHAIN",
+    10: "CLOSED",
+    11: "DUALOPEND_OPEN_COMMITTED",
+    12: "DUALOPEND_AWAITING_LOCKIN",
+    13: "CHANNELD_AWAITING_SPLICE",
+    14: "DUALOPEND_OPEN_COMMIT_READY",
+}
+OPEN_STATES = (2, 3)
 
 
 # --- the node's own record of a channel ---------------------------------------------------------
@@ -182,6 +213,7 @@ def bound_from_row(
     funding_tx_id: object,
     funding_tx_outnum: object,
     funding_satoshi: object,
+    state: object,
 ) -> BoundChannel:
     """A `channels` row of lightningd's database as a `BoundChannel`, each column checked (the
     txid is stored byte-reversed, the internal order). A column that is not what it must be is a
@@ -201,6 +233,8 @@ def bound_from_row(
         raise SolvencyRefused(step, "channel_db", "channels.funding_tx_outnum is not an index")
     if not isinstance(funding_satoshi, int) or not 0 < funding_satoshi <= 21_000_000 * 10**8:
         raise SolvencyRefused(step, "channel_db", "channels.funding_satoshi is not an amount")
+    if not isinstance(state, int) or isinstance(state, bool):
+        raise SolvencyRefused(step, "channel_db", "channels.state is not a channel state")
     return BoundChannel(
         _blob(step, "full_channel_id", full_channel_id, 32).hex(),
         keys[0],
@@ -208,6 +242,7 @@ def bound_from_row(
         txid,
         funding_tx_outnum,
         funding_satoshi,
+        state,
     )
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -185,6 +186,9 @@ class Channel:
     close_result: dict[str, Any] | None = None  # what a pending `close` returns once done
     missing_funding_logged: bool = False
     billboard: str | None = None
+    # Called with the channel at each state change once its row is in the node's database
+    # (`walletdb`), which keeps `channels.state` as lightningd does.
+    on_state: Callable[[Channel], None] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.our_msat < 0:
@@ -244,6 +248,8 @@ class Channel:
             self.state_changes.append(change)
         self.state = new
         self.cause = cause
+        if self.on_state is not None:
+            self.on_state(self)
         return change
 
 

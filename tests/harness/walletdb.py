@@ -32,6 +32,21 @@ CREATE TABLE IF NOT EXISTS channels (
 """
 
 
+# lightningd's `enum channel_state` (lightningd/channel_state.h), as `channels.state` stores it.
+STATE_NUMBERS = {
+    "CHANNELD_AWAITING_LOCKIN": 2,
+    "CHANNELD_NORMAL": 3,
+    "CHANNELD_SHUTTING_DOWN": 4,
+    "CLOSINGD_SIGEXCHANGE": 5,
+    "CLOSINGD_COMPLETE": 6,
+    "AWAITING_UNILATERAL": 7,
+    "FUNDING_SPEND_SEEN": 8,
+    "ONCHAIN": 9,
+    "CLOSED": 10,
+    "CHANNELD_AWAITING_SPLICE": 13,
+}
+
+
 def db_path(node: FakeNode) -> Path:
     """Where lightningd keeps its database: `wallet` (sqlite3://<path>[:<backup>]) or the
     default file in the network directory."""
@@ -72,10 +87,11 @@ def record_channel(node: FakeNode, ch: Channel) -> None:
             conn.execute(
                 "INSERT INTO channels (peer_id, full_channel_id, state, funder, funding_tx_id,"
                 " funding_tx_outnum, funding_satoshi, funding_pubkey_local, fundingkey_remote,"
-                " push_msatoshi) VALUES (?, ?, 2, ?, ?, ?, ?, ?, ?, ?)",
+                " push_msatoshi) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     peer_dbid,
                     bytes.fromhex(ch.channel_id),
+                    STATE_NUMBERS.get(ch.state, 2),
                     0 if ch.opener == "local" else 1,
                     bytes.fromhex(ch.funding_txid)[::-1],  # internal byte order
                     ch.funding_outnum,
@@ -84,6 +100,23 @@ def record_channel(node: FakeNode, ch: Channel) -> None:
                     ch.their_funding_pubkey,
                     ch.push_msat,
                 ),
+            )
+    finally:
+        conn.close()
+    ch.on_state = lambda c: update_state(node, c)
+
+
+def update_state(node: FakeNode, ch: Channel) -> None:
+    """`channels.state` follows the channel, as lightningd updates it at each state change."""
+    number = STATE_NUMBERS.get(ch.state)
+    if number is None or ch.channel_id is None:
+        return
+    conn = sqlite3.connect(db_path(node), timeout=60)
+    try:
+        with conn:
+            conn.execute(
+                "UPDATE channels SET state = ? WHERE full_channel_id = ?",
+                (number, bytes.fromhex(ch.channel_id)),
             )
     finally:
         conn.close()

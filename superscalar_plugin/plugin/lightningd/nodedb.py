@@ -45,7 +45,8 @@ PG_TIMEOUT_MS = 2000
 
 QUERY = (
     "SELECT c.full_channel_id, c.funding_pubkey_local, c.fundingkey_remote, c.funding_tx_id,"
-    " c.funding_tx_outnum, c.funding_satoshi FROM channels c JOIN peers p ON c.peer_id = p.id"
+    " c.funding_tx_outnum, c.funding_satoshi, c.state FROM channels c"
+    " JOIN peers p ON c.peer_id = p.id"
     " WHERE c.funding_tx_id = {ph} AND c.funding_tx_outnum = {ph} AND p.node_id = {ph}"
 )
 

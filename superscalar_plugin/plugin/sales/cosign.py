@@ -29,6 +29,7 @@ persisted). Worker only. May call: `records`, `peers`, `opens`, `guards.refresh`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -160,6 +161,10 @@ class Cosigner:
         paid = self._buyer.paying(instance, offer.sold_sat, offer.fee_sat)
         if not paid and offer.fee_sat != 0:
             raise UnsafeSale("offer", "a priced offer we did not ask for")
+        if not paid and self._buyer.waiting(instance):
+            # Our purchase is being paid: a gift now would be signed as costing us nothing, and
+            # its burn never published however our payment ends (red-team finding, round 9).
+            raise UnsafeSale("offer", "a gift while a purchase of ours is in flight")
         if offer.sold_sat < MIN_CHANNEL_SAT:
             raise UnsafeSale("offer", f"{offer.sold_sat} sat is below {MIN_CHANNEL_SAT}")
         self._forget(instance)
@@ -233,7 +238,9 @@ class Cosigner:
             chain = cs.signer.on_burn_sig(step, chain)
             # before our sale signature; our own purchase with how we pay for it (its burn is
             # never published for a purchase that cost us nothing)
-            record = self._persist(record, chain, cs.session, **self._payment_terms(cs))
+            record = self._persist(
+                record, chain, cs.session, cs.signer.sold.sale_tx.txid, **self._payment_terms(cs)
+            )
             _, stored = client_chain(record)
             try:
                 psig = cs.signer.sale_psig(stored)
@@ -295,11 +302,23 @@ class Cosigner:
         return {"payment": Payment.PENDING, "payment_hash": cs.payment_hash}
 
     def _persist(
-        self, record: store.ClientRecord, chain: StockChain, session: bytes, **extra: Any
+        self,
+        record: store.ClientRecord,
+        chain: StockChain,
+        session: bytes,
+        signing: str | None = None,
+        **extra: Any,
     ) -> store.ClientRecord:
+        """Our stock chain into the record. `signing`: the sale we are signing now, which gets
+        `extra` (our payment for it) even if we hold it already: a stalled sale signed again for
+        a new purchase is that purchase's (red-team finding, round 9)."""
         latest = self._records.get(record.instance_id)
         assert isinstance(latest, store.ClientRecord)
         sales = merge_chain(latest.sales, chain, session, **extra)
+        if signing is not None and extra:
+            sales = tuple(
+                dataclasses.replace(e, **extra) if e.sale_txid == signing else e for e in sales
+            )
         if sales == latest.sales:
             return latest  # a retried sale we hold already: nothing to write
         latest = latest.replace(sales=sales)
