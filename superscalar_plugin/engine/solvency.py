@@ -438,6 +438,21 @@ def check_burn_publish(spend: StockSpend, height: int, lsp_path_from: int) -> No
         )
 
 
+def check_no_withheld_purchase(step: Step, withheld: Sequence[str]) -> None:
+    """A purchase we paid for whose last signature the LSP withheld (`withheld`: those sales'
+    txids) leaves us one recourse, its burn once the leaf is on chain. Nothing may take that away
+    while we hold one: no DW update of our leaf (its new state would supersede the stock the burn
+    spends) and no key handed over (the LSP would spend the funding by key path, the leaf never
+    on chain). Red-team finding, round 10."""
+    if withheld:
+        raise SolvencyRefused(
+            step,
+            "purchase_withheld",
+            f"we paid for sale {withheld[0]} and never got its last signature: its burn must"
+            " stay enforceable",
+        )
+
+
 def check_update_signature(
     old: Sequence[HeldChannel],
     new: HeldChannel | None,

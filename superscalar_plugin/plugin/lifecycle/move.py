@@ -42,6 +42,7 @@ from ..lightningd.peers import Peers
 from ..lightningd.ratelimit import LogLimiter
 from ..lightningd.records import LIVE, Records, is_compromised, txid_of
 from ..lightningd.runtime import PeerUnreachable, why
+from ..onchain.sales import withheld_purchases
 
 log = logging.getLogger("superscalar")
 peer_log = LogLimiter(log)
@@ -473,6 +474,9 @@ class ClientMover:
         """The solvency guard's KEY_HANDOVER, on what our node shows now (fails closed): every
         channel of this factory (its leaf's and every sale's, whoever bought it) is counted,
         with its HTLCs, against one dust allowance; the move's target must still be ours."""
+        solvency.check_no_withheld_purchase(
+            solvency.Step.KEY_HANDOVER, withheld_purchases(record, self._node.payment)
+        )
         channels = self._node.channels()
         leaf = leaf_txid(record)
         sales = {e.sale_txid for e in record.sales}

@@ -121,6 +121,19 @@ def stock_duties(
     return out
 
 
+def withheld_purchases(record: store.ClientRecord, payment_of: PaymentOf | None) -> list[str]:
+    """Our purchases we paid for (or may have) whose last signature we never got, their burn
+    signed: the sales' txids (`solvency.check_no_withheld_purchase`)."""
+    return [
+        e.sale_txid
+        for e in record.sales
+        if e.buyer == record.client_index
+        and not e.complete
+        and e.burn_sig is not None
+        and _paid(e, payment_of)
+    ]
+
+
 def _paid(e: SaleEntry, payment_of: PaymentOf | None) -> bool:
     """We paid for this purchase, or may have: only a gift and a payment every part of which
     failed back cost us nothing. A payment still in flight, or one our node no longer knows

@@ -29,7 +29,6 @@ persisted). Worker only. May call: `records`, `peers`, `opens`, `guards.refresh`
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -203,6 +202,14 @@ class Cosigner:
         seckey = self._node.client_key(instance)
         signer = SaleCosigner(keys, me, seckey, chain, p, policy, purchase)
         if purchase is not None:
+            txid = signer.sold.sale_tx.txid
+            if any(e.sale_txid == txid for e in record.sales):
+                # An honest LSP never runs a purchase twice; signed again, the sale we paid for
+                # once would take another purchase's terms, a gift's or a failed payment's, and
+                # lose its burn (red-team findings, rounds 9 and 10).
+                raise UnsafeSale(
+                    "purchase", f"sale {txid} is ours already: a purchase is signed once"
+                )
             self._bind_purchase(record, signer)
         if offer is None:
             self._forget(instance)  # a new sale replaces one the LSP gave up
@@ -238,9 +245,7 @@ class Cosigner:
             chain = cs.signer.on_burn_sig(step, chain)
             # before our sale signature; our own purchase with how we pay for it (its burn is
             # never published for a purchase that cost us nothing)
-            record = self._persist(
-                record, chain, cs.session, cs.signer.sold.sale_tx.txid, **self._payment_terms(cs)
-            )
+            record = self._persist(record, chain, cs.session, **self._payment_terms(cs))
             _, stored = client_chain(record)
             try:
                 psig = cs.signer.sale_psig(stored)
@@ -302,23 +307,13 @@ class Cosigner:
         return {"payment": Payment.PENDING, "payment_hash": cs.payment_hash}
 
     def _persist(
-        self,
-        record: store.ClientRecord,
-        chain: StockChain,
-        session: bytes,
-        signing: str | None = None,
-        **extra: Any,
+        self, record: store.ClientRecord, chain: StockChain, session: bytes, **extra: Any
     ) -> store.ClientRecord:
-        """Our stock chain into the record. `signing`: the sale we are signing now, which gets
-        `extra` (our payment for it) even if we hold it already: a stalled sale signed again for
-        a new purchase is that purchase's (red-team finding, round 9)."""
+        """Our stock chain into the record; `extra` (our payment, for our own purchase) goes
+        with a sale we did not hold yet."""
         latest = self._records.get(record.instance_id)
         assert isinstance(latest, store.ClientRecord)
         sales = merge_chain(latest.sales, chain, session, **extra)
-        if signing is not None and extra:
-            sales = tuple(
-                dataclasses.replace(e, **extra) if e.sale_txid == signing else e for e in sales
-            )
         if sales == latest.sales:
             return latest  # a retried sale we hold already: nothing to write
         latest = latest.replace(sales=sales)

@@ -48,6 +48,7 @@ from ..lightningd.node import Node
 from ..lightningd.peers import Peers
 from ..lightningd.ratelimit import LogLimiter
 from ..lightningd.records import LIVE, Records, is_compromised, topology, txid_of
+from ..onchain.sales import withheld_purchases
 from .swap import SwapHolder, swap_parts, wait_fees, wait_settled
 
 log = logging.getLogger("superscalar")
@@ -184,6 +185,9 @@ class UpdateClient:
             )
         if p.leaf_stock < DUST_P2TR:
             raise UpdateRefused(f"leaf stock {p.leaf_stock} sat is dust")
+        solvency.check_no_withheld_purchase(
+            Step.UPDATE_SIGNATURE, withheld_purchases(record, self._node.payment)
+        )
 
     def _check_balances(self, record: store.ClientRecord, p: protocol.Update) -> store.ClientRecord:
         """What we hold now in the frozen channels (none may carry an HTLC): what must cross
