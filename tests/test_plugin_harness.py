@@ -128,6 +128,8 @@ def test_lsp_and_four_clients_create_a_factory(network_factory: Callable[..., Ne
     # two DW layers (the state over both leaves, the leaf), both in state 0
     assert [c["dw_state"] for c in created["clients"]] == [[0, 0]] * 4
     for i, c in enumerate(clients):
+        # FUNDED was sent before factory-create answered; each client stores it in its own time
+        _wait(lambda c=c: _status(c)[0]["state"] == "funded")
         [mine] = _status(c)
         assert mine["instance"] == instance and mine["role"] == "client"
         assert mine["state"] == "funded" and mine["index"] == i

@@ -132,6 +132,11 @@ class Cosigner:
             raise UnsafeSale("factory", f"is {record.state.value}, not a live signed factory")
         if record.exit is not None or record.moving_to is not None:
             raise UnsafeSale("factory", "is ending (exiting or moving out)")
+        if record.update is not None:
+            # A DW update we agreed to or signed may replace our leaf (and the stock a sale
+            # spends) at any moment: a purchase would lose its burn (red team, round 11). A
+            # superseded one cannot: our newest state wins the race (`onchain`).
+            raise UnsafeSale("factory", "a DW update of ours is in flight")
 
     def _tell(self, record: store.ClientRecord, reason: str) -> None:
         text = protocol.Text(protocol.PayloadType.REJECT, bytes.fromhex(record.instance_id), reason)
@@ -281,6 +286,11 @@ class Cosigner:
         chain and its stock may be sold again (`StockChain.drop_unsent`)."""
         assert cs.signer is not None
         cs.signer.forget()
+        if cs.offer is not None and cs.offer.fee_sat != 0:
+            # Our own purchase: its price may still settle, and its burn (signed and stored) is
+            # then our one recourse. Kept, as a restart would keep it (red team, round 11).
+            log.info("factory %s: our purchase kept with its burn", record.instance_id[:16])
+            return
         _, chain = client_chain(record)
         sold = cs.signer.sold
         try:
