@@ -354,7 +354,8 @@ def update_phase(
     """The moved node of an update and what its request may sign now: first every changed tx
     below the moved node; the moved node alone only once we hold those fully signed, for exactly
     these txs (`held_below`: node -> txid). Never a state of it at or below one we already gave
-    its signature in an update that never completed (`spent`): the LSP may hold that one."""
+    its signature in an update that never completed (`spent`): the LSP may hold that one; and
+    never below a node whose newer state we so signed."""
     order = [u.node for u in path]
     moved = min(changed, key=order.index)
     if agreed_state is not None and states[moved] != agreed_state:
@@ -366,6 +367,15 @@ def update_phase(
             f"node {moved}: we already signed state {spent[moved]} in an update that never"
             " completed; a later one must move past it"
         )
+    for above in order[: order.index(moved)]:
+        # A newer state of a node above that the LSP may hold would, published, void all we
+        # sign below it (its subtree spends that node's old output): only an update of that
+        # node, or of one above it, moves past it (red-team finding, round 12).
+        if spent.get(above, -1) > states[above]:
+            raise UnsafeToSign(
+                f"node {above}: we signed its state {spent[above]} in an update that never"
+                f" completed; an update of node {moved} below it could be voided"
+            )
     below = changed - {moved}
     if below and not held_below:
         return moved, below

@@ -40,6 +40,17 @@ def is_compromised(record: store.Record) -> bool:
     return (record.error or "").startswith(COMPROMISED)
 
 
+def held_updates(record: store.ClientRecord) -> list[Any]:
+    """Our DW updates the LSP may still publish: our partial signature of the moved node left,
+    and our stored path has not moved that node past it since (`ClientUpdate`s)."""
+    states = {e.node: e.state for e in record.path}
+    return [
+        u
+        for u in (record.update, *record.superseded)
+        if u is not None and u.signed and states.get(u.node, -1) < u.state
+    ]
+
+
 def topology(record: store.Record) -> Topology:
     """The factory's shape as signed (a signed client's from its header): exits, status, guards
     and the EWT all act on exactly what was signed."""

@@ -49,7 +49,7 @@ from ..lightningd.guards import Guards
 from ..lightningd.node import Node
 from ..lightningd.peers import Peers
 from ..lightningd.ratelimit import LogLimiter
-from ..lightningd.records import LIVE, Records, is_compromised
+from ..lightningd.records import LIVE, Records, held_updates, is_compromised
 from ..lightningd.runtime import PeerUnreachable
 from .buyer import Buyer
 
@@ -132,10 +132,10 @@ class Cosigner:
             raise UnsafeSale("factory", f"is {record.state.value}, not a live signed factory")
         if record.exit is not None or record.moving_to is not None:
             raise UnsafeSale("factory", "is ending (exiting or moving out)")
-        if record.update is not None:
-            # A DW update we agreed to or signed may replace our leaf (and the stock a sale
-            # spends) at any moment: a purchase would lose its burn (red team, round 11). A
-            # superseded one cannot: our newest state wins the race (`onchain`).
+        if record.update is not None or held_updates(record):
+            # A DW update we agreed to, or signed and never stored, may replace our leaf (and the
+            # stock a sale spends) at any moment: a purchase would lose its burn (red team,
+            # rounds 11 and 12).
             raise UnsafeSale("factory", "a DW update of ours is in flight")
 
     def _tell(self, record: store.ClientRecord, reason: str) -> None:

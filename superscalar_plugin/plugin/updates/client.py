@@ -47,7 +47,7 @@ from ..lightningd.guards import Guards, msat
 from ..lightningd.node import Node
 from ..lightningd.peers import Peers
 from ..lightningd.ratelimit import LogLimiter
-from ..lightningd.records import LIVE, Records, is_compromised, topology, txid_of
+from ..lightningd.records import LIVE, Records, held_updates, is_compromised, topology, txid_of
 from ..onchain.sales import withheld_purchases
 from .swap import SwapHolder, swap_parts, wait_fees, wait_settled
 
@@ -171,6 +171,16 @@ class UpdateClient:
         states = {e.node: e.state for e in record.path}
         if p.node not in states:
             raise UpdateRefused(f"node {p.node} is not on our path")
+        above = [e.node for e in record.path][: [e.node for e in record.path].index(p.node)]
+        for u in held_updates(record):
+            if u.session != p.session.hex() and u.node in above:
+                # Published, that state of a node above would void whatever we store below it
+                # (its subtree spends the old output): our new channel's balance, our purchases
+                # (red-team finding, round 12). Only an update of that node or above moves past it.
+                raise UpdateRefused(
+                    f"node {u.node} may still go on chain at state {u.state} (signed, never"
+                    f" stored): an update of node {p.node} below it could be voided"
+                )
         if p.state <= states[p.node]:
             raise UpdateRefused(f"node {p.node}: state {p.state} is not after our {states[p.node]}")
         mine = own_channels(record, self._node.channels())
