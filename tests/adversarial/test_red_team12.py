@@ -190,3 +190,34 @@ def test_a_pending_update_stops_every_sale_step_but_the_last_signature(
             Cosigner._check_live(object(), record)  # type: ignore[arg-type]
     record = _client_record(signers[0], f, 0)
     Cosigner._check_live(object(), record)  # type: ignore[arg-type]  # no update: allowed
+
+
+def test_the_plugin_refuses_at_once_an_update_below_a_state_it_may_have_given_away() -> None:
+    """The plugin's own check on UPDATE (before anything is frozen): with our update of node 1
+    signed and never stored, an UPDATE of a node below it is refused naming why; one of node 1
+    itself (moving past the held state) passes every check of `_check`."""
+    from superscalar_plugin.engine import protocol
+    from superscalar_plugin.plugin.updates.client import UpdateClient, UpdateRefused
+
+    from adversarial.records import client_record
+
+    record = client_record().replace(state=store.ClientState.FUNDED)
+    held = ClientUpdate("aa" * 32, 1, 1, 200_000, 0, 10_000, ("cc" * 32,), signed=True)
+    record = record.replace(update=held)
+
+    class Node:
+        def channels(self) -> dict[str, dict[str, object]]:
+            return {}
+
+        def payment(self, _hash: str) -> None:
+            return None
+
+    class Me:
+        _node = Node()
+
+    def update(node: int) -> protocol.Update:
+        return protocol.Update(bytes(32), bytes([0xBB]) * 32, node, 2, 200_000, 0, 10_000, ())
+
+    with pytest.raises(UpdateRefused, match="node 1 may still go on chain at state 1"):
+        UpdateClient._check(Me(), record, update(3))  # type: ignore[arg-type]
+    UpdateClient._check(Me(), record, update(1))  # type: ignore[arg-type]  # moves past it

@@ -94,6 +94,17 @@ def own_channels(record: store.ClientRecord, channels: dict[str, dict[str, Any]]
     )
 
 
+def still_superseded(record: store.ClientRecord, stored: ClientUpdate) -> tuple[ClientUpdate, ...]:
+    """Our superseded updates once `stored` is our factory's state: less `stored` itself and
+    every one of a node below its moved node, which hangs under that node's old state and can
+    never confirm against the new one (no longer held: red-team finding, round 13)."""
+    order = [e.node for e in record.path]
+    below = set(order[order.index(stored.node) + 1 :]) if stored.node in order else set()
+    return tuple(
+        u for u in record.superseded if u.session != stored.session and u.node not in below
+    )
+
+
 def held(channels: dict[str, dict[str, Any]], cid: str) -> HeldChannel:
     ch = channels.get(cid) or {}
     return HeldChannel(
@@ -168,6 +179,12 @@ class UpdateClient:
         pending = record.update
         if pending is not None and pending.session != p.session.hex() and not pending.signed:
             raise UpdateRefused("another update is in flight")
+        # An update we signed stays ours whatever comes next: an UPDATE naming its session again
+        # would replace it with an unsigned one, and the state the LSP may hold would be
+        # forgotten (red-team finding, round 13). Only its final signature may follow.
+        signed = [u for u in (pending, *record.superseded) if u is not None and u.signed]
+        if any(u.session == p.session.hex() for u in signed):
+            raise UpdateRefused("we signed that update already: only its final signature follows")
         states = {e.node: e.state for e in record.path}
         if p.node not in states:
             raise UpdateRefused(f"node {p.node} is not on our path")
@@ -510,7 +527,7 @@ class UpdateClient:
             sales=(),  # the leaf changed: its sales are folded into the new channels
             retired=(*record.retired, *update.old_channels),
             update=None,
-            superseded=tuple(u for u in record.superseded if u.session != update.session),
+            superseded=still_superseded(record, update),
         )
         self._records.persist(record)  # the new state is ours before STORED leaves
         self.swaps.track(self._records.all())
