@@ -19,8 +19,8 @@ from fuzz_protocol import flows
 from superscalar_plugin.engine import protocol, store
 from superscalar_plugin.engine.sale_store import Payment
 
-from adversarial.test_red_team import _funded, _pay, _world
-from adversarial.test_red_team8 import _client_record
+from adversarial.test_red_team import _world
+from adversarial.test_red_team8 import _client_record, paid_and_withheld
 from adversarial.test_red_team9 import _burns_at_the_end, _own
 
 BUY = 20_000
@@ -29,21 +29,11 @@ LONG = 1_000  # lifetime: room for a move before the factory's last move height
 
 
 def _paid_and_withheld(world: Any) -> tuple[str, Any]:
-    """Round 8's burn case: c0 buys and pays, the hostile LSP settles the price and sends the
-    sale's last signature to nobody. c0's purchase: PAID, incomplete, its burn signed."""
-    inst = _funded(world)
-    c0 = world.clients[0]
-    _pay(world, c0)
-    world.arm_filter("lsp", "SaleStep.SALE_SIG", hold=False)
-    flows._call(c0, "factory-buy", {"instance": inst, "sat": BUY, "max_fee_sat": MAX_FEE})
-
-    def paid() -> bool:
-        return [e.payment for e in _own(_client_record(c0, inst))] == [Payment.PAID]
-
-    assert flows._wait(paid, 40.0), _client_record(c0, inst).sales
-    [sale] = _own(_client_record(c0, inst))
-    assert sale.burn_sig and not sale.sale_sig, sale
-    assert _burns_at_the_end(_client_record(c0, inst), sale, c0) == ["burn"]
+    """Round 8's burn case (`paid_and_withheld`), its burn checked."""
+    inst, sale = paid_and_withheld(world)
+    assert _burns_at_the_end(_client_record(world.clients[0], inst), sale, world.clients[0]) == [
+        "burn"
+    ]
     return inst, sale
 
 
@@ -146,7 +136,6 @@ def _resign_for_a_failing_purchase(
     invoice it deleted before quoting it: c0's payment fails back at once. c0 signs the sale
     again (its channel is still open: the LSP never closed it). `gift`: offered unasked, as a
     gift (price 0), c0 buying nothing. The failed payment's hash and factory-buy's answer."""
-    import threading
 
     from superscalar_plugin.engine.sale import Sale
     from superscalar_plugin.engine.sale_sign import SaleCoordinator
@@ -176,21 +165,9 @@ def _resign_for_a_failing_purchase(
         lsp.take(protocol.SaleStep)  # ACCEPT
         _run_sale(lsp, coord, nodes)
         return "", None
-    out: dict[str, Any] = {}
-    buying = threading.Thread(
-        target=lambda: out.update(
-            r=flows._call(c0, "factory-buy", {"instance": inst, "sat": BUY, "max_fee_sat": MAX_FEE})
-        ),
-        daemon=True,
-    )
-    buying.start()
-    lsp.take(protocol.Buy)
+    buying, out = lsp.buyer_asks(c0, inst)
     fee = 1_200
-    invoice = world.lsp.rpc_call(
-        "invoice", {"amount_msat": fee * 1000, "label": "rt10-retry", "description": "buy"}
-    )
-    world.lsp.rpc_call("delinvoice", {"label": "rt10-retry", "status": "unpaid"})
-    lsp.send(c0, protocol.Quote(bytes.fromhex(inst), BUY, fee, invoice["bolt11"]))
+    invoice = lsp.quote(c0, inst, fee, "rt10-retry", delete=True)
     lsp.send(c0, protocol.Offer(bytes.fromhex(inst), session, protocol.OfferKind.FACTORY, BUY, fee))
     lsp.take(protocol.SaleStep)  # ACCEPT
     _run_sale(lsp, coord, nodes)
@@ -212,24 +189,22 @@ def _run_sale(lsp: Any, coord: Any, nodes: dict[int, Any]) -> None:
                 lsp.send(nodes[c], o)
 
 
-def test_a_paid_withheld_sale_resigned_for_a_failed_purchase_still_burns(tmp_path: Path) -> None:
+@pytest.mark.parametrize("gift", [False, True])
+def test_a_paid_withheld_sale_signed_again_still_burns(tmp_path: Path, gift: bool) -> None:
     """Hostile LSP. (1) It settles c0's price for 20,000 sat and withholds the sale's last
     signature: c0's purchase PAID, incomplete, burnt at the factory's end. The LSP keeps the
-    sale's channel open. (2) c0 asks again for 20,000 sat (or the LSP simply offers when c0 buys
-    again). The LSP quotes an invoice it deleted and runs the withheld sale again, the same tx:
-    c0 binds it (its channel is open, `channel_state` passes) and signs; round 9's fix gives the
-    existing entry the new purchase's payment (`_persist(..., signing=...)` replaces `payment`
-    and `payment_hash`), whose HTLC failed back: FAILED. c0 paid the first price, holds the sale
-    incomplete, and the guard now sees a purchase that cost nothing: no burn. The LSP keeps the
-    price and its stock."""
+    sale's channel open. (2) It runs the withheld sale again, the same tx: as c0's new purchase,
+    quoted with an invoice it deleted (the payment fails back), or, `gift`, offered unasked as a
+    gift (price 0). c0 bound it (its channel is open, `channel_state` passed) and signed; round
+    9's re-terms gave the entry it paid for the new purchase's FAILED, or GIFT: no burn, the LSP
+    kept the price and its stock. Defended: a purchase is signed once (round 10's fix)."""
     world = _world(tmp_path)
     try:
         c0 = world.clients[0]
         inst, entry = _paid_and_withheld(world)
         flows._wait(lambda: False, 12.0)  # c0's first factory-buy ends (its DELIVERY_WAIT)
-        # Defended: a purchase is signed once (round 10's fix): c0 refuses the sale again.
         with pytest.raises(AssertionError, match=r"c0 refused: .*signed once"):
-            _resign_for_a_failing_purchase(world, inst, entry)
+            _resign_for_a_failing_purchase(world, inst, entry, gift=gift)
         rec = _client_record(c0, inst)
         [now] = _own(rec)
         assert now.sale_txid == entry.sale_txid and not now.complete
@@ -237,30 +212,6 @@ def test_a_paid_withheld_sale_resigned_for_a_failed_purchase_still_burns(tmp_pat
         assert _burns_at_the_end(rec, now, c0) == ["burn"], (
             f"c0 paid {entry.payment_hash} for this sale and holds it incomplete, but it now"
             f" records {now.payment} ({now.payment_hash}): no burn"
-        )
-    finally:
-        world.net.stop()
-
-
-def test_a_paid_withheld_sale_resigned_as_a_gift_still_burns(tmp_path: Path) -> None:
-    """As above, without c0 buying anything again: once c0's first factory-buy has ended, the
-    LSP offers it a gift (factory-sell's OFFER, price 0) of the same amount and runs the withheld
-    sale again. c0 accepts gifts whenever no purchase of its own is in flight, binds the sale
-    (channel still open) and signs; the entry it paid for now says GIFT: no burn. One message
-    exchange turns the punishment off."""
-    world = _world(tmp_path)
-    try:
-        c0 = world.clients[0]
-        inst, entry = _paid_and_withheld(world)
-        flows._wait(lambda: False, 12.0)  # c0's first factory-buy ends (its DELIVERY_WAIT)
-        with pytest.raises(AssertionError, match=r"c0 refused: .*signed once"):
-            _resign_for_a_failing_purchase(world, inst, entry, gift=True)
-        rec = _client_record(c0, inst)
-        [now] = _own(rec)
-        assert now.sale_txid == entry.sale_txid and not now.complete
-        assert _burns_at_the_end(rec, now, c0) == ["burn"], (
-            f"c0 paid {entry.payment_hash} for this sale and holds it incomplete, but it now"
-            f" records {now.payment}: no burn"
         )
     finally:
         world.net.stop()

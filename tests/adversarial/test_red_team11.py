@@ -65,20 +65,8 @@ def _hostile_purchase(
     from superscalar_plugin.plugin.creation import funding
     from superscalar_plugin.plugin.sales.seller import lsp_chain
 
-    out: dict[str, Any] = {}
-    buying = threading.Thread(
-        target=lambda: out.update(
-            r=flows._call(c0, "factory-buy", {"instance": inst, "sat": BUY, "max_fee_sat": MAX_FEE})
-        ),
-        daemon=True,
-    )
-    buying.start()
-    lsp.take(protocol.Buy)
-    label = f"rt11-{time.monotonic_ns()}"
-    invoice = world.lsp.rpc_call(
-        "invoice", {"amount_msat": FEE * 1000, "label": label, "description": "buy"}
-    )
-    lsp.send(c0, protocol.Quote(bytes.fromhex(inst), BUY, FEE, invoice["bolt11"]))
+    buying, out = lsp.buyer_asks(c0, inst)
+    invoice = lsp.quote(c0, inst, FEE, f"rt11-{time.monotonic_ns()}")
     assert flows._wait(
         lambda: any(p.get("payment_hash") == invoice["payment_hash"] for p in _settled_pays(c0)),
         20.0,

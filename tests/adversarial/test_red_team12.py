@@ -51,6 +51,23 @@ def _leaves_under(f, node: int) -> list[int]:  # type: ignore[no-untyped-def]
     return [n for n in topo.subtree(node) if n in set(topo.leaves)]
 
 
+def withheld_update(f, signers, lsp, outpoint, node: int):  # type: ignore[no-untyped-def]
+    """Update "A" of state node `node` from the initial states: every client below it signs,
+    bottom-up; the LSP aggregates the moved node's final signature and sends it to nobody
+    (ABORT). Its plan, the updated factory and the moved node's coordinator (`signed`: what the
+    LSP holds)."""
+    plan = plan_update(f, dw.initial_states(f.topology), _leaves_under(f, node), {})
+    assert plan.node == node
+    new = updated_factory(f, plan, new_scripts(f, plan, "A"))
+    for c in plan.clients:
+        signers[c].agree_update(update_terms(new, plan, c), node=node, state=plan.states[node])
+    below, moved = signing_phases(new, node)
+    run_ceremony(Coordinator(new, lsp, outpoint, plan.states, below), signers)
+    coord = Coordinator(new, lsp, outpoint, plan.states, moved)
+    ceremony_withholding_signatures(coord, signers)  # the LSP holds the moved node, complete
+    return plan, new, coord
+
+
 def _ancestor_then_descendant(chain: KernelChain):  # type: ignore[no-untyped-def]
     """Update A moves the TOP state node 1 (every client below it signs, bottom-up); the hostile
     LSP takes every partial signature of node 1, aggregates its final signature and sends it to
@@ -76,15 +93,7 @@ def _ancestor_then_descendant(chain: KernelChain):  # type: ignore[no-untyped-de
     signers = signed_signers(f, sks, lsp, outpoint)
     initial = dw.initial_states(topo)
 
-    plan_a = plan_update(f, initial, _leaves_under(f, 1), {})
-    assert plan_a.node == 1
-    new_a = updated_factory(f, plan_a, new_scripts(f, plan_a, "A"))
-    for c in plan_a.clients:
-        signers[c].agree_update(update_terms(new_a, plan_a, c), node=1, state=plan_a.states[1])
-    below_a, moved_a = signing_phases(new_a, 1)
-    run_ceremony(Coordinator(new_a, lsp, outpoint, plan_a.states, below_a), signers)
-    coord_a = Coordinator(new_a, lsp, outpoint, plan_a.states, moved_a)
-    ceremony_withholding_signatures(coord_a, signers)  # the LSP holds A's node 1, complete
+    plan_a, _new_a, coord_a = withheld_update(f, signers, lsp, outpoint, 1)
     assert signers[0].spent == {1: plan_a.states[1]}
     assert signers[0].states[1] == 0  # c0's stored path: node 1 still at state 0
 

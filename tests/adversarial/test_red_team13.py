@@ -29,9 +29,8 @@ from superscalar_plugin.engine.update import plan_update, signing_phases, update
 from superscalar_plugin.engine.update_store import ClientUpdate
 from superscalar_plugin.plugin.lightningd.records import held_updates, txid_of
 
-from adversarial.test_red_team12 import _leaves_under, _sixteen
+from adversarial.test_red_team12 import _leaves_under, _sixteen, withheld_update
 from adversarial.test_red_team_update import (
-    ceremony_withholding_signatures,
     new_scripts,
     publish_path,
     restored,
@@ -138,14 +137,7 @@ def _withheld_a(chain: KernelChain | None):  # type: ignore[no-untyped-def]
         chain.fund(f.funding_output.script_pubkey, f.funding_amount) if chain else ("11" * 32, 0)
     )
     signers = signed_signers(f, sks, lsp, outpoint)
-    initial = dw.initial_states(f.topology)
-    plan_a = plan_update(f, initial, _leaves_under(f, 1), {})
-    assert plan_a.node == 1
-    new_a = updated_factory(f, plan_a, new_scripts(f, plan_a, "A"))
-    for c in plan_a.clients:
-        signers[c].agree_update(update_terms(new_a, plan_a, c), node=1, state=plan_a.states[1])
-    below_a, moved_a = signing_phases(new_a, 1)
-    run_ceremony(Coordinator(new_a, lsp, outpoint, plan_a.states, below_a), signers)
+    plan_a, new_a, coord_a = withheld_update(f, signers, lsp, outpoint, 1)
     kept = {}
     for c in plan_a.clients:
         s = signers[c]
@@ -168,8 +160,6 @@ def _withheld_a(chain: KernelChain | None):  # type: ignore[no-untyped-def]
                 utx.spent_script.hex(),
             ),
         )
-    coord_a = Coordinator(new_a, lsp, outpoint, plan_a.states, moved_a)
-    ceremony_withholding_signatures(coord_a, signers)
     assert signers[0].spent == {1: 1} and signers[0].states[1] == 0
     return f, sks, lsp, outpoint, signers, coord_a, plan_a, kept
 
@@ -329,16 +319,7 @@ def test_a_withheld_state_made_harmless_by_an_update_above_is_no_longer_held() -
     outpoint = ("11" * 32, 0)
     signers = signed_signers(f, sks, lsp, outpoint)
     initial = dw.initial_states(f.topology)
-    plan_a = plan_update(f, initial, _leaves_under(f, 3), {})
-    assert plan_a.node == 3
-    new_a = updated_factory(f, plan_a, new_scripts(f, plan_a, "A"))
-    for c in plan_a.clients:
-        signers[c].agree_update(update_terms(new_a, plan_a, c), node=3, state=1)
-    below_a, moved_a = signing_phases(new_a, 3)
-    run_ceremony(Coordinator(new_a, lsp, outpoint, plan_a.states, below_a), signers)
-    ceremony_withholding_signatures(
-        Coordinator(new_a, lsp, outpoint, plan_a.states, moved_a), signers
-    )
+    withheld_update(f, signers, lsp, outpoint, 3)
     a = ClientUpdate(SESSION_A, 3, 1, f.channels[0][1], 0, 10_000, (OLD_CHANNEL,), signed=True)
 
     plan_b = plan_update(f, initial, _leaves_under(f, 1), {})

@@ -51,6 +51,25 @@ def _stalled_by_the_co_client(world: World) -> str:
     return inst
 
 
+def paid_and_withheld(world: World) -> tuple[str, SaleEntry]:
+    """The burn's own case: c0 buys 20,000 sat and pays; the hostile LSP settles the price and
+    sends the sale's last signature to nobody. c0's purchase: PAID, incomplete, burn signed."""
+    inst = _funded(world)
+    c0 = world.clients[0]
+    _pay(world, c0)
+    world.arm_filter("lsp", "SaleStep.SALE_SIG", hold=False)
+    flows._call(c0, "factory-buy", {"instance": inst, "sat": 20_000, "max_fee_sat": 2_000})
+
+    def own() -> list[SaleEntry]:
+        rec = _client_record(c0, inst)
+        return [e for e in rec.sales if e.buyer == rec.client_index]
+
+    assert flows._wait(lambda: [e.payment for e in own()] == [Payment.PAID], 40.0), own()
+    [sale] = own()
+    assert sale.burn_sig and not sale.sale_sig, sale
+    return inst, sale
+
+
 # --- 1. a co-client's stall makes the honest buyer burn the LSP's stock ---------------------------
 
 
@@ -113,20 +132,8 @@ def test_an_lsp_that_takes_the_price_and_withholds_the_sale_still_loses_its_stoc
     LSP's own path on the stock opens, c0 burns the stock."""
     world = _world(tmp_path)
     try:
-        inst = _funded(world)
-        c0, _co = world.clients
-        _pay(world, c0)
-        world.arm_filter("lsp", "SaleStep.SALE_SIG", hold=False)
-        flows._call(c0, "factory-buy", {"instance": inst, "sat": 20_000, "max_fee_sat": 2_000})
-
-        def paid() -> bool:
-            rec = _client_record(c0, inst)
-            return [e.payment for e in rec.sales if e.buyer == rec.client_index] == [Payment.PAID]
-
-        assert flows._wait(paid, 40.0), _client_record(c0, inst).sales
-        rec = _client_record(c0, inst)
-        [sale] = [e for e in rec.sales if e.buyer == rec.client_index]
-        assert sale.burn_sig and not sale.sale_sig, sale
+        inst, sale = paid_and_withheld(world)
+        rec = _client_record(world.clients[0], inst)
         ended, opens = _at_the_end(rec, sale)
         assert not stock_duties(ended, opens - 2)  # never before the LSP's path opens
         assert [w for w, _, _ in stock_duties(ended, opens - 1)] == ["burn"]

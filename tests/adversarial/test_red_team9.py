@@ -152,6 +152,37 @@ class HostileSeller:
     def send(self, dst: FakeNode, p: protocol.Payload) -> None:
         dst.deliver_custommsg(self.world.lsp, pig(p))
 
+    def buyer_asks(self, c0: FakeNode, inst: str) -> tuple[Any, dict[str, Any]]:
+        """c0's factory-buy of BUY sat on a thread of its own (its answer in `out["r"]`), until
+        its BUY reaches us."""
+        import threading
+
+        out: dict[str, Any] = {}
+        buying = threading.Thread(
+            target=lambda: out.update(
+                r=flows._call(
+                    c0, "factory-buy", {"instance": inst, "sat": BUY, "max_fee_sat": MAX_FEE}
+                )
+            ),
+            daemon=True,
+        )
+        buying.start()
+        self.take(protocol.Buy)
+        return buying, out
+
+    def quote(
+        self, c0: FakeNode, inst: str, fee: int, label: str, delete: bool = False
+    ) -> dict[str, Any]:
+        """An invoice of the LSP's node for `fee` sat as c0's QUOTE (`delete`: deleted first, so
+        c0's payment fails back at once)."""
+        invoice = self.world.lsp.rpc_call(
+            "invoice", {"amount_msat": fee * 1000, "label": label, "description": "buy"}
+        )
+        if delete:
+            self.world.lsp.rpc_call("delinvoice", {"label": label, "status": "unpaid"})
+        self.send(c0, protocol.Quote(bytes.fromhex(inst), BUY, fee, invoice["bolt11"]))
+        return dict(invoice)
+
     def take(self, kind: type, timeout: float = 20.0) -> tuple[FakeNode, Any]:
         import time
 
@@ -198,7 +229,6 @@ def _retry_stalled_for_a_paid_purchase(world: World, inst: str) -> Retried:
     """After `_stalled_by_co`: c0 asks again for the same amount; the hostile LSP (the test)
     quotes a fresh invoice of its node's, c0 pays it, and the LSP runs the stalled sale again,
     the very same tx, with fresh nonces; its last signature goes to nobody."""
-    import threading
 
     from superscalar_plugin.engine.sale import Sale
     from superscalar_plugin.engine.sale_sign import SaleCoordinator, SaleState
@@ -218,19 +248,9 @@ def _retry_stalled_for_a_paid_purchase(world: World, inst: str) -> Retried:
     coord = SaleCoordinator(lsp.keys, chain, sale, lsp.seckey, bytes.fromhex(inst), session)
     assert coord.proposal().sale_tx == stalled.sale_tx  # the very sale that stalled
 
-    buying = threading.Thread(
-        target=lambda: flows._call(
-            c0, "factory-buy", {"instance": inst, "sat": BUY, "max_fee_sat": MAX_FEE}
-        ),
-        daemon=True,
-    )
-    buying.start()
-    lsp.take(protocol.Buy)
+    buying, _ = lsp.buyer_asks(c0, inst)
     fee = 1_200
-    invoice = world.lsp.rpc_call(
-        "invoice", {"amount_msat": fee * 1000, "label": "rt9-retry", "description": "buy"}
-    )
-    lsp.send(c0, protocol.Quote(bytes.fromhex(inst), BUY, fee, invoice["bolt11"]))
+    invoice = lsp.quote(c0, inst, fee, "rt9-retry")
     lsp.send(c0, protocol.Offer(bytes.fromhex(inst), session, protocol.OfferKind.FACTORY, BUY, fee))
     lsp.take(protocol.SaleStep)  # ACCEPT
     nodes = {lsp.index[n.node_id]: n for n in world.clients}
