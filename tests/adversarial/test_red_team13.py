@@ -333,7 +333,7 @@ def test_a_withheld_state_made_harmless_by_an_update_above_is_no_longer_held() -
     assert fresh[0].states[1] == 1 and fresh[0].states[3] == 0  # B stored by c0
 
     # B stored: what `_store` keeps of the superseded updates (A hangs below B's node 1).
-    from superscalar_plugin.plugin.updates.client import still_superseded
+    from superscalar_plugin.plugin.updates.held import still_superseded
 
     b = ClientUpdate("bb" * 32, 1, 1, f.channels[0][1], 0, 10_000, (OLD_CHANNEL,), signed=True)
     kept = still_superseded(_client_record(signers[0], f, 0, superseded=(a,)), b)

@@ -29,16 +29,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from ...engine import protocol, solvency, store
 from ...engine.ceremony import ClientPolicy, ClientTerms, SignedNodeTx, Signer, SignerState
 from ...engine.errors import CeremonyError
 from ...engine.signed import verify_final
-from ...engine.solvency import BoundChannel, HeldChannel, Step
+from ...engine.solvency import BoundChannel, Step
 from ...engine.taproot import DUST_P2TR
-from ...engine.tree import UnsignedNodeTx
-from ...engine.tx import Tx, block_txs
+from ...engine.tx import block_txs
 from ...engine.update_store import ClientUpdate
 from ..creation import funding
 from ..creation.opens import ChannelOpens
@@ -49,30 +47,11 @@ from ..lightningd.peers import Peers
 from ..lightningd.ratelimit import LogLimiter
 from ..lightningd.records import LIVE, Records, held_updates, is_compromised, topology, txid_of
 from ..onchain.sales import withheld_purchases
+from .held import entry_of, held, own_channels, still_superseded, unsigned_dropped, unsigned_tx
 from .swap import SwapHolder, swap_parts, wait_fees, wait_settled
 
 log = logging.getLogger("superscalar")
 peer_log = LogLimiter(log)
-
-
-def entry_of(s: SignedNodeTx, state: int) -> store.PathEntry:
-    return store.PathEntry(
-        s.node, state, s.raw().hex(), s.unsigned.spent_amount, s.unsigned.spent_script.hex()
-    )
-
-
-def _unsigned(e: store.PathEntry) -> UnsignedNodeTx:
-    tx = Tx.deserialize(bytes.fromhex(e.raw))
-    return UnsignedNodeTx(e.node, tx, e.spent_amount, bytes.fromhex(e.spent_script))
-
-
-def unsigned_dropped(record: store.ClientRecord) -> store.ClientRecord:
-    """Our record without the update we had not signed: the old channels are ours again, unless
-    an earlier update we did sign may still be held by the LSP (it becomes the pending one, and
-    they stay frozen)."""
-    if record.superseded:
-        return record.replace(update=record.superseded[-1], superseded=record.superseded[:-1])
-    return record.replace(update=None)
 
 
 SWAP_WAIT = 60.0  # seconds the new channel, then our payment into it, may take
@@ -81,35 +60,6 @@ MAX_DELAY = 2000  # blocks: below lightningd's default max-locktime-blocks (2016
 
 class UpdateRefused(CeremonyError):
     """An UPDATE we will not follow (told to the LSP as REJECT)."""
-
-
-def own_channels(record: store.ClientRecord, channels: dict[str, dict[str, Any]]) -> list[str]:
-    """Our channels in this factory, as our node lists them: our leaf's and our complete sales'."""
-    fundings = {txid_of(record.path[-1].raw)} if record.path else set()
-    fundings |= {e.sale_txid for e in record.sales if e.buyer == record.client_index and e.complete}
-    return sorted(
-        cid
-        for cid, ch in channels.items()
-        if ch.get("peer_id") == record.lsp_node_id and ch.get("funding_txid") in fundings
-    )
-
-
-def still_superseded(record: store.ClientRecord, stored: ClientUpdate) -> tuple[ClientUpdate, ...]:
-    """Our superseded updates once `stored` is our factory's state: less `stored` itself and
-    every one of a node below its moved node, which hangs under that node's old state and can
-    never confirm against the new one (no longer held: red-team finding, round 13)."""
-    order = [e.node for e in record.path]
-    below = set(order[order.index(stored.node) + 1 :]) if stored.node in order else set()
-    return tuple(
-        u for u in record.superseded if u.session != stored.session and u.node not in below
-    )
-
-
-def held(channels: dict[str, dict[str, Any]], cid: str) -> HeldChannel:
-    ch = channels.get(cid) or {}
-    return HeldChannel(
-        cid, str(ch.get("state", "")), msat(ch.get("to_us_msat", 0)), len(ch.get("htlcs") or ())
-    )
 
 
 class UpdateClient:
@@ -441,7 +391,7 @@ class UpdateClient:
         u = record.update
         if u is None or not u.signed or u.moved is None or p.session.hex() != u.session:
             return
-        moved = _unsigned(u.moved)
+        moved = unsigned_tx(u.moved)
         header = record.signed_header()
         assert header is not None
         if not verify_final(moved, header.factory_keys().signing_keyagg(u.node), p.signature):
